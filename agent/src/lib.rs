@@ -1,0 +1,248 @@
+//! The Flotilla agent: one per host. It enrolls once with a join token, then keeps an mTLS
+//! session to the coordinator for as long as it runs, reconnecting with capped, jittered
+//! back-off; it streams health, and hands what the coordinator asks for to the parts that
+//! act on the local Docker Engine.
+//!
+//! - [`config`]: `/etc/flotilla/agent.toml`.
+//! - [`identity`]: the key + certificate in the state directory, CSRs, renewal timing.
+//! - [`enroll`]: token + CSR → certificate.
+//! - [`session`]: one session: Hello, heartbeats, renewal, the coordinator's messages.
+//! - [`backoff`]: exponential back-off with full jitter.
+//! - [`facts`], [`health`]: what the host is and how it is doing.
+//! - [`engine`]: the local Docker Engine client.
+//!
+//! [`start`] runs the agent in the background and returns an [`AgentHandle`] whose status
+//! can be watched (tests await it instead of sleeping); [`run`] is the binary's loop.
+
+pub mod backoff;
+pub mod config;
+pub mod engine;
+pub mod enroll;
+pub mod facts;
+pub mod health;
+pub mod identity;
+pub mod session;
+
+use std::time::Duration;
+
+use flotilla_proto::tls;
+use flotilla_proto::v1;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::identity::StoredIdentity;
+
+/// This agent's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the agent is doing, for tests and for the operator's logs.
+#[derive(Clone, Debug, Default)]
+pub struct AgentStatus {
+    pub enrolled: bool,
+    pub connected: bool,
+    /// Sessions the coordinator welcomed since start.
+    pub sessions_opened: u64,
+    pub host_id: String,
+    pub coordinator: String,
+    pub cert_serial: String,
+    pub cert_not_after_unix: i64,
+    pub renewals: u64,
+    pub last_rtt: Option<Duration>,
+    pub last_error: String,
+    /// Consecutive failed connection attempts.
+    pub failures: u64,
+}
+
+/// Something the coordinator asked for that acts on the host.
+#[derive(Debug)]
+pub enum Directive {
+    Assign(v1::Assignment),
+    OpenLogs(v1::OpenLogStream),
+    CloseLogs(v1::CloseLogStream),
+    Engine(v1::EngineAction),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("CA file {path}: {detail}")]
+    Ca { path: std::path::PathBuf, detail: String },
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+}
+
+/// The state one agent carries across sessions.
+pub struct Ctx {
+    pub config: AgentConfig,
+    pub ca: Vec<CertificateDer<'static>>,
+    pub identity: Option<StoredIdentity>,
+    pub docker: Option<bollard::Docker>,
+    pub sampler: health::Sampler,
+    pub applied_generation: u64,
+    pub status: watch::Sender<AgentStatus>,
+    pub directives: mpsc::UnboundedSender<Directive>,
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    pub fn set_status(&self, f: impl FnOnce(&mut AgentStatus)) {
+        self.status.send_modify(f);
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    pub status: watch::Receiver<AgentStatus>,
+    /// What the coordinator asked for (assignments, log streams, engine actions).
+    pub directives: mpsc::UnboundedReceiver<Directive>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AgentHandle {
+    /// Stops the agent and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until `pred` holds for the agent's status, or `timeout` passes.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&AgentStatus) -> bool,
+    ) -> Result<AgentStatus, AgentStatus> {
+        let got = match tokio::time::timeout(timeout, self.status.wait_for(|s| pred(s))).await {
+            Ok(Ok(s)) => Some(s.clone()),
+            _ => None,
+        };
+        got.ok_or_else(|| self.status.borrow().clone())
+    }
+}
+
+/// Loads the CA and any stored identity, then runs the agent loop in the background.
+pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+    tls::install_default_provider();
+    let ca_pem = std::fs::read_to_string(&config.ca_file).map_err(|e| AgentError::Ca {
+        path: config.ca_file.clone(),
+        detail: e.to_string(),
+    })?;
+    let ca = tls::certs_from_pem("cluster CA", &ca_pem).map_err(|e| AgentError::Ca {
+        path: config.ca_file.clone(),
+        detail: e.to_string(),
+    })?;
+    let identity = StoredIdentity::load(&config.state_dir)?;
+    let docker = engine::connect().await.ok();
+    let (status_tx, status_rx) = watch::channel(AgentStatus {
+        enrolled: identity.is_some(),
+        cert_serial: identity.as_ref().map(|i| i.facts.serial.clone()).unwrap_or_default(),
+        cert_not_after_unix: identity.as_ref().map(|i| i.facts.not_after_unix).unwrap_or_default(),
+        ..Default::default()
+    });
+    let (dir_tx, dir_rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let ctx = Ctx {
+        config,
+        ca,
+        identity,
+        docker,
+        sampler: health::Sampler::new(),
+        applied_generation: 0,
+        status: status_tx,
+        directives: dir_tx,
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(run_loop(ctx));
+    Ok(AgentHandle {
+        status: status_rx,
+        directives: dir_rx,
+        shutdown,
+        task,
+    })
+}
+
+/// Enroll if needed, hold a session, back off, repeat — until shut down.
+async fn run_loop(mut ctx: Ctx) {
+    let mut backoff = Backoff::new(
+        Duration::from_millis(ctx.config.backoff_base_ms),
+        Duration::from_secs(ctx.config.backoff_cap_s),
+    );
+    let mut attempt: usize = 0;
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            return;
+        }
+        let addr = ctx.config.coordinator[attempt % ctx.config.coordinator.len()].clone();
+        attempt = attempt.wrapping_add(1);
+
+        // An expired certificate cannot open a session: enroll again if a token is there.
+        if ctx.identity.as_ref().is_some_and(|i| i.is_expired()) && ctx.config.token_file.exists() {
+            tracing::warn!("client certificate expired; re-enrolling with the join token on disk");
+            ctx.identity = None;
+        }
+
+        let error = if ctx.identity.is_none() {
+            let facts = facts::gather(ctx.docker.as_ref()).await;
+            match enroll::enroll(&ctx.config, &ctx.ca, &addr, facts).await {
+                Ok((id, host_id)) => {
+                    ctx.set_status(|s| {
+                        s.enrolled = true;
+                        s.host_id = host_id;
+                        s.cert_serial = id.facts.serial.clone();
+                        s.cert_not_after_unix = id.facts.not_after_unix;
+                    });
+                    ctx.identity = Some(id);
+                    backoff.reset();
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            }
+        } else {
+            let mut opened = false;
+            match session::run(&mut ctx, &addr, || opened = true).await {
+                Ok(session::Ended::Shutdown) => return,
+                Err(e) => {
+                    if opened {
+                        backoff.reset();
+                    }
+                    if e.identity_refused() && ctx.config.token_file.exists() {
+                        tracing::warn!(error = %e, "coordinator refused this identity; re-enrolling with the join token on disk");
+                        ctx.identity = None;
+                    }
+                    e.to_string()
+                }
+            }
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %error, retry_in = ?delay, "not connected to the coordinator");
+        ctx.set_status(|s| {
+            s.connected = false;
+            s.last_error = error;
+            s.failures += 1;
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = ctx.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The binary's entry: runs until `shutdown` completes.
+pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let mut handle = start(config).await?;
+    // Directives are acted on by the role reconciler; until one is attached, log them.
+    let mut directives = std::mem::replace(&mut handle.directives, mpsc::unbounded_channel().1);
+    let drain = tokio::spawn(async move {
+        while let Some(d) = directives.recv().await {
+            tracing::info!(directive = ?d, "directive received");
+        }
+    });
+    shutdown.await;
+    handle.stop().await;
+    drain.abort();
+    Ok(())
+}

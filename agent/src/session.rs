@@ -1,0 +1,203 @@
+//! One session with the coordinator: Hello, then health every interval, status reports,
+//! certificate renewal before two thirds of its life — and whatever the coordinator says.
+
+use std::time::{Duration, Instant};
+
+use flotilla_proto::tls;
+use flotilla_proto::v1::{
+    self, AgentMessage, CoordinatorMessage, agent_message, agent_service_client::AgentServiceClient,
+    coordinator_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::identity::PendingKey;
+use crate::{Ctx, Directive};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("coordinator {addr}: {status}")]
+    Rpc { addr: String, status: tonic::Status },
+    #[error("coordinator {addr} closed the session: {status}")]
+    Closed { addr: String, status: tonic::Status },
+    #[error("coordinator {addr} ended the session")]
+    Ended { addr: String },
+    #[error("coordinator {addr} did not send Welcome first")]
+    NoWelcome { addr: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+impl SessionError {
+    /// The coordinator refused *who we are* (revoked, superseded, unknown host): only a new
+    /// enrollment can fix that.
+    pub fn identity_refused(&self) -> bool {
+        match self {
+            SessionError::Rpc { status, .. } | SessionError::Closed { status, .. } => matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub fn add_protocol_header<T>(req: &mut tonic::Request<T>) {
+    req.metadata_mut().insert(
+        flotilla_proto::PROTOCOL_HEADER,
+        tonic::metadata::MetadataValue::from(flotilla_proto::PROTOCOL_VERSION),
+    );
+}
+
+/// How a session that did open came to an end.
+pub enum Ended {
+    Shutdown,
+}
+
+/// Runs one session against `addr` until it ends. Returns `Ok(Ended::Shutdown)` only when
+/// the agent is shutting down; every other end is an error the caller backs off from.
+/// `on_open` is called once the coordinator welcomed us (the caller resets its back-off).
+pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result<Ended, SessionError> {
+    let identity = ctx.identity.clone().ok_or_else(|| SessionError::Ended { addr: addr.into() })?;
+    let config = tls::client_config(&ctx.ca, Some(&identity.tls))?;
+    let mut client = AgentServiceClient::new(tls::channel(addr, config)?);
+
+    let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(64);
+    let facts = crate::facts::gather(ctx.docker.as_ref()).await;
+    let hello = v1::Hello {
+        host_name: ctx.config.host_name.clone(),
+        facts: Some(facts),
+        agent_version: crate::VERSION.to_string(),
+        protocol_version: flotilla_proto::PROTOCOL_VERSION,
+        applied_generation: ctx.applied_generation,
+        running: Vec::new(),
+    };
+    let _ = out_tx.try_send(AgentMessage {
+        body: Some(agent_message::Body::Hello(hello)),
+    });
+    let mut req = tonic::Request::new(ReceiverStream::new(out_rx));
+    add_protocol_header(&mut req);
+    let mut inbound = client
+        .session(req)
+        .await
+        .map_err(|status| SessionError::Rpc {
+            addr: addr.into(),
+            status,
+        })?
+        .into_inner();
+
+    match inbound.message().await {
+        Ok(Some(CoordinatorMessage {
+            body: Some(coordinator_message::Body::Welcome(w)),
+        })) => {
+            ctx.set_status(|s| {
+                s.connected = true;
+                s.sessions_opened += 1;
+                s.host_id = w.host_id.clone();
+                s.coordinator = addr.to_string();
+                s.last_error.clear();
+            });
+            tracing::info!(coordinator = addr, host_id = %w.host_id, "session open");
+        }
+        Ok(_) => return Err(SessionError::NoWelcome { addr: addr.into() }),
+        Err(status) => {
+            return Err(SessionError::Rpc {
+                addr: addr.into(),
+                status,
+            });
+        }
+    }
+    on_open();
+
+    let result = session_loop(ctx, addr, &mut inbound, &out_tx).await;
+    ctx.set_status(|s| s.connected = false);
+    result
+}
+
+async fn session_loop(
+    ctx: &mut Ctx,
+    addr: &str,
+    inbound: &mut tonic::Streaming<CoordinatorMessage>,
+    out_tx: &mpsc::Sender<AgentMessage>,
+) -> Result<Ended, SessionError> {
+    let mut heartbeat = tokio::time::interval(ctx.config.heartbeat_interval());
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending_renewal: Option<PendingKey> = None;
+    let mut sent_at: Option<(u64, Instant)> = None;
+    let shutdown = ctx.shutdown.clone();
+    loop {
+        let renew_in = match (&pending_renewal, &ctx.identity) {
+            (None, Some(id)) => id.renew_in(),
+            // A renewal is in flight: wait for its answer (re-ask after a while).
+            _ => Duration::from_secs(60),
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err(SessionError::Ended { addr: addr.into() }),
+                    Err(status) => return Err(SessionError::Closed { addr: addr.into(), status }),
+                };
+                match msg.body {
+                    Some(coordinator_message::Body::HeartbeatAck(ack)) => {
+                        if let Some((seq, at)) = sent_at
+                            && seq == ack.seq
+                        {
+                            let rtt = at.elapsed();
+                            ctx.set_status(|s| s.last_rtt = Some(rtt));
+                            sent_at = None;
+                        }
+                    }
+                    Some(coordinator_message::Body::Renewed(r)) => {
+                        if let Some(p) = pending_renewal.take() {
+                            let id = p.into_stored(&r.certificate_pem)?;
+                            id.save(&ctx.config.state_dir)?;
+                            tracing::info!(serial = %id.facts.serial, not_after = id.facts.not_after_unix, "certificate renewed");
+                            ctx.set_status(|s| {
+                                s.renewals += 1;
+                                s.cert_serial = id.facts.serial.clone();
+                                s.cert_not_after_unix = id.facts.not_after_unix;
+                            });
+                            ctx.identity = Some(id);
+                        }
+                    }
+                    Some(coordinator_message::Body::Assignment(a)) => {
+                        if a.generation >= ctx.applied_generation {
+                            ctx.applied_generation = a.generation;
+                            let _ = ctx.directives.send(Directive::Assign(a));
+                        }
+                    }
+                    Some(coordinator_message::Body::OpenLogs(o)) => {
+                        let _ = ctx.directives.send(Directive::OpenLogs(o));
+                    }
+                    Some(coordinator_message::Body::CloseLogs(c)) => {
+                        let _ = ctx.directives.send(Directive::CloseLogs(c));
+                    }
+                    Some(coordinator_message::Body::EngineAction(e)) => {
+                        let _ = ctx.directives.send(Directive::Engine(e));
+                    }
+                    Some(coordinator_message::Body::Welcome(_)) | None => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                let sample = ctx.sampler.sample(ctx.docker.as_ref()).await;
+                sent_at = Some((sample.seq, Instant::now()));
+                if out_tx.send(AgentMessage { body: Some(agent_message::Body::Health(sample)) }).await.is_err() {
+                    return Err(SessionError::Ended { addr: addr.into() });
+                }
+            }
+            () = tokio::time::sleep(renew_in) => {
+                let p = PendingKey::generate(&ctx.config.host_name)?;
+                tracing::info!("renewing the client certificate");
+                let msg = AgentMessage { body: Some(agent_message::Body::Renew(v1::RenewRequest { csr_pem: p.csr_pem.clone() })) };
+                pending_renewal = Some(p);
+                if out_tx.send(msg).await.is_err() {
+                    return Err(SessionError::Ended { addr: addr.into() });
+                }
+            }
+        }
+    }
+}

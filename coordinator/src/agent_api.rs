@@ -1,0 +1,249 @@
+//! The `AgentService` gRPC edge: who is calling (certificate checks), protocol version
+//! checks, and the one place errors become `tonic::Status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use flotilla_proto::tls::{PeerInfo, identity_of};
+use flotilla_proto::v1::{self, agent_service_server::AgentService};
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::control::ControlPlane;
+use crate::enroll::EnrollError;
+use crate::logs::LogEvent;
+use crate::session::{AuthenticatedHost, SessionError};
+use crate::tokens::TokenRefusal;
+
+pub struct AgentApi {
+    pub cp: Arc<ControlPlane>,
+}
+
+/// Why a caller was refused before reaching a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("this RPC requires a client certificate issued by the cluster CA; enroll first")]
+    NoCertificate,
+    #[error("client certificate is not a host certificate (OU '{0}')")]
+    NotAHost(String),
+    #[error("client certificate does not parse")]
+    Unparseable,
+    #[error("host '{0}' is not enrolled in this cluster")]
+    UnknownHost(String),
+    #[error("host '{0}' was revoked by the operator")]
+    Revoked(String),
+    #[error("certificate serial {serial} is no longer valid for host '{host}' (superseded by a re-enrollment)")]
+    Superseded { host: String, serial: String },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// The single mapping from the control plane's errors to gRPC statuses.
+pub trait IntoStatus {
+    fn into_status(self) -> Status;
+}
+
+impl IntoStatus for AuthError {
+    fn into_status(self) -> Status {
+        match self {
+            AuthError::NoCertificate | AuthError::Unparseable => Status::unauthenticated(self.to_string()),
+            AuthError::Protocol(_) => Status::failed_precondition(self.to_string()),
+            _ => Status::permission_denied(self.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for EnrollError {
+    fn into_status(self) -> Status {
+        match &self {
+            EnrollError::Token(TokenRefusal::Malformed) => Status::unauthenticated(self.to_string()),
+            EnrollError::Token(_) => Status::unauthenticated(self.to_string()),
+            EnrollError::Csr(_) | EnrollError::BadHostName(_) => Status::invalid_argument(self.to_string()),
+            EnrollError::Store(_) | EnrollError::Pki(_) => {
+                Status::internal(format!("enrollment failed on the coordinator: {self}"))
+            }
+        }
+    }
+}
+
+impl IntoStatus for SessionError {
+    fn into_status(self) -> Status {
+        match &self {
+            SessionError::NoHello => Status::invalid_argument(self.to_string()),
+            SessionError::HelloTimeout(_) => Status::deadline_exceeded(self.to_string()),
+            SessionError::IdentityMismatch { .. } => Status::permission_denied(self.to_string()),
+            SessionError::Protocol { .. } => Status::failed_precondition(self.to_string()),
+            SessionError::Stream(s) => s.clone(),
+            SessionError::Store(_) => Status::internal(self.to_string()),
+        }
+    }
+}
+
+fn peer_of<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.remote_addr)
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+/// The protocol version a request declares; an agent that declares none is older than v1's
+/// header and is told so.
+fn check_protocol<T>(req: &Request<T>) -> Result<(), AuthError> {
+    let ours = flotilla_proto::PROTOCOL_VERSION;
+    let theirs = req
+        .metadata()
+        .get(flotilla_proto::PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    match theirs {
+        Some(v) if v == ours => Ok(()),
+        Some(v) => Err(AuthError::Protocol(format!(
+            "agent speaks protocol v{v}, this coordinator speaks v{ours}; upgrade the older side"
+        ))),
+        None => Err(AuthError::Protocol(format!(
+            "request carries no '{}' header; this coordinator speaks protocol v{ours}",
+            flotilla_proto::PROTOCOL_HEADER
+        ))),
+    }
+}
+
+impl AgentApi {
+    /// Requires a host certificate from the cluster CA (rustls verified the chain), for an
+    /// enrolled, unrevoked host, with a serial the host still holds.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<AuthenticatedHost, AuthError> {
+        let peer = peer_of(req);
+        let certs = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.certs.clone())
+            .ok_or(AuthError::NoCertificate)?;
+        let leaf = certs.first().ok_or(AuthError::NoCertificate)?;
+        let id = identity_of(leaf).ok_or(AuthError::Unparseable)?;
+        if id.organizational_unit != flotilla_proto::OU_HOST {
+            return Err(AuthError::NotAHost(id.organizational_unit));
+        }
+        let rec = self
+            .cp
+            .store
+            .host(&id.common_name)
+            .map_err(|_| AuthError::UnknownHost(id.common_name.clone()))?
+            .ok_or_else(|| AuthError::UnknownHost(id.common_name.clone()))?;
+        if rec.revoked {
+            return Err(AuthError::Revoked(id.common_name));
+        }
+        if !rec.certs.iter().any(|c| c.serial == id.serial) {
+            return Err(AuthError::Superseded {
+                host: id.common_name,
+                serial: id.serial,
+            });
+        }
+        Ok(AuthenticatedHost {
+            name: id.common_name,
+            serial: id.serial,
+            not_after_unix: id.not_after_unix,
+            peer,
+        })
+    }
+
+    fn refuse(&self, kind: &str, req_peer: &str, err: AuthError) -> Status {
+        let host = match &err {
+            AuthError::UnknownHost(h) | AuthError::Revoked(h) => h.clone(),
+            AuthError::Superseded { host, .. } => host.clone(),
+            _ => String::new(),
+        };
+        self.cp.audit(kind, &host, err.to_string(), req_peer);
+        err.into_status()
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn enroll(&self, req: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+        check_protocol(&req).map_err(IntoStatus::into_status)?;
+        let peer = peer_of(&req);
+        let cp = Arc::clone(&self.cp);
+        let body = req.into_inner();
+        // Signing and the fsync'd commit are blocking work: keep them off the reactor.
+        let resp = tokio::task::spawn_blocking(move || cp.enroll(&body, &peer))
+            .await
+            .map_err(|e| Status::internal(format!("enrollment task failed: {e}")))?
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(resp))
+    }
+
+    type SessionStream = BoxStream<v1::CoordinatorMessage>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = peer_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("session.refused.protocol", &peer, e))?;
+        let who = self
+            .authenticate(&req)
+            .map_err(|e| self.refuse("session.refused", &peer, e))?;
+        let rx = self
+            .cp
+            .open_session(who, req.into_inner())
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type LogsStream = BoxStream<v1::LogAck>;
+
+    async fn logs(&self, req: Request<Streaming<v1::LogChunk>>) -> Result<Response<Self::LogsStream>, Status> {
+        let peer = peer_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("logs.refused.protocol", &peer, e))?;
+        let who = self
+            .authenticate(&req)
+            .map_err(|e| self.refuse("logs.refused", &peer, e))?;
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty log stream"))?;
+        let Some(route) = self.cp.logs.route(&first.stream_id, &who.name) else {
+            return Err(Status::not_found(format!(
+                "no follower for log stream '{}' of host '{}'",
+                first.stream_id, who.name
+            )));
+        };
+        let (ack_tx, ack_rx) = tokio::sync::mpsc::channel::<Result<v1::LogAck, Status>>(16);
+        let shutdown = self.cp.shutdown.clone();
+        tokio::spawn(async move {
+            let mut chunk = Some(first);
+            loop {
+                let c = match chunk.take() {
+                    Some(c) => c,
+                    None => tokio::select! {
+                        m = inbound.next() => match m {
+                            Some(Ok(c)) => c,
+                            _ => break,
+                        },
+                        () = shutdown.cancelled() => break,
+                    },
+                };
+                let last = c.lines.last().map(|l| l.unix_ns);
+                if !c.lines.is_empty() && route.send(LogEvent::Lines(c.lines)).await.is_err() {
+                    let _ = ack_tx.send(Err(Status::cancelled("the follower went away"))).await;
+                    break;
+                }
+                if c.eof || !c.error.is_empty() {
+                    let error = (!c.error.is_empty()).then_some(c.error);
+                    let _ = route.send(LogEvent::End { error }).await;
+                }
+                if let Some(ns) = last
+                    && ack_tx.send(Ok(v1::LogAck { unix_ns: ns })).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+    }
+}

@@ -1,0 +1,492 @@
+//! The `coordinator` command line: argument parsing and one function per command. Commands
+//! other than `serve` are thin clients of the running control plane's admin API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flotilla_proto::v1;
+use tonic::transport::Channel;
+
+use crate::admin::{self, ConnectError};
+use crate::config::{ServeConfig, StatePaths, default_state_root, valid_name};
+use crate::control::role_name;
+
+/// Exit code for bad usage or configuration (sysexits' EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+/// Exit code when the control plane cannot be reached (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
+#[derive(Parser, Debug)]
+#[command(name = "coordinator", version, about = "Flotilla: a highly available Docker Swarm cluster, deployed and drilled.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The cluster to act on.
+    #[arg(long, global = true, env = "FLOTILLA_CLUSTER", default_value = "flotilla")]
+    pub cluster: String,
+    /// Root of every cluster's state (default: $FLOTILLA_STATE_DIR, $XDG_STATE_HOME/flotilla or ~/.local/state/flotilla).
+    #[arg(long, global = true)]
+    pub state_root: Option<PathBuf>,
+    /// Use a remote control plane through an operator bundle (see `operator-cert create`).
+    #[arg(long, global = true, env = "FLOTILLA_REMOTE")]
+    pub remote: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_root.clone().unwrap_or_else(default_state_root).join(&self.cluster)
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane of a cluster (in the foreground).
+    Serve(ServeArgs),
+    /// List hosts: roles, session, heartbeat, health.
+    Status {
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+        /// Redraw every interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        interval: Duration,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Host identities.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+    /// Operator certificates for using this CLI from another machine.
+    OperatorCert {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// The audit trail: enrollments, refusals, renewals, revocations.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Stop the control plane (agents keep their containers running and reconnect later).
+    Stop,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Where the agent port listens.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: String,
+    /// Address(es) agents dial (IP or DNS name); the server certificate's SANs.
+    #[arg(long)]
+    pub advertise: Vec<String>,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Validity of host client certificates (renewed at two thirds).
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub host_cert_validity: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Mint a one-time join token for a host.
+    Create {
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// Refuse a host from its next call and close its session.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Make an operator key here, have the cluster CA sign it, and write a bundle directory.
+    Create {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// An error with the exit code it deserves.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{}", .0.message())]
+    Rpc(#[from] tonic::Status),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
+            CliError::Connect(ConnectError::NotRunning { .. }) => EXIT_UNAVAILABLE,
+            CliError::Serve(crate::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
+            _ => 1,
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `30d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 5m, 1h, 30d)"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => return Err(format!("unknown unit '{other}' in '{s}' (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let g = cli.global.clone();
+    if !valid_name(&g.cluster) {
+        return Err(CliError::Usage(format!(
+            "--cluster '{}': use 1-63 of a-z, 0-9 and '-'",
+            g.cluster
+        )));
+    }
+    match cli.command {
+        Command::Serve(args) => serve(&g, args).await,
+        Command::Status { output, watch, interval } => {
+            let mut client = client(&g).await?;
+            loop {
+                let st = client.status(v1::StatusRequest {}).await?.into_inner();
+                if watch && output == Output::Table {
+                    print!("\x1b[2J\x1b[H");
+                }
+                match output {
+                    Output::Json => println!("{}", status_json(&st)),
+                    Output::Table => println!("{}", status_table(&st)),
+                }
+                if !watch {
+                    return Ok(());
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }
+        Command::Token {
+            command: TokenCommand::Create { host, ttl, output },
+        } => {
+            let mut client = client(&g).await?;
+            let r = client
+                .create_token(v1::CreateTokenRequest {
+                    host_name: host.clone(),
+                    ttl_s: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+                })
+                .await?
+                .into_inner();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"host": host, "token": r.token, "expires_unix_ms": r.expires_unix_ms})
+                ),
+                Output::Table => {
+                    eprintln!("join token for host '{host}' (single use, expires in {} s):", ttl.as_secs());
+                    println!("{}", r.token);
+                }
+            }
+            Ok(())
+        }
+        Command::Host {
+            command: HostCommand::Revoke { name },
+        } => {
+            let mut client = client(&g).await?;
+            let r = client
+                .revoke_host(v1::RevokeHostRequest { host_name: name.clone() })
+                .await?
+                .into_inner();
+            println!(
+                "host '{name}' revoked{}",
+                if r.session_closed { "; its session was closed" } else { "" }
+            );
+            Ok(())
+        }
+        Command::OperatorCert {
+            command: OperatorCommand::Create { name, out },
+        } => operator_cert(&g, &name, &out).await,
+        Command::Audit { limit, output } => {
+            let mut client = client(&g).await?;
+            let events = client.audit(v1::AuditRequest { limit }).await?.into_inner().events;
+            for e in events {
+                match output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({"unix_ms": e.unix_ms, "kind": e.kind, "host": e.host_name, "detail": e.detail, "peer": e.peer})
+                    ),
+                    Output::Table => println!(
+                        "{}  {:<28} {:<12} {} {}",
+                        fmt_time(e.unix_ms),
+                        e.kind,
+                        e.host_name,
+                        e.detail,
+                        if e.peer.is_empty() { String::new() } else { format!("(from {})", e.peer) }
+                    ),
+                }
+            }
+            Ok(())
+        }
+        Command::Stop => {
+            let mut client = match client(&g).await {
+                Ok(c) => c,
+                Err(CliError::Connect(ConnectError::NotRunning { .. })) => {
+                    println!("no control plane is running for cluster '{}'", g.cluster);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            client.shutdown(v1::ShutdownRequest {}).await?;
+            println!("control plane of cluster '{}' stopped", g.cluster);
+            Ok(())
+        }
+    }
+}
+
+async fn client(g: &Global) -> Result<v1::admin_client::AdminClient<Channel>, CliError> {
+    match &g.remote {
+        Some(bundle) => Ok(admin::connect_remote(bundle)?),
+        None => Ok(admin::connect_local(&g.cluster, &StatePaths::new(&g.state_dir()).admin_socket()).await?),
+    }
+}
+
+async fn serve(g: &Global, args: ServeArgs) -> Result<(), CliError> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("--listen {}: {e}", args.listen)))?;
+    let mut config = ServeConfig::new(&g.cluster, g.state_dir());
+    config.advertise = args.advertise;
+    config.heartbeat_interval = args.heartbeat_interval;
+    config.host_cert_validity = args.host_cert_validity;
+    crate::serve::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn operator_cert(g: &Global, name: &str, out: &std::path::Path) -> Result<(), CliError> {
+    let (key, csr) = crate::pki::new_key_and_csr(name).map_err(|e| CliError::Other(e.to_string()))?;
+    let mut client = client(g).await?;
+    let r = client
+        .issue_operator_certificate(v1::IssueOperatorCertificateRequest {
+            operator_name: name.to_string(),
+            csr_pem: csr,
+        })
+        .await?
+        .into_inner();
+    let io = |e: std::io::Error| CliError::Other(format!("{}: {e}", out.display()));
+    flotilla_proto::fs::private_dir(out).map_err(io)?;
+    flotilla_proto::fs::write_private(&out.join("key.pem"), key.serialize_pem().as_bytes()).map_err(io)?;
+    flotilla_proto::fs::write_public(&out.join("cert.pem"), r.certificate_pem.as_bytes()).map_err(io)?;
+    flotilla_proto::fs::write_public(&out.join("ca.pem"), r.ca_chain_pem.join("").as_bytes()).map_err(io)?;
+    flotilla_proto::fs::write_public(
+        &out.join("endpoint"),
+        r.endpoints.first().cloned().unwrap_or_default().as_bytes(),
+    )
+    .map_err(io)?;
+    println!(
+        "operator bundle written to {} (key.pem is 0600); use it with `coordinator --remote {} status`",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn fmt_time(unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339).ok()
+        })
+        .unwrap_or_else(|| unix_ms.to_string())
+}
+
+fn roles_of(h: &v1::HostStatus) -> Vec<&'static str> {
+    h.roles
+        .iter()
+        .filter_map(|r| v1::Role::try_from(*r).ok())
+        .map(role_name)
+        .collect()
+}
+
+/// `status --output json`: an object with a `hosts` array.
+pub fn status_json(st: &v1::StatusResponse) -> serde_json::Value {
+    let hosts: Vec<_> = st
+        .hosts
+        .iter()
+        .map(|h| {
+            let f = h.facts.clone().unwrap_or_default();
+            let health = h.health.as_ref().map(|s| {
+                serde_json::json!({
+                    "cpu_percent": s.cpu_percent,
+                    "load1": s.load1,
+                    "memory_used_bytes": s.memory_used_bytes,
+                    "memory_total_bytes": s.memory_total_bytes,
+                    "disk_used_bytes": s.disk_used_bytes,
+                    "disk_total_bytes": s.disk_total_bytes,
+                    "uptime_s": s.uptime_s,
+                    "engine_ok": s.engine_ok,
+                    "engine_error": s.engine_error,
+                })
+            });
+            serde_json::json!({
+                "name": h.name,
+                "host_id": h.host_id,
+                "roles": roles_of(h),
+                "connected": h.connected,
+                "since_unix_ms": h.since_unix_ms,
+                "last_heartbeat_age_s": if h.last_heartbeat_age_s < 0.0 { serde_json::Value::Null } else { serde_json::json!(h.last_heartbeat_age_s) },
+                "unreachable": h.unreachable,
+                "revoked": h.revoked,
+                "agent_version": h.agent_version,
+                "cert_not_after_unix_ms": h.cert_not_after_unix_ms,
+                "addresses": f.private_addresses,
+                "instance_id": f.instance_id,
+                "engine_version": f.engine_version,
+                "health": health,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "cluster": st.cluster,
+        "agent_endpoint": st.agent_endpoint,
+        "heartbeat_interval_s": st.heartbeat_interval_s,
+        "hosts": hosts,
+    })
+}
+
+fn status_table(st: &v1::StatusResponse) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_header(["HOST", "ROLES", "SESSION", "HEARTBEAT", "CPU", "LOAD", "MEM", "DISK", "ENGINE"]);
+    for h in &st.hosts {
+        let session = if h.revoked {
+            "revoked".to_string()
+        } else if h.connected && !h.unreachable {
+            format!("up {}", ago(h.since_unix_ms))
+        } else if h.connected {
+            "unreachable".to_string()
+        } else {
+            format!("down (seen {} ago)", ago(h.since_unix_ms))
+        };
+        let hb = if h.last_heartbeat_age_s < 0.0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}s ago", h.last_heartbeat_age_s)
+        };
+        let (cpu, load, mem, disk, engine) = match &h.health {
+            Some(s) => (
+                format!("{:.0}%", s.cpu_percent),
+                format!("{:.2}", s.load1),
+                pct(s.memory_used_bytes, s.memory_total_bytes),
+                pct(s.disk_used_bytes, s.disk_total_bytes),
+                if s.engine_ok { "ok".to_string() } else { "DOWN".to_string() },
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let roles = roles_of(h).join(",");
+        t.add_row([
+            h.name.clone(),
+            if roles.is_empty() { "-".into() } else { roles },
+            session,
+            hb,
+            cpu,
+            load,
+            mem,
+            disk,
+            engine,
+        ]);
+    }
+    format!("cluster {} — {} hosts\n{t}", st.cluster, st.hosts.len())
+}
+
+fn pct(used: u64, total: u64) -> String {
+    if total == 0 {
+        "-".into()
+    } else {
+        format!("{:.0}%", used as f64 * 100.0 / total as f64)
+    }
+}
+
+fn ago(unix_ms: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let s = ((now - unix_ms).max(0) / 1000) as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_garbage() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

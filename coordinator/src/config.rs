@@ -1,0 +1,84 @@
+//! The control plane's configuration (`coordinator serve` flags), and where a cluster's
+//! state lives on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Settings for one control plane.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub cluster: String,
+    /// `<state root>/<cluster>`: the store, the PKI, the admin socket.
+    pub state_dir: PathBuf,
+    /// Addresses (IPs or DNS names) agents use to reach the agent port; the server
+    /// certificate's SANs. Empty: the listener's own IP.
+    pub advertise: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub host_cert_validity: Duration,
+    /// Also serve the admin API on the agent port to operator certificates.
+    pub remote_admin: bool,
+}
+
+impl ServeConfig {
+    pub fn new(cluster: &str, state_dir: PathBuf) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            state_dir,
+            advertise: Vec::new(),
+            heartbeat_interval: Duration::from_secs(5),
+            host_cert_validity: crate::pki::HOST_CERT_VALIDITY,
+            remote_admin: true,
+        }
+    }
+}
+
+/// The files of a cluster's state directory.
+#[derive(Clone, Debug)]
+pub struct StatePaths {
+    pub dir: PathBuf,
+}
+
+impl StatePaths {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("state.redb")
+    }
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.join("pki").join("ca.pem")
+    }
+    /// Written by `serve` once it listens: the agent port's address.
+    pub fn endpoint_file(&self) -> PathBuf {
+        self.dir.join("endpoint")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("coordinator.log")
+    }
+}
+
+/// The default root of all clusters' state: `$FLOTILLA_STATE_DIR`, else
+/// `$XDG_STATE_HOME/flotilla`, else `~/.local/state/flotilla`.
+pub fn default_state_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("FLOTILLA_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("flotilla");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local").join("state").join("flotilla")
+}
+
+/// Cluster and host names: DNS labels, so they are safe in certificates, file names,
+/// container names and tags.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

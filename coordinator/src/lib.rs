@@ -1,0 +1,32 @@
+//! The Flotilla coordinator: the control plane of one cluster, and the CLI that drives it.
+//!
+//! Control plane (`coordinator serve`, one per cluster, state in one directory):
+//! - [`serve`]: starts it — the agent port (TLS 1.3) and the admin unix socket.
+//! - [`control`]: the shared state every handler works on, and the admin operations.
+//! - [`store`]: the durable state (redb): hosts, join-token hashes, the audit trail.
+//! - [`pki`]: the cluster CA, the server certificate, signing host and operator CSRs.
+//! - [`tokens`]: one-time join tokens (mint, check, consume).
+//! - [`enroll`]: the `Enroll` RPC's logic (token + CSR → certificate).
+//! - [`session`]: one agent session's life; [`sessions`]: the registry of live ones.
+//! - [`logs`]: routing agents' log streams to followers.
+//! - [`agent_api`]: the `AgentService` gRPC edge (authentication, error → status).
+//! - [`admin`]: the `Admin` gRPC service and the CLI's client for it.
+//! - [`clock`]: the control plane's clock (movable in tests).
+//! - [`config`]: `serve` settings and the state directory's layout.
+//!
+//! CLI: [`cli`] parses arguments and runs one command against the control plane.
+
+pub mod admin;
+pub mod agent_api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod enroll;
+pub mod logs;
+pub mod pki;
+pub mod serve;
+pub mod session;
+pub mod sessions;
+pub mod store;
+pub mod tokens;

@@ -1,0 +1,434 @@
+//! The cluster's PKI: a CA created on first use, the coordinator's server certificate,
+//! host and operator client certificates signed from CSRs.
+//!
+//! Files under `<state>/pki/`: `ca.pem`, `ca.key` (0600, never leaves this directory),
+//! `server.pem`, `server.key` (0600). All keys are ECDSA P-256 made with aws-lc-rs.
+//! The server certificate is re-issued when the advertised addresses change or a third of
+//! its life is left; hosts keep trusting it because they trust the CA.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_proto::tls::{self, Identity};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default validity of a host's client certificate.
+pub const HOST_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default validity of an operator certificate.
+pub const OPERATOR_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Issued certificates start this long in the past, to absorb clock skew between hosts.
+const BACKDATE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("PKI file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("PKI file {path} is unreadable: {detail}; move the pki/ directory aside to start a new CA (every host must then re-enroll)")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("CSR: {0}")]
+    BadCsr(String),
+}
+
+/// The cluster CA and the coordinator's server identity.
+pub struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+    server: Identity,
+    server_pem: String,
+}
+
+/// A certificate issued from a CSR.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub certificate_pem: String,
+    pub serial: String,
+    pub not_after_unix: i64,
+}
+
+impl Pki {
+    /// Loads the PKI from `<state>/pki`, creating the CA on first use, and makes sure the
+    /// server certificate covers exactly `advertised` (host names or IP addresses).
+    pub fn load_or_create(state_dir: &Path, cluster: &str, advertised: &[String]) -> Result<Self, PkiError> {
+        let dir = state_dir.join("pki");
+        flotilla_proto::fs::private_dir(&dir).map_err(|source| PkiError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let ca_pem_path = dir.join("ca.pem");
+        let ca_key_path = dir.join("ca.key");
+        let (ca_key, ca_pem) = if ca_key_path.exists() {
+            let key_pem = read(&ca_key_path)?;
+            let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Corrupt {
+                path: ca_key_path.clone(),
+                detail: e.to_string(),
+            })?;
+            (key, read(&ca_pem_path)?)
+        } else {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let params = ca_params(cluster);
+            let cert = params.self_signed(&key)?;
+            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+            write_public(&ca_pem_path, cert.pem().as_bytes())?;
+            (key, cert.pem())
+        };
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| PkiError::Corrupt {
+            path: ca_pem_path.clone(),
+            detail: e.to_string(),
+        })?;
+
+        let mut pki = Self {
+            dir,
+            issuer,
+            ca_pem,
+            server: Identity {
+                chain: Vec::new(),
+                key: std::sync::Arc::new(rustls_pki_types::PrivateKeyDer::Pkcs8(Vec::new().into())),
+            },
+            server_pem: String::new(),
+        };
+        pki.ensure_server_cert(cluster, advertised)?;
+        Ok(pki)
+    }
+
+    fn ensure_server_cert(&mut self, cluster: &str, advertised: &[String]) -> Result<(), PkiError> {
+        let cert_path = self.dir.join("server.pem");
+        let key_path = self.dir.join("server.key");
+        let mut wanted: Vec<String> = advertised.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        if cert_path.exists() && key_path.exists() {
+            let cert_pem = read(&cert_path)?;
+            let key_pem = read(&key_path)?;
+            if let Some((mut sans, not_before, not_after)) = server_cert_facts(&cert_pem) {
+                sans.sort();
+                let now = OffsetDateTime::now_utc().unix_timestamp();
+                let third = (not_after - not_before) / 3;
+                if sans == wanted && now < not_after - third {
+                    self.server = Identity::from_pem("server certificate", &cert_pem, &key_pem)?;
+                    self.server_pem = cert_pem;
+                    return Ok(());
+                }
+            }
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&format!("coordinator.{cluster}"), flotilla_proto::OU_COORDINATOR);
+        params.subject_alt_names = wanted.iter().map(|a| san(a)).collect::<Result<_, _>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        set_validity(&mut params, SERVER_VALIDITY);
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        write_public(&cert_path, cert.pem().as_bytes())?;
+        self.server = Identity::from_pem("server certificate", &cert.pem(), &key.serialize_pem())?;
+        self.server_pem = cert.pem();
+        Ok(())
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        Ok(tls::certs_from_pem("cluster CA", &self.ca_pem)?)
+    }
+
+    pub fn server_identity(&self) -> &Identity {
+        &self.server
+    }
+
+    pub fn server_pem(&self) -> &str {
+        &self.server_pem
+    }
+
+    pub fn ca_pem_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Signs a host's CSR: the subject is rewritten to `CN=<host>, OU=flotilla-host` and the
+    /// certificate is for client authentication only. Refuses a CSR that does not parse,
+    /// whose signature is wrong, whose key is not ECDSA P-256/P-384 or Ed25519, or whose
+    /// subject names another host.
+    pub fn sign_host_csr(&self, host: &str, csr_pem: &str, validity: Duration) -> Result<Issued, PkiError> {
+        self.sign_client_csr(host, flotilla_proto::OU_HOST, csr_pem, validity)
+    }
+
+    /// Signs an operator's CSR (`CN=<name>, OU=flotilla-operator`).
+    pub fn sign_operator_csr(&self, name: &str, csr_pem: &str, validity: Duration) -> Result<Issued, PkiError> {
+        self.sign_client_csr(name, flotilla_proto::OU_OPERATOR, csr_pem, validity)
+    }
+
+    fn sign_client_csr(&self, name: &str, ou: &str, csr_pem: &str, validity: Duration) -> Result<Issued, PkiError> {
+        let der = check_csr(csr_pem, name)?;
+        let mut csr = CertificateSigningRequestParams::from_der(&der.into())
+            .map_err(|e| PkiError::BadCsr(format!("does not verify: {e}")))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(name, ou);
+        params.subject_alt_names = vec![SanType::DnsName(
+            name.try_into().map_err(|_| PkiError::BadCsr(format!("'{name}' is not a valid DNS name")))?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, validity);
+        let serial = random_serial();
+        params.serial_number = Some(serial.clone());
+        let not_after = params.not_after.unix_timestamp();
+        csr.params = params;
+        let cert = csr.signed_by(&self.issuer)?;
+        Ok(Issued {
+            certificate_pem: cert.pem(),
+            serial: hex::encode(serial.to_bytes()),
+            not_after_unix: not_after,
+        })
+    }
+}
+
+/// Parses and vets a CSR before rcgen sees it: the key algorithm, and the subject's CN.
+fn check_csr(csr_pem: &str, expected_cn: &str) -> Result<Vec<u8>, PkiError> {
+    use x509_parser::prelude::FromDer;
+    let pem = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes())
+        .map_err(|_| PkiError::BadCsr("not a PEM certificate signing request".into()))?
+        .1;
+    if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
+        return Err(PkiError::BadCsr(format!(
+            "expected a PEM 'CERTIFICATE REQUEST', got '{}'",
+            pem.label
+        )));
+    }
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+        .map_err(|e| PkiError::BadCsr(format!("does not parse: {e}")))?;
+    let info = &csr.certification_request_info;
+    let spki = &info.subject_pki;
+    let alg = spki.algorithm.algorithm.to_id_string();
+    const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    const ED25519: &str = "1.3.101.112";
+    const RSA: &str = "1.2.840.113549.1.1.1";
+    const P256: &str = "1.2.840.10045.3.1.7";
+    const P384: &str = "1.3.132.0.34";
+    match alg.as_str() {
+        EC_PUBLIC_KEY => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+                .unwrap_or_default();
+            if curve != P256 && curve != P384 {
+                return Err(PkiError::BadCsr(format!(
+                    "weak or unsupported key: elliptic curve {curve} is not accepted; use ECDSA P-256"
+                )));
+            }
+        }
+        ED25519 => {}
+        RSA => {
+            let bits = match spki.parsed() {
+                Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => rsa.key_size(),
+                _ => 0,
+            };
+            return Err(PkiError::BadCsr(format!(
+                "weak or unsupported key: RSA ({bits} bits) is not accepted; use ECDSA P-256"
+            )));
+        }
+        other => {
+            return Err(PkiError::BadCsr(format!(
+                "weak or unsupported key algorithm {other}; use ECDSA P-256"
+            )));
+        }
+    }
+    csr.verify_signature()
+        .map_err(|_| PkiError::BadCsr("signature does not verify".into()))?;
+    let cn = info
+        .subject
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default();
+    if cn != expected_cn {
+        return Err(PkiError::BadCsr(format!(
+            "names '{cn}' but was presented for '{expected_cn}'"
+        )));
+    }
+    Ok(pem.contents)
+}
+
+/// Makes a key pair and a CSR for `cn` (used by the CLI for operator certificates; the
+/// agent has its own copy of this two-liner so it does not depend on the coordinator).
+pub fn new_key_and_csr(cn: &str) -> Result<(KeyPair, String), PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let csr = params.serialize_request(&key)?;
+    Ok((key, csr.pem()?))
+}
+
+fn ca_params(cluster: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(&format!("Flotilla cluster CA {cluster}"), "flotilla-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, CA_VALIDITY);
+    params.serial_number = Some(random_serial());
+    params
+}
+
+fn dn(cn: &str, ou: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Flotilla");
+    dn.push(DnType::OrganizationalUnitName, ou);
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn san(addr: &str) -> Result<SanType, PkiError> {
+    Ok(match addr.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(
+            addr.try_into()
+                .map_err(|_| PkiError::BadCsr(format!("advertised address '{addr}' is neither an IP nor a DNS name")))?,
+        ),
+    })
+}
+
+fn set_validity(params: &mut CertificateParams, validity: Duration) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity;
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // no leading zero byte
+    SerialNumber::from_slice(&bytes)
+}
+
+fn server_cert_facts(pem: &str) -> Option<(Vec<String>, i64, i64)> {
+    let der = tls::certs_from_pem("server", pem).ok()?.into_iter().next()?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = x509.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => sans.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => sans.push(IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                    16 => sans.push(IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Some((
+        sans,
+        x509.validity().not_before.timestamp(),
+        x509.validity().not_after.timestamp(),
+    ))
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    flotilla_proto::fs::write_private(path, data).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_public(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    flotilla_proto::fs::write_public(path, data).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki(dir: &Path) -> Pki {
+        Pki::load_or_create(dir, "test", &["127.0.0.1".into(), "localhost".into()]).expect("pki")
+    }
+
+    #[test]
+    fn ca_is_created_once_and_keys_are_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = pki(dir.path()).ca_pem().to_string();
+        let second = pki(dir.path()).ca_pem().to_string();
+        assert_eq!(first, second, "the CA must be created on first use only");
+        for key in ["ca.key", "server.key"] {
+            let mode = flotilla_proto::fs::mode_of(&dir.path().join("pki").join(key)).expect("mode");
+            assert_eq!(mode, 0o600, "{key}");
+        }
+        let dir_mode = flotilla_proto::fs::mode_of(&dir.path().join("pki")).expect("mode");
+        assert_eq!(dir_mode, 0o700);
+    }
+
+    #[test]
+    fn server_cert_is_reissued_when_advertised_addresses_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = pki(dir.path()).server_pem().to_string();
+        let b = pki(dir.path()).server_pem().to_string();
+        assert_eq!(a, b);
+        let c = Pki::load_or_create(dir.path(), "test", &["10.1.2.3".into()])
+            .expect("pki")
+            .server_pem()
+            .to_string();
+        assert_ne!(a, c);
+        let (sans, _, _) = server_cert_facts(&c).expect("facts");
+        assert_eq!(sans, vec!["10.1.2.3".to_string()]);
+    }
+
+    #[test]
+    fn host_csr_is_signed_with_the_host_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki(dir.path());
+        let (_key, csr) = new_key_and_csr("node0").expect("csr");
+        let issued = pki.sign_host_csr("node0", &csr, HOST_CERT_VALIDITY).expect("sign");
+        let der = tls::certs_from_pem("issued", &issued.certificate_pem).expect("pem");
+        let id = tls::identity_of(&der[0]).expect("identity");
+        assert_eq!(id.common_name, "node0");
+        assert_eq!(id.organizational_unit, flotilla_proto::OU_HOST);
+        assert_eq!(id.serial, issued.serial);
+        let days = (id.not_after_unix - OffsetDateTime::now_utc().unix_timestamp()) / 86400;
+        assert!((29..=30).contains(&days), "validity {days} days");
+    }
+
+    #[test]
+    fn bad_csrs_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki(dir.path());
+        let err = pki.sign_host_csr("node0", "garbage", HOST_CERT_VALIDITY).expect_err("garbage");
+        assert!(err.to_string().contains("not a PEM"), "{err}");
+        let (_key, csr) = new_key_and_csr("node1").expect("csr");
+        let err = pki.sign_host_csr("node0", &csr, HOST_CERT_VALIDITY).expect_err("other host");
+        assert!(err.to_string().contains("names 'node1'"), "{err}");
+    }
+}

@@ -1,0 +1,215 @@
+//! `coordinator serve`: one control plane per cluster. Opens the store, ensures the PKI,
+//! serves the agent port (TLS 1.3; `AgentService`, and `Admin` for operator certificates)
+//! and the admin unix socket, until shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::tls;
+use flotilla_proto::v1::{admin_server::AdminServer, agent_service_server::AgentServiceServer};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+
+use crate::admin::AdminApi;
+use crate::agent_api::AgentApi;
+use crate::clock::Clock;
+use crate::config::{ServeConfig, StatePaths};
+use crate::control::ControlPlane;
+use crate::pki::{Pki, PkiError};
+use crate::store::{Store, StoreError};
+
+/// How long in-flight RPCs get to finish after a shutdown request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("state directory {path}: {source}")]
+    StateDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error(
+        "listening on {0}, which is not an address agents can dial: pass --advertise with the address (or DNS name) hosts reach this machine at"
+    )]
+    NoAdvertise(SocketAddr),
+    #[error("admin socket {path}: {source}")]
+    AdminSocket { path: std::path::PathBuf, source: std::io::Error },
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A running control plane.
+pub struct Running {
+    pub cp: Arc<ControlPlane>,
+    pub addr: SocketAddr,
+    pub paths: StatePaths,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Asks the control plane to stop and waits for it.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        self.cp.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the control plane stops (shutdown requested through the admin API or
+    /// [`ControlPlane::shutdown`]).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        let result = match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Listener(std::io::Error::other(e))),
+        };
+        // Session and log tasks hold the control plane (and so the store's file lock) until
+        // they notice the shutdown; give them a bounded moment so a restart can reopen it.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&self.cp) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        result
+    }
+}
+
+/// Starts a control plane on `listener` and returns once it accepts connections.
+pub async fn start(config: ServeConfig, listener: TcpListener) -> Result<Running, ServeError> {
+    start_with_clock(config, listener, Clock::default()).await
+}
+
+/// [`start`] with a given clock (tests move it forward to expire tokens).
+pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock: Clock) -> Result<Running, ServeError> {
+    tls::install_default_provider();
+    let paths = StatePaths::new(&config.state_dir);
+    flotilla_proto::fs::private_dir(&paths.dir).map_err(|source| ServeError::StateDir {
+        path: paths.dir.clone(),
+        source,
+    })?;
+    let store = Store::open(&paths.store())?;
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let advertise = if config.advertise.is_empty() {
+        if addr.ip().is_unspecified() {
+            return Err(ServeError::NoAdvertise(addr));
+        }
+        vec![addr.ip().to_string()]
+    } else {
+        config.advertise.clone()
+    };
+    let pki = Pki::load_or_create(&paths.dir, &config.cluster, &advertise)?;
+    let server_tls = tls::server_config(pki.server_identity(), &pki.ca_certs()?)?;
+    let agent_endpoint = format!(
+        "{}:{}",
+        match advertise[0].parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => advertise[0].clone(),
+        },
+        addr.port()
+    );
+
+    let cp = Arc::new(ControlPlane {
+        config: config.clone(),
+        store,
+        pki,
+        sessions: Default::default(),
+        logs: Default::default(),
+        clock,
+        agent_endpoint: agent_endpoint.clone(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    });
+
+    // The admin socket: we hold the store's lock, so no other control plane of this
+    // cluster is running and a leftover socket file is stale.
+    let sock = paths.admin_socket();
+    let _ = std::fs::remove_file(&sock);
+    let unix = UnixListener::bind(&sock).map_err(|source| ServeError::AdminSocket {
+        path: sock.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|source| {
+        ServeError::AdminSocket {
+            path: sock.clone(),
+            source,
+        }
+    })?;
+    flotilla_proto::fs::write_public(&paths.endpoint_file(), agent_endpoint.as_bytes()).map_err(|source| {
+        ServeError::StateDir {
+            path: paths.endpoint_file(),
+            source,
+        }
+    })?;
+
+    let agent_server = {
+        let mut router = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(15)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            .add_service(AgentServiceServer::new(AgentApi { cp: Arc::clone(&cp) }));
+        if config.remote_admin {
+            router = router.add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
+        }
+        let incoming = tls::incoming(listener, server_tls);
+        let shutdown = cp.shutdown.clone();
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        })
+    };
+    let admin_server = {
+        let router = Server::builder().add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(unix);
+        let shutdown = cp.shutdown.clone();
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        })
+    };
+
+    tracing::info!(cluster = %config.cluster, %addr, endpoint = %agent_endpoint, socket = %sock.display(), "control plane serving");
+    let cp2 = Arc::clone(&cp);
+    let task = tokio::spawn(async move {
+        cp2.shutdown.cancelled().await;
+        // Tell every agent first, so they start their back-off now rather than on a timeout.
+        cp2.sessions.close_all();
+        let join = async {
+            let a = agent_server.await;
+            let b = admin_server.await;
+            (a, b)
+        };
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, join).await {
+            Ok((a, b)) => {
+                let flatten = |r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>| match r {
+                    Ok(r) => r.map_err(ServeError::from),
+                    Err(e) => Err(ServeError::Listener(std::io::Error::other(e))),
+                };
+                flatten(a).and(flatten(b))
+            }
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+        };
+        let _ = std::fs::remove_file(cp2.config.state_dir.join("admin.sock"));
+        result
+    });
+
+    Ok(Running { cp, addr, paths, task })
+}
+
+/// Runs a control plane until `shutdown` completes or the admin API asks it to stop.
+pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let running = start(config, listener).await?;
+    let cp = Arc::clone(&running.cp);
+    tokio::select! {
+        () = shutdown => cp.shutdown.cancel(),
+        () = cp.shutdown.cancelled() => {}
+    }
+    running.wait().await
+}

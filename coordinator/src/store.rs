@@ -1,0 +1,341 @@
+//! The cluster's durable state: one redb file in the cluster's state directory.
+//!
+//! Tables hold JSON values so records can grow fields without a migration:
+//! - `hosts`: host name → [`HostRecord`] (identity, facts, roles, certificate serials).
+//! - `tokens`: sha256(token) hex → [`TokenRecord`]; the token itself is never stored.
+//! - `audit`: sequence → [`AuditEvent`].
+//! - `meta`: small cluster-wide values (cluster name, schema version).
+//!
+//! Every mutation is one transaction: a crash leaves either all of it or none.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// How many audit events are kept; older ones are dropped as new ones arrive.
+pub const AUDIT_RETENTION: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cluster state {path} is in use by another process (is a `coordinator serve` for this cluster already running?): {source}"
+    )]
+    Locked { path: PathBuf, source: redb::DatabaseError },
+    #[error("cluster state {path}: {source}")]
+    Open { path: PathBuf, source: redb::DatabaseError },
+    #[error("cluster state: {0}")]
+    Db(#[from] redb::Error),
+    #[error("cluster state: corrupt record {table}/{key}: {source}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A certificate issued to a host, still inside its validity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IssuedCert {
+    pub serial: String,
+    pub not_after_unix: i64,
+}
+
+/// Everything the coordinator remembers about one host.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostRecord {
+    pub name: String,
+    pub host_id: String,
+    pub enrolled_unix_ms: i64,
+    pub last_seen_unix_ms: i64,
+    pub roles: Vec<String>,
+    /// Certificates the host may connect with: the newest plus, after a renewal, the one
+    /// its open session still uses. Re-enrollment replaces the set.
+    pub certs: Vec<IssuedCert>,
+    pub revoked: bool,
+    pub agent_version: String,
+    pub facts: Facts,
+}
+
+/// The host facts as stored (a plain mirror of `HostFacts`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Facts {
+    pub hostname: String,
+    pub instance_id: String,
+    pub private_addresses: Vec<String>,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub engine_version: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub host_name: String,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    pub used_unix_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub unix_ms: i64,
+    pub kind: String,
+    pub host_name: String,
+    pub detail: String,
+    pub peer: String,
+}
+
+/// The store. Cheap to share behind an `Arc`; redb serialises writers internally.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the state file. Fails with [`StoreError::Locked`] when another
+    /// process holds it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_path_buf(),
+                source,
+            },
+            source => StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(HOSTS)?;
+            txn.open_table(TOKENS)?;
+            txn.open_table(AUDIT)?;
+            let mut meta = txn.open_table(META)?;
+            if meta.get("schema")?.is_none() {
+                meta.insert("schema", b"1".as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HOSTS)?;
+        get_json(&table, "hosts", name)
+    }
+
+    pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HOSTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(decode("hosts", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOKENS)?;
+        get_json(&table, "tokens", hash)
+    }
+
+    /// Runs `f` in one write transaction and commits it when `f` returns `Ok`; on `Err`
+    /// nothing is written.
+    pub fn write<T, E>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let out = {
+            let mut tx = Tx {
+                hosts: txn.open_table(HOSTS).map_err(StoreError::from)?,
+                tokens: txn.open_table(TOKENS).map_err(StoreError::from)?,
+                audit: txn.open_table(AUDIT).map_err(StoreError::from)?,
+            };
+            f(&mut tx)?
+        };
+        txn.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Appends one audit event in its own transaction.
+    pub fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.write(|tx| tx.audit(&event))
+    }
+
+    /// The newest `limit` audit events (all when 0), oldest first.
+    pub fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.rev() {
+            if limit != 0 && out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            out.push(decode("audit", &k.value().to_string(), v.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// An open write transaction over the tables.
+pub struct Tx<'t> {
+    hosts: redb::Table<'t, &'static str, &'static [u8]>,
+    tokens: redb::Table<'t, &'static str, &'static [u8]>,
+    audit: redb::Table<'t, u64, &'static [u8]>,
+}
+
+impl Tx<'_> {
+    pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        get_json(&self.hosts, "hosts", name)
+    }
+
+    pub fn put_host(&mut self, host: &HostRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(host).map_err(|source| StoreError::Corrupt {
+            table: "hosts",
+            key: host.name.clone(),
+            source,
+        })?;
+        self.hosts.insert(host.name.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get_json(&self.tokens, "tokens", hash)
+    }
+
+    pub fn put_token(&mut self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(token).map_err(|source| StoreError::Corrupt {
+            table: "tokens",
+            key: hash.to_string(),
+            source,
+        })?;
+        self.tokens.insert(hash, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Removes tokens that satisfy `pred` (expired ones, or a revoked host's).
+    pub fn remove_tokens(
+        &mut self,
+        pred: impl Fn(&TokenRecord) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut doomed = Vec::new();
+        for entry in self.tokens.iter()? {
+            let (k, v) = entry?;
+            let rec: TokenRecord = decode("tokens", k.value(), v.value())?;
+            if pred(&rec) {
+                doomed.push(k.value().to_string());
+            }
+        }
+        for k in &doomed {
+            self.tokens.remove(k.as_str())?;
+        }
+        Ok(doomed.len())
+    }
+
+    pub fn audit(&mut self, event: &AuditEvent) -> Result<(), StoreError> {
+        let next = match self.audit.last()? {
+            Some((k, _)) => k.value() + 1,
+            None => 1,
+        };
+        let bytes = serde_json::to_vec(event).map_err(|source| StoreError::Corrupt {
+            table: "audit",
+            key: next.to_string(),
+            source,
+        })?;
+        self.audit.insert(next, bytes.as_slice())?;
+        if next > AUDIT_RETENTION {
+            self.audit.remove(next - AUDIT_RETENTION)?;
+        }
+        Ok(())
+    }
+}
+
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match table.get(key)? {
+        Some(v) => Ok(Some(decode(name, key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen_and_failed_transactions_write_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).expect("open");
+            store
+                .write(|tx| {
+                    tx.put_host(&HostRecord {
+                        name: "node0".into(),
+                        host_id: "h-1".into(),
+                        ..Default::default()
+                    })
+                })
+                .expect("write");
+            let failed: Result<(), StoreError> = store.write(|tx| {
+                tx.put_host(&HostRecord {
+                    name: "node1".into(),
+                    ..Default::default()
+                })?;
+                Err(StoreError::Db(redb::Error::Corrupted("test abort".into())))
+            });
+            assert!(failed.is_err());
+        }
+        let store = Store::open(&path).expect("reopen");
+        let names: Vec<_> = store.hosts().expect("hosts").into_iter().map(|h| h.name).collect();
+        assert_eq!(names, vec!["node0".to_string()]);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let _first = Store::open(&path).expect("open");
+        let err = Store::open(&path).err().expect("second open must fail");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("already running"), "{err}");
+    }
+}
