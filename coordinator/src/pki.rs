@@ -25,7 +25,8 @@ const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const HOST_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default validity of an operator certificate.
 pub const OPERATOR_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Issued certificates start this long in the past, to absorb clock skew between hosts.
+/// Issued certificates start up to this long in the past (a tenth of their validity at
+/// most), to absorb clock skew between hosts.
 const BACKDATE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +314,7 @@ fn san(addr: &str) -> Result<SanType, PkiError> {
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    params.not_before = now - BACKDATE.min(validity / 10);
     params.not_after = now + validity;
 }
 

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# host.sh: flotilla/lab-host, the lab's stand-in for an EC2 instance.
+# Debian bookworm (debootstrap --variant=minbase) with systemd as PID 1, real cloud-init (22.4.2,
+# NoCloud only) and Debian's docker.io (Engine 20.10.24). Run it as a container with the flag set
+# in NOTES.md, a volume on /var/lib/docker and a NoCloud seed at /var/lib/cloud/seed/nocloud.
+# Usage: bash host.sh [--force|--tag]   (prints the tag as the last line of stdout)
+set -Eeuo pipefail
+if ! declare -F fl_init >/dev/null; then
+  FLOTILLA_IMAGES_DIR="${FLOTILLA_IMAGES_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]:-.}")" && pwd)}"
+  # shellcheck source=common.sh
+  source "$FLOTILLA_IMAGES_DIR/common.sh"
+fi
+fl_init host "${BASH_SOURCE[0]:-}" "$@"
+
+SUITE=bookworm
+# python3-cffi-backend: debootstrap does not resolve the virtual package python3-cryptography
+# needs (python3-cffi-backend-api-*), which leaves cloud-init's python3-cryptography unconfigured.
+# netbase: /etc/services and /etc/protocols. No openssh-server: hosts are reached with
+# `docker exec`, the agent dials out, and it saves host-key generation at every first boot.
+PACKAGES=systemd,systemd-sysv,dbus,cloud-init,python3-cffi-backend,docker.io,iproute2,iptables,ca-certificates,procps,curl,iputils-ping,netbase,less
+
+# Units that cannot work in a container or that would reach outside the lab on their own.
+MASK_UNITS=(
+  # timers that download or touch the outside world
+  apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service
+  # interactive first-boot wizard (the empty machine-id makes every container a "first boot")
+  systemd-firstboot.service
+  # no consoles, no kernel/hardware to manage in a container
+  getty.target console-getty.service getty@tty1.service serial-getty@console.service
+  systemd-udevd.service systemd-udevd-control.socket systemd-udevd-kernel.socket
+  systemd-udev-trigger.service systemd-udev-settle.service systemd-modules-load.service
+  systemd-remount-fs.service systemd-hwdb-update.service systemd-sysctl.service
+  sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount sys-fs-fuse-connections.mount
+  dev-hugepages.mount systemd-journald-audit.socket systemd-pstore.service
+  e2scrub_all.timer e2scrub_reap.service fstrim.timer
+)
+
+# cloud-init configuration of the image (read after /etc/cloud/cloud.cfg; lists here replace its)
+CLOUD_CFG=$(cat <<'EOF'
+# Flotilla lab host. The only data source is the NoCloud seed the lab provider bind-mounts at
+# /var/lib/cloud/seed/nocloud, so cloud-init never probes a metadata address (169.254.169.254).
+datasource_list: [ NoCloud ]
+# Docker sets up eth0 (address, routes, DNS); cloud-init must not write a DHCP config.
+network: {config: disabled}
+# No default user: nothing logs in (docker exec), and its groups (netdev, plugdev...) and sudo
+# do not exist in a minbase system. User-data may still declare users.
+users: []
+preserve_hostname: false
+manage_etc_hosts: false
+# Modules kept: local ones only. Dropped, and why:
+#   locale            (no `locales` package; /etc/default/locale says C.UTF-8)
+#   apt-configure, apt-pipelining, package-update-upgrade-install, ntp, phone-home,
+#   ssh-import-id, landscape, puppet, chef, salt-minion, mcollective, ubuntu-advantage, snap
+#                     (reach the network)
+#   growpart, resizefs, disk_setup, mounts, seed_random
+#                     (no block device of its own, no kernel to feed)
+#   ssh, ssh-authkey-fingerprints, keys-to-console, set-passwords
+#                     (no sshd in the image; see host.sh)
+#   rsyslog, byobu, keyboard, grub-dpkg, timezone, install-hotplug, disable-ec2-metadata
+#                     (nothing to do here)
+cloud_init_modules:
+  - bootcmd
+  - write-files
+  - set_hostname
+  - update_hostname
+  - update_etc_hosts
+  - ca-certs
+  - users-groups
+cloud_config_modules:
+  - runcmd
+cloud_final_modules:
+  - write-files-deferred
+  - scripts-vendor
+  - scripts-per-once
+  - scripts-per-boot
+  - scripts-per-instance
+  - scripts-user
+  - final-message
+  - power-state-change
+EOF
+)
+
+build() {
+  fl_tmpdir
+  local root="$FL_TMP/rootfs" mirror u
+  mirror=$(fl_debian_mirror)
+  fl_ensure_host_tool debootstrap debootstrap
+  mkdir -p "$FLOTILLA_CACHE_DIR/debs/debootstrap-$SUITE"
+
+  fl_log "debootstrap $SUITE minbase from $mirror"
+  debootstrap --variant=minbase --merged-usr --components=main --include="$PACKAGES" \
+    --cache-dir="$FLOTILLA_CACHE_DIR/debs/debootstrap-$SUITE" \
+    "$SUITE" "$root" "$mirror" >"$FL_TMP/debootstrap.log" 2>&1 || {
+      tail -n 30 "$FL_TMP/debootstrap.log" >&2; fl_die "debootstrap failed (log above)"; }
+
+  fl_log "checking dpkg state"
+  if [[ -n "$(chroot "$root" dpkg --audit 2>&1)" ]]; then
+    fl_log "unconfigured packages left by debootstrap; dpkg --configure -a"
+    chroot "$root" dpkg --audit >&2 || true
+    chroot "$root" dpkg --configure -a >&2
+    [[ -z "$(chroot "$root" dpkg --audit 2>&1)" ]] || fl_die "dpkg still reports broken packages"
+  fi
+
+  fl_log "configuring the image"
+  # apt sources inside the guest: the same mirror (used only if user-data asks for packages)
+  cat >"$root/etc/apt/sources.list" <<EOF
+deb $mirror $SUITE main
+deb $mirror $SUITE-updates main
+deb ${FLOTILLA_DEBIAN_SECURITY_MIRROR} $SUITE-security main
+EOF
+  # 99_: after Debian's 90_dpkg.cfg (which lists every data source); ds-identify takes the last
+  printf '%s\n' "$CLOUD_CFG" >"$root/etc/cloud/cloud.cfg.d/99_flotilla_lab.cfg"
+
+  for u in "${MASK_UNITS[@]}"; do ln -sfn /dev/null "$root/etc/systemd/system/$u"; done
+  # docker.service must start at boot (debootstrap's postinst already enables it; make sure)
+  mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+  ln -sfn /lib/systemd/system/docker.service "$root/etc/systemd/system/multi-user.target.wants/docker.service"
+  ln -sfn /lib/systemd/system/containerd.service "$root/etc/systemd/system/multi-user.target.wants/containerd.service"
+  # the lab container is not a VM: boot to multi-user, no graphical target
+  ln -sfn /lib/systemd/system/multi-user.target "$root/etc/systemd/system/default.target"
+  # journald: keep the log in memory (the container's disk is the Docker layer)
+  mkdir -p "$root/etc/systemd/journald.conf.d"
+  printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=64M\n' >"$root/etc/systemd/journald.conf.d/flotilla-lab.conf"
+
+  # per-instance identity is made at first boot, never baked
+  : >"$root/etc/machine-id"
+  rm -f "$root/var/lib/dbus/machine-id" "$root/etc/docker/key.json"
+  printf 'localhost\n' >"$root/etc/hostname"
+  : >"$root/etc/resolv.conf"
+  printf 'LANG=C.UTF-8\n' >"$root/etc/default/locale"
+
+  # small: no apt lists, caches, docs or man pages (copyright files stay)
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
+         "$root"/var/log/*.log "$root"/var/log/apt/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
+         "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old
+  find "$root/usr/share/doc" -mindepth 2 ! -name copyright ! -type d -delete 2>/dev/null || true
+  find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete 2>/dev/null || true
+  cat >"$root/etc/dpkg/dpkg.cfg.d/01-flotilla-nodoc" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+EOF
+
+  local v_ci v_docker
+  v_ci=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Version}' cloud-init)
+  v_docker=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Version}' docker.io)
+  fl_log "cloud-init $v_ci, docker.io $v_docker"
+
+  fl_commit_rootfs "$root" SIGRTMIN+3 'ENV container=docker' 'CMD ["/sbin/init"]' \
+    "LABEL flotilla.cloud-init-version=$v_ci flotilla.docker-version=$v_docker flotilla.debian-suite=$SUITE"
+}
+
+fl_main build

@@ -1,0 +1,173 @@
+//! Test harness shared by the integration tests: a control plane on `127.0.0.1:0` in a
+//! temporary state directory, its admin client, and agents pointed at it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_agent::config::AgentConfig;
+use flotilla_coordinator::clock::Clock;
+use flotilla_coordinator::config::ServeConfig;
+use flotilla_coordinator::serve::{self, Running};
+use flotilla_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+/// Logs to the test's output when `FLOTILLA_TEST_LOG` is set (e.g. `debug`).
+pub fn init_tracing() {
+    if let Ok(filter) = std::env::var("FLOTILLA_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A control plane under test.
+pub struct Coord {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub clock: Clock,
+    pub config: ServeConfig,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Coord {
+    /// Starts a control plane on a fresh port with `tweak` applied to its config.
+    pub async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ServeConfig::new("test", dir.path().join("state"));
+        config.heartbeat_interval = Duration::from_secs(1);
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let clock = Clock::default();
+        let running = serve::start_with_clock(config.clone(), listener, clock.clone())
+            .await
+            .expect("control plane starts");
+        Self {
+            dir,
+            running: Some(running),
+            clock,
+            config,
+            addr,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("pki/ca.pem")).expect("ca.pem")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        flotilla_coordinator::admin::connect_local("test", &self.state_dir().join("admin.sock"))
+            .await
+            .expect("admin socket")
+    }
+
+    pub async fn token(&self, host: &str) -> String {
+        self.admin()
+            .await
+            .create_token(flotilla_proto::v1::CreateTokenRequest {
+                host_name: host.into(),
+                ttl_s: 0,
+            })
+            .await
+            .expect("token")
+            .into_inner()
+            .token
+    }
+
+    /// Stops the control plane (its state stays on disk).
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean stop");
+        }
+    }
+
+    /// Starts it again on the same port and state directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = bind_retry(self.addr).await;
+        self.running = Some(
+            serve::start_with_clock(self.config.clone(), listener, self.clock.clone())
+                .await
+                .expect("control plane restarts"),
+        );
+    }
+
+    /// An agent config for `host` in its own directory under this test's temp dir, with
+    /// its join token written (0600).
+    pub async fn agent_config(&self, host: &str) -> AgentConfig {
+        let token = self.token(host).await;
+        self.agent_config_with_token(host, Some(&token))
+    }
+
+    pub fn agent_config_with_token(&self, host: &str, token: Option<&str>) -> AgentConfig {
+        let dir = self.dir.path().join("agents").join(host);
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, self.ca_pem()).expect("ca");
+        let token_file = dir.join("token");
+        if let Some(t) = token {
+            flotilla_proto::fs::write_private(&token_file, t.as_bytes()).expect("token file");
+        }
+        AgentConfig {
+            host_name: host.to_string(),
+            cluster: "test".into(),
+            coordinator: vec![self.endpoint()],
+            ca_file,
+            token_file,
+            state_dir: dir.join("state"),
+            heartbeat_interval_s: 1,
+            backoff_cap_s: 2,
+            backoff_base_ms: 100,
+        }
+    }
+}
+
+/// Rebinds a port just released by a stopped control plane.
+async fn bind_retry(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    let mut last = None;
+    for _ in 0..100 {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("could not rebind {addr}: {last:?}");
+}
+
+/// Polls `f` until it returns `Some`, every 20 ms, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The path of a file in a directory, for readability.
+pub fn file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
