@@ -8,6 +8,7 @@
 //! - [`enroll`]: token + CSR → certificate.
 //! - [`session`]: one session: Hello, heartbeats, renewal, the coordinator's messages.
 //! - [`backoff`]: exponential back-off with full jitter.
+//! - [`cli`]: the binary's main (shared with the multi-call `coordinator` binary).
 //! - [`facts`], [`health`]: what the host is and how it is doing.
 //! - [`engine`]: the local Docker Engine client.
 //!
@@ -15,6 +16,7 @@
 //! can be watched (tests await it instead of sleeping); [`run`] is the binary's loop.
 
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod enroll;

@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// Validity of host client certificates (renewed at two thirds).
     #[arg(long, default_value = "30d", value_parser = parse_duration)]
     pub host_cert_validity: Duration,
+    /// The agent binary to serve to hosts (default: `flotilla-agent` next to this
+    /// executable, else this executable, which doubles as the agent).
+    #[arg(long)]
+    pub agent_binary: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,6 +303,10 @@ async fn serve(g: &Global, args: ServeArgs) -> Result<(), CliError> {
     config.advertise = args.advertise;
     config.heartbeat_interval = args.heartbeat_interval;
     config.host_cert_validity = args.host_cert_validity;
+    config.agent_binary = Some(match args.agent_binary {
+        Some(p) => p,
+        None => crate::agent_binary::AgentBinary::default_path().map_err(|e| CliError::Other(e.to_string()))?,
+    });
     crate::serve::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }

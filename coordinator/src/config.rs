@@ -17,6 +17,9 @@ pub struct ServeConfig {
     pub host_cert_validity: Duration,
     /// Also serve the admin API on the agent port to operator certificates.
     pub remote_admin: bool,
+    /// The agent binary served at `/v1/agent/flotilla-agent` (see `agent_binary`); `None`
+    /// serves none.
+    pub agent_binary: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -28,6 +31,7 @@ impl ServeConfig {
             heartbeat_interval: Duration::from_secs(5),
             host_cert_validity: crate::pki::HOST_CERT_VALIDITY,
             remote_admin: true,
+            agent_binary: None,
         }
     }
 }

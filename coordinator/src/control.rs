@@ -36,6 +36,8 @@ pub struct ControlPlane {
     pub clock: Clock,
     /// The agent port's address as bound.
     pub agent_endpoint: String,
+    /// The agent binary this control plane serves, if any.
+    pub agent_binary: Option<Arc<crate::agent_binary::AgentBinary>>,
     /// Cancelled to stop the control plane (`coordinator stop`).
     pub shutdown: tokio_util::sync::CancellationToken,
 }

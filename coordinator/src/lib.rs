@@ -11,6 +11,7 @@
 //! - [`logs`]: routing agents' log streams to followers.
 //! - [`agent_api`]: the `AgentService` gRPC edge (authentication, error → status).
 //! - [`admin`]: the `Admin` gRPC service and the CLI's client for it.
+//! - [`agent_binary`]: serving the agent binary over HTTPS for user-data to fetch.
 //! - [`clock`]: the control plane's clock (movable in tests).
 //! - [`config`]: `serve` settings and the state directory's layout.
 //!
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod agent_api;
+pub mod agent_binary;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,11 +1,17 @@
 //! `coordinator`: parse arguments, run one command, print the error chain and exit with a
 //! distinct code (64 for bad usage or configuration).
+//!
+//! Invoked under the name `flotilla-agent` (as it is on hosts that downloaded it from a
+//! control plane built without a separate agent binary), it is the agent.
 
 use clap::Parser;
 use flotilla_coordinator::cli::{self, Cli};
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "flotilla-agent") {
+        flotilla_agent::cli::main();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
@@ -21,7 +27,14 @@ async fn main() {
             std::process::exit(code);
         }
     };
-    if let Err(e) = cli::run(cli).await {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(cli::run(cli)) {
         let mut msg = format!("error: {e}");
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {

@@ -15,6 +15,7 @@ use tonic::transport::Server;
 
 use crate::admin::AdminApi;
 use crate::agent_api::AgentApi;
+use crate::agent_binary::{AgentBinary, AgentBinaryError};
 use crate::clock::Clock;
 use crate::config::{ServeConfig, StatePaths};
 use crate::control::ControlPlane;
@@ -40,6 +41,8 @@ pub enum ServeError {
     NoAdvertise(SocketAddr),
     #[error("admin socket {path}: {source}")]
     AdminSocket { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    AgentBinary(#[from] AgentBinaryError),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
@@ -112,6 +115,18 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         addr.port()
     );
 
+    let agent_binary = match &config.agent_binary {
+        Some(path) => {
+            let path = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || AgentBinary::load(&path))
+                .await
+                .map_err(|e| ServeError::Listener(std::io::Error::other(e)))??;
+            tracing::info!(path = %loaded.path.display(), sha256 = %loaded.sha256, "serving the agent binary");
+            Some(Arc::new(loaded))
+        }
+        None => None,
+    };
+
     let cp = Arc::new(ControlPlane {
         config: config.clone(),
         store,
@@ -120,6 +135,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         logs: Default::default(),
         clock,
         agent_endpoint: agent_endpoint.clone(),
+        agent_binary: agent_binary.clone(),
         shutdown: tokio_util::sync::CancellationToken::new(),
     });
 
@@ -145,14 +161,16 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
     })?;
 
     let agent_server = {
-        let mut router = Server::builder()
+        let mut routes = tonic::service::Routes::new(AgentServiceServer::new(AgentApi { cp: Arc::clone(&cp) }));
+        if config.remote_admin {
+            routes = routes.add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
+        }
+        let axum_router = crate::agent_binary::routes(routes.into_axum_router(), agent_binary);
+        let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(15)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true)
-            .add_service(AgentServiceServer::new(AgentApi { cp: Arc::clone(&cp) }));
-        if config.remote_admin {
-            router = router.add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
-        }
+            .add_routes(tonic::service::Routes::from(axum_router));
         let incoming = tls::incoming(listener, server_tls);
         let shutdown = cp.shutdown.clone();
         tokio::spawn(async move {

@@ -171,3 +171,25 @@ where
 pub fn file(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// The workspace's target directory for this build profile (`target/debug` in tests):
+/// the test executable lives in `<it>/deps/`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(Path::to_path_buf)
+        .expect("target directory")
+}
+
+/// The `flotilla-agent` binary built alongside the tests. Fails loudly when it is missing:
+/// `bash tests/run` builds the whole workspace before running tests.
+pub fn agent_binary_path() -> PathBuf {
+    let p = target_dir().join("flotilla-agent");
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`; `bash tests/run` does it)",
+        p.display()
+    );
+    p
+}
