@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 /// The URL path of the binary.
-pub const PATH: &str = "/v1/agent/flotilla-agent";
+pub const PATH: &str = flotilla_cloud_init::paths::AGENT_DOWNLOAD_PATH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentBinaryError {
@@ -69,7 +69,7 @@ pub fn routes(router: axum::Router, binary: Option<Arc<AgentBinary>>) -> axum::R
             }),
         )
         .route(
-            "/v1/agent/flotilla-agent.sha256",
+            const_format_sha256(),
             axum::routing::get(move || {
                 let bin = digest.clone();
                 async move { serve(bin, true) }
@@ -90,4 +90,10 @@ fn serve(bin: Option<Arc<AgentBinary>>, digest: bool) -> Response {
         HeaderValue::from_static("application/octet-stream"),
     );
     resp
+}
+
+/// The digest's URL path: the binary's path plus `.sha256`.
+fn const_format_sha256() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| format!("{PATH}.sha256"))
 }

@@ -1,0 +1,110 @@
+//! The bootstrap script (host) and bake script: one bash template, `src/bootstrap.sh`, whose
+//! marker line is replaced by a block of shell-quoted values. Everything per host or per bake
+//! lives in that block; the rest of the script is the same bytes for every render.
+
+use crate::paths::{
+    AGENT_BINARY_PATH, AGENT_UNIT_NAME, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH,
+    BOOTSTRAP_FAILED_PATH, CA_PATH, DOCKER_DAEMON_JSON_PATH, STATE_DIR,
+};
+use crate::{AgentBinary, Engine, OsFamily};
+
+/// The template. Valid bash as is: the marker is a comment.
+pub(crate) const TEMPLATE: &str = include_str!("bootstrap.sh");
+const MARKER: &str = "# @flotilla-rendered-values@\n";
+
+/// Which script to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Install the Engine and the agent, start the agent.
+    Host,
+    /// Install the Engine and the agent, leave the agent disabled, mark the bake complete.
+    Bake,
+}
+
+/// The script for `mode`. `agent` must be validated; its digest is lower-cased here.
+pub(crate) fn render(
+    mode: Mode,
+    engine: Engine,
+    insecure_registries: &[String],
+    agent: &AgentBinary,
+) -> String {
+    let (mode_name, ca_file, failed_file) = match mode {
+        Mode::Host => ("host", CA_PATH, BOOTSTRAP_FAILED_PATH),
+        Mode::Bake => ("bake", BAKE_CA_PATH, BAKE_FAILED_PATH),
+    };
+    let engine_name = match engine {
+        Engine::Preinstalled => "preinstalled",
+        Engine::InstallIfAbsent(OsFamily::AmazonLinux2023) => "amazon-linux-2023",
+        Engine::InstallIfAbsent(OsFamily::Debian) => "debian",
+    };
+    let registries: Vec<String> = insecure_registries.iter().map(|r| sh_quote(r)).collect();
+    let values = [
+        ("FLOTILLA_MODE", sh_quote(mode_name)),
+        ("FLOTILLA_ENGINE", sh_quote(engine_name)),
+        (
+            "FLOTILLA_INSECURE_REGISTRIES",
+            format!("({})", registries.join(" ")),
+        ),
+        ("FLOTILLA_CA_FILE", sh_quote(ca_file)),
+        ("FLOTILLA_AGENT_URL", sh_quote(&agent.url)),
+        (
+            "FLOTILLA_AGENT_SHA256",
+            sh_quote(&agent.sha256.to_ascii_lowercase()),
+        ),
+        ("FLOTILLA_AGENT_VERSION", sh_quote(&agent.version)),
+        ("AGENT_BIN", sh_quote(AGENT_BINARY_PATH)),
+        ("AGENT_UNIT", sh_quote(AGENT_UNIT_NAME)),
+        ("STATE_DIR", sh_quote(STATE_DIR)),
+        ("FAILED_FILE", sh_quote(failed_file)),
+        ("BAKE_COMPLETE", sh_quote(BAKE_COMPLETE_PATH)),
+        ("DAEMON_JSON", sh_quote(DOCKER_DAEMON_JSON_PATH)),
+    ];
+    let mut block = String::from("# Rendered by flotilla-cloud-init.\n");
+    for (name, value) in values {
+        block.push_str(name);
+        block.push('=');
+        block.push_str(&value);
+        block.push('\n');
+    }
+    TEMPLATE.replacen(MARKER, &block, 1)
+}
+
+/// `s` as one single-quoted shell word.
+pub(crate) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r#"'\''"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_has_one_marker_and_is_plain_ascii() {
+        assert_eq!(TEMPLATE.matches(MARKER).count(), 1);
+        assert!(
+            TEMPLATE
+                .bytes()
+                .all(|b| b == b'\n' || (0x20..=0x7e).contains(&b))
+        );
+        assert!(!TEMPLATE.contains("token") && !TEMPLATE.contains("agent.toml"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r#"'it'\''s'"#);
+    }
+
+    #[test]
+    fn digest_is_lower_cased() {
+        let agent = AgentBinary {
+            url: "https://h/a".into(),
+            sha256: "AB".repeat(32),
+            version: "1".into(),
+        };
+        let script = render(Mode::Host, Engine::Preinstalled, &[], &agent);
+        assert!(script.contains(&format!("FLOTILLA_AGENT_SHA256='{}'\n", "ab".repeat(32))));
+        assert!(script.contains("FLOTILLA_INSECURE_REGISTRIES=()\n"));
+        assert!(!script.contains(MARKER));
+    }
+}

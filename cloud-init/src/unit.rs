@@ -1,0 +1,46 @@
+//! The agent's systemd unit, kept as a plain file (`src/flotilla-agent.service`) and exported
+//! so other code (the lab's image builder, tests) uses the very same text.
+
+/// The text of `/etc/systemd/system/flotilla-agent.service`
+/// ([`crate::paths::AGENT_UNIT_PATH`]).
+pub const AGENT_UNIT: &str = include_str!("flotilla-agent.service");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paths::{AGENT_BINARY_PATH, AGENT_CONFIG_PATH};
+
+    #[test]
+    fn unit_runs_the_agent_with_its_config() {
+        let exec = format!("\nExecStart={AGENT_BINARY_PATH} --config {AGENT_CONFIG_PATH}\n");
+        assert!(AGENT_UNIT.contains(&exec), "{AGENT_UNIT}");
+        for line in [
+            "After=network-online.target docker.service",
+            "Wants=network-online.target docker.service",
+            "Restart=always",
+            "RestartSec=2",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(AGENT_UNIT.lines().any(|l| l == line), "missing {line}");
+        }
+        // Plain printable ASCII keeps it a readable literal block in the user-data.
+        assert!(
+            AGENT_UNIT
+                .bytes()
+                .all(|b| b == b'\n' || (0x20..=0x7e).contains(&b))
+        );
+        // No option that would stop a root agent from using the Docker socket or /etc/docker.
+        for forbidden in [
+            "User=",
+            "ProtectSystem",
+            "PrivateTmp",
+            "CapabilityBoundingSet",
+            "ProtectHome",
+        ] {
+            assert!(
+                !AGENT_UNIT.lines().any(|l| l.starts_with(forbidden)),
+                "{forbidden}"
+            );
+        }
+    }
+}
