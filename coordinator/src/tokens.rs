@@ -71,12 +71,22 @@ pub fn hash(token: &str) -> String {
 
 /// Checks `token` for `host` inside a write transaction without consuming it.
 pub fn check(tx: &Tx<'_>, token: &str, host: &str, now_ms: i64) -> Result<Result<String, TokenRefusal>, StoreError> {
+    check_with(|h| tx.token(h), token, host, now_ms)
+}
+
+/// [`check`] against any lookup (a read transaction, for the cheap first look).
+pub fn check_with(
+    lookup: impl FnOnce(&str) -> Result<Option<TokenRecord>, StoreError>,
+    token: &str,
+    host: &str,
+    now_ms: i64,
+) -> Result<Result<String, TokenRefusal>, StoreError> {
     let token = token.trim();
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(Err(TokenRefusal::Malformed));
     }
     let h = hash(token);
-    let Some(rec) = tx.token(&h)? else {
+    let Some(rec) = lookup(&h)? else {
         return Ok(Err(TokenRefusal::Unknown));
     };
     if let Some(used) = rec.used_unix_ms {

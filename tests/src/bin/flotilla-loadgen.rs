@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let anon = tls::client_config(&ca, None)?;
     let t0 = Instant::now();
     let enroll_errors = Arc::new(AtomicU64::new(0));
-    let identities: Vec<Option<tls::Identity>> = futures::stream::iter(tokens.into_iter().enumerate())
+    let identities: Vec<(usize, Option<tls::Identity>)> = futures::stream::iter(tokens.into_iter().enumerate())
         .map(|(i, token)| {
             let anon = anon.clone();
             let endpoint = args.endpoint.clone();
@@ -126,22 +126,24 @@ async fn main() -> anyhow::Result<()> {
                     }),
                 });
                 flotilla_agent::session::add_protocol_header(&mut req);
-                match AgentServiceClient::new(ch).enroll(req).await {
-                    Ok(r) => Some(pending.into_stored(&r.into_inner().certificate_pem).ok()?.tls),
+                let id = match AgentServiceClient::new(ch).enroll(req).await {
+                    Ok(r) => pending.into_stored(&r.into_inner().certificate_pem).ok().map(|s| s.tls),
                     Err(e) => {
                         if errors.fetch_add(1, Ordering::Relaxed) < 3 {
                             eprintln!("enroll error: {e}");
                         }
                         None
                     }
-                }
+                };
+                Some((i, id))
             }
         })
         .buffer_unordered(args.concurrency)
+        .filter_map(|x| async move { x })
         .collect()
         .await;
     let enroll_s = t0.elapsed().as_secs_f64();
-    let enrolled = identities.iter().filter(|i| i.is_some()).count();
+    let enrolled = identities.iter().filter(|(_, i)| i.is_some()).count();
     eprintln!(
         "enrolled {enrolled} in {enroll_s:.1}s ({:.0}/s)",
         enrolled as f64 / enroll_s
@@ -157,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    for (i, id) in identities.into_iter().enumerate() {
+    for (i, id) in identities.into_iter() {
         let Some(id) = id else { continue };
         let cfg = tls::client_config(&ca, Some(&id))?;
         let endpoint = args.endpoint.clone();
