@@ -126,14 +126,19 @@ fl_image_exists() { # TAG exists and carries this recipe's hash
 fl_main() {
   local build=$1
   mkdir -p "$FLOTILLA_CACHE_DIR/locks"
-  exec 9>"$FLOTILLA_CACHE_DIR/locks/$FL_NAME.lock"
-  if ! flock -n 9; then fl_log "waiting for another build of $FL_NAME"; flock 9; fi
+  local lk
+  exec {lk}>"$FLOTILLA_CACHE_DIR/locks/$FL_NAME.lock"
+  if ! flock -n "$lk"; then fl_log "waiting for another build of $FL_NAME"; flock "$lk"; fi
   if [[ "$FL_FORCE" != 1 ]] && fl_image_exists "$FL_TAG"; then
     fl_log "up to date: $FL_TAG"
   else
     fl_log "building $FL_TAG"
+    local old_id new_id
+    old_id=$(docker image inspect -f '{{.Id}}' "$FL_TAG" 2>/dev/null) || true
     "$build" </dev/null
     fl_image_exists "$FL_TAG" || fl_die "build finished but $FL_TAG is missing"
+    new_id=$(docker image inspect -f '{{.Id}}' "$FL_TAG")
+    if [[ -n $old_id && $old_id != "$new_id" ]]; then docker rmi "$old_id" >/dev/null 2>&1 || true; fi
     fl_log "built $FL_TAG ($(fl_image_size "$FL_TAG"))"
     fl_prune_old
   fi

@@ -7,6 +7,8 @@
 set -Eeuo pipefail
 if ! declare -F fl_init >/dev/null; then
   FLOTILLA_IMAGES_DIR="${FLOTILLA_IMAGES_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]:-.}")" && pwd)}"
+  [[ -f "$FLOTILLA_IMAGES_DIR/common.sh" ]] ||
+    { echo "host.sh: no common.sh in $FLOTILLA_IMAGES_DIR (set FLOTILLA_IMAGES_DIR)" >&2; exit 2; }
   # shellcheck source=common.sh
   source "$FLOTILLA_IMAGES_DIR/common.sh"
 fi
@@ -42,9 +44,17 @@ CLOUD_CFG=$(cat <<'EOF'
 datasource_list: [ NoCloud ]
 # Docker sets up eth0 (address, routes, DNS); cloud-init must not write a DHCP config.
 network: {config: disabled}
-# No default user: nothing logs in (docker exec), and its groups (netdev, plugdev...) and sudo
-# do not exist in a minbase system. User-data may still declare users.
-users: []
+# Default user as on Debian's EC2 images ("admin"), but locked, no sudo rule (no sudo in the
+# image) and only existing groups: nothing logs in, hosts are reached with `docker exec`.
+# (`users: []` fails cloud-init 22.4's schema check: "users: [] is too short".)
+system_info:
+  default_user:
+    name: admin
+    lock_passwd: true
+    gecos: Flotilla lab admin
+    groups: [adm]
+    sudo: null
+    shell: /bin/bash
 preserve_hostname: false
 manage_etc_hosts: false
 # Modules kept: local ones only. Dropped, and why:
@@ -122,6 +132,24 @@ EOF
   mkdir -p "$root/etc/systemd/journald.conf.d"
   printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=64M\n' >"$root/etc/systemd/journald.conf.d/flotilla-lab.conf"
 
+  # PID 1 wrapper: writable cgroup mounts in a private cgroup namespace, then systemd (NOTES.md)
+  cat >"$root/usr/local/sbin/flotilla-lab-init" <<'INIT'
+#!/bin/sh
+# PID 1 of a Flotilla lab host container. Run with `--cgroupns=private` (and no bind mount of the
+# machine's /sys/fs/cgroup), Docker mounts this container's own cgroup subtree read-only at
+# /sys/fs/cgroup/<controller>; systemd and the inner dockerd must create cgroups there. A *bind*
+# remount changes only this container's mount points, never the machine's cgroup file systems.
+# Then systemd takes over as PID 1.
+while read -r _id _parent _dev _root mnt opts _rest; do
+  case $mnt in /sys/fs/cgroup | /sys/fs/cgroup/*) ;; *) continue ;; esac
+  case ",$opts," in
+    *,ro,*) mount -o remount,bind,rw "$mnt" || echo "flotilla-lab-init: cannot make $mnt writable" >&2 ;;
+  esac
+done </proc/self/mountinfo
+exec /sbin/init "$@"
+INIT
+  chmod 0755 "$root/usr/local/sbin/flotilla-lab-init"
+
   # per-instance identity is made at first boot, never baked
   : >"$root/etc/machine-id"
   rm -f "$root/var/lib/dbus/machine-id" "$root/etc/docker/key.json"
@@ -147,7 +175,7 @@ EOF
   v_docker=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Version}' docker.io)
   fl_log "cloud-init $v_ci, docker.io $v_docker"
 
-  fl_commit_rootfs "$root" SIGRTMIN+3 'ENV container=docker' 'CMD ["/sbin/init"]' \
+  fl_commit_rootfs "$root" SIGRTMIN+3 'ENV container=docker' 'CMD ["/usr/local/sbin/flotilla-lab-init"]' \
     "LABEL flotilla.cloud-init-version=$v_ci flotilla.docker-version=$v_docker flotilla.debian-suite=$SUITE"
 }
 

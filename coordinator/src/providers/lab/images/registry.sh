@@ -8,6 +8,8 @@
 set -Eeuo pipefail
 if ! declare -F fl_init >/dev/null; then
   FLOTILLA_IMAGES_DIR="${FLOTILLA_IMAGES_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]:-.}")" && pwd)}"
+  [[ -f "$FLOTILLA_IMAGES_DIR/common.sh" ]] ||
+    { echo "registry.sh: no common.sh in $FLOTILLA_IMAGES_DIR (set FLOTILLA_IMAGES_DIR)" >&2; exit 2; }
   # shellcheck source=common.sh
   source "$FLOTILLA_IMAGES_DIR/common.sh"
 fi
