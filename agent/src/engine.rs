@@ -28,3 +28,28 @@ pub async fn version(docker: &Docker) -> Result<String, EngineError> {
 pub async fn data_root(docker: &Docker) -> Option<String> {
     docker.info().await.ok().and_then(|i| i.docker_root_dir)
 }
+
+/// Carries out an engine action (the failover drill's fault): stop or start the Engine
+/// through systemd, as the seed's guide kills the manager process.
+pub async fn act(_docker: Option<&Docker>, action: flotilla_proto::v1::EngineAction) {
+    use flotilla_proto::v1::engine_action::Kind;
+    let verb = match Kind::try_from(action.kind) {
+        Ok(Kind::StopEngine) => "stop",
+        Ok(Kind::StartEngine) => "start",
+        _ => {
+            tracing::warn!(kind = action.kind, "unknown engine action");
+            return;
+        }
+    };
+    tracing::warn!(verb, "engine action from the coordinator");
+    for unit in ["docker.socket", "docker.service"] {
+        if verb == "start" && unit == "docker.socket" {
+            continue;
+        }
+        match tokio::process::Command::new("systemctl").args([verb, unit]).output().await {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => tracing::error!(verb, unit, stderr = %String::from_utf8_lossy(&o.stderr), "systemctl failed"),
+            Err(e) => tracing::error!(verb, unit, error = %e, "systemctl failed"),
+        }
+    }
+}

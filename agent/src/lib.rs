@@ -10,7 +10,9 @@
 //! - [`backoff`]: exponential back-off with full jitter.
 //! - [`cli`]: the binary's main (shared with the multi-call `coordinator` binary).
 //! - [`facts`], [`health`]: what the host is and how it is doing.
-//! - [`engine`]: the local Docker Engine client.
+//! - [`engine`]: the local Docker Engine client; [`engine_tls`]: its TLS listener (managers).
+//! - [`reconcile`]: the controller converging the Engine to the assignment, through
+//!   [`roles`] (consul, manager, node); [`consul`]: the Consul HTTP client they use.
 //!
 //! [`start`] runs the agent in the background and returns an [`AgentHandle`] whose status
 //! can be watched (tests await it instead of sleeping); [`run`] is the binary's loop.
@@ -18,11 +20,15 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod consul;
 pub mod engine;
+pub mod engine_tls;
 pub mod enroll;
 pub mod facts;
 pub mod health;
 pub mod identity;
+pub mod reconcile;
+pub mod roles;
 pub mod session;
 
 use std::time::Duration;
@@ -87,6 +93,9 @@ pub struct Ctx {
     pub applied_generation: u64,
     pub status: watch::Sender<AgentStatus>,
     pub directives: mpsc::UnboundedSender<Directive>,
+    /// Role statuses and Consul/Swarm views, published by the reconciler.
+    pub roles: watch::Receiver<Vec<v1::RoleStatus>>,
+    pub views: watch::Receiver<reconcile::Views>,
     pub shutdown: CancellationToken,
 }
 
@@ -99,10 +108,13 @@ impl Ctx {
 /// A running agent.
 pub struct AgentHandle {
     pub status: watch::Receiver<AgentStatus>,
-    /// What the coordinator asked for (assignments, log streams, engine actions).
-    pub directives: mpsc::UnboundedReceiver<Directive>,
+    /// The reconciler's role statuses.
+    pub roles: watch::Receiver<Vec<v1::RoleStatus>>,
+    /// Completed reconcile passes.
+    pub passes: watch::Receiver<u64>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl AgentHandle {
@@ -110,6 +122,9 @@ impl AgentHandle {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+        for w in self.workers {
+            let _ = w.await;
+        }
     }
 
     /// Waits until `pred` holds for the agent's status, or `timeout` passes.
@@ -147,6 +162,24 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     });
     let (dir_tx, dir_rx) = mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let (roles_tx, roles_rx) = watch::channel(Vec::new());
+    let (views_tx, views_rx) = watch::channel(reconcile::Views::default());
+    let (passes_tx, passes_rx) = watch::channel(0u64);
+    let mut workers = Vec::new();
+    if let Some(docker) = docker.clone() {
+        let r = reconcile::Reconciler {
+            docker,
+            host: config.host_name.clone(),
+            desired: desired_rx,
+            statuses: roles_tx,
+            views: views_tx,
+            passes: passes_tx,
+            shutdown: shutdown.clone(),
+        };
+        workers.push(tokio::spawn(r.run()));
+    }
+    workers.push(tokio::spawn(dispatch(dir_rx, desired_tx, docker.clone(), shutdown.clone())));
     let ctx = Ctx {
         config,
         ca,
@@ -156,15 +189,42 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         applied_generation: 0,
         status: status_tx,
         directives: dir_tx,
+        roles: roles_rx.clone(),
+        views: views_rx,
         shutdown: shutdown.clone(),
     };
     let task = tokio::spawn(run_loop(ctx));
     Ok(AgentHandle {
         status: status_rx,
-        directives: dir_rx,
+        roles: roles_rx,
+        passes: passes_rx,
         shutdown,
         task,
+        workers,
     })
+}
+
+/// Routes the coordinator's directives to the parts that act on them.
+async fn dispatch(
+    mut rx: mpsc::UnboundedReceiver<Directive>,
+    desired: watch::Sender<Option<v1::Assignment>>,
+    docker: Option<bollard::Docker>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let d = tokio::select! {
+            d = rx.recv() => match d { Some(d) => d, None => return },
+            () = shutdown.cancelled() => return,
+        };
+        match d {
+            Directive::Assign(a) => {
+                tracing::info!(generation = a.generation, roles = a.roles.len(), "assignment received");
+                desired.send_replace(Some(a));
+            }
+            Directive::Engine(action) => engine::act(docker.as_ref(), action).await,
+            other => tracing::info!(directive = ?other, "directive not handled by this agent version"),
+        }
+    }
 }
 
 /// Enroll if needed, hold a session, back off, repeat — until shut down.
@@ -235,16 +295,8 @@ async fn run_loop(mut ctx: Ctx) {
 
 /// The binary's entry: runs until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    let mut handle = start(config).await?;
-    // Directives are acted on by the role reconciler; until one is attached, log them.
-    let mut directives = std::mem::replace(&mut handle.directives, mpsc::unbounded_channel().1);
-    let drain = tokio::spawn(async move {
-        while let Some(d) = directives.recv().await {
-            tracing::info!(directive = ?d, "directive received");
-        }
-    });
+    let handle = start(config).await?;
     shutdown.await;
     handle.stop().await;
-    drain.abort();
     Ok(())
 }

@@ -125,6 +125,8 @@ async fn session_loop(
     let mut heartbeat = tokio::time::interval(ctx.config.heartbeat_interval());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending_renewal: Option<PendingKey> = None;
+    let mut roles = ctx.roles.clone();
+    roles.mark_changed();
     let mut sent_at: Option<(u64, Instant)> = None;
     let shutdown = ctx.shutdown.clone();
     loop {
@@ -182,8 +184,18 @@ async fn session_loop(
                     Some(coordinator_message::Body::Welcome(_)) | None => {}
                 }
             }
+            Ok(()) = roles.changed() => {
+                let report = v1::StatusReport { generation: ctx.applied_generation, roles: roles.borrow_and_update().clone() };
+                if out_tx.send(AgentMessage { body: Some(agent_message::Body::Status(report)) }).await.is_err() {
+                    return Err(SessionError::Ended { addr: addr.into() });
+                }
+            }
             _ = heartbeat.tick() => {
-                let sample = ctx.sampler.sample(ctx.docker.as_ref()).await;
+                let mut sample = ctx.sampler.sample(ctx.docker.as_ref()).await;
+                sample.roles = ctx.roles.borrow().clone();
+                let views = ctx.views.borrow().clone();
+                sample.consul = views.consul;
+                sample.swarm = views.swarm;
                 sent_at = Some((sample.seq, Instant::now()));
                 if out_tx.send(AgentMessage { body: Some(agent_message::Body::Health(sample)) }).await.is_err() {
                     return Err(SessionError::Ended { addr: addr.into() });

@@ -25,6 +25,7 @@ impl IntoStatus for ControlError {
         match &self {
             ControlError::BadHostName(_) | ControlError::TtlTooLong(_) => Status::invalid_argument(self.to_string()),
             ControlError::UnknownHost(_) => Status::not_found(self.to_string()),
+            ControlError::BadAssignment { .. } => Status::invalid_argument(self.to_string()),
             ControlError::Store(_) | ControlError::Pki(_) => Status::internal(self.to_string()),
         }
     }
@@ -131,6 +132,16 @@ impl Admin for AdminApi {
             })
             .collect();
         Ok(Response::new(v1::AuditResponse { events }))
+    }
+
+    async fn assign(&self, req: Request<v1::AssignRequest>) -> Result<Response<v1::AssignResponse>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let (generation, delivered) = self
+            .cp
+            .assign(&r.host_name, r.roles, &r.host_address)
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::AssignResponse { generation, delivered }))
     }
 
     async fn shutdown(&self, req: Request<v1::ShutdownRequest>) -> Result<Response<v1::ShutdownResponse>, Status> {

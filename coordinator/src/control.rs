@@ -25,6 +25,8 @@ pub enum ControlError {
     TtlTooLong(Duration),
     #[error("no host named '{0}' is known to this cluster")]
     UnknownHost(String),
+    #[error("invalid assignment for host '{host}': {message}")]
+    BadAssignment { host: String, message: String },
 }
 
 pub struct ControlPlane {
@@ -108,6 +110,83 @@ impl ControlPlane {
         ))
     }
 
+    /// Sets `host`'s desired roles as a new generation, stores it, and sends it to the
+    /// host's agent when connected (it is sent again on every session open).
+    pub fn assign(
+        &self,
+        host: &str,
+        roles: Vec<v1::RoleSpec>,
+        host_address: &str,
+    ) -> Result<(u64, bool), ControlError> {
+        use prost::Message;
+        let mut a = v1::Assignment {
+            generation: 0,
+            roles,
+            host_address: host_address.to_string(),
+            cluster: self.config.cluster.clone(),
+        };
+        flotilla_agent::reconcile::validate(&a).map_err(|e| ControlError::BadAssignment {
+            host: host.to_string(),
+            message: e.to_string(),
+        })?;
+        let names: Vec<String> = a
+            .roles
+            .iter()
+            .filter_map(|r| r.spec.as_ref())
+            .map(|s| match s {
+                v1::role_spec::Spec::Consul(_) => "consul".to_string(),
+                v1::role_spec::Spec::Manager(_) => "manager".to_string(),
+                v1::role_spec::Spec::Node(_) => "node".to_string(),
+            })
+            .collect();
+        let now = self.clock.now_ms();
+        let a = self.store.write(|tx| {
+            let Some(mut rec) = tx.host(host)? else {
+                return Err(ControlError::UnknownHost(host.to_string()));
+            };
+            let prev = tx
+                .assignment(host)?
+                .and_then(|b| v1::Assignment::decode(b.as_slice()).ok());
+            // Same roles, same address: keep the generation (re-running deploy is a no-op).
+            if let Some(p) = &prev
+                && p.roles == a.roles
+                && p.host_address == a.host_address
+                && p.cluster == a.cluster
+            {
+                return Ok(p.clone());
+            }
+            a.generation = prev.map(|p| p.generation).unwrap_or(0) + 1;
+            tx.put_assignment(host, &a.encode_to_vec())?;
+            rec.roles = names.clone();
+            tx.put_host(&rec)?;
+            tx.audit(&AuditEvent {
+                unix_ms: now,
+                kind: "host.assigned".into(),
+                host_name: host.into(),
+                detail: format!("generation {}: {}", a.generation, names.join(",")),
+                peer: String::new(),
+            })?;
+            Ok(a)
+        })?;
+        let generation = a.generation;
+        let delivered = self.sessions.send(
+            host,
+            v1::CoordinatorMessage {
+                body: Some(v1::coordinator_message::Body::Assignment(a)),
+            },
+        );
+        Ok((generation, delivered))
+    }
+
+    /// The stored assignment of `host`.
+    pub fn assignment_of(&self, host: &str) -> Result<Option<v1::Assignment>, ControlError> {
+        use prost::Message;
+        Ok(self
+            .store
+            .assignment(host)?
+            .and_then(|b| v1::Assignment::decode(b.as_slice()).ok()))
+    }
+
     /// Every known host, merged with what its live session (if any) last reported.
     pub fn status(&self) -> Result<v1::StatusResponse, ControlError> {
         let now = self.clock.now_ms();
@@ -148,6 +227,8 @@ impl ControlPlane {
                     .or_else(|| rec.certs.iter().map(|c| c.not_after_unix * 1000).max())
                     .unwrap_or_default(),
                 agent_version: rec.agent_version.clone(),
+                role_status: live.as_ref().map(|l| l.status.clone()).unwrap_or_default(),
+                generation: self.assignment_of(&rec.name)?.map(|a| a.generation).unwrap_or(0),
             });
         }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));

@@ -108,6 +108,12 @@ impl ControlPlane {
                 heartbeat_interval_s: self.config.heartbeat_interval.as_secs() as u32,
             })),
         }));
+        // The host's current assignment follows the Welcome, on every session open.
+        if let Ok(Some(a)) = self.assignment_of(&who.name) {
+            let _ = tx.try_send(Ok(v1::CoordinatorMessage {
+                body: Some(coordinator_message::Body::Assignment(a)),
+            }));
+        }
         let reg = self.sessions.register(&who.name, tx.clone(), now, who.not_after_unix);
         if !hello.running.is_empty() {
             self.sessions.record_status(&who.name, reg.session_id, hello.running.clone());

@@ -4,7 +4,8 @@
 //! - `hosts`: host name → [`HostRecord`] (identity, facts, roles, certificate serials).
 //! - `tokens`: sha256(token) hex → [`TokenRecord`]; the token itself is never stored.
 //! - `audit`: sequence → [`AuditEvent`].
-//! - `meta`: small cluster-wide values (cluster name, schema version).
+//! - `assignments`: host name → its current `Assignment` (protobuf bytes).
+//! - `meta`: small cluster-wide values (schema version, Consul's gossip key, …).
 //!
 //! Every mutation is one transaction: a crash leaves either all of it or none.
 
@@ -17,6 +18,8 @@ const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// host name → the host's current `Assignment`, protobuf-encoded.
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 
 /// How many audit events are kept; older ones are dropped as new ones arrive.
 pub const AUDIT_RETENTION: u64 = 100_000;
@@ -131,6 +134,7 @@ impl Store {
             txn.open_table(HOSTS)?;
             txn.open_table(TOKENS)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(ASSIGNMENTS)?;
             let mut meta = txn.open_table(META)?;
             if meta.get("schema")?.is_none() {
                 meta.insert("schema", b"1".as_slice())?;
@@ -172,6 +176,7 @@ impl Store {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
         let out = {
             let mut tx = Tx {
+                assignments: txn.open_table(ASSIGNMENTS).map_err(StoreError::from)?,
                 hosts: txn.open_table(HOSTS).map_err(StoreError::from)?,
                 tokens: txn.open_table(TOKENS).map_err(StoreError::from)?,
                 audit: txn.open_table(AUDIT).map_err(StoreError::from)?,
@@ -179,6 +184,38 @@ impl Store {
             f(&mut tx)?
         };
         txn.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// A host's current assignment (protobuf bytes).
+    pub fn assignment(&self, host: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ASSIGNMENTS)?;
+        Ok(table.get(host)?.map(|v| v.value().to_vec()))
+    }
+
+    /// A cluster-wide value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Sets a cluster-wide value only if it is absent; returns the value in force.
+    pub fn meta_get_or_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let out = {
+            let mut table = txn.open_table(META)?;
+            let existing = table.get(key)?.map(|v| v.value().to_vec());
+            match existing {
+                Some(v) => v,
+                None => {
+                    table.insert(key, value)?;
+                    value.to_vec()
+                }
+            }
+        };
+        txn.commit()?;
         Ok(out)
     }
 
@@ -206,6 +243,7 @@ impl Store {
 
 /// An open write transaction over the tables.
 pub struct Tx<'t> {
+    assignments: redb::Table<'t, &'static str, &'static [u8]>,
     hosts: redb::Table<'t, &'static str, &'static [u8]>,
     tokens: redb::Table<'t, &'static str, &'static [u8]>,
     audit: redb::Table<'t, u64, &'static [u8]>,
@@ -228,6 +266,21 @@ impl Tx<'_> {
 
     pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         get_json(&self.tokens, "tokens", hash)
+    }
+
+    pub fn assignment(&self, host: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.assignments.get(host)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_assignment(&mut self, host: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.assignments.insert(host, bytes)?;
+        Ok(())
+    }
+
+    pub fn remove_host(&mut self, host: &str) -> Result<(), StoreError> {
+        self.hosts.remove(host)?;
+        self.assignments.remove(host)?;
+        Ok(())
     }
 
     pub fn put_token(&mut self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {

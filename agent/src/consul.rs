@@ -1,0 +1,214 @@
+//! A small client for the Consul HTTP API (the discovery backend): leader and peers for
+//! health, and KV with check-and-set for the swarm's join data. Plain HTTP to the local
+//! Consul server or one on the cluster's private network (see `roles::consul`).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// How long one Consul call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("Consul at {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("Consul at {addr} answered {status} to {what}: {body}")]
+    Status {
+        addr: String,
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("Consul at {addr}: unexpected answer to {what}: {detail}")]
+    Decode { addr: String, what: String, detail: String },
+}
+
+#[derive(Clone)]
+pub struct Consul {
+    addr: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A KV entry and the index to use for a check-and-set update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEntry {
+    pub value: Vec<u8>,
+    pub modify_index: u64,
+}
+
+impl Consul {
+    /// `addr` is `host:port` of a Consul HTTP API.
+    pub fn new(addr: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Self {
+            addr: addr.to_string(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn call(&self, method: http::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), ConsulError> {
+        let uri = format!("http://{}{}", self.addr, path);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ConsulError::Unreachable {
+                addr: self.addr.clone(),
+                detail: e.to_string(),
+            })?;
+        let fut = async {
+            let resp = self.client.request(req).await.map_err(|e| ConsulError::Unreachable {
+                addr: self.addr.clone(),
+                detail: e.to_string(),
+            })?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ConsulError::Unreachable {
+                    addr: self.addr.clone(),
+                    detail: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| ConsulError::Unreachable {
+                addr: self.addr.clone(),
+                detail: format!("no answer within {CALL_TIMEOUT:?}"),
+            })?
+    }
+
+    fn expect_ok(&self, what: &str, status: u16, body: &Bytes) -> Result<(), ConsulError> {
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(ConsulError::Status {
+                addr: self.addr.clone(),
+                what: what.to_string(),
+                status,
+                body: String::from_utf8_lossy(body).trim().to_string(),
+            })
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, body: &Bytes) -> Result<T, ConsulError> {
+        serde_json::from_slice(body).map_err(|e| ConsulError::Decode {
+            addr: self.addr.clone(),
+            what: what.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The Raft leader's address (`ip:8300`), empty when there is none.
+    pub async fn leader(&self) -> Result<String, ConsulError> {
+        let (status, body) = self.call(http::Method::GET, "/v1/status/leader", None).await?;
+        self.expect_ok("status/leader", status, &body)?;
+        self.decode("status/leader", &body)
+    }
+
+    /// The Raft peers' addresses.
+    pub async fn peers(&self) -> Result<Vec<String>, ConsulError> {
+        let (status, body) = self.call(http::Method::GET, "/v1/status/peers", None).await?;
+        self.expect_ok("status/peers", status, &body)?;
+        self.decode("status/peers", &body)
+    }
+
+    /// Reads a key; `None` when it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<KvEntry>, ConsulError> {
+        let what = format!("GET kv/{key}");
+        let (status, body) = self.call(http::Method::GET, &format!("/v1/kv/{key}"), None).await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        self.expect_ok(&what, status, &body)?;
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "Value")]
+            value: Option<String>,
+            #[serde(rename = "ModifyIndex")]
+            modify_index: u64,
+        }
+        let raw: Vec<Raw> = self.decode(&what, &body)?;
+        let Some(first) = raw.into_iter().next() else {
+            return Ok(None);
+        };
+        let value = match first.value {
+            Some(v) => base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|e| ConsulError::Decode {
+                    addr: self.addr.clone(),
+                    what: what.clone(),
+                    detail: e.to_string(),
+                })?,
+            None => Vec::new(),
+        };
+        Ok(Some(KvEntry {
+            value,
+            modify_index: first.modify_index,
+        }))
+    }
+
+    /// Writes a key. With `cas = Some(0)` it is created only if absent; with `Some(i)` it is
+    /// replaced only if unchanged since index `i`. Returns whether the write happened.
+    pub async fn put(&self, key: &str, value: &[u8], cas: Option<u64>) -> Result<bool, ConsulError> {
+        let path = match cas {
+            Some(i) => format!("/v1/kv/{key}?cas={i}"),
+            None => format!("/v1/kv/{key}"),
+        };
+        let what = format!("PUT kv/{key}");
+        let (status, body) = self.call(http::Method::PUT, &path, Some(value.to_vec())).await?;
+        self.expect_ok(&what, status, &body)?;
+        self.decode(&what, &body)
+    }
+
+    /// Deletes a key (idempotent).
+    pub async fn delete(&self, key: &str) -> Result<(), ConsulError> {
+        let what = format!("DELETE kv/{key}");
+        let (status, body) = self.call(http::Method::DELETE, &format!("/v1/kv/{key}"), None).await?;
+        self.expect_ok(&what, status, &body)
+    }
+
+    /// Keys under a prefix with their values.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, ConsulError> {
+        let what = format!("GET kv/{prefix}?recurse");
+        let (status, body) = self
+            .call(http::Method::GET, &format!("/v1/kv/{prefix}?recurse=true"), None)
+            .await?;
+        if status == 404 {
+            return Ok(Vec::new());
+        }
+        self.expect_ok(&what, status, &body)?;
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "Key")]
+            key: String,
+            #[serde(rename = "Value")]
+            value: Option<String>,
+        }
+        let raw: Vec<Raw> = self.decode(&what, &body)?;
+        Ok(raw
+            .into_iter()
+            .map(|r| {
+                let v = r
+                    .value
+                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                    .unwrap_or_default();
+                (r.key, v)
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,179 @@
+//! The `manager` role: a Swarm-mode manager through the Engine's swarm API.
+//!
+//! The designated first manager initialises the swarm — only after finding no swarm on its
+//! Engine and no join data in Consul, and only after winning a check-and-set lock there — and
+//! publishes the join tokens. Every other manager reads them from Consul and joins. Each
+//! manager publishes its own address, so later joiners can reach any of them.
+
+use bollard::models::{NodeSpec, NodeSpecRoleEnum, SwarmInitRequest, SwarmJoinRequest};
+use bollard::query_parameters::{LeaveSwarmOptions, UpdateNodeOptions};
+use flotilla_proto::v1::{ManagerSpec, Role, RoleState, RoleStatus};
+
+use super::swarm::{self, JoinData, SWARM_PORT};
+use super::{RoleCtx, RoleError, status};
+
+pub fn validate(spec: &ManagerSpec) -> Result<(), RoleError> {
+    if spec.consul_http_addrs.is_empty() {
+        return Err(RoleError::Spec("manager.consul_http_addrs is empty".into()));
+    }
+    let tls = [&spec.engine_tls_cert_pem, &spec.engine_tls_key_pem, &spec.engine_tls_ca_pem];
+    if tls.iter().any(|p| p.is_empty()) && tls.iter().any(|p| !p.is_empty()) {
+        return Err(RoleError::Spec(
+            "manager.engine_tls_*: give all three (certificate, key, CA) or none".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus, RoleError> {
+    validate(spec)?;
+    if !spec.engine_tls_cert_pem.is_empty() && crate::engine_tls::ensure(ctx, spec).await? {
+        return Ok(status(
+            Role::Manager,
+            RoleState::Starting,
+            "Engine restarted with its TLS listener on 2376",
+        ));
+    }
+    let local = swarm::local(ctx.docker).await?;
+    let consul = match swarm::consul(&spec.consul_http_addrs).await {
+        Ok(c) => c,
+        Err(e) if !local.active() => {
+            return Ok(status(Role::Manager, RoleState::Pending, format!("waiting for Consul: {e}")));
+        }
+        Err(e) => return Ok(status(Role::Manager, RoleState::Degraded, format!("Consul: {e}"))),
+    };
+    let join = swarm::read_join(&consul, ctx.cluster).await?;
+    match local.state.as_str() {
+        "active" => {
+            if let Some(j) = &join
+                && j.cluster_id != local.cluster_id
+            {
+                return Err(RoleError::Conflict(format!(
+                    "this Engine belongs to another swarm ({}), not this cluster's ({}); not forcing it out — run `docker swarm leave --force` on the host if that is intended",
+                    local.cluster_id, j.cluster_id
+                )));
+            }
+            if !local.is_manager {
+                return Ok(status(
+                    Role::Manager,
+                    RoleState::Degraded,
+                    "this Engine is a worker of the swarm; promote it from a manager (`docker node promote`)",
+                ));
+            }
+            // Keep the join data and our address current (tokens can be rotated).
+            let sw = ctx.docker.inspect_swarm().await?;
+            let tokens = sw.join_tokens.unwrap_or_default();
+            let data = JoinData {
+                cluster_id: sw.id.unwrap_or_default(),
+                manager_token: tokens.manager.unwrap_or_default(),
+                worker_token: tokens.worker.unwrap_or_default(),
+            };
+            swarm::publish_join(&consul, ctx.cluster, &data).await?;
+            swarm::publish_manager(&consul, ctx.cluster, ctx.host, ctx.host_address).await?;
+            let v = swarm::view(ctx.docker).await.unwrap_or_default();
+            let what = if v.manager_status.is_empty() { "manager".to_string() } else { v.manager_status };
+            Ok(status(Role::Manager, RoleState::Running, what))
+        }
+        "pending" => Ok(status(Role::Manager, RoleState::Starting, "joining the swarm")),
+        "inactive" => match join {
+            Some(j) => {
+                let mut remotes = swarm::manager_addrs(&consul, ctx.cluster, ctx.host).await?;
+                if remotes.is_empty() {
+                    return Ok(status(
+                        Role::Manager,
+                        RoleState::Pending,
+                        "join data is published but no manager address is",
+                    ));
+                }
+                remotes.truncate(5);
+                join_swarm(ctx, remotes, &j.manager_token).await?;
+                swarm::publish_manager(&consul, ctx.cluster, ctx.host, ctx.host_address).await?;
+                Ok(status(Role::Manager, RoleState::Starting, "joined the swarm as a manager"))
+            }
+            None if spec.designated_initializer => {
+                let holder = swarm::take_init_lock(&consul, ctx.cluster, ctx.host).await?;
+                if holder != ctx.host {
+                    return Ok(status(
+                        Role::Manager,
+                        RoleState::Pending,
+                        format!("'{holder}' holds the init lock; waiting for its join data"),
+                    ));
+                }
+                ctx.docker
+                    .init_swarm(SwarmInitRequest {
+                        listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
+                        advertise_addr: Some(format!("{}:{SWARM_PORT}", ctx.host_address)),
+                        default_addr_pool: Some(vec![swarm::DEFAULT_ADDR_POOL.to_string()]),
+                        ..Default::default()
+                    })
+                    .await?;
+                tracing::info!(host = ctx.host, "initialised the swarm");
+                let sw = ctx.docker.inspect_swarm().await?;
+                let tokens = sw.join_tokens.unwrap_or_default();
+                swarm::publish_join(
+                    &consul,
+                    ctx.cluster,
+                    &JoinData {
+                        cluster_id: sw.id.unwrap_or_default(),
+                        manager_token: tokens.manager.unwrap_or_default(),
+                        worker_token: tokens.worker.unwrap_or_default(),
+                    },
+                )
+                .await?;
+                swarm::publish_manager(&consul, ctx.cluster, ctx.host, ctx.host_address).await?;
+                Ok(status(Role::Manager, RoleState::Starting, "initialised the swarm"))
+            }
+            None => Ok(status(
+                Role::Manager,
+                RoleState::Pending,
+                format!(
+                    "waiting for the first manager to publish join data under flotilla/{}/swarm/",
+                    ctx.cluster
+                ),
+            )),
+        },
+        other => Ok(status(
+            Role::Manager,
+            RoleState::Failed,
+            format!("swarm state '{other}': {}", local.error),
+        )),
+    }
+}
+
+pub async fn join_swarm(ctx: &RoleCtx<'_>, remotes: Vec<String>, token: &str) -> Result<(), RoleError> {
+    ctx.docker
+        .join_swarm(SwarmJoinRequest {
+            listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
+            advertise_addr: Some(format!("{}:{SWARM_PORT}", ctx.host_address)),
+            remote_addrs: Some(remotes),
+            join_token: Some(token.to_string()),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Removes the role: demote this manager first, then leave (unless it stays as a node).
+pub async fn remove(ctx: &RoleCtx<'_>, consul_addrs: &[String], keep_as_node: bool) -> Result<bool, RoleError> {
+    let local = swarm::local(ctx.docker).await?;
+    if !local.active() || !local.is_manager {
+        return Ok(false);
+    }
+    let node = ctx.docker.inspect_node(&local.node_id).await?;
+    let version = node.version.and_then(|v| v.index).unwrap_or_default();
+    let mut spec: NodeSpec = node.spec.unwrap_or_default();
+    spec.role = Some(NodeSpecRoleEnum::WORKER);
+    ctx.docker
+        .update_node(&local.node_id, spec, UpdateNodeOptions { version: version as i64 })
+        .await?;
+    tracing::info!(host = ctx.host, "demoted this manager");
+    if let Ok(c) = swarm::consul(consul_addrs).await {
+        let _ = swarm::unpublish_manager(&c, ctx.cluster, ctx.host).await;
+    }
+    if !keep_as_node {
+        ctx.docker
+            .leave_swarm(Some(LeaveSwarmOptions { force: false }))
+            .await?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,85 @@
+//! The `node` role: a Swarm worker that finds the swarm through the join data in Consul.
+//! An Engine that already belongs to another swarm is reported, never forced out.
+
+use bollard::query_parameters::LeaveSwarmOptions;
+use flotilla_proto::v1::{NodeSpec, Role, RoleState, RoleStatus};
+
+use super::{RoleCtx, RoleError, status, swarm};
+
+pub fn validate(spec: &NodeSpec) -> Result<(), RoleError> {
+    if spec.consul_http_addrs.is_empty() {
+        return Err(RoleError::Spec("node.consul_http_addrs is empty".into()));
+    }
+    Ok(())
+}
+
+pub async fn ensure(ctx: &RoleCtx<'_>, spec: &NodeSpec, also_manager: bool) -> Result<RoleStatus, RoleError> {
+    validate(spec)?;
+    let local = swarm::local(ctx.docker).await?;
+    let consul = match swarm::consul(&spec.consul_http_addrs).await {
+        Ok(c) => c,
+        Err(e) if !local.active() => {
+            return Ok(status(Role::Node, RoleState::Pending, format!("waiting for Consul: {e}")));
+        }
+        Err(e) => return Ok(status(Role::Node, RoleState::Degraded, format!("Consul: {e}"))),
+    };
+    let join = swarm::read_join(&consul, ctx.cluster).await?;
+    match (local.state.as_str(), join) {
+        ("active", Some(j)) if j.cluster_id != local.cluster_id => Err(RoleError::Conflict(format!(
+            "this Engine belongs to another swarm ({}), not this cluster's ({}); not forcing it out — run `docker swarm leave --force` on the host if that is intended",
+            local.cluster_id, j.cluster_id
+        ))),
+        ("active", Some(_)) => Ok(status(
+            Role::Node,
+            RoleState::Running,
+            if local.is_manager { "manager (also schedules tasks)" } else { "worker" },
+        )),
+        ("active", None) => Ok(status(
+            Role::Node,
+            RoleState::Degraded,
+            format!(
+                "this Engine is in a swarm ({}) but the cluster has published no join data yet",
+                local.cluster_id
+            ),
+        )),
+        ("pending", _) => Ok(status(Role::Node, RoleState::Starting, "joining the swarm")),
+        ("inactive", Some(j)) => {
+            if also_manager {
+                // The manager role joins; a node role on the same host rides along.
+                return Ok(status(Role::Node, RoleState::Pending, "joining as a manager"));
+            }
+            let mut remotes = swarm::manager_addrs(&consul, ctx.cluster, ctx.host).await?;
+            if remotes.is_empty() {
+                return Ok(status(Role::Node, RoleState::Pending, "no manager address published yet"));
+            }
+            remotes.truncate(5);
+            super::manager::join_swarm(ctx, remotes, &j.worker_token).await?;
+            Ok(status(Role::Node, RoleState::Starting, "joined the swarm as a worker"))
+        }
+        ("inactive", None) => Ok(status(
+            Role::Node,
+            RoleState::Pending,
+            format!(
+                "waiting for a manager to publish join data under flotilla/{}/swarm/",
+                ctx.cluster
+            ),
+        )),
+        (other, _) => Ok(status(
+            Role::Node,
+            RoleState::Failed,
+            format!("swarm state '{other}': {}", local.error),
+        )),
+    }
+}
+
+/// Leaves the swarm when this Engine is a worker in it.
+pub async fn remove(ctx: &RoleCtx<'_>) -> Result<bool, RoleError> {
+    let local = swarm::local(ctx.docker).await?;
+    if !local.active() || local.is_manager {
+        return Ok(false);
+    }
+    ctx.docker
+        .leave_swarm(Some(LeaveSwarmOptions { force: false }))
+        .await?;
+    Ok(true)
+}

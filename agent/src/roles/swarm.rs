@@ -1,0 +1,182 @@
+//! The swarm as this Engine sees it, and the join data managers publish in Consul's KV:
+//!
+//! - `flotilla/<cluster>/swarm/join`: `{cluster_id, manager_token, worker_token}`
+//! - `flotilla/<cluster>/swarm/managers/<host>`: `<ip>:2377`, one key per manager
+//! - `flotilla/<cluster>/swarm/init-lock`: the host that may initialise (check-and-set)
+//!
+//! Consul is how managers and nodes find each other, as in the seed's guide.
+
+use bollard::Docker;
+use bollard::models::LocalNodeState;
+use flotilla_proto::v1::SwarmView;
+use serde::{Deserialize, Serialize};
+
+use super::RoleError;
+use crate::consul::Consul;
+
+pub const SWARM_PORT: u16 = 2377;
+/// Overlay subnets come from here, away from the lab's and a VPC's usual ranges.
+pub const DEFAULT_ADDR_POOL: &str = "10.214.0.0/16";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinData {
+    pub cluster_id: String,
+    pub manager_token: String,
+    pub worker_token: String,
+}
+
+/// This Engine's swarm membership.
+#[derive(Clone, Debug, Default)]
+pub struct Local {
+    pub state: String,
+    pub node_id: String,
+    pub cluster_id: String,
+    pub is_manager: bool,
+    pub error: String,
+}
+
+impl Local {
+    pub fn active(&self) -> bool {
+        self.state == "active"
+    }
+}
+
+pub async fn local(docker: &Docker) -> Result<Local, RoleError> {
+    let info = docker.info().await?;
+    let s = info.swarm.unwrap_or_default();
+    Ok(Local {
+        state: match s.local_node_state {
+            Some(LocalNodeState::ACTIVE) => "active",
+            Some(LocalNodeState::PENDING) => "pending",
+            Some(LocalNodeState::ERROR) => "error",
+            Some(LocalNodeState::LOCKED) => "locked",
+            _ => "inactive",
+        }
+        .to_string(),
+        node_id: s.node_id.unwrap_or_default(),
+        cluster_id: s.cluster.and_then(|c| c.id).unwrap_or_default(),
+        is_manager: s.control_available.unwrap_or(false),
+        error: s.error.unwrap_or_default(),
+    })
+}
+
+/// Swarm's own view for health samples: state, manager status, leader.
+pub async fn view(docker: &Docker) -> Option<SwarmView> {
+    let l = local(docker).await.ok()?;
+    let mut v = SwarmView {
+        local_state: l.state.clone(),
+        node_id: l.node_id.clone(),
+        is_manager: l.is_manager,
+        ..Default::default()
+    };
+    if l.is_manager && !l.node_id.is_empty() {
+        if let Ok(node) = docker.inspect_node(&l.node_id).await
+            && let Some(ms) = node.manager_status
+        {
+            v.manager_status = match (ms.leader, ms.reachability) {
+                (Some(true), _) => "leader".into(),
+                (_, Some(r)) => r.to_string(),
+                _ => String::new(),
+            };
+        }
+        if let Ok(nodes) = docker.list_nodes(None::<bollard::query_parameters::ListNodesOptions>).await {
+            v.leader_addr = nodes
+                .into_iter()
+                .filter_map(|n| n.manager_status)
+                .find(|m| m.leader == Some(true))
+                .and_then(|m| m.addr)
+                .unwrap_or_default();
+        }
+    }
+    Some(v)
+}
+
+fn key(cluster: &str, rest: &str) -> String {
+    format!("flotilla/{cluster}/swarm/{rest}")
+}
+
+/// The first Consul of `addrs` that answers.
+pub async fn consul(addrs: &[String]) -> Result<Consul, RoleError> {
+    let mut last = None;
+    for a in addrs {
+        let c = Consul::new(a);
+        match c.leader().await {
+            Ok(l) if !l.is_empty() => return Ok(c),
+            Ok(_) => {
+                last = Some(RoleError::Conflict(format!("Consul at {a} has no leader yet")));
+            }
+            Err(e) => last = Some(e.into()),
+        }
+    }
+    Err(last.unwrap_or_else(|| RoleError::Spec("no Consul address in the spec".into())))
+}
+
+pub async fn read_join(c: &Consul, cluster: &str) -> Result<Option<JoinData>, RoleError> {
+    match c.get(&key(cluster, "join")).await? {
+        None => Ok(None),
+        Some(e) => serde_json::from_slice(&e.value)
+            .map(Some)
+            .map_err(|e| RoleError::Conflict(format!("join data in Consul does not parse: {e}"))),
+    }
+}
+
+/// Publishes join data (replacing it only when it differs).
+pub async fn publish_join(c: &Consul, cluster: &str, data: &JoinData) -> Result<(), RoleError> {
+    let k = key(cluster, "join");
+    let current = c.get(&k).await?;
+    let body = serde_json::to_vec(data).map_err(|e| RoleError::Io(e.to_string()))?;
+    match current {
+        Some(e) if e.value == body => Ok(()),
+        Some(e) => {
+            c.put(&k, &body, Some(e.modify_index)).await?;
+            Ok(())
+        }
+        None => {
+            c.put(&k, &body, Some(0)).await?;
+            Ok(())
+        }
+    }
+}
+
+pub async fn publish_manager(c: &Consul, cluster: &str, host: &str, addr: &str) -> Result<(), RoleError> {
+    let k = key(cluster, &format!("managers/{host}"));
+    let want = format!("{addr}:{SWARM_PORT}");
+    if c.get(&k).await?.is_some_and(|e| e.value == want.as_bytes()) {
+        return Ok(());
+    }
+    c.put(&k, want.as_bytes(), None).await?;
+    Ok(())
+}
+
+pub async fn unpublish_manager(c: &Consul, cluster: &str, host: &str) -> Result<(), RoleError> {
+    c.delete(&key(cluster, &format!("managers/{host}"))).await?;
+    Ok(())
+}
+
+/// The managers' swarm addresses published in Consul, except `except`'s.
+pub async fn manager_addrs(c: &Consul, cluster: &str, except: &str) -> Result<Vec<String>, RoleError> {
+    let prefix = key(cluster, "managers/");
+    let mut out: Vec<String> = c
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter(|(k, _)| k.strip_prefix(&prefix) != Some(except))
+        .map(|(_, v)| String::from_utf8_lossy(&v).to_string())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Takes the init lock for `host` (check-and-set: only if nobody holds it). Returns the
+/// holder: `host` when we won (or already held it).
+pub async fn take_init_lock(c: &Consul, cluster: &str, host: &str) -> Result<String, RoleError> {
+    let k = key(cluster, "init-lock");
+    if c.put(&k, host.as_bytes(), Some(0)).await? {
+        return Ok(host.to_string());
+    }
+    Ok(c
+        .get(&k)
+        .await?
+        .map(|e| String::from_utf8_lossy(&e.value).to_string())
+        .unwrap_or_default())
+}
