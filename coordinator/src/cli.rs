@@ -28,9 +28,9 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The cluster to act on.
-    #[arg(long, global = true, env = "FLOTILLA_CLUSTER", default_value = "flotilla")]
-    pub cluster: String,
+    /// The cluster to act on (default: `name` in ./flotilla.toml, else "flotilla").
+    #[arg(long, global = true, env = "FLOTILLA_CLUSTER")]
+    pub cluster: Option<String>,
     /// Root of every cluster's state (default: $FLOTILLA_STATE_DIR, $XDG_STATE_HOME/flotilla or ~/.local/state/flotilla).
     #[arg(long, global = true)]
     pub state_root: Option<PathBuf>,
@@ -40,8 +40,20 @@ pub struct Global {
 }
 
 impl Global {
+    pub fn state_root(&self) -> PathBuf {
+        self.state_root.clone().unwrap_or_else(default_state_root)
+    }
     pub fn state_dir(&self) -> PathBuf {
-        self.state_root.clone().unwrap_or_else(default_state_root).join(&self.cluster)
+        self.state_root().join(self.cluster())
+    }
+    /// `--cluster`, else the name in ./flotilla.toml, else "flotilla".
+    pub fn cluster(&self) -> String {
+        if let Some(c) = &self.cluster {
+            return c.clone();
+        }
+        crate::cluster::ClusterConfig::load(std::path::Path::new("flotilla.toml"), false)
+            .map(|c| c.name)
+            .unwrap_or_else(|_| "flotilla".into())
     }
 }
 
@@ -89,6 +101,48 @@ pub enum Command {
     },
     /// Stop the control plane (agents keep their containers running and reconnect later).
     Stop,
+    /// Write a commented example flotilla.toml.
+    Init {
+        #[arg(long, short = 'f', default_value = "flotilla.toml")]
+        file: PathBuf,
+    },
+    /// Bring the cluster to what flotilla.toml (and flags) describe, verify it, smoke-test it.
+    Deploy(DeployArgs),
+    /// Print the environment that points the plain `docker` CLI at the cluster's leader.
+    Env {
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Remove everything the cluster owns: hosts, network, registry, volumes, its state.
+    Destroy {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    #[arg(long, short = 'f', default_value = "flotilla.toml")]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub managers: Option<u32>,
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    /// Accept a manager count that cannot keep quorum through a failure.
+    #[arg(long)]
+    pub force: bool,
+    /// Run the smoke test even when nothing changed.
+    #[arg(long)]
+    pub smoke_test: bool,
+    /// Skip the smoke test.
+    #[arg(long, conflicts_with = "smoke_test")]
+    pub no_smoke_test: bool,
+    /// A baked host image (lab image or AMI) instead of the provider's default.
+    #[arg(long)]
+    pub image: Option<String>,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +204,8 @@ pub enum CliError {
     Rpc(#[from] tonic::Status),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
+    #[error(transparent)]
+    Deploy(#[from] crate::deploy::DeployError),
     #[error("{0}")]
     Other(String),
 }
@@ -161,6 +217,7 @@ impl CliError {
             CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
             CliError::Connect(ConnectError::NotRunning { .. }) => EXIT_UNAVAILABLE,
             CliError::Serve(crate::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
+            CliError::Deploy(crate::deploy::DeployError::Config(_)) => EXIT_USAGE,
             _ => 1,
         }
     }
@@ -186,11 +243,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let g = cli.global.clone();
-    if !valid_name(&g.cluster) {
-        return Err(CliError::Usage(format!(
-            "--cluster '{}': use 1-63 of a-z, 0-9 and '-'",
-            g.cluster
-        )));
+    if let Some(c) = &g.cluster
+        && !valid_name(c)
+    {
+        return Err(CliError::Usage(format!("--cluster '{c}': use 1-63 of a-z, 0-9 and '-'")));
     }
     match cli.command {
         Command::Serve(args) => serve(&g, args).await,
@@ -276,22 +332,38 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let mut client = match client(&g).await {
                 Ok(c) => c,
                 Err(CliError::Connect(ConnectError::NotRunning { .. })) => {
-                    println!("no control plane is running for cluster '{}'", g.cluster);
+                    println!("no control plane is running for cluster '{}'", g.cluster());
                     return Ok(());
                 }
                 Err(e) => return Err(e),
             };
             client.shutdown(v1::ShutdownRequest {}).await?;
-            println!("control plane of cluster '{}' stopped", g.cluster);
+            wait_gone(&StatePaths::new(&g.state_dir()).admin_socket()).await;
+            println!("control plane of cluster '{}' stopped", g.cluster());
             Ok(())
         }
+        Command::Init { file } => {
+            if file.exists() {
+                return Err(CliError::Usage(format!(
+                    "{} exists; not overwriting it (remove it first)",
+                    file.display()
+                )));
+            }
+            std::fs::write(&file, crate::cluster::EXAMPLE)
+                .map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
+            println!("wrote {} — edit it, then `coordinator deploy`", file.display());
+            Ok(())
+        }
+        Command::Deploy(args) => deploy(&g, args).await,
+        Command::Env { output } => env(&g, output).await,
+        Command::Destroy { yes } => destroy(&g, yes).await,
     }
 }
 
 async fn client(g: &Global) -> Result<v1::admin_client::AdminClient<Channel>, CliError> {
     match &g.remote {
         Some(bundle) => Ok(admin::connect_remote(bundle)?),
-        None => Ok(admin::connect_local(&g.cluster, &StatePaths::new(&g.state_dir()).admin_socket()).await?),
+        None => Ok(admin::connect_local(&g.cluster(), &StatePaths::new(&g.state_dir()).admin_socket()).await?),
     }
 }
 
@@ -299,7 +371,7 @@ async fn serve(g: &Global, args: ServeArgs) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| CliError::Usage(format!("--listen {}: {e}", args.listen)))?;
-    let mut config = ServeConfig::new(&g.cluster, g.state_dir());
+    let mut config = ServeConfig::new(&g.cluster(), g.state_dir());
     config.advertise = args.advertise;
     config.heartbeat_interval = args.heartbeat_interval;
     config.host_cert_validity = args.host_cert_validity;
@@ -355,6 +427,135 @@ async fn operator_cert(g: &Global, name: &str, out: &std::path::Path) -> Result<
     Ok(())
 }
 
+async fn wait_gone(socket: &std::path::Path) {
+    for _ in 0..200 {
+        if !socket.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn deploy(g: &Global, args: DeployArgs) -> Result<(), CliError> {
+    let explicit = args.file != std::path::Path::new("flotilla.toml");
+    let mut config = crate::cluster::ClusterConfig::load(&args.file, explicit).map_err(crate::deploy::DeployError::from)?;
+    let mut origin = if args.file.exists() { args.file.display().to_string() } else { "defaults".to_string() };
+    if let Some(c) = &g.cluster {
+        config.name = c.clone();
+    }
+    if let Some(m) = args.managers {
+        config.managers = m;
+        origin.push_str(" + flags");
+    }
+    if let Some(n) = args.nodes {
+        config.nodes = n;
+    }
+    if args.force {
+        config.force = true;
+    }
+    if args.no_smoke_test {
+        config.smoke_test = false;
+    }
+    if let Some(i) = args.image {
+        config.images.host = i;
+    }
+    let report = crate::deploy::deploy(crate::deploy::DeployOptions {
+        config,
+        origin,
+        state_root: g.state_root(),
+        quiet: args.output == Output::Json,
+        force_smoke: args.smoke_test,
+    })
+    .await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Output::Table => {
+            let mut t = comfy_table::Table::new();
+            t.load_style(comfy_table::presets::NOTHING);
+            t.set_header(["HOST", "ROLES", "ADDRESS", "SWARM"]);
+            for h in &report.hosts {
+                let sw = report
+                    .swarm
+                    .managers
+                    .iter()
+                    .chain(&report.swarm.workers)
+                    .find(|n| n.hostname == h.name)
+                    .map(|n| if n.manager_status.is_empty() { n.role.clone() } else { n.manager_status.clone() })
+                    .unwrap_or_default();
+                t.add_row([h.name.clone(), h.roles.join("+"), h.address.clone(), sw]);
+            }
+            println!("\ncluster '{}' {} in {:.1} s\n{t}", report.cluster, if report.changed { "deployed" } else { "unchanged" }, report.duration_s);
+            println!("\nswarm leader: {} ({}); consul leader: {}", report.swarm.leader, report.swarm.leader_ip, report.consul.leader);
+            if let Some(s) = &report.smoke_test {
+                println!("smoke test: {} hello task(s) on {} — \"{}\"", s.tasks, s.nodes.join(", "), s.output.first().cloned().unwrap_or_default());
+            }
+            println!("\npoint docker at the cluster:\n  eval \"$(coordinator --cluster {} env)\"\n  docker node ls", report.cluster);
+        }
+    }
+    Ok(())
+}
+
+async fn env(g: &Global, output: Output) -> Result<(), CliError> {
+    let mut client = client(g).await?;
+    let st = client.status(v1::StatusRequest {}).await?.into_inner();
+    let v = status_json(&st);
+    let leader_addr = v["swarm"]["leader_addr"].as_str().unwrap_or_default().to_string();
+    if leader_addr.is_empty() {
+        return Err(CliError::Other(format!(
+            "cluster '{}' has no swarm leader right now (see `coordinator status`)",
+            g.cluster()
+        )));
+    }
+    let ip = leader_addr.split(':').next().unwrap_or_default();
+    let env = crate::verify::docker_env(ip, &g.state_dir().join("docker"));
+    match output {
+        Output::Json => println!("{}", serde_json::json!(env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())),
+        Output::Table => {
+            for (k, val) in &env {
+                println!("export {k}={val}");
+            }
+            println!("# leader: {} — run: eval \"$(coordinator --cluster {} env)\"", v["swarm"]["leader"].as_str().unwrap_or_default(), g.cluster());
+        }
+    }
+    Ok(())
+}
+
+async fn destroy(g: &Global, yes: bool) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    let cluster = g.cluster();
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::Usage(format!(
+                "destroying cluster '{cluster}' needs confirmation: pass --yes"
+            )));
+        }
+        eprint!("destroy cluster '{cluster}' — every host, its network, registry, volumes and its CA? type the cluster name: ");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| CliError::Other(e.to_string()))?;
+        if line.trim() != cluster {
+            return Err(CliError::Usage("not confirmed; nothing was removed".into()));
+        }
+    }
+    let state_dir = g.state_dir();
+    // Stop the control plane first, so no agent is told anything mid-way.
+    if let Ok(mut c) = admin::connect_local(&cluster, &StatePaths::new(&state_dir).admin_socket()).await {
+        let _ = c.shutdown(v1::ShutdownRequest {}).await;
+        wait_gone(&StatePaths::new(&state_dir).admin_socket()).await;
+    }
+    let docker = bollard::Docker::connect_with_defaults()
+        .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?
+        .negotiate_version()
+        .await
+        .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?;
+    let lab = crate::providers::lab::Lab::new(docker, &cluster, &state_dir, Default::default());
+    lab.destroy().await.map_err(|e| CliError::Other(e.to_string()))?;
+    if state_dir.exists() {
+        std::fs::remove_dir_all(&state_dir).map_err(|e| CliError::Other(format!("{}: {e}", state_dir.display())))?;
+    }
+    println!("cluster '{cluster}' destroyed: no container, network, volume or state of it is left");
+    Ok(())
+}
+
 fn fmt_time(unix_ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix_ms / 1000)
         .ok()
@@ -407,14 +608,39 @@ pub fn status_json(st: &v1::StatusResponse) -> serde_json::Value {
                 "instance_id": f.instance_id,
                 "engine_version": f.engine_version,
                 "health": health,
+                "generation": h.generation,
+                "role_status": h.role_status.iter().map(|s| serde_json::json!({
+                    "role": v1::Role::try_from(s.role).map(role_name).unwrap_or("unspecified"),
+                    "state": v1::RoleState::try_from(s.state).map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase()).unwrap_or_default(),
+                    "message": s.message,
+                })).collect::<Vec<_>>(),
+                "swarm": h.health.as_ref().and_then(|s| s.swarm.as_ref()).map(|s| serde_json::json!({
+                    "state": s.local_state, "is_manager": s.is_manager, "manager_status": s.manager_status,
+                })),
             })
         })
         .collect();
+    // Swarm's view, as the managers' agents last reported it.
+    let mut leader = String::new();
+    let mut leader_addr = String::new();
+    let mut managers = Vec::new();
+    for h in &st.hosts {
+        if let Some(sw) = h.health.as_ref().and_then(|s| s.swarm.as_ref()) {
+            if sw.is_manager {
+                managers.push(serde_json::json!({"name": h.name, "manager_status": sw.manager_status}));
+            }
+            if sw.manager_status == "leader" {
+                leader = h.name.clone();
+                leader_addr = sw.leader_addr.clone();
+            }
+        }
+    }
     serde_json::json!({
         "cluster": st.cluster,
         "agent_endpoint": st.agent_endpoint,
         "heartbeat_interval_s": st.heartbeat_interval_s,
         "hosts": hosts,
+        "swarm": {"leader": leader, "leader_addr": leader_addr, "managers": managers},
     })
 }
 

@@ -119,12 +119,14 @@ impl ControlPlane {
         host_address: &str,
     ) -> Result<(u64, bool), ControlError> {
         use prost::Message;
-        let mut a = v1::Assignment {
+        let requested = v1::Assignment {
             generation: 0,
             roles,
             host_address: host_address.to_string(),
             cluster: self.config.cluster.clone(),
         };
+        let mut a = requested.clone();
+        self.complete(host, &mut a)?;
         flotilla_agent::reconcile::validate(&a).map_err(|e| ControlError::BadAssignment {
             host: host.to_string(),
             message: e.to_string(),
@@ -147,11 +149,12 @@ impl ControlPlane {
             let prev = tx
                 .assignment(host)?
                 .and_then(|b| v1::Assignment::decode(b.as_slice()).ok());
-            // Same roles, same address: keep the generation (re-running deploy is a no-op).
+            // Same request as the one in force: keep it and its generation (re-running
+            // deploy is a no-op; no new certificate is issued).
             if let Some(p) = &prev
-                && p.roles == a.roles
-                && p.host_address == a.host_address
-                && p.cluster == a.cluster
+                && strip_completions(p, &requested) == requested.roles
+                && p.host_address == requested.host_address
+                && p.cluster == requested.cluster
             {
                 return Ok(p.clone());
             }
@@ -176,6 +179,37 @@ impl ControlPlane {
             },
         );
         Ok((generation, delivered))
+    }
+
+    /// Fills what only the control plane can: Consul's gossip key (made once per cluster)
+    /// and, for a manager, its Engine's TLS server certificate from the cluster CA.
+    fn complete(&self, host: &str, a: &mut v1::Assignment) -> Result<(), ControlError> {
+        use base64::Engine as _;
+        for r in &mut a.roles {
+            match &mut r.spec {
+                Some(v1::role_spec::Spec::Consul(c)) if c.encrypt_key.is_empty() => {
+                    let fresh: [u8; 32] = rand::random();
+                    let key = self
+                        .store
+                        .meta_get_or_insert("consul_encrypt_key", base64::engine::general_purpose::STANDARD.encode(fresh).as_bytes())?;
+                    c.encrypt_key = String::from_utf8_lossy(&key).to_string();
+                }
+                Some(v1::role_spec::Spec::Manager(m)) if m.engine_tls_cert_pem.is_empty() => {
+                    if a.host_address.parse::<std::net::IpAddr>().is_err() {
+                        return Err(ControlError::BadAssignment {
+                            host: host.to_string(),
+                            message: format!("host_address '{}' is not an IP address", a.host_address),
+                        });
+                    }
+                    let (cert, key) = self.pki.issue_engine_server(host, &a.host_address)?;
+                    m.engine_tls_cert_pem = cert;
+                    m.engine_tls_key_pem = key;
+                    m.engine_tls_ca_pem = self.pki.ca_pem().to_string();
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The stored assignment of `host`.
@@ -237,8 +271,32 @@ impl ControlPlane {
             hosts,
             heartbeat_interval_s: self.config.heartbeat_interval.as_secs() as u32,
             agent_endpoint: self.agent_endpoint.clone(),
+            agent_binary_sha256: self.agent_binary.as_ref().map(|b| b.sha256.clone()).unwrap_or_default(),
+            agent_version: flotilla_agent::VERSION.to_string(),
         })
     }
+}
+
+/// The stored roles with what [`ControlPlane::complete`] filled in removed again, where the
+/// request left it empty — so a repeated request compares equal to what is in force.
+fn strip_completions(stored: &v1::Assignment, requested: &v1::Assignment) -> Vec<v1::RoleSpec> {
+    let mut roles = stored.roles.clone();
+    for (s, r) in roles.iter_mut().zip(&requested.roles) {
+        match (&mut s.spec, &r.spec) {
+            (Some(v1::role_spec::Spec::Consul(s)), Some(v1::role_spec::Spec::Consul(r))) if r.encrypt_key.is_empty() => {
+                s.encrypt_key.clear();
+            }
+            (Some(v1::role_spec::Spec::Manager(s)), Some(v1::role_spec::Spec::Manager(r)))
+                if r.engine_tls_cert_pem.is_empty() =>
+            {
+                s.engine_tls_cert_pem.clear();
+                s.engine_tls_key_pem.clear();
+                s.engine_tls_ca_pem.clear();
+            }
+            _ => {}
+        }
+    }
+    roles
 }
 
 pub fn role_from_name(name: &str) -> Option<v1::Role> {

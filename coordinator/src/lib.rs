@@ -14,6 +14,11 @@
 //! - [`agent_binary`]: serving the agent binary over HTTPS for user-data to fetch.
 //! - [`clock`]: the control plane's clock (movable in tests).
 //! - [`config`]: `serve` settings and the state directory's layout.
+//! - [`providers`]: where hosts come from (the lab; AWS).
+//!
+//! Deploying (the CLI side, talking to the control plane and a provider):
+//! - [`cluster`]: `flotilla.toml`; [`plan`]: config → hosts → roles.
+//! - [`deploy`]: the deploy flow; [`verify`]: Swarm's and Consul's views, the smoke test.
 //!
 //! CLI: [`cli`] parses arguments and runs one command against the control plane.
 
@@ -22,13 +27,18 @@ pub mod agent_api;
 pub mod agent_binary;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod deploy;
 pub mod enroll;
 pub mod logs;
 pub mod pki;
+pub mod plan;
+pub mod providers;
 pub mod serve;
 pub mod session;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod verify;

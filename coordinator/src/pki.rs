@@ -161,6 +161,21 @@ impl Pki {
         self.dir.join("ca.pem")
     }
 
+    /// Issues a server certificate (and its new key) for a host's Docker Engine TLS
+    /// listener: SANs are the host's address and name. Returns (certificate, key) PEMs.
+    pub fn issue_engine_server(&self, host: &str, address: &str) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(host, "flotilla-engine");
+        params.subject_alt_names = vec![san(address)?, san(host)?, SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        set_validity(&mut params, SERVER_VALIDITY);
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// Signs a host's CSR: the subject is rewritten to `CN=<host>, OU=flotilla-host` and the
     /// certificate is for client authentication only. Refuses a CSR that does not parse,
     /// whose signature is wrong, whose key is not ECDSA P-256/P-384 or Ed25519, or whose

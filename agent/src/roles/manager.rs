@@ -104,6 +104,9 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus,
                         listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
                         advertise_addr: Some(format!("{}:{SWARM_PORT}", ctx.host_address)),
                         default_addr_pool: Some(vec![swarm::DEFAULT_ADDR_POOL.to_string()]),
+                        // Without it the Engine stores a zero size and its allocator stops
+                        // ("invalid pools size: 0"): services are never scheduled.
+                        subnet_size: Some(24),
                         ..Default::default()
                     })
                     .await?;

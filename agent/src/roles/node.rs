@@ -24,10 +24,24 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &NodeSpec, also_manager: bool) -> R
         Err(e) => return Ok(status(Role::Node, RoleState::Degraded, format!("Consul: {e}"))),
     };
     let join = swarm::read_join(&consul, ctx.cluster).await?;
+    // Which swarm is this Engine in? Managers know the cluster id; a worker only knows its
+    // managers' addresses, which must be among the ones this cluster published.
+    let foreign = |j: &swarm::JoinData, published: &[String]| {
+        if !local.cluster_id.is_empty() {
+            local.cluster_id != j.cluster_id
+        } else {
+            !local.remote_managers.is_empty() && !local.remote_managers.iter().any(|m| published.contains(m))
+        }
+    };
+    let published = if local.active() {
+        swarm::manager_addrs(&consul, ctx.cluster, "").await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     match (local.state.as_str(), join) {
-        ("active", Some(j)) if j.cluster_id != local.cluster_id => Err(RoleError::Conflict(format!(
-            "this Engine belongs to another swarm ({}), not this cluster's ({}); not forcing it out — run `docker swarm leave --force` on the host if that is intended",
-            local.cluster_id, j.cluster_id
+        ("active", Some(j)) if foreign(&j, &published) => Err(RoleError::Conflict(format!(
+            "this Engine belongs to another swarm (managers {:?}), not this cluster's ({}); not forcing it out — run `docker swarm leave --force` on the host if that is intended",
+            local.remote_managers, j.cluster_id
         ))),
         ("active", Some(_)) => Ok(status(
             Role::Node,

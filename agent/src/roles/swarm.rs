@@ -33,6 +33,9 @@ pub struct Local {
     pub cluster_id: String,
     pub is_manager: bool,
     pub error: String,
+    /// The managers this node knows (`ip:2377`); a worker's only clue to its swarm, since
+    /// the Engine reports the cluster id to managers alone.
+    pub remote_managers: Vec<String>,
 }
 
 impl Local {
@@ -57,6 +60,12 @@ pub async fn local(docker: &Docker) -> Result<Local, RoleError> {
         cluster_id: s.cluster.and_then(|c| c.id).unwrap_or_default(),
         is_manager: s.control_available.unwrap_or(false),
         error: s.error.unwrap_or_default(),
+        remote_managers: s
+            .remote_managers
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.addr)
+            .collect(),
     })
 }
 

@@ -135,17 +135,25 @@ EOF
   # PID 1 wrapper: writable cgroup mounts in a private cgroup namespace, then systemd (NOTES.md)
   cat >"$root/usr/local/sbin/flotilla-lab-init" <<'INIT'
 #!/bin/sh
-# PID 1 of a Flotilla lab host container. Run with `--cgroupns=private` (and no bind mount of the
-# machine's /sys/fs/cgroup), Docker mounts this container's own cgroup subtree read-only at
-# /sys/fs/cgroup/<controller>; systemd and the inner dockerd must create cgroups there. A *bind*
-# remount changes only this container's mount points, never the machine's cgroup file systems.
-# Then systemd takes over as PID 1.
+# PID 1 of a Flotilla lab host container; prepares /sys/fs/cgroup, then systemd takes over.
+# Run with `--cgroupns=private` and NO bind mount of the machine's /sys/fs/cgroup (binding it
+# lets this container's systemd remount the machine's cgroup tmpfs read-only and add directories
+# to it, and puts the inner Engine's containers outside this container's cgroup).
+#
+# 1. Docker mounts this container's own cgroup subtrees read-only; systemd and the inner dockerd
+#    must create cgroups there. A *bind* remount changes only this container's mount points.
 while read -r _id _parent _dev _root mnt opts _rest; do
   case $mnt in /sys/fs/cgroup | /sys/fs/cgroup/*) ;; *) continue ;; esac
   case ",$opts," in
     *,ro,*) mount -o remount,bind,rw "$mnt" || echo "flotilla-lab-init: cannot make $mnt writable" >&2 ;;
   esac
 done </proc/self/mountinfo
+# 2. Not done on purpose: controllers the machine does not mount (here hugetlb, perf_event,
+#    net_cls,net_prio) are mounted by systemd from their real root, so the inner Engine's cgroups
+#    in them sit outside this container and, if the container is killed while inner containers
+#    run, stay behind empty (invisible on the machine). Hiding those controllers with a tmpfs
+#    placeholder stops that, but then containerd cannot load any inner container's cgroup:
+#    `docker stats` shows 0B and OOMKilled is never set. See NOTES.md.
 exec /sbin/init "$@"
 INIT
   chmod 0755 "$root/usr/local/sbin/flotilla-lab-init"

@@ -1,0 +1,298 @@
+//! `flotilla.toml`: the cluster an operator wants. Typed, unknown keys refused, every error
+//! names the field and the file; flags override it. `coordinator init` writes [`EXAMPLE`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The commented example `coordinator init` writes.
+pub const EXAMPLE: &str = r#"# flotilla.toml — the cluster `coordinator deploy` builds. Every key is optional.
+
+# The cluster's name: labels, tags, the state directory, Consul's KV prefix.
+name = "flotilla"
+
+# Where hosts come from: "lab" (containers on this machine that boot like EC2 instances)
+# or "aws" (EC2).
+provider = "lab"
+
+# Swarm managers (Raft replicas; the leader is the seed guide's "primary").
+# 3 tolerate the loss of 1, 5 tolerate 2. Even counts and a single manager are refused
+# unless `force = true`.
+managers = 3
+
+# Swarm workers.
+nodes = 2
+
+# Where the Consul servers (the discovery backend) run: "managers" puts one on each
+# manager, a 3-server Consul cluster by default.
+consul = "managers"
+
+# Run the seed's smoke test (a hello-world service on the nodes) after deploying.
+smoke_test = true
+
+# Allow a manager count that cannot keep quorum through a failure.
+force = false
+
+[images]
+# Role images. Empty: the provider's default (the lab's own images, or on AWS
+# HashiCorp's official Consul image and busybox for the smoke test).
+consul = ""
+hello = ""
+# A baked host image (lab image or AMI id); empty: the provider's default.
+host = ""
+
+[instance_types]
+manager = "t3.small"
+node = "t3.small"
+
+[coordinator]
+# The agent port. On the lab it listens on the lab network's gateway address.
+port = 7443
+# The address hosts dial (AWS); the lab uses its gateway address.
+advertise = ""
+"#;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub managers: u32,
+    pub nodes: u32,
+    pub consul: ConsulPlacement,
+    pub smoke_test: bool,
+    pub force: bool,
+    pub images: Images,
+    pub instance_types: InstanceTypes,
+    pub coordinator: CoordinatorSettings,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "flotilla".into(),
+            provider: ProviderKind::Lab,
+            managers: 3,
+            nodes: 2,
+            consul: ConsulPlacement::Managers,
+            smoke_test: true,
+            force: false,
+            images: Images::default(),
+            instance_types: InstanceTypes::default(),
+            coordinator: CoordinatorSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Lab,
+    Aws,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsulPlacement {
+    Managers,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Images {
+    pub consul: String,
+    pub hello: String,
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceTypes {
+    pub manager: String,
+    pub node: String,
+}
+
+impl Default for InstanceTypes {
+    fn default() -> Self {
+        Self {
+            manager: "t3.small".into(),
+            node: "t3.small".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSettings {
+    pub port: u16,
+    pub advertise: String,
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        Self {
+            port: 7443,
+            advertise: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{field}`: {problem}")]
+    Invalid {
+        path: String,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// The quorum table every refusal quotes.
+pub const QUORUM_TABLE: &str = "managers  quorum  tolerates the loss of
+       1       1        0
+       2       2        0
+       3       2        1   <- the smallest HA swarm
+       4       3        1
+       5       3        2
+       7       4        3";
+
+impl ClusterConfig {
+    /// Loads `path`; a missing file at the default path means all defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().to_string(),
+        })
+    }
+
+    /// Checks the whole configuration; `origin` names the file (or "flags") in messages.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |field, problem: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            field,
+            problem,
+        };
+        if !crate::config::valid_name(&self.name) {
+            return Err(bad("name", format!("'{}': use 1-63 of a-z, 0-9 and '-'", self.name)));
+        }
+        if self.managers == 0 {
+            return Err(bad("managers", "a swarm needs at least one manager".into()));
+        }
+        if self.managers > 7 {
+            return Err(bad("managers", format!("{} managers: more than 7 slows Raft down without adding safety", self.managers)));
+        }
+        if !self.force && (self.managers == 1 || self.managers % 2 == 0) {
+            return Err(bad(
+                "managers",
+                format!(
+                    "{} manager{} cannot keep quorum through the loss of {} (set `force = true` or pass --force to accept that):\n{QUORUM_TABLE}",
+                    self.managers,
+                    if self.managers == 1 { "" } else { "s" },
+                    if self.managers == 1 { "it" } else { "one more than an odd count would" },
+                ),
+            ));
+        }
+        if self.smoke_test && self.nodes == 0 {
+            return Err(bad(
+                "nodes",
+                "0 nodes: the smoke test schedules its hello service on the nodes; add a node or set `smoke_test = false`".into(),
+            ));
+        }
+        if self.nodes > 100 {
+            return Err(bad("nodes", format!("{} nodes: at most 100 per deploy", self.nodes)));
+        }
+        if self.coordinator.port == 0 {
+            return Err(bad("coordinator.port", "must not be 0".into()));
+        }
+        if !self.coordinator.advertise.is_empty() && !valid_address(&self.coordinator.advertise) {
+            return Err(bad(
+                "coordinator.advertise",
+                format!("'{}' is neither an IP address nor a DNS name", self.coordinator.advertise),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn valid_address(a: &str) -> bool {
+    if a.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    // A DNS name: labels of letters, digits and '-', not all-numeric (that would be a
+    // malformed IP such as 10.0.0.300).
+    let labels: Vec<&str> = a.split('.').collect();
+    !labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit()))
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ClusterConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("flotilla.toml");
+        std::fs::write(&p, s).expect("write");
+        ClusterConfig::load(&p, true)
+    }
+
+    #[test]
+    fn the_example_parses_to_the_defaults() {
+        let c = parse(EXAMPLE).expect("example parses");
+        assert_eq!(c, ClusterConfig::default());
+        c.validate("flotilla.toml").expect("valid");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key_and_the_file() {
+        let e = parse("name = \"x\"\nmanagerz = 3\n").expect_err("unknown key");
+        let m = e.to_string();
+        assert!(m.contains("flotilla.toml") && m.contains("managerz"), "{m}");
+    }
+
+    #[test]
+    fn even_and_single_manager_counts_need_force_and_quote_the_quorum_table() {
+        for n in [1, 2, 4] {
+            let c = ClusterConfig { managers: n, ..Default::default() };
+            let m = c.validate("flotilla.toml").expect_err("refused").to_string();
+            assert!(m.contains("`managers`") && m.contains("tolerates the loss of"), "{m}");
+            ClusterConfig { managers: n, force: true, ..Default::default() }
+                .validate("f")
+                .expect("forced");
+        }
+    }
+
+    #[test]
+    fn zero_nodes_with_a_smoke_test_and_malformed_addresses_are_refused() {
+        let m = ClusterConfig { nodes: 0, ..Default::default() }.validate("f").expect_err("0 nodes").to_string();
+        assert!(m.contains("`nodes`"), "{m}");
+        for a in ["10.0.0.300", "not an address", "-bad.example"] {
+            let c = ClusterConfig {
+                coordinator: CoordinatorSettings { port: 7443, advertise: a.into() },
+                ..Default::default()
+            };
+            let m = c.validate("f").expect_err(a).to_string();
+            assert!(m.contains("coordinator.advertise"), "{m}");
+        }
+    }
+}

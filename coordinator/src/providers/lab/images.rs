@@ -1,0 +1,121 @@
+//! The lab's images, built on this machine from Debian packages and our own binaries — no
+//! registry is ever contacted. Each recipe is a script in `images/` (embedded here), and
+//! each image is tagged by a hash of its recipe, so it builds once per machine and a
+//! rebuild of an unchanged recipe is a no-op. Progress lines go to stderr as they come.
+//!
+//! - `host`: Debian bookworm, systemd, cloud-init (NoCloud only), Docker Engine.
+//! - `consul`: Debian bullseye's `consul` 1.8.7 on a scratch image.
+//! - `hello`: busybox-static, prints a hello line (the smoke test's workload).
+//! - `registry`: Debian's `docker-registry` (the lab registry).
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const COMMON: &str = include_str!("images/common.sh");
+const RECIPES: [(&str, &str); 4] = [
+    ("registry", include_str!("images/registry.sh")),
+    ("hello", include_str!("images/hello.sh")),
+    ("consul", include_str!("images/consul.sh")),
+    ("host", include_str!("images/host.sh")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("lab image recipes: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("building the lab image '{name}' failed (exit {code}); its last lines:\n{tail}")]
+    Failed { name: String, code: i32, tail: String },
+    #[error("the lab image recipe '{0}' printed no tag")]
+    NoTag(String),
+}
+
+/// The tags of the four lab images.
+#[derive(Clone, Debug, Default)]
+pub struct LabImages {
+    pub host: String,
+    pub consul: String,
+    pub hello: String,
+    pub registry: String,
+}
+
+/// Builds every lab image that is missing (a no-op for those whose recipe is unchanged).
+/// With `quiet`, progress lines are collected and shown only on failure.
+pub async fn ensure(quiet: bool) -> Result<LabImages, ImageError> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("common.sh"), COMMON)?;
+    for (name, body) in RECIPES {
+        std::fs::write(dir.path().join(format!("{name}.sh")), body)?;
+    }
+    let mut out = LabImages::default();
+    for (name, _) in RECIPES {
+        let tag = build(dir.path(), name, quiet).await?;
+        match name {
+            "host" => out.host = tag,
+            "consul" => out.consul = tag,
+            "hello" => out.hello = tag,
+            _ => out.registry = tag,
+        }
+    }
+    Ok(out)
+}
+
+async fn build(dir: &Path, name: &str, quiet: bool) -> Result<String, ImageError> {
+    let mut child = tokio::process::Command::new("bash")
+        .arg(dir.join(format!("{name}.sh")))
+        .env("FLOTILLA_IMAGES_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so an interrupted build is stopped whole (bash's trap
+        // cleans up; debootstrap does not keep running).
+        .process_group(0)
+        .spawn()?;
+    let _group = KillGroup(child.id());
+    let stderr = child.stderr.take().expect("piped stderr");
+    let progress = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut tail: Vec<String> = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !quiet {
+                eprintln!("{line}");
+            }
+            tail.push(line);
+            if tail.len() > 30 {
+                tail.remove(0);
+            }
+        }
+        tail
+    });
+    let output = child.wait_with_output().await?;
+    let tail = progress.await.unwrap_or_default();
+    if !output.status.success() {
+        return Err(ImageError::Failed {
+            name: name.to_string(),
+            code: output.status.code().unwrap_or(-1),
+            tail: tail.join("\n"),
+        });
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .map(|l| l.trim().to_string())
+        .filter(|l| l.starts_with("flotilla/lab-"))
+        .ok_or_else(|| ImageError::NoTag(name.to_string()))
+}
+
+/// SIGTERMs a build's process group when dropped before it finished (Ctrl-C of deploy).
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // `kill -TERM -<pgid>`: no libc call needed; harmless when the group is gone.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Verifying a cluster with its own views — Swarm's node list from a manager's Engine (over
+//! its mutual-TLS port 2376, with the operator certificate `coordinator env` hands to
+//! `docker`), Consul's leader and peers — and the seed's smoke test: a hello-world service
+//! scheduled by the swarm onto the nodes, its output read back.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{
+    NodeSpecRoleEnum, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    TaskState,
+};
+use bollard::query_parameters::{ListNodesOptions, ListTasksOptions, LogsOptions};
+use futures::StreamExt;
+
+pub const ENGINE_TLS_PORT: u16 = 2376;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no manager's Engine answered on :{ENGINE_TLS_PORT} with TLS: {0}")]
+    NoManager(String),
+    #[error("the swarm is not as planned: {0}")]
+    Swarm(String),
+    #[error("Consul is not as planned: {0}")]
+    Consul(String),
+    #[error("smoke test: {0}")]
+    Smoke(String),
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SwarmNode {
+    pub hostname: String,
+    pub addr: String,
+    pub role: String,
+    /// leader, reachable, unreachable; empty for workers.
+    pub manager_status: String,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SwarmSummary {
+    pub leader: String,
+    pub leader_ip: String,
+    pub managers: Vec<SwarmNode>,
+    pub workers: Vec<SwarmNode>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ConsulSummary {
+    pub leader: String,
+    pub peers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SmokeResult {
+    pub service: String,
+    pub tasks: usize,
+    /// Hostnames of the nodes the tasks ran on.
+    pub nodes: Vec<String>,
+    pub output: Vec<String>,
+    pub seconds: f64,
+}
+
+/// A TLS client for a manager's Engine.
+pub async fn engine(ip: &str, cert_dir: &Path) -> Result<Docker, String> {
+    let d = Docker::connect_with_ssl(
+        &format!("tcp://{ip}:{ENGINE_TLS_PORT}"),
+        &cert_dir.join("key.pem"),
+        &cert_dir.join("cert.pem"),
+        &cert_dir.join("ca.pem"),
+        20,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(|e| format!("{ip}: {e}"))?;
+    d.negotiate_version().await.map_err(|e| format!("{ip}: {e}"))
+}
+
+/// The swarm's nodes as a manager sees them; checks the counts and that exactly one
+/// leader exists and every node is ready.
+pub async fn swarm(manager_ips: &[String], cert_dir: &Path, managers: usize, workers: usize) -> Result<SwarmSummary, VerifyError> {
+    let mut errors = Vec::new();
+    for ip in manager_ips {
+        let d = match engine(ip, cert_dir).await {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let nodes = match d.list_nodes(None::<ListNodesOptions>).await {
+            Ok(n) => n,
+            Err(e) => {
+                errors.push(format!("{ip}: {e}"));
+                continue;
+            }
+        };
+        let mut s = SwarmSummary::default();
+        for n in nodes {
+            let hostname = n.description.and_then(|d| d.hostname).unwrap_or_default();
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.state)
+                .is_some_and(|st| st == bollard::models::NodeState::READY);
+            let addr = n.status.and_then(|s| s.addr).unwrap_or_default();
+            let role = n.spec.and_then(|s| s.role);
+            let ms = n.manager_status;
+            let manager_status = match &ms {
+                Some(m) if m.leader == Some(true) => "leader".to_string(),
+                Some(m) => m.reachability.map(|r| r.to_string()).unwrap_or_default(),
+                None => String::new(),
+            };
+            let node = SwarmNode {
+                hostname: hostname.clone(),
+                addr: addr.clone(),
+                role: if role == Some(NodeSpecRoleEnum::MANAGER) { "manager".into() } else { "worker".into() },
+                manager_status: manager_status.clone(),
+                ready,
+            };
+            if manager_status == "leader" {
+                s.leader = hostname;
+                s.leader_ip = ms
+                    .and_then(|m| m.addr)
+                    .and_then(|a| a.split(':').next().map(str::to_string))
+                    .unwrap_or(addr);
+            }
+            if role == Some(NodeSpecRoleEnum::MANAGER) {
+                s.managers.push(node);
+            } else {
+                s.workers.push(node);
+            }
+        }
+        s.managers.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        s.workers.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        let leaders = s.managers.iter().filter(|m| m.manager_status == "leader").count();
+        let reachable = s.managers.iter().filter(|m| m.manager_status == "reachable").count();
+        let not_ready: Vec<_> = s.managers.iter().chain(&s.workers).filter(|n| !n.ready).map(|n| n.hostname.clone()).collect();
+        if s.managers.len() != managers || s.workers.len() != workers || leaders != 1 || reachable != managers - 1 || !not_ready.is_empty() {
+            return Err(VerifyError::Swarm(format!(
+                "want {managers} managers (1 leader, {} reachable) and {workers} ready workers; {ip} reports {} managers ({leaders} leader, {reachable} reachable), {} workers, not ready: {not_ready:?}",
+                managers - 1,
+                s.managers.len(),
+                s.workers.len()
+            )));
+        }
+        return Ok(s);
+    }
+    Err(VerifyError::NoManager(errors.join("; ")))
+}
+
+/// Consul's leader and peers, as its servers report them.
+pub async fn consul(ips: &[String], want: usize) -> Result<ConsulSummary, VerifyError> {
+    let mut errors = Vec::new();
+    for ip in ips {
+        let c = flotilla_agent::consul::Consul::new(&format!("{ip}:8500"));
+        match (c.leader().await, c.peers().await) {
+            (Ok(leader), Ok(peers)) => {
+                if leader.is_empty() || peers.len() != want {
+                    return Err(VerifyError::Consul(format!(
+                        "want {want} servers with a leader; {ip} reports leader '{leader}' and {} peers",
+                        peers.len()
+                    )));
+                }
+                return Ok(ConsulSummary { leader, peers });
+            }
+            (Err(e), _) | (_, Err(e)) => errors.push(e.to_string()),
+        }
+    }
+    Err(VerifyError::Consul(errors.join("; ")))
+}
+
+/// The seed's "docker run hello-world", as a swarm service: `replicas` one-shot tasks on
+/// the workers; waits for them to complete, reads their output through the swarm's service
+/// logs, removes the service.
+pub async fn smoke(leader_ip: &str, cert_dir: &Path, image: &str, replicas: usize) -> Result<SmokeResult, VerifyError> {
+    let started = Instant::now();
+    let d = engine(leader_ip, cert_dir).await.map_err(VerifyError::Smoke)?;
+    let suffix: u32 = rand::random::<u32>() % 100_000;
+    let name = format!("flotilla-hello-{suffix}");
+    let spec = ServiceSpec {
+        name: Some(name.clone()),
+        labels: Some(HashMap::from([("flotilla.smoke".to_string(), "1".to_string())])),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                ..Default::default()
+            }),
+            placement: Some(TaskSpecPlacement {
+                constraints: Some(vec!["node.role==worker".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(replicas as i64),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = d
+        .create_service(spec, None)
+        .await
+        .map_err(|e| VerifyError::Smoke(format!("creating the service: {e}")))?;
+    let id = created.id.unwrap_or_else(|| name.clone());
+    let result = run_smoke(&d, &id, &name, replicas, started).await;
+    let _ = d.delete_service(&id).await;
+    result
+}
+
+async fn run_smoke(d: &Docker, id: &str, name: &str, replicas: usize, started: Instant) -> Result<SmokeResult, VerifyError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let node_names: HashMap<String, String> = d
+        .list_nodes(None::<ListNodesOptions>)
+        .await
+        .map_err(|e| VerifyError::Smoke(e.to_string()))?
+        .into_iter()
+        .filter_map(|n| Some((n.id?, n.description?.hostname?)))
+        .collect();
+    let tasks = loop {
+        let tasks = d
+            .list_tasks(Some(ListTasksOptions {
+                filters: Some(HashMap::from([("service".to_string(), vec![name.to_string()])])),
+            }))
+            .await
+            .map_err(|e| VerifyError::Smoke(e.to_string()))?;
+        let done: Vec<_> = tasks
+            .iter()
+            .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::COMPLETE))
+            .collect();
+        if let Some(failed) = tasks.iter().find(|t| {
+            matches!(
+                t.status.as_ref().and_then(|s| s.state),
+                Some(TaskState::FAILED | TaskState::REJECTED)
+            )
+        }) {
+            let msg = failed
+                .status
+                .as_ref()
+                .and_then(|s| s.err.clone().or(s.message.clone()))
+                .unwrap_or_default();
+            return Err(VerifyError::Smoke(format!("a hello task failed: {msg}")));
+        }
+        if done.len() >= replicas {
+            break tasks;
+        }
+        if Instant::now() > deadline {
+            return Err(VerifyError::Smoke(format!(
+                "{} of {replicas} hello tasks completed within 120 s",
+                done.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let mut nodes: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::COMPLETE))
+        .filter_map(|t| t.node_id.as_ref().and_then(|n| node_names.get(n).cloned()))
+        .collect();
+    nodes.sort();
+    // The output comes back through the swarm's service logs (from the workers' Engines).
+    let mut output = Vec::new();
+    let logs_deadline = Instant::now() + Duration::from_secs(30);
+    while output.len() < replicas && Instant::now() < logs_deadline {
+        output.clear();
+        let mut s = d.service_logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(line)) = s.next().await {
+            let l = line.to_string().trim().to_string();
+            if !l.is_empty() {
+                output.push(l);
+            }
+        }
+        if output.len() < replicas {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    if output.is_empty() {
+        return Err(VerifyError::Smoke("the hello tasks completed but their output did not come back".into()));
+    }
+    Ok(SmokeResult {
+        service: name.to_string(),
+        tasks: nodes.len(),
+        nodes,
+        output,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Docker Machine's convention: what to export so the plain `docker` CLI talks to the
+/// cluster's leader with the operator certificate.
+pub fn docker_env(leader_ip: &str, cert_dir: &Path) -> Vec<(String, String)> {
+    vec![
+        ("DOCKER_HOST".into(), format!("tcp://{leader_ip}:{ENGINE_TLS_PORT}")),
+        ("DOCKER_TLS_VERIFY".into(), "1".into()),
+        ("DOCKER_CERT_PATH".into(), cert_dir.display().to_string()),
+    ]
+}
