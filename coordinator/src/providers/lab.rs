@@ -284,6 +284,18 @@ impl Lab {
                 });
             }
         }
+        // The loopback tag was only the way in; do not leave it behind.
+        let _ = self
+            .docker
+            .remove_image(
+                &format!("{pushed}:{tag}"),
+                Some(bollard::query_parameters::RemoveImageOptions {
+                    noprune: true,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await;
         Ok(format!("{lab_addr}/{repo}:{tag}"))
     }
 

@@ -72,7 +72,7 @@ async fn build(dir: &Path, name: &str, quiet: bool) -> Result<String, ImageError
         // cleans up; debootstrap does not keep running).
         .process_group(0)
         .spawn()?;
-    let _group = KillGroup(child.id());
+    let mut group = KillGroup(child.id());
     let stderr = child.stderr.take().expect("piped stderr");
     let progress = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
@@ -89,6 +89,7 @@ async fn build(dir: &Path, name: &str, quiet: bool) -> Result<String, ImageError
         tail
     });
     let output = child.wait_with_output().await?;
+    group.disarm();
     let tail = progress.await.unwrap_or_default();
     if !output.status.success() {
         return Err(ImageError::Failed {
@@ -105,17 +106,24 @@ async fn build(dir: &Path, name: &str, quiet: bool) -> Result<String, ImageError
         .ok_or_else(|| ImageError::NoTag(name.to_string()))
 }
 
-/// SIGTERMs a build's process group when dropped before it finished (Ctrl-C of deploy).
+/// SIGTERMs a build's process group if the build is abandoned (Ctrl-C of deploy) before it
+/// finished; disarmed once the build has exited. Signals exactly that group, through the
+/// `killpg` system call (never a `kill` command line, whose argument parsing could widen it).
 struct KillGroup(Option<u32>);
+
+impl KillGroup {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for KillGroup {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // `kill -TERM -<pgid>`: no libc call needed; harmless when the group is gone.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
+        let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) else {
+            return;
+        };
+        if let Some(pgid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM);
         }
     }
 }
