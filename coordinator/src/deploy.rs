@@ -168,12 +168,14 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     // 4. Hosts.
     let existing = lab.describe().await?;
     let mut launched = Vec::new();
+    let mut started_any = false;
     let mut launches = Vec::new();
     for h in &planned {
         match existing.iter().find(|e| e.name == h.name) {
             Some(e) if e.state == HostState::Running => {}
             Some(e) if e.state == HostState::Stopped => {
                 p.say(&h.name, "starting the stopped host");
+                started_any = true;
                 lab.start(&h.name).await?;
             }
             _ => {
@@ -249,7 +251,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         consul_image: &consul_image,
         cluster: &c.name,
     };
-    let mut changed = !launched.is_empty() || !removed.is_empty();
+    let mut changed = !launched.is_empty() || !removed.is_empty() || started_any;
     let consul_hosts: Vec<&PlannedHost> = planned.iter().filter(|h| h.has(RoleKind::Consul)).collect();
     let first_manager: Vec<&PlannedHost> = planned.iter().filter(|h| h.has(RoleKind::Manager)).take(1).collect();
     let other_managers: Vec<&PlannedHost> = planned.iter().filter(|h| h.has(RoleKind::Manager)).skip(1).collect();
