@@ -88,6 +88,18 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::RevokeHostResponse { session_closed: closed }))
     }
 
+    async fn remove_host(
+        &self,
+        req: Request<v1::RevokeHostRequest>,
+    ) -> Result<Response<v1::RevokeHostResponse>, Status> {
+        authorize(&req)?;
+        let closed = self
+            .cp
+            .remove_host(&req.into_inner().host_name)
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::RevokeHostResponse { session_closed: closed }))
+    }
+
     async fn issue_operator_certificate(
         &self,
         req: Request<v1::IssueOperatorCertificateRequest>,

@@ -221,6 +221,29 @@ impl ControlPlane {
             .and_then(|b| v1::Assignment::decode(b.as_slice()).ok()))
     }
 
+    /// Revokes `host` and deletes its record and assignment (scale-down, after the host
+    /// was terminated).
+    pub fn remove_host(&self, host: &str) -> Result<bool, ControlError> {
+        let closed = match self.revoke_host(host) {
+            Ok(c) => c,
+            Err(ControlError::UnknownHost(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let now = self.clock.now_ms();
+        self.store.write(|tx| {
+            tx.remove_host(host)?;
+            tx.audit(&AuditEvent {
+                unix_ms: now,
+                kind: "host.removed".into(),
+                host_name: host.into(),
+                detail: String::new(),
+                peer: String::new(),
+            })?;
+            Ok::<_, ControlError>(())
+        })?;
+        Ok(closed)
+    }
+
     /// Every known host, merged with what its live session (if any) last reported.
     pub fn status(&self) -> Result<v1::StatusResponse, ControlError> {
         let now = self.clock.now_ms();

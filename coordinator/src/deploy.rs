@@ -242,7 +242,13 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         .collect();
 
     // Scale down: hosts that exist but are not planned.
-    let removed = scale_down(&mut admin, &lab, &planned, &hosts, &addresses, &p).await?;
+    let docker_dir = ensure_docker_certs(&mut admin, &state_dir).await?;
+    let manager_ips_all: Vec<String> = planned
+        .iter()
+        .filter(|h| h.has(RoleKind::Manager))
+        .filter_map(|h| addresses.get(&h.name).cloned())
+        .collect();
+    let removed = scale_down(&mut admin, &lab, &planned, &hosts, &addresses, &manager_ips_all, &docker_dir, &p).await?;
 
     // 6. Roles, in dependency order.
     let inputs = plan::SpecInputs {
@@ -318,7 +324,6 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     }
 
     // 7. Verify and smoke-test.
-    let docker_dir = ensure_docker_certs(&mut admin, &state_dir).await?;
     let manager_ips: Vec<String> = planned
         .iter()
         .filter(|h| h.has(RoleKind::Manager))
@@ -456,6 +461,8 @@ async fn scale_down(
     planned: &[PlannedHost],
     hosts: &[crate::providers::Host],
     addresses: &HashMap<String, String>,
+    manager_ips: &[String],
+    docker_dir: &Path,
     p: &Progress,
 ) -> Result<Vec<String>, DeployError> {
     let mut extra: Vec<&crate::providers::Host> = hosts.iter().filter(|h| !planned.iter().any(|x| x.name == h.name)).collect();
@@ -491,7 +498,11 @@ async fn scale_down(
             }
         }
         lab.terminate(&h.name).await?;
-        let _ = admin.revoke_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await;
+        // The swarm keeps a departed node as "down" until a manager removes it.
+        if let Err(e) = verify::forget_node(manager_ips, docker_dir, &h.name).await {
+            p.say(&h.name, format!("could not remove it from the swarm's node list: {e}"));
+        }
+        admin.remove_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await?;
         p.say(&h.name, "terminated");
         removed.push(h.name.clone());
     }

@@ -151,6 +151,39 @@ pub async fn swarm(manager_ips: &[String], cert_dir: &Path, managers: usize, wor
     Err(VerifyError::NoManager(errors.join("; ")))
 }
 
+/// Removes the departed node `hostname` from the swarm's node list (it must be down or have
+/// left; a live node is not forced out).
+pub async fn forget_node(manager_ips: &[String], cert_dir: &Path, hostname: &str) -> Result<(), String> {
+    let mut last = String::from("no manager answered");
+    for ip in manager_ips {
+        let d = match engine(ip, cert_dir).await {
+            Ok(d) => d,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let nodes = d.list_nodes(None::<ListNodesOptions>).await.map_err(|e| e.to_string())?;
+        for n in nodes {
+            if n.description.as_ref().and_then(|d| d.hostname.as_deref()) == Some(hostname)
+                && let Some(id) = n.id
+            {
+                // It may still be "ready" for a moment after leaving; retry briefly.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    match d.delete_node(&id, None::<bollard::query_parameters::DeleteNodeOptions>).await {
+                        Ok(()) => break,
+                        Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
+    Err(last)
+}
+
 /// Consul's leader and peers, as its servers report them.
 pub async fn consul(ips: &[String], want: usize) -> Result<ConsulSummary, VerifyError> {
     let mut errors = Vec::new();

@@ -33,12 +33,17 @@ pub struct Coord {
 impl Coord {
     /// Starts a control plane on a fresh port with `tweak` applied to its config.
     pub async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_on("127.0.0.1:0", tweak).await
+    }
+
+    /// Starts a control plane listening on `addr` (e.g. a lab network's gateway, port 0).
+    pub async fn start_on(addr: &str, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServeConfig::new("test", dir.path().join("state"));
         config.heartbeat_interval = Duration::from_secs(1);
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let clock = Clock::default();
         let running = serve::start_with_clock(config.clone(), listener, clock.clone())

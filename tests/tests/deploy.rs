@@ -1,0 +1,303 @@
+//! Issues 4 and 5 — end to end on the lab, through the real `coordinator` binary: the
+//! default cluster deploys and verifies; re-deploy is a no-op; roles reconcile (a removed
+//! Consul container comes back, a stopped Engine is reported and recovers, bad specs are
+//! refused); the plain `docker` CLI works with `coordinator env`; an interrupted deploy
+//! converges; nodes scale 2→3→2; destroy leaves nothing.
+//!
+//! One cluster is shared by the steps of one test (a fresh deploy costs about a minute on
+//! 2 cores); bad-config checks create nothing and run on their own.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_tests::target_dir;
+use serde_json::Value;
+
+const CLUSTER: &str = "e2e";
+
+fn state_root() -> PathBuf {
+    // Fixed (not a temp dir), so a run after a failed one can destroy what it left.
+    target_dir().join("e2e-state")
+}
+
+fn coordinator() -> Command {
+    let bin = target_dir().join("coordinator");
+    assert!(bin.is_file(), "{} missing: build the workspace first (bash tests/run does)", bin.display());
+    let mut c = Command::new(bin);
+    c.env("FLOTILLA_STATE_DIR", state_root())
+        .env("FLOTILLA_LOG", "warn")
+        .env_remove("DOCKER_HOST")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = coordinator().args(args).output().expect("run coordinator");
+    eprintln!(
+        "$ coordinator {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let out = run(args);
+    assert!(out.status.success(), "coordinator {} failed", args.join(" "));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// `docker` against the machine's own Engine.
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .output()
+        .expect("docker CLI")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// `docker` inside a lab host (its own Engine).
+fn in_host(host: &str, args: &[&str]) -> Output {
+    let mut a = vec!["exec", "-i"];
+    let name = format!("flotilla-{CLUSTER}-{host}");
+    a.push(&name);
+    a.extend_from_slice(args);
+    docker(&a)
+}
+
+fn labelled(kind: &str) -> Vec<String> {
+    let filter = format!("label=flotilla.cluster={CLUSTER}");
+    let out = match kind {
+        "container" => docker(&["ps", "-aq", "--filter", &filter]),
+        "volume" => docker(&["volume", "ls", "-q", "--filter", &filter]),
+        _ => docker(&["network", "ls", "-q", "--filter", &filter]),
+    };
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+fn status() -> Value {
+    ok_json(&["--cluster", CLUSTER, "status", "--output", "json"])
+}
+
+/// Polls `coordinator status` until `pred` holds (bounded).
+fn wait_status(what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = coordinator()
+            .args(["--cluster", CLUSTER, "status", "--output", "json"])
+            .output()
+            .expect("status");
+        if out.status.success()
+            && let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
+            && pred(&v)
+        {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn host<'a>(st: &'a Value, name: &str) -> &'a Value {
+    st["hosts"]
+        .as_array()
+        .and_then(|h| h.iter().find(|x| x["name"] == name))
+        .unwrap_or_else(|| panic!("host {name} not in status"))
+}
+
+fn role_state(st: &Value, host_name: &str, role: &str) -> String {
+    host(st, host_name)["role_status"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["role"] == role))
+        .map(|x| format!("{} {}", x["state"].as_str().unwrap_or(""), x["message"].as_str().unwrap_or("")))
+        .unwrap_or_default()
+}
+
+#[test]
+fn bad_configs_exit_64_with_the_problem_named_and_create_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&str, &str); 4] = [
+        ("name = \"bad\"\nmanagerz = 3\n", "managerz"),
+        ("name = \"bad\"\nmanagers = 2\n", "tolerates the loss of"),
+        ("name = \"bad\"\nnodes = 0\n", "`nodes`"),
+        ("name = \"bad\"\n[coordinator]\nadvertise = \"10.0.0.300\"\n", "coordinator.advertise"),
+    ];
+    for (toml, want) in cases {
+        let f = dir.path().join("flotilla.toml");
+        std::fs::write(&f, toml).expect("write");
+        let out = coordinator()
+            .env("FLOTILLA_STATE_DIR", dir.path().join("state"))
+            .args(["deploy", "-f"])
+            .arg(&f)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{toml}: {err}");
+        assert!(err.contains(want), "{toml}: expected '{want}' in: {err}");
+        assert!(err.contains("flotilla.toml"), "the error names the file: {err}");
+    }
+    let any = docker(&["ps", "-aq", "--filter", "label=flotilla.cluster=bad"]);
+    assert!(stdout(&any).is_empty(), "nothing may be created for a bad config");
+    assert!(!dir.path().join("state").join("bad").exists(), "no state for a bad config");
+}
+
+#[test]
+fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
+    // A previous failed run may have left its cluster: start clean.
+    let _ = run(&["--cluster", CLUSTER, "destroy", "--yes"]);
+
+    // 1. Default deploy: 3 managers (1 leader, 2 reachable), 2 workers, 3 Consul servers,
+    //    the hello service ran on the nodes and its output came back.
+    let started = Instant::now();
+    let r = ok_json(&["--cluster", CLUSTER, "deploy", "--output", "json"]);
+    eprintln!("fresh deploy took {:?}", started.elapsed());
+    assert_eq!(r["changed"], true);
+    let managers = r["swarm"]["managers"].as_array().expect("managers");
+    assert_eq!(managers.len(), 3);
+    assert_eq!(managers.iter().filter(|m| m["manager_status"] == "leader").count(), 1);
+    assert_eq!(managers.iter().filter(|m| m["manager_status"] == "reachable").count(), 2);
+    let workers = r["swarm"]["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().chain(managers).all(|n| n["ready"] == true));
+    assert_eq!(r["consul"]["peers"].as_array().map(Vec::len), Some(3));
+    assert!(!r["consul"]["leader"].as_str().unwrap_or("").is_empty());
+    let smoke = &r["smoke_test"];
+    let ran_on: Vec<&str> = smoke["nodes"].as_array().expect("nodes").iter().filter_map(|n| n.as_str()).collect();
+    assert_eq!(ran_on.len(), 2, "{smoke}");
+    assert!(ran_on.iter().all(|n| n.starts_with("node")), "hello ran on the nodes only: {ran_on:?}");
+    assert!(
+        smoke["output"].as_array().expect("output").iter().any(|l| l.as_str().unwrap_or("").contains("Hello from")),
+        "{smoke}"
+    );
+    let st = status();
+    let hosts = st["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 5);
+    assert!(hosts.iter().all(|h| h["connected"] == true));
+    assert!(st["swarm"]["leader"].as_str().unwrap_or("").starts_with("manager"), "{}", st["swarm"]);
+
+    // Join data is in Consul's KV, where managers and nodes found each other.
+    let leader_ip = r["swarm"]["leader_ip"].as_str().expect("leader ip").to_string();
+    let kv = Command::new("curl")
+        .args(["-sf", &format!("http://{leader_ip}:8500/v1/kv/flotilla/{CLUSTER}/swarm/?keys")])
+        .output()
+        .expect("curl");
+    let keys = stdout(&kv);
+    assert!(keys.contains(&format!("flotilla/{CLUSTER}/swarm/join")), "{keys}");
+    assert_eq!(keys.matches("/swarm/managers/").count(), 3, "{keys}");
+
+    // 2. The plain docker CLI with what `coordinator env` prints lists the nodes; without
+    //    the client certificate the Engine refuses.
+    let env = ok_json(&["--cluster", CLUSTER, "env", "--output", "json"]);
+    let mut d = Command::new("docker");
+    for (k, v) in env.as_object().expect("env object") {
+        d.env(k, v.as_str().unwrap_or(""));
+    }
+    let nodes = d.args(["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]).output().expect("docker");
+    let nodes = stdout(&nodes);
+    assert_eq!(nodes.lines().count(), 5, "{nodes}");
+    assert_eq!(nodes.matches("Leader").count(), 1, "{nodes}");
+    let no_cert = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(env["DOCKER_CERT_PATH"].as_str().map(|p| format!("{p}/ca.pem")).expect("cert path"))
+        .arg(format!("https://{leader_ip}:2376/version"))
+        .output()
+        .expect("curl");
+    assert!(!no_cert.status.success() || stdout(&no_cert) != "200", "the Engine must refuse a client without a certificate");
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{leader_ip}:2375/version")])
+        .output()
+        .expect("curl");
+    assert_ne!(stdout(&plain), "200", "no plain TCP Engine port");
+
+    // 3. Re-deploy: nothing changes (Engine object ids too), it says so, under 5 s.
+    let consul_id = stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.Id}}", "flotilla-consul"]));
+    let t = Instant::now();
+    let again = ok_json(&["--cluster", CLUSTER, "deploy", "--output", "json"]);
+    let took = t.elapsed();
+    assert_eq!(again["changed"], false);
+    assert!(again["launched"].as_array().is_some_and(Vec::is_empty));
+    assert!(took < Duration::from_secs(5), "no-op re-deploy took {took:?}");
+    assert_eq!(stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.Id}}", "flotilla-consul"])), consul_id);
+
+    // 4. Reconcile: `docker rm -f` of the Consul container → restored.
+    let rm = in_host("manager1", &["docker", "rm", "-f", "flotilla-consul"]);
+    assert!(rm.status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = stdout(&in_host("manager1", &["docker", "ps", "-q", "--filter", "name=flotilla-consul"]));
+        if running.lines().count() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the consul container was not restored");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_status("manager1's consul running again", Duration::from_secs(90), |st| {
+        role_state(st, "manager1", "consul").starts_with("running")
+    });
+
+    // 5. The Engine stopped under an agent: status says so; it recovers when it is back.
+    assert!(in_host("node1", &["systemctl", "stop", "docker.socket", "docker.service"]).status.success());
+    wait_status("node1 reports its Engine down", Duration::from_secs(60), |st| {
+        role_state(st, "node1", "node").contains("does not answer")
+    });
+    assert!(in_host("node1", &["systemctl", "start", "docker.service"]).status.success());
+    wait_status("node1's node role running again", Duration::from_secs(90), |st| {
+        role_state(st, "node1", "node").starts_with("running")
+    });
+
+    // 6. The agent killed and restarted: it adopts what it finds (no duplicate container).
+    assert!(in_host("manager2", &["systemctl", "kill", "-s", "KILL", "flotilla-agent.service"]).status.success());
+    wait_status("manager2 reconnected", Duration::from_secs(60), |st| {
+        host(st, "manager2")["connected"] == true && role_state(st, "manager2", "manager").starts_with("running")
+    });
+    let consuls = stdout(&in_host("manager2", &["docker", "ps", "-aq", "--filter", "label=flotilla.role=consul"]));
+    assert_eq!(consuls.lines().count(), 1, "exactly one consul container: {consuls}");
+
+    // 7. Scale nodes 2→3, with the deploy killed mid-way; the re-run converges with no
+    //    duplicate host or container.
+    let mut child = coordinator()
+        .args(["--cluster", CLUSTER, "deploy", "--nodes", "3"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("deploy --nodes 3");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while labelled("container").len() < 7 {
+        // 5 hosts + registry; node2 makes 7.
+        assert!(Instant::now() < deadline, "node2 was never launched");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().expect("kill -9 the deploy");
+    let _ = child.wait();
+    let r = ok_json(&["--cluster", CLUSTER, "deploy", "--nodes", "3", "--output", "json"]);
+    assert_eq!(r["swarm"]["workers"].as_array().map(Vec::len), Some(3));
+    assert_eq!(labelled("container").len(), 7, "no duplicate host");
+    let node2 = stdout(&docker(&["ps", "-aq", "--filter", &format!("name=flotilla-{CLUSTER}-node2")]));
+    assert_eq!(node2.lines().count(), 1);
+
+    // ...and back to 2: node2 drains, leaves, is terminated and forgotten.
+    let r = ok_json(&["--cluster", CLUSTER, "deploy", "--nodes", "2", "--output", "json"]);
+    assert_eq!(r["removed"], serde_json::json!(["node2"]));
+    assert_eq!(r["swarm"]["workers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(labelled("container").len(), 6);
+    let st = status();
+    assert!(st["hosts"].as_array().expect("hosts").iter().all(|h| h["name"] != "node2"));
+
+    // 8. Destroy leaves no container, network or volume of the cluster, nor its state.
+    let out = run(&["--cluster", CLUSTER, "destroy", "--yes"]);
+    assert!(out.status.success());
+    assert!(labelled("container").is_empty(), "containers left: {:?}", labelled("container"));
+    assert!(labelled("volume").is_empty(), "volumes left: {:?}", labelled("volume"));
+    assert!(labelled("network").is_empty(), "networks left: {:?}", labelled("network"));
+    assert!(!state_root().join(CLUSTER).exists());
+    // Idempotent.
+    assert!(run(&["--cluster", CLUSTER, "destroy", "--yes"]).status.success());
+}
