@@ -13,6 +13,8 @@
 //! - [`engine`]: the local Docker Engine client; [`engine_tls`]: its TLS listener (managers).
 //! - [`reconcile`]: the controller converging the Engine to the assignment, through
 //!   [`roles`] (consul, manager, node); [`consul`]: the Consul HTTP client they use.
+//! - [`logs`]: the log streams the coordinator opens (a container's log, the Engine's
+//!   journal), pushed on their own `Logs` RPC and resumed after a cut.
 //!
 //! [`start`] runs the agent in the background and returns an [`AgentHandle`] whose status
 //! can be watched (tests await it instead of sleeping); [`run`] is the binary's loop.
@@ -27,6 +29,7 @@ pub mod enroll;
 pub mod facts;
 pub mod health;
 pub mod identity;
+pub mod logs;
 pub mod reconcile;
 pub mod roles;
 pub mod session;
@@ -96,6 +99,8 @@ pub struct Ctx {
     /// Role statuses and Consul/Swarm views, published by the reconciler.
     pub roles: watch::Receiver<Vec<v1::RoleStatus>>,
     pub views: watch::Receiver<reconcile::Views>,
+    /// Where log streams dial; the session publishes it (see [`logs::Link`]).
+    pub log_link: watch::Sender<Option<logs::Link>>,
     pub shutdown: CancellationToken,
 }
 
@@ -179,7 +184,15 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         };
         workers.push(tokio::spawn(r.run()));
     }
-    workers.push(tokio::spawn(dispatch(dir_rx, desired_tx, docker.clone(), shutdown.clone())));
+    let (link_tx, link_rx) = watch::channel(None);
+    let log_streams = logs::LogStreams::new(docker.clone(), link_rx, shutdown.clone());
+    workers.push(tokio::spawn(dispatch(
+        dir_rx,
+        desired_tx,
+        docker.clone(),
+        log_streams,
+        shutdown.clone(),
+    )));
     let ctx = Ctx {
         config,
         ca,
@@ -191,6 +204,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         directives: dir_tx,
         roles: roles_rx.clone(),
         views: views_rx,
+        log_link: link_tx,
         shutdown: shutdown.clone(),
     };
     let task = tokio::spawn(run_loop(ctx));
@@ -209,6 +223,7 @@ async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Directive>,
     desired: watch::Sender<Option<v1::Assignment>>,
     docker: Option<bollard::Docker>,
+    mut log_streams: logs::LogStreams,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -222,7 +237,8 @@ async fn dispatch(
                 desired.send_replace(Some(a));
             }
             Directive::Engine(action) => engine::act(docker.as_ref(), action).await,
-            other => tracing::info!(directive = ?other, "directive not handled by this agent version"),
+            Directive::OpenLogs(open) => log_streams.open(open),
+            Directive::CloseLogs(close) => log_streams.close(&close.stream_id),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::roles::{self, RoleCtx, RoleError, consul, manager, node, status, swar
 /// Requeue after a pass where every role runs.
 pub const REQUEUE_STEADY: Duration = Duration::from_secs(10);
 /// Requeue while converging.
-pub const REQUEUE_CONVERGING: Duration = Duration::from_secs(2);
+pub const REQUEUE_CONVERGING: Duration = Duration::from_secs(1);
 
 /// What the health samples report besides role statuses.
 #[derive(Clone, Debug, Default)]
@@ -161,6 +161,24 @@ impl Reconciler {
             }
         }
 
+        // The Engine's configuration comes first: a restart for it must not interrupt roles
+        // that were just started.
+        if let Some(m) = manager_spec.filter(|m| !m.engine_tls_cert_pem.is_empty()) {
+            match crate::engine_tls::ensure(&ctx, m).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    let mut st = vec![status(Role::Manager, RoleState::Starting, "Engine restarted with its TLS listener on 2376")];
+                    if consul_spec.is_some() {
+                        st.insert(0, status(Role::Consul, RoleState::Pending, "waiting for the Engine's restart"));
+                    }
+                    if node_spec.is_some() {
+                        st.push(status(Role::Node, RoleState::Pending, "waiting for the Engine's restart"));
+                    }
+                    return st;
+                }
+                Err(e) => return failed_all(&wanted, &format!("configuring the Engine's TLS listener: {e}")),
+            }
+        }
         if let Some(s) = consul_spec {
             out.push(settle(Role::Consul, consul::ensure(&ctx, s).await));
         }

@@ -100,6 +100,8 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
                 s.last_error.clear();
             });
             tracing::info!(coordinator = addr, host_id = %w.host_id, "session open");
+            // [logs] Log streams dial the coordinator this session reached, as this identity.
+            ctx.log_link.send_replace(Some(crate::logs::Link::new(addr, &ctx.ca, &identity.tls)?));
         }
         Ok(_) => return Err(SessionError::NoWelcome { addr: addr.into() }),
         Err(status) => {
@@ -112,6 +114,7 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
     on_open();
 
     let result = session_loop(ctx, addr, &mut inbound, &out_tx).await;
+    ctx.log_link.send_replace(None); // [logs] no session: log streams wait for the next one
     ctx.set_status(|s| s.connected = false);
     result
 }
@@ -163,6 +166,8 @@ async fn session_loop(
                                 s.cert_serial = id.facts.serial.clone();
                                 s.cert_not_after_unix = id.facts.not_after_unix;
                             });
+                            // [logs] New log connections present the renewed certificate.
+                            ctx.log_link.send_replace(Some(crate::logs::Link::new(addr, &ctx.ca, &id.tls)?));
                             ctx.identity = Some(id);
                         }
                     }

@@ -3,17 +3,20 @@
 //! side: how a command finds and dials the running control plane.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::tls::{self, PeerInfo, identity_of};
 use flotilla_proto::v1::{self, admin_client::AdminClient, admin_server::Admin};
+use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::agent_api::IntoStatus;
 use crate::control::{ControlError, ControlPlane};
+use crate::logs::LogsError;
 use crate::tokens;
 
 pub struct AdminApi {
@@ -161,6 +164,29 @@ impl Admin for AdminApi {
         self.cp.shutdown.cancel();
         Ok(Response::new(v1::ShutdownResponse {}))
     }
+
+    type FollowLogsStream = Pin<Box<dyn Stream<Item = Result<v1::LogLineOut, Status>> + Send + 'static>>;
+
+    async fn follow_logs(
+        &self,
+        req: Request<v1::FollowLogsRequest>,
+    ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        authorize(&req)?;
+        let lines = self
+            .cp
+            .follow_logs(req.into_inner())
+            .map_err(IntoStatus::into_status)?;
+        // Cut by a shutdown: end with UNAVAILABLE, not OK, so the client knows to resume.
+        let shutdown = self.cp.shutdown.clone();
+        let cut = futures::stream::once(async move { shutdown.is_cancelled() }).filter_map(|cut| async move {
+            cut.then(|| {
+                Err(Status::unavailable(
+                    "the control plane is stopping; resume each source with since_unix_ns = its last line's",
+                ))
+            })
+        });
+        Ok(Response::new(Box::pin(lines.map(Ok).chain(cut))))
+    }
 }
 
 /// Errors reaching a control plane from the CLI.
@@ -228,4 +254,15 @@ pub fn connect_remote(bundle: &Path) -> Result<AdminClient<Channel>, ConnectErro
     let config = tls::client_config(&ca, Some(&id)).map_err(|e| ConnectError::Remote(e.to_string()))?;
     let channel = tls::channel(&endpoint, config).map_err(|e| ConnectError::Remote(e.to_string()))?;
     Ok(AdminClient::new(channel))
+}
+
+impl IntoStatus for LogsError {
+    fn into_status(self) -> Status {
+        match &self {
+            LogsError::UnknownHost(_) => Status::not_found(self.to_string()),
+            LogsError::NotConnected(_) => Status::unavailable(self.to_string()),
+            LogsError::Nothing(_) => Status::invalid_argument(self.to_string()),
+            LogsError::Store(_) => Status::internal(self.to_string()),
+        }
+    }
 }

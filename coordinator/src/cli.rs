@@ -119,6 +119,51 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Print hosts' logs (role containers, named containers, the Engine's journal) as
+    /// `host/source | line`.
+    Logs(LogsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Hosts to read (default: every connected host).
+    pub hosts: Vec<String>,
+    /// Only hosts with this role, and (without --container) only its sources.
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
+    /// A container on each host (repeatable; default: the hosts' role sources — the Consul
+    /// container for consul, the Engine's journal for manager and node).
+    #[arg(long = "container", short = 'c')]
+    pub containers: Vec<String>,
+    /// Also the Engine's own journal.
+    #[arg(long)]
+    pub engine: bool,
+    /// Keep printing new lines until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only lines from the last DURATION (e.g. 10m, 1h).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Only the last N lines of each source.
+    #[arg(long)]
+    pub tail: Option<u32>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleArg {
+    Consul,
+    Manager,
+    Node,
+}
+
+impl From<RoleArg> for v1::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Consul => v1::Role::Consul,
+            RoleArg::Manager => v1::Role::Manager,
+            RoleArg::Node => v1::Role::Node,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -357,6 +402,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Deploy(args) => deploy(&g, args).await,
         Command::Env { output } => env(&g, output).await,
         Command::Destroy { yes } => destroy(&g, yes).await,
+        Command::Logs(args) => logs(&g, args).await,
     }
 }
 
@@ -556,6 +602,67 @@ async fn destroy(g: &Global, yes: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn logs(g: &Global, args: LogsArgs) -> Result<(), CliError> {
+    use std::io::{IsTerminal, Write};
+    let since_unix_ns = match args.since {
+        Some(d) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+            i64::try_from(now - d.as_nanos() as i128).unwrap_or(0).max(1)
+        }
+        None => 0,
+    };
+    let mut client = client(g).await?;
+    let mut lines = client
+        .follow_logs(v1::FollowLogsRequest {
+            hosts: args.hosts,
+            role: args.role.map(|r| v1::Role::from(r) as i32).unwrap_or_default(),
+            containers: args.containers,
+            engine: args.engine,
+            follow: args.follow,
+            since_unix_ns,
+            tail: args.tail.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    let colour = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut failed = Vec::new();
+    while let Some(l) = lines.message().await? {
+        if !l.error.is_empty() {
+            eprintln!("{}/{}: {}", l.host, l.source, l.error);
+            failed.push(format!("{}/{}", l.host, l.source));
+            continue;
+        }
+        if l.eof {
+            continue;
+        }
+        // A closed pipe (`| head`) ends the command quietly.
+        if writeln!(out, "{} | {}", log_prefix(&l.host, &l.source, colour), l.text).is_err() {
+            return Ok(());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Other(format!("could not read the logs of {}", failed.join(", "))))
+    }
+}
+
+/// `host/source`, coloured by host (the same host always gets the same colour) when
+/// `colour` is set.
+pub fn log_prefix(host: &str, source: &str, colour: bool) -> String {
+    if !colour {
+        return format!("{host}/{source}");
+    }
+    const COLOURS: [u8; 6] = [36, 33, 32, 35, 34, 31];
+    // FNV-1a: stable across runs and builds.
+    let hash = host
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let code = COLOURS[(hash % COLOURS.len() as u64) as usize];
+    format!("\x1b[{code}m{host}/{source}\x1b[0m")
+}
+
 fn fmt_time(unix_ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix_ms / 1000)
         .ok()
@@ -709,8 +816,21 @@ fn ago(unix_ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{log_prefix, parse_duration};
     use std::time::Duration;
+
+    #[test]
+    fn log_prefixes_are_plain_off_a_terminal_and_coloured_per_host_on_one() {
+        assert_eq!(log_prefix("node0", "flotilla-consul", false), "node0/flotilla-consul");
+        let a = log_prefix("node0", "engine", true);
+        assert!(a.starts_with("\x1b[") && a.ends_with("node0/engine\x1b[0m"), "{a:?}");
+        assert_eq!(a, log_prefix("node0", "engine", true));
+        assert_eq!(
+            a.split('m').next(),
+            log_prefix("node0", "flotilla-consul", true).split('m').next(),
+            "one colour per host"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units_and_refuse_garbage() {

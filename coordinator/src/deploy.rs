@@ -8,7 +8,8 @@
 //!    demoted, removed from the swarm and terminated — managers one at a time.
 //! 5. Wait for every agent to enroll and connect.
 //! 6. Assign roles in dependency order — Consul, the first manager, the other managers,
-//!    the nodes — waiting for each step's roles to run.
+//!    the nodes; agents wait on their dependencies through Consul — and wait for every
+//!    role to run.
 //! 7. Verify with Swarm's and Consul's own views; run the smoke test; report.
 //!
 //! Every step is idempotent: the provider's labels and the control plane's store are the
@@ -258,70 +259,49 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         cluster: &c.name,
     };
     let mut changed = !launched.is_empty() || !removed.is_empty() || started_any;
+    // Assignments go out in dependency order — Consul, the first manager, the other
+    // managers, the nodes — and each agent waits on what its roles depend on through Consul
+    // (join data appears only once the first manager initialised the swarm), so the steps
+    // overlap instead of waiting on one another. A re-run never takes a role away.
     let consul_hosts: Vec<&PlannedHost> = planned.iter().filter(|h| h.has(RoleKind::Consul)).collect();
-    let first_manager: Vec<&PlannedHost> = planned.iter().filter(|h| h.has(RoleKind::Manager)).take(1).collect();
-    let other_managers: Vec<&PlannedHost> = planned.iter().filter(|h| h.has(RoleKind::Manager)).skip(1).collect();
-    let nodes: Vec<&PlannedHost> = planned.iter().filter(|h| !h.has(RoleKind::Manager)).collect();
+    let mut order: Vec<&PlannedHost> = Vec::new();
+    order.extend(planned.iter().filter(|h| h.has(RoleKind::Consul) && !h.has(RoleKind::Manager)));
+    order.extend(planned.iter().filter(|h| h.has(RoleKind::Manager)));
+    order.extend(planned.iter().filter(|h| !h.has(RoleKind::Manager) && !h.has(RoleKind::Consul)));
     let current = admin.status(v1::StatusRequest {}).await?.into_inner();
-    for (phase, group, role, only) in [
-        ("consul", &consul_hosts, RoleKind::Consul, Some(RoleKind::Consul)),
-        ("first manager", &first_manager, RoleKind::Manager, None),
-        ("managers", &other_managers, RoleKind::Manager, None),
-        ("nodes", &nodes, RoleKind::Node, None),
-    ] {
-        if group.is_empty() {
-            continue;
+    for h in &order {
+        let specs = plan::role_specs(h, &inputs);
+        let addr = addresses.get(&h.name).cloned().unwrap_or_default();
+        let r = admin
+            .assign(v1::AssignRequest {
+                host_name: h.name.clone(),
+                roles: specs,
+                host_address: addr,
+            })
+            .await?
+            .into_inner();
+        let before = current.hosts.iter().find(|s| s.name == h.name).map(|s| s.generation).unwrap_or(0);
+        if r.generation != before {
+            changed = true;
+            let roles: Vec<_> = h.roles.iter().map(|r| r.name()).collect();
+            p.say(&h.name, format!("assigned {} (generation {})", roles.join(" + "), r.generation));
         }
-        for h in group.iter() {
-            let mut specs = plan::role_specs(h, &inputs);
-            if let Some(only) = only {
-                // Early phase: only this role — unless the host already holds more (a
-                // re-run must never take a role away).
-                let held: Vec<String> = current
-                    .hosts
-                    .iter()
-                    .find(|s| s.name == h.name)
-                    .map(|s| {
-                        s.roles
-                            .iter()
-                            .filter_map(|r| v1::Role::try_from(*r).ok())
-                            .map(|r| crate::control::role_name(r).to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let keep_all = h.roles.iter().all(|r| held.iter().any(|x| x == r.name()));
-                if !keep_all {
-                    specs.retain(|s| spec_kind(s) == Some(only));
-                }
-            }
-            let addr = addresses.get(&h.name).cloned().unwrap_or_default();
-            let r = admin
-                .assign(v1::AssignRequest {
-                    host_name: h.name.clone(),
-                    roles: specs,
-                    host_address: addr,
-                })
-                .await?
-                .into_inner();
-            let before = current.hosts.iter().find(|s| s.name == h.name).map(|s| s.generation).unwrap_or(0);
-            if r.generation != before {
-                changed = true;
-                p.say(&h.name, format!("assigned {phase} roles (generation {})", r.generation));
-            }
-        }
-        let names: Vec<String> = group.iter().map(|h| h.name.clone()).collect();
-        let wanted = match role {
-            RoleKind::Consul => v1::Role::Consul,
-            RoleKind::Manager => v1::Role::Manager,
-            RoleKind::Node => v1::Role::Node,
-        } as i32;
-        wait_hosts(&mut admin, &names, &format!("{phase}: {} running", role.name()), PHASE_TIMEOUT, &p, |h| {
-            h.role_status
-                .iter()
-                .any(|s| s.role == wanted && s.state == v1::RoleState::Running as i32)
-        })
-        .await?;
     }
+    let names: Vec<String> = planned.iter().map(|h| h.name.clone()).collect();
+    let by_name: HashMap<String, Vec<i32>> = planned
+        .iter()
+        .map(|h| (h.name.clone(), h.roles.iter().map(|r| role_proto(*r) as i32).collect()))
+        .collect();
+    wait_hosts(&mut admin, &names, "every role running (Consul, then the swarm)", PHASE_TIMEOUT, &p, |h| {
+        by_name.get(&h.name).is_some_and(|want| {
+            want.iter().all(|w| {
+                h.role_status
+                    .iter()
+                    .any(|s| s.role == *w && s.state == v1::RoleState::Running as i32)
+            })
+        })
+    })
+    .await?;
 
     // 7. Verify and smoke-test.
     let manager_ips: Vec<String> = planned
@@ -380,12 +360,11 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     Ok(report)
 }
 
-fn spec_kind(s: &v1::RoleSpec) -> Option<RoleKind> {
-    match s.spec {
-        Some(v1::role_spec::Spec::Consul(_)) => Some(RoleKind::Consul),
-        Some(v1::role_spec::Spec::Manager(_)) => Some(RoleKind::Manager),
-        Some(v1::role_spec::Spec::Node(_)) => Some(RoleKind::Node),
-        None => None,
+fn role_proto(r: RoleKind) -> v1::Role {
+    match r {
+        RoleKind::Consul => v1::Role::Consul,
+        RoleKind::Manager => v1::Role::Manager,
+        RoleKind::Node => v1::Role::Node,
     }
 }
 

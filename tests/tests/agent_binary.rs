@@ -8,12 +8,21 @@ use flotilla_tests::{Coord, agent_binary_path};
 /// Amazon Linux 2023 ships glibc 2.34: the agent may need no newer symbol version.
 const AL2023_GLIBC: (u32, u32) = (2, 34);
 
+/// Both binaries: `flotilla-agent`, and `coordinator`, which is served as the agent when no
+/// separate agent binary sits next to it (it acts as the agent under that name).
 #[test]
-fn the_agent_binary_needs_no_glibc_newer_than_amazon_linux_2023s() {
-    let bin = agent_binary_path();
+fn the_agent_binaries_need_no_glibc_newer_than_amazon_linux_2023s() {
+    let agent = agent_binary_path();
+    let coordinator = agent.with_file_name("coordinator");
+    for bin in [agent, coordinator] {
+        check_glibc(&bin);
+    }
+}
+
+fn check_glibc(bin: &std::path::Path) {
     let out = Command::new("objdump")
         .arg("-T")
-        .arg(&bin)
+        .arg(bin)
         .output()
         .expect("objdump (binutils) must be installed");
     assert!(out.status.success(), "objdump failed on {}", bin.display());
@@ -92,4 +101,20 @@ async fn the_coordinator_serves_its_agent_binary_over_https_pinned_to_the_cluste
     // The downloaded binary runs and reports its version.
     let v = Command::new(&bin).arg("--version").output().expect("run agent");
     assert!(String::from_utf8_lossy(&v.stdout).contains(flotilla_agent::VERSION));
+}
+
+#[test]
+fn the_coordinator_binary_is_the_agent_when_invoked_as_flotilla_agent() {
+    let coordinator = agent_binary_path().with_file_name("coordinator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let as_agent = dir.path().join("flotilla-agent");
+    std::fs::copy(&coordinator, &as_agent).expect("copy");
+    let v = Command::new(&as_agent).arg("--version").output().expect("run");
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), format!("flotilla-agent {}", flotilla_agent::VERSION));
+    // A bad config is the agent's usage error (64), naming the file.
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "host_name = \"x\"\nbogus = 1\n").expect("write");
+    let o = Command::new(&as_agent).arg("--config").arg(&cfg).output().expect("run");
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("agent.toml"));
 }

@@ -27,13 +27,7 @@ pub fn validate(spec: &ManagerSpec) -> Result<(), RoleError> {
 
 pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus, RoleError> {
     validate(spec)?;
-    if !spec.engine_tls_cert_pem.is_empty() && crate::engine_tls::ensure(ctx, spec).await? {
-        return Ok(status(
-            Role::Manager,
-            RoleState::Starting,
-            "Engine restarted with its TLS listener on 2376",
-        ));
-    }
+    // The Engine's TLS listener was converged by the reconciler before any role ran.
     let local = swarm::local(ctx.docker).await?;
     let consul = match swarm::consul(&spec.consul_http_addrs).await {
         Ok(c) => c,
