@@ -16,8 +16,8 @@
 //! acknowledged `unix_ns`, dropping every line at or before it. Lines that were sent but
 //! not acknowledged go again; they carry the same `unix_ns` as before, so the coordinator
 //! drops the ones it had already routed. Stamps are reproducible because a re-read starts
-//! a whole second before the resume point (the Engine's `since` is in seconds) and the
-//! stamper only ever moves a timestamp that collides with its predecessor's.
+//! well before the resume point ([`RESUME_MARGIN_S`]; the Engine's `since` is in whole
+//! seconds) and the stamper only moves a timestamp that is not after its predecessor's.
 //!
 //! A coordinator that no longer knows the stream answers NOT_FOUND (it restarted and its
 //! followers went with it): the stream ends here, and the follower asks again with its own
@@ -300,13 +300,21 @@ impl Stamper {
     }
 }
 
-/// The Engine's `since` (whole seconds) for a resume point: a second early, so the stamps
-/// of the lines around the resume point come out as they did the first time.
+/// How far before a resume point a source is re-read (whole seconds).
+///
+/// The Engine stamps stdout and stderr lines from two readers, so its log is in timestamp
+/// order only roughly: a line can follow one stamped later than itself. A re-read that
+/// starts this early sees the same sequence around the resume point as the first read did
+/// (so the [`Stamper`] gives every line the same `unix_ns`, and a late-stamped line after
+/// the resume point is not skipped) unless the Engine ran this far out of order.
+pub const RESUME_MARGIN_S: i64 = 10;
+
+/// The Engine's `since` (whole seconds) for a resume point: [`RESUME_MARGIN_S`] early.
 pub fn engine_since(since_unix_ns: i64) -> i64 {
     if since_unix_ns <= 0 {
         0
     } else {
-        (since_unix_ns.div_euclid(NS_PER_S) - 1).max(0)
+        (since_unix_ns.div_euclid(NS_PER_S) - RESUME_MARGIN_S).max(0)
     }
 }
 
@@ -594,10 +602,10 @@ mod tests {
     }
 
     #[test]
-    fn the_engine_is_asked_from_a_second_before_the_resume_point() {
+    fn the_engine_is_asked_from_a_margin_before_the_resume_point() {
         assert_eq!(engine_since(0), 0);
-        assert_eq!(engine_since(1_700_000_000_500_000_000), 1_699_999_999);
-        assert_eq!(engine_since(1_700_000_000_000_000_000), 1_699_999_999);
+        assert_eq!(engine_since(1_700_000_000_500_000_000), 1_699_999_990);
+        assert_eq!(engine_since(1_700_000_000_000_000_000), 1_699_999_990);
         assert_eq!(engine_since(5), 0);
     }
 

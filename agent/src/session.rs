@@ -200,7 +200,11 @@ async fn session_loop(
                 sample.roles = ctx.roles.borrow().clone();
                 let views = ctx.views.borrow().clone();
                 sample.consul = views.consul;
-                sample.swarm = views.swarm;
+                // Swarm's view is read fresh (leadership changes between reconcile passes).
+                sample.swarm = match &ctx.docker {
+                    Some(d) if sample.engine_ok => crate::roles::swarm::view(d).await,
+                    _ => views.swarm,
+                };
                 sent_at = Some((sample.seq, Instant::now()));
                 if out_tx.send(AgentMessage { body: Some(agent_message::Body::Health(sample)) }).await.is_err() {
                     return Err(SessionError::Ended { addr: addr.into() });
