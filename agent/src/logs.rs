@@ -130,15 +130,6 @@ impl LogStreams {
         }
         self.open.retain(|_, o| !o.task.is_finished());
     }
-
-    /// Streams still running.
-    pub fn len(&self) -> usize {
-        self.open.values().filter(|o| !o.task.is_finished()).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One stream's task.

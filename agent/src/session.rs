@@ -202,7 +202,15 @@ async fn session_loop(
                 sample.consul = views.consul;
                 // Swarm's view is read fresh (leadership changes between reconcile passes).
                 sample.swarm = match &ctx.docker {
-                    Some(d) if sample.engine_ok => crate::roles::swarm::view(d).await,
+                    // Bounded: `info` blocks while a manager has no quorum.
+                    Some(d) if sample.engine_ok => tokio::time::timeout(
+                        Duration::from_secs(2),
+                        crate::roles::swarm::view(d),
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .or(views.swarm),
                     _ => views.swarm,
                 };
                 sent_at = Some((sample.seq, Instant::now()));

@@ -261,6 +261,11 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     let consuls = stdout(&in_host("manager2", &["docker", "ps", "-aq", "--filter", "label=flotilla.role=consul"]));
     assert_eq!(consuls.lines().count(), 1, "exactly one consul container: {consuls}");
 
+    // 6b. Bad input through the admin API: a malformed spec is InvalidArgument and changes
+    //     nothing; an image that does not exist gives a clear status with the registry's
+    //     error and disturbs nothing else; the good assignment restores the host.
+    bad_assignments(&leader_ip);
+
     // 7. Scale nodes 2→3, with the deploy killed mid-way; the re-run converges with no
     //    duplicate host or container.
     let mut child = coordinator()
@@ -300,4 +305,83 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert!(!state_root().join(CLUSTER).exists());
     // Idempotent.
     assert!(run(&["--cluster", CLUSTER, "destroy", "--yes"]).status.success());
+}
+
+fn bad_assignments(any_manager_ip: &str) {
+    use flotilla_proto::v1;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let sock = state_root().join(CLUSTER).join("admin.sock");
+        let mut admin = flotilla_coordinator::admin::connect_local(CLUSTER, &sock).await.expect("admin socket");
+        let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        let node1 = st.hosts.iter().find(|h| h.name == "node1").expect("node1");
+        let gen_before = node1.generation;
+        let addr = node1.facts.as_ref().and_then(|f| f.private_addresses.first().cloned()).expect("address");
+        let consul_http = vec![format!("{any_manager_ip}:8500")];
+        let node_spec = v1::RoleSpec { spec: Some(v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone() })) };
+
+        // Malformed: a Consul server expecting 0 servers.
+        let bad = v1::RoleSpec {
+            spec: Some(v1::role_spec::Spec::Consul(v1::ConsulSpec {
+                image: Some(v1::ImageRef { reference: "x:1".into() }),
+                bootstrap_expect: 0,
+                ..Default::default()
+            })),
+        };
+        let e = admin
+            .assign(v1::AssignRequest { host_name: "node1".into(), roles: vec![node_spec.clone(), bad], host_address: addr.clone() })
+            .await
+            .expect_err("malformed spec");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("bootstrap_expect"), "{}", e.message());
+        let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        assert_eq!(st.hosts.iter().find(|h| h.name == "node1").map(|h| h.generation), Some(gen_before));
+
+        // A missing image: the role fails with the registry's own message, the node role
+        // keeps running.
+        let registry = any_manager_ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).expect("registry");
+        let missing = v1::RoleSpec {
+            spec: Some(v1::role_spec::Spec::Consul(v1::ConsulSpec {
+                image: Some(v1::ImageRef { reference: format!("{registry}/flotilla/missing:0") }),
+                bootstrap_expect: 1,
+                ..Default::default()
+            })),
+        };
+        admin
+            .assign(v1::AssignRequest { host_name: "node1".into(), roles: vec![missing, node_spec.clone()], host_address: addr.clone() })
+            .await
+            .expect("a well-formed assignment is accepted");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+            let h = st.hosts.iter().find(|h| h.name == "node1").expect("node1");
+            let consul = h.role_status.iter().find(|r| r.role == v1::Role::Consul as i32);
+            let node = h.role_status.iter().find(|r| r.role == v1::Role::Node as i32);
+            if let (Some(c), Some(n)) = (consul, node)
+                && c.state == v1::RoleState::Failed as i32
+            {
+                assert!(c.message.contains("flotilla/missing"), "{}", c.message);
+                assert!(c.message.contains("not found") || c.message.contains("manifest unknown"), "{}", c.message);
+                assert_eq!(n.state, v1::RoleState::Running as i32, "the node role is undisturbed: {}", n.message);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no failed status for the missing image: {:?}", h.role_status);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Back to the planned roles: the failed consul role is dropped.
+        admin
+            .assign(v1::AssignRequest { host_name: "node1".into(), roles: vec![node_spec], host_address: addr })
+            .await
+            .expect("restore");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+            let h = st.hosts.iter().find(|h| h.name == "node1").expect("node1");
+            if h.role_status.len() == 1 && h.role_status[0].state == v1::RoleState::Running as i32 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node1 did not return to its planned roles");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
 }
