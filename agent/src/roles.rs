@@ -87,7 +87,13 @@ pub async fn find(docker: &Docker, role: &str) -> Result<Vec<bollard::models::Co
 /// Makes sure `image` is present, pulling it through the Engine (the registry's own error
 /// on failure) and publishing progress for `role` while it does. Never pulls an image it
 /// was not given.
-pub async fn ensure_image(ctx: &RoleCtx<'_>, role: Role, image: &str) -> Result<(), RoleError> {
+pub async fn ensure_image(ctx: &RoleCtx<'_>, role: Role, image: &flotilla_proto::v1::ImageRef) -> Result<(), RoleError> {
+    let credentials = (!image.username.is_empty()).then(|| bollard::auth::DockerCredentials {
+        username: Some(image.username.clone()),
+        password: Some(image.password.clone()),
+        ..Default::default()
+    });
+    let image = image.reference.as_str();
     if ctx.docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
@@ -99,7 +105,7 @@ pub async fn ensure_image(ctx: &RoleCtx<'_>, role: Role, image: &str) -> Result<
             ..Default::default()
         }),
         None,
-        None,
+        credentials,
     );
     let mut layers: HashMap<String, (i64, i64)> = HashMap::new();
     let mut last_pct = u32::MAX;

@@ -28,7 +28,8 @@ impl IntoStatus for ControlError {
         match &self {
             ControlError::BadHostName(_) | ControlError::TtlTooLong(_) => Status::invalid_argument(self.to_string()),
             ControlError::UnknownHost(_) => Status::not_found(self.to_string()),
-            ControlError::BadAssignment { .. } => Status::invalid_argument(self.to_string()),
+            ControlError::BadAssignment { .. } | ControlError::NoActionKind => Status::invalid_argument(self.to_string()),
+            ControlError::NotConnected(_) => Status::unavailable(self.to_string()),
             ControlError::Store(_) | ControlError::Pki(_) => Status::internal(self.to_string()),
         }
     }
@@ -163,6 +164,17 @@ impl Admin for AdminApi {
         authorize(&req)?;
         self.cp.shutdown.cancel();
         Ok(Response::new(v1::ShutdownResponse {}))
+    }
+
+    async fn engine_action(
+        &self,
+        req: Request<v1::EngineActionRequest>,
+    ) -> Result<Response<v1::EngineActionResponse>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let kind = v1::engine_action::Kind::try_from(r.kind).unwrap_or(v1::engine_action::Kind::Unspecified);
+        self.cp.engine_action(&r.host_name, kind).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::EngineActionResponse {}))
     }
 
     type FollowLogsStream = Pin<Box<dyn Stream<Item = Result<v1::LogLineOut, Status>> + Send + 'static>>;

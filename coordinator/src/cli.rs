@@ -122,6 +122,34 @@ pub enum Command {
     /// Print hosts' logs (role containers, named containers, the Engine's journal) as
     /// `host/source | line`.
     Logs(LogsArgs),
+    /// Take the swarm's leader down, watch a replica take over (live, in the managers'
+    /// Engine logs), measure it, restore the old leader and judge the recovery.
+    FailoverTest(FailoverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FailoverArgs {
+    /// engine: the agent stops the host's Docker Engine; host: the provider stops the host.
+    #[arg(long, value_enum, default_value = "engine")]
+    pub mode: ModeArg,
+    /// Take down this manager instead of the leader.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Drill even with fewer than 3 managers (the swarm loses quorum).
+    #[arg(long)]
+    pub force: bool,
+    /// How long each phase may take (fault → recovered; restore → rejoined) before the drill
+    /// fails.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub bound: Duration,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Engine,
+    Host,
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +279,8 @@ pub enum CliError {
     Serve(#[from] crate::serve::ServeError),
     #[error(transparent)]
     Deploy(#[from] crate::deploy::DeployError),
+    #[error(transparent)]
+    Failover(#[from] crate::failover::FailoverError),
     #[error("{0}")]
     Other(String),
 }
@@ -263,6 +293,7 @@ impl CliError {
             CliError::Connect(ConnectError::NotRunning { .. }) => EXIT_UNAVAILABLE,
             CliError::Serve(crate::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
             CliError::Deploy(crate::deploy::DeployError::Config(_)) => EXIT_USAGE,
+            CliError::Failover(crate::failover::FailoverError::Refused(_)) => EXIT_USAGE,
             _ => 1,
         }
     }
@@ -403,6 +434,59 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Env { output } => env(&g, output).await,
         Command::Destroy { yes } => destroy(&g, yes).await,
         Command::Logs(args) => logs(&g, args).await,
+        Command::FailoverTest(args) => failover_test(&g, args).await,
+    }
+}
+
+async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    use crate::failover::{self, FailoverError, Mode};
+    let mut client = client(g).await?;
+    let report = failover::run(
+        &mut client,
+        failover::Options {
+            cluster: g.cluster(),
+            state_dir: g.state_dir(),
+            mode: match args.mode {
+                ModeArg::Engine => Mode::Engine,
+                ModeArg::Host => Mode::Host,
+            },
+            target: args.target,
+            force: args.force,
+            bound: args.bound,
+            colour: std::io::stderr().is_terminal(),
+        },
+    )
+    .await?;
+    let secs = |v: Option<f64>| v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "-".into());
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Output::Table => {
+            println!("\nfailover drill on cluster '{}' ({} mode): {} → {}", report.cluster, report.mode, report.old_leader, if report.new_leader.is_empty() { "?" } else { &report.new_leader });
+            println!("\ntimeline (from the fault):");
+            for e in &report.timeline {
+                println!("  {:>+8.2} s  {}", e.t_s, e.what);
+            }
+            println!("\n  detect    {}  (control plane: {})", secs(report.detect_s), secs(report.control_plane_detect_s));
+            println!("  elect     {}", secs(report.elect_s));
+            println!("  api back  {}", secs(report.api_back_s));
+            println!("  workload  {} of {} hello tasks running{}", report.tasks_after, failover::HELLO_REPLICAS, if report.tasks_rescheduled { " (rescheduled)" } else { " (kept running)" });
+            println!("  rejoin    {} after the restore, as {}", secs(report.rejoin_s), if report.rejoined_as.is_empty() { "-" } else { &report.rejoined_as });
+            println!("  healthy   {} after the restore", secs(report.healthy_s));
+            println!("\nelection lines from the managers' Engines ({} log lines streamed):", report.log_lines);
+            for l in &report.election_lines {
+                println!("  {l}");
+            }
+            for e in &report.log_errors {
+                println!("  (could not stream {e})");
+            }
+            println!("\n{}", report.verdict);
+        }
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(FailoverError::NotPassed(report.verdict).into())
     }
 }
 

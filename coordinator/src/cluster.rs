@@ -40,6 +40,11 @@ consul = ""
 hello = ""
 # A baked host image (lab image or AMI id); empty: the provider's default.
 host = ""
+# Credentials for a private registry holding the role images: the user, and the name of
+# the environment variable that holds the password (read by `deploy`, sent to agents over
+# their mTLS sessions only).
+registry_username = ""
+registry_password_env = ""
 
 [instance_types]
 manager = "t3.small"
@@ -103,6 +108,11 @@ pub struct Images {
     pub consul: String,
     pub hello: String,
     pub host: String,
+    /// Registry user for pulling role images (empty: anonymous).
+    pub registry_username: String,
+    /// The environment variable holding that user's password (never the password itself:
+    /// this file is not a secret store).
+    pub registry_password_env: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -215,6 +225,17 @@ impl ClusterConfig {
         if self.nodes > 100 {
             return Err(bad("nodes", format!("{} nodes: at most 100 per deploy", self.nodes)));
         }
+        if !self.images.registry_username.is_empty() {
+            if self.images.registry_password_env.is_empty() {
+                return Err(bad("images.registry_password_env", "set it to the name of the environment variable holding the registry password".into()));
+            }
+            if std::env::var_os(&self.images.registry_password_env).is_none() {
+                return Err(bad(
+                    "images.registry_password_env",
+                    format!("the environment variable {} is not set", self.images.registry_password_env),
+                ));
+            }
+        }
         if self.coordinator.port == 0 {
             return Err(bad("coordinator.port", "must not be 0".into()));
         }
@@ -280,6 +301,17 @@ mod tests {
                 .validate("f")
                 .expect("forced");
         }
+    }
+
+    #[test]
+    fn a_registry_user_needs_its_password_in_a_named_environment_variable() {
+        let mut c = ClusterConfig::default();
+        c.images.registry_username = "ci".into();
+        let m = c.validate("f").expect_err("no env name").to_string();
+        assert!(m.contains("images.registry_password_env"), "{m}");
+        c.images.registry_password_env = "FLOTILLA_TEST_SURELY_UNSET_VAR".into();
+        let m = c.validate("f").expect_err("unset var").to_string();
+        assert!(m.contains("FLOTILLA_TEST_SURELY_UNSET_VAR is not set"), "{m}");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum ControlError {
     UnknownHost(String),
     #[error("invalid assignment for host '{host}': {message}")]
     BadAssignment { host: String, message: String },
+    #[error("host '{0}' has no open session; its agent cannot be asked now")]
+    NotConnected(String),
+    #[error("an engine action needs a kind (stop or start)")]
+    NoActionKind,
 }
 
 pub struct ControlPlane {
@@ -209,6 +213,28 @@ impl ControlPlane {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Asks `host`'s agent to stop or start its Docker Engine (the failover drill's fault and
+    /// repair). Returns once the action is queued on the host's session.
+    pub fn engine_action(&self, host: &str, kind: v1::engine_action::Kind) -> Result<(), ControlError> {
+        if kind == v1::engine_action::Kind::Unspecified {
+            return Err(ControlError::NoActionKind);
+        }
+        if self.store.host(host)?.is_none() {
+            return Err(ControlError::UnknownHost(host.to_string()));
+        }
+        let sent = self.sessions.send(
+            host,
+            v1::CoordinatorMessage {
+                body: Some(v1::coordinator_message::Body::EngineAction(v1::EngineAction { kind: kind as i32 })),
+            },
+        );
+        if !sent {
+            return Err(ControlError::NotConnected(host.to_string()));
+        }
+        self.audit("engine.action", host, kind.as_str_name().trim_start_matches("KIND_").to_lowercase(), "");
         Ok(())
     }
 

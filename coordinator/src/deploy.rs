@@ -256,6 +256,10 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         plan: &planned,
         addresses: &addresses,
         consul_image: &consul_image,
+        registry_auth: (
+            c.images.registry_username.clone(),
+            std::env::var(&c.images.registry_password_env).unwrap_or_default(),
+        ),
         cluster: &c.name,
     };
     let mut changed = !launched.is_empty() || !removed.is_empty() || started_any;

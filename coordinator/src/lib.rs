@@ -19,6 +19,7 @@
 //! Deploying (the CLI side, talking to the control plane and a provider):
 //! - [`cluster`]: `flotilla.toml`; [`plan`]: config → hosts → roles.
 //! - [`deploy`]: the deploy flow; [`verify`]: Swarm's and Consul's views, the smoke test.
+//! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
 //!
 //! CLI: [`cli`] parses arguments and runs one command against the control plane.
 
@@ -32,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod deploy;
 pub mod enroll;
+pub mod failover;
 pub mod logs;
 pub mod pki;
 pub mod plan;

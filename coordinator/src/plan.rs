@@ -68,6 +68,8 @@ pub struct SpecInputs<'a> {
     /// host name → private IP.
     pub addresses: &'a std::collections::HashMap<String, String>,
     pub consul_image: &'a str,
+    /// Registry credentials for role images: (username, password); empty: anonymous.
+    pub registry_auth: (String, String),
     pub cluster: &'a str,
 }
 
@@ -93,6 +95,8 @@ pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec>
             RoleKind::Consul => v1::role_spec::Spec::Consul(v1::ConsulSpec {
                 image: Some(v1::ImageRef {
                     reference: inp.consul_image.to_string(),
+                    username: inp.registry_auth.0.clone(),
+                    password: inp.registry_auth.1.clone(),
                 }),
                 bootstrap_expect: consul_hosts.len() as u32,
                 retry_join: consul_ips.clone(),
@@ -138,6 +142,7 @@ mod tests {
             plan: &p,
             addresses: &addrs,
             consul_image: "consul:x",
+            registry_auth: Default::default(),
             cluster: "c",
         };
         let init: Vec<bool> = p

@@ -323,7 +323,7 @@ fn bad_assignments(any_manager_ip: &str) {
         // Malformed: a Consul server expecting 0 servers.
         let bad = v1::RoleSpec {
             spec: Some(v1::role_spec::Spec::Consul(v1::ConsulSpec {
-                image: Some(v1::ImageRef { reference: "x:1".into() }),
+                image: Some(v1::ImageRef { reference: "x:1".into(), ..Default::default() }),
                 bootstrap_expect: 0,
                 ..Default::default()
             })),
@@ -342,7 +342,7 @@ fn bad_assignments(any_manager_ip: &str) {
         let registry = any_manager_ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).expect("registry");
         let missing = v1::RoleSpec {
             spec: Some(v1::role_spec::Spec::Consul(v1::ConsulSpec {
-                image: Some(v1::ImageRef { reference: format!("{registry}/flotilla/missing:0") }),
+                image: Some(v1::ImageRef { reference: format!("{registry}/flotilla/missing:0"), ..Default::default() }),
                 bootstrap_expect: 1,
                 ..Default::default()
             })),

@@ -97,7 +97,8 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
             }
         }
         None => {
-            ensure_image(ctx, Role::Consul, &image).await?;
+            let reference = spec.image.clone().unwrap_or_default();
+            ensure_image(ctx, Role::Consul, &reference).await?;
             let body = ContainerCreateBody {
                 image: Some(image.clone()),
                 cmd: Some(cmd),

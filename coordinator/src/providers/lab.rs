@@ -482,6 +482,16 @@ impl Lab {
             .ok_or_else(|| LabError::NoHost(name.to_string()))
     }
 
+    /// The lab registry's address as hosts reach it (`<ip>:5000`), if the cluster has one.
+    pub async fn registry_addr(&self) -> Result<Option<String>, LabError> {
+        Ok(self
+            .containers(Some("registry"))
+            .await?
+            .into_iter()
+            .find_map(|c| c.labels.and_then(|l| l.get(LABEL_IP).cloned()))
+            .map(|ip| format!("{ip}:{REGISTRY_PORT}")))
+    }
+
     /// Stops a host (systemd shuts down cleanly, then the container stops).
     pub async fn stop(&self, name: &str) -> Result<(), LabError> {
         self.docker
