@@ -838,7 +838,7 @@ pub fn status_json(st: &v1::StatusResponse) -> serde_json::Value {
 fn status_table(st: &v1::StatusResponse) -> String {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::NOTHING);
-    t.set_header(["HOST", "ROLES", "SESSION", "HEARTBEAT", "CPU", "LOAD", "MEM", "DISK", "ENGINE"]);
+    t.set_header(["HOST", "ROLES", "SWARM", "SESSION", "HEARTBEAT", "CPU", "LOAD", "MEM", "DISK", "ENGINE"]);
     for h in &st.hosts {
         let session = if h.revoked {
             "revoked".to_string()
@@ -864,10 +864,35 @@ fn status_table(st: &v1::StatusResponse) -> String {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
-        let roles = roles_of(h).join(",");
+        // Each role with its state as the agent last reported it (e.g. "manager:running").
+        let roles = roles_of(h)
+            .iter()
+            .map(|r| {
+                let state = h
+                    .role_status
+                    .iter()
+                    .find(|s| v1::Role::try_from(s.role).map(role_name).ok() == Some(*r))
+                    .and_then(|s| v1::RoleState::try_from(s.state).ok())
+                    .map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase())
+                    .unwrap_or_else(|| "pending".into());
+                format!("{r}:{state}")
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let swarm = h
+            .health
+            .as_ref()
+            .and_then(|s| s.swarm.as_ref())
+            .map(|s| match (s.local_state.as_str(), s.manager_status.as_str()) {
+                ("active", "") => "worker".to_string(),
+                ("active", m) => m.to_string(),
+                (other, _) => other.to_string(),
+            })
+            .unwrap_or_else(|| "-".into());
         t.add_row([
             h.name.clone(),
             if roles.is_empty() { "-".into() } else { roles },
+            swarm,
             session,
             hb,
             cpu,
