@@ -468,7 +468,7 @@ async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
                 println!("  {:>+8.2} s  {}", e.t_s, e.what);
             }
             println!("\n  detect    {}  (control plane: {})", secs(report.detect_s), secs(report.control_plane_detect_s));
-            println!("  elect     {}", secs(report.elect_s));
+            println!("  elect     {}  (Swarm's own election, from the new leader's journal: {}; seen {} later)", secs(report.elect_s), secs(report.swarm_elected_s), secs(report.report_lag_s));
             println!("  api back  {}", secs(report.api_back_s));
             println!("  workload  {} of {} hello tasks running{}", report.tasks_after, failover::HELLO_REPLICAS, if report.tasks_rescheduled { " (rescheduled)" } else { " (kept running)" });
             println!("  rejoin    {} after the restore, as {}", secs(report.rejoin_s), if report.rejoined_as.is_empty() { "-" } else { &report.rejoined_as });

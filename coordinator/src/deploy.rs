@@ -63,31 +63,72 @@ pub enum DeployError {
     Verify(#[from] verify::VerifyError),
 }
 
-/// Where progress goes: one line per event, prefixed with the host.
+/// Where progress goes. On a terminal: a live line per host (indicatif) with its latest
+/// state, and events above them; otherwise (CI, pipes, `--output json`'s stderr) one plain
+/// line per event, prefixed with the elapsed time and the host.
 pub struct Progress {
     start: Instant,
     quiet: bool,
+    live: Option<(indicatif::MultiProgress, std::sync::Mutex<HashMap<String, indicatif::ProgressBar>>)>,
 }
+
+/// Names of progress lines that are steps of the deploy, not hosts.
+const STEPS: [&str; 9] = ["plan", "lab", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale"];
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let live = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            (
+                indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()),
+                std::sync::Mutex::new(HashMap::new()),
+            )
+        });
         Self {
             start: Instant::now(),
             quiet,
+            live,
         }
     }
+
     pub fn say(&self, host: &str, msg: impl AsRef<str>) {
-        if !self.quiet {
-            eprintln!(
-                "[{:>5.1}s] {:<10} {}",
-                self.start.elapsed().as_secs_f64(),
-                host,
-                msg.as_ref()
-            );
+        if self.quiet {
+            return;
+        }
+        let line = format!("[{:>5.1}s] {:<10} {}", self.start.elapsed().as_secs_f64(), host, msg.as_ref());
+        match &self.live {
+            Some((mp, bars)) if !STEPS.contains(&host) => {
+                let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+                let bar = bars.entry(host.to_string()).or_insert_with(|| {
+                    let b = mp.add(indicatif::ProgressBar::new_spinner());
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template("{spinner} {prefix:<10} [{elapsed:>4}] {wide_msg}")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    );
+                    b.set_prefix(host.to_string());
+                    b.enable_steady_tick(Duration::from_millis(120));
+                    b
+                });
+                bar.set_message(msg.as_ref().to_string());
+            }
+            Some((mp, _)) => {
+                let _ = mp.println(line);
+            }
+            None => eprintln!("{line}"),
         }
     }
+
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// Stops the live lines (they stay on screen with their last state).
+    pub fn finish(&self) {
+        if let Some((_, bars)) = &self.live {
+            for b in bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                b.finish();
+            }
+        }
     }
 }
 
@@ -339,6 +380,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     if !changed {
         p.say("deploy", "nothing to change: the cluster already matches the plan");
     }
+    p.finish();
     let docker_env = verify::docker_env(&swarm.leader_ip, &docker_dir);
     let report = Report {
         cluster: c.name.clone(),

@@ -131,6 +131,10 @@ pub struct Report {
     pub control_plane_detect_s: Option<f64>,
     /// A surviving manager's node list named the new leader (none for a follower target).
     pub elect_s: Option<f64>,
+    /// The new leader's Engine logged `became leader` (Swarm's own election time).
+    pub swarm_elected_s: Option<f64>,
+    /// `elect_s - swarm_elected_s`: how long after Swarm elected the leader the drill saw it.
+    pub report_lag_s: Option<f64>,
     /// The new leader's own API answered a node list.
     pub api_back_s: Option<f64>,
     /// The hello service had all its replicas running again (from the fault).
@@ -397,6 +401,8 @@ struct Kept {
     lines: usize,
     election: Vec<String>,
     errors: Vec<String>,
+    /// `became leader` lines: host, the line's time (ns since the epoch).
+    became_leader: Vec<(String, i64)>,
 }
 
 /// What a probe saw.
@@ -507,7 +513,10 @@ pub async fn run(admin: &mut AdminClient<Channel>, opts: Options) -> Result<Repo
                     continue;
                 }
                 k.lines += 1;
-                eprintln!("[drill {}] {} | {}", say.t(), crate::cli::log_prefix(&l.host, &l.source, colour), l.text);
+                eprintln!("[drill {}] {} | {}", say.t(), crate::cli::log_prefix(&l.host, &l.source, colour), l.text.trim_end());
+                if l.text.contains("became leader") {
+                    k.became_leader.push((l.host.clone(), l.unix_ns));
+                }
                 if is_election_line(&l.text) {
                     k.election.push(format!("{}/{} | {}", l.host, l.source, l.text));
                 }
@@ -518,6 +527,7 @@ pub async fn run(admin: &mut AdminClient<Channel>, opts: Options) -> Result<Repo
 
     // 3. The fault.
     let fault_at = Instant::now();
+    let fault_unix_ns = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
     *say.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault_at);
     match opts.mode {
         Mode::Engine => {
@@ -625,8 +635,8 @@ pub async fn run(admin: &mut AdminClient<Channel>, opts: Options) -> Result<Repo
                     if let Some(h) = st.hosts.iter().find(|h| h.name == target) {
                         let engine_down = h.health.as_ref().is_some_and(|s| !s.engine_ok);
                         if !h.connected || h.unreachable || engine_down {
-                            let why = if engine_down { "its Engine down" } else if !h.connected { "no session" } else { "unreachable" };
-                            r.control_plane_detect_s = Some(say.event(fault_at.elapsed(), format!("control plane: status shows {target} {why}")));
+                            let why = if engine_down { "its Engine down" } else if !h.connected { "no session" } else { "heartbeats missed" };
+                            r.control_plane_detect_s = Some(say.event(fault_at.elapsed(), format!("control plane: status shows {target} with {why}")));
                         }
                     }
                 }
@@ -751,6 +761,17 @@ pub async fn run(admin: &mut AdminClient<Channel>, opts: Options) -> Result<Repo
         r.log_lines = k.lines;
         r.election_lines = k.election.clone();
         r.log_errors = k.errors.clone();
+        // Swarm's own election time, from the new leader's journal (same clock on the lab;
+        // on separate machines it is as good as their clock sync).
+        if let Some((host, ns)) = k.became_leader.iter().filter(|(h, ns)| *h != target && *ns > fault_unix_ns).min_by_key(|(_, ns)| *ns) {
+            let t = (ns - fault_unix_ns) as f64 / 1e9;
+            r.swarm_elected_s = Some(t);
+            r.report_lag_s = r.elect_s.map(|e| e - t);
+            say.timeline.lock().unwrap_or_else(|p| p.into_inner()).push(Event {
+                t_s: t,
+                what: format!("swarm: {host}'s Engine logged \"became leader\""),
+            });
+        }
     }
     r.timeline = say.timeline.lock().unwrap_or_else(|p| p.into_inner()).clone();
     r.timeline.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));

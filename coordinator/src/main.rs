@@ -12,13 +12,6 @@ fn main() {
     if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "flotilla-agent") {
         flotilla_agent::cli::main();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -27,6 +20,16 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // The control plane logs what it does; a CLI command shows its own output and only
+    // warnings (FLOTILLA_LOG overrides both).
+    let default = if matches!(cli.command, cli::Command::Serve(_)) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
