@@ -227,6 +227,15 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert!(took < Duration::from_secs(5), "no-op re-deploy took {took:?}");
     assert_eq!(stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.Id}}", "flotilla-consul"])), consul_id);
 
+    // 3b. The control plane stopped: hosts keep their containers running; the next deploy
+    //     starts it again, every agent reconnects, and nothing changes.
+    assert!(run(&["--cluster", CLUSTER, "stop"]).status.success());
+    assert!(!state_root().join(CLUSTER).join("admin.sock").exists());
+    assert_eq!(stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.State.Running}}", "flotilla-consul"])), "true");
+    let back = ok_json(&["--cluster", CLUSTER, "deploy", "--output", "json"]);
+    assert_eq!(back["changed"], false);
+    assert_eq!(stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.Id}}", "flotilla-consul"])), consul_id);
+
     // 4. Reconcile: `docker rm -f` of the Consul container → restored.
     let rm = in_host("manager1", &["docker", "rm", "-f", "flotilla-consul"]);
     assert!(rm.status.success());
