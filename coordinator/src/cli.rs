@@ -113,6 +113,8 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Build the lab's images that are missing (a no-op for unchanged recipes); print their tags.
+    LabImages,
     /// Remove everything the cluster owns: hosts, network, registry, volumes, its state.
     Destroy {
         /// Do not ask for confirmation.
@@ -432,6 +434,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Deploy(args) => deploy(&g, args).await,
         Command::Env { output } => env(&g, output).await,
+        Command::LabImages => {
+            let i = crate::providers::lab::images::ensure(false)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            println!("host={}\nconsul={}\nhello={}\nregistry={}", i.host, i.consul, i.hello, i.registry);
+            Ok(())
+        }
         Command::Destroy { yes } => destroy(&g, yes).await,
         Command::Logs(args) => logs(&g, args).await,
         Command::FailoverTest(args) => failover_test(&g, args).await,

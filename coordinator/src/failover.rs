@@ -712,14 +712,21 @@ pub async fn run(admin: &mut AdminClient<Channel>, opts: Options) -> Result<Repo
     }
     let rejoin_deadline = Instant::now() + opts.bound;
     if let (Some(d), Some(_)) = (&leader_engine, r.restore_s) {
+        // Right after an election the new leader may still list the target as reachable from
+        // before the fault: the rejoin counts only once the target's own Engine answers a node
+        // list (it is a manager again, talking to the leader) and the leader lists it.
+        let target_engine = &engines[&target];
+        let mut target_back = false;
         loop {
+            if !target_back && list_managers(target_engine, &managers).await.is_ok() {
+                target_back = true;
+                say.event(fault_at.elapsed(), format!("{target}'s Engine answers a node list again"));
+            }
             if let Ok(nodes) = list_managers(d, &managers).await
                 && let Some(n) = nodes.iter().find(|n| n.name == target)
             {
-                if n.manager_status != r.rejoined_as {
-                    r.rejoined_as = n.manager_status.clone();
-                }
-                if n.manager_status == "reachable" || n.manager_status == "leader" {
+                r.rejoined_as = n.manager_status.clone();
+                if target_back && (n.manager_status == "reachable" || n.manager_status == "leader") {
                     let at = restore_at.elapsed();
                     r.rejoin_s = Some(at.as_secs_f64());
                     say.event(fault_at.elapsed(), format!("rejoin: {target} is back as a {} manager ({:.2} s after the restore)", n.manager_status, at.as_secs_f64()));

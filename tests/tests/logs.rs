@@ -13,8 +13,21 @@ use flotilla_tests::Coord;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(30);
-/// A local image with `/bin/busybox` (FROM scratch): `docker image ls flotilla/lab-hello`.
-const IMAGE: &str = "flotilla/lab-hello:81153f0a87a8";
+/// The lab's hello image (FROM scratch with `/bin/busybox`), built locally from its recipe
+/// (`coordinator lab-images`; `bash tests/run` builds it first). The newest build wins.
+fn hello_image() -> String {
+    let out = std::process::Command::new("docker")
+        .args(["image", "ls", "--filter", "label=flotilla.image=hello", "--format", "{{.Repository}}:{{.Tag}}"])
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("docker CLI");
+    let tag = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
+    assert!(
+        tag.starts_with("flotilla/lab-hello:"),
+        "the lab's hello image is missing: build the lab images (`coordinator lab-images`; `bash tests/run` does it)"
+    );
+    tag
+}
 
 /// A container of this test; removed (with its logs) when dropped.
 struct Container {
@@ -25,6 +38,7 @@ impl Container {
     /// Runs `script` under busybox `sh` in the background.
     fn run(script: &str) -> Self {
         let name = format!("flotilla-test-logs-{:08x}", rand::random::<u32>());
+        let image = hello_image();
         let out = docker(&[
             "run",
             "--detach",
@@ -36,14 +50,14 @@ impl Container {
             "flotilla.test=logs",
             "--entrypoint",
             "/bin/busybox",
-            IMAGE,
+            &image,
             "sh",
             "-c",
             script,
         ]);
         assert!(
             out.status.success(),
-            "docker run {IMAGE} failed (the image must be local; nothing is pulled): {}",
+            "docker run {image} failed (the image must be local; nothing is pulled): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Self { name }
