@@ -51,6 +51,8 @@ fn command(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Vec<String> {
         format!("-node={}", ctx.host),
         "-data-dir=/consul/data".into(),
         "-ui".into(),
+        // Servers start together; retry joining every 2 s rather than Consul's 30 s.
+        "-retry-interval=2s".into(),
     ];
     if !spec.datacenter.is_empty() {
         cmd.push(format!("-datacenter={}", spec.datacenter));
