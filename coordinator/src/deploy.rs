@@ -573,6 +573,27 @@ pub async fn ensure_control_plane(
         Err(crate::admin::ConnectError::NotRunning { .. }) => {}
         Err(e) => return Err(DeployError::ControlPlane(e.to_string())),
     }
+    // A control plane that is just stopping still holds the store for a moment: retry.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match spawn_control_plane(cluster, state_root, paths, listen_ip, port, p).await {
+            Err(DeployError::ControlPlane(m)) if m.contains("in use by another process") && attempt < 5 => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn spawn_control_plane(
+    cluster: &str,
+    state_root: &Path,
+    paths: &StatePaths,
+    listen_ip: &str,
+    port: u16,
+    p: &Progress,
+) -> Result<AdminClient<Channel>, DeployError> {
     let exe = std::env::current_exe().map_err(|e| DeployError::ControlPlane(e.to_string()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -214,7 +214,6 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
                 Ok(())
             }
         };
-        let _ = std::fs::remove_file(cp2.config.state_dir.join("admin.sock"));
         result
     });
 
@@ -225,9 +224,15 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
 pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let running = start(config, listener).await?;
     let cp = Arc::clone(&running.cp);
+    let socket = running.paths.admin_socket();
     tokio::select! {
         () = shutdown => cp.shutdown.cancel(),
         () = cp.shutdown.cancelled() => {}
     }
-    running.wait().await
+    drop(cp);
+    let result = running.wait().await;
+    // Last: the socket disappears only once the store is closed, so `coordinator stop`
+    // (which waits for it to go) returns when a new control plane can open the state.
+    let _ = std::fs::remove_file(socket);
+    result
 }
