@@ -566,8 +566,10 @@ async fn operator_cert(g: &Global, name: &str, out: &std::path::Path) -> Result<
     Ok(())
 }
 
+/// Waits (bounded: in-flight RPCs get 5 s, lingering sessions 5 s more) until the control
+/// plane removed its socket, which it does last, after closing the store.
 async fn wait_gone(socket: &std::path::Path) {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if !socket.exists() {
             return;
         }

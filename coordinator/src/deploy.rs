@@ -578,7 +578,7 @@ pub async fn ensure_control_plane(
     loop {
         attempt += 1;
         match spawn_control_plane(cluster, state_root, paths, listen_ip, port, p).await {
-            Err(DeployError::ControlPlane(m)) if m.contains("in use by another process") && attempt < 5 => {
+            Err(DeployError::ControlPlane(m)) if m.contains("in use by another process") && attempt < 15 => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => return other,
