@@ -43,6 +43,10 @@ pub struct LabImages {
 /// Builds every lab image that is missing (a no-op for those whose recipe is unchanged).
 /// With `quiet`, progress lines are collected and shown only on failure.
 pub async fn ensure(quiet: bool) -> Result<LabImages, ImageError> {
+    // Fast path: every image already exists under its recipe's tag (no bash, no temp dir).
+    if let Some(images) = present().await {
+        return Ok(images);
+    }
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("common.sh"), COMMON)?;
     for (name, body) in RECIPES {
@@ -59,6 +63,40 @@ pub async fn ensure(quiet: bool) -> Result<LabImages, ImageError> {
         }
     }
     Ok(out)
+}
+
+/// The tag a recipe builds: `flotilla/lab-<name>:<first 12 hex of sha256(recipe ++ common.sh)>`
+/// (the same computation as `common.sh`'s).
+pub fn tag(name: &str, recipe: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(recipe.as_bytes());
+    h.update(COMMON.as_bytes());
+    format!("flotilla/lab-{name}:{}", &hex::encode(h.finalize())[..12])
+}
+
+/// All four images, when each exists under its recipe's tag.
+async fn present() -> Option<LabImages> {
+    let out = tokio::process::Command::new("docker")
+        .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "label=flotilla.recipe-hash"])
+        .output()
+        .await
+        .ok()?;
+    let have = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut images = LabImages::default();
+    for (name, body) in RECIPES {
+        let t = tag(name, body);
+        if !have.lines().any(|l| l == t) {
+            return None;
+        }
+        match name {
+            "host" => images.host = t,
+            "consul" => images.consul = t,
+            "hello" => images.hello = t,
+            _ => images.registry = t,
+        }
+    }
+    Some(images)
 }
 
 async fn build(dir: &Path, name: &str, quiet: bool) -> Result<String, ImageError> {
@@ -125,5 +163,16 @@ impl Drop for KillGroup {
         if let Some(pgid) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tags_follow_the_recipe_hash_of_common_sh() {
+        // The hello recipe's tag as common.sh computes it (sha256 of recipe ++ common.sh).
+        let t = super::tag("hello", super::RECIPES[1].1);
+        assert!(t.starts_with("flotilla/lab-hello:") && t.len() == "flotilla/lab-hello:".len() + 12, "{t}");
+        assert_ne!(t, super::tag("hello", "changed"));
     }
 }
