@@ -198,3 +198,50 @@ pub fn agent_binary_path() -> PathBuf {
     );
     p
 }
+
+/// Driving the real `coordinator` binary for one lab cluster, as an operator would: its own
+/// fixed state root under the target directory (so a run after a failed one can destroy what
+/// that one left), warnings-only logs, the machine's Engine.
+pub struct Cli {
+    pub cluster: &'static str,
+    pub state_root: PathBuf,
+}
+
+impl Cli {
+    pub fn new(cluster: &'static str) -> Self {
+        Self {
+            cluster,
+            state_root: target_dir().join(format!("{cluster}-state")),
+        }
+    }
+
+    /// A `coordinator` command with the environment set, stdin closed.
+    pub fn command(&self) -> std::process::Command {
+        let bin = target_dir().join("coordinator");
+        assert!(bin.is_file(), "{} missing: build the workspace first (bash tests/run does)", bin.display());
+        let mut c = std::process::Command::new(bin);
+        c.env("FLOTILLA_STATE_DIR", &self.state_root)
+            .env("FLOTILLA_LOG", "warn")
+            .env_remove("DOCKER_HOST")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// Runs `coordinator --cluster <cluster> <args>`, echoing what it printed to the test log.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let out = self
+            .command()
+            .args(["--cluster", self.cluster])
+            .args(args)
+            .output()
+            .expect("run coordinator");
+        eprintln!(
+            "$ coordinator --cluster {} {}\n{}{}",
+            self.cluster,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}

@@ -8,35 +8,19 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use flotilla_tests::target_dir;
+use flotilla_tests::Cli;
 use serde_json::Value;
 
 const CLUSTER: &str = "drill";
 
-fn state_root() -> PathBuf {
-    // Fixed (not a temp dir), so a run after a failed one can destroy what it left.
-    target_dir().parent().map(|p| p.join("drill-state")).expect("target directory")
+fn cli() -> Cli {
+    Cli::new(CLUSTER)
 }
 
-fn coordinator() -> Command {
-    let bin = target_dir().join("coordinator");
-    assert!(bin.is_file(), "{} missing: build the workspace first (bash tests/run does)", bin.display());
-    let mut c = Command::new(bin);
-    c.env("FLOTILLA_STATE_DIR", state_root())
-        .env("FLOTILLA_LOG", "warn")
-        .env_remove("DOCKER_HOST")
-        .stdin(Stdio::null());
-    c
-}
-
+/// `coordinator <args>` (the args name the cluster themselves).
 fn run(args: &[&str]) -> Output {
-    let out = coordinator().args(args).output().expect("run coordinator");
-    eprintln!(
-        "$ coordinator {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cli().command().args(args).output().expect("run coordinator");
+    eprintln!("$ coordinator {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
 }
 
