@@ -5,8 +5,8 @@
 //! (The 2-manager refusal is a unit test of the pre-check in `coordinator/src/failover.rs`:
 //! deploying a second, 2-manager cluster here would cost another minute for a pure check.)
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+
+use std::process::{Command, Output};
 
 use flotilla_tests::Cli;
 use serde_json::Value;
