@@ -172,10 +172,6 @@ where
     }
 }
 
-/// The path of a file in a directory, for readability.
-pub fn file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
 
 /// The workspace's target directory for this build profile (`target/debug` in tests):
 /// the test executable lives in `<it>/deps/`.
