@@ -813,7 +813,7 @@ pub fn status_json(st: &v1::StatusResponse) -> serde_json::Value {
                 "generation": h.generation,
                 "role_status": h.role_status.iter().map(|s| serde_json::json!({
                     "role": v1::Role::try_from(s.role).map(role_name).unwrap_or("unspecified"),
-                    "state": v1::RoleState::try_from(s.state).map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase()).unwrap_or_default(),
+                    "state": crate::control::state_name(s.state),
                     "message": s.message,
                 })).collect::<Vec<_>>(),
                 "swarm": h.health.as_ref().and_then(|s| s.swarm.as_ref()).map(|s| serde_json::json!({
@@ -883,8 +883,7 @@ fn status_table(st: &v1::StatusResponse) -> String {
                     .role_status
                     .iter()
                     .find(|s| v1::Role::try_from(s.role).map(role_name).ok() == Some(*r))
-                    .and_then(|s| v1::RoleState::try_from(s.state).ok())
-                    .map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase())
+                    .map(|s| crate::control::state_name(s.state))
                     .unwrap_or_else(|| "pending".into());
                 format!("{r}:{state}")
             })

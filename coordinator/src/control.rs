@@ -357,6 +357,13 @@ pub fn role_from_name(name: &str) -> Option<v1::Role> {
     }
 }
 
+/// A role state's name as the CLI shows it (`running`, `pulling`, …); empty when unknown.
+pub fn state_name(state: i32) -> String {
+    v1::RoleState::try_from(state)
+        .map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase())
+        .unwrap_or_default()
+}
+
 pub fn role_name(role: v1::Role) -> &'static str {
     match role {
         v1::Role::Consul => "consul",

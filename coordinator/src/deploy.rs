@@ -285,12 +285,12 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
 
     // Scale down: hosts that exist but are not planned.
     let docker_dir = ensure_docker_certs(&mut admin, &state_dir).await?;
-    let manager_ips_all: Vec<String> = planned
+    let manager_ips: Vec<String> = planned
         .iter()
         .filter(|h| h.has(RoleKind::Manager))
         .filter_map(|h| addresses.get(&h.name).cloned())
         .collect();
-    let removed = scale_down(&mut admin, &lab, &planned, &hosts, &addresses, &manager_ips_all, &docker_dir, &p).await?;
+    let removed = scale_down(&mut admin, &lab, &planned, &hosts, &addresses, &manager_ips, &docker_dir, &p).await?;
 
     // 6. Roles, in dependency order.
     let inputs = plan::SpecInputs {
@@ -335,7 +335,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let names: Vec<String> = planned.iter().map(|h| h.name.clone()).collect();
     let by_name: HashMap<String, Vec<i32>> = planned
         .iter()
-        .map(|h| (h.name.clone(), h.roles.iter().map(|r| role_proto(*r) as i32).collect()))
+        .map(|h| (h.name.clone(), h.roles.iter().map(|r| r.proto() as i32).collect()))
         .collect();
     wait_hosts(&mut admin, &names, "every role running (Consul, then the swarm)", PHASE_TIMEOUT, &p, |h| {
         by_name.get(&h.name).is_some_and(|want| {
@@ -349,11 +349,6 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     .await?;
 
     // 7. Verify and smoke-test.
-    let manager_ips: Vec<String> = planned
-        .iter()
-        .filter(|h| h.has(RoleKind::Manager))
-        .filter_map(|h| addresses.get(&h.name).cloned())
-        .collect();
     let consul_ips: Vec<String> = consul_hosts.iter().filter_map(|h| addresses.get(&h.name).cloned()).collect();
     p.say("verify", "asking Swarm and Consul for their own view");
     let swarm = verify::swarm(&manager_ips, &docker_dir, c.managers as usize, c.nodes as usize).await?;
@@ -406,13 +401,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     Ok(report)
 }
 
-fn role_proto(r: RoleKind) -> v1::Role {
-    match r {
-        RoleKind::Consul => v1::Role::Consul,
-        RoleKind::Manager => v1::Role::Manager,
-        RoleKind::Node => v1::Role::Node,
-    }
-}
+
 
 /// Polls status until `ok` holds for every host in `names`.
 async fn wait_hosts(
@@ -446,9 +435,7 @@ async fn wait_hosts(
                             .role_status
                             .iter()
                             .map(|s| {
-                                let state = v1::RoleState::try_from(s.state)
-                                    .map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase())
-                                    .unwrap_or_default();
+                                let state = crate::control::state_name(s.state);
                                 let role = v1::Role::try_from(s.role).map(crate::control::role_name).unwrap_or("?");
                                 format!("{role}: {state} {}", s.message)
                             })

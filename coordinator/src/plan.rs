@@ -16,6 +16,14 @@ pub enum RoleKind {
 }
 
 impl RoleKind {
+    pub fn proto(self) -> v1::Role {
+        match self {
+            RoleKind::Consul => v1::Role::Consul,
+            RoleKind::Manager => v1::Role::Manager,
+            RoleKind::Node => v1::Role::Node,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             RoleKind::Consul => "consul",
