@@ -31,10 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{
-    NodeSpecRoleEnum, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
-    TaskSpecPlacement, TaskState,
-};
+use bollard::models::{NodeSpecRoleEnum, TaskState};
 use bollard::query_parameters::{ListNodesOptions, ListTasksOptions};
 use flotilla_proto::v1::{self, admin_client::AdminClient};
 use tokio::sync::mpsc;
@@ -316,29 +313,14 @@ async fn running_tasks(d: &Docker) -> Result<Vec<String>, String> {
 /// replicas run.
 async fn ensure_hello(d: &Docker, image: &str) -> Result<Vec<String>, FailoverError> {
     if d.inspect_service(HELLO_SERVICE, None).await.is_err() {
-        let spec = ServiceSpec {
-            name: Some(HELLO_SERVICE.to_string()),
-            labels: Some(HashMap::from([("flotilla.drill".to_string(), "1".to_string())])),
-            task_template: Some(TaskSpec {
-                container_spec: Some(TaskSpecContainerSpec {
-                    image: Some(image.to_string()),
-                    command: Some(vec!["sh".into(), "-c".into(), "while true; do sleep 1; done".into()]),
-                    ..Default::default()
-                }),
-                placement: Some(TaskSpecPlacement {
-                    constraints: Some(vec!["node.role==worker".into()]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            mode: Some(ServiceSpecMode {
-                replicated: Some(ServiceSpecModeReplicated {
-                    replicas: Some(HELLO_REPLICAS as i64),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let spec = crate::verify::worker_service(
+            HELLO_SERVICE,
+            ("flotilla.drill", "1"),
+            image,
+            Some(vec!["sh".into(), "-c".into(), "while true; do sleep 1; done".into()]),
+            HELLO_REPLICAS,
+            false,
+        );
         d.create_service(spec, None)
             .await
             .map_err(|e| FailoverError::Workload(format!("creating {HELLO_SERVICE}: {e}")))?;

@@ -205,23 +205,27 @@ pub async fn consul(ips: &[String], want: usize) -> Result<ConsulSummary, Verify
     Err(VerifyError::Consul(errors.join("; ")))
 }
 
-/// The seed's "docker run hello-world", as a swarm service: `replicas` one-shot tasks on
-/// the workers; waits for them to complete, reads their output through the swarm's service
-/// logs, removes the service.
-pub async fn smoke(leader_ip: &str, cert_dir: &Path, image: &str, replicas: usize) -> Result<SmokeResult, VerifyError> {
-    let started = Instant::now();
-    let d = engine(leader_ip, cert_dir).await.map_err(VerifyError::Smoke)?;
-    let suffix: u32 = rand::random::<u32>() % 100_000;
-    let name = format!("flotilla-hello-{suffix}");
-    let spec = ServiceSpec {
-        name: Some(name.clone()),
-        labels: Some(HashMap::from([("flotilla.smoke".to_string(), "1".to_string())])),
+/// A replicated service of `replicas` tasks placed on the swarm's workers, labelled `label`;
+/// `one_shot` tasks are not restarted when they exit. The smoke test's and the failover
+/// drill's workloads.
+pub fn worker_service(
+    name: &str,
+    label: (&str, &str),
+    image: &str,
+    command: Option<Vec<String>>,
+    replicas: usize,
+    one_shot: bool,
+) -> ServiceSpec {
+    ServiceSpec {
+        name: Some(name.to_string()),
+        labels: Some(HashMap::from([(label.0.to_string(), label.1.to_string())])),
         task_template: Some(TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some(image.to_string()),
+                command,
                 ..Default::default()
             }),
-            restart_policy: Some(TaskSpecRestartPolicy {
+            restart_policy: one_shot.then(|| TaskSpecRestartPolicy {
                 condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
                 ..Default::default()
             }),
@@ -238,7 +242,18 @@ pub async fn smoke(leader_ip: &str, cert_dir: &Path, image: &str, replicas: usiz
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// The seed's "docker run hello-world", as a swarm service: `replicas` one-shot tasks on
+/// the workers; waits for them to complete, reads their output through the swarm's service
+/// logs, removes the service.
+pub async fn smoke(leader_ip: &str, cert_dir: &Path, image: &str, replicas: usize) -> Result<SmokeResult, VerifyError> {
+    let started = Instant::now();
+    let d = engine(leader_ip, cert_dir).await.map_err(VerifyError::Smoke)?;
+    let suffix: u32 = rand::random::<u32>() % 100_000;
+    let name = format!("flotilla-hello-{suffix}");
+    let spec = worker_service(&name, ("flotilla.smoke", "1"), image, None, replicas, true);
     let created = d
         .create_service(spec, None)
         .await
