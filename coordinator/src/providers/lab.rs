@@ -210,15 +210,7 @@ impl Lab {
                 networking_config: Some(self.endpoint(ip)),
                 ..Default::default()
             };
-            self.docker
-                .create_container(
-                    Some(CreateContainerOptions {
-                        name: Some(name.clone()),
-                        ..Default::default()
-                    }),
-                    body,
-                )
-                .await?;
+            self.create_named(&name, body).await?;
         }
         self.docker
             .start_container(&name, None::<StartContainerOptions>)
@@ -297,6 +289,20 @@ impl Lab {
             )
             .await;
         Ok(format!("{lab_addr}/{repo}:{tag}"))
+    }
+
+    /// Creates a container under `name` (never pulling: the lab's images are local).
+    async fn create_named(&self, name: &str, body: ContainerCreateBody) -> Result<(), LabError> {
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await?;
+        Ok(())
     }
 
     fn endpoint(&self, ip: Ipv4Addr) -> NetworkingConfig {
@@ -386,15 +392,7 @@ impl Lab {
             networking_config: Some(self.endpoint(ip)),
             ..Default::default()
         };
-        self.docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await?;
+        self.create_named(&name, body).await?;
         drop(guard);
         self.docker
             .start_container(&name, None::<StartContainerOptions>)
