@@ -7,6 +7,8 @@ use sysinfo::{Disks, System};
 pub struct Sampler {
     sys: Option<System>,
     seq: u64,
+    /// The Engine's data root, asked once (it does not change while the Engine runs).
+    data_root: Option<String>,
 }
 
 impl Default for Sampler {
@@ -22,7 +24,7 @@ impl Sampler {
             // CPU usage is a difference between two refreshes: prime the first.
             s.refresh_cpu_usage();
         }
-        Self { sys, seq: 0 }
+        Self { sys, seq: 0, data_root: None }
     }
 
     pub async fn sample(&mut self, docker: Option<&bollard::Docker>) -> HealthSample {
@@ -48,19 +50,19 @@ impl Sampler {
             out.load15 = l.fifteen;
         }
         out.uptime_s = System::uptime().unwrap_or_default();
-        let mut root = "/var/lib/docker".to_string();
         match docker {
             Some(d) => match crate::engine::version(d).await {
                 Ok(_) => {
                     out.engine_ok = true;
-                    if let Some(r) = crate::engine::data_root(d).await {
-                        root = r;
+                    if self.data_root.is_none() {
+                        self.data_root = crate::engine::data_root(d).await;
                     }
                 }
                 Err(e) => out.engine_error = e.to_string(),
             },
             None => out.engine_error = "no Docker Engine client".into(),
         }
+        let root = self.data_root.clone().unwrap_or_else(|| "/var/lib/docker".to_string());
         if let Some((total, avail)) = disk_of(&root) {
             out.disk_total_bytes = total;
             out.disk_used_bytes = total.saturating_sub(avail);
