@@ -108,6 +108,10 @@ pub enum Command {
     },
     /// Bring the cluster to what flotilla.toml (and flags) describe, verify it, smoke-test it.
     Deploy(DeployArgs),
+    /// What `deploy` would create, change or delete — without doing it.
+    Plan(DeployArgs),
+    /// Print the least IAM policy the AWS provider needs (JSON).
+    IamPolicy,
     /// Print the environment that points the plain `docker` CLI at the cluster's leader.
     Env {
         #[arg(long, short, value_enum, default_value = "table")]
@@ -115,11 +119,18 @@ pub enum Command {
     },
     /// Build the lab's images that are missing (a no-op for unchanged recipes); print their tags.
     LabImages,
-    /// Remove everything the cluster owns: hosts, network, registry, volumes, its state.
+    /// Remove everything the cluster owns: hosts, network, registry, volumes (lab) or
+    /// instances and the security group (aws), the hosts' certificates, its state.
     Destroy {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Override the recorded AWS endpoint (e.g. a moved EC2-compatible endpoint).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// Override the recorded AWS region.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Print hosts' logs (role containers, named containers, the Engine's journal) as
     /// `host/source | line`.
@@ -216,8 +227,35 @@ pub struct DeployArgs {
     /// A baked host image (lab image or AMI) instead of the provider's default.
     #[arg(long)]
     pub image: Option<String>,
+    /// Where hosts come from (overrides `provider` in flotilla.toml).
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+    /// An EC2-compatible endpoint (overrides `aws.endpoint_url`).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// The AWS region (overrides `aws.region` and the standard chain).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Who may reach the managers' Engine API on 2376 (overrides `aws.admin_cidr`).
+    #[arg(long)]
+    pub admin_cidr: Option<String>,
+    /// Who may reach SSH on 22 (overrides `aws.ssh_cidr`; absent: no SSH rule).
+    #[arg(long)]
+    pub ssh_cidr: Option<String>,
+    /// The address instances dial to reach this coordinator (overrides `coordinator.advertise`).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Print what would be created, changed or deleted, and stop (same as `coordinator plan`).
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderArg {
+    Lab,
+    Aws,
 }
 
 #[derive(Args, Debug)]
@@ -432,7 +470,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("wrote {} — edit it, then `coordinator deploy`", file.display());
             Ok(())
         }
+        Command::Deploy(args) if args.dry_run => plan(&g, args).await,
         Command::Deploy(args) => deploy(&g, args).await,
+        Command::Plan(args) => plan(&g, args).await,
+        Command::IamPolicy => {
+            println!("{}", serde_json::to_string_pretty(&crate::providers::aws::iam::policy()).unwrap_or_default());
+            Ok(())
+        }
         Command::Env { output } => env(&g, output).await,
         Command::LabImages => {
             let i = crate::providers::lab::images::ensure(false)
@@ -441,7 +485,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("host={}\nconsul={}\nhello={}\nregistry={}", i.host, i.consul, i.hello, i.registry);
             Ok(())
         }
-        Command::Destroy { yes } => destroy(&g, yes).await,
+        Command::Destroy { yes, endpoint_url, region } => destroy(&g, yes, endpoint_url, region).await,
         Command::Logs(args) => logs(&g, args).await,
         Command::FailoverTest(args) => failover_test(&g, args).await,
     }
@@ -577,7 +621,8 @@ async fn wait_gone(socket: &std::path::Path) {
     }
 }
 
-async fn deploy(g: &Global, args: DeployArgs) -> Result<(), CliError> {
+/// flotilla.toml (or the defaults) with the flags applied, and where it came from.
+fn load_config(g: &Global, args: &DeployArgs) -> Result<(crate::cluster::ClusterConfig, String), CliError> {
     let explicit = args.file != std::path::Path::new("flotilla.toml");
     let mut config = crate::cluster::ClusterConfig::load(&args.file, explicit).map_err(crate::deploy::DeployError::from)?;
     let mut origin = if args.file.exists() { args.file.display().to_string() } else { "defaults".to_string() };
@@ -597,9 +642,55 @@ async fn deploy(g: &Global, args: DeployArgs) -> Result<(), CliError> {
     if args.no_smoke_test {
         config.smoke_test = false;
     }
-    if let Some(i) = args.image {
-        config.images.host = i;
+    if let Some(i) = &args.image {
+        config.images.host = i.clone();
     }
+    if let Some(p) = args.provider {
+        config.provider = match p {
+            ProviderArg::Lab => crate::cluster::ProviderKind::Lab,
+            ProviderArg::Aws => crate::cluster::ProviderKind::Aws,
+        };
+        origin.push_str(" + flags");
+    }
+    for (flag, field) in [
+        (&args.endpoint_url, &mut config.aws.endpoint_url),
+        (&args.region, &mut config.aws.region),
+        (&args.admin_cidr, &mut config.aws.admin_cidr),
+        (&args.ssh_cidr, &mut config.aws.ssh_cidr),
+        (&args.advertise, &mut config.coordinator.advertise),
+    ] {
+        if let Some(v) = flag {
+            *field = v.clone();
+        }
+    }
+    Ok((config, origin))
+}
+
+async fn plan(g: &Global, args: DeployArgs) -> Result<(), CliError> {
+    let (config, origin) = load_config(g, &args)?;
+    let ch = crate::deploy::dry_run(&config, &origin, &g.state_root()).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&ch).unwrap_or_default()),
+        Output::Table => {
+            println!("cluster '{}' on the {} provider (dry run: nothing was changed)", ch.cluster, ch.provider);
+            for (title, items) in [("create", &ch.create), ("change", &ch.change), ("delete", &ch.delete), ("keep", &ch.keep)] {
+                if !items.is_empty() {
+                    println!("\n{title}:");
+                    for i in items {
+                        println!("  {}{i}", match title { "create" => "+ ", "change" => "~ ", "delete" => "- ", _ => "  " });
+                    }
+                }
+            }
+            if ch.is_empty() {
+                println!("\nnothing to create, change or delete");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn deploy(g: &Global, args: DeployArgs) -> Result<(), CliError> {
+    let (config, origin) = load_config(g, &args)?;
     let report = crate::deploy::deploy(crate::deploy::DeployOptions {
         config,
         origin,
@@ -661,39 +752,76 @@ async fn env(g: &Global, output: Output) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn destroy(g: &Global, yes: bool) -> Result<(), CliError> {
+async fn destroy(g: &Global, yes: bool, endpoint_url: Option<String>, region: Option<String>) -> Result<(), CliError> {
     use std::io::IsTerminal;
     let cluster = g.cluster();
+    let state_dir = g.state_dir();
+    let record = crate::providers::ProviderRecord::load(&state_dir);
+    let what = if record.provider == "aws" {
+        "every EC2 instance tagged with it, its security group, its hosts' certificates and its CA"
+    } else {
+        "every host, its network, registry, volumes and its CA"
+    };
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::Usage(format!(
                 "destroying cluster '{cluster}' needs confirmation: pass --yes"
             )));
         }
-        eprint!("destroy cluster '{cluster}' — every host, its network, registry, volumes and its CA? type the cluster name: ");
+        eprint!("destroy cluster '{cluster}' ({} provider) — {what}? type the cluster name: ", record.provider);
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map_err(|e| CliError::Other(e.to_string()))?;
         if line.trim() != cluster {
             return Err(CliError::Usage("not confirmed; nothing was removed".into()));
         }
     }
-    let state_dir = g.state_dir();
-    // Stop the control plane first, so no agent is told anything mid-way.
-    if let Ok(mut c) = admin::connect_local(&cluster, &StatePaths::new(&state_dir).admin_socket()).await {
+    // Revoke every host (their sessions close, their certificates are refused from now on),
+    // then stop the control plane, so no agent is told anything mid-way.
+    let socket = StatePaths::new(&state_dir).admin_socket();
+    if let Ok(mut c) = admin::connect_local(&cluster, &socket).await {
+        if let Ok(st) = c.status(v1::StatusRequest {}).await {
+            for h in st.into_inner().hosts.iter().filter(|h| !h.revoked) {
+                let _ = c.revoke_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await;
+            }
+        }
         let _ = c.shutdown(v1::ShutdownRequest {}).await;
-        wait_gone(&StatePaths::new(&state_dir).admin_socket()).await;
+        wait_gone(&socket).await;
     }
-    let docker = bollard::Docker::connect_with_defaults()
-        .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?
-        .negotiate_version()
-        .await
-        .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?;
-    let lab = crate::providers::lab::Lab::new(docker, &cluster, &state_dir, Default::default());
-    lab.destroy().await.map_err(|e| CliError::Other(e.to_string()))?;
+    let removed = if record.provider == "aws" {
+        let mut settings = record.aws.clone().unwrap_or_default();
+        if let Some(e) = endpoint_url {
+            settings.endpoint_url = e;
+        }
+        if let Some(r) = region {
+            settings.region = r;
+        }
+        let a = crate::providers::aws::Aws::connect(&cluster, &settings, &state_dir)
+            .await
+            .map_err(|e| CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed")))?;
+        a.destroy()
+            .await
+            .map_err(|e| CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed")))?
+    } else {
+        let docker = bollard::Docker::connect_with_defaults()
+            .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?
+            .negotiate_version()
+            .await
+            .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?;
+        let lab = crate::providers::lab::Lab::new(docker, &cluster, &state_dir, Default::default());
+        lab.destroy().await.map_err(|e| CliError::Other(e.to_string()))?;
+        vec![]
+    };
+    for r in &removed {
+        eprintln!("removed {r}");
+    }
     if state_dir.exists() {
         std::fs::remove_dir_all(&state_dir).map_err(|e| CliError::Other(format!("{}: {e}", state_dir.display())))?;
     }
-    println!("cluster '{cluster}' destroyed: no container, network, volume or state of it is left");
+    if record.provider == "aws" {
+        println!("cluster '{cluster}' destroyed: no instance or security group tagged {}={cluster} is left, its CA and state are gone", crate::providers::aws::TAG_CLUSTER);
+    } else {
+        println!("cluster '{cluster}' destroyed: no container, network, volume or state of it is left");
+    }
     Ok(())
 }
 

@@ -45,6 +45,8 @@ host = ""
 # their mTLS sessions only).
 registry_username = ""
 registry_password_env = ""
+# Registries the hosts' Engines reach over plain HTTP (host:port), e.g. a mirror in the VPC.
+insecure_registries = []
 
 [instance_types]
 manager = "t3.small"
@@ -53,8 +55,30 @@ node = "t3.small"
 [coordinator]
 # The agent port. On the lab it listens on the lab network's gateway address.
 port = 7443
-# The address hosts dial (AWS); the lab uses its gateway address.
+# The address hosts dial (AWS: this machine's address as the instances reach it, e.g. its
+# private IP in the same VPC, or a public DNS name); the lab uses its gateway address.
 advertise = ""
+# The address the agent port listens on; empty: the lab gateway (lab), 0.0.0.0 (aws).
+listen = ""
+
+[aws]
+# Region and credentials come from the standard chain (AWS_REGION, AWS_PROFILE, SSO,
+# instance role) unless set here.
+region = ""
+profile = ""
+# Any EC2-compatible endpoint (also --endpoint-url); empty: AWS's own.
+endpoint_url = ""
+# Empty: the region's default VPC and one subnet per availability zone.
+vpc_id = ""
+subnet_ids = []
+# Who may reach the managers' Engine API (2376, mutual TLS): the coordinator's and the
+# operators' address range. Required for aws.
+admin_cidr = ""
+# Who may reach SSH (22); empty: no SSH rule at all.
+ssh_cidr = ""
+# An EC2 key pair for SSH; empty: none.
+key_name = ""
+root_volume_gib = 20
 "#;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -70,6 +94,7 @@ pub struct ClusterConfig {
     pub images: Images,
     pub instance_types: InstanceTypes,
     pub coordinator: CoordinatorSettings,
+    pub aws: AwsSettings,
 }
 
 impl Default for ClusterConfig {
@@ -85,6 +110,7 @@ impl Default for ClusterConfig {
             images: Images::default(),
             instance_types: InstanceTypes::default(),
             coordinator: CoordinatorSettings::default(),
+            aws: AwsSettings::default(),
         }
     }
 }
@@ -94,6 +120,15 @@ impl Default for ClusterConfig {
 pub enum ProviderKind {
     Lab,
     Aws,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Lab => "lab",
+            ProviderKind::Aws => "aws",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -113,6 +148,8 @@ pub struct Images {
     /// The environment variable holding that user's password (never the password itself:
     /// this file is not a secret store).
     pub registry_password_env: String,
+    /// Registries reached over plain HTTP (`host:port`), e.g. a mirror inside the VPC.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -136,6 +173,7 @@ impl Default for InstanceTypes {
 pub struct CoordinatorSettings {
     pub port: u16,
     pub advertise: String,
+    pub listen: String,
 }
 
 impl Default for CoordinatorSettings {
@@ -143,6 +181,38 @@ impl Default for CoordinatorSettings {
         Self {
             port: 7443,
             advertise: String::new(),
+            listen: String::new(),
+        }
+    }
+}
+
+/// `[aws]`: where and how the AWS provider launches hosts.
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsSettings {
+    pub region: String,
+    pub profile: String,
+    pub endpoint_url: String,
+    pub vpc_id: String,
+    pub subnet_ids: Vec<String>,
+    pub admin_cidr: String,
+    pub ssh_cidr: String,
+    pub key_name: String,
+    pub root_volume_gib: i32,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        Self {
+            region: String::new(),
+            profile: String::new(),
+            endpoint_url: String::new(),
+            vpc_id: String::new(),
+            subnet_ids: vec![],
+            admin_cidr: String::new(),
+            ssh_cidr: String::new(),
+            key_name: String::new(),
+            root_volume_gib: 20,
         }
     }
 }
@@ -245,6 +315,40 @@ impl ClusterConfig {
                 format!("'{}' is neither an IP address nor a DNS name", self.coordinator.advertise),
             ));
         }
+        if !self.coordinator.listen.is_empty() && self.coordinator.listen.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad("coordinator.listen", format!("'{}' is not an IP address", self.coordinator.listen)));
+        }
+        if self.provider == ProviderKind::Aws {
+            if self.coordinator.advertise.is_empty() {
+                return Err(bad(
+                    "coordinator.advertise",
+                    "the aws provider needs the address instances dial to reach this coordinator (its IP in the VPC, or a DNS name)".into(),
+                ));
+            }
+            if self.aws.admin_cidr.is_empty() {
+                return Err(bad(
+                    "aws.admin_cidr",
+                    "the aws provider needs the address range allowed to reach the managers' Engine API on 2376 (e.g. this machine's address/32); \
+                     it is never opened to the world unless you write 0.0.0.0/0"
+                        .into(),
+                ));
+            }
+            crate::providers::aws::security_group::validate_cidr("aws.admin_cidr", &self.aws.admin_cidr).map_err(|m| bad("aws.admin_cidr", m))?;
+            if !self.aws.ssh_cidr.is_empty() {
+                crate::providers::aws::security_group::validate_cidr("aws.ssh_cidr", &self.aws.ssh_cidr).map_err(|m| bad("aws.ssh_cidr", m))?;
+            }
+            if !self.aws.endpoint_url.is_empty() && !(self.aws.endpoint_url.starts_with("http://") || self.aws.endpoint_url.starts_with("https://")) {
+                return Err(bad("aws.endpoint_url", format!("'{}' is not an http(s) URL", self.aws.endpoint_url)));
+            }
+            if !(8..=16384).contains(&self.aws.root_volume_gib) {
+                return Err(bad("aws.root_volume_gib", format!("{} GiB: use 8 to 16384", self.aws.root_volume_gib)));
+            }
+            for (field, t) in [("instance_types.manager", &self.instance_types.manager), ("instance_types.node", &self.instance_types.node)] {
+                if t.is_empty() || !t.contains('.') {
+                    return Err(bad(field, format!("'{t}' is not an EC2 instance type (e.g. t3.small)")));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -320,7 +424,7 @@ mod tests {
         assert!(m.contains("`nodes`"), "{m}");
         for a in ["10.0.0.300", "not an address", "-bad.example"] {
             let c = ClusterConfig {
-                coordinator: CoordinatorSettings { port: 7443, advertise: a.into() },
+                coordinator: CoordinatorSettings { port: 7443, advertise: a.into(), listen: String::new() },
                 ..Default::default()
             };
             let m = c.validate("f").expect_err(a).to_string();

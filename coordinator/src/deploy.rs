@@ -23,6 +23,8 @@ use flotilla_proto::v1::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
 use crate::cluster::{ClusterConfig, ProviderKind};
+use crate::providers::aws::{self, Aws};
+use crate::providers::{Provider, ProviderError};
 use crate::config::StatePaths;
 use crate::plan::{self, PlannedHost, RoleKind};
 use crate::providers::lab::{self, Lab};
@@ -34,12 +36,23 @@ pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long each role phase gets to converge.
 pub const PHASE_TIMEOUT: Duration = Duration::from_secs(240);
 
+impl From<ProviderError> for DeployError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Lab(e) => DeployError::Lab(e),
+            ProviderError::Aws(e) => DeployError::Aws(e),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(transparent)]
     Config(#[from] crate::cluster::ConfigError),
-    #[error("the {0} provider is not available in this build yet; use provider = \"lab\"")]
-    ProviderUnavailable(&'static str),
+    #[error(transparent)]
+    Aws(#[from] aws::AwsError),
+    #[error("host {host} is {state}; wait until it settles (`coordinator status`) and re-run `coordinator deploy`")]
+    HostBusy { host: String, state: String },
     #[error("the local Docker Engine does not answer ({0}); the lab needs it: start dockerd and retry")]
     NoEngine(String),
     #[error(transparent)]
@@ -73,7 +86,7 @@ pub struct Progress {
 }
 
 /// Names of progress lines that are steps of the deploy, not hosts.
-const STEPS: [&str; 9] = ["plan", "lab", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale"];
+const STEPS: [&str; 10] = ["plan", "lab", "aws", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale"];
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
@@ -168,12 +181,9 @@ pub struct DeployOptions {
 pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let c = &opts.config;
     c.validate(&opts.origin)?;
-    if c.provider == ProviderKind::Aws {
-        return Err(DeployError::ProviderUnavailable("aws"));
-    }
     let p = Progress::new(opts.quiet);
     let planned = plan::plan(c);
-    p.say("plan", format!("cluster '{}' on the {} provider:", c.name, "lab"));
+    p.say("plan", format!("cluster '{}' on the {} provider:", c.name, c.provider.name()));
     for h in &planned {
         let roles: Vec<_> = h.roles.iter().map(|r| r.name()).collect();
         p.say("plan", format!("  {:<10} {}", h.name, roles.join(" + ")));
@@ -182,43 +192,43 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let paths = StatePaths::new(&state_dir);
     flotilla_proto::fs::private_dir(&state_dir).map_err(|e| DeployError::ControlPlane(format!("{}: {e}", state_dir.display())))?;
 
-    // 2. The lab: images, network, registry.
-    let docker = bollard::Docker::connect_with_defaults().map_err(|e| DeployError::NoEngine(e.to_string()))?;
-    let docker = docker.negotiate_version().await.map_err(|e| DeployError::NoEngine(e.to_string()))?;
-    p.say("lab", "lab images (built once per recipe; a no-op when present)");
-    let images = lab::images::ensure(opts.quiet).await.map_err(lab::LabError::from)?;
-    let lab = Lab::new(docker.clone(), &c.name, &state_dir, images);
-    let (network, refs) = lab
-        .ensure(&[
-            (&lab.images.consul, "flotilla/consul:1.8.7"),
-            (&lab.images.hello, "flotilla/hello:1"),
-        ])
-        .await?;
-    let consul_image = if c.images.consul.is_empty() { refs[0].clone() } else { c.images.consul.clone() };
-    let hello_image = if c.images.hello.is_empty() { refs[1].clone() } else { c.images.hello.clone() };
-    let gateway = network
-        .coordinator_ip
-        .map(|ip| ip.to_string())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    p.say("lab", format!("network {} (coordinator at {gateway}, registry {})", lab.network_name(), network.registry.clone().unwrap_or_default()));
+    // 2. The provider: the lab's images, network and registry; or EC2's VPC, security
+    //    group and AMI.
+    let target = prepare_provider(c, &state_dir, opts.quiet, &p).await?;
+    crate::providers::ProviderRecord {
+        provider: target.provider.kind().into(),
+        aws: matches!(target.provider, Provider::Aws(_)).then(|| c.aws.clone()),
+    }
+    .save(&state_dir)
+    .map_err(|e| DeployError::ControlPlane(format!("{}: {e}", state_dir.display())))?;
+    let provider = &target.provider;
 
     // 3. The control plane.
-    let mut admin = ensure_control_plane(&c.name, &opts.state_root, &paths, &gateway, c.coordinator.port, &p).await?;
+    let mut admin = ensure_control_plane(&c.name, &opts.state_root, &paths, &target.listen, &target.advertise, c.coordinator.port, &p).await?;
     let st = admin.status(v1::StatusRequest {}).await?.into_inner();
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(|e| DeployError::ControlPlane(format!("{}: {e}", paths.ca_pem().display())))?;
 
     // 4. Hosts.
-    let existing = lab.describe().await?;
+    let existing = provider.describe().await?;
     let mut launched = Vec::new();
     let mut started_any = false;
     let mut launches = Vec::new();
+    let mut per_role: HashMap<&'static str, usize> = HashMap::new();
     for h in &planned {
+        let role = h.primary.name();
+        let index = *per_role.entry(role).and_modify(|i| *i += 1).or_insert(0);
         match existing.iter().find(|e| e.name == h.name) {
-            Some(e) if e.state == HostState::Running => {}
+            Some(e) if matches!(e.state, HostState::Running | HostState::Pending) => {}
             Some(e) if e.state == HostState::Stopped => {
                 p.say(&h.name, "starting the stopped host");
                 started_any = true;
-                lab.start(&h.name).await?;
+                provider.start(&h.name).await?;
+            }
+            Some(e) if e.state == HostState::Stopping => {
+                return Err(DeployError::HostBusy {
+                    host: h.name.clone(),
+                    state: "stopping".into(),
+                });
             }
             _ => {
                 let token = admin
@@ -240,8 +250,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
                         sha256: st.agent_binary_sha256.clone(),
                         version: st.agent_version.clone(),
                     },
-                    engine: flotilla_cloud_init::Engine::Preinstalled,
-                    insecure_registries: network.registry.iter().cloned().collect(),
+                    engine: target.engine,
+                    insecure_registries: target.insecure_registries.clone(),
                     heartbeat_interval_s: flotilla_cloud_init::DEFAULT_HEARTBEAT_INTERVAL_S,
                 };
                 let user_data = flotilla_cloud_init::render_host(&inputs).map_err(|source| DeployError::UserData {
@@ -251,21 +261,30 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
                 launched.push(h.name.clone());
                 let spec = LaunchSpec {
                     name: h.name.clone(),
-                    role: h.primary.name().to_string(),
+                    role: role.to_string(),
                     user_data,
-                    instance_type: String::new(),
+                    instance_type: if h.has(RoleKind::Manager) { c.instance_types.manager.clone() } else { c.instance_types.node.clone() },
                     image: (!c.images.host.is_empty()).then(|| c.images.host.clone()),
                 };
-                launches.push(spec);
+                launches.push((spec, index));
             }
         }
     }
     if !launches.is_empty() {
         p.say("hosts", format!("launching {} host(s) in parallel", launches.len()));
-        let results = futures::future::join_all(launches.iter().map(|s| lab.launch(s))).await;
-        for (s, r) in launches.iter().zip(results) {
-            let h = r?;
-            p.say(&s.name, format!("launched ({}, {})", h.instance_id, h.private_ip.map(|i| i.to_string()).unwrap_or_default()));
+        let results = futures::future::join_all(launches.iter().map(|(s, i)| target.launch(s, *i))).await;
+        let mut first_err = None;
+        for ((s, _), r) in launches.iter().zip(results) {
+            match r {
+                Ok(h) => p.say(&s.name, format!("launched ({}, {})", h.instance_id, h.private_ip.map(|i| i.to_string()).unwrap_or_default())),
+                Err(e) => {
+                    p.say(&s.name, format!("launch failed: {e}"));
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
     }
 
@@ -276,12 +295,12 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     })
     .await?;
 
-    // Addresses as the provider sees them.
-    let hosts = lab.describe().await?;
-    let addresses: HashMap<String, String> = hosts
-        .iter()
-        .filter_map(|h| h.private_ip.map(|ip| (h.name.clone(), ip.to_string())))
-        .collect();
+    // Addresses: the provider's private IP, as long as the agent reports having it; else
+    // the address the agent reports (an EC2-compatible API whose instances are booted
+    // elsewhere, as the lab does with moto's).
+    let hosts = provider.describe().await?;
+    let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+    let addresses = host_addresses(&hosts, &st);
 
     // Scale down: hosts that exist but are not planned.
     let docker_dir = ensure_docker_certs(&mut admin, &state_dir).await?;
@@ -290,13 +309,13 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         .filter(|h| h.has(RoleKind::Manager))
         .filter_map(|h| addresses.get(&h.name).cloned())
         .collect();
-    let removed = scale_down(&mut admin, &lab, &planned, &hosts, &addresses, &manager_ips, &docker_dir, &p).await?;
+    let removed = scale_down(&mut admin, provider, &planned, &hosts, &addresses, &manager_ips, &docker_dir, &p).await?;
 
     // 6. Roles, in dependency order.
     let inputs = plan::SpecInputs {
         plan: &planned,
         addresses: &addresses,
-        consul_image: &consul_image,
+        consul_image: &target.consul_image,
         registry_auth: (
             c.images.registry_username.clone(),
             std::env::var(&c.images.registry_password_env).unwrap_or_default(),
@@ -365,8 +384,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         ),
     );
     let smoke_test = if c.smoke_test && (changed || opts.force_smoke) {
-        p.say("smoke", format!("hello service on the nodes ({hello_image})"));
-        let r = verify::smoke(&swarm.leader_ip, &docker_dir, &hello_image, c.nodes as usize).await?;
+        p.say("smoke", format!("hello service on the nodes ({})", target.hello_image));
+        let r = verify::smoke(&swarm.leader_ip, &docker_dir, &target.hello_image, c.nodes as usize).await?;
         p.say("smoke", format!("{} task(s) ran on {:?}; output: {:?}", r.tasks, r.nodes, r.output.first()));
         Some(r)
     } else {
@@ -379,7 +398,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let docker_env = verify::docker_env(&swarm.leader_ip, &docker_dir);
     let report = Report {
         cluster: c.name.clone(),
-        provider: "lab".into(),
+        provider: provider.kind().into(),
         changed,
         launched,
         removed,
@@ -402,6 +421,208 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
 }
 
 
+
+/// What `deploy` would do (`coordinator plan`, `deploy --dry-run`): found out by reading
+/// only — nothing is created, changed or deleted, no control plane is started.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Changes {
+    pub cluster: String,
+    pub provider: String,
+    pub create: Vec<String>,
+    pub change: Vec<String>,
+    pub delete: Vec<String>,
+    pub keep: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.change.is_empty() && self.delete.is_empty()
+    }
+}
+
+pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) -> Result<Changes, DeployError> {
+    config.validate(origin)?;
+    let planned = plan::plan(config);
+    let state_dir = state_root.join(&config.name);
+    let mut ch = Changes {
+        cluster: config.name.clone(),
+        provider: config.provider.name().into(),
+        ..Default::default()
+    };
+    let hosts = match config.provider {
+        ProviderKind::Lab => {
+            let docker = bollard::Docker::connect_with_defaults().map_err(|e| DeployError::NoEngine(e.to_string()))?;
+            let docker = docker.negotiate_version().await.map_err(|e| DeployError::NoEngine(e.to_string()))?;
+            let lab = Lab::new(docker, &config.name, &state_dir, Default::default());
+            if lab.registry_addr().await?.is_none() {
+                ch.create.push(format!("lab network {} and its registry", lab.network_name()));
+            }
+            lab.describe().await?
+        }
+        ProviderKind::Aws => {
+            let a = Aws::connect(&config.name, &config.aws, &state_dir).await?;
+            let vpc = a.vpc().await?;
+            for t in [&config.instance_types.manager, &config.instance_types.node] {
+                a.check_instance_type(t).await?;
+            }
+            let ami = a.ami((!config.images.host.is_empty()).then_some(config.images.host.as_str())).await?;
+            let desired = aws::security_group::desired_rules(&config.aws.admin_cidr, &config.aws.ssh_cidr);
+            match a.find_security_group(&vpc.id).await? {
+                None => {
+                    ch.create.push(format!("security group {} in {}", a.group_name(), vpc.id));
+                    ch.create.extend(desired.iter().map(|r| format!("  rule {r}")));
+                }
+                Some(g) => {
+                    let (add, revoke) = aws::security_group::diff(&g.rules, &desired);
+                    ch.change.extend(add.iter().map(|r| format!("security group {}: add {r}", g.id)));
+                    ch.change.extend(revoke.iter().map(|r| format!("security group {}: revoke {r}", g.id)));
+                    if add.is_empty() && revoke.is_empty() {
+                        ch.keep.push(format!("security group {} ({} rules)", g.id, g.rules.len()));
+                    }
+                }
+            }
+            let hosts = a.describe().await?;
+            let mut per_role: HashMap<&str, usize> = HashMap::new();
+            for h in &planned {
+                let index = *per_role.entry(h.primary.name()).and_modify(|i| *i += 1).or_insert(0);
+                if !hosts.iter().any(|x| x.name == h.name) {
+                    let subnet = &vpc.subnets[index % vpc.subnets.len()];
+                    let t = if h.has(RoleKind::Manager) { &config.instance_types.manager } else { &config.instance_types.node };
+                    ch.create.push(format!("instance {} ({t}, {}, {} in {})", h.name, ami.id, subnet.id, subnet.zone));
+                }
+            }
+            hosts
+        }
+    };
+    for h in &planned {
+        let roles: Vec<_> = h.roles.iter().map(|r| r.name()).collect();
+        match hosts.iter().find(|x| x.name == h.name) {
+            Some(x) if x.state == HostState::Stopped => ch.change.push(format!("start stopped host {} ({})", h.name, x.instance_id)),
+            Some(x) => ch.keep.push(format!("host {} ({}, {})", h.name, x.instance_id, roles.join(" + "))),
+            None if config.provider == ProviderKind::Lab => ch.create.push(format!("host {} ({})", h.name, roles.join(" + "))),
+            None => {}
+        }
+    }
+    for x in hosts.iter().filter(|x| !planned.iter().any(|h| h.name == x.name)) {
+        ch.delete.push(format!("host {} ({}): drained, removed from the swarm, terminated", x.name, x.instance_id));
+    }
+    Ok(ch)
+}
+
+/// The provider, ready to launch: where the control plane listens and what hosts dial, the
+/// role images, and how user-data gets the Engine.
+pub struct Target {
+    pub provider: Provider,
+    pub listen: String,
+    pub advertise: String,
+    pub consul_image: String,
+    pub hello_image: String,
+    pub engine: flotilla_cloud_init::Engine,
+    pub insecure_registries: Vec<String>,
+    /// AWS only: VPC, security group, AMI.
+    pub aws: Option<aws::LaunchContext>,
+}
+
+/// On AWS, HashiCorp's official Consul image and Docker's hello-world (the seed's smoke
+/// test); the lab builds its own from Debian packages and serves them from its registry.
+pub const AWS_CONSUL_IMAGE: &str = "hashicorp/consul:1.20";
+pub const AWS_HELLO_IMAGE: &str = "hello-world:latest";
+
+impl Target {
+    pub async fn launch(&self, spec: &LaunchSpec, index: usize) -> Result<crate::providers::Host, DeployError> {
+        Ok(match (&self.provider, &self.aws) {
+            (Provider::Lab(l), _) => l.launch(spec).await?,
+            (Provider::Aws(a), Some(ctx)) => a.launch(spec, index, ctx).await?,
+            (Provider::Aws(_), None) => return Err(DeployError::ControlPlane("the AWS launch context is missing".into())),
+        })
+    }
+}
+
+/// Step 2: the provider's side of the cluster, made to exist.
+pub async fn prepare_provider(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progress) -> Result<Target, DeployError> {
+    let pick = |configured: &str, default: &str| if configured.is_empty() { default.to_string() } else { configured.to_string() };
+    match c.provider {
+        ProviderKind::Lab => {
+            let docker = bollard::Docker::connect_with_defaults().map_err(|e| DeployError::NoEngine(e.to_string()))?;
+            let docker = docker.negotiate_version().await.map_err(|e| DeployError::NoEngine(e.to_string()))?;
+            p.say("lab", "lab images (built once per recipe; a no-op when present)");
+            let images = lab::images::ensure(quiet).await.map_err(lab::LabError::from)?;
+            let lab = Lab::new(docker, &c.name, state_dir, images);
+            let (network, refs) = lab
+                .ensure(&[
+                    (&lab.images.consul, "flotilla/consul:1.8.7"),
+                    (&lab.images.hello, "flotilla/hello:1"),
+                ])
+                .await?;
+            let gateway = network.coordinator_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+            p.say("lab", format!("network {} (coordinator at {gateway}, registry {})", lab.network_name(), network.registry.clone().unwrap_or_default()));
+            let mut insecure: Vec<String> = network.registry.iter().cloned().collect();
+            insecure.extend(c.images.insecure_registries.iter().cloned());
+            Ok(Target {
+                listen: pick(&c.coordinator.listen, &gateway),
+                advertise: pick(&c.coordinator.advertise, &gateway),
+                consul_image: pick(&c.images.consul, &refs[0]),
+                hello_image: pick(&c.images.hello, &refs[1]),
+                engine: flotilla_cloud_init::Engine::Preinstalled,
+                insecure_registries: insecure,
+                provider: Provider::Lab(lab),
+                aws: None,
+            })
+        }
+        ProviderKind::Aws => {
+            let a = Aws::connect(&c.name, &c.aws, state_dir).await?;
+            p.say("aws", format!("region {} via {}", a.region, a.endpoint));
+            let image = (!c.images.host.is_empty()).then_some(c.images.host.as_str());
+            let (ctx, change) = a.prepare(image, &[&c.instance_types.manager, &c.instance_types.node]).await?;
+            let zones: Vec<String> = ctx.vpc.subnets.iter().map(|s| format!("{} ({})", s.id, s.zone)).collect();
+            p.say("aws", format!("VPC {}; subnets {}", ctx.vpc.id, zones.join(", ")));
+            p.say("aws", format!("AMI {}", ctx.ami.id));
+            p.say(
+                "aws",
+                format!(
+                    "security group {} {}{}{}",
+                    change.id,
+                    if change.created { "created" } else { "found" },
+                    if change.added.is_empty() { String::new() } else { format!("; added {}", change.added.join("; ")) },
+                    if change.revoked.is_empty() { String::new() } else { format!("; revoked {}", change.revoked.join("; ")) },
+                ),
+            );
+            Ok(Target {
+                listen: pick(&c.coordinator.listen, "0.0.0.0"),
+                advertise: c.coordinator.advertise.clone(),
+                consul_image: pick(&c.images.consul, AWS_CONSUL_IMAGE),
+                hello_image: pick(&c.images.hello, AWS_HELLO_IMAGE),
+                engine: flotilla_cloud_init::Engine::InstallIfAbsent(flotilla_cloud_init::OsFamily::AmazonLinux2023),
+                insecure_registries: c.images.insecure_registries.clone(),
+                provider: Provider::Aws(a),
+                aws: Some(ctx),
+            })
+        }
+    }
+}
+
+/// The address each host's roles use: the provider's private IP when the agent reports
+/// holding it (always so on EC2 and in the lab), else the first address the agent reports.
+pub fn host_addresses(hosts: &[crate::providers::Host], st: &v1::StatusResponse) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for s in &st.hosts {
+        let reported: Vec<String> = s.facts.as_ref().map(|f| f.private_addresses.clone()).unwrap_or_default();
+        let provider_ip = hosts.iter().find(|h| h.name == s.name).and_then(|h| h.private_ip).map(|ip| ip.to_string());
+        let addr = match provider_ip {
+            Some(ip) if reported.is_empty() || reported.contains(&ip) => Some(ip),
+            _ => reported.first().cloned(),
+        };
+        if let Some(a) = addr {
+            out.insert(s.name.clone(), a);
+        }
+    }
+    for h in hosts {
+        if let (false, Some(ip)) = (out.contains_key(&h.name), h.private_ip) {
+            out.insert(h.name.clone(), ip.to_string());
+        }
+    }
+    out
+}
 
 /// Polls status until `ok` holds for every host in `names`.
 async fn wait_hosts(
@@ -469,7 +690,7 @@ async fn wait_hosts(
 /// is terminated and forgotten.
 async fn scale_down(
     admin: &mut AdminClient<Channel>,
-    lab: &Lab,
+    provider: &Provider,
     planned: &[PlannedHost],
     hosts: &[crate::providers::Host],
     addresses: &HashMap<String, String>,
@@ -509,7 +730,7 @@ async fn scale_down(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        lab.terminate(&h.name).await?;
+        provider.terminate(&h.name).await?;
         // The swarm keeps a departed node as "down" until a manager removes it.
         if let Err(e) = verify::forget_node(manager_ips, docker_dir, &h.name).await {
             p.say(&h.name, format!("could not remove it from the swarm's node list: {e}"));
@@ -552,6 +773,7 @@ pub async fn ensure_control_plane(
     state_root: &Path,
     paths: &StatePaths,
     listen_ip: &str,
+    advertise: &str,
     port: u16,
     p: &Progress,
 ) -> Result<AdminClient<Channel>, DeployError> {
@@ -564,7 +786,7 @@ pub async fn ensure_control_plane(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match spawn_control_plane(cluster, state_root, paths, listen_ip, port, p).await {
+        match spawn_control_plane(cluster, state_root, paths, listen_ip, advertise, port, p).await {
             Err(DeployError::ControlPlane(m)) if m.contains("in use by another process") && attempt < 15 => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -578,6 +800,7 @@ async fn spawn_control_plane(
     state_root: &Path,
     paths: &StatePaths,
     listen_ip: &str,
+    advertise: &str,
     port: u16,
     p: &Progress,
 ) -> Result<AdminClient<Channel>, DeployError> {
@@ -599,7 +822,7 @@ async fn spawn_control_plane(
         .arg("--listen")
         .arg(format!("{listen_ip}:{port}"))
         .arg("--advertise")
-        .arg(listen_ip)
+        .arg(advertise)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)

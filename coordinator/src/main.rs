@@ -22,7 +22,8 @@ fn main() {
     };
     // The control plane logs what it does; a CLI command shows its own output and only
     // warnings (FLOTILLA_LOG overrides both).
-    let default = if matches!(cli.command, cli::Command::Serve(_)) { "info" } else { "warn" };
+    // The AWS SDK warns on every credential provider it tries; its final error says it all.
+    let default = if matches!(cli.command, cli::Command::Serve(_)) { "info" } else { "warn,aws_config=error" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")

@@ -2,11 +2,12 @@
 //!
 //! - [`lab`]: containers on the local Docker Engine that boot like EC2 instances (systemd,
 //!   their own Engine, real cloud-init from a NoCloud seed).
-//! - `aws`: EC2 instances (the AWS issue).
+//! - [`aws`]: EC2 instances (any EC2-compatible endpoint).
 //!
 //! Both launch a host from the same rendered user-data, find hosts by the cluster's
 //! labels/tags (never by remembering), and can stop, start and terminate one.
 
+pub mod aws;
 pub mod lab;
 
 use std::net::IpAddr;
@@ -61,4 +62,85 @@ pub struct Network {
 pub enum ProviderError {
     #[error(transparent)]
     Lab(#[from] lab::LabError),
+    #[error(transparent)]
+    Aws(#[from] aws::AwsError),
+}
+
+/// The cluster's provider: what deploy, destroy and the failover drill talk to.
+pub enum Provider {
+    Lab(lab::Lab),
+    Aws(aws::Aws),
+}
+
+impl Provider {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::Lab(_) => "lab",
+            Provider::Aws(_) => "aws",
+        }
+    }
+
+    /// Every host of the cluster (by label/tag), sorted by name.
+    pub async fn describe(&self) -> Result<Vec<Host>, ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => l.describe().await?,
+            Provider::Aws(a) => a.describe().await?,
+        })
+    }
+
+    pub async fn host(&self, name: &str) -> Result<Host, ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => l.host(name).await?,
+            Provider::Aws(a) => a.host(name).await?,
+        })
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<(), ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => l.stop(name).await?,
+            Provider::Aws(a) => a.stop(name).await?,
+        })
+    }
+
+    pub async fn start(&self, name: &str) -> Result<(), ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => l.start(name).await?,
+            Provider::Aws(a) => a.start(name).await?,
+        })
+    }
+
+    pub async fn terminate(&self, name: &str) -> Result<(), ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => l.terminate(name).await?,
+            Provider::Aws(a) => a.terminate(name).await?,
+        })
+    }
+}
+
+/// What a cluster's state directory records about its provider, so `destroy`, `status`
+/// and the failover drill find the hosts without the deploy's flotilla.toml:
+/// `<state>/provider.json`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProviderRecord {
+    pub provider: String,
+    #[serde(default)]
+    pub aws: Option<crate::cluster::AwsSettings>,
+}
+
+impl ProviderRecord {
+    pub fn path(state_dir: &std::path::Path) -> std::path::PathBuf {
+        state_dir.join("provider.json")
+    }
+
+    /// The record, or the lab's when none was written (clusters made before it existed).
+    pub fn load(state_dir: &std::path::Path) -> Self {
+        std::fs::read(Self::path(state_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(ProviderRecord { provider: "lab".into(), aws: None })
+    }
+
+    pub fn save(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        flotilla_proto::fs::write_private(&Self::path(state_dir), &serde_json::to_vec_pretty(self).unwrap_or_default())
+    }
 }
