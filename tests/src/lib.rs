@@ -1,6 +1,8 @@
 //! Test harness shared by the integration tests: a control plane on `127.0.0.1:0` in a
 //! temporary state directory, its admin client, and agents pointed at it.
 
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -111,6 +111,16 @@ pub struct Aws {
 impl Aws {
     /// Loads credentials and region (standard chain + overrides). Makes no call yet.
     pub async fn connect(cluster: &str, settings: &AwsSettings, state_dir: &Path) -> Result<Self, AwsError> {
+        Self::connect_with(cluster, settings, state_dir, None).await
+    }
+
+    /// [`Aws::connect`] with the given credentials instead of the standard chain's.
+    pub async fn connect_with(
+        cluster: &str,
+        settings: &AwsSettings,
+        state_dir: &Path,
+        credentials: Option<aws_sdk_ec2::config::SharedCredentialsProvider>,
+    ) -> Result<Self, AwsError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
                 RetryConfig::standard()
@@ -133,6 +143,9 @@ impl Aws {
         }
         if !settings.endpoint_url.is_empty() {
             loader = loader.endpoint_url(&settings.endpoint_url);
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(c);
         }
         let conf = loader.load().await;
         let region = conf.region().map(|r| r.to_string()).ok_or(AwsError::NoRegion)?;

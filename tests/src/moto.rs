@@ -1,0 +1,206 @@
+//! moto's EC2 server on loopback, from the venv `bash tests/run` prepares
+//! (`target/moto-venv`), and a fault proxy in front of it: the EC2 API the AWS provider is
+//! tested against. Every client the tests make has static test credentials, an explicit
+//! region and the metadata service disabled, so nothing ever leaves loopback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const REGION: &str = "us-east-1";
+
+/// The environment every AWS client in the tests (the CLI included) runs with.
+pub const AWS_ENV: [(&str, &str); 6] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", REGION),
+    // Never the instance metadata service, never the operator's own profiles.
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/dev/null"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+];
+
+/// `target/moto-venv/bin/moto_server`; fails loudly when `bash tests/run` did not make it.
+pub fn moto_server_path() -> PathBuf {
+    let p = crate::target_dir()
+        .parent()
+        .map(|t| t.join("moto-venv/bin/moto_server"))
+        .expect("target dir");
+    assert!(
+        p.is_file(),
+        "{} missing: `bash tests/run` prepares moto's venv (python3 -m venv target/moto-venv && target/moto-venv/bin/pip install 'moto[server]==5.2.5')",
+        p.display()
+    );
+    p
+}
+
+/// A moto server on a free loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Moto {
+    /// Starts moto; `env` adds settings (e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0` to enforce
+    /// credentials).
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = Command::new(moto_server_path());
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start moto_server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {addr} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, addr }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An EC2 client on `endpoint` with the tests' credentials, to look at what the provider made.
+pub async fn ec2(endpoint: &str) -> aws_sdk_ec2::Client {
+    let creds = aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "flotilla-tests");
+    let conf = aws_sdk_ec2::Config::builder()
+        .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+        .region(aws_sdk_ec2::config::Region::new(REGION))
+        .credentials_provider(creds)
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
+/// A proxy in front of moto that answers the first `throttle` requests with EC2's
+/// `RequestLimitExceeded` (HTTP 503) and the next `unavailable` with a bare 503, then
+/// forwards everything.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    pub faulted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: SocketAddr, throttle: usize, unavailable: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let faulted = Arc::new(AtomicUsize::new(0));
+        let (r, f) = (requests.clone(), faulted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let (r, f) = (r.clone(), f.clone());
+                tokio::spawn(async move {
+                    let _ = serve_conn(conn, upstream, throttle, unavailable, r, f).await;
+                });
+            }
+        });
+        Self { addr, requests, faulted, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_conn(
+    mut conn: tokio::net::TcpStream,
+    upstream: SocketAddr,
+    throttle: usize,
+    unavailable: usize,
+    requests: Arc<AtomicUsize>,
+    faulted: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // One request: headers, then Content-Length bytes of body.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let mut chunk = [0u8; 8192];
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let request: Vec<u8> = buf.drain(..head_end + len).collect();
+        let i = requests.fetch_add(1, Ordering::SeqCst);
+        if i < throttle + unavailable {
+            faulted.fetch_add(1, Ordering::SeqCst);
+            let body = if i < throttle {
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+            } else {
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>Unavailable</Code><Message>The server is overloaded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+            };
+            let resp = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(resp.as_bytes()).await?;
+            continue;
+        }
+        // Forward, one upstream connection per request, and relay the whole answer.
+        let mut head_lines: Vec<&str> = head.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+        head_lines.push("Connection: close");
+        let mut up = tokio::net::TcpStream::connect(upstream).await?;
+        up.write_all(format!("{}\r\n\r\n", head_lines.join("\r\n")).as_bytes()).await?;
+        up.write_all(&request[head_end..]).await?;
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer).await?;
+        // This connection ends with this answer: say so, so the client does not reuse it.
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(answer.len());
+        let ahead = String::from_utf8_lossy(&answer[..split]).to_string();
+        let mut lines: Vec<&str> = ahead.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+        lines.push("Connection: close");
+        conn.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes()).await?;
+        conn.write_all(&answer[split..]).await?;
+        return Ok(());
+    }
+}

@@ -1,0 +1,441 @@
+//! Issue 6 — the AWS provider against moto's EC2 server on loopback (and a fault proxy in
+//! front of it). What the provider made is read back with a separate EC2 client, never
+//! taken from the provider's own word.
+//!
+//! The end-to-end test (`aws_path_end_to_end…`) runs `coordinator deploy --provider aws`
+//! against moto and, for each instance moto reports, boots a lab host from that instance's
+//! user-data as read back through DescribeInstanceAttribute: EC2 API → user-data →
+//! cloud-init → agent → roles → swarm, all real except the EC2 machines themselves.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+use base64::Engine as _;
+use flotilla_coordinator::cluster::AwsSettings;
+use flotilla_coordinator::providers::aws::{Aws, TAG_CLUSTER};
+use flotilla_coordinator::providers::LaunchSpec;
+use flotilla_tests::Cli;
+use flotilla_tests::moto::{self, AWS_ENV, FaultProxy, Moto, REGION};
+use serde_json::Value;
+
+fn settings(endpoint: &str) -> AwsSettings {
+    AwsSettings {
+        region: REGION.into(),
+        endpoint_url: endpoint.into(),
+        admin_cidr: "198.51.100.7/32".into(),
+        ..Default::default()
+    }
+}
+
+async fn provider(cluster: &str, endpoint: &str, state: &std::path::Path) -> Aws {
+    let creds = aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "flotilla-tests");
+    Aws::connect_with(cluster, &settings(endpoint), state, Some(aws_sdk_ec2::config::SharedCredentialsProvider::new(creds)))
+        .await
+        .expect("aws provider")
+}
+
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    rcgen::CertificateParams::new(Vec::<String>::new()).expect("params").self_signed(&key).expect("ca").pem()
+}
+
+fn user_data(cluster: &str, host: &str, ca: &str) -> String {
+    flotilla_cloud_init::render_host(&flotilla_cloud_init::HostInputs {
+        cluster: cluster.into(),
+        host_name: host.into(),
+        coordinator: vec!["10.0.0.5:7443".into()],
+        ca_pem: ca.into(),
+        join_token: Some("3f9a1c0e5b7d2468ace13579bdf02468ace13579bdf0246813579bdf02468ace".into()),
+        agent: flotilla_cloud_init::AgentBinary {
+            url: "https://10.0.0.5:7443/v1/agent/flotilla-agent".into(),
+            sha256: "a".repeat(64),
+            version: "0.1.0".into(),
+        },
+        engine: flotilla_cloud_init::Engine::InstallIfAbsent(flotilla_cloud_init::OsFamily::AmazonLinux2023),
+        insecure_registries: vec![],
+        heartbeat_interval_s: 5,
+    })
+    .expect("render")
+}
+
+/// Instances moto holds for `cluster` that are not terminated.
+async fn live_instances(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+    let r = ec2
+        .describe_instances()
+        .filters(Filter::builder().name(format!("tag:{TAG_CLUSTER}")).values(cluster).build())
+        .send()
+        .await
+        .expect("describe instances");
+    r.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated"))
+        .cloned()
+        .collect()
+}
+
+async fn cluster_groups(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<aws_sdk_ec2::types::SecurityGroup> {
+    ec2.describe_security_groups()
+        .filters(Filter::builder().name(format!("tag:{TAG_CLUSTER}")).values(cluster).build())
+        .send()
+        .await
+        .expect("describe groups")
+        .security_groups()
+        .to_vec()
+}
+
+fn tag(i: &aws_sdk_ec2::types::Instance, k: &str) -> String {
+    i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn issue_6_security_group_instances_and_destroy_as_ec2_reports_them() {
+    let moto = Moto::start(&[]);
+    let ec2 = moto::ec2(&moto.endpoint()).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let a = provider("prod", &moto.endpoint(), state.path()).await;
+
+    let (ctx, change) = a.prepare(None, &["t3.small"]).await.expect("prepare");
+    assert!(change.created, "{change:?}");
+    assert_eq!(ctx.vpc.subnets.iter().map(|s| &s.zone).collect::<BTreeSet<_>>().len(), ctx.vpc.subnets.len(), "one subnet per zone");
+
+    // The group's rules are exactly the least-privilege set.
+    let groups = cluster_groups(&ec2, "prod").await;
+    assert_eq!(groups.len(), 1);
+    let g = &groups[0];
+    assert_eq!(g.group_id(), Some(ctx.group_id.as_str()));
+    let mut seen = BTreeSet::new();
+    for p in g.ip_permissions() {
+        let key = (p.ip_protocol().unwrap_or_default().to_string(), p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
+        for r in p.ip_ranges() {
+            let cidr = r.cidr_ip().unwrap_or_default();
+            assert_ne!(cidr, "0.0.0.0/0", "{key:?} open to the world");
+            assert_eq!((key.0.as_str(), key.1, cidr), ("tcp", 2376, "198.51.100.7/32"), "only the Engine API has a CIDR source");
+        }
+        assert!(p.ipv6_ranges().is_empty(), "{key:?} has an IPv6 source");
+        for pair in p.user_id_group_pairs() {
+            assert_eq!(pair.group_id(), Some(ctx.group_id.as_str()), "{key:?} references another group");
+        }
+        seen.insert(key);
+    }
+    let want: BTreeSet<(String, i32, i32)> = [
+        ("tcp", 2377, 2377), ("tcp", 7946, 7946), ("udp", 7946, 7946), ("udp", 4789, 4789),
+        ("tcp", 8300, 8302), ("udp", 8301, 8302), ("tcp", 8500, 8500), ("tcp", 2376, 2376),
+    ]
+    .into_iter()
+    .map(|(p, f, t)| (p.to_string(), f, t))
+    .collect();
+    assert_eq!(seen, want, "no SSH rule without ssh_cidr, nothing else");
+
+    // A rule someone added by hand is revoked on the next run; a clean re-run changes nothing.
+    ec2.authorize_security_group_ingress()
+        .group_id(&ctx.group_id)
+        .ip_permissions(
+            aws_sdk_ec2::types::IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(22)
+                .to_port(22)
+                .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("add a foreign rule");
+    let (_, again) = a.prepare(None, &["t3.small"]).await.expect("prepare again");
+    assert!(!again.created && again.added.is_empty(), "{again:?}");
+    assert_eq!(again.revoked.len(), 1, "{again:?}");
+    assert!(again.revoked[0].contains("0.0.0.0/0"), "{again:?}");
+    let (_, third) = a.prepare(None, &["t3.small"]).await.expect("prepare a third time");
+    assert!(!third.created && third.added.is_empty() && third.revoked.is_empty(), "{third:?}");
+
+    // Five instances.
+    let ca = ca_pem();
+    let names = ["manager0", "manager1", "manager2", "node0", "node1"];
+    let mut rendered = HashMap::new();
+    for (i, n) in names.iter().enumerate() {
+        let ud = user_data("prod", n, &ca);
+        rendered.insert(n.to_string(), ud.clone());
+        let role = if n.starts_with("manager") { "manager" } else { "node" };
+        let spec = LaunchSpec {
+            name: n.to_string(),
+            role: role.into(),
+            user_data: ud,
+            instance_type: "t3.small".into(),
+            image: None,
+        };
+        a.launch(&spec, if role == "manager" { i } else { i - 3 }, &ctx).await.expect("launch");
+    }
+    let live = live_instances(&ec2, "prod").await;
+    assert_eq!(live.len(), 5);
+    let mut manager_zones = BTreeSet::new();
+    for i in &live {
+        let name = tag(i, "Name");
+        assert!(names.contains(&name.as_str()), "{name}");
+        assert_eq!(tag(i, TAG_CLUSTER), "prod");
+        assert_eq!(tag(i, "flotilla:role"), if name.starts_with("manager") { "manager" } else { "node" });
+        let md = i.metadata_options().expect("metadata options");
+        assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"), "{name}: IMDSv2 not required");
+        assert_eq!(md.http_put_response_hop_limit(), Some(1), "{name}: hop limit");
+        assert_eq!(i.security_groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(), vec![ctx.group_id.as_str()]);
+        // The root volume: encrypted gp3.
+        let root = i.root_device_name().unwrap_or_default();
+        let vol = i
+            .block_device_mappings()
+            .iter()
+            .find(|b| b.device_name() == Some(root))
+            .and_then(|b| b.ebs())
+            .and_then(|e| e.volume_id())
+            .unwrap_or_else(|| panic!("{name}: no root volume at {root}"));
+        let v = ec2.describe_volumes().volume_ids(vol).send().await.expect("describe volume");
+        let v = &v.volumes()[0];
+        assert_eq!(v.encrypted(), Some(true), "{name}: root volume not encrypted");
+        assert_eq!(v.volume_type().map(|t| t.as_str()), Some("gp3"), "{name}");
+        // The user-data EC2 holds is the document rendered for that host, with no key in it.
+        let attr = ec2
+            .describe_instance_attribute()
+            .instance_id(i.instance_id().unwrap_or_default())
+            .attribute(InstanceAttributeName::UserData)
+            .send()
+            .await
+            .expect("user-data");
+        let b64 = attr.user_data().and_then(|u| u.value()).unwrap_or_default();
+        let ud = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8");
+        assert_eq!(&ud, &rendered[&name], "{name}: user-data differs from the rendered document");
+        assert!(!ud.contains("PRIVATE KEY"), "{name}: a private key travels in user-data");
+        if name.starts_with("manager") {
+            manager_zones.insert(i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(manager_zones.len(), 3, "managers spread 1-1-1 over zones: {manager_zones:?}");
+
+    // The provider finds them by tag (what deploy checks before launching anything).
+    let found = a.describe().await.expect("describe");
+    assert_eq!(found.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), names);
+
+    // destroy: nothing with the cluster's tag is left; a second destroy is a no-op.
+    let removed = a.destroy().await.expect("destroy");
+    assert_eq!(removed.len(), 6, "{removed:?}");
+    assert!(live_instances(&ec2, "prod").await.is_empty());
+    assert!(cluster_groups(&ec2, "prod").await.is_empty());
+    assert!(a.destroy().await.expect("destroy again").is_empty());
+}
+
+#[tokio::test]
+async fn issue_6_throttling_and_503_answers_are_retried_until_they_succeed() {
+    let moto = Moto::start(&[]);
+    let proxy = FaultProxy::start(moto.addr, 2, 2).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let a = provider("retry", &proxy.endpoint(), state.path()).await;
+    let vpc = a.vpc().await.expect("the SDK retried through the faults");
+    assert!(!vpc.subnets.is_empty());
+    let faulted = proxy.faulted.load(std::sync::atomic::Ordering::SeqCst);
+    let total = proxy.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(faulted, 4, "2 RequestLimitExceeded + 2 bare 503s answered");
+    assert!(total > faulted, "the calls after the faults reached moto ({total} requests)");
+}
+
+fn cli(cluster: &'static str) -> Cli {
+    Cli::new(cluster)
+}
+
+fn run_aws(c: &Cli, args: &[&str]) -> Output {
+    let out = c.command().envs(AWS_ENV).args(["--cluster", c.cluster]).args(args).output().expect("run coordinator");
+    eprintln!(
+        "$ coordinator --cluster {} {}\n{}{}",
+        c.cluster,
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// moto's own dump of its state (its admin API, not EC2's).
+fn moto_state(addr: std::net::SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect moto");
+    write!(s, "GET /moto-api/data.json HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+#[test]
+fn issue_6_bad_credentials_plan_unknown_ami_and_arm_types_are_clear_and_create_nothing() {
+    // Credentials enforced: moto knows no access key, so "testing" is refused.
+    let strict = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let c = cli("awscreds");
+    let base = ["--provider", "aws", "--endpoint-url", &strict.endpoint(), "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"];
+    let out = run_aws(&c, &[&["deploy"], &base[..]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AWS refused the credentials") && err.contains("Nothing was created"), "{err}");
+    let dump = moto_state(strict.addr);
+    assert!(!dump.contains("flotilla-awscreds") && !dump.contains("flotilla:cluster"), "moto holds something of the cluster: {dump}");
+
+    let moto = Moto::start(&[]);
+    let base = ["--provider", "aws", "--endpoint-url", &moto.endpoint(), "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"];
+    // plan: what would be made, nothing made.
+    let out = run_aws(&c, &[&["plan", "--output", "json"], &base[..]].concat());
+    assert!(out.status.success());
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan json");
+    let create: Vec<&str> = plan["create"].as_array().expect("create").iter().filter_map(Value::as_str).collect();
+    assert!(create.iter().any(|l| l.starts_with("security group flotilla-awscreds")), "{create:?}");
+    assert_eq!(create.iter().filter(|l| l.starts_with("instance ")).count(), 5, "{create:?}");
+    assert!(!create.iter().any(|l| l.contains("0.0.0.0/0")), "{create:?}");
+    let dump = moto_state(moto.addr);
+    assert!(!dump.contains("flotilla-awscreds"), "plan created something");
+    // An unknown AMI and an arm64 instance type: named, refused before anything is made.
+    let out = run_aws(&c, &[&["deploy", "--image", "ami-0123456789abcdef0"], &base[..]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AMI ami-0123456789abcdef0 does not exist"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = dir.path().join("flotilla.toml");
+    std::fs::write(&toml, "[instance_types]\nmanager = \"t4g.small\"\nnode = \"t3.small\"\n").expect("write");
+    let out = run_aws(&c, &[&["deploy", "-f", toml.to_str().unwrap_or_default()], &base[..]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("t4g.small runs on arm64") && err.contains("x86_64"), "{err}");
+    // A missing admin CIDR is a usage error naming the field.
+    let out = run_aws(&c, &["deploy", "--provider", "aws", "--endpoint-url", &moto.endpoint(), "--advertise", "10.0.0.5"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("aws.admin_cidr"));
+    let dump = moto_state(moto.addr);
+    assert!(!dump.contains("flotilla-awscreds"), "a refused deploy created something");
+    let _ = std::fs::remove_dir_all(&c.state_root);
+}
+
+/// Boots a lab host from each instance moto reports for `cluster` (its user-data as
+/// DescribeInstanceAttribute returns it) until `done` says stop.
+async fn boot_instances_as_lab_hosts(
+    ec2: &aws_sdk_ec2::Client,
+    lab: &flotilla_coordinator::providers::lab::Lab,
+    cluster: &str,
+    booted: &mut BTreeSet<String>,
+) {
+    for i in live_instances(ec2, cluster).await {
+        let name = tag(&i, "Name");
+        if booted.contains(&name) {
+            continue;
+        }
+        let id = i.instance_id().unwrap_or_default();
+        let attr = ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(InstanceAttributeName::UserData)
+            .send()
+            .await
+            .expect("user-data");
+        let b64 = attr.user_data().and_then(|u| u.value()).unwrap_or_default();
+        let ud = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8");
+        assert!(!ud.contains("PRIVATE KEY"), "{name}: a private key travels in user-data");
+        lab.launch(&LaunchSpec {
+            name: name.clone(),
+            role: tag(&i, "flotilla:role"),
+            user_data: ud,
+            instance_type: String::new(),
+            image: None,
+        })
+        .await
+        .expect("boot a lab host from the instance's user-data");
+        eprintln!("booted {name} ({id}) as a lab host");
+        booted.insert(name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_the_verified_cluster() {
+    const CLUSTER: &str = "awse2e";
+    let c = cli(CLUSTER);
+    // What a failed earlier run left: its control plane, its state, its lab hosts.
+    let _ = c.command().args(["--cluster", CLUSTER, "stop"]).output();
+    let _ = std::fs::remove_dir_all(&c.state_root);
+    let docker = bollard::Docker::connect_with_defaults().expect("the local Docker Engine (the lab needs it)");
+    let docker = docker.negotiate_version().await.expect("the local Docker Engine answers");
+    let images = flotilla_coordinator::providers::lab::images::ensure(true).await.expect("lab images");
+    let lab_state = tempfile::tempdir().expect("tempdir");
+    let lab = flotilla_coordinator::providers::lab::Lab::new(docker, CLUSTER, lab_state.path(), images);
+    lab.destroy().await.expect("clean lab");
+    let (network, refs) = lab
+        .ensure(&[(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")])
+        .await
+        .expect("lab network and registry");
+    let gateway = network.coordinator_ip.expect("gateway").to_string();
+    let registry = network.registry.clone().expect("registry");
+
+    let moto = Moto::start(&[]);
+    let ec2 = moto::ec2(&moto.endpoint()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = dir.path().join("flotilla.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "provider = \"aws\"\n\
+             [images]\nconsul = \"{}\"\nhello = \"{}\"\ninsecure_registries = [\"{registry}\"]\n\
+             [coordinator]\nlisten = \"{gateway}\"\nadvertise = \"{gateway}\"\n\
+             [aws]\nendpoint_url = \"{}\"\nregion = \"{REGION}\"\nadmin_cidr = \"{gateway}/32\"\n",
+            refs[0],
+            refs[1],
+            moto.endpoint()
+        ),
+    )
+    .expect("write flotilla.toml");
+    let toml_s = toml.to_str().unwrap_or_default().to_string();
+
+    // deploy runs in the background; meanwhile each instance moto reports boots as a lab host.
+    let mut child = c
+        .command()
+        .envs(AWS_ENV)
+        .args(["--cluster", CLUSTER, "deploy", "-f", &toml_s, "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deploy");
+    let mut booted = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        boot_instances_as_lab_hosts(&ec2, &lab, CLUSTER, &mut booted).await;
+        if let Some(s) = child.try_wait().expect("wait deploy") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "deploy did not finish within 600 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    eprintln!("deploy --provider aws:\n{out}\n{err}");
+    assert!(status.success(), "deploy failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("deploy json");
+    assert_eq!(report["provider"], "aws");
+    assert_eq!(report["launched"].as_array().map(Vec::len), Some(5));
+    assert_eq!(report["swarm"]["managers"].as_array().map(Vec::len), Some(3), "{}", report["swarm"]);
+    assert_eq!(report["swarm"]["workers"].as_array().map(Vec::len), Some(2), "{}", report["swarm"]);
+    assert_eq!(report["consul"]["peers"].as_array().map(Vec::len), Some(3), "{}", report["consul"]);
+    assert!(report["smoke_test"]["tasks"].as_u64().is_some_and(|t| t >= 1), "{}", report["smoke_test"]);
+    assert_eq!(booted.len(), 5, "{booted:?}");
+    // Every host's id is its EC2 instance id.
+    for h in report["hosts"].as_array().expect("hosts") {
+        assert!(h["instance_id"].as_str().is_some_and(|i| i.starts_with("i-")), "{h}");
+    }
+
+    // Re-running deploy launches nothing new.
+    let again = run_aws(&c, &["deploy", "-f", &toml_s, "--output", "json"]);
+    assert!(again.status.success());
+    let r2: Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(r2["launched"].as_array().map(Vec::len), Some(0), "{r2}");
+    assert_eq!(r2["changed"], false);
+    assert_eq!(live_instances(&ec2, CLUSTER).await.len(), 5);
+
+    // destroy leaves nothing with the cluster's tag.
+    let out = run_aws(&c, &["destroy", "--yes"]);
+    assert!(out.status.success());
+    assert!(live_instances(&ec2, CLUSTER).await.is_empty());
+    assert!(cluster_groups(&ec2, CLUSTER).await.is_empty());
+    assert!(!c.state_root.join(CLUSTER).exists(), "the cluster's state (and its CA) is gone");
+    lab.destroy().await.expect("remove the lab hosts");
+}
