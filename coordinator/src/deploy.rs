@@ -371,7 +371,23 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let consul_ips: Vec<String> = consul_hosts.iter().filter_map(|h| addresses.get(&h.name).cloned()).collect();
     p.say("verify", "asking Swarm and Consul for their own view");
     let swarm = verify::swarm(&manager_ips, &docker_dir, c.managers as usize, c.nodes as usize).await?;
-    let consul = verify::consul(&consul_ips, consul_hosts.len()).await?;
+    let consul = match provider {
+        Provider::Lab(_) => verify::consul(&consul_ips, consul_hosts.len()).await?,
+        // 8500 is open to the cluster's own group only: ask the servers' agents, which read
+        // their local Consul, until they agree (their health arrives every few seconds).
+        Provider::Aws(_) => {
+            let names: Vec<String> = consul_hosts.iter().map(|h| h.name.clone()).collect();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+                match verify::consul_from_agents(&st, &names, consul_hosts.len()) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
+    };
     p.say(
         "verify",
         format!(

@@ -205,6 +205,43 @@ pub async fn consul(ips: &[String], want: usize) -> Result<ConsulSummary, Verify
     Err(VerifyError::Consul(errors.join("; ")))
 }
 
+/// Consul's own view as the Consul servers' agents report it in their health (each reads its
+/// local Consul over loopback): every server names the same leader and `want` peers. Used
+/// where the coordinator may not reach Consul's HTTP port itself (on AWS the security group
+/// opens 8500 to the cluster's group only).
+pub fn consul_from_agents(st: &flotilla_proto::v1::StatusResponse, servers: &[String], want: usize) -> Result<ConsulSummary, VerifyError> {
+    let mut summary: Option<ConsulSummary> = None;
+    for name in servers {
+        let view = st
+            .hosts
+            .iter()
+            .find(|h| &h.name == name)
+            .and_then(|h| h.health.as_ref())
+            .and_then(|h| h.consul.as_ref())
+            .ok_or_else(|| VerifyError::Consul(format!("{name} has not reported Consul's view yet")))?;
+        if view.leader.is_empty() || view.peers.len() != want {
+            return Err(VerifyError::Consul(format!(
+                "want {want} servers with a leader; {name} reports leader '{}' and {} peers",
+                view.leader,
+                view.peers.len()
+            )));
+        }
+        match &summary {
+            Some(s) if s.leader != view.leader => {
+                return Err(VerifyError::Consul(format!("servers disagree on the leader: '{}' and '{}' ({name})", s.leader, view.leader)));
+            }
+            Some(_) => {}
+            None => {
+                summary = Some(ConsulSummary {
+                    leader: view.leader.clone(),
+                    peers: view.peers.clone(),
+                });
+            }
+        }
+    }
+    summary.ok_or_else(|| VerifyError::Consul("no Consul server in the plan".into()))
+}
+
 /// A replicated service of `replicas` tasks placed on the swarm's workers, labelled `label`;
 /// `one_shot` tasks are not restarted when they exit. The smoke test's and the failover
 /// drill's workloads.

@@ -97,13 +97,33 @@ async fn issue_6_security_group_instances_and_destroy_as_ec2_reports_them() {
     let ec2 = moto::ec2(&moto.endpoint()).await;
     let state = tempfile::tempdir().expect("tempdir");
     let a = provider("prod", &moto.endpoint(), state.path()).await;
+    provider_checks(&a, &ec2, "prod").await;
+}
 
+/// The same checks against a real AWS account (README, "Tests against real AWS"): the
+/// standard credential chain and region; 5 t3.small instances for about a minute.
+#[tokio::test]
+#[ignore = "needs AWS"]
+async fn issue_6_real_aws_security_group_instances_and_destroy() {
+    let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let state = tempfile::tempdir().expect("tempdir");
+    let cluster = format!("flotilla-it-{}", std::process::id());
+    let s = AwsSettings {
+        admin_cidr: "198.51.100.7/32".into(),
+        ..Default::default()
+    };
+    let a = Aws::connect(&cluster, &s, state.path()).await.expect("aws provider (credentials and region from the standard chain)");
+    provider_checks(&a, &ec2, &cluster).await;
+}
+
+async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
     let (ctx, change) = a.prepare(None, &["t3.small"]).await.expect("prepare");
     assert!(change.created, "{change:?}");
     assert_eq!(ctx.vpc.subnets.iter().map(|s| &s.zone).collect::<BTreeSet<_>>().len(), ctx.vpc.subnets.len(), "one subnet per zone");
 
     // The group's rules are exactly the least-privilege set.
-    let groups = cluster_groups(&ec2, "prod").await;
+    let groups = cluster_groups(ec2, cluster).await;
     assert_eq!(groups.len(), 1);
     let g = &groups[0];
     assert_eq!(g.group_id(), Some(ctx.group_id.as_str()));
@@ -156,7 +176,7 @@ async fn issue_6_security_group_instances_and_destroy_as_ec2_reports_them() {
     let names = ["manager0", "manager1", "manager2", "node0", "node1"];
     let mut rendered = HashMap::new();
     for (i, n) in names.iter().enumerate() {
-        let ud = user_data("prod", n, &ca);
+        let ud = user_data(cluster, n, &ca);
         rendered.insert(n.to_string(), ud.clone());
         let role = if n.starts_with("manager") { "manager" } else { "node" };
         let spec = LaunchSpec {
@@ -168,13 +188,13 @@ async fn issue_6_security_group_instances_and_destroy_as_ec2_reports_them() {
         };
         a.launch(&spec, if role == "manager" { i } else { i - 3 }, &ctx).await.expect("launch");
     }
-    let live = live_instances(&ec2, "prod").await;
+    let live = live_instances(ec2, cluster).await;
     assert_eq!(live.len(), 5);
     let mut manager_zones = BTreeSet::new();
     for i in &live {
         let name = tag(i, "Name");
         assert!(names.contains(&name.as_str()), "{name}");
-        assert_eq!(tag(i, TAG_CLUSTER), "prod");
+        assert_eq!(tag(i, TAG_CLUSTER), cluster);
         assert_eq!(tag(i, "flotilla:role"), if name.starts_with("manager") { "manager" } else { "node" });
         let md = i.metadata_options().expect("metadata options");
         assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"), "{name}: IMDSv2 not required");
@@ -218,8 +238,8 @@ async fn issue_6_security_group_instances_and_destroy_as_ec2_reports_them() {
     // destroy: nothing with the cluster's tag is left; a second destroy is a no-op.
     let removed = a.destroy().await.expect("destroy");
     assert_eq!(removed.len(), 6, "{removed:?}");
-    assert!(live_instances(&ec2, "prod").await.is_empty());
-    assert!(cluster_groups(&ec2, "prod").await.is_empty());
+    assert!(live_instances(ec2, cluster).await.is_empty());
+    assert!(cluster_groups(ec2, cluster).await.is_empty());
     assert!(a.destroy().await.expect("destroy again").is_empty());
 }
 
