@@ -105,8 +105,28 @@ pub struct FaultProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the proxy breaks.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The first this many requests: `RequestLimitExceeded` (503).
+    pub throttle: usize,
+    /// The next this many: a bare `Unavailable` 503.
+    pub unavailable: usize,
+    /// Every RunInstances into this subnet: `InsufficientInstanceCapacity` (500), as EC2
+    /// answers when a zone has no capacity for the type.
+    pub no_capacity_in_subnet: Option<String>,
+    /// Every call of this EC2 action (e.g. `CreateSecurityGroup`): `UnauthorizedOperation`
+    /// (403), as EC2 answers an identity whose policy lacks it. (moto's own IAM enforcement
+    /// cannot be used: it refuses the Rust SDK's SigV4 signatures outright.)
+    pub deny_action: Option<String>,
+}
+
 impl FaultProxy {
     pub async fn start(upstream: SocketAddr, throttle: usize, unavailable: usize) -> Self {
+        Self::with(upstream, Faults { throttle, unavailable, ..Default::default() }).await
+    }
+
+    pub async fn with(upstream: SocketAddr, faults: Faults) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
@@ -115,9 +135,9 @@ impl FaultProxy {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else { return };
-                let (r, f) = (r.clone(), f.clone());
+                let (r, f, faults) = (r.clone(), f.clone(), faults.clone());
                 tokio::spawn(async move {
-                    let _ = serve_conn(conn, upstream, throttle, unavailable, r, f).await;
+                    let _ = serve_conn(conn, upstream, faults, r, f).await;
                 });
             }
         });
@@ -138,11 +158,11 @@ impl Drop for FaultProxy {
 async fn serve_conn(
     mut conn: tokio::net::TcpStream,
     upstream: SocketAddr,
-    throttle: usize,
-    unavailable: usize,
+    faults: Faults,
     requests: Arc<AtomicUsize>,
     faulted: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
+    let (throttle, unavailable) = (faults.throttle, faults.unavailable);
     let mut buf = Vec::new();
     loop {
         // One request: headers, then Content-Length bytes of body.
@@ -172,6 +192,25 @@ async fn serve_conn(
         }
         let request: Vec<u8> = buf.drain(..head_end + len).collect();
         let i = requests.fetch_add(1, Ordering::SeqCst);
+        let body_text = String::from_utf8_lossy(&request[head_end..]).to_string();
+        if let Some(subnet) = &faults.no_capacity_in_subnet {
+            if body_text.contains("Action=RunInstances") && body_text.contains(&format!("SubnetId={subnet}")) {
+                faulted.fetch_add(1, Ordering::SeqCst);
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>InsufficientInstanceCapacity</Code><Message>We currently do not have sufficient t3.small capacity in the Availability Zone you requested.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>";
+                let resp = format!("HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                conn.write_all(resp.as_bytes()).await?;
+                continue;
+            }
+        }
+        if let Some(action) = &faults.deny_action {
+            if body_text.contains(&format!("Action={action}&")) {
+                faulted.fetch_add(1, Ordering::SeqCst);
+                let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation. User: arn:aws:iam::123456789012:user/reader is not authorized to perform: ec2:{action} on resource: arn:aws:ec2:us-east-1:123456789012:security-group/*. Encoded authorization failure message: c2VjcmV0</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>");
+                let resp = format!("HTTP/1.1 403 Forbidden\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                conn.write_all(resp.as_bytes()).await?;
+                continue;
+            }
+        }
         if i < throttle + unavailable {
             faulted.fetch_add(1, Ordering::SeqCst);
             let body = if i < throttle {

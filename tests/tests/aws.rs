@@ -257,6 +257,35 @@ async fn issue_6_throttling_and_503_answers_are_retried_until_they_succeed() {
     assert!(total > faulted, "the calls after the faults reached moto ({total} requests)");
 }
 
+#[tokio::test]
+async fn issue_6_a_zone_without_capacity_moves_the_launch_to_the_next_subnet() {
+    let moto = Moto::start(&[]);
+    let ec2 = moto::ec2(&moto.endpoint()).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let direct = provider("capacity", &moto.endpoint(), state.path()).await;
+    let vpc = direct.vpc().await.expect("vpc");
+    let full = vpc.subnets[0].clone();
+    let proxy = moto::FaultProxy::with(moto.addr, moto::Faults { no_capacity_in_subnet: Some(full.id.clone()), ..Default::default() }).await;
+    let a = provider("capacity", &proxy.endpoint(), state.path()).await;
+    let (ctx, _) = a.prepare(None, &["t3.small"]).await.expect("prepare");
+    let spec = LaunchSpec {
+        name: "manager0".into(),
+        role: "manager".into(),
+        user_data: user_data("capacity", "manager0", &ca_pem()),
+        instance_type: "t3.small".into(),
+        image: None,
+    };
+    // Index 0 places it in the first subnet, which has no capacity: the next one gets it.
+    let h = a.launch(&spec, 0, &ctx).await.expect("launched in another zone");
+    assert!(proxy.faulted.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the full zone was tried first");
+    let live = live_instances(&ec2, "capacity").await;
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].instance_id(), Some(h.instance_id.as_str()));
+    let zone = live[0].placement().and_then(|p| p.availability_zone()).unwrap_or_default();
+    assert_ne!(zone, full.zone, "launched in the zone without capacity");
+    assert_eq!(live[0].subnet_id(), Some(vpc.subnets[1].id.as_str()));
+}
+
 fn cli(cluster: &'static str) -> Cli {
     Cli::new(cluster)
 }
@@ -284,7 +313,7 @@ fn moto_state(addr: std::net::SocketAddr) -> String {
 
 #[test]
 fn issue_6_bad_credentials_plan_unknown_ami_and_arm_types_are_clear_and_create_nothing() {
-    // Credentials enforced: moto knows no access key, so "testing" is refused.
+    // Credentials enforced: moto refuses every request it cannot authenticate.
     let strict = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
     let c = cli("awscreds");
     let base = ["--provider", "aws", "--endpoint-url", &strict.endpoint(), "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"];
@@ -319,6 +348,19 @@ fn issue_6_bad_credentials_plan_unknown_ami_and_arm_types_are_clear_and_create_n
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("t4g.small runs on arm64") && err.contains("x86_64"), "{err}");
+    // A missing IAM permission is named, with the way to get the policy; nothing is made.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let proxy = rt.block_on(moto::FaultProxy::with(moto.addr, moto::Faults { deny_action: Some("CreateSecurityGroup".into()), ..Default::default() }));
+    let out = run_aws(&c, &["deploy", "--provider", "aws", "--endpoint-url", &proxy.endpoint(), "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may not call ec2:CreateSecurityGroup") && err.contains("coordinator iam-policy") && !err.contains("c2VjcmV0"), "{err}");
+    drop(proxy);
+    // An endpoint that does not answer: named, after the SDK's bounded retries.
+    let out = run_aws(&c, &["plan", "--provider", "aws", "--endpoint-url", "http://127.0.0.1:9", "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the EC2 API at http://127.0.0.1:9"), "{err}");
     // A missing admin CIDR is a usage error naming the field.
     let out = run_aws(&c, &["deploy", "--provider", "aws", "--endpoint-url", &moto.endpoint(), "--advertise", "10.0.0.5"]);
     assert_eq!(out.status.code(), Some(64));
