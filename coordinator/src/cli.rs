@@ -125,6 +125,10 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// The provider, when the cluster's state directory (which records it) is gone:
+        /// `--provider aws` terminates whatever carries the cluster's tag.
+        #[arg(long, value_enum)]
+        provider: Option<ProviderArg>,
         /// Override the recorded AWS endpoint (e.g. a moved EC2-compatible endpoint).
         #[arg(long)]
         endpoint_url: Option<String>,
@@ -485,7 +489,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("host={}\nconsul={}\nhello={}\nregistry={}", i.host, i.consul, i.hello, i.registry);
             Ok(())
         }
-        Command::Destroy { yes, endpoint_url, region } => destroy(&g, yes, endpoint_url, region).await,
+        Command::Destroy { yes, provider, endpoint_url, region } => destroy(&g, yes, provider, endpoint_url, region).await,
         Command::Logs(args) => logs(&g, args).await,
         Command::FailoverTest(args) => failover_test(&g, args).await,
     }
@@ -752,11 +756,30 @@ async fn env(g: &Global, output: Output) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn destroy(g: &Global, yes: bool, endpoint_url: Option<String>, region: Option<String>) -> Result<(), CliError> {
+async fn destroy(
+    g: &Global,
+    yes: bool,
+    provider: Option<ProviderArg>,
+    endpoint_url: Option<String>,
+    region: Option<String>,
+) -> Result<(), CliError> {
     use std::io::IsTerminal;
     let cluster = g.cluster();
     let state_dir = g.state_dir();
-    let record = crate::providers::ProviderRecord::load(&state_dir);
+    let mut record = crate::providers::ProviderRecord::load(&state_dir);
+    match provider {
+        Some(ProviderArg::Aws) if record.provider != "aws" => {
+            record = crate::providers::ProviderRecord { provider: "aws".into(), aws: None };
+        }
+        Some(ProviderArg::Lab) if record.provider != "lab" => {
+            return Err(CliError::Usage(format!(
+                "cluster '{cluster}' was deployed with the {} provider (recorded in {}); not destroying it as a lab cluster",
+                record.provider,
+                crate::providers::ProviderRecord::path(&state_dir).display()
+            )));
+        }
+        _ => {}
+    }
     let what = if record.provider == "aws" {
         "every EC2 instance tagged with it, its security group, its hosts' certificates and its CA"
     } else {

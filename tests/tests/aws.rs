@@ -499,5 +499,9 @@ async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_th
     assert!(live_instances(&ec2, CLUSTER).await.is_empty());
     assert!(cluster_groups(&ec2, CLUSTER).await.is_empty());
     assert!(!c.state_root.join(CLUSTER).exists(), "the cluster's state (and its CA) is gone");
+    // Again, without the state that recorded the provider: by tag, nothing left to remove.
+    let out = run_aws(&c, &["destroy", "--yes", "--provider", "aws", "--endpoint-url", &moto.endpoint()]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("removed "), "a second destroy removed something");
     lab.destroy().await.expect("remove the lab hosts");
 }
