@@ -337,7 +337,8 @@ impl ClusterConfig {
             if !self.aws.ssh_cidr.is_empty() {
                 crate::providers::aws::security_group::validate_cidr("aws.ssh_cidr", &self.aws.ssh_cidr).map_err(|m| bad("aws.ssh_cidr", m))?;
             }
-            if !self.aws.endpoint_url.is_empty() && !(self.aws.endpoint_url.starts_with("http://") || self.aws.endpoint_url.starts_with("https://")) {
+            let e = &self.aws.endpoint_url;
+            if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
                 return Err(bad("aws.endpoint_url", format!("'{}' is not an http(s) URL", self.aws.endpoint_url)));
             }
             if !(8..=16384).contains(&self.aws.root_volume_gib) {

@@ -193,35 +193,34 @@ async fn serve_conn(
         let request: Vec<u8> = buf.drain(..head_end + len).collect();
         let i = requests.fetch_add(1, Ordering::SeqCst);
         let body_text = String::from_utf8_lossy(&request[head_end..]).to_string();
-        if let Some(subnet) = &faults.no_capacity_in_subnet {
-            if body_text.contains("Action=RunInstances") && body_text.contains(&format!("SubnetId={subnet}")) {
-                faulted.fetch_add(1, Ordering::SeqCst);
-                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>InsufficientInstanceCapacity</Code><Message>We currently do not have sufficient t3.small capacity in the Availability Zone you requested.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>";
-                let resp = format!("HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                conn.write_all(resp.as_bytes()).await?;
-                continue;
-            }
-        }
-        if let Some(action) = &faults.deny_action {
-            if body_text.contains(&format!("Action={action}&")) {
-                faulted.fetch_add(1, Ordering::SeqCst);
-                let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation. User: arn:aws:iam::123456789012:user/reader is not authorized to perform: ec2:{action} on resource: arn:aws:ec2:us-east-1:123456789012:security-group/*. Encoded authorization failure message: c2VjcmV0</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>");
-                let resp = format!("HTTP/1.1 403 Forbidden\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                conn.write_all(resp.as_bytes()).await?;
-                continue;
-            }
-        }
-        if i < throttle + unavailable {
+        let fault = if let Some(subnet) = &faults.no_capacity_in_subnet
+            && body_text.contains("Action=RunInstances")
+            && body_text.contains(&format!("SubnetId={subnet}"))
+        {
+            Some(("500 Internal Server Error", "InsufficientInstanceCapacity", "We currently do not have sufficient t3.small capacity in the Availability Zone you requested.".to_string()))
+        } else if let Some(action) = &faults.deny_action
+            && body_text.contains(&format!("Action={action}&"))
+        {
+            Some((
+                "403 Forbidden",
+                "UnauthorizedOperation",
+                format!(
+                    "You are not authorized to perform this operation. User: arn:aws:iam::123456789012:user/reader is not authorized to perform: ec2:{action} on resource: arn:aws:ec2:us-east-1:123456789012:security-group/*. Encoded authorization failure message: c2VjcmV0"
+                ),
+            ))
+        } else if i < throttle {
+            Some(("503 Service Unavailable", "RequestLimitExceeded", "Request limit exceeded.".to_string()))
+        } else if i < throttle + unavailable {
+            Some(("503 Service Unavailable", "Unavailable", "The server is overloaded.".to_string()))
+        } else {
+            None
+        };
+        if let Some((status, code, message)) = fault {
             faulted.fetch_add(1, Ordering::SeqCst);
-            let body = if i < throttle {
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
-            } else {
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>Unavailable</Code><Message>The server is overloaded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
-            };
-            let resp = format!(
-                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
             );
+            let resp = format!("HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len());
             conn.write_all(resp.as_bytes()).await?;
             continue;
         }

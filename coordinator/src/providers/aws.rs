@@ -353,13 +353,13 @@ impl Aws {
                 message: "DescribeImages found nothing".into(),
             });
         };
-        if let Some(a) = img.architecture() {
-            if *a != aws_sdk_ec2::types::ArchitectureValues::X8664 {
-                return Err(AwsError::Setup {
-                    what: format!("AMI {id}"),
-                    detail: format!("is {a}, Flotilla's hosts are x86_64"),
-                });
-            }
+        if let Some(a) = img.architecture()
+            && *a != aws_sdk_ec2::types::ArchitectureValues::X8664
+        {
+            return Err(AwsError::Setup {
+                what: format!("AMI {id}"),
+                detail: format!("is {a}, Flotilla's hosts are x86_64"),
+            });
         }
         Ok(Ami {
             id,
