@@ -73,7 +73,7 @@ pub struct Progress {
 }
 
 /// Names of progress lines that are steps of the deploy, not hosts.
-const STEPS: [&str; 9] = ["plan", "lab", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale"];
+const STEPS: [&str; 10] = ["plan", "lab", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale", "bake"];
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
@@ -188,6 +188,10 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     p.say("lab", "lab images (built once per recipe; a no-op when present)");
     let images = lab::images::ensure(opts.quiet).await.map_err(lab::LabError::from)?;
     let lab = Lab::new(docker.clone(), &c.name, &state_dir, images);
+    if !c.images.host.is_empty() {
+        lab.require_image(&c.images.host, "images.host in flotilla.toml, or --image").await?;
+        p.say("lab", format!("hosts boot from {}", c.images.host));
+    }
     let (network, refs) = lab
         .ensure(&[
             (&lab.images.consul, "flotilla/consul:1.8.7"),
