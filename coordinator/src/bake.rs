@@ -71,6 +71,8 @@ pub enum BakeError {
         after: Duration,
         output: String,
     },
+    #[error("cleaning the builder {builder} for capture failed (exit {code}): {output}")]
+    CleanFailed { builder: String, code: i64, output: String },
     #[error("refusing to capture {builder}: after cleaning it still holds {}; nothing was captured", found.join(", "))]
     Unclean { builder: String, found: Vec<String> },
     #[error("interrupted; nothing was captured")]
@@ -393,7 +395,9 @@ async fn build<B: Backend>(
 pub fn secret_path(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
     let by_name = [".pem", ".key", ".crt", ".csr", ".p12", ".pfx", ".jks"].iter().any(|s| name.ends_with(s))
-        || name.contains("token")
+        // `token`, `join-token`, `x.token`: not `tokenize.py` and its bytecode.
+        || name.ends_with("token")
+        || name.ends_with("token.txt")
         || name.starts_with("id_rsa")
         || name.starts_with("id_ecdsa")
         || name.starts_with("id_ed25519")
@@ -430,6 +434,7 @@ mod tests {
             "/root/.ssh/id_ed25519",
             "/etc/ssh/ssh_host_ecdsa_key",
             "/srv/server.KEY",
+            "/etc/flotilla-join-token",
         ] {
             assert!(secret_path(p), "{p} should be refused");
         }
@@ -444,6 +449,7 @@ mod tests {
             "/etc/machine-id",
             "/home/admin/.bashrc",
             "/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db",
+            "/usr/lib/python3.11/__pycache__/tokenize.cpython-311.pyc",
         ] {
             assert!(!secret_path(p), "{p} should pass");
         }

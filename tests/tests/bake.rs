@@ -209,8 +209,8 @@ fn scan_bake_layer(image: &str, agent_sha: &str) {
     let secret_name = |n: &str| {
         let base = n.rsplit('/').next().unwrap_or(n).to_ascii_lowercase();
         [".pem", ".key", ".crt", ".csr", ".p12"].iter().any(|s| base.ends_with(s))
-            || base.contains("token")
-            || base.starts_with("id_")
+            || base.ends_with("token")
+            || ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].iter().any(|k| base.starts_with(k))
             || base == "key.json"
             || base.starts_with("ssh_host_")
             || n.starts_with("/etc/flotilla")

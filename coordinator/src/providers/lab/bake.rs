@@ -5,7 +5,9 @@
 //! `flotilla.bake.*`.
 //!
 //! The builder container carries no labels of its own: `docker commit` would copy them into
-//! the image. It is found by its name; its volume and network carry the lab's labels.
+//! the image. It is found by its name; its volume and network carry the lab's labels. One bake
+//! per scope at a time: a bake starts by removing the builder a previous, interrupted one of
+//! the same scope left.
 //!
 //! What is not in the image, and why: the Engine's data (`/var/lib/docker` is a volume),
 //! `/run` and `/tmp` (tmpfs), `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf` (the Engine's
@@ -368,9 +370,10 @@ impl Backend for LabBaker {
         let builder = self.builder();
         let (code, out) = self.exec(CLEAN_SCRIPT, &[]).await?;
         if code != 0 {
-            return Err(BakeError::Unclean {
+            return Err(BakeError::CleanFailed {
                 builder,
-                found: vec![format!("the cleaning script failed (exit {code}): {}", out.trim())],
+                code,
+                output: out.trim().to_string(),
             });
         }
         self.lab.stop(BUILDER).await?;
