@@ -104,12 +104,18 @@ wait_for_engine() {
   log "engine: ready (server version $ENGINE_VERSION)"
 }
 
-# (3) The agent binary: kept if its sha256 matches, else downloaded trusting only the cluster
-# CA (the empty --capath keeps curl off the system CA directory) and checked before install.
+# (3) The agent binary: kept if its sha256 matches (a baked image), else downloaded trusting
+# only the cluster CA (the empty --capath keeps curl off the system CA directory) and checked
+# before install.
 install_agent() {
-  if [ -f "$AGENT_BIN" ] && [ "$(sha256_of "$AGENT_BIN")" = "$FLOTILLA_AGENT_SHA256" ]; then
-    log "agent: version $FLOTILLA_AGENT_VERSION already installed, download skipped"
-    return 0
+  local have
+  if [ -f "$AGENT_BIN" ]; then
+    have=$(sha256_of "$AGENT_BIN")
+    if [ "$have" = "$FLOTILLA_AGENT_SHA256" ]; then
+      log "agent: version $FLOTILLA_AGENT_VERSION already installed, download skipped"
+      return 0
+    fi
+    log "agent: $AGENT_BIN is not version $FLOTILLA_AGENT_VERSION (sha256 $have), replacing it"
   fi
   log "agent: downloading version $FLOTILLA_AGENT_VERSION from $FLOTILLA_AGENT_URL"
   mkdir -p -- "${AGENT_BIN%/*}"

@@ -490,6 +490,44 @@ fn downloads_verifies_installs_and_starts_the_agent_then_skips_on_rerun() {
         .assert_line("flotilla-bootstrap: done");
 }
 
+/// Issue 8: a baked image whose agent is another build than the cluster's falls back to the
+/// download, and the host's cloud-init log says why.
+#[test]
+fn replaces_a_preinstalled_agent_of_another_version_saying_so() {
+    let Some(server) = Server::start(AGENT_BYTES) else {
+        return;
+    };
+    let Some(host) = Host::new(&server.ca_pem) else {
+        return;
+    };
+    host.with_engine();
+    let old = b"an older agent build";
+    std::fs::write(host.path("usr-local-bin/flotilla-agent"), old).expect("preinstall");
+    let inputs = host_inputs(
+        &server.ca_pem,
+        server.url(),
+        sha256_hex(AGENT_BYTES),
+        Engine::Preinstalled,
+    );
+    host.run(&render_host(&inputs).expect("render"))
+        .assert_code(0)
+        .assert_line(&format!(
+            "flotilla-bootstrap: agent: {}/usr-local-bin/flotilla-agent is not version 0.1.0 (sha256 {}), replacing it",
+            host.root(),
+            sha256_hex(old)
+        ))
+        .assert_line(&format!(
+            "flotilla-bootstrap: agent: downloading version 0.1.0 from {}",
+            server.url()
+        ))
+        .assert_line("flotilla-bootstrap: done");
+    assert_eq!(
+        std::fs::read(host.path("usr-local-bin/flotilla-agent")).expect("agent"),
+        AGENT_BYTES
+    );
+    assert_eq!(host.leftovers(), Vec::<String>::new());
+}
+
 #[test]
 fn refuses_an_agent_whose_sha256_differs() {
     let Some(server) = Server::start(AGENT_BYTES) else {

@@ -142,6 +142,43 @@ pub enum Command {
     /// Take the swarm's leader down, watch a replica take over (live, in the managers'
     /// Engine logs), measure it, restore the old leader and judge the recovery.
     FailoverTest(FailoverArgs),
+    /// Bake a host image with Docker Engine and the agent installed (lab: a local image; aws:
+    /// an AMI), for `deploy --image`: hosts booted from it skip both installations.
+    Bake(BakeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BakeArgs {
+    /// Where the image is made.
+    #[arg(long, value_enum, default_value = "lab")]
+    pub provider: ProviderArg,
+    /// The image to start from (lab: an image on this machine's Engine, default the lab host
+    /// image; aws: an AMI id).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// The baked image's name (lab: a repository; its tag is derived from the agent, the Engine
+    /// and the base, so a bake of the same ones reuses the image).
+    #[arg(long, default_value = crate::bake::DEFAULT_NAME)]
+    pub name: String,
+    /// How long the builder gets to install everything.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The agent binary to bake in (default: the one `serve` serves — `flotilla-agent` next
+    /// to this executable, else this executable).
+    #[arg(long)]
+    pub agent_binary: Option<PathBuf>,
+    /// Testing: the URL the builder downloads the agent from instead of the bake's own
+    /// endpoint (an unreachable one makes the bake fail).
+    #[arg(long, hide = true)]
+    pub agent_url: Option<String>,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderArg {
+    Lab,
+    Aws,
 }
 
 #[derive(Args, Debug)]
@@ -256,11 +293,7 @@ pub struct DeployArgs {
     pub output: Output,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProviderArg {
-    Lab,
-    Aws,
-}
+
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -325,6 +358,8 @@ pub enum CliError {
     Deploy(#[from] crate::deploy::DeployError),
     #[error(transparent)]
     Failover(#[from] crate::failover::FailoverError),
+    #[error(transparent)]
+    Bake(#[from] crate::bake::BakeError),
     #[error("{0}")]
     Other(String),
 }
@@ -338,6 +373,8 @@ impl CliError {
             CliError::Serve(crate::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
             CliError::Deploy(crate::deploy::DeployError::Config(_)) => EXIT_USAGE,
             CliError::Failover(crate::failover::FailoverError::Refused(_)) => EXIT_USAGE,
+            CliError::Deploy(crate::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage { .. })) => EXIT_USAGE,
+            CliError::Bake(crate::bake::BakeError::Usage(_) | crate::bake::BakeError::ProviderUnavailable(_)) => EXIT_USAGE,
             _ => 1,
         }
     }
@@ -492,7 +529,52 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Destroy { yes, provider, endpoint_url, region } => destroy(&g, yes, provider, endpoint_url, region).await,
         Command::Logs(args) => logs(&g, args).await,
         Command::FailoverTest(args) => failover_test(&g, args).await,
+        Command::Bake(args) => bake(&g, args).await,
     }
+}
+
+async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
+    let agent_binary = match args.agent_binary {
+        Some(p) => p,
+        None => crate::agent_binary::AgentBinary::default_path().map_err(|e| CliError::Other(e.to_string()))?,
+    };
+    let report = crate::bake::bake(crate::bake::BakeOptions {
+        provider: match args.provider {
+            ProviderArg::Lab => crate::cluster::ProviderKind::Lab,
+            ProviderArg::Aws => crate::cluster::ProviderKind::Aws,
+        },
+        base: args.base,
+        name: args.name,
+        scope: g.cluster(),
+        timeout: args.timeout,
+        agent_binary,
+        agent_url: args.agent_url,
+        // Progress goes to stderr either way; with --output json stdout holds only the JSON.
+        quiet: false,
+    })
+    .await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Output::Table => {
+            println!(
+                "\n{} {} in {:.1} s\n  agent {} (sha256 {}), Docker Engine {}\n  from {} ({})\n  image id {}",
+                if report.reused { "reused" } else { "baked" },
+                report.image,
+                report.duration_s,
+                report.agent_version,
+                report.agent_sha256,
+                report.engine_version,
+                report.base,
+                report.base_id,
+                report.image_id,
+            );
+            println!(
+                "\nboot hosts from it:\n  coordinator deploy --image {}\n  (or `host = \"{}\"` under [images] in flotilla.toml)",
+                report.image, report.image
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {

@@ -86,7 +86,7 @@ pub struct Progress {
 }
 
 /// Names of progress lines that are steps of the deploy, not hosts.
-const STEPS: [&str; 10] = ["plan", "lab", "aws", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale"];
+const STEPS: [&str; 11] = ["plan", "lab", "aws", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale", "bake"];
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
@@ -564,6 +564,10 @@ pub async fn prepare_provider(c: &ClusterConfig, state_dir: &Path, quiet: bool, 
             p.say("lab", "lab images (built once per recipe; a no-op when present)");
             let images = lab::images::ensure(quiet).await.map_err(lab::LabError::from)?;
             let lab = Lab::new(docker, &c.name, state_dir, images);
+            if !c.images.host.is_empty() {
+                lab.require_image(&c.images.host, "images.host in flotilla.toml, or --image").await?;
+                p.say("lab", format!("hosts boot from {}", c.images.host));
+            }
             let (network, refs) = lab
                 .ensure(&[
                     (&lab.images.consul, "flotilla/consul:1.8.7"),

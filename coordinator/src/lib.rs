@@ -20,12 +20,14 @@
 //! - [`cluster`]: `flotilla.toml`; [`plan`]: config → hosts → roles.
 //! - [`deploy`]: the deploy flow; [`verify`]: Swarm's and Consul's views, the smoke test.
 //! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
+//! - [`bake`]: `bake`, a host image with the Engine and the agent installed (lab; AWS next).
 //!
 //! CLI: [`cli`] parses arguments and runs one command against the control plane.
 
 pub mod admin;
 pub mod agent_api;
 pub mod agent_binary;
+pub mod bake;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

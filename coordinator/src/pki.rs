@@ -284,6 +284,30 @@ fn check_csr(csr_pem: &str, expected_cn: &str) -> Result<Vec<u8>, PkiError> {
     Ok(pem.contents)
 }
 
+/// A CA that exists only in memory, and a server identity it signed for `address`: the
+/// bake's HTTPS endpoint (see `bake`). Nothing is written anywhere; when the value is
+/// dropped the CA's key is gone, so nothing it signed can be vouched for again. Returns the
+/// CA certificate (PEM, for the builder's user-data) and the server identity.
+pub fn throwaway_server(address: IpAddr, validity: Duration) -> Result<(String, Identity), PkiError> {
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = ca_params("");
+    ca.distinguished_name = dn("Flotilla bake CA (throwaway, in memory only)", "flotilla-bake");
+    set_validity(&mut ca, validity);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn("bake", "flotilla-bake");
+    params.subject_alt_names = vec![SanType::IpAddress(address)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params, validity);
+    params.serial_number = Some(random_serial());
+    let cert = params.signed_by(&key, &issuer)?;
+    let identity = Identity::from_pem("bake server certificate", &cert.pem(), &key.serialize_pem())?;
+    Ok((ca_cert.pem(), identity))
+}
+
 /// Makes a key pair and a CSR for `cn` (used by the CLI for operator certificates; the
 /// agent has its own copy of this two-liner so it does not depend on the coordinator).
 pub fn new_key_and_csr(cn: &str) -> Result<(KeyPair, String), PkiError> {
@@ -420,6 +444,33 @@ mod tests {
         assert_ne!(a, c);
         let (sans, _, _) = server_cert_facts(&c).expect("facts");
         assert_eq!(sans, vec!["10.1.2.3".to_string()]);
+    }
+
+    /// Issue 8: the bake's endpoint certificate names exactly its address and chains to a
+    /// fresh CA each time; the CA certificate carries no key.
+    #[test]
+    fn throwaway_server_certificates_chain_to_a_fresh_in_memory_ca() {
+        let ip = IpAddr::from([10, 213, 7, 1]);
+        let (ca_a, id_a) = throwaway_server(ip, Duration::from_secs(3600)).expect("throwaway");
+        let (ca_b, _) = throwaway_server(ip, Duration::from_secs(3600)).expect("throwaway");
+        assert_ne!(ca_a, ca_b, "a new CA per bake");
+        assert!(!ca_a.contains("PRIVATE KEY"));
+        let leaf = id_a.chain.first().expect("leaf").clone();
+        let pem = rustls_pki_types::pem::PemObject::pem_slice_iter(ca_a.as_bytes())
+            .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+            .expect("ca pem");
+        let (_, ca) = x509_parser::parse_x509_certificate(pem[0].as_ref()).expect("ca");
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).expect("leaf");
+        assert!(ca.is_ca());
+        assert_eq!(cert.issuer(), ca.subject());
+        cert.verify_signature(Some(ca.public_key())).expect("signed by the throwaway CA");
+        let san = cert.subject_alternative_name().ok().flatten().expect("SANs");
+        assert_eq!(
+            san.value.general_names,
+            vec![x509_parser::extensions::GeneralName::IPAddress(&[10, 213, 7, 1])]
+        );
+        let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert!(life <= 3600 + 300, "short-lived: {life} s");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! Not like EC2: no security group is enforced between lab hosts (documented), and hosts run
 //! with the capability set `shared/LAB.md` found to work (`--privileged` fails here).
 
+pub mod bake;
 pub mod images;
 
 use std::collections::HashMap;
@@ -57,6 +58,8 @@ pub enum LabError {
     Push { image: String, message: String },
     #[error("no lab host named '{0}'")]
     NoHost(String),
+    #[error("the host image '{image}' ({from}) is not on this machine's Engine, and the lab never pulls: bake one with `coordinator bake` (it prints the name to use), or pick one `docker images` lists")]
+    NoImage { image: String, from: &'static str },
     #[error(transparent)]
     Images(#[from] images::ImageError),
 }
@@ -320,6 +323,19 @@ impl Lab {
         }
     }
 
+    /// Refuses a host image this machine's Engine does not have (`from` names where the
+    /// image came from, e.g. `--image`), before anything is launched from it.
+    pub async fn require_image(&self, image: &str, from: &'static str) -> Result<(), LabError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Err(LabError::NoImage {
+                image: image.to_string(),
+                from,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Launches a host, or returns it when it already exists (started if stopped).
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<Host, LabError> {
         let name = self.container_name(&spec.name);
@@ -363,32 +379,7 @@ impl Lab {
             labels: Some(labels),
             env: Some(vec!["container=docker".into()]),
             stop_timeout: Some(i64::from(STOP_TIMEOUT_S)),
-            host_config: Some(HostConfig {
-                cap_add: Some(
-                    ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD", "SYS_MODULE"]
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                ),
-                security_opt: Some(vec!["seccomp=unconfined".into(), "apparmor=unconfined".into()]),
-                // The CLI's `--security-opt systempaths=unconfined`, as the API spells it.
-                masked_paths: Some(vec![]),
-                readonly_paths: Some(vec![]),
-                // A private cgroup namespace, and no bind of the machine's /sys/fs/cgroup: the
-                // image's init makes its own cgroups writable (a shared bind lets a host
-                // remount the machine's cgroup tree and leak inner containers' cgroups).
-                cgroupns_mode: Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE),
-                binds: Some(vec![
-                    format!("{}:/var/lib/cloud/seed/nocloud:ro", seed.display()),
-                    format!("{volume}:/var/lib/docker"),
-                ]),
-                tmpfs: Some(HashMap::from([
-                    ("/run".to_string(), String::new()),
-                    ("/run/lock".to_string(), String::new()),
-                    ("/tmp".to_string(), String::new()),
-                ])),
-                ..Default::default()
-            }),
+            host_config: Some(host_config(&seed, &volume)),
             networking_config: Some(self.endpoint(ip)),
             ..Default::default()
         };
@@ -548,6 +539,38 @@ impl Lab {
         }
         let _ = std::fs::remove_dir_all(self.dir.join("seeds"));
         Ok(())
+    }
+}
+
+/// How a lab host runs: the capabilities systemd and an inner Engine need (not
+/// `--privileged`), its NoCloud seed, its Engine's data volume, tmpfs `/run` and `/tmp`.
+/// Hosts and the bake's builder run the same way.
+fn host_config(seed: &Path, volume: &str) -> HostConfig {
+    HostConfig {
+        cap_add: Some(
+            ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD", "SYS_MODULE"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+        security_opt: Some(vec!["seccomp=unconfined".into(), "apparmor=unconfined".into()]),
+        // The CLI's `--security-opt systempaths=unconfined`, as the API spells it.
+        masked_paths: Some(vec![]),
+        readonly_paths: Some(vec![]),
+        // A private cgroup namespace, and no bind of the machine's /sys/fs/cgroup: the
+        // image's init makes its own cgroups writable (a shared bind lets a host
+        // remount the machine's cgroup tree and leak inner containers' cgroups).
+        cgroupns_mode: Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE),
+        binds: Some(vec![
+            format!("{}:/var/lib/cloud/seed/nocloud:ro", seed.display()),
+            format!("{volume}:/var/lib/docker"),
+        ]),
+        tmpfs: Some(HashMap::from([
+            ("/run".to_string(), String::new()),
+            ("/run/lock".to_string(), String::new()),
+            ("/tmp".to_string(), String::new()),
+        ])),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,317 @@
+//! Issue 8 — `coordinator bake` on the lab, through the real binary: a bake makes an image
+//! with the Engine and the agent installed and nothing secret in it; the default cluster
+//! deploys from it, verifies and passes the smoke test, and every host's cloud-init log says
+//! the installation was skipped; a second bake reuses the image; a builder whose installation
+//! fails makes the bake fail with its cloud-init output and leaves nothing behind.
+//!
+//! Cluster names: `bake` (the bake's builder scope), `baked` (the cluster deployed from the
+//! image), `bakefail` (the failing bake). Images: `flotilla-test/baked`, `flotilla-test/bakefail`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use flotilla_tests::Cli;
+use serde_json::Value;
+
+const IMAGE: &str = "flotilla-test/baked";
+const FAIL_IMAGE: &str = "flotilla-test/bakefail";
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .output()
+        .expect("docker CLI")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn lines(o: &Output) -> Vec<String> {
+    stdout(o).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+/// Every tag of `repo` on this machine (the tests' own image names only).
+fn images_named(repo: &str) -> Vec<String> {
+    lines(&docker(&["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", &format!("reference={repo}")]))
+}
+
+fn remove_images(repo: &str) {
+    for i in images_named(repo) {
+        docker(&["rmi", "-f", &i]);
+    }
+}
+
+/// What a bake under `--cluster scope` may leave: its builder container, network, volume.
+fn builder_leftovers(scope: &str) -> Vec<String> {
+    let builder = format!("flotilla-{scope}.bake-builder");
+    let mut left: Vec<String> = [
+        ("container", builder.clone()),
+        ("network", format!("flotilla-{scope}.bake")),
+        ("volume", format!("{builder}-docker")),
+    ]
+    .into_iter()
+    .filter(|(kind, name)| docker(&[kind, "inspect", name]).status.success())
+    .map(|(kind, name)| format!("{kind} {name}"))
+    .collect();
+    left.extend(lines(&docker(&["volume", "ls", "-q", "--filter", &format!("label=flotilla.cluster={scope}.bake")])));
+    left
+}
+
+fn ok_json(o: &Output) -> Value {
+    assert!(o.status.success(), "the command failed: {}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+fn sha256_file(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&o.stdout).split(' ').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
+    let bake = Cli::new("bake");
+    let baked = Cli::new("baked");
+    baked.run(&["destroy", "--yes"]);
+    remove_images(IMAGE);
+
+    // 1. Bake.
+    let t = Instant::now();
+    let out = bake.run(&["bake", "--name", IMAGE, "--output", "json"]);
+    let r = ok_json(&out);
+    eprintln!("baked in {:?}", t.elapsed());
+    assert_eq!(r["reused"], false);
+    assert_eq!(r["provider"], "lab");
+    let image = r["image"].as_str().expect("image").to_string();
+    let image_id = r["image_id"].as_str().expect("image id").to_string();
+    assert!(image.starts_with(&format!("{IMAGE}:")), "{image}");
+    let progress = stderr(&out);
+    assert!(progress.contains("builder") && progress.contains("flotilla-bake: agent: downloading"), "progress shown: {progress}");
+    // The agent baked in is the one this build serves to hosts.
+    let agent_sha = sha256_file(&flotilla_tests::agent_binary_path());
+    assert_eq!(r["agent_sha256"], agent_sha.as_str());
+    assert_eq!(r["agent_version"], flotilla_agent::VERSION);
+    let engine = r["engine_version"].as_str().expect("engine").to_string();
+    assert!(engine.starts_with("20.10."), "{engine}");
+    // The builder, its network and its volume are gone.
+    assert_eq!(builder_leftovers("bake"), Vec::<String>::new());
+
+    // 2. The image's labels and config: versions, and no cluster identity.
+    let cfg: Value = serde_json::from_str(&stdout(&docker(&["image", "inspect", &image, "--format", "{{json .Config}}"]))).expect("config");
+    let labels = &cfg["Labels"];
+    assert_eq!(labels["flotilla.bake.agent-version"], flotilla_agent::VERSION);
+    assert_eq!(labels["flotilla.bake.agent-sha256"], agent_sha.as_str());
+    assert_eq!(labels["flotilla.bake.engine-version"], engine.as_str());
+    assert_eq!(labels["flotilla.bake.name"], IMAGE);
+    assert!(labels.get("flotilla.cluster").is_none() && labels.get("flotilla.host").is_none(), "{labels}");
+    let cfg_text = cfg.to_string();
+    assert!(!cfg_text.contains("bake.bake") && !cfg_text.contains("builder"), "{cfg_text}");
+    assert!(cfg["Hostname"].as_str().unwrap_or_default().is_empty(), "{cfg_text}");
+
+    // 3. The image's filesystem: what the bake added holds no key, token, certificate or
+    // cluster identity, and the agent and its (disabled) unit are there.
+    scan_bake_layer(&image, &agent_sha);
+
+    // 4. A second bake reuses the image: nothing boots.
+    let t = Instant::now();
+    let again = ok_json(&bake.run(&["bake", "--name", IMAGE, "--output", "json"]));
+    assert_eq!(again["reused"], true);
+    assert_eq!(again["image"], image.as_str());
+    assert_eq!(again["image_id"], image_id.as_str());
+    assert!(t.elapsed() < Duration::from_secs(60), "a reuse took {:?}", t.elapsed());
+    assert_eq!(builder_leftovers("bake"), Vec::<String>::new());
+    assert_eq!(images_named(IMAGE), vec![image.clone()]);
+
+    // 5. The default cluster deploys from the image, verifies and passes the smoke test.
+    let t = Instant::now();
+    let d = ok_json(&baked.run(&["deploy", "--image", &image, "--output", "json"]));
+    eprintln!("deployed from the baked image in {:?}", t.elapsed());
+    assert_eq!(d["changed"], true);
+    assert_eq!(d["swarm"]["managers"].as_array().map(Vec::len), Some(3), "{d}");
+    assert_eq!(d["swarm"]["workers"].as_array().map(Vec::len), Some(2), "{d}");
+    assert_eq!(d["consul"]["peers"].as_array().map(Vec::len), Some(3), "{d}");
+    assert_eq!(d["smoke_test"]["tasks"], 2, "{d}");
+
+    // 6. Every host booted from the image and skipped both installations, saying so.
+    let mut machine_ids = Vec::new();
+    for h in ["manager0", "manager1", "manager2", "node0", "node1"] {
+        let c = format!("flotilla-baked-{h}");
+        assert_eq!(stdout(&docker(&["inspect", "-f", "{{.Image}}", &c])), image_id, "{h} runs another image");
+        let log = stdout(&docker(&["exec", &c, "cat", "/var/log/cloud-init-output.log"]));
+        assert!(log.contains("flotilla-bootstrap: engine: already present (version 20.10."), "{h}: {log}");
+        assert!(log.contains("installation skipped"), "{h}: {log}");
+        assert!(
+            log.contains(&format!("flotilla-bootstrap: agent: version {} already installed, download skipped", flotilla_agent::VERSION)),
+            "{h}: {log}"
+        );
+        assert!(!log.contains("agent: downloading"), "{h} downloaded the agent anyway: {log}");
+        assert!(log.contains("flotilla-bootstrap: done"), "{h}: {log}");
+        let id = stdout(&docker(&["exec", &c, "cat", "/etc/machine-id"]));
+        assert_eq!(id.len(), 32, "{h} has machine-id {id:?}");
+        machine_ids.push(id);
+    }
+    machine_ids.sort();
+    machine_ids.dedup();
+    assert_eq!(machine_ids.len(), 5, "hosts from one image must each make their own machine-id");
+
+    let gone = baked.run(&["destroy", "--yes"]);
+    assert!(gone.status.success());
+    remove_images(IMAGE);
+}
+
+/// Saves `image`, takes its top layer (what the bake's commit added) and checks every file
+/// in it. Names and text contents are checked; binaries only by digest (the agent).
+fn scan_bake_layer(image: &str, agent_sha: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tar = dir.path().join("image.tar");
+    let o = docker(&["save", "-o", tar.to_str().expect("utf-8"), image]);
+    assert!(o.status.success(), "docker save: {}", stderr(&o));
+    let untar = |archive: &Path, into: &Path, members: &[&str]| {
+        std::fs::create_dir_all(into).expect("mkdir");
+        let o = Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(into)
+            .args(members)
+            .output()
+            .expect("tar");
+        assert!(o.status.success(), "tar: {}", stderr(&o));
+    };
+    untar(&tar, dir.path(), &["manifest.json"]);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).expect("manifest")).expect("json");
+    let layers = manifest[0]["Layers"].as_array().expect("layers");
+    assert!(layers.len() >= 2, "the bake adds a layer on top of the base: {manifest}");
+    let top = layers.last().and_then(Value::as_str).expect("top layer");
+    untar(&tar, dir.path(), &[top]);
+    let root = dir.path().join("rootfs");
+    untar(&dir.path().join(top), &root, &[]);
+    std::fs::remove_file(&tar).expect("rm");
+
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    let rel = |p: &Path| format!("/{}", p.strip_prefix(&root).expect("under root").display());
+    let names: Vec<String> = files.iter().map(|p| rel(p)).collect();
+    eprintln!("the bake's layer: {} files", names.len());
+    for must in ["/usr/local/bin/flotilla-agent", "/etc/systemd/system/flotilla-agent.service", "/var/lib/flotilla/bake-complete"] {
+        assert!(names.iter().any(|n| n == must), "{must} missing from the bake's layer: {names:?}");
+    }
+    // The agent is installed but not enabled: the cluster's user-data starts it.
+    assert!(!names.iter().any(|n| n.contains(".wants/flotilla-agent")), "{names:?}");
+    let secret_name = |n: &str| {
+        let base = n.rsplit('/').next().unwrap_or(n).to_ascii_lowercase();
+        [".pem", ".key", ".crt", ".csr", ".p12"].iter().any(|s| base.ends_with(s))
+            || base.ends_with("token")
+            || ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].iter().any(|k| base.starts_with(k))
+            || base == "key.json"
+            || base.starts_with("ssh_host_")
+            || n.starts_with("/etc/flotilla")
+            || n.starts_with("/var/lib/cloud/instance")
+            || n.starts_with("/var/lib/cloud/data")
+            || n.starts_with("/var/log/cloud-init")
+            || n == "/usr/local/lib/flotilla/bake.sh"
+            || n == "/var/lib/flotilla/identity.pem"
+    };
+    let bad: Vec<&String> = names.iter().filter(|n| secret_name(n)).collect();
+    assert!(bad.is_empty(), "the baked image holds key/token/certificate/cloud-init state files: {bad:?}");
+    for (path, name) in files.iter().zip(&names) {
+        let meta = std::fs::symlink_metadata(path).expect("meta");
+        if !meta.is_file() {
+            continue;
+        }
+        if name == "/etc/machine-id" {
+            assert_eq!(meta.len(), 0, "/etc/machine-id must be empty in the image");
+        }
+        if name == "/usr/local/bin/flotilla-agent" {
+            assert_eq!(sha256_file(path), agent_sha, "the baked agent");
+            continue;
+        }
+        let bytes = std::fs::read(path).expect("read");
+        if bytes.iter().take(8192).any(|b| *b == 0) {
+            continue; // a binary database (containerd's metadata, wtmp)
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        for needle in ["BEGIN CERTIFICATE", "PRIVATE KEY", "bake.bake", "10.213.", "join_token", "cluster ="] {
+            assert!(!text.contains(needle), "{name} in the baked image contains {needle:?}");
+        }
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        let meta = std::fs::symlink_metadata(&p).expect("meta");
+        if meta.is_dir() {
+            walk(&p, out);
+        }
+        out.push(p);
+    }
+}
+
+#[test]
+fn a_builder_whose_installation_fails_fails_the_bake_with_its_cloud_init_output_and_leaves_nothing() {
+    let bake = Cli::new("bakefail");
+    remove_images(FAIL_IMAGE);
+    // The builder's own loopback: nothing listens there, so the agent download fails.
+    let out = bake.run(&[
+        "bake",
+        "--name",
+        FAIL_IMAGE,
+        "--agent-url",
+        "https://127.0.0.1:1/v1/agent/flotilla-agent",
+        "--timeout",
+        "5m",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the builder flotilla-bakefail.bake-builder failed: agent: download failed (curl exit 7)"),
+        "the reason is named: {err}"
+    );
+    assert!(err.contains("--- its cloud-init output (/var/log/cloud-init-output.log) ---"), "{err}");
+    assert!(
+        err.contains("flotilla-bake: agent: downloading version") && err.contains("flotilla-bake: agent: download failed"),
+        "the builder's own cloud-init lines are shown: {err}"
+    );
+    assert_eq!(builder_leftovers("bakefail"), Vec::<String>::new(), "the failed bake left things behind");
+    assert_eq!(images_named(FAIL_IMAGE), Vec::<String>::new(), "a failed bake made an image");
+}
+
+#[test]
+fn bad_bake_and_image_requests_exit_64_naming_the_problem_and_create_nothing() {
+    let cli = Cli::new("bakefail");
+    let aws = cli.run(&["bake", "--provider", "aws"]);
+    assert_eq!(aws.status.code(), Some(64));
+    assert!(stderr(&aws).contains("cannot bake in this build yet"), "{}", stderr(&aws));
+
+    let name = cli.run(&["bake", "--name", "Flotilla/Baked:latest"]);
+    assert_eq!(name.status.code(), Some(64));
+    assert!(stderr(&name).contains("--name 'Flotilla/Baked:latest'"), "{}", stderr(&name));
+
+    let base = cli.run(&["bake", "--base", "flotilla-test/no-such-base:1"]);
+    assert_eq!(base.status.code(), Some(64));
+    assert!(stderr(&base).contains("--base 'flotilla-test/no-such-base:1'") && stderr(&base).contains("never pulls"), "{}", stderr(&base));
+    assert_eq!(builder_leftovers("bakefail"), Vec::<String>::new());
+
+    let deploy = Cli::new("bakefail");
+    let d = deploy.run(&["deploy", "--image", "flotilla-test/no-such-image:1"]);
+    assert_eq!(d.status.code(), Some(64));
+    let e = stderr(&d);
+    assert!(e.contains("'flotilla-test/no-such-image:1'") && e.contains("--image") && e.contains("coordinator bake"), "{e}");
+    let f = "label=flotilla.cluster=bakefail";
+    let made = [
+        docker(&["ps", "-aq", "--filter", f]),
+        docker(&["network", "ls", "-q", "--filter", f]),
+        docker(&["volume", "ls", "-q", "--filter", f]),
+    ];
+    assert!(made.iter().all(|o| stdout(o).is_empty()), "a deploy from a missing image created something");
+    deploy.run(&["destroy", "--yes"]);
+}
