@@ -26,6 +26,7 @@ fn settings(endpoint: &str) -> AwsSettings {
         region: REGION.into(),
         endpoint_url: endpoint.into(),
         admin_cidr: "198.51.100.7/32".into(),
+        key_name: "ops".into(),
         ..Default::default()
     }
 }
@@ -196,6 +197,12 @@ async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
         assert!(names.contains(&name.as_str()), "{name}");
         assert_eq!(tag(i, TAG_CLUSTER), cluster);
         assert_eq!(tag(i, "flotilla:role"), if name.starts_with("manager") { "manager" } else { "node" });
+        if a.settings.key_name.is_empty() {
+            assert_eq!(i.key_name(), None, "{name}: a key pair nobody asked for");
+        } else {
+            assert_eq!(i.key_name(), Some(a.settings.key_name.as_str()), "{name}: the key pair");
+        }
+        assert_eq!(i.instance_type().map(|t| t.as_str()), Some("t3.small"), "{name}");
         let md = i.metadata_options().expect("metadata options");
         assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"), "{name}: IMDSv2 not required");
         assert_eq!(md.http_put_response_hop_limit(), Some(1), "{name}: hop limit");
