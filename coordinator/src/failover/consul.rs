@@ -43,6 +43,37 @@ pub(super) async fn find_leader(members: &[Member]) -> Option<String> {
     None
 }
 
+/// What keeps Consul from riding out the loss of a server, in autopilot's view (answered by
+/// the leader through the first server that answers): every server alive, voting and
+/// healthy, and a failure tolerance of at least one. A server that rejoined moments ago is
+/// a non-voter until autopilot promotes it; drilling then would lose the quorum.
+pub(super) async fn fault_tolerance_problems(servers: &[Member]) -> Vec<String> {
+    let mut last = String::from("no Consul server is known");
+    for m in servers {
+        let c = client(&m.ip);
+        let health = match timed(CALL_TIMEOUT * 2, c.autopilot_health()).await {
+            Ok(h) => h,
+            Err(e) => {
+                last = format!("Consul's autopilot through {}: {e}", m.name);
+                continue;
+            }
+        };
+        let mut out: Vec<String> = servers
+            .iter()
+            .filter_map(|s| match health.iter().find(|h| h.name == s.name) {
+                None => Some(format!("Consul's autopilot does not list {}", s.name)),
+                Some(h) if rejoined_as(h) != "voter" => Some(format!("Consul's autopilot lists {} as {}", s.name, rejoined_as(h))),
+                Some(_) => None,
+            })
+            .collect();
+        if out.is_empty() && health.len() < 3 {
+            out.push(format!("Consul has {} voting servers: it cannot lose one", health.len()));
+        }
+        return out;
+    }
+    vec![last]
+}
+
 /// The swarm's join data (`flotilla/<cluster>/swarm/join`), read through the first of
 /// `members` that answers (a follower forwards the read to the leader, so this needs one):
 /// the server read through and the swarm's cluster id.
@@ -239,7 +270,15 @@ fn rejoined_as(s: &ServerHealth) -> String {
 /// leader) listing it as a healthy voter.
 pub(super) async fn rejoin(d: &Drill, m: &Measure<'_>, restore_at: Instant, deadline: Instant, r: &mut Report) {
     let target = m.target;
-    let Some(leader) = m.members.iter().find(|x| x.name == r.new_leader).cloned() else { return };
+    // Ask the new leader; without one (the election failed), any server (they forward to
+    // whoever leads by then).
+    let ask: Vec<Member> = m
+        .members
+        .iter()
+        .filter(|x| x.name == r.new_leader)
+        .chain(m.members.iter().filter(|x| x.name != r.new_leader))
+        .cloned()
+        .collect();
     let mut target_back = false;
     loop {
         if !target_back
@@ -250,7 +289,14 @@ pub(super) async fn rejoin(d: &Drill, m: &Measure<'_>, restore_at: Instant, dead
             let l = name_of(m.members, &addr).unwrap_or(addr);
             d.say.event(m.fault_at.elapsed(), format!("{target}'s Consul answers again and names {l} the leader"));
         }
-        if let Ok(servers) = timed(CALL_TIMEOUT * 2, client(&leader.ip).autopilot_health()).await
+        let mut servers = None;
+        for x in &ask {
+            if let Ok(s) = timed(CALL_TIMEOUT * 2, client(&x.ip).autopilot_health()).await {
+                servers = Some(s);
+                break;
+            }
+        }
+        if let Some(servers) = servers
             && let Some(s) = servers.iter().find(|s| s.name == target)
         {
             r.rejoined_as = rejoined_as(s);
