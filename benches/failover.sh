@@ -28,6 +28,7 @@ export FLOTILLA_LOG=${FLOTILLA_LOG:-warn}
 bin=./target/$profile/coordinator
 : > "$out"
 $bin --cluster "$c" destroy --yes >/dev/null 2>&1 || true
+trap '$bin --cluster "$c" destroy --yes >/dev/null 2>&1 || true' EXIT
 $bin --cluster "$c" deploy --no-smoke-test --output json >/dev/null
 for i in $(seq 1 "$RUNS"); do
   for kind in swarm/engine swarm/host consul/engine consul/host; do
@@ -35,9 +36,9 @@ for i in $(seq 1 "$RUNS"); do
     # A drill that fails still prints its report; it is counted as not passed.
     $bin --cluster "$c" failover-test --component "$comp" --mode "$mode" --output json \
       2>"/tmp/bench-failover-$comp-$mode-$i.err" >/tmp/bench-failover.json || true
-    python3 - "$i" "$comp" "$mode" </tmp/bench-failover.json <<'EOF' | tee -a "$out"
+    python3 - "$i" "$comp" "$mode" /tmp/bench-failover.json <<'EOF' | tee -a "$out"
 import json, sys
-r = json.load(sys.stdin)
+r = json.load(open(sys.argv[4]))
 keys = ["detect_s", "elect_s", "api_back_s", "rejoin_s", "report_lag_s", "control_plane_detect_s"]
 print(json.dumps({"run": int(sys.argv[1]), "component": sys.argv[2], "mode": sys.argv[3], "passed": r["passed"],
                   "old_leader": r["old_leader"], "new_leader": r["new_leader"],
@@ -45,7 +46,6 @@ print(json.dumps({"run": int(sys.argv[1]), "component": sys.argv[2], "mode": sys
 EOF
   done
 done
-$bin --cluster "$c" destroy --yes >/dev/null
 python3 - "$out" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

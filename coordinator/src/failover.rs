@@ -69,6 +69,9 @@ pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the hello service gets to run its replicas before the fault.
 pub const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The clean-up's patience: removing the hello service needs a swarm leader, which may take
+/// an election after the restore.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often the control plane's status is read during the drill.
 pub const CP_POLL: Duration = Duration::from_millis(500);
 
@@ -181,6 +184,16 @@ pub struct Gap {
     pub error: String,
 }
 
+/// A cut in one host's log stream.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogGap {
+    pub host: String,
+    pub from_s: f64,
+    /// `None`: not resumed before the drill ended.
+    pub to_s: Option<f64>,
+    pub error: String,
+}
+
 /// The drill's report (`--output json` prints it).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Report {
@@ -243,8 +256,8 @@ pub struct Report {
     pub log_errors: Vec<String>,
     /// When the control plane did not answer.
     pub control_plane_gaps: Vec<Gap>,
-    /// When the log streams were cut (and resumed from each source's last line).
-    pub log_gaps: Vec<Gap>,
+    /// When a host's log stream was cut (and resumed from its sources' last lines).
+    pub log_gaps: Vec<LogGap>,
     /// What the drill could not observe, and why. Empty when it saw everything.
     pub unobserved: Vec<String>,
     /// What the clean-up did (hello service removed, …).
@@ -464,24 +477,24 @@ struct Kept {
     /// The last line's time per (host, source): the resume point, and the filter that
     /// drops lines a resumed stream sends again.
     last: HashMap<(String, String), i64>,
-    cuts: Vec<Gap>,
-    /// Hosts whose logs were no longer followed after a cut, and from when.
-    dropped: Vec<(String, f64)>,
+    /// Cuts of a host's stream (the control plane restarted), and when it was resumed.
+    cuts: Vec<(String, Gap)>,
 }
 
-/// The members' logs, followed live through the control plane and resumed after a cut.
+/// The members' logs, followed live through the control plane — one stream per host, so
+/// each resumes on its own after a cut, as soon as its host has a session again.
 struct LogFollower {
     kept: Arc<Mutex<Kept>>,
-    task: AbortOnDropHandle<()>,
+    tasks: Vec<AbortOnDropHandle<()>>,
 }
 
 impl LogFollower {
-    /// Opens the stream (an error here fails the drill: nothing was done yet), then follows
-    /// it in the background, resuming it whenever the control plane cuts it.
+    /// Opens every host's stream (an error here fails the drill: nothing was done yet), then
+    /// follows them in the background, resuming a cut one from its sources' last lines.
     async fn start(d: &Drill, hosts: Vec<String>, since_unix_ns: i64) -> Result<Self, FailoverError> {
         let component = d.opts.component;
-        let request = move |hosts: Vec<String>, since_unix_ns: i64| v1::FollowLogsRequest {
-            hosts,
+        let request = move |host: &str, since_unix_ns: i64| v1::FollowLogsRequest {
+            hosts: vec![host.to_string()],
             role: match component {
                 Component::Swarm => 0,
                 Component::Consul => v1::Role::Consul as i32,
@@ -491,83 +504,58 @@ impl LogFollower {
             since_unix_ns,
             ..Default::default()
         };
-        let mut admin = d.admin.clone();
-        let first = admin.follow_logs(request(hosts.clone(), since_unix_ns)).await?.into_inner();
         let kept: Arc<Mutex<Kept>> = Arc::default();
-        let (say, colour) = (d.say.clone(), d.opts.colour);
-        let k = kept.clone();
-        let task = tokio::spawn(async move {
-            let mut stream = Some(first);
-            loop {
-                if let Some(mut s) = stream.take() {
-                    loop {
-                        match s.message().await {
+        let mut tasks = Vec::new();
+        for host in hosts {
+            let mut admin = d.admin.clone();
+            let first = admin.follow_logs(request(&host, since_unix_ns)).await?.into_inner();
+            let (say, colour, k) = (d.say.clone(), d.opts.colour, kept.clone());
+            tasks.push(AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut stream = first;
+                loop {
+                    let error = loop {
+                        match stream.message().await {
                             Ok(Some(l)) => take_line(&k, &say, colour, component, l),
-                            // Every source ended.
+                            // Every source of this host ended.
                             Ok(None) => return,
-                            Err(e) => {
-                                let at = say.now_s();
-                                say.note(format!("log streams cut ({}); resuming them from each source's last line", e.message()));
-                                lock(&k).cuts.push(Gap { from_s: at, to_s: None, error: e.message().to_string() });
-                                break;
-                            }
+                            Err(e) => break e.message().to_string(),
                         }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                // Resume on the hosts that have a session now; a host without one is
-                // noted (its lines from then on are not observed).
-                let Ok(st) = admin.status(v1::StatusRequest {}).await else { continue };
-                let st = st.into_inner();
-                let connected: Vec<String> = hosts
-                    .iter()
-                    .filter(|h| st.hosts.iter().any(|x| &x.name == *h && x.connected))
-                    .cloned()
-                    .collect();
-                if connected.is_empty() {
-                    continue;
-                }
-                let since = {
-                    let kp = lock(&k);
-                    connected
-                        .iter()
-                        .map(|h| {
-                            kp.last
-                                .iter()
-                                .filter(|((host, _), _)| host == h)
-                                .map(|(_, ns)| *ns)
-                                .min()
-                                .unwrap_or(since_unix_ns)
-                        })
-                        .min()
-                        .unwrap_or(since_unix_ns)
-                };
-                if let Ok(s) = admin.follow_logs(request(connected.clone(), since)).await {
+                    };
+                    let from_s = say.now_s();
+                    say.note(format!("{host}'s log stream cut ({error}); resuming it from its last line"));
+                    lock(&k).cuts.push((host.clone(), Gap { from_s, to_s: None, error }));
+                    // Until the control plane is back and the host has a session again.
+                    stream = loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let since = lock(&k)
+                            .last
+                            .iter()
+                            .filter(|((h, _), _)| *h == host)
+                            .map(|(_, ns)| *ns)
+                            .min()
+                            .unwrap_or(since_unix_ns);
+                        if let Ok(s) = admin.follow_logs(request(&host, since)).await {
+                            break s.into_inner();
+                        }
+                    };
                     let at = say.now_s();
-                    let mut kp = lock(&k);
-                    if let Some(cut) = kp.cuts.last_mut().filter(|c| c.to_s.is_none()) {
+                    if let Some((_, cut)) = lock(&k).cuts.iter_mut().rev().find(|(h, c)| *h == host && c.to_s.is_none()) {
                         cut.to_s = Some(at);
                     }
-                    for h in hosts.iter().filter(|h| !connected.contains(h)) {
-                        if !kp.dropped.iter().any(|(d, _)| d == h) {
-                            kp.dropped.push((h.clone(), at));
-                        }
-                    }
-                    drop(kp);
-                    say.note(format!("log streams resumed ({})", connected.join(", ")));
-                    stream = Some(s.into_inner());
+                    say.note(format!("{host}'s log stream resumed"));
                 }
-            }
-        });
-        Ok(Self {
-            kept,
-            task: AbortOnDropHandle::new(task),
-        })
+            })));
+        }
+        Ok(Self { kept, tasks })
     }
 
     async fn stop(self) -> Kept {
-        self.task.abort();
-        let _ = self.task.await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
         std::mem::take(&mut *lock(&self.kept))
     }
 }
@@ -603,8 +591,8 @@ struct CpSeen {
     gaps: Vec<Gap>,
     /// When the status first showed the target down, and why.
     detect: Option<(f64, &'static str)>,
-    /// A "no session" / "heartbeats missed" seen right after a gap: the control plane had
-    /// just restarted, so it says nothing about the fault.
+    /// The target first shown down only after a gap: the time would measure the control
+    /// plane's restart (and the agent's reconnect), not its detection, so it is not kept.
     ambiguous: bool,
 }
 
@@ -648,8 +636,7 @@ impl CpWatch {
                 if seen.detect.is_none()
                     && let Some(why) = shown_down(&st, &target, component)
                 {
-                    let after_gap = !seen.gaps.is_empty();
-                    if after_gap && matches!(why, "no session" | "heartbeats missed") {
+                    if !seen.gaps.is_empty() {
                         seen.ambiguous = true;
                     } else {
                         seen.detect = Some((at, why));
@@ -976,22 +963,22 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
     }
     if r.control_plane_detect_s.is_none() {
         r.unobserved.push(if seen.ambiguous || !seen.gaps.is_empty() {
-            format!("control_plane_detect_s: not observed — the control plane was down or had just restarted while {target} was down, so its status could not tell the fault from its own restart")
+            format!("control_plane_detect_s: not observed — the control plane stopped answering before its status showed {target} down, and after its restart the time would measure the restart, not the detection")
         } else {
             format!("control_plane_detect_s: the control plane's status never showed {target} down within the bound")
         });
     }
     r.control_plane_gaps = seen.gaps;
-    for g in &kept.cuts {
+    for (h, g) in &kept.cuts {
         match g.to_s {
-            Some(to) => say.note(format!("log streams were cut at {:+.2} s and resumed at {to:+.2} s from each source's last line", g.from_s)),
-            None => r.unobserved.push(format!("log lines after {:+.2} s: the streams were cut ({}) and could not be resumed", g.from_s, g.error)),
+            Some(to) => say.note(format!("{h}'s log stream was cut at {:+.2} s and resumed at {to:+.2} s from its last line", g.from_s)),
+            None => r.unobserved.push(format!(
+                "{h}'s log lines after {:+.2} s: its stream was cut ({}) and could not be resumed before the drill ended",
+                g.from_s, g.error
+            )),
         }
     }
-    for (h, at) in &kept.dropped {
-        r.unobserved.push(format!("{h}'s log lines after {at:+.2} s: it had no session when the log streams were resumed"));
-    }
-    r.log_gaps = kept.cuts;
+    r.log_gaps = kept.cuts.into_iter().map(|(h, g)| LogGap { host: h, from_s: g.from_s, to_s: g.to_s, error: g.error }).collect();
     r.timeline = lock(&say.timeline).clone();
     r.timeline.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
     judge(&mut r, target_is_leader);
@@ -1143,10 +1130,11 @@ fn left_over(d: &Drill) -> Vec<String> {
 /// Undoes what the drill did and has not undone itself: restores the target, removes the
 /// KV probe key and the hello service. Returns what it did.
 async fn clean_up(d: &Drill) -> Vec<String> {
+    let patience = d.opts.bound.max(CLEANUP_TIMEOUT);
     let mut notes = Vec::new();
     let faulted = lock(&d.pending).faulted.clone();
     if let Some(t) = faulted {
-        match restore(d, &t, Instant::now() + d.opts.bound).await {
+        match restore(d, &t, Instant::now() + patience).await {
             Ok(what) => notes.push(format!("restored {t}: {what}")),
             Err(e) => notes.push(format!("could NOT restore {t} ({e}): {}", manual_fix(d, &t))),
         }
@@ -1157,13 +1145,13 @@ async fn clean_up(d: &Drill) -> Vec<String> {
     };
     if kv {
         let key = kv_probe_key(&d.opts.cluster);
-        match consul::delete_key(&addrs, &key, Instant::now() + d.opts.bound).await {
+        match consul::delete_key(&addrs, &key, Instant::now() + patience).await {
             Ok(()) => lock(&d.pending).kv_probe = false,
             Err(e) => notes.push(format!("could not remove the Consul key {key} ({e})")),
         }
     }
     if hello {
-        match swarm::remove_hello(&engines, Instant::now() + d.opts.bound).await {
+        match swarm::remove_hello(&engines, Instant::now() + patience).await {
             Ok(true) => {
                 lock(&d.pending).hello = false;
                 notes.push(format!("removed the drill's service {HELLO_SERVICE}"));
@@ -1201,7 +1189,9 @@ pub fn judge(r: &mut Report, target_is_leader: bool) {
     if r.join_data_ok == Some(false) {
         failed.push("the swarm's join data could not be read from Consul".to_string());
     }
-    if r.tasks_after < HELLO_REPLICAS {
+    if component == Component::Swarm && r.new_leader.is_empty() {
+        // The tasks are asked of the new leader: without one they were not checked (said above).
+    } else if r.tasks_after < HELLO_REPLICAS {
         failed.push(format!("{} of {HELLO_REPLICAS} hello tasks running", r.tasks_after));
     } else if !r.workload_ok && r.join_data_ok != Some(false) {
         failed.push("the workload was not seen whole again within the bound".to_string());

@@ -230,6 +230,9 @@ pub(super) async fn measure(d: &Drill, m: &Measure<'_>, engines: &HashMap<String
 /// The hello service's tasks through the new leader: all replicas running again.
 pub(super) async fn workload(d: &Drill, m: &Measure<'_>, leader: Option<&Docker>, tasks_before: &[String], r: &mut Report) {
     let mut tasks_after = Vec::new();
+    if leader.is_none() {
+        r.unobserved.push("the hello tasks after the fault: no manager named a new leader to ask".into());
+    }
     if let Some(e) = leader {
         loop {
             if let Ok(t) = running_tasks(e).await {
