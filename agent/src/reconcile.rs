@@ -212,7 +212,7 @@ impl Reconciler {
         }
         let consul_hold = self.holds.borrow().remaining(Role::Consul);
         match (consul_spec, consul_hold) {
-            (Some(_), Some(left)) => out.push(settle(Role::Consul, consul::hold_down(&ctx, left).await)),
+            (Some(_), Some(_)) => out.push(settle(Role::Consul, consul::hold_down(&ctx).await)),
             (Some(s), None) => out.push(settle(Role::Consul, consul::ensure(&ctx, s).await)),
             (None, _) => {}
         }

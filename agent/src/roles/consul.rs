@@ -140,12 +140,14 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
 /// Keeps the Consul container stopped while the coordinator holds the role down (the
 /// failover drill's fault): kills it if it runs (SIGKILL: a crash, not a graceful leave, so
 /// the other servers still count it as a voter), and reports the role degraded.
-pub async fn hold_down(ctx: &RoleCtx<'_>, left: std::time::Duration) -> Result<RoleStatus, RoleError> {
+pub async fn hold_down(ctx: &RoleCtx<'_>) -> Result<RoleStatus, RoleError> {
     kill(ctx.docker).await?;
+    // No countdown in the message: a status that changes every pass would be re-sent every
+    // pass.
     Ok(status(
         Role::Consul,
         RoleState::Degraded,
-        format!("held down by the coordinator (failover drill) for {} s more", left.as_secs()),
+        "held down by the coordinator (failover drill) until released or its lease runs out",
     ))
 }
 
