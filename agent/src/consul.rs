@@ -35,6 +35,26 @@ pub struct Consul {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// One server in autopilot's health report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct ServerHealth {
+    /// The node name (the host's name: servers run with `-node=<host>`).
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// `ip:8300`.
+    #[serde(rename = "Address")]
+    pub address: String,
+    /// alive, failed, left, …
+    #[serde(rename = "SerfStatus")]
+    pub serf_status: String,
+    #[serde(rename = "Leader")]
+    pub leader: bool,
+    #[serde(rename = "Voter")]
+    pub voter: bool,
+    #[serde(rename = "Healthy")]
+    pub healthy: bool,
+}
+
 /// A KV entry and the index to use for a check-and-set update.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvEntry {
@@ -125,6 +145,23 @@ impl Consul {
         let (status, body) = self.call(http::Method::GET, "/v1/status/peers", None).await?;
         self.expect_ok("status/peers", status, &body)?;
         self.decode("status/peers", &body)
+    }
+
+    /// Autopilot's view of the servers (`/v1/operator/autopilot/health`, answered by the
+    /// leader): each server's Serf status, whether it votes, whether it is healthy.
+    pub async fn autopilot_health(&self) -> Result<Vec<ServerHealth>, ConsulError> {
+        let what = "operator/autopilot/health";
+        let (status, body) = self.call(http::Method::GET, "/v1/operator/autopilot/health", None).await?;
+        // 429 means "not healthy" and still carries the body.
+        if status != 429 {
+            self.expect_ok(what, status, &body)?;
+        }
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "Servers")]
+            servers: Vec<ServerHealth>,
+        }
+        Ok(self.decode::<Raw>(what, &body)?.servers)
     }
 
     /// Reads a key; `None` when it does not exist.

@@ -171,12 +171,14 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let (roles_tx, roles_rx) = watch::channel(Vec::new());
     let (views_tx, views_rx) = watch::channel(reconcile::Views::default());
     let (passes_tx, passes_rx) = watch::channel(0u64);
+    let (holds_tx, holds_rx) = watch::channel(reconcile::Holds::default());
     let mut workers = Vec::new();
     if let Some(docker) = docker.clone() {
         let r = reconcile::Reconciler {
             docker,
             host: config.host_name.clone(),
             desired: desired_rx,
+            holds: holds_rx,
             statuses: roles_tx,
             views: views_tx,
             passes: passes_tx,
@@ -189,6 +191,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     workers.push(tokio::spawn(dispatch(
         dir_rx,
         desired_tx,
+        holds_tx,
         docker.clone(),
         log_streams,
         shutdown.clone(),
@@ -222,6 +225,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
 async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Directive>,
     desired: watch::Sender<Option<v1::Assignment>>,
+    holds: watch::Sender<reconcile::Holds>,
     docker: Option<bollard::Docker>,
     mut log_streams: logs::LogStreams,
     shutdown: CancellationToken,
@@ -236,7 +240,7 @@ async fn dispatch(
                 tracing::info!(generation = a.generation, roles = a.roles.len(), "assignment received");
                 desired.send_replace(Some(a));
             }
-            Directive::Engine(action) => engine::act(docker.as_ref(), action).await,
+            Directive::Engine(action) => engine::act(docker.as_ref(), action, &holds).await,
             Directive::OpenLogs(open) => log_streams.open(open),
             Directive::CloseLogs(close) => log_streams.close(&close.stream_id),
         }

@@ -4,7 +4,12 @@
 //! publishes each role's status, and requeues: soon while converging or failing, slowly when
 //! all is running. Passes are idempotent: a second pass over a converged host changes
 //! nothing, and a restarted agent adopts what it finds.
+//!
+//! A role the coordinator asked to hold down ([`Holds`], the failover drill's fault) is the
+//! one exception: while its lease runs, the pass keeps its container stopped instead of
+//! restoring it, and reports the role degraded.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -26,10 +31,35 @@ pub struct Views {
     pub swarm: Option<v1::SwarmView>,
 }
 
+/// Roles held down by the coordinator (`EngineAction` STOP_ROLE), each until its lease ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holds(HashMap<i32, tokio::time::Instant>);
+
+impl Holds {
+    /// Holds `role` down for `lease`.
+    pub fn hold(&mut self, role: Role, lease: Duration) {
+        self.0.insert(role as i32, tokio::time::Instant::now() + lease);
+    }
+
+    /// Releases `role`; whether it was held.
+    pub fn release(&mut self, role: Role) -> bool {
+        self.0.remove(&(role as i32)).is_some()
+    }
+
+    /// How much longer `role` stays held down (`None`: not held, or the lease ran out).
+    pub fn remaining(&self, role: Role) -> Option<Duration> {
+        let until = *self.0.get(&(role as i32))?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+}
+
 pub struct Reconciler {
     pub docker: Docker,
     pub host: String,
     pub desired: watch::Receiver<Option<v1::Assignment>>,
+    /// Roles held down (see [`Holds`]); a change triggers a pass at once.
+    pub holds: watch::Receiver<Holds>,
     pub statuses: watch::Sender<Vec<RoleStatus>>,
     pub views: watch::Sender<Views>,
     pub passes: watch::Sender<u64>,
@@ -88,6 +118,7 @@ impl Reconciler {
             tokio::select! {
                 () = tokio::time::sleep(next) => {}
                 r = self.desired.changed() => if r.is_err() { return },
+                r = self.holds.changed() => if r.is_err() { return },
                 () = self.shutdown.cancelled() => return,
             }
         }
@@ -179,8 +210,11 @@ impl Reconciler {
                 Err(e) => return failed_all(&wanted, &format!("configuring the Engine's TLS listener: {e}")),
             }
         }
-        if let Some(s) = consul_spec {
-            out.push(settle(Role::Consul, consul::ensure(&ctx, s).await));
+        let consul_hold = self.holds.borrow().remaining(Role::Consul);
+        match (consul_spec, consul_hold) {
+            (Some(_), Some(_)) => out.push(settle(Role::Consul, consul::hold_down(&ctx).await)),
+            (Some(s), None) => out.push(settle(Role::Consul, consul::ensure(&ctx, s).await)),
+            (None, _) => {}
         }
         if let Some(s) = manager_spec {
             out.push(settle(Role::Manager, manager::ensure(&ctx, s).await));
@@ -190,7 +224,7 @@ impl Reconciler {
         }
 
         let views = Views {
-            consul: if consul_spec.is_some() { consul::view().await } else { None },
+            consul: if consul_spec.is_some() && consul_hold.is_none() { consul::view().await } else { None },
             swarm: swarm::view(&self.docker).await,
         };
         self.views.send_replace(views);
@@ -208,4 +242,27 @@ fn settle(role: Role, r: Result<RoleStatus, RoleError>) -> RoleStatus {
 
 fn failed_all(roles: &[Role], message: &str) -> Vec<RoleStatus> {
     roles.iter().map(|r| status(*r, RoleState::Failed, message)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn issue_7_a_held_role_stays_held_until_released_or_its_lease_ends() {
+        let mut h = Holds::default();
+        assert_eq!(h.remaining(Role::Consul), None);
+        h.hold(Role::Consul, Duration::from_secs(30));
+        assert_eq!(h.remaining(Role::Consul), Some(Duration::from_secs(30)));
+        assert_eq!(h.remaining(Role::Manager), None);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(h.remaining(Role::Consul), Some(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(h.remaining(Role::Consul), None, "the lease ran out: the role is restored");
+
+        h.hold(Role::Consul, Duration::from_secs(30));
+        assert!(h.release(Role::Consul));
+        assert_eq!(h.remaining(Role::Consul), None);
+        assert!(!h.release(Role::Consul));
+    }
 }

@@ -28,7 +28,7 @@ impl IntoStatus for ControlError {
         match &self {
             ControlError::BadHostName(_) | ControlError::TtlTooLong(_) => Status::invalid_argument(self.to_string()),
             ControlError::UnknownHost(_) => Status::not_found(self.to_string()),
-            ControlError::BadAssignment { .. } | ControlError::NoActionKind => Status::invalid_argument(self.to_string()),
+            ControlError::BadAssignment { .. } | ControlError::NoActionKind | ControlError::NoRoleContainer => Status::invalid_argument(self.to_string()),
             ControlError::NotConnected(_) => Status::unavailable(self.to_string()),
             ControlError::Store(_) | ControlError::Pki(_) => Status::internal(self.to_string()),
         }
@@ -172,8 +172,12 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::EngineActionResponse>, Status> {
         authorize(&req)?;
         let r = req.into_inner();
-        let kind = v1::engine_action::Kind::try_from(r.kind).unwrap_or(v1::engine_action::Kind::Unspecified);
-        self.cp.engine_action(&r.host_name, kind).map_err(IntoStatus::into_status)?;
+        let action = v1::EngineAction {
+            kind: r.kind,
+            role: r.role,
+            hold_s: r.hold_s,
+        };
+        self.cp.engine_action(&r.host_name, action).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::EngineActionResponse {}))
     }
 

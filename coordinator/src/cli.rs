@@ -139,8 +139,8 @@ pub enum Command {
     /// Print hosts' logs (role containers, named containers, the Engine's journal) as
     /// `host/source | line`.
     Logs(LogsArgs),
-    /// Take the swarm's leader down, watch a replica take over (live, in the managers'
-    /// Engine logs), measure it, restore the old leader and judge the recovery.
+    /// Take the swarm's (or Consul's) leader down, watch a replica take over (live, in the
+    /// members' logs), measure it, restore the old leader and judge the recovery.
     FailoverTest(FailoverArgs),
     /// Bake a host image with Docker Engine and the agent installed (lab: a local image; aws:
     /// an AMI), for `deploy --image`: hosts booted from it skip both installations.
@@ -183,13 +183,17 @@ pub enum ProviderArg {
 
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
-    /// engine: the agent stops the host's Docker Engine; host: the provider stops the host.
+    /// engine: the agent stops the host's Docker Engine (for consul: kills the Consul
+    /// container and holds it down); host: the provider stops the host.
     #[arg(long, value_enum, default_value = "engine")]
     pub mode: ModeArg,
-    /// Take down this manager instead of the leader.
+    /// What to drill: the Swarm managers' leader, or the Consul servers' leader.
+    #[arg(long, value_enum, default_value = "swarm")]
+    pub component: ComponentArg,
+    /// Take down this manager (or Consul server) instead of the leader.
     #[arg(long)]
     pub target: Option<String>,
-    /// Drill even with fewer than 3 managers (the swarm loses quorum).
+    /// Drill even with fewer than 3 managers or Consul servers (the quorum is lost).
     #[arg(long)]
     pub force: bool,
     /// How long each phase may take (fault → recovered; restore → rejoined) before the drill
@@ -204,6 +208,12 @@ pub struct FailoverArgs {
 pub enum ModeArg {
     Engine,
     Host,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComponentArg {
+    Swarm,
+    Consul,
 }
 
 #[derive(Args, Debug)]
@@ -375,6 +385,10 @@ impl CliError {
             CliError::Failover(crate::failover::FailoverError::Refused(_)) => EXIT_USAGE,
             CliError::Deploy(crate::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage { .. })) => EXIT_USAGE,
             CliError::Bake(crate::bake::BakeError::Usage(_) | crate::bake::BakeError::ProviderUnavailable(_)) => EXIT_USAGE,
+            // The shell's convention: 128 + the signal's number.
+            CliError::Failover(crate::failover::FailoverError::Interrupted { signal, .. }) => {
+                if *signal == "SIGTERM" { 143 } else { 130 }
+            }
             _ => 1,
         }
     }
@@ -579,10 +593,29 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
 
 async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
     use std::io::IsTerminal;
-    use crate::failover::{self, FailoverError, Mode};
-    let mut client = client(g).await?;
+    use crate::failover::{self, Component, FailoverError, Mode};
+    let client = client(g).await?;
+    // SIGINT and SIGTERM stop the drill, which then undoes its fault before exiting.
+    let (sig_tx, sig_rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| CliError::Other(format!("installing the SIGINT handler: {e}")))?;
+        let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::Other(format!("installing the SIGTERM handler: {e}")))?;
+        tokio::spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    Some(()) = int.recv() => "SIGINT",
+                    Some(()) = term.recv() => "SIGTERM",
+                    else => return,
+                };
+                if sig_tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let report = failover::run(
-        &mut client,
+        client,
         failover::Options {
             cluster: g.cluster(),
             state_dir: g.state_dir(),
@@ -590,34 +623,64 @@ async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
                 ModeArg::Engine => Mode::Engine,
                 ModeArg::Host => Mode::Host,
             },
+            component: match args.component {
+                ComponentArg::Swarm => Component::Swarm,
+                ComponentArg::Consul => Component::Consul,
+            },
             target: args.target,
             force: args.force,
             bound: args.bound,
             colour: std::io::stderr().is_terminal(),
         },
+        sig_rx,
     )
     .await?;
     let secs = |v: Option<f64>| v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "-".into());
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
         Output::Table => {
-            println!("\nfailover drill on cluster '{}' ({} mode): {} → {}", report.cluster, report.mode, report.old_leader, if report.new_leader.is_empty() { "?" } else { &report.new_leader });
+            let consul = report.component == "consul";
+            println!(
+                "\nfailover drill of {} on cluster '{}' ({} mode): {} → {}",
+                if consul { "Consul" } else { "the swarm" },
+                report.cluster,
+                report.mode,
+                report.old_leader,
+                if report.new_leader.is_empty() { "?" } else { &report.new_leader }
+            );
             println!("\ntimeline (from the fault):");
             for e in &report.timeline {
                 println!("  {:>+8.2} s  {}", e.t_s, e.what);
             }
             println!("\n  detect    {}  (control plane: {})", secs(report.detect_s), secs(report.control_plane_detect_s));
-            println!("  elect     {}  (Swarm's own election, from the new leader's journal: {}; seen {} later)", secs(report.elect_s), secs(report.swarm_elected_s), secs(report.report_lag_s));
-            println!("  api back  {}", secs(report.api_back_s));
+            let (own, logged) = if consul {
+                ("Consul's own election, from the new leader's log", report.consul_elected_s)
+            } else {
+                ("Swarm's own election, from the new leader's journal", report.swarm_elected_s)
+            };
+            println!("  elect     {}  ({own}: {}; seen {} later)", secs(report.elect_s), secs(logged), secs(report.report_lag_s));
+            println!("  api back  {}{}", secs(report.api_back_s), if consul { "  (a KV write accepted)" } else { "" });
+            if let Some(ok) = report.join_data_ok {
+                println!("  join data {}", if ok { "readable from the surviving servers" } else { "NOT readable" });
+            }
             println!("  workload  {} of {} hello tasks running{}", report.tasks_after, failover::HELLO_REPLICAS, if report.tasks_rescheduled { " (rescheduled)" } else { " (kept running)" });
             println!("  rejoin    {} after the restore, as {}", secs(report.rejoin_s), if report.rejoined_as.is_empty() { "-" } else { &report.rejoined_as });
             println!("  healthy   {} after the restore", secs(report.healthy_s));
-            println!("\nelection lines from the managers' Engines ({} log lines streamed):", report.log_lines);
+            println!("\nelection lines from the members' logs ({} log lines streamed):", report.log_lines);
             for l in &report.election_lines {
                 println!("  {l}");
             }
             for e in &report.log_errors {
                 println!("  (could not stream {e})");
+            }
+            if !report.unobserved.is_empty() {
+                println!("\nnot observed:");
+                for u in &report.unobserved {
+                    println!("  - {u}");
+                }
+            }
+            for c in &report.cleanup {
+                println!("clean-up: {c}");
             }
             println!("\n{}", report.verdict);
         }

@@ -29,9 +29,14 @@ pub enum ControlError {
     BadAssignment { host: String, message: String },
     #[error("host '{0}' has no open session; its agent cannot be asked now")]
     NotConnected(String),
-    #[error("an engine action needs a kind (stop or start)")]
+    #[error("an engine action needs a kind (stop or start the Engine, stop or start a role)")]
     NoActionKind,
+    #[error("a role action needs a role with a container of its own: only consul (manager and node run inside the Engine: stop the Engine instead)")]
+    NoRoleContainer,
 }
+
+/// How long a role stays held down when `EngineActionRequest.hold_s` is 0.
+pub const DEFAULT_ROLE_HOLD_S: u32 = 600;
 
 pub struct ControlPlane {
     pub config: ServeConfig,
@@ -216,25 +221,47 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Asks `host`'s agent to stop or start its Docker Engine (the failover drill's fault and
-    /// repair). Returns once the action is queued on the host's session.
-    pub fn engine_action(&self, host: &str, kind: v1::engine_action::Kind) -> Result<(), ControlError> {
-        if kind == v1::engine_action::Kind::Unspecified {
+    /// Asks `host`'s agent to stop or start its Docker Engine, or to hold a role's container
+    /// down and release it (the failover drill's fault and repair; see `EngineAction` in
+    /// `agent.proto`). Returns once the action is queued on the host's session.
+    pub fn engine_action(&self, host: &str, action: v1::EngineAction) -> Result<(), ControlError> {
+        use v1::engine_action::Kind;
+        let kind = Kind::try_from(action.kind).unwrap_or(Kind::Unspecified);
+        if kind == Kind::Unspecified {
             return Err(ControlError::NoActionKind);
+        }
+        let role = v1::Role::try_from(action.role).unwrap_or(v1::Role::Unspecified);
+        let role_action = matches!(kind, Kind::StopRole | Kind::StartRole);
+        if role_action && crate::logs::role_container(role).is_none() {
+            return Err(ControlError::NoRoleContainer);
         }
         if self.store.host(host)?.is_none() {
             return Err(ControlError::UnknownHost(host.to_string()));
         }
+        let action = v1::EngineAction {
+            kind: kind as i32,
+            role: if role_action { role as i32 } else { 0 },
+            hold_s: match (kind, action.hold_s) {
+                (Kind::StopRole, 0) => DEFAULT_ROLE_HOLD_S,
+                (Kind::StopRole, s) => s,
+                _ => 0,
+            },
+        };
+        let detail = match kind {
+            Kind::StopRole => format!("stop_role {} (hold {} s)", role_name(role), action.hold_s),
+            Kind::StartRole => format!("start_role {}", role_name(role)),
+            _ => kind.as_str_name().trim_start_matches("KIND_").to_lowercase(),
+        };
         let sent = self.sessions.send(
             host,
             v1::CoordinatorMessage {
-                body: Some(v1::coordinator_message::Body::EngineAction(v1::EngineAction { kind: kind as i32 })),
+                body: Some(v1::coordinator_message::Body::EngineAction(action)),
             },
         );
         if !sent {
             return Err(ControlError::NotConnected(host.to_string()));
         }
-        self.audit("engine.action", host, kind.as_str_name().trim_start_matches("KIND_").to_lowercase(), "");
+        self.audit("engine.action", host, detail, "");
         Ok(())
     }
 

@@ -490,3 +490,59 @@ async fn the_admin_socket_and_keys_are_private_and_operator_certificates_work_re
         .expect_err("anonymous admin");
     assert_eq!(e.code(), Code::Unauthenticated);
 }
+
+/// The next `EngineAction` the coordinator sends on `session` (other messages skipped).
+async fn next_action(session: &mut tonic::Streaming<v1::CoordinatorMessage>) -> Result<v1::EngineAction, tokio::time::error::Elapsed> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(v1::coordinator_message::Body::EngineAction(a)) = session.message().await.expect("session message").expect("session open").body {
+                return a;
+            }
+        }
+    })
+    .await
+}
+
+/// Issue 7 — the Consul drill's fault travels as an `EngineAction` on the host's session:
+/// STOP_ROLE/START_ROLE name the role and (for a stop) the hold's lease; a role without a
+/// container of its own, an unknown host, a host without a session are refused with their
+/// reason.
+#[tokio::test]
+async fn issue_7_role_actions_reach_the_agent_with_their_role_and_lease_and_bad_ones_are_refused() {
+    use v1::engine_action::Kind;
+    let coord = Coord::start(|_| {}).await;
+    let id = enrolled_identity(&coord, "manager0").await;
+    let mut admin = coord.admin().await;
+    let action = |host: &str, kind: Kind, role: v1::Role, hold_s: u32| v1::EngineActionRequest {
+        host_name: host.into(),
+        kind: kind as i32,
+        role: role as i32,
+        hold_s,
+    };
+
+    // Known host, no session yet: UNAVAILABLE, naming it.
+    let e = admin.engine_action(action("manager0", Kind::StopRole, v1::Role::Consul, 30)).await.expect_err("no session");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("manager0"), "{}", e.message());
+
+    let mut session = open_session(&coord, Some(&id), "manager0").await.expect("session");
+
+    admin.engine_action(action("manager0", Kind::StopRole, v1::Role::Consul, 30)).await.expect("stop consul");
+    let got = next_action(&mut session).await.expect("the action reaches the session");
+    assert_eq!((got.kind, got.role, got.hold_s), (Kind::StopRole as i32, v1::Role::Consul as i32, 30));
+    // No lease given: the default, never "forever".
+    admin.engine_action(action("manager0", Kind::StopRole, v1::Role::Consul, 0)).await.expect("stop consul");
+    let got = next_action(&mut session).await.expect("the action reaches the session");
+    assert_eq!(got.hold_s, flotilla_coordinator::control::DEFAULT_ROLE_HOLD_S);
+    admin.engine_action(action("manager0", Kind::StartRole, v1::Role::Consul, 0)).await.expect("release consul");
+    let got = next_action(&mut session).await.expect("the action reaches the session");
+    assert_eq!((got.kind, got.role, got.hold_s), (Kind::StartRole as i32, v1::Role::Consul as i32, 0));
+
+    // The Swarm roles run inside the Engine: no role action for them.
+    let e = admin.engine_action(action("manager0", Kind::StopRole, v1::Role::Manager, 30)).await.expect_err("manager");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("only consul") && e.message().contains("stop the Engine"), "{}", e.message());
+    let e = admin.engine_action(action("nobody", Kind::StopRole, v1::Role::Consul, 30)).await.expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(audit_kinds(&coord).await.iter().filter(|k| *k == "engine.action").count() >= 3);
+}

@@ -137,6 +137,35 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
     Ok(health(spec.bootstrap_expect).await)
 }
 
+/// Keeps the Consul container stopped while the coordinator holds the role down (the
+/// failover drill's fault): kills it if it runs (SIGKILL: a crash, not a graceful leave, so
+/// the other servers still count it as a voter), and reports the role degraded.
+pub async fn hold_down(ctx: &RoleCtx<'_>) -> Result<RoleStatus, RoleError> {
+    kill(ctx.docker).await?;
+    // No countdown in the message: a status that changes every pass would be re-sent every
+    // pass.
+    Ok(status(
+        Role::Consul,
+        RoleState::Degraded,
+        "held down by the coordinator (failover drill) until released or its lease runs out",
+    ))
+}
+
+/// Kills the running Consul container (SIGKILL); whether one was running.
+pub async fn kill(docker: &bollard::Docker) -> Result<bool, RoleError> {
+    let mut killed = false;
+    for c in find(docker, "consul").await? {
+        if c.state.map(|s| s.to_string()).unwrap_or_default() == "running" {
+            let id = c.id.unwrap_or_default();
+            docker
+                .kill_container(&id, Some(bollard::query_parameters::KillContainerOptions { signal: "SIGKILL".into() }))
+                .await?;
+            killed = true;
+        }
+    }
+    Ok(killed)
+}
+
 /// Consul's own view: leader and peers, from the local server.
 pub async fn view() -> Option<ConsulView> {
     let c = Consul::new(&format!("127.0.0.1:{HTTP_PORT}"));

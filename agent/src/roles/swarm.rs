@@ -100,7 +100,8 @@ pub async fn view(docker: &Docker) -> Option<SwarmView> {
     Some(v)
 }
 
-fn key(cluster: &str, rest: &str) -> String {
+/// A key under the cluster's swarm prefix (`flotilla/<cluster>/swarm/<rest>`).
+pub fn key(cluster: &str, rest: &str) -> String {
     format!("flotilla/{cluster}/swarm/{rest}")
 }
 

@@ -1,0 +1,345 @@
+//! The Consul side of the drill: the Consul servers' HTTP APIs (`ip:8500`, as `verify`
+//! reads Consul), probed every [`PROBE_INTERVAL`]: the target's `/v1/status/leader`, the
+//! survivors' (who leads), a KV write through the new leader; then the swarm's join data
+//! read back, and the target back as a healthy voter in autopilot's view.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use flotilla_agent::consul::{Consul, ConsulError, ServerHealth};
+use flotilla_agent::roles::swarm::{self as agent_swarm, JoinData};
+use tokio::sync::mpsc;
+
+use super::{CALL_TIMEOUT, Drill, HELLO_REPLICAS, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL, Report, kv_probe_key, lock, swarm};
+
+fn client(ip: &str) -> Consul {
+    Consul::new(&format!("{ip}:{}", flotilla_agent::roles::consul::HTTP_PORT))
+}
+
+/// A Consul call, bounded.
+async fn timed<T>(bound: Duration, f: impl Future<Output = Result<T, ConsulError>>) -> Result<T, String> {
+    match tokio::time::timeout(bound, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {bound:?}")),
+    }
+}
+
+/// The member a Raft address (`ip:8300`) belongs to.
+fn name_of(members: &[Member], addr: &str) -> Option<String> {
+    let ip = addr.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(addr);
+    members.iter().find(|m| m.ip == ip).map(|m| m.name.clone())
+}
+
+/// Consul's leader, as the first server that answers names it.
+pub(super) async fn find_leader(members: &[Member]) -> Option<String> {
+    for m in members {
+        if let Ok(addr) = timed(CALL_TIMEOUT * 2, client(&m.ip).leader()).await
+            && !addr.is_empty()
+        {
+            return name_of(members, &addr);
+        }
+    }
+    None
+}
+
+/// What keeps Consul from riding out the loss of a server, in autopilot's view (answered by
+/// the leader through the first server that answers): every server alive, voting and
+/// healthy, and a failure tolerance of at least one. A server that rejoined moments ago is
+/// a non-voter until autopilot promotes it; drilling then would lose the quorum.
+pub(super) async fn fault_tolerance_problems(servers: &[Member]) -> Vec<String> {
+    let mut last = String::from("no Consul server is known");
+    for m in servers {
+        let c = client(&m.ip);
+        let health = match timed(CALL_TIMEOUT * 2, c.autopilot_health()).await {
+            Ok(h) => h,
+            Err(e) => {
+                last = format!("Consul's autopilot through {}: {e}", m.name);
+                continue;
+            }
+        };
+        let mut out: Vec<String> = servers
+            .iter()
+            .filter_map(|s| match health.iter().find(|h| h.name == s.name) {
+                None => Some(format!("Consul's autopilot does not list {}", s.name)),
+                Some(h) if rejoined_as(h) != "voter" => Some(format!("Consul's autopilot lists {} as {}", s.name, rejoined_as(h))),
+                Some(_) => None,
+            })
+            .collect();
+        if out.is_empty() && health.len() < 3 {
+            out.push(format!("Consul has {} voting servers: it cannot lose one", health.len()));
+        }
+        return out;
+    }
+    vec![last]
+}
+
+/// The swarm's join data (`flotilla/<cluster>/swarm/join`), read through the first of
+/// `members` that answers (a follower forwards the read to the leader, so this needs one):
+/// the server read through and the swarm's cluster id.
+pub(super) async fn join_data(members: &[Member], cluster: &str) -> Result<(String, String), String> {
+    let key = agent_swarm::key(cluster, "join");
+    let mut last = format!("no Consul server to read {key} through");
+    for m in members {
+        match timed(CALL_TIMEOUT * 2, client(&m.ip).get(&key)).await {
+            Ok(Some(e)) => match serde_json::from_slice::<JoinData>(&e.value) {
+                Ok(j) if !j.cluster_id.is_empty() && !j.manager_token.is_empty() && !j.worker_token.is_empty() => {
+                    return Ok((m.name.clone(), j.cluster_id));
+                }
+                Ok(_) => last = format!("{key} through {}: incomplete join data", m.name),
+                Err(e) => last = format!("{key} through {}: does not parse: {e}", m.name),
+            },
+            Ok(None) => last = format!("{key} through {}: no such key", m.name),
+            Err(e) => last = format!("{key} through {}: {e}", m.name),
+        }
+    }
+    Err(last)
+}
+
+/// Deletes `key` through the first server that can, retried until `deadline`.
+pub(super) async fn delete_key(addrs: &[String], key: &str, deadline: Instant) -> Result<(), String> {
+    loop {
+        let mut last = String::from("no Consul server is known");
+        for a in addrs {
+            match timed(CALL_TIMEOUT * 2, Consul::new(a).delete(key)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What a probe saw.
+enum Seen {
+    /// The target's Consul answered `/v1/status/leader` (or did not).
+    Ping(bool),
+    /// A surviving server's answer to `/v1/status/leader`.
+    Leader { from: String, leader: Result<String, String> },
+    /// A KV write through `via`.
+    Kv { via: String, ok: bool },
+}
+
+/// Probes until the loss is detected and Consul's KV accepts a write again (or the
+/// deadline): `detect_s`, `elect_s`, `api_back_s`. Returns the leader after the fault.
+pub(super) async fn measure(d: &Drill, m: &Measure<'_>, r: &mut Report) -> Option<String> {
+    let say = &d.say;
+    let (target, fault_at) = (m.target.to_string(), m.fault_at);
+    let survivors: Vec<Member> = m.members.iter().filter(|x| x.name != target).cloned().collect();
+    // Where the KV probe writes: the leader, once one is named.
+    let kv_via: Arc<Mutex<Option<Member>>> = Arc::default();
+    let key = kv_probe_key(&d.opts.cluster);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Seen)>();
+    let probing = tokio_util::sync::CancellationToken::new();
+    let _stop = probing.clone().drop_guard();
+    {
+        let target_ip = m.target_ip.to_string();
+        let kv_via = kv_via.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = probing.cancelled() => return,
+                }
+                let (tx1, ip) = (tx.clone(), target_ip.clone());
+                tokio::spawn(async move {
+                    let ok = timed(PING_TIMEOUT, client(&ip).leader()).await.is_ok();
+                    let _ = tx1.send((fault_at.elapsed(), Seen::Ping(ok)));
+                });
+                for s in &survivors {
+                    let (tx1, s) = (tx.clone(), s.clone());
+                    tokio::spawn(async move {
+                        let leader = timed(CALL_TIMEOUT, client(&s.ip).leader()).await;
+                        let _ = tx1.send((fault_at.elapsed(), Seen::Leader { from: s.name, leader }));
+                    });
+                }
+                let via = lock(&kv_via).clone();
+                if let Some(via) = via {
+                    let (tx1, key) = (tx.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let value = format!("written {:.3} s after the fault", fault_at.elapsed().as_secs_f64());
+                        let ok = matches!(timed(CALL_TIMEOUT, client(&via.ip).put(&key, value.as_bytes(), None)).await, Ok(true));
+                        let _ = tx1.send((fault_at.elapsed(), Seen::Kv { via: via.name, ok }));
+                    });
+                }
+            }
+        });
+    }
+    let mut new_leader: Option<String> = None;
+    loop {
+        if (r.detect_s.is_some() && r.api_back_s.is_some()) || Instant::now() > m.deadline {
+            break;
+        }
+        tokio::select! {
+            Some((at, seen)) = rx.recv() => match seen {
+                Seen::Ping(false) if r.detect_s.is_none() => {
+                    r.detect_s = Some(say.event(at, format!("detect: {target}'s Consul stopped answering ({}:8500)", m.target_ip)));
+                }
+                Seen::Ping(_) => {}
+                Seen::Leader { from, leader: Ok(addr) } => {
+                    let leader = name_of(m.members, &addr);
+                    if new_leader.is_none()
+                        && let Some(l) = &leader
+                        && (l != m.old_leader || (!m.target_is_leader && r.detect_s.is_some()))
+                    {
+                        new_leader = Some(l.clone());
+                        if m.target_is_leader {
+                            r.elect_s = Some(say.event(at, format!("elect: {from}'s Consul names {l} ({addr}) the new leader")));
+                        } else {
+                            say.event(at, format!("{from}'s Consul still names {l} the leader"));
+                        }
+                        lock(&d.pending).kv_probe = true;
+                        *lock(&kv_via) = m.members.iter().find(|x| &x.name == l).cloned();
+                    }
+                }
+                Seen::Leader { .. } => {}
+                Seen::Kv { via, ok: true } if r.api_back_s.is_none() => {
+                    r.api_back_s = Some(say.event(at, format!("api back: Consul's KV accepts a write through the leader {via}")));
+                }
+                Seen::Kv { .. } => {}
+            },
+            () = tokio::time::sleep_until(m.deadline.into()) => {}
+        }
+    }
+    new_leader
+}
+
+/// The workload after a Consul fault: the swarm's join data readable from the surviving
+/// servers, and the hello service's replicas running (through any surviving manager).
+pub(super) async fn workload(d: &Drill, m: &Measure<'_>, managers: &[Docker], tasks_before: &[String], r: &mut Report) {
+    let survivors: Vec<Member> = m.members.iter().filter(|x| x.name != m.target).cloned().collect();
+    let mut join = None;
+    let mut last_join_error = String::new();
+    let mut tasks_after = Vec::new();
+    loop {
+        if join.is_none() {
+            match join_data(&survivors, &d.opts.cluster).await {
+                Ok((via, id)) => {
+                    d.say.event(m.fault_at.elapsed(), format!("workload: the swarm's join data readable through {via} (cluster id {id})"));
+                    join = Some(via);
+                }
+                Err(e) => last_join_error = e,
+            }
+        }
+        for e in managers {
+            if let Ok(t) = swarm::running_tasks(e).await {
+                tasks_after = t;
+                break;
+            }
+        }
+        if join.is_some() && tasks_after.len() >= HELLO_REPLICAS {
+            r.workload_s = Some(d.say.event(
+                m.fault_at.elapsed(),
+                format!("workload: {} of {HELLO_REPLICAS} hello tasks running", tasks_after.len()),
+            ));
+            break;
+        }
+        if Instant::now() > m.deadline {
+            if join.is_none() {
+                d.say.note(format!("the swarm's join data: {last_join_error}"));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    r.join_data_ok = Some(join.is_some());
+    r.tasks_after = tasks_after.len();
+    r.tasks_rescheduled = tasks_after != tasks_before;
+    r.workload_ok = r.workload_s.is_some();
+}
+
+/// How autopilot lists a server: `voter` once it is alive in Serf, votes and is healthy.
+fn rejoined_as(s: &ServerHealth) -> String {
+    if s.serf_status != "alive" {
+        format!("serf {}", s.serf_status)
+    } else if !s.voter {
+        "non-voter".to_string()
+    } else if !s.healthy {
+        "unhealthy voter".to_string()
+    } else {
+        "voter".to_string()
+    }
+}
+
+/// After the restore: the target's Consul answering with a leader, and autopilot (on the
+/// leader) listing it as a healthy voter.
+pub(super) async fn rejoin(d: &Drill, m: &Measure<'_>, restore_at: Instant, deadline: Instant, r: &mut Report) {
+    let target = m.target;
+    // Ask the new leader; without one (the election failed), any server (they forward to
+    // whoever leads by then).
+    let ask: Vec<Member> = m
+        .members
+        .iter()
+        .filter(|x| x.name == r.new_leader)
+        .chain(m.members.iter().filter(|x| x.name != r.new_leader))
+        .cloned()
+        .collect();
+    let mut target_back = false;
+    loop {
+        if !target_back
+            && let Ok(addr) = timed(CALL_TIMEOUT, client(m.target_ip).leader()).await
+            && !addr.is_empty()
+        {
+            target_back = true;
+            let l = name_of(m.members, &addr).unwrap_or(addr);
+            d.say.event(m.fault_at.elapsed(), format!("{target}'s Consul answers again and names {l} the leader"));
+        }
+        let mut servers = None;
+        for x in &ask {
+            if let Ok(s) = timed(CALL_TIMEOUT * 2, client(&x.ip).autopilot_health()).await {
+                servers = Some(s);
+                break;
+            }
+        }
+        if let Some(servers) = servers
+            && let Some(s) = servers.iter().find(|s| s.name == target)
+        {
+            r.rejoined_as = rejoined_as(s);
+            if target_back && r.rejoined_as == "voter" {
+                let at = restore_at.elapsed().as_secs_f64();
+                r.rejoin_s = Some(at);
+                d.say.event(m.fault_at.elapsed(), format!("rejoin: {target} is back as a healthy voter ({at:.2} s after the restore)"));
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_addresses_map_to_members_and_autopilot_states_read_plainly() {
+        let members = vec![
+            Member { name: "manager0".into(), ip: "10.0.0.10".into() },
+            Member { name: "manager1".into(), ip: "10.0.0.11".into() },
+        ];
+        assert_eq!(name_of(&members, "10.0.0.11:8300").as_deref(), Some("manager1"));
+        assert_eq!(name_of(&members, "10.0.0.99:8300"), None);
+        let mut s = ServerHealth {
+            name: "manager0".into(),
+            address: "10.0.0.10:8300".into(),
+            serf_status: "alive".into(),
+            leader: false,
+            voter: true,
+            healthy: true,
+        };
+        assert_eq!(rejoined_as(&s), "voter");
+        s.healthy = false;
+        assert_eq!(rejoined_as(&s), "unhealthy voter");
+        s.voter = false;
+        assert_eq!(rejoined_as(&s), "non-voter");
+        s.serf_status = "failed".into();
+        assert_eq!(rejoined_as(&s), "serf failed");
+    }
+}
