@@ -54,6 +54,7 @@ use tonic::transport::Channel;
 
 use crate::cluster::QUORUM_TABLE;
 use crate::providers::lab::{Lab, LabError};
+use crate::providers::{Provider, ProviderError, ProviderRecord};
 use crate::verify;
 
 /// The drill's long-running hello service.
@@ -152,6 +153,8 @@ pub enum FailoverError {
     Workload(String),
     #[error(transparent)]
     Lab(#[from] LabError),
+    #[error(transparent)]
+    Aws(#[from] crate::providers::aws::AwsError),
     #[error("the local Docker Engine does not answer ({0}); the lab provider needs it")]
     NoLocalEngine(String),
     #[error("the drill did not pass: {0}")]
@@ -689,8 +692,36 @@ struct Drill {
     opts: Options,
     admin: AdminClient<Channel>,
     say: Arc<Say>,
-    lab: Arc<Lab>,
+    /// The cluster's provider, as its state directory records it (lab or AWS).
+    provider: Arc<Provider>,
     pending: Mutex<Pending>,
+}
+
+/// The drill's hello image on AWS (a shell to stay up; the lab uses its own from its registry).
+pub const AWS_DRILL_IMAGE: &str = "busybox:1.36";
+
+impl From<ProviderError> for FailoverError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Lab(e) => FailoverError::Lab(e),
+            ProviderError::Aws(e) => FailoverError::Aws(e),
+        }
+    }
+}
+
+/// The provider a cluster was deployed with (its state directory records it).
+async fn provider_of(cluster: &str, state_dir: &std::path::Path) -> Result<Provider, FailoverError> {
+    let record = ProviderRecord::load(state_dir);
+    if record.provider == "aws" {
+        let settings = record.aws.unwrap_or_default();
+        return Ok(Provider::Aws(crate::providers::aws::Aws::connect(cluster, &settings, state_dir).await?));
+    }
+    let docker = bollard::Docker::connect_with_defaults()
+        .map_err(|e| FailoverError::NoLocalEngine(e.to_string()))?
+        .negotiate_version()
+        .await
+        .map_err(|e| FailoverError::NoLocalEngine(e.to_string()))?;
+    Ok(Provider::Lab(Lab::new(docker, cluster, state_dir, Default::default())))
 }
 
 /// Runs the drill; a report that did not pass is returned as `Ok` (the caller decides the
@@ -698,17 +729,12 @@ struct Drill {
 /// drill's service removed, and [`FailoverError::Interrupted`] says what was done; a second
 /// signal cuts that clean-up short. Every other way out cleans up too.
 pub async fn run(admin: AdminClient<Channel>, opts: Options, mut signals: mpsc::UnboundedReceiver<&'static str>) -> Result<Report, FailoverError> {
-    let docker = bollard::Docker::connect_with_defaults()
-        .map_err(|e| FailoverError::NoLocalEngine(e.to_string()))?
-        .negotiate_version()
-        .await
-        .map_err(|e| FailoverError::NoLocalEngine(e.to_string()))?;
-    let lab = Arc::new(Lab::new(docker, &opts.cluster, &opts.state_dir, Default::default()));
+    let provider = Arc::new(provider_of(&opts.cluster, &opts.state_dir).await?);
     let d = Drill {
         opts,
         admin,
         say: Arc::new(Say::new()),
-        lab,
+        provider,
         pending: Mutex::new(Pending::default()),
     };
     let outcome = tokio::select! {
@@ -823,12 +849,16 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
 
     // The hello workload, through the swarm's leader.
     let swarm_leader = swarm_leader.ok_or_else(|| FailoverError::Engine("no manager's Engine names a swarm leader".into()))?;
-    let registry = d
-        .lab
-        .registry_addr()
-        .await?
-        .ok_or_else(|| FailoverError::Workload(format!("cluster '{}' has no lab registry to pull the hello image from", opts.cluster)))?;
-    let image = format!("{registry}/flotilla/hello:1");
+    let image = match d.provider.as_ref() {
+        Provider::Lab(lab) => {
+            let registry = lab
+                .registry_addr()
+                .await?
+                .ok_or_else(|| FailoverError::Workload(format!("cluster '{}' has no lab registry to pull the hello image from", opts.cluster)))?;
+            format!("{registry}/flotilla/hello:1")
+        }
+        Provider::Aws(_) => AWS_DRILL_IMAGE.to_string(),
+    };
     say.note(format!("hello workload: {HELLO_SERVICE}, {HELLO_REPLICAS} replicas on the workers ({image})"));
     lock(&d.pending).hello = true;
     let tasks_before = swarm::ensure_hello(&engines[&swarm_leader], &image).await?;
@@ -1036,11 +1066,11 @@ async fn fault(d: &Drill, target: &str, fault_at: Instant) -> Result<(), Failove
             );
         }
         (Mode::Host, _) => {
-            say.event(Duration::ZERO, format!("fault: the lab provider stops host {target}"));
+            say.event(Duration::ZERO, format!("fault: the {} provider stops host {target}", d.provider.kind()));
             // Stopping waits for the host's shutdown; probing runs meanwhile.
-            let (lab, t, say) = (d.lab.clone(), target.to_string(), d.say.clone());
+            let (provider, t, say) = (d.provider.clone(), target.to_string(), d.say.clone());
             tokio::spawn(async move {
-                match lab.stop(&t).await {
+                match provider.stop(&t).await {
                     Ok(()) => say.event(fault_at.elapsed(), format!("host {t} stopped (provider)")),
                     Err(e) => say.event(fault_at.elapsed(), format!("stopping host {t} failed: {e}")),
                 };
@@ -1090,11 +1120,18 @@ async fn restore(d: &Drill, target: &str, deadline: Instant) -> Result<String, S
         }
         Mode::Host => {
             // The stop may still be in progress: start only once the host is stopped.
-            while d.lab.host(target).await.is_ok_and(|h| h.state == crate::providers::HostState::Running) && Instant::now() < deadline {
+            // (EC2: `stopping` too — an instance cannot be started until it is `stopped`.)
+            while d
+                .provider
+                .host(target)
+                .await
+                .is_ok_and(|h| matches!(h.state, crate::providers::HostState::Running | crate::providers::HostState::Stopping))
+                && Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            d.lab.start(target).await.map_err(|e| format!("starting host {target}: {e}"))?;
-            format!("the lab provider started host {target}")
+            d.provider.start(target).await.map_err(|e| format!("starting host {target}: {e}"))?;
+            format!("the {} provider started host {target}", d.provider.kind())
         }
     };
     lock(&d.pending).faulted = None;
@@ -1103,7 +1140,13 @@ async fn restore(d: &Drill, target: &str, deadline: Instant) -> Result<String, S
 
 /// How to undo by hand what the clean-up could not.
 fn manual_fix(d: &Drill, target: &str) -> String {
-    let container = d.lab.container_name(target);
+    let Provider::Lab(lab) = d.provider.as_ref() else {
+        return match d.opts.mode {
+            Mode::Host => format!("start the instance by hand: `aws ec2 start-instances` for the instance tagged Name={target}"),
+            Mode::Engine => format!("on {target} (ssh or SSM): `sudo systemctl start docker` / `sudo systemctl restart flotilla-agent`"),
+        };
+    };
+    let container = lab.container_name(target);
     match (d.opts.mode, d.opts.component) {
         (Mode::Engine, Component::Swarm) => format!("start its Engine by hand: `docker exec {container} systemctl start docker`"),
         (Mode::Engine, Component::Consul) => format!(
