@@ -235,7 +235,14 @@ fn a_failed_drill_is_undone() {
     assert!(r["restore_s"].as_f64().is_some(), "the target was not restored by the drill");
     let cleanup = strings(&r, "cleanup");
     assert!(cleanup.iter().any(|c| c.contains("removed the drill's service")), "{cleanup:?}");
-    assert_eq!(in_host(target, &["systemctl", "is-active", "docker"]), "active");
+    // The restore started the Engine; systemd may still be bringing it up ("activating").
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut state = in_host(target, &["systemctl", "is-active", "docker"]);
+    while state == "activating" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        state = in_host(target, &["systemctl", "is-active", "docker"]);
+    }
+    assert_eq!(state, "active", "{target}'s Engine after the restore");
     let other = if target == "manager0" { "manager1" } else { "manager0" };
     assert!(drill_service_left(other).is_empty(), "the drill's hello service was left behind");
 }
