@@ -1,11 +1,13 @@
 //! Issue 8 — `coordinator bake` on the lab, through the real binary: a bake makes an image
 //! with the Engine and the agent installed and nothing secret in it; the default cluster
 //! deploys from it, verifies and passes the smoke test, and every host's cloud-init log says
-//! the installation was skipped; a second bake reuses the image; a builder whose installation
-//! fails makes the bake fail with its cloud-init output and leaves nothing behind.
+//! the installation was skipped; a second bake reuses the image; a host from an image whose
+//! agent is another build replaces it, saying so; a builder whose installation fails makes the
+//! bake fail with its cloud-init output and leaves nothing behind.
 //!
 //! Cluster names: `bake` (the bake's builder scope), `baked` (the cluster deployed from the
-//! image), `bakefail` (the failing bake). Images: `flotilla-test/baked`, `flotilla-test/bakefail`.
+//! image), `bakefail` (the failing bake). Images: `flotilla-test/baked`, `flotilla-test/bakefail`,
+//! `flotilla-test/baked-other`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -314,4 +316,105 @@ fn bad_bake_and_image_requests_exit_64_naming_the_problem_and_create_nothing() {
     ];
     assert!(made.iter().all(|o| stdout(o).is_empty()), "a deploy from a missing image created something");
     deploy.run(&["destroy", "--yes"]);
+}
+
+/// A host booted from an image whose agent is another build than the cluster's downloads the
+/// cluster's agent, and its cloud-init log says why.
+#[tokio::test]
+async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
+    use flotilla_coordinator::providers::LaunchSpec;
+    use flotilla_coordinator::providers::lab::{self, Lab};
+    use flotilla_proto::v1;
+
+    const OTHER: &str = "flotilla-test/baked-other";
+    Cli::new("baked").run(&["destroy", "--yes"]);
+    remove_images(OTHER);
+    // Another build: the coordinator executable (which doubles as the agent) baked in as the agent.
+    let other = flotilla_tests::target_dir().join("coordinator");
+    let r = ok_json(&Cli::new("bake").run(&[
+        "bake",
+        "--name",
+        OTHER,
+        "--agent-binary",
+        other.to_str().expect("utf-8"),
+        "--output",
+        "json",
+    ]));
+    let image = r["image"].as_str().expect("image").to_string();
+    let other_sha = r["agent_sha256"].as_str().expect("sha").to_string();
+    assert_eq!(other_sha, sha256_file(&other));
+
+    // One host of the lab cluster `baked`, booted from that image, against a control plane on
+    // the lab network that serves this build's agent.
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .expect("the machine's Docker Engine")
+        .negotiate_version()
+        .await
+        .expect("the Docker Engine must answer");
+    let state = tempfile::tempdir().expect("tempdir");
+    let lab = Lab::new(docker, "baked", state.path(), lab::images::ensure(true).await.expect("images"));
+    lab.destroy().await.expect("clean start");
+    let (_, base) = lab.ensure_network().await.expect("network");
+    let gateway = std::net::Ipv4Addr::from(u32::from(base) | 1);
+    let agent = flotilla_tests::agent_binary_path();
+    let mut coord = flotilla_tests::Coord::start_on(&format!("{gateway}:0"), |c| c.agent_binary = Some(agent.clone())).await;
+    let mut admin = coord.admin().await;
+    let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+    assert_ne!(st.agent_binary_sha256, other_sha);
+    let user_data = flotilla_cloud_init::render_host(&flotilla_cloud_init::HostInputs {
+        cluster: "baked".into(),
+        host_name: "node0".into(),
+        coordinator: vec![st.agent_endpoint.clone()],
+        ca_pem: coord.ca_pem(),
+        join_token: Some(coord.token("node0").await),
+        agent: flotilla_cloud_init::AgentBinary {
+            url: format!("https://{}/v1/agent/flotilla-agent", st.agent_endpoint),
+            sha256: st.agent_binary_sha256.clone(),
+            version: st.agent_version.clone(),
+        },
+        engine: flotilla_cloud_init::Engine::Preinstalled,
+        insecure_registries: vec![],
+        heartbeat_interval_s: 2,
+    })
+    .expect("render");
+    lab.launch(&LaunchSpec {
+        name: "node0".into(),
+        role: "node".into(),
+        user_data,
+        instance_type: String::new(),
+        image: Some(image.clone()),
+    })
+    .await
+    .expect("launch");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        if st.hosts.iter().any(|h| h.name == "node0" && h.connected) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node0 did not enroll");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let c = lab.container_name("node0");
+    let log = stdout(&docker_exec(&c, &["cat", "/var/log/cloud-init-output.log"]));
+    assert!(
+        log.contains(&format!(
+            "flotilla-bootstrap: agent: /usr/local/bin/flotilla-agent is not version {} (sha256 {other_sha}), replacing it",
+            st.agent_version
+        )),
+        "{log}"
+    );
+    assert!(log.contains("flotilla-bootstrap: agent: downloading version") && log.contains("installed at /usr/local/bin/flotilla-agent"), "{log}");
+    let installed = stdout(&docker_exec(&c, &["sha256sum", "/usr/local/bin/flotilla-agent"]));
+    assert!(installed.starts_with(&st.agent_binary_sha256), "{installed}");
+
+    coord.stop().await;
+    lab.destroy().await.expect("destroy");
+    remove_images(OTHER);
+}
+
+fn docker_exec(container: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["exec", container];
+    args.extend_from_slice(cmd);
+    docker(&args)
 }
