@@ -122,6 +122,18 @@ fn container_file(container: &str, path: &str) -> Option<Vec<u8>> {
     Some(out.stdout[512..512 + size].to_vec())
 }
 
+/// A background bake, killed if the test fails while it runs.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs a bake in the background and, meanwhile, boots a lab host from each builder moto
 /// reports (once), and stops that host when moto says the builder is stopping or stopped.
 /// Returns the bake's output and the builders it booted, with the instance checks made while
@@ -133,7 +145,7 @@ async fn bake_with_lab_builder(
     ec2: &aws_sdk_ec2::Client,
     lab: &flotilla_coordinator::providers::lab::Lab,
 ) -> (std::process::ExitStatus, String, String, Vec<String>) {
-    let mut child = bake_cmd(c, cwd, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bake");
+    let mut child = Running(bake_cmd(c, cwd, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bake"));
     let mut booted: Vec<String> = vec![];
     let mut stopped = false;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -157,15 +169,13 @@ async fn bake_with_lab_builder(
                     i.security_groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(),
                     vec![groups[0].group_id().unwrap_or_default()]
                 );
-                let root = i.root_device_name().unwrap_or_default();
-                let vol = i
-                    .block_device_mappings()
-                    .iter()
-                    .find(|b| b.device_name() == Some(root))
-                    .and_then(|b| b.ebs())
-                    .and_then(|e| e.volume_id())
-                    .expect("root volume");
-                let v = ec2.describe_volumes().volume_ids(vol).send().await.expect("describe volume");
+                let v = ec2
+                    .describe_volumes()
+                    .filters(Filter::builder().name("attachment.instance-id").values(&id).build())
+                    .send()
+                    .await
+                    .expect("describe volumes");
+                assert_eq!(v.volumes().len(), 1, "{:?}", v.volumes());
                 assert_eq!(v.volumes()[0].encrypted(), Some(true), "root volume not encrypted");
                 assert_eq!(v.volumes()[0].volume_type().map(|t| t.as_str()), Some("gp3"));
                 let ud = user_data(ec2, &id).await;
@@ -190,7 +200,7 @@ async fn bake_with_lab_builder(
                 stopped = true;
             }
         }
-        if let Some(s) = child.try_wait().expect("wait bake") {
+        if let Some(s) = child.0.try_wait().expect("wait bake") {
             break s;
         }
         assert!(Instant::now() < deadline, "bake did not finish within 600 s");
@@ -198,8 +208,8 @@ async fn bake_with_lab_builder(
     };
     let mut out = String::new();
     let mut err = String::new();
-    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    child.0.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    child.0.stderr.take().map(|mut s| s.read_to_string(&mut err));
     eprintln!("$ coordinator bake --provider aws {}\n{out}\n{err}", args.join(" "));
     (status, out, err, booted)
 }
@@ -228,7 +238,7 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
     let (status, out, err, booted) = bake_with_lab_builder(&c, cwd.path(), &args, &ec2, &lab).await;
     assert!(status.success(), "bake failed: {err}");
     assert_eq!(booted.len(), 1, "one builder: {booted:?}");
-    assert!(err.contains("flotilla-bake: done agent="), "the builder's progress is shown: {err}");
+    assert!(err.contains("installed: agent "), "the builder's report is shown: {err}");
     let report: Value = serde_json::from_str(&out).expect("bake json");
     assert_eq!(report["provider"], "aws");
     assert_eq!(report["reused"], false);
@@ -249,6 +259,18 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
     assert_eq!(tag(t, "flotilla:bake-base"), report["base_id"].as_str().unwrap_or("?"));
     assert!(!tag(t, "flotilla:bake-tag").is_empty());
     assert!(img.name().unwrap_or_default().starts_with(&format!("{NAME}-")), "{:?}", img.name());
+    // Its snapshots carry the same tags.
+    let snapshots: Vec<String> = img
+        .block_device_mappings()
+        .iter()
+        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+        .collect();
+    assert!(!snapshots.is_empty(), "the image has no snapshot");
+    let snaps = ec2.describe_snapshots().set_snapshot_ids(Some(snapshots)).send().await.expect("describe snapshots");
+    for s in snaps.snapshots() {
+        assert_eq!(tag(s.tags(), "flotilla:agent-sha256"), report["agent_sha256"].as_str().unwrap_or("?"), "{s:?}");
+        assert_eq!(tag(s.tags(), "flotilla:engine-version"), engine);
+    }
     // The builder is terminated, the bake group gone.
     let all = builders(&ec2, c.cluster).await;
     assert_eq!(all.len(), 1);

@@ -16,8 +16,9 @@
 //! `flotilla:role=bake-builder`) and a security group `flotilla-bake-<scope>` with no inbound
 //! rule at all (the builder only dials out). Both go on every path out of the bake, and a bake
 //! starts by removing what an interrupted one of the same scope left. The image is found
-//! again by its tags: `flotilla:bake-name`, `flotilla:bake-base`, `flotilla:agent-version`,
-//! `flotilla:agent-sha256` (and `flotilla:bake-tag`, `flotilla:engine-version`).
+//! again by its tags (on its snapshots too): `flotilla:bake-name`, `flotilla:bake-base`,
+//! `flotilla:agent-version`, `flotilla:agent-sha256` (and `flotilla:bake`, `flotilla:bake-tag`,
+//! `flotilla:engine-version`); a bake never deletes an image.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -224,8 +225,8 @@ impl AwsBaker {
         }
     }
 
-    /// Waits (bounded) until the AMI is `available`.
-    async fn wait_available(&self, ami: &str) -> Result<(), BakeError> {
+    /// Waits (bounded) until the AMI is `available`; its snapshots.
+    async fn wait_available(&self, ami: &str) -> Result<Vec<String>, BakeError> {
         let deadline = Instant::now() + IMAGE_WAIT;
         loop {
             let r = self
@@ -238,7 +239,14 @@ impl AwsBaker {
                 .map_err(self.aws.err("ec2:DescribeImages"))?;
             let state = r.images().first().and_then(|i| i.state()).map(|s| s.as_str().to_string());
             match state.as_deref() {
-                Some("available") => return Ok(()),
+                Some("available") => {
+                    return Ok(r
+                        .images()
+                        .iter()
+                        .flat_map(|i| i.block_device_mappings())
+                        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+                        .collect());
+                }
                 Some(s @ ("failed" | "error" | "invalid" | "deregistered")) => {
                     return Err(AwsError::State(format!("the image {ami} became {s} instead of available")).into());
                 }
@@ -460,7 +468,8 @@ impl Backend for AwsBaker {
             .map_err(self.aws.err("ec2:StopInstances"))?;
         self.wait_stopped(&id).await?;
         let name = format!("{}-{}", facts.name, facts.tag);
-        let tags: [(&str, &str); 6] = [
+        let tags: [(&str, &str); 7] = [
+            (TAG_BAKE, &self.scope),
             (TAG_BAKE_NAME, &facts.name),
             (TAG_BAKE_TAG, &facts.tag),
             (TAG_BAKE_BASE, &facts.base),
@@ -468,15 +477,10 @@ impl Backend for AwsBaker {
             (TAG_AGENT_SHA256, &facts.agent_sha256),
             (TAG_ENGINE_VERSION, &facts.engine_version),
         ];
-        let spec = |resource: ResourceType| {
-            let mut b = TagSpecification::builder()
-                .resource_type(resource)
-                .tags(Tag::builder().key("Name").value(&name).build());
-            for (k, v) in tags {
-                b = b.tags(Tag::builder().key(k).value(v).build());
-            }
-            b.build()
-        };
+        let tag_list: Vec<Tag> = std::iter::once(("Name", name.as_str()))
+            .chain(tags)
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
         let r = self
             .aws
             .ec2
@@ -487,8 +491,12 @@ impl Backend for AwsBaker {
                 "Flotilla baked host: agent {} (sha256 {}), Docker Engine {}, from {}",
                 facts.agent_version, facts.agent_sha256, facts.engine_version, facts.base
             ))
-            .tag_specifications(spec(ResourceType::Image))
-            .tag_specifications(spec(ResourceType::Snapshot))
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(tag_list.clone()))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| match AwsError::from_sdk("ec2:CreateImage", &self.aws.endpoint, e) {
@@ -505,7 +513,19 @@ impl Backend for AwsBaker {
             .image_id()
             .ok_or_else(|| AwsError::State("CreateImage returned no image id".into()))?
             .to_string();
-        self.wait_available(&ami).await?;
+        let snapshots = self.wait_available(&ami).await?;
+        // The snapshots get the same tags once they exist (tagging them in CreateImage is not
+        // supported by every EC2-compatible endpoint).
+        if !snapshots.is_empty() {
+            self.aws
+                .ec2
+                .create_tags()
+                .set_resources(Some(snapshots))
+                .set_tags(Some(tag_list))
+                .send()
+                .await
+                .map_err(self.aws.err("ec2:CreateTags"))?;
+        }
         Ok(Image {
             reference: ami.clone(),
             id: ami,
