@@ -331,7 +331,7 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
 }
 
 #[tokio::test]
-async fn issue_8_aws_bake_whose_builder_never_reports_times_out_and_leaves_nothing() {
+async fn issue_8_aws_bake_removes_what_an_interrupted_one_left_and_a_builder_that_never_reports_times_out_leaving_nothing() {
     let c = Cli::new("bakeaws2");
     let cwd = tempfile::tempdir().expect("tempdir");
     let moto = Moto::start(&[]);
@@ -344,16 +344,46 @@ async fn issue_8_aws_bake_whose_builder_never_reports_times_out_and_leaves_nothi
     assert!(String::from_utf8_lossy(&out.stderr).contains("--advertise"));
     assert!(builders(&ec2, c.cluster).await.is_empty(), "a refused bake launched something");
 
+    // What an interrupted bake of this scope left: a builder and the bake group.
+    let tags = |r: aws_sdk_ec2::types::ResourceType, extra: &[(&str, &str)]| {
+        let mut b = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(r)
+            .tags(aws_sdk_ec2::types::Tag::builder().key("flotilla:bake").value(c.cluster).build());
+        for (k, v) in extra {
+            b = b.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+        }
+        b.build()
+    };
+    let ami = ec2.describe_images().owners("amazon").send().await.expect("images").images()[0].image_id().unwrap_or_default().to_string();
+    let left = ec2
+        .run_instances()
+        .image_id(&ami)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(tags(aws_sdk_ec2::types::ResourceType::Instance, &[("flotilla:role", "bake-builder")]))
+        .send()
+        .await
+        .expect("a left builder");
+    let left_id = left.instances()[0].instance_id().unwrap_or_default().to_string();
+    ec2.create_security_group()
+        .group_name(format!("flotilla-bake-{}", c.cluster))
+        .description("left by an interrupted bake")
+        .tag_specifications(tags(aws_sdk_ec2::types::ResourceType::SecurityGroup, &[]))
+        .send()
+        .await
+        .expect("a left group");
+
     // moto boots nothing: the builder never reports.
     let out = run(&c, cwd.path(), &["--endpoint-url", &endpoint, "--advertise", "127.0.0.1", "--name", FAIL_NAME, "--timeout", "3s"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let all = builders(&ec2, c.cluster).await;
-    assert_eq!(all.len(), 1, "RunInstances once");
-    let id = all[0].instance_id().unwrap_or_default();
+    assert_eq!(all.len(), 2, "the left builder and RunInstances once");
+    assert!(all.iter().all(|i| state(i) == "terminated"), "a builder is left (the old one or the new one)");
+    let new = all.iter().find(|i| i.instance_id() != Some(left_id.as_str())).expect("the bake's builder");
+    let id = new.instance_id().unwrap_or_default();
     assert!(err.contains(&format!("the builder {id} did not finish installing within 3s")), "{err}");
     assert!(err.contains("sent no report"), "{err}");
-    assert_eq!(state(&all[0]), "terminated", "the builder is left");
     assert!(bake_groups(&ec2, c.cluster).await.is_empty(), "the bake group is left");
     assert!(own_images(&ec2).await.is_empty(), "a failed bake made an image");
     let _ = std::fs::remove_dir_all(&c.state_root);
