@@ -377,6 +377,12 @@ async fn build<B: Backend>(
     })?;
     let builder = backend.launch(base, &user_data).await?;
     p.say("builder", format!("{builder} booting from {}", base.reference));
+    if backend.reports() {
+        p.say(
+            "builder",
+            format!("waiting (up to {:?}) for its report at {}: it cannot be looked into from here", opts.timeout, served.report_url()),
+        );
+    }
     let deadline = Instant::now() + opts.timeout;
     let mut last = None;
     let engine_version = loop {

@@ -69,7 +69,11 @@ impl Endpoint {
         let config = tls::server_config(&identity, &ca).map_err(err)?;
         let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
-            .map_err(|e| BakeError::Endpoint(format!("cannot listen on {ip}: {e}")))?;
+            .map_err(|e| {
+                BakeError::Endpoint(format!(
+                    "cannot listen on {ip}: {e} (the bake listens where builders reach it: --advertise must be an address of this machine)"
+                ))
+            })?;
         let port = listener
             .local_addr()
             .map_err(|e| BakeError::Endpoint(e.to_string()))?
