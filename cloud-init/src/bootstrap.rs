@@ -4,9 +4,10 @@
 
 use crate::paths::{
     AGENT_BINARY_PATH, AGENT_UNIT_NAME, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH,
-    BOOTSTRAP_FAILED_PATH, CA_PATH, DOCKER_DAEMON_JSON_PATH, STATE_DIR,
+    BOOTSTRAP_FAILED_PATH, CA_PATH, CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH,
+    SEAL_UNIT_NAME, STATE_DIR,
 };
-use crate::{AgentBinary, Engine, OsFamily};
+use crate::{AgentBinary, BakeReport, Engine, OsFamily};
 
 /// The template. Valid bash as is: the marker is a comment.
 pub(crate) const TEMPLATE: &str = include_str!("bootstrap.sh");
@@ -21,12 +22,14 @@ pub(crate) enum Mode {
     Bake,
 }
 
-/// The script for `mode`. `agent` must be validated; its digest is lower-cased here.
+/// The script for `mode`. `agent` and `report` must be validated; the digest is lower-cased
+/// here. `report` (bake only): where the script reports, and whether it installs the seal unit.
 pub(crate) fn render(
     mode: Mode,
     engine: Engine,
     insecure_registries: &[String],
     agent: &AgentBinary,
+    report: Option<&BakeReport>,
 ) -> String {
     let (mode_name, ca_file, failed_file) = match mode {
         Mode::Host => ("host", CA_PATH, BOOTSTRAP_FAILED_PATH),
@@ -58,6 +61,16 @@ pub(crate) fn render(
         ("FAILED_FILE", sh_quote(failed_file)),
         ("BAKE_COMPLETE", sh_quote(BAKE_COMPLETE_PATH)),
         ("DAEMON_JSON", sh_quote(DOCKER_DAEMON_JSON_PATH)),
+        (
+            "FLOTILLA_REPORT_URL",
+            sh_quote(report.map(|r| r.url.as_str()).unwrap_or_default()),
+        ),
+        (
+            "FLOTILLA_REPORT_NONCE",
+            sh_quote(report.map(|r| r.nonce.as_str()).unwrap_or_default()),
+        ),
+        ("CLOUD_INIT_OUTPUT", sh_quote(CLOUD_INIT_OUTPUT_PATH)),
+        ("SEAL_UNIT", sh_quote(SEAL_UNIT_NAME)),
     ];
     let mut block = String::from("# Rendered by flotilla-cloud-init.\n");
     for (name, value) in values {
@@ -102,7 +115,7 @@ mod tests {
             sha256: "AB".repeat(32),
             version: "1".into(),
         };
-        let script = render(Mode::Host, Engine::Preinstalled, &[], &agent);
+        let script = render(Mode::Host, Engine::Preinstalled, &[], &agent, None);
         assert!(script.contains(&format!("FLOTILLA_AGENT_SHA256='{}'\n", "ab".repeat(32))));
         assert!(script.contains("FLOTILLA_INSECURE_REGISTRIES=()\n"));
         assert!(!script.contains(MARKER));

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Flotilla bootstrap (flotilla-cloud-init), run once by cloud-init's runcmd. Each step logs a
 # "flotilla-bootstrap:" (bake: "flotilla-bake:") line to stdout; a failure's reason also goes
-# to $FAILED_FILE. Safe to re-run: each step looks before it acts.
+# to $FAILED_FILE. Safe to re-run: each step looks before it acts. A bake with a report URL
+# also POSTs how it ended (complete or failed) to the baker, whatever way it ends.
 set -Eeuo pipefail
 
 # @flotilla-rendered-values@
@@ -15,6 +16,7 @@ ENGINE_VERSION=unknown
 AGENT_REPLACED=0
 TMP_AGENT=
 NO_CAPATH=
+REPORTED=0
 
 log() { printf '%s: %s\n' "$LOG_PREFIX" "$*"; }
 fail() {
@@ -22,12 +24,43 @@ fail() {
   log "$*"
   mkdir -p -- "${FAILED_FILE%/*}"
   printf '%s\n' "$*" >"$FAILED_FILE"
+  report failed "reason=$*"
   exit 1
 }
+# bake with a report URL: tells the baker how the bake ended (once), with the tail of the
+# cloud-init output, over HTTPS trusting only the bake CA; the nonce says which bake it is.
+report() {
+  if [ "$FLOTILLA_MODE" != bake ] || [ -z "$FLOTILLA_REPORT_URL" ] || [ "$REPORTED" = 1 ]; then
+    return 0
+  fi
+  REPORTED=1
+  local body capath rc=0
+  body=$(mktemp) || return 0
+  capath=$(mktemp -d) || { rm -f -- "$body"; return 0; }
+  {
+    printf 'status=%s\n%s\n\n' "$1" "$2"
+    tail -n 200 -- "$CLOUD_INIT_OUTPUT" 2>/dev/null || true
+  } >"$body"
+  curl --fail --silent --show-error --retry 5 --retry-connrefused --retry-delay 2 \
+    --connect-timeout 10 --max-time 60 --proto =https \
+    --cacert "$FLOTILLA_CA_FILE" --capath "$capath" \
+    -H "X-Flotilla-Bake-Nonce: $FLOTILLA_REPORT_NONCE" -H 'Content-Type: text/plain' \
+    --data-binary "@$body" -o /dev/null "$FLOTILLA_REPORT_URL" || rc=$?
+  rm -f -- "$body"
+  rmdir -- "$capath" || true
+  if [ "$rc" -eq 0 ]; then
+    log "report: $1, sent to the baker"
+  else
+    log "report: could not reach the baker at $FLOTILLA_REPORT_URL (curl exit $rc)"
+  fi
+}
 trap 'fail "unexpected failure (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
+trap 'fail "terminated by a signal"' INT TERM HUP
 cleanup() {
+  local rc=$?
   if [ -n "$TMP_AGENT" ]; then rm -f -- "$TMP_AGENT"; fi
   if [ -n "$NO_CAPATH" ]; then rmdir -- "$NO_CAPATH" || true; fi
+  report failed "reason=the bake script exited (code $rc) before it finished"
 }
 trap cleanup EXIT
 client_version() {
@@ -152,12 +185,23 @@ start_agent() {
   log "agent: $AGENT_UNIT enabled and started"
 }
 
-# (4) bake: agent installed but disabled, Engine enabled, no bake CA or script left behind.
+# (4) bake with a report URL: start the seal unit (written by the user-data), whose ExecStop
+# cleans this builder for capture when the baker stops it (the baker cannot reach into it).
+install_seal() {
+  [ -n "$FLOTILLA_REPORT_URL" ] || return 0
+  systemctl enable --now "$SEAL_UNIT" || fail "could not start $SEAL_UNIT"
+  log "seal: $SEAL_UNIT cleans this builder when it is stopped for capture"
+}
+
+# (4) bake: agent installed but disabled, Engine enabled, no bake CA or script left behind once
+# the marker exists (a reporting bake needs the CA for its report, and removes it after).
 finish_bake() {
   systemctl daemon-reload || fail "systemctl daemon-reload failed"
   systemctl disable "$AGENT_UNIT" || fail "could not disable $AGENT_UNIT"
   systemctl enable docker.service || fail "could not enable docker.service"
-  rm -f -- "$FLOTILLA_CA_FILE" "${BASH_SOURCE[0]}"
+  install_seal
+  [ -n "$FLOTILLA_REPORT_URL" ] || rm -f -- "$FLOTILLA_CA_FILE"
+  rm -f -- "${BASH_SOURCE[0]}"
   printf 'agent=%s\nengine=%s\n' "$FLOTILLA_AGENT_VERSION" "$ENGINE_VERSION" >"$BAKE_COMPLETE"
 }
 
@@ -174,4 +218,6 @@ if [ "$FLOTILLA_MODE" = host ]; then
 else
   finish_bake
   log "done agent=$FLOTILLA_AGENT_VERSION engine=$ENGINE_VERSION"
+  report complete "engine=$ENGINE_VERSION"
+  rm -f -- "$FLOTILLA_CA_FILE"
 fi

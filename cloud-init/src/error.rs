@@ -62,6 +62,14 @@ pub enum Error {
     #[error("agent.url: {value:?} is not a valid agent download URL: {reason}")]
     InvalidAgentUrl { value: String, reason: &'static str },
 
+    /// The bake report URL is not a plain `https://` URL.
+    #[error("report.url: {value:?} is not a valid bake report URL: {reason}")]
+    InvalidReportUrl { value: String, reason: &'static str },
+
+    /// The bake report nonce is not 16 to 128 ASCII letters and digits.
+    #[error("report.nonce: not 16 to 128 ASCII letters and digits")]
+    InvalidReportNonce,
+
     /// The agent version is empty or has unexpected characters.
     #[error(
         "agent.version: {value:?} is not a valid version \

@@ -48,6 +48,27 @@ pub struct BakeInputs {
     pub agent: AgentBinary,
     /// How Docker Engine gets onto the image.
     pub engine: Engine,
+    /// For a builder the baker cannot look into (an EC2 instance): where the bake script
+    /// reports its outcome, and the unit that cleans the builder for capture when it is
+    /// stopped. `None` (the lab, which reads the builder's files itself): neither.
+    pub report: Option<BakeReport>,
+}
+
+/// Where a bake script reports, and how it proves the report is this bake's.
+///
+/// The bake script POSTs its outcome (`complete` and the Engine version, or `failed` and the
+/// reason) and the tail of its cloud-init output to [`BakeReport::url`], trusting only the
+/// bake CA, with [`BakeReport::nonce`] in the `X-Flotilla-Bake-Nonce` header; both on success
+/// and on failure. On success it also installs [`crate::paths::SEAL_UNIT_PATH`], whose
+/// `ExecStop` (at the shutdown the baker's stop causes) runs `cloud-init clean --logs`,
+/// empties `/etc/machine-id`, removes the Engine's identity, the bake CA and itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BakeReport {
+    /// `https://` on the baker's endpoint, served with a certificate from the bake CA.
+    pub url: String,
+    /// A random value made for this one bake (not a secret of any cluster: it only tells the
+    /// baker that a report comes from the builder it launched): `[A-Za-z0-9]{16,128}`.
+    pub nonce: String,
 }
 
 /// The agent binary the bootstrap script downloads (unless the right one is already there).
@@ -143,7 +164,19 @@ impl BakeInputs {
     /// Checks every field; the first problem found is returned. Rendering calls this too.
     pub fn validate(&self) -> Result<(), Error> {
         normalize_ca_pem(&self.ca_pem)?;
-        self.agent.validate()
+        self.agent.validate()?;
+        if let Some(report) = &self.report {
+            check_agent_url(&report.url).map_err(|reason| Error::InvalidReportUrl {
+                value: report.url.clone(),
+                reason,
+            })?;
+            let nonce_ok = (16..=128).contains(&report.nonce.len())
+                && report.nonce.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !nonce_ok {
+                return Err(Error::InvalidReportNonce);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -8,12 +8,13 @@
 //! contain a private key.
 //!
 //! Modules:
-//! - [`inputs`]: the input types ([`HostInputs`], [`BakeInputs`], [`AgentBinary`], [`Engine`],
+//! - [`inputs`]: the input types ([`HostInputs`], [`BakeInputs`], [`BakeReport`], [`AgentBinary`], [`Engine`],
 //!   [`OsFamily`]) and their validation.
 //! - [`error`]: [`Error`], one variant per refused input, each naming its field.
 //! - [`paths`]: where everything lives on the host (config, token, state, binary, unit,
 //!   scripts, markers), shared with the agent, the lab and the baker.
-//! - [`unit`](mod@unit): [`AGENT_UNIT`], the agent's systemd unit (`src/flotilla-agent.service`).
+//! - [`unit`](mod@unit): [`AGENT_UNIT`], the agent's systemd unit (`src/flotilla-agent.service`);
+//!   [`SEAL_UNIT`] and [`SEAL_SCRIPT`], which clean a reporting bake's builder when it stops.
 //! - `render`: the two entry points; assembles the document and checks size and secrets.
 //! - `agent_config`: `/etc/flotilla/agent.toml` and the TOML string escaper.
 //! - `bootstrap`: the bootstrap/bake script, the template `src/bootstrap.sh` plus a block of
@@ -39,7 +40,7 @@ mod yaml;
 
 pub use error::Error;
 pub use inputs::{
-    AgentBinary, BakeInputs, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily,
+    AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily,
 };
 pub use render::{USER_DATA_LIMIT, render_bake, render_host};
-pub use unit::AGENT_UNIT;
+pub use unit::{AGENT_UNIT, SEAL_SCRIPT, SEAL_UNIT};

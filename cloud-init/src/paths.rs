@@ -30,6 +30,16 @@ pub const BAKE_CA_PATH: &str = "/usr/local/lib/flotilla/bake-ca.pem";
 pub const BAKE_COMPLETE_PATH: &str = "/var/lib/flotilla/bake-complete";
 /// Written by the bake script when it gives up; holds the reason (one line).
 pub const BAKE_FAILED_PATH: &str = "/var/lib/flotilla/bake-failed";
+/// The unit a reporting bake ([`crate::BakeReport`]) installs and enables: its `ExecStop`
+/// runs [`SEAL_SCRIPT_PATH`] when the builder is stopped for capture.
+pub const SEAL_UNIT_NAME: &str = "flotilla-bake-seal.service";
+pub const SEAL_UNIT_PATH: &str = "/etc/systemd/system/flotilla-bake-seal.service";
+/// Cleans a stopped builder for capture (cloud-init state and logs, machine-id, the Engine's
+/// identity, the bake CA), then removes the seal unit and itself.
+pub const SEAL_SCRIPT_PATH: &str = "/usr/local/lib/flotilla/bake-seal.sh";
+/// Where cloud-init keeps what the user-data's commands printed; a reporting bake sends its
+/// tail.
+pub const CLOUD_INIT_OUTPUT_PATH: &str = "/var/log/cloud-init-output.log";
 /// The Engine's config file, where insecure registries are merged in.
 pub const DOCKER_DAEMON_JSON_PATH: &str = "/etc/docker/daemon.json";
 /// The path the coordinator is expected to serve the agent binary at, over HTTPS with a

@@ -6,10 +6,10 @@ use crate::bootstrap::{self, Mode};
 use crate::inputs::normalize_ca_pem;
 use crate::paths::{
     AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH,
-    TOKEN_PATH,
+    SEAL_SCRIPT_PATH, SEAL_UNIT_PATH, TOKEN_PATH,
 };
 use crate::yaml::{self, WriteFile};
-use crate::{AGENT_UNIT, BakeInputs, Error, HostInputs, agent_config};
+use crate::{AGENT_UNIT, BakeInputs, Error, HostInputs, SEAL_SCRIPT, SEAL_UNIT, agent_config};
 
 /// EC2's limit on user-data, in bytes, before base64 encoding. Renders above it are refused.
 pub const USER_DATA_LIMIT: usize = 16384;
@@ -31,6 +31,7 @@ pub fn render_host(inputs: &HostInputs) -> Result<String, Error> {
         inputs.engine,
         &inputs.insecure_registries,
         &inputs.agent,
+        None,
     );
     let mut files = vec![WriteFile {
         path: CA_PATH,
@@ -75,17 +76,25 @@ pub fn render_host(inputs: &HostInputs) -> Result<String, Error> {
 /// binary, installs the agent's unit disabled, and carries no cluster identity (no names, no
 /// token, no agent config). It ends by writing [`crate::paths::BAKE_COMPLETE_PATH`] and logging
 /// `flotilla-bake: done agent=<version> engine=<version>`. On failure it writes the reason to
-/// [`crate::paths::BAKE_FAILED_PATH`] instead.
+/// [`crate::paths::BAKE_FAILED_PATH`] instead. With [`BakeInputs::report`] it also reports
+/// either outcome to the baker and, on success, installs the seal unit (see
+/// [`crate::BakeReport`]): the baker of such a builder cannot clean it from outside.
 ///
-/// Cleaning the instance for capture is the baker's job, after it sees the marker: stop
+/// Without a report, cleaning the instance for capture is the baker's job, after it sees the marker: stop
 /// `docker.service`, `cloud-init clean --logs` (so the next boot is a first boot), truncate
 /// `/etc/machine-id`, and remove the Engine's identity (`/etc/docker/key.json` on Engine 20.10,
 /// `/var/lib/docker/engine-id` on newer Engines) so hosts cloned from the image differ.
 pub fn render_bake(inputs: &BakeInputs) -> Result<String, Error> {
     inputs.validate()?;
     let ca = normalize_ca_pem(&inputs.ca_pem)?;
-    let script = bootstrap::render(Mode::Bake, inputs.engine, &[], &inputs.agent);
-    let files = [
+    let script = bootstrap::render(
+        Mode::Bake,
+        inputs.engine,
+        &[],
+        &inputs.agent,
+        inputs.report.as_ref(),
+    );
+    let mut files = vec![
         WriteFile {
             path: BAKE_CA_PATH,
             owner: ROOT,
@@ -98,13 +107,27 @@ pub fn render_bake(inputs: &BakeInputs) -> Result<String, Error> {
             permissions: "0644",
             content: AGENT_UNIT,
         },
-        WriteFile {
-            path: BAKE_SCRIPT_PATH,
+    ];
+    if inputs.report.is_some() {
+        files.push(WriteFile {
+            path: SEAL_UNIT_PATH,
+            owner: ROOT,
+            permissions: "0644",
+            content: SEAL_UNIT,
+        });
+        files.push(WriteFile {
+            path: SEAL_SCRIPT_PATH,
             owner: ROOT,
             permissions: "0755",
-            content: &script,
-        },
-    ];
+            content: SEAL_SCRIPT,
+        });
+    }
+    files.push(WriteFile {
+        path: BAKE_SCRIPT_PATH,
+        owner: ROOT,
+        permissions: "0755",
+        content: &script,
+    });
     let title = "Flotilla bake user-data: Docker Engine and the agent, no cluster identity.";
     checked(yaml::document(&[title], &files, &[&[BAKE_SCRIPT_PATH]]))
 }

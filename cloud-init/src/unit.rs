@@ -5,9 +5,48 @@
 /// ([`crate::paths::AGENT_UNIT_PATH`]).
 pub const AGENT_UNIT: &str = include_str!("flotilla-agent.service");
 
+/// The text of [`crate::paths::SEAL_UNIT_PATH`], written by a reporting bake
+/// ([`crate::BakeReport`]); enabled and started only when the bake succeeded.
+pub const SEAL_UNIT: &str = include_str!("flotilla-bake-seal.service");
+
+/// The text of [`crate::paths::SEAL_SCRIPT_PATH`], the seal unit's `ExecStop`.
+pub const SEAL_SCRIPT: &str = include_str!("bake-seal.sh");
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seal_cleans_everything_and_removes_itself() {
+        use crate::paths::{
+            BAKE_CA_PATH, BAKE_SCRIPT_PATH, SEAL_SCRIPT_PATH, SEAL_UNIT_NAME, SEAL_UNIT_PATH,
+        };
+        assert!(
+            SEAL_UNIT.contains(&format!("\nExecStop={SEAL_SCRIPT_PATH}\n")),
+            "{SEAL_UNIT}"
+        );
+        assert!(SEAL_UNIT.contains("\nType=oneshot\nRemainAfterExit=yes\n"));
+        let wants = format!("/etc/systemd/system/multi-user.target.wants/{SEAL_UNIT_NAME}");
+        for needed in [
+            "cloud-init clean --logs",
+            ": >/etc/machine-id",
+            "/etc/docker/key.json",
+            "/var/lib/docker/engine-id",
+            BAKE_CA_PATH,
+            BAKE_SCRIPT_PATH,
+            SEAL_UNIT_PATH,
+            SEAL_SCRIPT_PATH,
+            &wants,
+        ] {
+            assert!(SEAL_SCRIPT.contains(needed), "the seal misses {needed}");
+        }
+        for text in [SEAL_UNIT, SEAL_SCRIPT] {
+            assert!(
+                text.bytes()
+                    .all(|b| b == b'\n' || (0x20..=0x7e).contains(&b))
+            );
+        }
+    }
     use crate::paths::{AGENT_BINARY_PATH, AGENT_CONFIG_PATH};
 
     #[test]

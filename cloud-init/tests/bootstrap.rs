@@ -11,11 +11,11 @@ use std::process::{Child, Command, Stdio};
 
 use flotilla_cloud_init::paths::{
     AGENT_BINARY_PATH, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH, BOOTSTRAP_FAILED_PATH,
-    CA_PATH, DOCKER_DAEMON_JSON_PATH, STATE_DIR,
+    CA_PATH, CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH, STATE_DIR,
 };
 use flotilla_cloud_init::{
-    AgentBinary, BakeInputs, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily,
-    render_bake, render_host,
+    AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs,
+    OsFamily, render_bake, render_host,
 };
 
 const AGENT_BYTES: &[u8] = b"#!/bin/sh\necho pretend to be flotilla-agent\n";
@@ -59,6 +59,7 @@ impl Host {
             "mkdir",
             "install",
             "sleep",
+            "tail",
             "python3",
         ] {
             match find(tool) {
@@ -177,6 +178,12 @@ impl Host {
                 true,
             ),
             (format!("'{STATE_DIR}'"), format!("'{t}/state'"), true),
+            (
+                format!("'{CLOUD_INIT_OUTPUT_PATH}'"),
+                format!("'{t}/cloud-init-output.log'"),
+                true,
+            ),
+
             (
                 format!("'{DOCKER_DAEMON_JSON_PATH}'"),
                 format!("'{t}/docker/daemon.json'"),
@@ -376,6 +383,73 @@ impl Server {
 
     fn url(&self) -> String {
         format!("https://127.0.0.1:{}/v1/agent/flotilla-agent", self.port)
+    }
+
+    /// A second HTTPS server with the same certificate that records every POST (the nonce
+    /// header, then the body) in `reports`: the baker's report route.
+    fn reports(&self) -> Option<Reports> {
+        let python = find("python3").or_else(|| {
+            eprintln!("python3 not found: skipping the bake report run");
+            None
+        })?;
+        let script = r#"
+import http.server, ssl, sys
+out = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length', '0')))
+        with open(out, 'ab') as f:
+            f.write(b'nonce=' + self.headers.get('X-Flotilla-Bake-Nonce', '').encode() + b'\n' + body + b'--end--\n')
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain('cert.pem', 'key.pem')
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let out = self._dir.path().join("reports");
+        let mut child = Command::new(python)
+            .args(["-c", script])
+            .arg(&out)
+            .current_dir(self._dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 report server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read port");
+        let port: u16 = line.trim().parse().expect("port");
+        Some(Reports { child, port, out })
+    }
+}
+
+struct Reports {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Reports {
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/v1/bake/report", self.port)
+    }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Reports {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -773,6 +847,7 @@ fn bake_installs_but_does_not_start_the_agent_and_marks_completion() {
             version: "0.1.0".into(),
         },
         engine: Engine::InstallIfAbsent(OsFamily::AmazonLinux2023),
+        report: None,
     };
 
     let run = host.run(&render_bake(&inputs).expect("render"));
@@ -806,4 +881,107 @@ fn bake_installs_but_does_not_start_the_agent_and_marks_completion() {
         "bake script left in the image"
     );
     assert_eq!(host.read("state/bake-failed"), None);
+}
+
+const NONCE: &str = "0123456789abcdefABCDEF0123456789";
+
+/// Issue 8 (AWS): a builder the baker cannot look into reports how the bake ended, with its
+/// nonce and the tail of its cloud-init output, and starts the unit that cleans it when it
+/// is stopped for capture.
+#[test]
+fn a_reporting_bake_posts_completion_and_installs_the_seal_unit() {
+    let Some(server) = Server::start(AGENT_BYTES) else {
+        return;
+    };
+    let Some(reports) = server.reports() else {
+        return;
+    };
+    let Some(host) = Host::new(&server.ca_pem) else {
+        return;
+    };
+    host.with_engine();
+    std::fs::write(
+        host.path("cloud-init-output.log"),
+        "Cloud-init v. 22.4.2 running 'modules:final'\nan earlier line of this boot\n",
+    )
+    .expect("write log");
+    let inputs = BakeInputs {
+        ca_pem: server.ca_pem.clone(),
+        agent: AgentBinary {
+            url: server.url(),
+            sha256: sha256_hex(AGENT_BYTES),
+            version: "0.1.0".into(),
+        },
+        engine: Engine::Preinstalled,
+        report: Some(BakeReport {
+            url: reports.url(),
+            nonce: NONCE.into(),
+        }),
+    };
+    let run = host.run(&render_bake(&inputs).expect("render"));
+    run.assert_code(0)
+        .assert_line("flotilla-bake: done agent=0.1.0 engine=24.0.7")
+        .assert_line("flotilla-bake: report: complete, sent to the baker");
+    let got = reports.read();
+    assert_eq!(got.matches("--end--").count(), 1, "one report: {got}");
+    assert!(
+        got.starts_with(&format!("nonce={NONCE}\nstatus=complete\nengine=24.0.7\n\n")),
+        "{got}"
+    );
+    assert!(got.contains("an earlier line of this boot\n"), "{got}");
+    // The seal unit (written by the user-data): started only now that the bake succeeded.
+    assert!(
+        host.calls()
+            .contains("systemctl enable --now flotilla-bake-seal.service\n"),
+        "{}",
+        host.calls()
+    );
+    run.assert_line(
+        "flotilla-bake: seal: flotilla-bake-seal.service cleans this builder when it is stopped for capture",
+    );
+    assert!(
+        !host.path("bake-ca.pem").exists(),
+        "bake CA left after the report"
+    );
+}
+
+#[test]
+fn a_reporting_bake_that_fails_reports_the_reason_and_installs_no_seal() {
+    let Some(server) = Server::start(AGENT_BYTES) else {
+        return;
+    };
+    let Some(reports) = server.reports() else {
+        return;
+    };
+    let Some(host) = Host::new(&server.ca_pem) else {
+        return;
+    };
+    host.with_engine();
+    let expected = sha256_hex(b"some other build");
+    let inputs = BakeInputs {
+        ca_pem: server.ca_pem.clone(),
+        agent: AgentBinary {
+            url: server.url(),
+            sha256: expected.clone(),
+            version: "0.1.0".into(),
+        },
+        engine: Engine::Preinstalled,
+        report: Some(BakeReport {
+            url: reports.url(),
+            nonce: NONCE.into(),
+        }),
+    };
+    let run = host.run(&render_bake(&inputs).expect("render"));
+    run.assert_code(1)
+        .assert_line("flotilla-bake: report: failed, sent to the baker");
+    let got = reports.read();
+    assert_eq!(got.matches("--end--").count(), 1, "one report: {got}");
+    assert!(
+        got.starts_with(&format!(
+            "nonce={NONCE}\nstatus=failed\nreason=agent binary sha256 mismatch: expected {expected} got "
+        )),
+        "{got}"
+    );
+    assert!(!host.path("systemd/flotilla-bake-seal.service").exists());
+    assert!(!host.calls().contains("flotilla-bake-seal"), "{}", host.calls());
 }

@@ -1,7 +1,7 @@
 //! Every refused input gets its own `Error` variant, and its message names the field.
 
 use flotilla_cloud_init::{
-    AgentBinary, BakeInputs, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, Error, HostInputs, OsFamily,
+    AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, Error, HostInputs, OsFamily,
     USER_DATA_LIMIT, render_bake, render_host,
 };
 
@@ -54,8 +54,42 @@ fn ca_with_a_private_key() {
         ca_pem: format!("{KEY_PEM}{CA_PEM}"),
         agent: i.agent.clone(),
         engine: Engine::Preinstalled,
+        report: None,
     };
     assert_eq!(render_bake(&bake), Err(Error::PrivateKeyInCa));
+}
+
+#[test]
+fn bad_bake_report_url_and_nonce() {
+    let good = BakeReport {
+        url: "https://10.0.0.5:7443/v1/bake/report".into(),
+        nonce: "a1".repeat(16),
+    };
+    let bake = |report: BakeReport| BakeInputs {
+        ca_pem: CA_PEM.into(),
+        agent: inputs().agent,
+        engine: Engine::Preinstalled,
+        report: Some(report),
+    };
+    assert!(render_bake(&bake(good.clone())).is_ok());
+    for url in ["http://10.0.0.5/r", "https://h/a b", "https://u:p@h/r"] {
+        let e = render_bake(&bake(BakeReport {
+            url: url.into(),
+            ..good.clone()
+        }))
+        .expect_err(url);
+        assert!(matches!(e, Error::InvalidReportUrl { .. }), "{url}: {e:?}");
+        assert!(e.to_string().starts_with("report.url:"), "{e}");
+    }
+    for nonce in ["", "short", "a1-b2c3d4e5f6a7b8c9", &"a".repeat(129)] {
+        let e = render_bake(&bake(BakeReport {
+            nonce: nonce.into(),
+            ..good.clone()
+        }))
+        .expect_err(nonce);
+        assert_eq!(e, Error::InvalidReportNonce, "{nonce}");
+        assert!(e.to_string().starts_with("report.nonce:"), "{e}");
+    }
 }
 
 #[test]

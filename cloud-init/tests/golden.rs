@@ -13,11 +13,11 @@ use std::process::{Command, Stdio};
 
 use flotilla_cloud_init::paths::{
     AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH,
-    TOKEN_PATH,
+    SEAL_SCRIPT_PATH, SEAL_UNIT_PATH, TOKEN_PATH,
 };
 use flotilla_cloud_init::{
-    AGENT_UNIT, AgentBinary, BakeInputs, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs,
-    OsFamily, USER_DATA_LIMIT, render_bake, render_host,
+    AGENT_UNIT, AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs,
+    OsFamily, SEAL_SCRIPT, SEAL_UNIT, USER_DATA_LIMIT, render_bake, render_host,
 };
 use serde_json::Value;
 
@@ -99,6 +99,19 @@ fn cases() -> Vec<(&'static str, Inputs)> {
                 ca_pem: CA_PEM.into(),
                 agent: agent(),
                 engine: al2023,
+                report: None,
+            }),
+        ),
+        (
+            "bake-report",
+            Inputs::Bake(BakeInputs {
+                ca_pem: CA_PEM.into(),
+                agent: agent(),
+                engine: al2023,
+                report: Some(BakeReport {
+                    url: "https://10.0.0.5:41234/v1/bake/report".into(),
+                    nonce: "5f0c1d2e3a4b5c6d7e8f9a0b1c2d3e4f".into(),
+                }),
             }),
         ),
     ]
@@ -253,19 +266,35 @@ fn every_case_parses_to_the_intended_files() {
                     "{name}"
                 );
             }
-            Inputs::Bake(_) => {
-                let expected = [
+            Inputs::Bake(b) => {
+                let mut expected = vec![
                     (BAKE_CA_PATH, "root:root", "0644", ca.as_str()),
                     (AGENT_UNIT_PATH, "root:root", "0644", AGENT_UNIT),
                 ];
-                assert_eq!(files[..2], expected, "{name}");
+                if b.report.is_some() {
+                    expected.push((SEAL_UNIT_PATH, "root:root", "0644", SEAL_UNIT));
+                    expected.push((SEAL_SCRIPT_PATH, "root:root", "0755", SEAL_SCRIPT));
+                }
+                let n = expected.len();
+                assert_eq!(files[..n], expected, "{name}");
                 assert_eq!(
-                    (files[2].0, files[2].2),
+                    (files[n].0, files[n].2),
                     (BAKE_SCRIPT_PATH, "0755"),
                     "{name}"
                 );
-                check_script(name, files[2].3, "bake", &[]);
-                assert_eq!(files.len(), 3, "{name}");
+                check_script(name, files[n].3, "bake", &[]);
+                let (url, nonce) = b
+                    .report
+                    .as_ref()
+                    .map(|r| (r.url.as_str(), r.nonce.as_str()))
+                    .unwrap_or_default();
+                assert!(
+                    files[n]
+                        .3
+                        .contains(&format!("\nFLOTILLA_REPORT_URL='{url}'\nFLOTILLA_REPORT_NONCE='{nonce}'\n")),
+                    "{name}"
+                );
+                assert_eq!(files.len(), n + 1, "{name}");
                 assert_eq!(
                     parsed["runcmd"],
                     serde_json::json!([[BAKE_SCRIPT_PATH]]),

@@ -4,7 +4,7 @@
 //!
 //! One flow for every provider ([`run`]); what a provider does is a [`Backend`] (the lab's is
 //! `providers::lab::bake::LabBaker`; EC2's — RunInstances, StopInstances, CreateImage with
-//! the same facts as tags, TerminateInstances — goes next to it):
+//! the same facts as tags, TerminateInstances — is `providers::aws::bake::AwsBaker`):
 //!
 //! 1. Resolve the base image, the agent binary (its version and SHA-256), and the Engine
 //!    version the base comes with when the provider can tell before booting it.
@@ -16,7 +16,9 @@
 //!    when it succeeds, and the CA's key is gone when the bake ends.
 //! 4. The builder boots from the base with the bake user-data — no token, no cluster name, no
 //!    agent config — and is polled, bounded, until it writes `bake-complete` or `bake-failed`;
-//!    its `flotilla-bake:` lines are the progress.
+//!    its `flotilla-bake:` lines are the progress. A builder the baker cannot look into (EC2:
+//!    [`Backend::reports`]) POSTs its outcome and the tail of its cloud-init output to the
+//!    endpoint instead, with this bake's nonce, and seals itself at the shutdown before capture.
 //! 5. Failure: the error carries the builder's cloud-init output. Success: the backend cleans
 //!    the builder for capture (cloud-init state and logs, machine-id, the Engine's identity),
 //!    checks that nothing in [`secret_path`]'s patterns is left, stops it, and captures it
@@ -36,21 +38,23 @@ use flotilla_cloud_init::paths::{BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_SCRIPT_P
 use crate::agent_binary::{AgentBinary, AgentBinaryError};
 use crate::cluster::ProviderKind;
 use crate::deploy::Progress;
+use crate::providers::aws::{self, AwsError};
 use crate::providers::lab::{self, LabError};
+use endpoint::Reported;
 
 /// How often the builder is asked how far it is.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BakeError {
-    #[error("the {0} provider cannot bake in this build yet (it comes with the {0} provider); use --provider lab")]
-    ProviderUnavailable(&'static str),
     #[error("{0}")]
     Usage(String),
     #[error("the local Docker Engine does not answer ({0}); the lab needs it: start dockerd and retry")]
     NoEngine(String),
     #[error(transparent)]
     Lab(#[from] LabError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
     #[error(transparent)]
     AgentBinary(#[from] AgentBinaryError),
     #[error("the bake's throwaway CA: {0}")]
@@ -162,6 +166,11 @@ pub trait Backend {
     fn provider(&self) -> &'static str;
     /// How the bake user-data gets Docker Engine onto the builder.
     fn engine(&self) -> flotilla_cloud_init::Engine;
+    /// Whether the builder must report to the bake's endpoint (and seal itself at shutdown)
+    /// because the provider cannot look into it (EC2); the lab reads the builder's files.
+    fn reports(&self) -> bool {
+        false
+    }
     /// Refuses a name the provider cannot give an image, saying what it takes.
     fn check_name(&self, name: &str) -> Result<(), BakeError>;
     /// The base image (`None`: the provider's default), checked to exist.
@@ -175,10 +184,10 @@ pub trait Backend {
     async fn prepare(&self) -> Result<IpAddr, BakeError>;
     /// Boots the builder from `base` with `user_data`; returns its name or instance id.
     async fn launch(&self, base: &Base, user_data: &str) -> Result<String, BakeError>;
-    /// Where the builder is.
-    async fn poll(&self) -> Result<BuilderState, BakeError>;
-    /// The builder's cloud-init output, or why it could not be read.
-    async fn output(&self) -> String;
+    /// Where the builder is; `reported`: what it reported to the endpoint so far.
+    async fn poll(&self, reported: Option<&Reported>) -> Result<BuilderState, BakeError>;
+    /// The builder's cloud-init output (or the one it reported), or why it could not be read.
+    async fn output(&self, reported: Option<&Reported>) -> String;
     /// Cleans the builder for capture, checks it, stops it and captures it as `facts` say.
     async fn capture(&self, facts: &Facts) -> Result<Image, BakeError>;
     /// Removes the builder and everything made for it (never the captured image).
@@ -202,6 +211,12 @@ pub struct BakeOptions {
     pub agent_binary: PathBuf,
     /// Tests: an agent download URL instead of the bake's own endpoint.
     pub agent_url: Option<String>,
+    /// aws: region, endpoint, VPC, subnets, key pair, root volume size (`[aws]`).
+    pub aws: crate::cluster::AwsSettings,
+    /// aws: the address of this machine the builder reaches (`--advertise`).
+    pub advertise: Option<String>,
+    /// aws: the builder's instance type.
+    pub instance_type: String,
     pub quiet: bool,
 }
 
@@ -228,7 +243,17 @@ pub const DEFAULT_NAME: &str = "flotilla/baked-host";
 pub async fn bake(opts: BakeOptions) -> Result<Report, BakeError> {
     let p = Progress::new(opts.quiet);
     let report = match opts.provider {
-        ProviderKind::Aws => return Err(BakeError::ProviderUnavailable("aws")),
+        ProviderKind::Aws => {
+            aws::bake::check_name(&opts.name)?;
+            let advertise = aws::bake::advertise(opts.advertise.as_deref())?;
+            // The provider keeps launch generations under its state dir; a bake launches by
+            // its own ClientToken and keeps nothing.
+            let state = tempfile::tempdir().map_err(|e| BakeError::Endpoint(format!("a temporary directory: {e}")))?;
+            let provider = aws::Aws::connect(&opts.scope, &opts.aws, state.path()).await?;
+            p.say("bake", format!("EC2 at {} ({})", provider.endpoint, provider.region));
+            let backend = aws::bake::AwsBaker::new(provider, &opts.scope, advertise, &opts.instance_type);
+            run(&backend, &opts, &p).await
+        }
         ProviderKind::Lab => {
             lab::bake::check_name(&opts.name)?;
             let docker = bollard::Docker::connect_with_defaults()
@@ -299,7 +324,14 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
         r = build(backend, opts, &base, &recipe, agent, p) => r,
         Ok(()) = tokio::signal::ctrl_c() => Err(BakeError::Interrupted),
     };
-    p.say("bake", "removing the builder, its volume and its network");
+    p.say(
+        "bake",
+        if backend.reports() {
+            "removing the builder (terminated) and its security group"
+        } else {
+            "removing the builder, its volume and its network"
+        },
+    );
     let cleaned = backend.cleanup().await;
     match (outcome, cleaned) {
         (Ok(image), Ok(())) => {
@@ -338,19 +370,30 @@ async fn build<B: Backend>(
             version: recipe.agent_version.clone(),
         },
         engine: backend.engine(),
+        report: backend.reports().then(|| flotilla_cloud_init::BakeReport {
+            url: served.report_url().to_string(),
+            nonce: served.nonce().to_string(),
+        }),
     })?;
     let builder = backend.launch(base, &user_data).await?;
     p.say("builder", format!("{builder} booting from {}", base.reference));
+    if backend.reports() {
+        p.say(
+            "builder",
+            format!("waiting (up to {:?}) for its report at {}: it cannot be looked into from here", opts.timeout, served.report_url()),
+        );
+    }
     let deadline = Instant::now() + opts.timeout;
     let mut last = None;
     let engine_version = loop {
-        match backend.poll().await? {
+        let reported = served.reported();
+        match backend.poll(reported.as_ref()).await? {
             BuilderState::Complete { engine_version } => break engine_version,
             BuilderState::Failed(reason) => {
                 return Err(BakeError::BuilderFailed {
                     builder,
                     reason,
-                    output: backend.output().await,
+                    output: backend.output(reported.as_ref()).await,
                 });
             }
             BuilderState::Running(line) => {
@@ -364,7 +407,7 @@ async fn build<B: Backend>(
             return Err(BakeError::Timeout {
                 builder,
                 after: opts.timeout,
-                output: backend.output().await,
+                output: backend.output(served.reported().as_ref()).await,
             });
         }
         tokio::time::sleep(POLL_EVERY).await;
@@ -384,7 +427,14 @@ async fn build<B: Backend>(
         agent_sha256: recipe.agent_sha256.clone(),
         engine_version,
     };
-    p.say("bake", "cleaning the builder for capture (cloud-init state and logs, machine-id, Engine identity), then stopping it");
+    p.say(
+        "bake",
+        if backend.reports() {
+            "stopping the builder (its seal unit cleans cloud-init state and logs, machine-id, Engine identity at that shutdown), then capturing it"
+        } else {
+            "cleaning the builder for capture (cloud-init state and logs, machine-id, Engine identity), then stopping it"
+        },
+    );
     backend.capture(&facts).await
 }
 

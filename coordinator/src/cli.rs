@@ -171,6 +171,21 @@ pub struct BakeArgs {
     /// endpoint (an unreachable one makes the bake fail).
     #[arg(long, hide = true)]
     pub agent_url: Option<String>,
+    /// aws: flotilla.toml, for its [aws] section (region, endpoint_url, vpc_id, subnet_ids,
+    /// key_name, root_volume_gib), `coordinator.advertise` and `instance_types.node` (the
+    /// builder's type). Optional unless given.
+    #[arg(long, short = 'f', default_value = "flotilla.toml")]
+    pub file: PathBuf,
+    /// aws: an EC2-compatible endpoint (overrides `aws.endpoint_url`).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// aws: the region (overrides `aws.region` and the standard chain).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// aws: the IP address of this machine the builder instance reaches: the bake serves the
+    /// agent and takes the builder's report there (overrides `coordinator.advertise`).
+    #[arg(long)]
+    pub advertise: Option<String>,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -384,7 +399,7 @@ impl CliError {
             CliError::Deploy(crate::deploy::DeployError::Config(_)) => EXIT_USAGE,
             CliError::Failover(crate::failover::FailoverError::Refused(_)) => EXIT_USAGE,
             CliError::Deploy(crate::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage { .. })) => EXIT_USAGE,
-            CliError::Bake(crate::bake::BakeError::Usage(_) | crate::bake::BakeError::ProviderUnavailable(_)) => EXIT_USAGE,
+            CliError::Bake(crate::bake::BakeError::Usage(_)) => EXIT_USAGE,
             // The shell's convention: 128 + the signal's number.
             CliError::Failover(crate::failover::FailoverError::Interrupted { signal, .. }) => {
                 if *signal == "SIGTERM" { 143 } else { 130 }
@@ -552,6 +567,16 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
         Some(p) => p,
         None => crate::agent_binary::AgentBinary::default_path().map_err(|e| CliError::Other(e.to_string()))?,
     };
+    let explicit = args.file != std::path::Path::new("flotilla.toml");
+    let config = crate::cluster::ClusterConfig::load(&args.file, explicit).map_err(crate::deploy::DeployError::from)?;
+    let mut aws = config.aws.clone();
+    if let Some(e) = args.endpoint_url {
+        aws.endpoint_url = e;
+    }
+    if let Some(r) = args.region {
+        aws.region = r;
+    }
+    let advertise = args.advertise.or_else(|| Some(config.coordinator.advertise.clone()).filter(|a| !a.is_empty()));
     let report = crate::bake::bake(crate::bake::BakeOptions {
         provider: match args.provider {
             ProviderArg::Lab => crate::cluster::ProviderKind::Lab,
@@ -563,6 +588,9 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
         timeout: args.timeout,
         agent_binary,
         agent_url: args.agent_url,
+        aws,
+        advertise,
+        instance_type: config.instance_types.node.clone(),
         // Progress goes to stderr either way; with --output json stdout holds only the JSON.
         quiet: false,
     })

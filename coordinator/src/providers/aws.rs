@@ -17,6 +17,7 @@
 //! - **Faults**: the SDK retries throttling and 5xx with back-off (standard mode, 6
 //!   attempts); every wait is bounded; errors name the fix ([`errors`]).
 
+pub mod bake;
 pub mod errors;
 pub mod iam;
 pub mod security_group;

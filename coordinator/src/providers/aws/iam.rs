@@ -31,6 +31,9 @@ pub const ACTIONS: &[(&str, &str)] = &[
 pub fn policy() -> serde_json::Value {
     let tag_key = format!("aws:RequestTag/{TAG_CLUSTER}");
     let resource_tag = format!("ec2:ResourceTag/{TAG_CLUSTER}");
+    // `coordinator bake --provider aws` tags what it makes `flotilla:bake`, never a cluster's tag.
+    let bake_request_tag = format!("aws:RequestTag/{}", super::bake::TAG_BAKE);
+    let bake_resource_tag = format!("ec2:ResourceTag/{}", super::bake::TAG_BAKE);
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [
@@ -78,6 +81,25 @@ pub fn policy() -> serde_json::Value {
                 "Condition": { "StringEquals": { "ec2:CreateAction": ["RunInstances", "CreateSecurityGroup", "CreateImage"] } }
             },
             {
+                "Sid": "FlotillaBakeCreateTagged",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateSecurityGroup", "ec2:RunInstances", "ec2:CreateImage", "ec2:CreateTags"],
+                "Resource": [
+                    "arn:aws:ec2:*:*:security-group/*", "arn:aws:ec2:*:*:instance/*",
+                    "arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*::image/*", "arn:aws:ec2:*::snapshot/*"
+                ],
+                "Condition": { "StringLike": { bake_request_tag: "*" } }
+            },
+            {
+                "Sid": "FlotillaBakeChangeOwnOnly",
+                "Effect": "Allow",
+                "Action": [
+                    "ec2:DeleteSecurityGroup", "ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"
+                ],
+                "Resource": "*",
+                "Condition": { "StringLike": { bake_resource_tag: "*" } }
+            },
+            {
                 "Sid": "FlotillaChangeOwnOnly",
                 "Effect": "Allow",
                 "Action": [
@@ -107,8 +129,10 @@ mod tests {
         let change = st.iter().find(|s| s["Sid"] == "FlotillaChangeOwnOnly").expect("change statement");
         assert!(change["Condition"]["StringLike"][format!("ec2:ResourceTag/{TAG_CLUSTER}")].is_string());
         for a in ["ec2:TerminateInstances", "ec2:DeleteSecurityGroup"] {
-            // Destructive actions appear only under the tag condition.
-            for s in st.iter().filter(|s| s["Sid"] != "FlotillaChangeOwnOnly") {
+            // Destructive actions appear only under a tag condition (a cluster's or a bake's).
+            let bake = st.iter().find(|s| s["Sid"] == "FlotillaBakeChangeOwnOnly").expect("bake statement");
+            assert!(bake["Condition"]["StringLike"]["ec2:ResourceTag/flotilla:bake"].is_string());
+            for s in st.iter().filter(|s| s["Sid"] != "FlotillaChangeOwnOnly" && s["Sid"] != "FlotillaBakeChangeOwnOnly") {
                 assert!(!s["Action"].to_string().contains(a), "{a} granted without the tag condition");
             }
         }

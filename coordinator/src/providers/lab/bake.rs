@@ -307,7 +307,7 @@ impl Backend for LabBaker {
         Ok(name)
     }
 
-    async fn poll(&self) -> Result<BuilderState, BakeError> {
+    async fn poll(&self, _reported: Option<&crate::bake::endpoint::Reported>) -> Result<BuilderState, BakeError> {
         if let Some(why) = self.stopped().await? {
             return Ok(BuilderState::Failed(why));
         }
@@ -336,7 +336,7 @@ impl Backend for LabBaker {
         }
     }
 
-    async fn output(&self) -> String {
+    async fn output(&self, _reported: Option<&crate::bake::endpoint::Reported>) -> String {
         const KEEP: usize = 120;
         match self.exec("cat /var/log/cloud-init-output.log", &[]).await {
             Ok((0, out)) => {
