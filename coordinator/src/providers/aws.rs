@@ -180,14 +180,51 @@ impl Aws {
     }
 
     fn tags(&self, resource: ResourceType, name: &str, extra: &[(&str, &str)]) -> TagSpecification {
-        let mut b = TagSpecification::builder()
-            .resource_type(resource)
-            .tags(Tag::builder().key("Name").value(name).build())
-            .tags(Tag::builder().key(TAG_CLUSTER).value(&self.cluster).build());
-        for (k, v) in extra {
-            b = b.tags(Tag::builder().key(*k).value(*v).build());
-        }
-        b.build()
+        tag_spec(resource, name, (TAG_CLUSTER, &self.cluster), extra)
+    }
+
+    /// A RunInstances of one instance with what every Flotilla instance gets, whatever it is
+    /// for (host or bake builder): IMDSv2 required with hop limit 1, an encrypted gp3 root
+    /// volume on `root_device`, the optional key pair, and the user-data. Callers add
+    /// placement, tags and the ClientToken.
+    pub fn hardened_run(
+        &self,
+        ami: &str,
+        root_device: &str,
+        instance_type: &str,
+        group_id: &str,
+        user_data: &str,
+    ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
+        let req = self
+            .ec2
+            .run_instances()
+            .image_id(ami)
+            .instance_type(InstanceType::from(instance_type))
+            .min_count(1)
+            .max_count(1)
+            .security_group_ids(group_id)
+            .user_data(base64::engine::general_purpose::STANDARD.encode(user_data.as_bytes()))
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root_device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_type(VolumeType::Gp3)
+                            .volume_size(self.settings.root_volume_gib)
+                            .encrypted(true)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        if self.settings.key_name.is_empty() { req } else { req.key_name(&self.settings.key_name) }
     }
 
     /// The VPC and its subnets (sorted by zone, then id).
@@ -476,42 +513,12 @@ impl Aws {
         for k in 0..n {
             let subnet = &ctx.vpc.subnets[(index + k) % n];
             tried.push(format!("{} ({})", subnet.id, subnet.zone));
-            let mut req = self
-                .ec2
-                .run_instances()
-                .image_id(&ctx.ami.id)
-                .instance_type(InstanceType::from(spec.instance_type.as_str()))
-                .min_count(1)
-                .max_count(1)
+            let req = self
+                .hardened_run(&ctx.ami.id, &ctx.ami.root_device, &spec.instance_type, &ctx.group_id, &spec.user_data)
                 .subnet_id(&subnet.id)
-                .security_group_ids(&ctx.group_id)
-                .user_data(base64::engine::general_purpose::STANDARD.encode(spec.user_data.as_bytes()))
                 .client_token(format!("{token}-{k}"))
-                .metadata_options(
-                    InstanceMetadataOptionsRequest::builder()
-                        .http_tokens(HttpTokensState::Required)
-                        .http_put_response_hop_limit(1)
-                        .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                        .build(),
-                )
-                .block_device_mappings(
-                    BlockDeviceMapping::builder()
-                        .device_name(&ctx.ami.root_device)
-                        .ebs(
-                            EbsBlockDevice::builder()
-                                .volume_type(VolumeType::Gp3)
-                                .volume_size(self.settings.root_volume_gib)
-                                .encrypted(true)
-                                .delete_on_termination(true)
-                                .build(),
-                        )
-                        .build(),
-                )
                 .tag_specifications(self.tags(ResourceType::Instance, &spec.name, &[(TAG_ROLE, &spec.role), (TAG_HOST, &spec.name)]))
                 .tag_specifications(self.tags(ResourceType::Volume, &spec.name, &[(TAG_HOST, &spec.name)]));
-            if !self.settings.key_name.is_empty() {
-                req = req.key_name(&self.settings.key_name);
-            }
             match req.send().await {
                 Ok(r) => {
                     let i = r.instances().first().ok_or_else(|| AwsError::State("RunInstances returned no instance".into()))?;
@@ -682,6 +689,19 @@ impl Aws {
         flotilla_proto::fs::private_dir(&self.dir).map_err(io)?;
         flotilla_proto::fs::write_private(&path, &serde_json::to_vec_pretty(&m).unwrap_or_default()).map_err(io)
     }
+}
+
+/// Tags for a resource Flotilla creates: `Name`, its owner tag (`flotilla:cluster` for a
+/// cluster's resources, `flotilla:bake` for a bake's), and `extra`.
+pub fn tag_spec(resource: ResourceType, name: &str, owner: (&str, &str), extra: &[(&str, &str)]) -> TagSpecification {
+    let mut b = TagSpecification::builder()
+        .resource_type(resource)
+        .tags(Tag::builder().key("Name").value(name).build())
+        .tags(Tag::builder().key(owner.0).value(owner.1).build());
+    for (k, v) in extra {
+        b = b.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    b.build()
 }
 
 /// The idempotency token of one launch: the same cluster, host and generation always give

@@ -24,12 +24,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, InstanceMetadataEndpointState,
-    InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
-    VolumeType,
-};
-use base64::Engine as _;
+use aws_sdk_ec2::types::{Filter, InstanceStateName, ResourceType, Tag, TagSpecification};
 use sha2::Digest;
 
 use super::{Aws, AwsError, POLL, TAG_ROLE, WAIT};
@@ -116,14 +111,7 @@ impl AwsBaker {
     }
 
     fn tags(&self, resource: ResourceType, name: &str, extra: &[(&str, &str)]) -> TagSpecification {
-        let mut b = TagSpecification::builder()
-            .resource_type(resource)
-            .tags(Tag::builder().key("Name").value(name).build())
-            .tags(Tag::builder().key(TAG_BAKE).value(&self.scope).build());
-        for (k, v) in extra {
-            b = b.tags(Tag::builder().key(*k).value(*v).build());
-        }
-        b.build()
+        super::tag_spec(resource, name, (TAG_BAKE, &self.scope), extra)
     }
 
     fn builder_id(&self) -> Option<String> {
@@ -378,42 +366,12 @@ impl Backend for AwsBaker {
         let token = format!("flotilla-bake-{}", &hex::encode(digest)[..40]);
         let mut req = self
             .aws
-            .ec2
-            .run_instances()
-            .image_id(&base.id)
-            .instance_type(InstanceType::from(self.instance_type.as_str()))
-            .min_count(1)
-            .max_count(1)
-            .security_group_ids(&group)
-            .user_data(base64::engine::general_purpose::STANDARD.encode(user_data.as_bytes()))
+            .hardened_run(&base.id, &root, &self.instance_type, &group, user_data)
             .client_token(token)
-            .metadata_options(
-                InstanceMetadataOptionsRequest::builder()
-                    .http_tokens(HttpTokensState::Required)
-                    .http_put_response_hop_limit(1)
-                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    .build(),
-            )
-            .block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(&root)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .volume_type(VolumeType::Gp3)
-                            .volume_size(self.aws.settings.root_volume_gib)
-                            .encrypted(true)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            )
             .tag_specifications(self.tags(ResourceType::Instance, BUILDER_NAME, &[(TAG_ROLE, BUILDER_ROLE)]))
             .tag_specifications(self.tags(ResourceType::Volume, BUILDER_NAME, &[]));
         if !subnet.is_empty() {
             req = req.subnet_id(&subnet);
-        }
-        if !self.aws.settings.key_name.is_empty() {
-            req = req.key_name(&self.aws.settings.key_name);
         }
         let r = req.send().await.map_err(self.aws.err("ec2:RunInstances"))?;
         let id = r
