@@ -227,8 +227,14 @@ impl Cli {
 
     /// Runs `coordinator --cluster <cluster> <args>`, echoing what it printed to the test log.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_env(&[], args)
+    }
+
+    /// [`Cli::run`] with `env` added (e.g. [`moto::AWS_ENV`]).
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
         let out = self
             .command()
+            .envs(env.iter().copied())
             .args(["--cluster", self.cluster])
             .args(args)
             .output()

@@ -298,15 +298,7 @@ fn cli(cluster: &'static str) -> Cli {
 }
 
 fn run_aws(c: &Cli, args: &[&str]) -> Output {
-    let out = c.command().envs(AWS_ENV).args(["--cluster", c.cluster]).args(args).output().expect("run coordinator");
-    eprintln!(
-        "$ coordinator --cluster {} {}\n{}{}",
-        c.cluster,
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    c.run_env(&AWS_ENV, args)
 }
 
 /// moto's own dump of its state (its admin API, not EC2's).
