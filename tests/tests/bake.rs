@@ -292,7 +292,7 @@ fn bad_bake_and_image_requests_exit_64_naming_the_problem_and_create_nothing() {
     let cli = Cli::new("bakefail");
     let aws = cli.run(&["bake", "--provider", "aws"]);
     assert_eq!(aws.status.code(), Some(64));
-    assert!(stderr(&aws).contains("cannot bake in this build yet"), "{}", stderr(&aws));
+    assert!(stderr(&aws).contains("bake --provider aws needs --advertise"), "{}", stderr(&aws));
 
     let name = cli.run(&["bake", "--name", "Flotilla/Baked:latest"]);
     assert_eq!(name.status.code(), Some(64));
