@@ -169,12 +169,21 @@ async fn bake_with_lab_builder(
                     i.security_groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(),
                     vec![groups[0].group_id().unwrap_or_default()]
                 );
-                let v = ec2
-                    .describe_volumes()
-                    .filters(Filter::builder().name("attachment.instance-id").values(&id).build())
-                    .send()
-                    .await
-                    .expect("describe volumes");
+                // moto lists a new instance a moment before its volume is attached (its
+                // server is threaded): wait for the attachment, bounded.
+                let attached = Instant::now() + Duration::from_secs(10);
+                let v = loop {
+                    let v = ec2
+                        .describe_volumes()
+                        .filters(Filter::builder().name("attachment.instance-id").values(&id).build())
+                        .send()
+                        .await
+                        .expect("describe volumes");
+                    if !v.volumes().is_empty() || Instant::now() > attached {
+                        break v;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
                 assert_eq!(v.volumes().len(), 1, "{:?}", v.volumes());
                 assert_eq!(v.volumes()[0].encrypted(), Some(true), "root volume not encrypted");
                 assert_eq!(v.volumes()[0].volume_type().map(|t| t.as_str()), Some("gp3"));
