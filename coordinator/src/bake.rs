@@ -256,11 +256,7 @@ pub async fn bake(opts: BakeOptions) -> Result<Report, BakeError> {
         }
         ProviderKind::Lab => {
             lab::bake::check_name(&opts.name)?;
-            let docker = bollard::Docker::connect_with_defaults()
-                .map_err(|e| BakeError::NoEngine(e.to_string()))?
-                .negotiate_version()
-                .await
-                .map_err(|e| BakeError::NoEngine(e.to_string()))?;
+            let docker = lab::connect_engine().await.map_err(BakeError::NoEngine)?;
             let images = if opts.base.is_none() {
                 p.say("bake", "lab images (built once per recipe; a no-op when present)");
                 lab::images::ensure(opts.quiet).await.map_err(LabError::from)?

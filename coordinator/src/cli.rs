@@ -998,9 +998,7 @@ async fn destroy(
             .await
             .map_err(|e| CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed")))?
     } else {
-        let docker = bollard::Docker::connect_with_defaults()
-            .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?
-            .negotiate_version()
+        let docker = crate::providers::lab::connect_engine()
             .await
             .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?;
         let lab = crate::providers::lab::Lab::new(docker, &cluster, &state_dir, Default::default());

@@ -467,8 +467,7 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
     };
     let hosts = match config.provider {
         ProviderKind::Lab => {
-            let docker = bollard::Docker::connect_with_defaults().map_err(|e| DeployError::NoEngine(e.to_string()))?;
-            let docker = docker.negotiate_version().await.map_err(|e| DeployError::NoEngine(e.to_string()))?;
+            let docker = lab::connect_engine().await.map_err(DeployError::NoEngine)?;
             let lab = Lab::new(docker, &config.name, &state_dir, Default::default());
             if lab.registry_addr().await?.is_none() {
                 ch.create.push(format!("lab network {} and its registry", lab.network_name()));
@@ -559,8 +558,7 @@ pub async fn prepare_provider(c: &ClusterConfig, state_dir: &Path, quiet: bool, 
     let pick = |configured: &str, default: &str| if configured.is_empty() { default.to_string() } else { configured.to_string() };
     match c.provider {
         ProviderKind::Lab => {
-            let docker = bollard::Docker::connect_with_defaults().map_err(|e| DeployError::NoEngine(e.to_string()))?;
-            let docker = docker.negotiate_version().await.map_err(|e| DeployError::NoEngine(e.to_string()))?;
+            let docker = lab::connect_engine().await.map_err(DeployError::NoEngine)?;
             p.say("lab", "lab images (built once per recipe; a no-op when present)");
             let images = lab::images::ensure(quiet).await.map_err(lab::LabError::from)?;
             let lab = Lab::new(docker, &c.name, state_dir, images);

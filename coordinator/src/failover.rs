@@ -716,11 +716,7 @@ async fn provider_of(cluster: &str, state_dir: &std::path::Path) -> Result<Provi
         let settings = record.aws.unwrap_or_default();
         return Ok(Provider::Aws(crate::providers::aws::Aws::connect(cluster, &settings, state_dir).await?));
     }
-    let docker = bollard::Docker::connect_with_defaults()
-        .map_err(|e| FailoverError::NoLocalEngine(e.to_string()))?
-        .negotiate_version()
-        .await
-        .map_err(|e| FailoverError::NoLocalEngine(e.to_string()))?;
+    let docker = crate::providers::lab::connect_engine().await.map_err(FailoverError::NoLocalEngine)?;
     Ok(Provider::Lab(Lab::new(docker, cluster, state_dir, Default::default())))
 }
 

@@ -73,6 +73,16 @@ impl From<bollard::errors::Error> for LabError {
     }
 }
 
+/// The machine's Docker Engine (the lab's hosts run on it), with the API version
+/// negotiated; the error is the Engine's own words, for the caller to frame.
+pub async fn connect_engine() -> Result<Docker, String> {
+    Docker::connect_with_defaults()
+        .map_err(|e| e.to_string())?
+        .negotiate_version()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 pub struct Lab {
     pub docker: Docker,
     pub cluster: String,
