@@ -459,16 +459,7 @@ impl Aws {
                 .ec2
                 .describe_instances()
                 .filters(self.cluster_filter())
-                .filters(
-                    Filter::builder()
-                        .name("instance-state-name")
-                        .values("pending")
-                        .values("running")
-                        .values("stopping")
-                        .values("stopped")
-                        .values("shutting-down")
-                        .build(),
-                )
+                .filters(not_terminated())
                 .set_next_token(next.clone())
                 .send()
                 .await
@@ -689,6 +680,14 @@ impl Aws {
         flotilla_proto::fs::private_dir(&self.dir).map_err(io)?;
         flotilla_proto::fs::write_private(&path, &serde_json::to_vec_pretty(&m).unwrap_or_default()).map_err(io)
     }
+}
+
+/// Instances in any state but `terminated` (EC2 lists terminated ones for about an hour).
+pub fn not_terminated() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(["pending", "running", "stopping", "stopped", "shutting-down"].map(String::from).to_vec()))
+        .build()
 }
 
 /// Tags for a resource Flotilla creates: `Name`, its owner tag (`flotilla:cluster` for a

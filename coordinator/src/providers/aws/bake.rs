@@ -126,16 +126,7 @@ impl AwsBaker {
             .describe_instances()
             .filters(self.scope_filter())
             .filters(Filter::builder().name(format!("tag:{TAG_ROLE}")).values(BUILDER_ROLE).build())
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .values("pending")
-                    .values("running")
-                    .values("stopping")
-                    .values("stopped")
-                    .values("shutting-down")
-                    .build(),
-            )
+            .filters(super::not_terminated())
             .send()
             .await
             .map_err(self.aws.err("ec2:DescribeInstances"))?;
