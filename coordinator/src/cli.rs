@@ -983,7 +983,7 @@ async fn destroy(
         let _ = c.shutdown(v1::ShutdownRequest {}).await;
         wait_gone(&socket).await;
     }
-    let removed = if record.provider == "aws" {
+    if record.provider == "aws" {
         let mut settings = record.aws.clone().unwrap_or_default();
         if let Some(e) = endpoint_url {
             settings.endpoint_url = e;
@@ -991,20 +991,14 @@ async fn destroy(
         if let Some(r) = region {
             settings.region = r;
         }
-        let a = crate::providers::aws::Aws::connect(&cluster, &settings, &state_dir)
-            .await
-            .map_err(|e| CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed")))?;
-        a.destroy()
-            .await
-            .map_err(|e| CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed")))?
-    } else {
-        let docker = crate::providers::lab::connect_engine()
-            .await
-            .map_err(|e| CliError::Other(format!("the local Docker Engine: {e}")))?;
-        let lab = crate::providers::lab::Lab::new(docker, &cluster, &state_dir, Default::default());
-        lab.destroy().await.map_err(|e| CliError::Other(e.to_string()))?;
-        vec![]
+        record.aws = Some(settings);
+    }
+    let kept = |e: crate::providers::ProviderError| match e {
+        crate::providers::ProviderError::Aws(e) => CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed")),
+        other => CliError::Other(other.to_string()),
     };
+    let provider = crate::providers::Provider::from_record(&cluster, &state_dir, &record).await.map_err(kept)?;
+    let removed = provider.destroy().await.map_err(kept)?;
     for r in &removed {
         eprintln!("removed {r}");
     }

@@ -53,7 +53,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Channel;
 
 use crate::cluster::QUORUM_TABLE;
-use crate::providers::lab::{Lab, LabError};
+use crate::providers::lab::LabError;
 use crate::providers::{Provider, ProviderError, ProviderRecord};
 use crate::verify;
 
@@ -155,8 +155,6 @@ pub enum FailoverError {
     Lab(#[from] LabError),
     #[error(transparent)]
     Aws(#[from] crate::providers::aws::AwsError),
-    #[error("the local Docker Engine does not answer ({0}); the lab provider needs it")]
-    NoLocalEngine(String),
     #[error("the drill did not pass: {0}")]
     NotPassed(String),
     #[error("interrupted by {signal}; {cleanup}")]
@@ -709,23 +707,14 @@ impl From<ProviderError> for FailoverError {
     }
 }
 
-/// The provider a cluster was deployed with (its state directory records it).
-async fn provider_of(cluster: &str, state_dir: &std::path::Path) -> Result<Provider, FailoverError> {
-    let record = ProviderRecord::load(state_dir);
-    if record.provider == "aws" {
-        let settings = record.aws.unwrap_or_default();
-        return Ok(Provider::Aws(crate::providers::aws::Aws::connect(cluster, &settings, state_dir).await?));
-    }
-    let docker = crate::providers::lab::connect_engine().await.map_err(FailoverError::NoLocalEngine)?;
-    Ok(Provider::Lab(Lab::new(docker, cluster, state_dir, Default::default())))
-}
 
 /// Runs the drill; a report that did not pass is returned as `Ok` (the caller decides the
 /// exit code). A signal on `signals` (SIGINT, SIGTERM) stops it: the target is restored, the
 /// drill's service removed, and [`FailoverError::Interrupted`] says what was done; a second
 /// signal cuts that clean-up short. Every other way out cleans up too.
 pub async fn run(admin: AdminClient<Channel>, opts: Options, mut signals: mpsc::UnboundedReceiver<&'static str>) -> Result<Report, FailoverError> {
-    let provider = Arc::new(provider_of(&opts.cluster, &opts.state_dir).await?);
+    let record = ProviderRecord::load(&opts.state_dir);
+    let provider = Arc::new(Provider::from_record(&opts.cluster, &opts.state_dir, &record).await?);
     let d = Drill {
         opts,
         admin,

@@ -73,6 +73,29 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The provider `record` names, for cluster `cluster` (lab: the machine's Engine; AWS:
+    /// the recorded settings, credentials from the standard chain).
+    pub async fn from_record(cluster: &str, state_dir: &std::path::Path, record: &ProviderRecord) -> Result<Self, ProviderError> {
+        if record.provider == "aws" {
+            let settings = record.aws.clone().unwrap_or_default();
+            return Ok(Provider::Aws(aws::Aws::connect(cluster, &settings, state_dir).await?));
+        }
+        let docker = lab::connect_engine().await.map_err(lab::LabError::Engine)?;
+        Ok(Provider::Lab(lab::Lab::new(docker, cluster, state_dir, Default::default())))
+    }
+
+    /// Removes everything the cluster owns at the provider; idempotent. Returns what it
+    /// removed, where the provider says (AWS).
+    pub async fn destroy(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => {
+                l.destroy().await?;
+                vec![]
+            }
+            Provider::Aws(a) => a.destroy().await?,
+        })
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Provider::Lab(_) => "lab",
