@@ -204,7 +204,15 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let provider = &target.provider;
 
     // 3. The control plane.
-    let mut admin = ensure_control_plane(&c.name, &opts.state_root, &paths, &target.listen, &target.advertise, c.coordinator.port, &p).await?;
+    let serve = ServeSpec {
+        cluster: &c.name,
+        state_root: &opts.state_root,
+        paths: &paths,
+        listen_ip: &target.listen,
+        advertise: &target.advertise,
+        port: c.coordinator.port,
+    };
+    let mut admin = ensure_control_plane(&serve, &p).await?;
     let st = admin.status(v1::StatusRequest {}).await?.into_inner();
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(|e| DeployError::ControlPlane(format!("{}: {e}", paths.ca_pem().display())))?;
 
@@ -786,16 +794,8 @@ async fn ensure_docker_certs(admin: &mut AdminClient<Channel>, state_dir: &Path)
 /// Connects to the cluster's control plane, starting one in the background when none
 /// runs: it listens on `listen_ip:port` (the lab's gateway) and logs to
 /// `<state>/coordinator.log`.
-pub async fn ensure_control_plane(
-    cluster: &str,
-    state_root: &Path,
-    paths: &StatePaths,
-    listen_ip: &str,
-    advertise: &str,
-    port: u16,
-    p: &Progress,
-) -> Result<AdminClient<Channel>, DeployError> {
-    match crate::admin::connect_local(cluster, &paths.admin_socket()).await {
+pub async fn ensure_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminClient<Channel>, DeployError> {
+    match crate::admin::connect_local(s.cluster, &s.paths.admin_socket()).await {
         Ok(c) => return Ok(c),
         Err(crate::admin::ConnectError::NotRunning { .. }) => {}
         Err(e) => return Err(DeployError::ControlPlane(e.to_string())),
@@ -804,7 +804,7 @@ pub async fn ensure_control_plane(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match spawn_control_plane(cluster, state_root, paths, listen_ip, advertise, port, p).await {
+        match spawn_control_plane(s, p).await {
             Err(DeployError::ControlPlane(m)) if m.contains("in use by another process") && attempt < 15 => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -813,15 +813,20 @@ pub async fn ensure_control_plane(
     }
 }
 
-async fn spawn_control_plane(
-    cluster: &str,
-    state_root: &Path,
-    paths: &StatePaths,
-    listen_ip: &str,
-    advertise: &str,
-    port: u16,
-    p: &Progress,
-) -> Result<AdminClient<Channel>, DeployError> {
+/// Where and how `coordinator serve` runs for a cluster.
+pub struct ServeSpec<'a> {
+    pub cluster: &'a str,
+    pub state_root: &'a Path,
+    pub paths: &'a StatePaths,
+    /// The agent port listens here.
+    pub listen_ip: &'a str,
+    /// Hosts dial this (the server certificate's name).
+    pub advertise: &'a str,
+    pub port: u16,
+}
+
+async fn spawn_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminClient<Channel>, DeployError> {
+    let ServeSpec { cluster, state_root, paths, listen_ip, advertise, port } = *s;
     let exe = std::env::current_exe().map_err(|e| DeployError::ControlPlane(e.to_string()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
