@@ -48,23 +48,15 @@ pub enum ConfigError {
     #[error("{path}: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("{path}: field `{field}`: {problem}")]
-    Invalid {
-        path: PathBuf,
-        field: &'static str,
-        problem: String,
-    },
+    Invalid { path: PathBuf, field: &'static str, problem: String },
 }
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg: AgentConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -77,10 +69,7 @@ impl AgentConfig {
         };
         let name_ok = !self.host_name.is_empty()
             && self.host_name.len() <= 63
-            && self
-                .host_name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && self.host_name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !name_ok {
             return Err(invalid("host_name", "use 1-63 of a-z, 0-9 and '-'"));
         }

@@ -19,12 +19,7 @@ pub enum ConsulError {
     #[error("Consul at {addr}: {detail}")]
     Unreachable { addr: String, detail: String },
     #[error("Consul at {addr} answered {status} to {what}: {body}")]
-    Status {
-        addr: String,
-        what: String,
-        status: u16,
-        body: String,
-    },
+    Status { addr: String, what: String, status: u16, body: String },
     #[error("Consul at {addr}: unexpected answer to {what}: {detail}")]
     Decode { addr: String, what: String, detail: String },
 }
@@ -67,10 +62,7 @@ impl Consul {
     pub fn new(addr: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        Self {
-            addr: addr.to_string(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        }
+        Self { addr: addr.to_string(), client: Client::builder(TokioExecutor::new()).build(connector) }
     }
 
     pub fn addr(&self) -> &str {
@@ -83,33 +75,26 @@ impl Consul {
             .method(method)
             .uri(&uri)
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ConsulError::Unreachable {
-                addr: self.addr.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| ConsulError::Unreachable { addr: self.addr.clone(), detail: e.to_string() })?;
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| ConsulError::Unreachable {
-                addr: self.addr.clone(),
-                detail: e.to_string(),
-            })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ConsulError::Unreachable { addr: self.addr.clone(), detail: e.to_string() })?;
             let status = resp.status().as_u16();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| ConsulError::Unreachable {
-                    addr: self.addr.clone(),
-                    detail: e.to_string(),
-                })?
+                .map_err(|e| ConsulError::Unreachable { addr: self.addr.clone(), detail: e.to_string() })?
                 .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(CALL_TIMEOUT, fut)
-            .await
-            .map_err(|_| ConsulError::Unreachable {
-                addr: self.addr.clone(),
-                detail: format!("no answer within {CALL_TIMEOUT:?}"),
-            })?
+        tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| ConsulError::Unreachable {
+            addr: self.addr.clone(),
+            detail: format!("no answer within {CALL_TIMEOUT:?}"),
+        })?
     }
 
     fn expect_ok(&self, what: &str, status: u16, body: &Bytes) -> Result<(), ConsulError> {
@@ -184,19 +169,14 @@ impl Consul {
             return Ok(None);
         };
         let value = match first.value {
-            Some(v) => base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .map_err(|e| ConsulError::Decode {
-                    addr: self.addr.clone(),
-                    what: what.clone(),
-                    detail: e.to_string(),
-                })?,
+            Some(v) => base64::engine::general_purpose::STANDARD.decode(v).map_err(|e| ConsulError::Decode {
+                addr: self.addr.clone(),
+                what: what.clone(),
+                detail: e.to_string(),
+            })?,
             None => Vec::new(),
         };
-        Ok(Some(KvEntry {
-            value,
-            modify_index: first.modify_index,
-        }))
+        Ok(Some(KvEntry { value, modify_index: first.modify_index }))
     }
 
     /// Writes a key. With `cas = Some(0)` it is created only if absent; with `Some(i)` it is
@@ -222,9 +202,7 @@ impl Consul {
     /// Keys under a prefix with their values.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, ConsulError> {
         let what = format!("GET kv/{prefix}?recurse");
-        let (status, body) = self
-            .call(http::Method::GET, &format!("/v1/kv/{prefix}?recurse=true"), None)
-            .await?;
+        let (status, body) = self.call(http::Method::GET, &format!("/v1/kv/{prefix}?recurse=true"), None).await?;
         if status == 404 {
             return Ok(Vec::new());
         }
@@ -240,10 +218,8 @@ impl Consul {
         Ok(raw
             .into_iter()
             .map(|r| {
-                let v = r
-                    .value
-                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-                    .unwrap_or_default();
+                let v =
+                    r.value.and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()).unwrap_or_default();
                 (r.key, v)
             })
             .collect())

@@ -12,7 +12,9 @@ use crate::identity::{IdentityError, PendingKey, StoredIdentity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("not enrolled and no join token at {0}: mint one with `coordinator token create --host <name>` and write it there")]
+    #[error(
+        "not enrolled and no join token at {0}: mint one with `coordinator token create --host <name>` and write it there"
+    )]
     NoToken(PathBuf),
     #[error("join token file {path}: {source}")]
     TokenFile { path: PathBuf, source: std::io::Error },
@@ -48,10 +50,7 @@ pub async fn enroll(
             return Err(EnrollError::NoToken(cfg.token_file.clone()));
         }
         Err(source) => {
-            return Err(EnrollError::TokenFile {
-                path: cfg.token_file.clone(),
-                source,
-            });
+            return Err(EnrollError::TokenFile { path: cfg.token_file.clone(), source });
         }
     };
     let pending = PendingKey::generate(&cfg.host_name)?;
@@ -65,19 +64,15 @@ pub async fn enroll(
     });
     crate::session::add_protocol_header(&mut req);
     let resp = client.enroll(req).await.map_err(|s| match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => EnrollError::Unreachable {
-            addr: addr.to_string(),
-            detail: s.message().to_string(),
-        },
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+            EnrollError::Unreachable { addr: addr.to_string(), detail: s.message().to_string() }
+        }
         _ => EnrollError::Refused(s.message().to_string()),
     })?;
     let resp = resp.into_inner();
     let identity = pending.into_stored(&resp.certificate_pem)?;
     if identity.facts.common_name != cfg.host_name {
-        return Err(EnrollError::WrongCertificate {
-            got: identity.facts.common_name,
-            want: cfg.host_name.clone(),
-        });
+        return Err(EnrollError::WrongCertificate { got: identity.facts.common_name, want: cfg.host_name.clone() });
     }
     identity.save(&cfg.state_dir)?;
     // The token is spent; do not leave it lying around.

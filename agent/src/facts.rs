@@ -29,9 +29,7 @@ pub async fn gather(docker: Option<&bollard::Docker>) -> HostFacts {
 
 /// cloud-init records the instance id it booted with.
 fn instance_id() -> String {
-    std::fs::read_to_string("/var/lib/cloud/data/instance-id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/var/lib/cloud/data/instance-id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// IPv4 addresses of non-loopback, non-Docker-bridge interfaces.

@@ -52,22 +52,11 @@ pub struct StoredIdentity {
 
 impl StoredIdentity {
     fn from_parts(cert_pem: &str, key_pem: &str, path: &Path) -> Result<Self, IdentityError> {
-        let corrupt = |detail: String| IdentityError::Corrupt {
-            path: path.to_path_buf(),
-            detail,
-        };
+        let corrupt = |detail: String| IdentityError::Corrupt { path: path.to_path_buf(), detail };
         let tls = Identity::from_pem("identity", cert_pem, key_pem).map_err(|e| corrupt(e.to_string()))?;
-        let facts = tls
-            .chain
-            .first()
-            .and_then(tls::identity_of)
-            .ok_or_else(|| corrupt("certificate does not parse".into()))?;
-        Ok(Self {
-            cert_pem: cert_pem.to_string(),
-            key_pem: key_pem.to_string(),
-            tls,
-            facts,
-        })
+        let facts =
+            tls.chain.first().and_then(tls::identity_of).ok_or_else(|| corrupt("certificate does not parse".into()))?;
+        Ok(Self { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string(), tls, facts })
     }
 
     pub fn path(state_dir: &Path) -> PathBuf {
@@ -88,10 +77,8 @@ impl StoredIdentity {
 
     /// Writes `identity.pem` atomically, 0600.
     pub fn save(&self, state_dir: &Path) -> Result<(), IdentityError> {
-        flotilla_proto::fs::private_dir(state_dir).map_err(|source| IdentityError::Io {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
+        flotilla_proto::fs::private_dir(state_dir)
+            .map_err(|source| IdentityError::Io { path: state_dir.to_path_buf(), source })?;
         let path = Self::path(state_dir);
         let body = format!("{}{}", self.cert_pem, self.key_pem);
         flotilla_proto::fs::write_private(&path, body.as_bytes()).map_err(|source| IdentityError::Io { path, source })
@@ -107,16 +94,11 @@ impl StoredIdentity {
 
     /// How long from now until [`Self::renew_at`] (zero when due).
     pub fn renew_in(&self) -> Duration {
-        self.renew_at()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+        self.renew_at().duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
     }
 
     pub fn is_expired(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
         now >= self.facts.not_after_unix
     }
 }

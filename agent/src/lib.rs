@@ -149,14 +149,10 @@ impl AgentHandle {
 /// Loads the CA and any stored identity, then runs the agent loop in the background.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     tls::install_default_provider();
-    let ca_pem = std::fs::read_to_string(&config.ca_file).map_err(|e| AgentError::Ca {
-        path: config.ca_file.clone(),
-        detail: e.to_string(),
-    })?;
-    let ca = tls::certs_from_pem("cluster CA", &ca_pem).map_err(|e| AgentError::Ca {
-        path: config.ca_file.clone(),
-        detail: e.to_string(),
-    })?;
+    let ca_pem = std::fs::read_to_string(&config.ca_file)
+        .map_err(|e| AgentError::Ca { path: config.ca_file.clone(), detail: e.to_string() })?;
+    let ca = tls::certs_from_pem("cluster CA", &ca_pem)
+        .map_err(|e| AgentError::Ca { path: config.ca_file.clone(), detail: e.to_string() })?;
     let identity = StoredIdentity::load(&config.state_dir)?;
     let docker = engine::connect().await.ok();
     let (status_tx, status_rx) = watch::channel(AgentStatus {
@@ -188,14 +184,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     }
     let (link_tx, link_rx) = watch::channel(None);
     let log_streams = logs::LogStreams::new(docker.clone(), link_rx, shutdown.clone());
-    workers.push(tokio::spawn(dispatch(
-        dir_rx,
-        desired_tx,
-        holds_tx,
-        docker.clone(),
-        log_streams,
-        shutdown.clone(),
-    )));
+    workers.push(tokio::spawn(dispatch(dir_rx, desired_tx, holds_tx, docker.clone(), log_streams, shutdown.clone())));
     let ctx = Ctx {
         config,
         ca,
@@ -211,14 +200,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         shutdown: shutdown.clone(),
     };
     let task = tokio::spawn(run_loop(ctx));
-    Ok(AgentHandle {
-        status: status_rx,
-        roles: roles_rx,
-        passes: passes_rx,
-        shutdown,
-        task,
-        workers,
-    })
+    Ok(AgentHandle { status: status_rx, roles: roles_rx, passes: passes_rx, shutdown, task, workers })
 }
 
 /// Routes the coordinator's directives to the parts that act on them.
@@ -249,10 +231,8 @@ async fn dispatch(
 
 /// Enroll if needed, hold a session, back off, repeat — until shut down.
 async fn run_loop(mut ctx: Ctx) {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(ctx.config.backoff_base_ms),
-        Duration::from_secs(ctx.config.backoff_cap_s),
-    );
+    let mut backoff =
+        Backoff::new(Duration::from_millis(ctx.config.backoff_base_ms), Duration::from_secs(ctx.config.backoff_cap_s));
     let mut attempt: usize = 0;
     loop {
         if ctx.shutdown.is_cancelled() {

@@ -30,7 +30,9 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use flotilla_proto::tls;
-use flotilla_proto::v1::{self, LogChunk, LogLine, agent_service_client::AgentServiceClient, log_line, open_log_stream};
+use flotilla_proto::v1::{
+    self, LogChunk, LogLine, agent_service_client::AgentServiceClient, log_line, open_log_stream,
+};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -71,10 +73,7 @@ impl Link {
         identity: &tls::Identity,
     ) -> Result<Self, tls::TlsError> {
         let config = tls::client_config(ca, Some(identity))?;
-        Ok(Self {
-            addr: addr.to_string(),
-            channel: tls::channel(addr, config)?,
-        })
+        Ok(Self { addr: addr.to_string(), channel: tls::channel(addr, config)? })
     }
 }
 
@@ -93,12 +92,7 @@ struct Open {
 
 impl LogStreams {
     pub fn new(docker: Option<Docker>, link: watch::Receiver<Option<Link>>, shutdown: CancellationToken) -> Self {
-        Self {
-            docker,
-            link,
-            shutdown,
-            open: HashMap::new(),
-        }
+        Self { docker, link, shutdown, open: HashMap::new() }
     }
 
     /// Starts the stream `req` asks for (replacing one with the same id).
@@ -110,12 +104,7 @@ impl LogStreams {
         tracing::info!(stream = %req.stream_id, source = ?req.source, since = req.since_unix_ns, follow = req.follow, "log stream opened");
         let cancel = self.shutdown.child_token();
         let id = req.stream_id.clone();
-        let stream = LogStream {
-            req,
-            docker: self.docker.clone(),
-            link: self.link.clone(),
-            cancel: cancel.clone(),
-        };
+        let stream = LogStream { req, docker: self.docker.clone(), link: self.link.clone(), cancel: cancel.clone() };
         let task = tokio::spawn(stream.run());
         self.open.insert(id, Open { cancel, task });
     }
@@ -199,10 +188,7 @@ impl LogStream {
         let since = *acked;
         let (tx, rx) = mpsc::channel::<LogChunk>(CHUNK_QUEUE);
         // The first chunk names the stream; the coordinator answers once it has read it.
-        let first = LogChunk {
-            stream_id: self.req.stream_id.clone(),
-            ..Default::default()
-        };
+        let first = LogChunk { stream_id: self.req.stream_id.clone(), ..Default::default() };
         if tx.try_send(first).is_err() {
             return Outcome::Lost("request queue closed".into());
         }
@@ -238,7 +224,10 @@ impl LogStream {
         match &self.req.source {
             Some(open_log_stream::Source::Container(name)) => match &self.docker {
                 Some(docker) => container(docker, name, since, tail, self.req.follow),
-                None => futures::stream::once(async { Err("the Docker Engine is not reachable from the agent".to_string()) }).boxed(),
+                None => futures::stream::once(async {
+                    Err("the Docker Engine is not reachable from the agent".to_string())
+                })
+                .boxed(),
             },
             Some(open_log_stream::Source::Engine(_)) => journal(since, tail, self.req.follow),
             None => futures::stream::once(async { Err("OpenLogStream names no source".to_string()) }).boxed(),
@@ -302,11 +291,7 @@ pub const RESUME_MARGIN_S: i64 = 10;
 
 /// The Engine's `since` (whole seconds) for a resume point: [`RESUME_MARGIN_S`] early.
 pub fn engine_since(since_unix_ns: i64) -> i64 {
-    if since_unix_ns <= 0 {
-        0
-    } else {
-        (since_unix_ns.div_euclid(NS_PER_S) - RESUME_MARGIN_S).max(0)
-    }
+    if since_unix_ns <= 0 { 0 } else { (since_unix_ns.div_euclid(NS_PER_S) - RESUME_MARGIN_S).max(0) }
 }
 
 /// Reads `source` into chunks on `tx` until it ends; returns whether its end (eof or
@@ -327,11 +312,7 @@ async fn pump(
                 Some(Ok(raw)) => {
                     if let Some(unix_ns) = stamper.stamp(raw.unix_ns) {
                         bytes += raw.text.len();
-                        chunk.lines.push(LogLine {
-                            unix_ns,
-                            stream: raw.stream as i32,
-                            text: raw.text,
-                        });
+                        chunk.lines.push(LogLine { unix_ns, stream: raw.stream as i32, text: raw.text });
                     }
                 }
             }
@@ -415,11 +396,7 @@ pub fn engine_lines(out: LogOutput) -> Vec<RawLine> {
                 None => (0, part),
             },
         };
-        lines.push(RawLine {
-            unix_ns,
-            stream,
-            text: bounded_text(text),
-        });
+        lines.push(RawLine { unix_ns, stream, text: bounded_text(text) });
     }
     lines
 }
@@ -562,11 +539,7 @@ pub fn journal_line(line: &str) -> Option<RawLine> {
         }
         _ => String::new(),
     };
-    let priority: u8 = v
-        .get("PRIORITY")
-        .and_then(|p| p.as_str())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(6);
+    let priority: u8 = v.get("PRIORITY").and_then(|p| p.as_str()).and_then(|p| p.parse().ok()).unwrap_or(6);
     Some(RawLine {
         unix_ns: us.saturating_mul(1000),
         stream: if priority <= 3 { log_line::Stream::Stderr } else { log_line::Stream::Stdout },
@@ -603,7 +576,9 @@ mod tests {
     #[test]
     fn engine_frames_split_into_timestamped_lines() {
         let out = LogOutput::StdErr {
-            message: Bytes::from_static(b"2024-05-01T12:00:00.000000001Z hello world\n2024-05-01T12:00:00.5Z second\r\n"),
+            message: Bytes::from_static(
+                b"2024-05-01T12:00:00.000000001Z hello world\n2024-05-01T12:00:00.5Z second\r\n",
+            ),
         };
         let lines = engine_lines(out);
         assert_eq!(lines.len(), 2);
@@ -612,17 +587,17 @@ mod tests {
         assert_eq!(lines[0].stream, log_line::Stream::Stderr);
         assert_eq!(lines[1].unix_ns, 1_714_564_800_500_000_000);
         assert_eq!(lines[1].text, "second");
-        let bare = engine_lines(LogOutput::StdOut {
-            message: Bytes::from_static(b"no timestamp here\n"),
-        });
+        let bare = engine_lines(LogOutput::StdOut { message: Bytes::from_static(b"no timestamp here\n") });
         assert_eq!(bare[0].unix_ns, 0);
         assert_eq!(bare[0].text, "no timestamp here");
     }
 
     #[test]
     fn journal_entries_parse_with_microseconds_and_binary_messages() {
-        let l = journal_line(r#"{"__REALTIME_TIMESTAMP":"1714564800000001","MESSAGE":"API listen on /run/docker.sock","PRIORITY":"6"}"#)
-            .expect("entry");
+        let l = journal_line(
+            r#"{"__REALTIME_TIMESTAMP":"1714564800000001","MESSAGE":"API listen on /run/docker.sock","PRIORITY":"6"}"#,
+        )
+        .expect("entry");
         assert_eq!(l.unix_ns, 1_714_564_800_000_001_000);
         assert_eq!(l.text, "API listen on /run/docker.sock");
         assert_eq!(l.stream, log_line::Stream::Stdout);
@@ -635,13 +610,7 @@ mod tests {
     #[tokio::test]
     async fn batches_are_bounded_and_the_end_is_sent() {
         let lines: Vec<Result<RawLine, String>> = (1..=600)
-            .map(|i| {
-                Ok(RawLine {
-                    unix_ns: i,
-                    stream: log_line::Stream::Stdout,
-                    text: format!("line {i}"),
-                })
-            })
+            .map(|i| Ok(RawLine { unix_ns: i, stream: log_line::Stream::Stdout, text: format!("line {i}") }))
             .collect();
         let (tx, mut rx) = mpsc::channel(CHUNK_QUEUE);
         let source = futures::stream::iter(lines).boxed();

@@ -72,10 +72,7 @@ pub fn validate(a: &v1::Assignment) -> Result<(), RoleError> {
         return Err(RoleError::Spec("assignment.cluster is empty".into()));
     }
     if !a.roles.is_empty() && a.host_address.parse::<std::net::IpAddr>().is_err() {
-        return Err(RoleError::Spec(format!(
-            "assignment.host_address '{}' is not an IP address",
-            a.host_address
-        )));
+        return Err(RoleError::Spec(format!("assignment.host_address '{}' is not an IP address", a.host_address)));
     }
     let mut seen = Vec::new();
     for r in &a.roles {
@@ -141,10 +138,7 @@ impl Reconciler {
         }
         if let Err(e) = self.docker.ping().await {
             self.views.send_replace(Views::default());
-            return failed_all(
-                &wanted,
-                &format!("the Docker Engine does not answer: {}", roles::engine_message(&e)),
-            );
+            return failed_all(&wanted, &format!("the Docker Engine does not answer: {}", roles::engine_message(&e)));
         }
         let ctx = RoleCtx {
             docker: &self.docker,
@@ -198,7 +192,11 @@ impl Reconciler {
             match crate::engine_tls::ensure(&ctx, m).await {
                 Ok(false) => {}
                 Ok(true) => {
-                    let mut st = vec![status(Role::Manager, RoleState::Starting, "Engine restarted with its TLS listener on 2376")];
+                    let mut st = vec![status(
+                        Role::Manager,
+                        RoleState::Starting,
+                        "Engine restarted with its TLS listener on 2376",
+                    )];
                     if consul_spec.is_some() {
                         st.insert(0, status(Role::Consul, RoleState::Pending, "waiting for the Engine's restart"));
                     }

@@ -55,12 +55,7 @@ pub enum RoleError {
 }
 
 pub fn status(role: Role, state: RoleState, message: impl Into<String>) -> RoleStatus {
-    RoleStatus {
-        role: role as i32,
-        state: state as i32,
-        message: message.into(),
-        progress_percent: 0,
-    }
+    RoleStatus { role: role as i32, state: state as i32, message: message.into(), progress_percent: 0 }
 }
 
 pub fn labels(ctx: &RoleCtx<'_>, role: &str, spec_hash: &str) -> HashMap<String, String> {
@@ -76,18 +71,18 @@ pub fn labels(ctx: &RoleCtx<'_>, role: &str, spec_hash: &str) -> HashMap<String,
 pub async fn find(docker: &Docker, role: &str) -> Result<Vec<bollard::models::ContainerSummary>, RoleError> {
     let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_ROLE}={role}")])]);
     Ok(docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
+        .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
         .await?)
 }
 
 /// Makes sure `image` is present, pulling it through the Engine (the registry's own error
 /// on failure) and publishing progress for `role` while it does. Never pulls an image it
 /// was not given.
-pub async fn ensure_image(ctx: &RoleCtx<'_>, role: Role, image: &flotilla_proto::v1::ImageRef) -> Result<(), RoleError> {
+pub async fn ensure_image(
+    ctx: &RoleCtx<'_>,
+    role: Role,
+    image: &flotilla_proto::v1::ImageRef,
+) -> Result<(), RoleError> {
     let credentials = (!image.username.is_empty()).then(|| bollard::auth::DockerCredentials {
         username: Some(image.username.clone()),
         password: Some(image.password.clone()),
@@ -110,15 +105,9 @@ pub async fn ensure_image(ctx: &RoleCtx<'_>, role: Role, image: &flotilla_proto:
     let mut layers: HashMap<String, (i64, i64)> = HashMap::new();
     let mut last_pct = u32::MAX;
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| RoleError::Pull {
-            image: image.to_string(),
-            message: engine_message(&e),
-        })?;
+        let info = item.map_err(|e| RoleError::Pull { image: image.to_string(), message: engine_message(&e) })?;
         if let Some(err) = info.error_detail.and_then(|d| d.message) {
-            return Err(RoleError::Pull {
-                image: image.to_string(),
-                message: err,
-            });
+            return Err(RoleError::Pull { image: image.to_string(), message: err });
         }
         if let (Some(id), Some(d)) = (info.id, info.progress_detail) {
             if let (Some(c), Some(t)) = (d.current, d.total) {

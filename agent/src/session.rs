@@ -35,10 +35,9 @@ impl SessionError {
     /// enrollment can fix that.
     pub fn identity_refused(&self) -> bool {
         match self {
-            SessionError::Rpc { status, .. } | SessionError::Closed { status, .. } => matches!(
-                status.code(),
-                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-            ),
+            SessionError::Rpc { status, .. } | SessionError::Closed { status, .. } => {
+                matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
+            }
             _ => false,
         }
     }
@@ -74,24 +73,14 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
         applied_generation: ctx.applied_generation,
         running: Vec::new(),
     };
-    let _ = out_tx.try_send(AgentMessage {
-        body: Some(agent_message::Body::Hello(hello)),
-    });
+    let _ = out_tx.try_send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) });
     let mut req = tonic::Request::new(ReceiverStream::new(out_rx));
     add_protocol_header(&mut req);
-    let mut inbound = client
-        .session(req)
-        .await
-        .map_err(|status| SessionError::Rpc {
-            addr: addr.into(),
-            status,
-        })?
-        .into_inner();
+    let mut inbound =
+        client.session(req).await.map_err(|status| SessionError::Rpc { addr: addr.into(), status })?.into_inner();
 
     match inbound.message().await {
-        Ok(Some(CoordinatorMessage {
-            body: Some(coordinator_message::Body::Welcome(w)),
-        })) => {
+        Ok(Some(CoordinatorMessage { body: Some(coordinator_message::Body::Welcome(w)) })) => {
             ctx.set_status(|s| {
                 s.connected = true;
                 s.sessions_opened += 1;
@@ -105,10 +94,7 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
         }
         Ok(_) => return Err(SessionError::NoWelcome { addr: addr.into() }),
         Err(status) => {
-            return Err(SessionError::Rpc {
-                addr: addr.into(),
-                status,
-            });
+            return Err(SessionError::Rpc { addr: addr.into(), status });
         }
     }
     on_open();

@@ -59,15 +59,9 @@ mod tests {
 
     #[test]
     fn toml_strings_round_trip() {
-        for s in [
-            "",
-            "plain",
-            "quote \" backslash \\ ",
-            "a\nb\r\tc\u{8}\u{c}",
-            "\u{0}\u{1f}\u{7f}",
-            "ünï €",
-            "'single'",
-        ] {
+        for s in
+            ["", "plain", "quote \" backslash \\ ", "a\nb\r\tc\u{8}\u{c}", "\u{0}\u{1f}\u{7f}", "ünï €", "'single'"]
+        {
             let doc = format!("v = {}\n", toml_string(s));
             let parsed: toml::Table = toml::from_str(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
             assert_eq!(parsed["v"].as_str(), Some(s), "{doc}");

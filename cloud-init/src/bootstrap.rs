@@ -3,9 +3,8 @@
 //! lives in that block; the rest of the script is the same bytes for every render.
 
 use crate::paths::{
-    AGENT_BINARY_PATH, AGENT_UNIT_NAME, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH,
-    BOOTSTRAP_FAILED_PATH, CA_PATH, CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH,
-    SEAL_UNIT_NAME, STATE_DIR,
+    AGENT_BINARY_PATH, AGENT_UNIT_NAME, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH, BOOTSTRAP_FAILED_PATH,
+    CA_PATH, CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH, SEAL_UNIT_NAME, STATE_DIR,
 };
 use crate::{AgentBinary, BakeReport, Engine, OsFamily};
 
@@ -44,16 +43,10 @@ pub(crate) fn render(
     let values = [
         ("FLOTILLA_MODE", sh_quote(mode_name)),
         ("FLOTILLA_ENGINE", sh_quote(engine_name)),
-        (
-            "FLOTILLA_INSECURE_REGISTRIES",
-            format!("({})", registries.join(" ")),
-        ),
+        ("FLOTILLA_INSECURE_REGISTRIES", format!("({})", registries.join(" "))),
         ("FLOTILLA_CA_FILE", sh_quote(ca_file)),
         ("FLOTILLA_AGENT_URL", sh_quote(&agent.url)),
-        (
-            "FLOTILLA_AGENT_SHA256",
-            sh_quote(&agent.sha256.to_ascii_lowercase()),
-        ),
+        ("FLOTILLA_AGENT_SHA256", sh_quote(&agent.sha256.to_ascii_lowercase())),
         ("FLOTILLA_AGENT_VERSION", sh_quote(&agent.version)),
         ("AGENT_BIN", sh_quote(AGENT_BINARY_PATH)),
         ("AGENT_UNIT", sh_quote(AGENT_UNIT_NAME)),
@@ -61,14 +54,8 @@ pub(crate) fn render(
         ("FAILED_FILE", sh_quote(failed_file)),
         ("BAKE_COMPLETE", sh_quote(BAKE_COMPLETE_PATH)),
         ("DAEMON_JSON", sh_quote(DOCKER_DAEMON_JSON_PATH)),
-        (
-            "FLOTILLA_REPORT_URL",
-            sh_quote(report.map(|r| r.url.as_str()).unwrap_or_default()),
-        ),
-        (
-            "FLOTILLA_REPORT_NONCE",
-            sh_quote(report.map(|r| r.nonce.as_str()).unwrap_or_default()),
-        ),
+        ("FLOTILLA_REPORT_URL", sh_quote(report.map(|r| r.url.as_str()).unwrap_or_default())),
+        ("FLOTILLA_REPORT_NONCE", sh_quote(report.map(|r| r.nonce.as_str()).unwrap_or_default())),
         ("CLOUD_INIT_OUTPUT", sh_quote(CLOUD_INIT_OUTPUT_PATH)),
         ("SEAL_UNIT", sh_quote(SEAL_UNIT_NAME)),
     ];
@@ -94,11 +81,7 @@ mod tests {
     #[test]
     fn template_has_one_marker_and_is_plain_ascii() {
         assert_eq!(TEMPLATE.matches(MARKER).count(), 1);
-        assert!(
-            TEMPLATE
-                .bytes()
-                .all(|b| b == b'\n' || (0x20..=0x7e).contains(&b))
-        );
+        assert!(TEMPLATE.bytes().all(|b| b == b'\n' || (0x20..=0x7e).contains(&b)));
         assert!(!TEMPLATE.contains("token") && !TEMPLATE.contains("agent.toml"));
     }
 
@@ -110,11 +93,7 @@ mod tests {
 
     #[test]
     fn digest_is_lower_cased() {
-        let agent = AgentBinary {
-            url: "https://h/a".into(),
-            sha256: "AB".repeat(32),
-            version: "1".into(),
-        };
+        let agent = AgentBinary { url: "https://h/a".into(), sha256: "AB".repeat(32), version: "1".into() };
         let script = render(Mode::Host, Engine::Preinstalled, &[], &agent, None);
         assert!(script.contains(&format!("FLOTILLA_AGENT_SHA256='{}'\n", "ab".repeat(32))));
         assert!(script.contains("FLOTILLA_INSECURE_REGISTRIES=()\n"));

@@ -9,11 +9,7 @@ pub enum Error {
         "{field}: {value:?} is not a valid name: {reason} \
          (expected 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-')"
     )]
-    InvalidName {
-        field: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidName { field: &'static str, value: String, reason: &'static str },
 
     /// The coordinator list is empty.
     #[error("coordinator: at least one coordinator endpoint (host:port) is required")]
@@ -21,21 +17,11 @@ pub enum Error {
 
     /// One coordinator endpoint is not `host:port`.
     #[error("coordinator[{index}]: {value:?} is not a valid host:port endpoint: {reason}")]
-    InvalidCoordinator {
-        index: usize,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidCoordinator { index: usize, value: String, reason: &'static str },
 
     /// One insecure registry is not `host:port`.
-    #[error(
-        "insecure_registries[{index}]: {value:?} is not a valid host:port registry address: {reason}"
-    )]
-    InvalidInsecureRegistry {
-        index: usize,
-        value: String,
-        reason: &'static str,
-    },
+    #[error("insecure_registries[{index}]: {value:?} is not a valid host:port registry address: {reason}")]
+    InvalidInsecureRegistry { index: usize, value: String, reason: &'static str },
 
     /// The CA PEM contains a private key. User-data is readable through the instance metadata
     /// service and is kept by cloud-init on disk: it must never carry one.

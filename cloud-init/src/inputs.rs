@@ -112,10 +112,7 @@ impl fmt::Debug for HostInputs {
             .field("host_name", &self.host_name)
             .field("coordinator", &self.coordinator)
             .field("ca_pem", &self.ca_pem)
-            .field(
-                "join_token",
-                &self.join_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("join_token", &self.join_token.as_ref().map(|_| "<redacted>"))
             .field("agent", &self.agent)
             .field("engine", &self.engine)
             .field("insecure_registries", &self.insecure_registries)
@@ -152,9 +149,7 @@ impl HostInputs {
             })?;
         }
         if !(1..=3600).contains(&self.heartbeat_interval_s) {
-            return Err(Error::InvalidHeartbeatInterval {
-                value: self.heartbeat_interval_s,
-            });
+            return Err(Error::InvalidHeartbeatInterval { value: self.heartbeat_interval_s });
         }
         Ok(())
     }
@@ -166,12 +161,10 @@ impl BakeInputs {
         normalize_ca_pem(&self.ca_pem)?;
         self.agent.validate()?;
         if let Some(report) = &self.report {
-            check_agent_url(&report.url).map_err(|reason| Error::InvalidReportUrl {
-                value: report.url.clone(),
-                reason,
-            })?;
-            let nonce_ok = (16..=128).contains(&report.nonce.len())
-                && report.nonce.bytes().all(|b| b.is_ascii_alphanumeric());
+            check_agent_url(&report.url)
+                .map_err(|reason| Error::InvalidReportUrl { value: report.url.clone(), reason })?;
+            let nonce_ok =
+                (16..=128).contains(&report.nonce.len()) && report.nonce.bytes().all(|b| b.is_ascii_alphanumeric());
             if !nonce_ok {
                 return Err(Error::InvalidReportNonce);
             }
@@ -183,25 +176,14 @@ impl BakeInputs {
 impl AgentBinary {
     /// Checks the URL, the digest and the version.
     pub fn validate(&self) -> Result<(), Error> {
-        check_agent_url(&self.url).map_err(|reason| Error::InvalidAgentUrl {
-            value: self.url.clone(),
-            reason,
-        })?;
+        check_agent_url(&self.url).map_err(|reason| Error::InvalidAgentUrl { value: self.url.clone(), reason })?;
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidSha256 {
-                field: "agent.sha256",
-                value: self.sha256.clone(),
-            });
+            return Err(Error::InvalidSha256 { field: "agent.sha256", value: self.sha256.clone() });
         }
         let version_ok = (1..=64).contains(&self.version.len())
-            && self
-                .version
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
+            && self.version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
         if !version_ok {
-            return Err(Error::InvalidAgentVersion {
-                value: self.version.clone(),
-            });
+            return Err(Error::InvalidAgentVersion { value: self.version.clone() });
         }
         Ok(())
     }
@@ -213,29 +195,21 @@ fn check_name(field: &'static str, value: &str) -> Result<(), Error> {
         "it is empty"
     } else if value.len() > 63 {
         "it is longer than 63 characters"
-    } else if !value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    } else if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         "it contains a character other than a-z, 0-9 and '-'"
     } else if value.starts_with('-') || value.ends_with('-') {
         "it starts or ends with '-'"
     } else {
         return Ok(());
     };
-    Err(Error::InvalidName {
-        field,
-        value: value.to_owned(),
-        reason,
-    })
+    Err(Error::InvalidName { field, value: value.to_owned(), reason })
 }
 
 /// `host:port`, where host is a DNS name, an IPv4 address or a bracketed IPv6 address.
 fn check_endpoint(value: &str) -> Result<(), &'static str> {
     let (host, port) = value.rsplit_once(':').ok_or("it has no ':port'")?;
-    let port_ok = !port.is_empty()
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && port.parse::<u16>().is_ok_and(|p| p != 0);
+    let port_ok =
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0);
     if !port_ok {
         return Err("the port is not a number from 1 to 65535");
     }
@@ -243,32 +217,23 @@ fn check_endpoint(value: &str) -> Result<(), &'static str> {
         return Err("the host is empty");
     }
     let host_ok = if let Some(inner) = host.strip_prefix('[') {
-        inner.strip_suffix(']').is_some_and(|ip| {
-            !ip.is_empty()
-                && ip
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        })
+        inner
+            .strip_suffix(']')
+            .is_some_and(|ip| !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'))
     } else {
         host.len() <= 253
             && !host.starts_with(['-', '.'])
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
     };
     if !host_ok {
-        return Err(
-            "the host is not a DNS name, an IPv4 address or a bracketed IPv6 address ([fd00::1])",
-        );
+        return Err("the host is not a DNS name, an IPv4 address or a bracketed IPv6 address ([fd00::1])");
     }
     Ok(())
 }
 
 /// A plain `https://host[:port]/path` URL of printable ASCII that needs no shell or YAML care.
 fn check_agent_url(url: &str) -> Result<(), &'static str> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or("it does not start with https://")?;
+    let rest = url.strip_prefix("https://").ok_or("it does not start with https://")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.is_empty() {
         return Err("it has no host");
@@ -314,9 +279,10 @@ fn check_token(token: &str) -> Result<(), Error> {
         "the token is empty"
     } else if token.len() > 512 {
         "the token is longer than 512 characters"
-    } else if !token.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-')
-    }) {
+    } else if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-'))
+    {
         "the token contains a character outside A-Z, a-z, 0-9 and ._~+/=-"
     } else {
         return Ok(());
@@ -348,9 +314,7 @@ pub(crate) fn normalize_ca_pem(pem: &str) -> Result<String, Error> {
             }
             if line != BEGIN_CERT {
                 return Err(invalid(if line.starts_with("-----BEGIN ") {
-                    format!(
-                        "line {n}: {line:?} is not a certificate; only CERTIFICATE blocks are allowed"
-                    )
+                    format!("line {n}: {line:?} is not a certificate; only CERTIFICATE blocks are allowed")
                 } else {
                     format!("line {n}: text outside a {BEGIN_CERT} block")
                 }));
@@ -363,14 +327,9 @@ pub(crate) fn normalize_ca_pem(pem: &str) -> Result<String, Error> {
             }
             in_block = false;
             blocks += 1;
-        } else if line.is_empty()
-            || !line
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        } else if line.is_empty() || !line.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
         {
-            return Err(invalid(format!(
-                "line {n}: expected base64 or {END_CERT} inside a certificate block"
-            )));
+            return Err(invalid(format!("line {n}: expected base64 or {END_CERT} inside a certificate block")));
         } else {
             body_lines += 1;
         }
@@ -378,9 +337,7 @@ pub(crate) fn normalize_ca_pem(pem: &str) -> Result<String, Error> {
         out.push('\n');
     }
     if in_block {
-        return Err(invalid(format!(
-            "the last certificate block has no {END_CERT} line"
-        )));
+        return Err(invalid(format!("the last certificate block has no {END_CERT} line")));
     }
     if blocks == 0 {
         return Err(invalid(format!("no {BEGIN_CERT} block")));
@@ -399,13 +356,7 @@ mod tests {
         }
         for bad in ["", "Demo", "a_b", "-a", "a-", "a.b", "ä", &"x".repeat(64)] {
             assert!(
-                matches!(
-                    check_name("host_name", bad),
-                    Err(Error::InvalidName {
-                        field: "host_name",
-                        ..
-                    })
-                ),
+                matches!(check_name("host_name", bad), Err(Error::InvalidName { field: "host_name", .. })),
                 "{bad}"
             );
         }
@@ -413,12 +364,7 @@ mod tests {
 
     #[test]
     fn endpoints_are_host_port() {
-        for ok in [
-            "10.0.0.5:7443",
-            "coord.example.com:1",
-            "[fd00::5]:7443",
-            "localhost:65535",
-        ] {
+        for ok in ["10.0.0.5:7443", "coord.example.com:1", "[fd00::5]:7443", "localhost:65535"] {
             assert_eq!(check_endpoint(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -441,14 +387,8 @@ mod tests {
 
     #[test]
     fn agent_urls_are_plain_https() {
-        assert_eq!(
-            check_agent_url("https://10.0.0.5:7443/v1/agent/flotilla-agent"),
-            Ok(())
-        );
-        assert_eq!(
-            check_agent_url("https://[fd00::5]:7443/v1/agent/flotilla-agent?v=1"),
-            Ok(())
-        );
+        assert_eq!(check_agent_url("https://10.0.0.5:7443/v1/agent/flotilla-agent"), Ok(()));
+        assert_eq!(check_agent_url("https://[fd00::5]:7443/v1/agent/flotilla-agent?v=1"), Ok(()));
         for bad in [
             "http://10.0.0.5/a",
             "https:///a",
@@ -478,10 +418,8 @@ mod tests {
                    -----BEGIN CERTIFICATE-----\nR0hJ\n-----END CERTIFICATE-----";
         assert_eq!(
             normalize_ca_pem(pem).as_deref(),
-            Ok(
-                "-----BEGIN CERTIFICATE-----\nQUJD\nREVG==\n-----END CERTIFICATE-----\n\
-                -----BEGIN CERTIFICATE-----\nR0hJ\n-----END CERTIFICATE-----\n"
-            )
+            Ok("-----BEGIN CERTIFICATE-----\nQUJD\nREVG==\n-----END CERTIFICATE-----\n\
+                -----BEGIN CERTIFICATE-----\nR0hJ\n-----END CERTIFICATE-----\n")
         );
     }
 
@@ -493,8 +431,7 @@ mod tests {
             "-----BEGIN RSA PRIVATE KEY-----",
             "-----begin private key-----",
         ] {
-            let pem =
-                format!("{BEGIN_CERT}\nQUJD\n{END_CERT}\n{key}\nQUJD\n-----END PRIVATE KEY-----\n");
+            let pem = format!("{BEGIN_CERT}\nQUJD\n{END_CERT}\n{key}\nQUJD\n-----END PRIVATE KEY-----\n");
             assert_eq!(normalize_ca_pem(&pem), Err(Error::PrivateKeyInCa));
         }
         for bad in [
@@ -507,10 +444,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nQU JD\n-----END CERTIFICATE-----\n",
             "subject=CN=x\n-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n",
         ] {
-            assert!(
-                matches!(normalize_ca_pem(bad), Err(Error::InvalidCaPem { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(normalize_ca_pem(bad), Err(Error::InvalidCaPem { .. })), "{bad:?}");
         }
     }
 
@@ -522,11 +456,7 @@ mod tests {
             coordinator: vec!["10.0.0.5:7443".into()],
             ca_pem: String::new(),
             join_token: Some("s3cr3t-token".into()),
-            agent: AgentBinary {
-                url: String::new(),
-                sha256: String::new(),
-                version: String::new(),
-            },
+            agent: AgentBinary { url: String::new(), sha256: String::new(), version: String::new() },
             engine: Engine::Preinstalled,
             insecure_registries: vec![],
             heartbeat_interval_s: DEFAULT_HEARTBEAT_INTERVAL_S,

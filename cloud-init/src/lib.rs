@@ -39,8 +39,6 @@ mod render;
 mod yaml;
 
 pub use error::Error;
-pub use inputs::{
-    AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily,
-};
+pub use inputs::{AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily};
 pub use render::{USER_DATA_LIMIT, render_bake, render_host};
 pub use unit::{AGENT_UNIT, SEAL_SCRIPT, SEAL_UNIT};

@@ -5,8 +5,8 @@
 use crate::bootstrap::{self, Mode};
 use crate::inputs::normalize_ca_pem;
 use crate::paths::{
-    AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH,
-    SEAL_SCRIPT_PATH, SEAL_UNIT_PATH, TOKEN_PATH,
+    AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH, SEAL_SCRIPT_PATH,
+    SEAL_UNIT_PATH, TOKEN_PATH,
 };
 use crate::yaml::{self, WriteFile};
 use crate::{AGENT_UNIT, BakeInputs, Error, HostInputs, SEAL_SCRIPT, SEAL_UNIT, agent_config};
@@ -26,45 +26,14 @@ pub fn render_host(inputs: &HostInputs) -> Result<String, Error> {
     inputs.validate()?;
     let ca = normalize_ca_pem(&inputs.ca_pem)?;
     let agent_toml = agent_config::render(inputs);
-    let script = bootstrap::render(
-        Mode::Host,
-        inputs.engine,
-        &inputs.insecure_registries,
-        &inputs.agent,
-        None,
-    );
-    let mut files = vec![WriteFile {
-        path: CA_PATH,
-        owner: ROOT,
-        permissions: "0644",
-        content: &ca,
-    }];
+    let script = bootstrap::render(Mode::Host, inputs.engine, &inputs.insecure_registries, &inputs.agent, None);
+    let mut files = vec![WriteFile { path: CA_PATH, owner: ROOT, permissions: "0644", content: &ca }];
     if let Some(token) = &inputs.join_token {
-        files.push(WriteFile {
-            path: TOKEN_PATH,
-            owner: ROOT,
-            permissions: "0600",
-            content: token,
-        });
+        files.push(WriteFile { path: TOKEN_PATH, owner: ROOT, permissions: "0600", content: token });
     }
-    files.push(WriteFile {
-        path: AGENT_CONFIG_PATH,
-        owner: ROOT,
-        permissions: "0644",
-        content: &agent_toml,
-    });
-    files.push(WriteFile {
-        path: AGENT_UNIT_PATH,
-        owner: ROOT,
-        permissions: "0644",
-        content: AGENT_UNIT,
-    });
-    files.push(WriteFile {
-        path: BOOTSTRAP_PATH,
-        owner: ROOT,
-        permissions: "0755",
-        content: &script,
-    });
+    files.push(WriteFile { path: AGENT_CONFIG_PATH, owner: ROOT, permissions: "0644", content: &agent_toml });
+    files.push(WriteFile { path: AGENT_UNIT_PATH, owner: ROOT, permissions: "0644", content: AGENT_UNIT });
+    files.push(WriteFile { path: BOOTSTRAP_PATH, owner: ROOT, permissions: "0755", content: &script });
     let title = format!(
         "Flotilla user-data for host {} of cluster {}, rendered by flotilla-cloud-init.",
         inputs.host_name, inputs.cluster
@@ -87,47 +56,16 @@ pub fn render_host(inputs: &HostInputs) -> Result<String, Error> {
 pub fn render_bake(inputs: &BakeInputs) -> Result<String, Error> {
     inputs.validate()?;
     let ca = normalize_ca_pem(&inputs.ca_pem)?;
-    let script = bootstrap::render(
-        Mode::Bake,
-        inputs.engine,
-        &[],
-        &inputs.agent,
-        inputs.report.as_ref(),
-    );
+    let script = bootstrap::render(Mode::Bake, inputs.engine, &[], &inputs.agent, inputs.report.as_ref());
     let mut files = vec![
-        WriteFile {
-            path: BAKE_CA_PATH,
-            owner: ROOT,
-            permissions: "0644",
-            content: &ca,
-        },
-        WriteFile {
-            path: AGENT_UNIT_PATH,
-            owner: ROOT,
-            permissions: "0644",
-            content: AGENT_UNIT,
-        },
+        WriteFile { path: BAKE_CA_PATH, owner: ROOT, permissions: "0644", content: &ca },
+        WriteFile { path: AGENT_UNIT_PATH, owner: ROOT, permissions: "0644", content: AGENT_UNIT },
     ];
     if inputs.report.is_some() {
-        files.push(WriteFile {
-            path: SEAL_UNIT_PATH,
-            owner: ROOT,
-            permissions: "0644",
-            content: SEAL_UNIT,
-        });
-        files.push(WriteFile {
-            path: SEAL_SCRIPT_PATH,
-            owner: ROOT,
-            permissions: "0755",
-            content: SEAL_SCRIPT,
-        });
+        files.push(WriteFile { path: SEAL_UNIT_PATH, owner: ROOT, permissions: "0644", content: SEAL_UNIT });
+        files.push(WriteFile { path: SEAL_SCRIPT_PATH, owner: ROOT, permissions: "0755", content: SEAL_SCRIPT });
     }
-    files.push(WriteFile {
-        path: BAKE_SCRIPT_PATH,
-        owner: ROOT,
-        permissions: "0755",
-        content: &script,
-    });
+    files.push(WriteFile { path: BAKE_SCRIPT_PATH, owner: ROOT, permissions: "0755", content: &script });
     let title = "Flotilla bake user-data: Docker Engine and the agent, no cluster identity.";
     checked(yaml::document(&[title], &files, &[&[BAKE_SCRIPT_PATH]]))
 }
@@ -138,10 +76,7 @@ fn checked(user_data: String) -> Result<String, Error> {
         return Err(Error::PrivateKeyInOutput);
     }
     if user_data.len() > USER_DATA_LIMIT {
-        return Err(Error::TooLarge {
-            size: user_data.len(),
-            limit: USER_DATA_LIMIT,
-        });
+        return Err(Error::TooLarge { size: user_data.len(), limit: USER_DATA_LIMIT });
     }
     Ok(user_data)
 }
@@ -152,20 +87,11 @@ mod tests {
 
     #[test]
     fn output_checks() {
-        assert_eq!(
-            checked("#cloud-config\n".into()),
-            Ok("#cloud-config\n".into())
-        );
-        assert_eq!(
-            checked("x PRIVATE KEY".into()),
-            Err(Error::PrivateKeyInOutput)
-        );
+        assert_eq!(checked("#cloud-config\n".into()), Ok("#cloud-config\n".into()));
+        assert_eq!(checked("x PRIVATE KEY".into()), Err(Error::PrivateKeyInOutput));
         assert_eq!(
             checked("x".repeat(USER_DATA_LIMIT + 1)),
-            Err(Error::TooLarge {
-                size: USER_DATA_LIMIT + 1,
-                limit: USER_DATA_LIMIT
-            })
+            Err(Error::TooLarge { size: USER_DATA_LIMIT + 1, limit: USER_DATA_LIMIT })
         );
         assert!(checked("x".repeat(USER_DATA_LIMIT)).is_ok());
     }

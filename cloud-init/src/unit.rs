@@ -18,13 +18,8 @@ mod tests {
 
     #[test]
     fn the_seal_cleans_everything_and_removes_itself() {
-        use crate::paths::{
-            BAKE_CA_PATH, BAKE_SCRIPT_PATH, SEAL_SCRIPT_PATH, SEAL_UNIT_NAME, SEAL_UNIT_PATH,
-        };
-        assert!(
-            SEAL_UNIT.contains(&format!("\nExecStop={SEAL_SCRIPT_PATH}\n")),
-            "{SEAL_UNIT}"
-        );
+        use crate::paths::{BAKE_CA_PATH, BAKE_SCRIPT_PATH, SEAL_SCRIPT_PATH, SEAL_UNIT_NAME, SEAL_UNIT_PATH};
+        assert!(SEAL_UNIT.contains(&format!("\nExecStop={SEAL_SCRIPT_PATH}\n")), "{SEAL_UNIT}");
         assert!(SEAL_UNIT.contains("\nType=oneshot\nRemainAfterExit=yes\n"));
         let wants = format!("/etc/systemd/system/multi-user.target.wants/{SEAL_UNIT_NAME}");
         for needed in [
@@ -41,10 +36,7 @@ mod tests {
             assert!(SEAL_SCRIPT.contains(needed), "the seal misses {needed}");
         }
         for text in [SEAL_UNIT, SEAL_SCRIPT] {
-            assert!(
-                text.bytes()
-                    .all(|b| b == b'\n' || (0x20..=0x7e).contains(&b))
-            );
+            assert!(text.bytes().all(|b| b == b'\n' || (0x20..=0x7e).contains(&b)));
         }
     }
     use crate::paths::{AGENT_BINARY_PATH, AGENT_CONFIG_PATH};
@@ -63,23 +55,10 @@ mod tests {
             assert!(AGENT_UNIT.lines().any(|l| l == line), "missing {line}");
         }
         // Plain printable ASCII keeps it a readable literal block in the user-data.
-        assert!(
-            AGENT_UNIT
-                .bytes()
-                .all(|b| b == b'\n' || (0x20..=0x7e).contains(&b))
-        );
+        assert!(AGENT_UNIT.bytes().all(|b| b == b'\n' || (0x20..=0x7e).contains(&b)));
         // No option that would stop a root agent from using the Docker socket or /etc/docker.
-        for forbidden in [
-            "User=",
-            "ProtectSystem",
-            "PrivateTmp",
-            "CapabilityBoundingSet",
-            "ProtectHome",
-        ] {
-            assert!(
-                !AGENT_UNIT.lines().any(|l| l.starts_with(forbidden)),
-                "{forbidden}"
-            );
+        for forbidden in ["User=", "ProtectSystem", "PrivateTmp", "CapabilityBoundingSet", "ProtectHome"] {
+            assert!(!AGENT_UNIT.lines().any(|l| l.starts_with(forbidden)), "{forbidden}");
         }
     }
 }

@@ -13,11 +13,7 @@ pub(crate) struct WriteFile<'a> {
 
 /// A whole `#cloud-config` document. `comment` lines go right after the `#cloud-config` line
 /// (each prefixed with `# `); `runcmd` entries are argv lists (exec form, no shell).
-pub(crate) fn document(
-    comment: &[&str],
-    write_files: &[WriteFile<'_>],
-    runcmd: &[&[&str]],
-) -> String {
+pub(crate) fn document(comment: &[&str], write_files: &[WriteFile<'_>], runcmd: &[&[&str]]) -> String {
     let mut out = String::from("#cloud-config\n");
     for line in comment {
         out.push_str("# ");
@@ -53,10 +49,7 @@ pub(crate) fn document(
 /// printable ASCII (so `0644` stays a string and `root:root` needs no thought), double-quoted
 /// with escapes for anything else.
 pub(crate) fn scalar(s: &str) -> String {
-    if s.starts_with('/')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
-    {
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-')) {
         s.to_owned()
     } else if s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
         format!("'{}'", s.replace('\'', "''"))
@@ -74,9 +67,7 @@ pub(crate) fn scalar(s: &str) -> String {
 pub(crate) fn block(content: &str, indent: usize) -> String {
     let body = content.trim_end_matches('\n');
     let trailing = content.len() - body.len();
-    let printable = content
-        .bytes()
-        .all(|b| b == b'\n' || (0x20..=0x7e).contains(&b));
+    let printable = content.bytes().all(|b| b == b'\n' || (0x20..=0x7e).contains(&b));
     if body.is_empty() || !printable {
         let mut out = double_quoted(content);
         out.push('\n');
@@ -137,10 +128,7 @@ mod tests {
         assert_eq!(scalar("root:root"), "'root:root'");
         assert_eq!(scalar("it's"), "'it''s'");
         assert_eq!(scalar("/a b"), "'/a b'");
-        assert_eq!(
-            scalar("a\"\\\n\té\u{1F600}"),
-            r#""a\"\\\n\t\u00E9\U0001F600""#
-        );
+        assert_eq!(scalar("a\"\\\n\té\u{1F600}"), r#""a\"\\\n\t\u00E9\U0001F600""#);
     }
 
     #[test]
@@ -179,12 +167,7 @@ mod tests {
         ];
         let files: Vec<WriteFile<'_>> = contents
             .iter()
-            .map(|c| WriteFile {
-                path: "/x",
-                owner: "root:root",
-                permissions: "0644",
-                content: c,
-            })
+            .map(|c| WriteFile { path: "/x", owner: "root:root", permissions: "0644", content: c })
             .collect();
         let doc = document(&["comment"], &files, &[&["/bin/true", "a b", "it's"]]);
         let Some(json) = pyyaml_to_json(&doc) else {
@@ -199,10 +182,7 @@ mod tests {
             .collect();
         assert_eq!(got, contents);
         assert_eq!(parsed["write_files"][0]["permissions"], "0644");
-        assert_eq!(
-            parsed["runcmd"][0],
-            serde_json::json!(["/bin/true", "a b", "it's"])
-        );
+        assert_eq!(parsed["runcmd"][0], serde_json::json!(["/bin/true", "a b", "it's"]));
     }
 
     /// `None` (and a note on stderr) when python3 with PyYAML is not available.
@@ -220,22 +200,14 @@ mod tests {
             eprintln!("python3 not found: skipping the PyYAML round trip");
             return None;
         };
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(doc.as_bytes())
-            .expect("write");
+        child.stdin.take().expect("stdin").write_all(doc.as_bytes()).expect("write");
         let out = child.wait_with_output().expect("python3");
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("No module named 'yaml'") {
             eprintln!("PyYAML not installed: skipping the PyYAML round trip");
             return None;
         }
-        assert!(
-            out.status.success(),
-            "PyYAML refused the document: {stderr}\n{doc}"
-        );
+        assert!(out.status.success(), "PyYAML refused the document: {stderr}\n{doc}");
         Some(String::from_utf8(out.stdout).expect("utf-8"))
     }
 }

@@ -10,22 +10,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use flotilla_cloud_init::paths::{
-    AGENT_BINARY_PATH, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH, BOOTSTRAP_FAILED_PATH,
-    CA_PATH, CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH, STATE_DIR,
+    AGENT_BINARY_PATH, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH, BOOTSTRAP_FAILED_PATH, CA_PATH,
+    CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH, STATE_DIR,
 };
 use flotilla_cloud_init::{
-    AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs,
-    OsFamily, render_bake, render_host,
+    AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily, render_bake,
+    render_host,
 };
 
 const AGENT_BYTES: &[u8] = b"#!/bin/sh\necho pretend to be flotilla-agent\n";
 const TOKEN: &str = "3f9a1c0e5b7d2468ace13579bdf02468ace13579bdf0246813579bdf02468ace";
 
 fn find(tool: &str) -> Option<PathBuf> {
-    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.exists())
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.exists())
 }
 
 /// A fresh directory standing in for the host's file system, with a `bin/` that is the whole
@@ -38,33 +35,14 @@ impl Host {
     /// `None` when a tool the script or the test needs is missing here.
     fn new(ca_pem: &str) -> Option<Host> {
         let dir = tempfile::tempdir().expect("tempdir");
-        for sub in [
-            "bin",
-            "tmp",
-            "state",
-            "usr-local-bin",
-            "active",
-            "docker",
-            "lib",
-        ] {
+        for sub in ["bin", "tmp", "state", "usr-local-bin", "active", "docker", "lib"] {
             std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
         }
-        for tool in [
-            "sha256sum",
-            "mktemp",
-            "chmod",
-            "mv",
-            "rm",
-            "rmdir",
-            "mkdir",
-            "install",
-            "sleep",
-            "tail",
-            "python3",
-        ] {
+        for tool in
+            ["sha256sum", "mktemp", "chmod", "mv", "rm", "rmdir", "mkdir", "install", "sleep", "tail", "python3"]
+        {
             match find(tool) {
-                Some(real) => std::os::unix::fs::symlink(real, dir.path().join("bin").join(tool))
-                    .expect("symlink"),
+                Some(real) => std::os::unix::fs::symlink(real, dir.path().join("bin").join(tool)).expect("symlink"),
                 None if tool == "python3" => {}
                 None => {
                     eprintln!("{tool} not found: skipping the bootstrap script run");
@@ -79,13 +57,7 @@ impl Host {
             return None;
         };
         // The real curl, with its arguments recorded.
-        host.stub(
-            "curl",
-            &format!(
-                "echo \"$*\" > {t}/curl-args\nexec {} \"$@\"\n",
-                curl.display()
-            ),
-        );
+        host.stub("curl", &format!("echo \"$*\" > {t}/curl-args\nexec {} \"$@\"\n", curl.display()));
         host.stub(
             "systemctl",
             &format!(
@@ -104,10 +76,7 @@ impl Host {
                 docker_stub_install(t)
             ),
         );
-        host.stub(
-            "dnf",
-            &format!("echo \"dnf $*\" >> {t}/calls\n{}\n", docker_stub_install(t)),
-        );
+        host.stub("dnf", &format!("echo \"dnf $*\" >> {t}/calls\n{}\n", docker_stub_install(t)));
         std::fs::write(host.path("ca.pem"), ca_pem).expect("write ca");
         std::fs::write(host.path("bake-ca.pem"), ca_pem).expect("write bake ca");
         Some(host)
@@ -124,8 +93,7 @@ impl Host {
     fn stub(&self, name: &str, body: &str) {
         let path = self.path("bin").join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write stub");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod stub");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod stub");
     }
 
     /// A Docker Engine that is installed and running, version 24.0.7.
@@ -152,59 +120,20 @@ impl Host {
         // failure-marker paths.
         for (from, to, always) in [
             (format!("'{CA_PATH}'"), format!("'{t}/ca.pem'"), false),
-            (
-                format!("'{BAKE_CA_PATH}'"),
-                format!("'{t}/bake-ca.pem'"),
-                false,
-            ),
-            (
-                format!("'{AGENT_BINARY_PATH}'"),
-                format!("'{t}/usr-local-bin/flotilla-agent'"),
-                true,
-            ),
-            (
-                format!("'{BOOTSTRAP_FAILED_PATH}'"),
-                format!("'{t}/state/bootstrap-failed'"),
-                false,
-            ),
-            (
-                format!("'{BAKE_FAILED_PATH}'"),
-                format!("'{t}/state/bake-failed'"),
-                false,
-            ),
-            (
-                format!("'{BAKE_COMPLETE_PATH}'"),
-                format!("'{t}/state/bake-complete'"),
-                true,
-            ),
+            (format!("'{BAKE_CA_PATH}'"), format!("'{t}/bake-ca.pem'"), false),
+            (format!("'{AGENT_BINARY_PATH}'"), format!("'{t}/usr-local-bin/flotilla-agent'"), true),
+            (format!("'{BOOTSTRAP_FAILED_PATH}'"), format!("'{t}/state/bootstrap-failed'"), false),
+            (format!("'{BAKE_FAILED_PATH}'"), format!("'{t}/state/bake-failed'"), false),
+            (format!("'{BAKE_COMPLETE_PATH}'"), format!("'{t}/state/bake-complete'"), true),
             (format!("'{STATE_DIR}'"), format!("'{t}/state'"), true),
-            (
-                format!("'{CLOUD_INIT_OUTPUT_PATH}'"),
-                format!("'{t}/cloud-init-output.log'"),
-                true,
-            ),
-
-            (
-                format!("'{DOCKER_DAEMON_JSON_PATH}'"),
-                format!("'{t}/docker/daemon.json'"),
-                true,
-            ),
-            (
-                "\nENGINE_WAIT_S=60\n".to_owned(),
-                "\nENGINE_WAIT_S=2\n".to_owned(),
-                true,
-            ),
+            (format!("'{CLOUD_INIT_OUTPUT_PATH}'"), format!("'{t}/cloud-init-output.log'"), true),
+            (format!("'{DOCKER_DAEMON_JSON_PATH}'"), format!("'{t}/docker/daemon.json'"), true),
+            ("\nENGINE_WAIT_S=60\n".to_owned(), "\nENGINE_WAIT_S=2\n".to_owned(), true),
         ] {
-            assert!(
-                !always || script.contains(&from),
-                "{from} not in the script"
-            );
+            assert!(!always || script.contains(&from), "{from} not in the script");
             script = script.replace(&from, &to);
         }
-        assert!(
-            !script.contains("'/etc/") && !script.contains("'/var/") && !script.contains("'/usr/"),
-            "{script}"
-        );
+        assert!(!script.contains("'/etc/") && !script.contains("'/var/") && !script.contains("'/usr/"), "{script}");
         let path = self.path("lib/bootstrap.sh");
         std::fs::write(&path, script).expect("write script");
         let out = Command::new(find("bash").expect("bash"))
@@ -226,11 +155,7 @@ impl Host {
         let mut names = vec![];
         for dir in ["usr-local-bin", "tmp"] {
             for entry in std::fs::read_dir(self.path(dir)).expect("read_dir") {
-                let name = entry
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned();
+                let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
                 if name != "flotilla-agent" {
                     names.push(format!("{dir}/{name}"));
                 }
@@ -269,19 +194,14 @@ impl Run {
     }
 
     fn assert_line(&self, line: &str) -> &Self {
-        assert!(
-            self.stdout.lines().any(|l| l == line),
-            "no line {line:?} in {self:#?}"
-        );
+        assert!(self.stdout.lines().any(|l| l == line), "no line {line:?} in {self:#?}");
         self
     }
 }
 
 /// The bootstrap script out of the user-data's literal block.
 fn extract_script(user_data: &str) -> String {
-    let start = user_data
-        .find("      #!/bin/bash\n")
-        .expect("script in user-data");
+    let start = user_data.find("      #!/bin/bash\n").expect("script in user-data");
     let mut script = String::new();
     for line in user_data[start..].lines() {
         if line.is_empty() {
@@ -341,16 +261,7 @@ impl Server {
         std::fs::create_dir_all(dir.path().join("v1/agent")).expect("mkdir");
         std::fs::write(dir.path().join("v1/agent/flotilla-agent"), agent).expect("write agent");
         let mut child = Command::new(&openssl)
-            .args([
-                "s_server",
-                "-accept",
-                "127.0.0.1:0",
-                "-cert",
-                "cert.pem",
-                "-key",
-                "key.pem",
-                "-WWW",
-            ])
+            .args(["s_server", "-accept", "127.0.0.1:0", "-cert", "cert.pem", "-key", "key.pem", "-WWW"])
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -360,25 +271,13 @@ impl Server {
         // Readiness: s_server prints `ACCEPT 127.0.0.1:<port>` once it listens.
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let port = loop {
-            let line = lines
-                .next()
-                .expect("s_server exited before ACCEPT")
-                .expect("read");
+            let line = lines.next().expect("s_server exited before ACCEPT").expect("read");
             if let Some(addr) = line.strip_prefix("ACCEPT ") {
-                break addr
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("port");
+                break addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
             }
         };
         let ca_pem = std::fs::read_to_string(dir.path().join("cert.pem")).expect("cert");
-        Some(Server {
-            child,
-            port,
-            ca_pem,
-            _dir: dir,
-        })
+        Some(Server { child, port, ca_pem, _dir: dir })
     }
 
     fn url(&self) -> String {
@@ -422,9 +321,7 @@ s.serve_forever()
             .spawn()
             .expect("python3 report server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read port");
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read port");
         let port: u16 = line.trim().parse().expect("port");
         Some(Reports { child, port, out })
     }
@@ -464,15 +361,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f");
     std::fs::write(&path, bytes).expect("write");
-    let out = Command::new(find("sha256sum").expect("sha256sum"))
-        .arg(&path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split(' ')
-        .next()
-        .expect("digest")
-        .to_owned()
+    let out = Command::new(find("sha256sum").expect("sha256sum")).arg(&path).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split(' ').next().expect("digest").to_owned()
 }
 
 fn host_inputs(ca_pem: &str, url: String, sha256: String, engine: Engine) -> HostInputs {
@@ -482,11 +372,7 @@ fn host_inputs(ca_pem: &str, url: String, sha256: String, engine: Engine) -> Hos
         coordinator: vec!["127.0.0.1:7443".into()],
         ca_pem: ca_pem.into(),
         join_token: Some(TOKEN.into()),
-        agent: AgentBinary {
-            url,
-            sha256,
-            version: "0.1.0".into(),
-        },
+        agent: AgentBinary { url, sha256, version: "0.1.0".into() },
         engine,
         insecure_registries: vec![],
         heartbeat_interval_s: DEFAULT_HEARTBEAT_INTERVAL_S,
@@ -502,47 +388,20 @@ fn downloads_verifies_installs_and_starts_the_agent_then_skips_on_rerun() {
         return;
     };
     host.with_engine();
-    let inputs = host_inputs(
-        &server.ca_pem,
-        server.url(),
-        sha256_hex(AGENT_BYTES),
-        Engine::Preinstalled,
-    );
+    let inputs = host_inputs(&server.ca_pem, server.url(), sha256_hex(AGENT_BYTES), Engine::Preinstalled);
     let user_data = render_host(&inputs).expect("render");
 
     host.run(&user_data)
         .assert_code(0)
-        .assert_line(
-            "flotilla-bootstrap: engine: already present (version 24.0.7), installation skipped",
-        )
+        .assert_line("flotilla-bootstrap: engine: already present (version 24.0.7), installation skipped")
         .assert_line("flotilla-bootstrap: engine: ready (server version 24.0.7)")
-        .assert_line(&format!(
-            "flotilla-bootstrap: agent: downloading version 0.1.0 from {}",
-            server.url()
-        ))
+        .assert_line(&format!("flotilla-bootstrap: agent: downloading version 0.1.0 from {}", server.url()))
         .assert_line("flotilla-bootstrap: done");
     let agent = host.path("usr-local-bin/flotilla-agent");
     assert_eq!(std::fs::read(&agent).expect("agent installed"), AGENT_BYTES);
-    assert_eq!(
-        std::fs::metadata(&agent)
-            .expect("meta")
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o755
-    );
-    assert_eq!(
-        std::fs::metadata(host.path("state"))
-            .expect("meta")
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o700
-    );
-    assert_eq!(
-        host.calls(),
-        "systemctl daemon-reload\nsystemctl enable --now flotilla-agent.service\n"
-    );
+    assert_eq!(std::fs::metadata(&agent).expect("meta").permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::metadata(host.path("state")).expect("meta").permissions().mode() & 0o7777, 0o700);
+    assert_eq!(host.calls(), "systemctl daemon-reload\nsystemctl enable --now flotilla-agent.service\n");
     assert_eq!(host.read("state/bootstrap-failed"), None);
     assert_eq!(host.leftovers(), Vec::<String>::new());
     // Only the cluster CA is trusted: `--cacert` replaces curl's CA file, and an empty
@@ -551,10 +410,7 @@ fn downloads_verifies_installs_and_starts_the_agent_then_skips_on_rerun() {
     let args = host.read("curl-args").expect("curl ran");
     let capath = format!("--cacert {t}/ca.pem --capath {t}/tmp/tmp.", t = host.root());
     assert!(args.contains(&capath), "{args}");
-    assert!(
-        args.contains("--proto =https") && args.contains("--fail"),
-        "{args}"
-    );
+    assert!(args.contains("--proto =https") && args.contains("--fail"), "{args}");
 
     // Again, with the server gone: the binary is there with the right digest.
     drop(server);
@@ -577,12 +433,7 @@ fn replaces_a_preinstalled_agent_of_another_version_saying_so() {
     host.with_engine();
     let old = b"an older agent build";
     std::fs::write(host.path("usr-local-bin/flotilla-agent"), old).expect("preinstall");
-    let inputs = host_inputs(
-        &server.ca_pem,
-        server.url(),
-        sha256_hex(AGENT_BYTES),
-        Engine::Preinstalled,
-    );
+    let inputs = host_inputs(&server.ca_pem, server.url(), sha256_hex(AGENT_BYTES), Engine::Preinstalled);
     host.run(&render_host(&inputs).expect("render"))
         .assert_code(0)
         .assert_line(&format!(
@@ -590,15 +441,9 @@ fn replaces_a_preinstalled_agent_of_another_version_saying_so() {
             host.root(),
             sha256_hex(old)
         ))
-        .assert_line(&format!(
-            "flotilla-bootstrap: agent: downloading version 0.1.0 from {}",
-            server.url()
-        ))
+        .assert_line(&format!("flotilla-bootstrap: agent: downloading version 0.1.0 from {}", server.url()))
         .assert_line("flotilla-bootstrap: done");
-    assert_eq!(
-        std::fs::read(host.path("usr-local-bin/flotilla-agent")).expect("agent"),
-        AGENT_BYTES
-    );
+    assert_eq!(std::fs::read(host.path("usr-local-bin/flotilla-agent")).expect("agent"), AGENT_BYTES);
     assert_eq!(host.leftovers(), Vec::<String>::new());
 }
 
@@ -613,32 +458,15 @@ fn refuses_an_agent_whose_sha256_differs() {
     host.with_engine();
     let expected = sha256_hex(b"some other build");
     let got = sha256_hex(AGENT_BYTES);
-    let inputs = host_inputs(
-        &server.ca_pem,
-        server.url(),
-        expected.clone(),
-        Engine::Preinstalled,
-    );
-    let reason = format!(
-        "agent binary sha256 mismatch: expected {expected} got {got}; refusing to start the agent"
-    );
+    let inputs = host_inputs(&server.ca_pem, server.url(), expected.clone(), Engine::Preinstalled);
+    let reason = format!("agent binary sha256 mismatch: expected {expected} got {got}; refusing to start the agent");
 
     host.run(&render_host(&inputs).expect("render"))
         .assert_code(1)
         .assert_line(&format!("flotilla-bootstrap: {reason}"));
-    assert_eq!(
-        host.read("state/bootstrap-failed"),
-        Some(format!("{reason}\n"))
-    );
-    assert!(
-        !host.path("usr-local-bin/flotilla-agent").exists(),
-        "agent installed anyway"
-    );
-    assert_eq!(
-        host.leftovers(),
-        Vec::<String>::new(),
-        "temporary download left behind"
-    );
+    assert_eq!(host.read("state/bootstrap-failed"), Some(format!("{reason}\n")));
+    assert!(!host.path("usr-local-bin/flotilla-agent").exists(), "agent installed anyway");
+    assert_eq!(host.leftovers(), Vec::<String>::new(), "temporary download left behind");
     assert!(!host.calls().contains("flotilla-agent"), "{}", host.calls());
 }
 
@@ -655,21 +483,13 @@ fn trusts_only_the_cluster_ca_for_the_download() {
         return;
     };
     host.with_engine();
-    let inputs = host_inputs(
-        &other.ca_pem,
-        server.url(),
-        sha256_hex(AGENT_BYTES),
-        Engine::Preinstalled,
-    );
+    let inputs = host_inputs(&other.ca_pem, server.url(), sha256_hex(AGENT_BYTES), Engine::Preinstalled);
 
     let run = host.run(&render_host(&inputs).expect("render"));
     run.assert_code(1);
     let reason = "agent: download failed (curl exit 60); refusing to start the agent";
     run.assert_line(&format!("flotilla-bootstrap: {reason}"));
-    assert_eq!(
-        host.read("state/bootstrap-failed"),
-        Some(format!("{reason}\n"))
-    );
+    assert_eq!(host.read("state/bootstrap-failed"), Some(format!("{reason}\n")));
     assert!(!host.path("usr-local-bin/flotilla-agent").exists());
     assert_eq!(host.leftovers(), Vec::<String>::new());
 }
@@ -682,36 +502,20 @@ fn preinstalled_engine_missing_fails_without_installing_anything() {
     let Some(host) = Host::new(&server.ca_pem) else {
         return;
     };
-    let inputs = host_inputs(
-        &server.ca_pem,
-        server.url(),
-        sha256_hex(AGENT_BYTES),
-        Engine::Preinstalled,
-    );
+    let inputs = host_inputs(&server.ca_pem, server.url(), sha256_hex(AGENT_BYTES), Engine::Preinstalled);
 
     let reason = "engine: docker not found, but Docker Engine is declared preinstalled in this image; refusing to install anything";
     host.run(&render_host(&inputs).expect("render"))
         .assert_code(1)
         .assert_line(&format!("flotilla-bootstrap: {reason}"));
-    assert_eq!(
-        host.read("state/bootstrap-failed"),
-        Some(format!("{reason}\n"))
-    );
-    assert_eq!(
-        host.calls(),
-        "",
-        "a package manager or systemctl was called"
-    );
+    assert_eq!(host.read("state/bootstrap-failed"), Some(format!("{reason}\n")));
+    assert_eq!(host.calls(), "", "a package manager or systemctl was called");
 }
 
 #[test]
 fn installs_the_engine_when_absent() {
     for (family, manager, call) in [
-        (
-            OsFamily::Debian,
-            "apt-get",
-            "apt-get -o DPkg::Lock::Timeout=300 install -y docker.io",
-        ),
+        (OsFamily::Debian, "apt-get", "apt-get -o DPkg::Lock::Timeout=300 install -y docker.io"),
         (OsFamily::AmazonLinux2023, "dnf", "dnf install -y docker"),
     ] {
         let Some(host) = Host::new(include_str!("fixtures/ca.pem")) else {
@@ -720,28 +524,17 @@ fn installs_the_engine_when_absent() {
         // The agent is already there, so no server is needed.
         std::fs::write(host.path("usr-local-bin/flotilla-agent"), AGENT_BYTES).expect("agent");
         let url = "https://127.0.0.1:9/v1/agent/flotilla-agent".to_owned();
-        let inputs = host_inputs(
-            include_str!("fixtures/ca.pem"),
-            url,
-            sha256_hex(AGENT_BYTES),
-            Engine::InstallIfAbsent(family),
-        );
+        let inputs =
+            host_inputs(include_str!("fixtures/ca.pem"), url, sha256_hex(AGENT_BYTES), Engine::InstallIfAbsent(family));
 
         host.run(&render_host(&inputs).expect("render"))
             .assert_code(0)
-            .assert_line(&format!(
-                "flotilla-bootstrap: engine: installed by {manager} (version 24.0.7)"
-            ))
-            .assert_line(
-                "flotilla-bootstrap: agent: version 0.1.0 already installed, download skipped",
-            )
+            .assert_line(&format!("flotilla-bootstrap: engine: installed by {manager} (version 24.0.7)"))
+            .assert_line("flotilla-bootstrap: agent: version 0.1.0 already installed, download skipped")
             .assert_line("flotilla-bootstrap: done");
         let calls = host.calls();
         assert!(calls.lines().any(|l| l == call), "{calls}");
-        assert!(
-            calls.contains("systemctl enable --now docker.service\n"),
-            "{calls}"
-        );
+        assert!(calls.contains("systemctl enable --now docker.service\n"), "{calls}");
     }
 }
 
@@ -756,20 +549,11 @@ fn merges_insecure_registries_into_daemon_json_once() {
     };
     host.with_engine();
     std::fs::write(host.path("usr-local-bin/flotilla-agent"), AGENT_BYTES).expect("agent");
-    std::fs::write(
-        host.path("docker/daemon.json"),
-        "{\"storage-driver\": \"overlay2\"}\n",
-    )
-    .expect("daemon.json");
+    std::fs::write(host.path("docker/daemon.json"), "{\"storage-driver\": \"overlay2\"}\n").expect("daemon.json");
     let url = "https://127.0.0.1:9/v1/agent/flotilla-agent".to_owned();
     let inputs = HostInputs {
         insecure_registries: vec!["172.28.0.2:5000".into()],
-        ..host_inputs(
-            include_str!("fixtures/ca.pem"),
-            url,
-            sha256_hex(AGENT_BYTES),
-            Engine::Preinstalled,
-        )
+        ..host_inputs(include_str!("fixtures/ca.pem"), url, sha256_hex(AGENT_BYTES), Engine::Preinstalled)
     };
     let user_data = render_host(&inputs).expect("render");
 
@@ -779,27 +563,14 @@ fn merges_insecure_registries_into_daemon_json_once() {
     ));
     let json: serde_json::Value =
         serde_json::from_str(&host.read("docker/daemon.json").expect("daemon.json")).expect("json");
-    assert_eq!(
-        json,
-        serde_json::json!({"insecure-registries": ["172.28.0.2:5000"], "storage-driver": "overlay2"})
-    );
-    assert_eq!(
-        host.calls()
-            .matches("systemctl restart docker.service")
-            .count(),
-        1
-    );
+    assert_eq!(json, serde_json::json!({"insecure-registries": ["172.28.0.2:5000"], "storage-driver": "overlay2"}));
+    assert_eq!(host.calls().matches("systemctl restart docker.service").count(), 1);
 
     host.run(&user_data).assert_code(0).assert_line(&format!(
         "flotilla-bootstrap: engine: {}/docker/daemon.json already lists insecure registries 172.28.0.2:5000, no restart",
         host.root()
     ));
-    assert_eq!(
-        host.calls()
-            .matches("systemctl restart docker.service")
-            .count(),
-        1
-    );
+    assert_eq!(host.calls().matches("systemctl restart docker.service").count(), 1);
 }
 
 #[test]
@@ -807,27 +578,16 @@ fn an_engine_that_never_answers_fails_in_bounded_time() {
     let Some(host) = Host::new(include_str!("fixtures/ca.pem")) else {
         return;
     };
-    host.stub(
-        "docker",
-        "case \"$1\" in --version) echo 'Docker version 24.0.7, build x' ;; *) exit 1 ;; esac\n",
-    );
+    host.stub("docker", "case \"$1\" in --version) echo 'Docker version 24.0.7, build x' ;; *) exit 1 ;; esac\n");
     std::fs::write(host.path("active/docker.service"), "").expect("active");
     let url = "https://127.0.0.1:9/v1/agent/flotilla-agent".to_owned();
-    let inputs = host_inputs(
-        include_str!("fixtures/ca.pem"),
-        url,
-        sha256_hex(AGENT_BYTES),
-        Engine::Preinstalled,
-    );
+    let inputs = host_inputs(include_str!("fixtures/ca.pem"), url, sha256_hex(AGENT_BYTES), Engine::Preinstalled);
 
     let reason = "engine: docker info did not answer within 2s (see journalctl -u docker.service)";
     host.run(&render_host(&inputs).expect("render"))
         .assert_code(1)
         .assert_line(&format!("flotilla-bootstrap: {reason}"));
-    assert_eq!(
-        host.read("state/bootstrap-failed"),
-        Some(format!("{reason}\n"))
-    );
+    assert_eq!(host.read("state/bootstrap-failed"), Some(format!("{reason}\n")));
 }
 
 #[test]
@@ -841,45 +601,24 @@ fn bake_installs_but_does_not_start_the_agent_and_marks_completion() {
     host.with_engine();
     let inputs = BakeInputs {
         ca_pem: server.ca_pem.clone(),
-        agent: AgentBinary {
-            url: server.url(),
-            sha256: sha256_hex(AGENT_BYTES),
-            version: "0.1.0".into(),
-        },
+        agent: AgentBinary { url: server.url(), sha256: sha256_hex(AGENT_BYTES), version: "0.1.0".into() },
         engine: Engine::InstallIfAbsent(OsFamily::AmazonLinux2023),
         report: None,
     };
 
     let run = host.run(&render_bake(&inputs).expect("render"));
     run.assert_code(0)
-        .assert_line(
-            "flotilla-bake: engine: already present (version 24.0.7), installation skipped",
-        )
+        .assert_line("flotilla-bake: engine: already present (version 24.0.7), installation skipped")
         .assert_line("flotilla-bake: done agent=0.1.0 engine=24.0.7");
-    assert_eq!(
-        run.stdout.lines().last(),
-        Some("flotilla-bake: done agent=0.1.0 engine=24.0.7")
-    );
-    assert_eq!(
-        host.read("state/bake-complete").as_deref(),
-        Some("agent=0.1.0\nengine=24.0.7\n")
-    );
-    assert_eq!(
-        std::fs::read(host.path("usr-local-bin/flotilla-agent")).expect("agent"),
-        AGENT_BYTES
-    );
+    assert_eq!(run.stdout.lines().last(), Some("flotilla-bake: done agent=0.1.0 engine=24.0.7"));
+    assert_eq!(host.read("state/bake-complete").as_deref(), Some("agent=0.1.0\nengine=24.0.7\n"));
+    assert_eq!(std::fs::read(host.path("usr-local-bin/flotilla-agent")).expect("agent"), AGENT_BYTES);
     assert_eq!(
         host.calls(),
         "systemctl daemon-reload\nsystemctl disable flotilla-agent.service\nsystemctl enable docker.service\n"
     );
-    assert!(
-        !host.path("bake-ca.pem").exists(),
-        "bake CA left in the image"
-    );
-    assert!(
-        !host.path("lib/bootstrap.sh").exists(),
-        "bake script left in the image"
-    );
+    assert!(!host.path("bake-ca.pem").exists(), "bake CA left in the image");
+    assert!(!host.path("lib/bootstrap.sh").exists(), "bake script left in the image");
     assert_eq!(host.read("state/bake-failed"), None);
 }
 
@@ -907,16 +646,9 @@ fn a_reporting_bake_posts_completion_and_installs_the_seal_unit() {
     .expect("write log");
     let inputs = BakeInputs {
         ca_pem: server.ca_pem.clone(),
-        agent: AgentBinary {
-            url: server.url(),
-            sha256: sha256_hex(AGENT_BYTES),
-            version: "0.1.0".into(),
-        },
+        agent: AgentBinary { url: server.url(), sha256: sha256_hex(AGENT_BYTES), version: "0.1.0".into() },
         engine: Engine::Preinstalled,
-        report: Some(BakeReport {
-            url: reports.url(),
-            nonce: NONCE.into(),
-        }),
+        report: Some(BakeReport { url: reports.url(), nonce: NONCE.into() }),
     };
     let run = host.run(&render_bake(&inputs).expect("render"));
     run.assert_code(0)
@@ -924,25 +656,14 @@ fn a_reporting_bake_posts_completion_and_installs_the_seal_unit() {
         .assert_line("flotilla-bake: report: complete, sent to the baker");
     let got = reports.read();
     assert_eq!(got.matches("--end--").count(), 1, "one report: {got}");
-    assert!(
-        got.starts_with(&format!("nonce={NONCE}\nstatus=complete\nengine=24.0.7\n\n")),
-        "{got}"
-    );
+    assert!(got.starts_with(&format!("nonce={NONCE}\nstatus=complete\nengine=24.0.7\n\n")), "{got}");
     assert!(got.contains("an earlier line of this boot\n"), "{got}");
     // The seal unit (written by the user-data): started only now that the bake succeeded.
-    assert!(
-        host.calls()
-            .contains("systemctl enable --now flotilla-bake-seal.service\n"),
-        "{}",
-        host.calls()
-    );
+    assert!(host.calls().contains("systemctl enable --now flotilla-bake-seal.service\n"), "{}", host.calls());
     run.assert_line(
         "flotilla-bake: seal: flotilla-bake-seal.service cleans this builder when it is stopped for capture",
     );
-    assert!(
-        !host.path("bake-ca.pem").exists(),
-        "bake CA left after the report"
-    );
+    assert!(!host.path("bake-ca.pem").exists(), "bake CA left after the report");
 }
 
 #[test]
@@ -960,20 +681,12 @@ fn a_reporting_bake_that_fails_reports_the_reason_and_installs_no_seal() {
     let expected = sha256_hex(b"some other build");
     let inputs = BakeInputs {
         ca_pem: server.ca_pem.clone(),
-        agent: AgentBinary {
-            url: server.url(),
-            sha256: expected.clone(),
-            version: "0.1.0".into(),
-        },
+        agent: AgentBinary { url: server.url(), sha256: expected.clone(), version: "0.1.0".into() },
         engine: Engine::Preinstalled,
-        report: Some(BakeReport {
-            url: reports.url(),
-            nonce: NONCE.into(),
-        }),
+        report: Some(BakeReport { url: reports.url(), nonce: NONCE.into() }),
     };
     let run = host.run(&render_bake(&inputs).expect("render"));
-    run.assert_code(1)
-        .assert_line("flotilla-bake: report: failed, sent to the baker");
+    run.assert_code(1).assert_line("flotilla-bake: report: failed, sent to the baker");
     let got = reports.read();
     assert_eq!(got.matches("--end--").count(), 1, "one report: {got}");
     assert!(

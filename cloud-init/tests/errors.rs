@@ -6,7 +6,8 @@ use flotilla_cloud_init::{
 };
 
 const CA_PEM: &str = include_str!("fixtures/ca.pem");
-const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+const KEY_PEM: &str =
+    "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
 
 fn inputs() -> HostInputs {
     HostInputs {
@@ -30,11 +31,7 @@ fn inputs() -> HostInputs {
 fn refused(inputs: &HostInputs, field: &str) -> Error {
     let err = render_host(inputs).expect_err("inputs must be refused");
     assert!(err.to_string().starts_with(field), "{field}: {err}");
-    assert_eq!(
-        inputs.validate(),
-        Err(err.clone()),
-        "validate() and render disagree"
-    );
+    assert_eq!(inputs.validate(), Err(err.clone()), "validate() and render disagree");
     err
 }
 
@@ -61,10 +58,7 @@ fn ca_with_a_private_key() {
 
 #[test]
 fn bad_bake_report_url_and_nonce() {
-    let good = BakeReport {
-        url: "https://10.0.0.5:7443/v1/bake/report".into(),
-        nonce: "a1".repeat(16),
-    };
+    let good = BakeReport { url: "https://10.0.0.5:7443/v1/bake/report".into(), nonce: "a1".repeat(16) };
     let bake = |report: BakeReport| BakeInputs {
         ca_pem: CA_PEM.into(),
         agent: inputs().agent,
@@ -73,20 +67,12 @@ fn bad_bake_report_url_and_nonce() {
     };
     assert!(render_bake(&bake(good.clone())).is_ok());
     for url in ["http://10.0.0.5/r", "https://h/a b", "https://u:p@h/r"] {
-        let e = render_bake(&bake(BakeReport {
-            url: url.into(),
-            ..good.clone()
-        }))
-        .expect_err(url);
+        let e = render_bake(&bake(BakeReport { url: url.into(), ..good.clone() })).expect_err(url);
         assert!(matches!(e, Error::InvalidReportUrl { .. }), "{url}: {e:?}");
         assert!(e.to_string().starts_with("report.url:"), "{e}");
     }
     for nonce in ["", "short", "a1-b2c3d4e5f6a7b8c9", &"a".repeat(129)] {
-        let e = render_bake(&bake(BakeReport {
-            nonce: nonce.into(),
-            ..good.clone()
-        }))
-        .expect_err(nonce);
+        let e = render_bake(&bake(BakeReport { nonce: nonce.into(), ..good.clone() })).expect_err(nonce);
         assert_eq!(e, Error::InvalidReportNonce, "{nonce}");
         assert!(e.to_string().starts_with("report.nonce:"), "{e}");
     }
@@ -101,38 +87,13 @@ fn ca_that_is_not_a_certificate() {
 
 #[test]
 fn invalid_names() {
-    for bad in [
-        "",
-        "Manager0",
-        "manager_0",
-        "-manager0",
-        "manager0.",
-        &"m".repeat(64),
-    ] {
+    for bad in ["", "Manager0", "manager_0", "-manager0", "manager0.", &"m".repeat(64)] {
         let mut i = inputs();
         i.host_name = bad.into();
-        assert!(
-            matches!(
-                refused(&i, "host_name:"),
-                Error::InvalidName {
-                    field: "host_name",
-                    ..
-                }
-            ),
-            "{bad}"
-        );
+        assert!(matches!(refused(&i, "host_name:"), Error::InvalidName { field: "host_name", .. }), "{bad}");
         let mut i = inputs();
         i.cluster = bad.into();
-        assert!(
-            matches!(
-                refused(&i, "cluster:"),
-                Error::InvalidName {
-                    field: "cluster",
-                    ..
-                }
-            ),
-            "{bad}"
-        );
+        assert!(matches!(refused(&i, "cluster:"), Error::InvalidName { field: "cluster", .. }), "{bad}");
     }
 }
 
@@ -147,10 +108,7 @@ fn empty_coordinator_list() {
 fn invalid_coordinator_endpoint() {
     let mut i = inputs();
     i.coordinator.push("10.0.0.6".into());
-    assert!(matches!(
-        refused(&i, "coordinator[1]:"),
-        Error::InvalidCoordinator { index: 1, .. }
-    ));
+    assert!(matches!(refused(&i, "coordinator[1]:"), Error::InvalidCoordinator { index: 1, .. }));
 }
 
 #[test]
@@ -158,13 +116,7 @@ fn bad_sha256() {
     for bad in ["", "abc", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65)] {
         let mut i = inputs();
         i.agent.sha256 = bad.into();
-        assert_eq!(
-            refused(&i, "agent.sha256:"),
-            Error::InvalidSha256 {
-                field: "agent.sha256",
-                value: bad.into()
-            }
-        );
+        assert_eq!(refused(&i, "agent.sha256:"), Error::InvalidSha256 { field: "agent.sha256", value: bad.into() });
     }
 }
 
@@ -172,16 +124,10 @@ fn bad_sha256() {
 fn bad_agent_url_and_version() {
     let mut i = inputs();
     i.agent.url = "http://10.0.0.5:7443/v1/agent/flotilla-agent".into();
-    assert!(matches!(
-        refused(&i, "agent.url:"),
-        Error::InvalidAgentUrl { .. }
-    ));
+    assert!(matches!(refused(&i, "agent.url:"), Error::InvalidAgentUrl { .. }));
     let mut i = inputs();
     i.agent.version = "1.0 beta".into();
-    assert!(matches!(
-        refused(&i, "agent.version:"),
-        Error::InvalidAgentVersion { .. }
-    ));
+    assert!(matches!(refused(&i, "agent.version:"), Error::InvalidAgentVersion { .. }));
 }
 
 #[test]
@@ -192,20 +138,14 @@ fn bad_token_is_not_echoed() {
     assert!(matches!(err, Error::InvalidToken { .. }));
     assert!(!err.to_string().contains("secret"), "{err}");
     i.join_token = Some(String::new());
-    assert!(matches!(
-        refused(&i, "join_token:"),
-        Error::InvalidToken { .. }
-    ));
+    assert!(matches!(refused(&i, "join_token:"), Error::InvalidToken { .. }));
 }
 
 #[test]
 fn bad_insecure_registry() {
     let mut i = inputs();
     i.insecure_registries = vec!["172.28.0.2:5000".into(), "registry".into()];
-    assert!(matches!(
-        refused(&i, "insecure_registries[1]:"),
-        Error::InvalidInsecureRegistry { index: 1, .. }
-    ));
+    assert!(matches!(refused(&i, "insecure_registries[1]:"), Error::InvalidInsecureRegistry { index: 1, .. }));
 }
 
 #[test]
@@ -213,10 +153,7 @@ fn bad_heartbeat_interval() {
     for bad in [0, 3601] {
         let mut i = inputs();
         i.heartbeat_interval_s = bad;
-        assert_eq!(
-            refused(&i, "heartbeat_interval_s:"),
-            Error::InvalidHeartbeatInterval { value: bad }
-        );
+        assert_eq!(refused(&i, "heartbeat_interval_s:"), Error::InvalidHeartbeatInterval { value: bad });
     }
 }
 
@@ -225,10 +162,7 @@ fn user_data_over_the_ec2_limit() {
     let mut i = inputs();
     i.ca_pem = CA_PEM.repeat(12);
     let err = render_host(&i).expect_err("too large");
-    assert!(
-        matches!(err, Error::TooLarge { size, limit: USER_DATA_LIMIT } if size > USER_DATA_LIMIT),
-        "{err}"
-    );
+    assert!(matches!(err, Error::TooLarge { size, limit: USER_DATA_LIMIT } if size > USER_DATA_LIMIT), "{err}");
     // A rotation's worth of CAs still fits.
     i.ca_pem = CA_PEM.repeat(3);
     assert!(render_host(&i).is_ok());

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use flotilla_cloud_init::paths::{
-    AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH,
-    SEAL_SCRIPT_PATH, SEAL_UNIT_PATH, TOKEN_PATH,
+    AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH, SEAL_SCRIPT_PATH,
+    SEAL_UNIT_PATH, TOKEN_PATH,
 };
 use flotilla_cloud_init::{
-    AGENT_UNIT, AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs,
-    OsFamily, SEAL_SCRIPT, SEAL_UNIT, USER_DATA_LIMIT, render_bake, render_host,
+    AGENT_UNIT, AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily,
+    SEAL_SCRIPT, SEAL_UNIT, USER_DATA_LIMIT, render_bake, render_host,
 };
 use serde_json::Value;
 
@@ -66,10 +66,7 @@ fn cases() -> Vec<(&'static str, Inputs)> {
             }),
         ),
         ("node", Inputs::Host(host("node0", al2023))),
-        (
-            "baked-image",
-            Inputs::Host(host("node1", Engine::Preinstalled)),
-        ),
+        ("baked-image", Inputs::Host(host("node1", Engine::Preinstalled))),
         ("al2023", Inputs::Host(host("node2", al2023))),
         ("debian", Inputs::Host(host("node3", debian))),
         (
@@ -77,31 +74,14 @@ fn cases() -> Vec<(&'static str, Inputs)> {
             Inputs::Host(HostInputs {
                 cluster: "lab".into(),
                 coordinator: vec!["172.28.0.1:7443".into()],
-                agent: AgentBinary {
-                    url: "https://172.28.0.1:7443/v1/agent/flotilla-agent".into(),
-                    ..agent()
-                },
+                agent: AgentBinary { url: "https://172.28.0.1:7443/v1/agent/flotilla-agent".into(), ..agent() },
                 insecure_registries: vec!["172.28.0.2:5000".into()],
                 heartbeat_interval_s: 2,
                 ..host("manager0", Engine::Preinstalled)
             }),
         ),
-        (
-            "without-token",
-            Inputs::Host(HostInputs {
-                join_token: None,
-                ..host("node4", Engine::Preinstalled)
-            }),
-        ),
-        (
-            "bake",
-            Inputs::Bake(BakeInputs {
-                ca_pem: CA_PEM.into(),
-                agent: agent(),
-                engine: al2023,
-                report: None,
-            }),
-        ),
+        ("without-token", Inputs::Host(HostInputs { join_token: None, ..host("node4", Engine::Preinstalled) })),
+        ("bake", Inputs::Bake(BakeInputs { ca_pem: CA_PEM.into(), agent: agent(), engine: al2023, report: None })),
         (
             "bake-report",
             Inputs::Bake(BakeInputs {
@@ -154,32 +134,18 @@ fn every_case_is_safe_user_data() {
     for (name, inputs) in cases() {
         let doc = render(&inputs);
         assert!(doc.starts_with("#cloud-config\n"), "{name}");
-        assert!(
-            doc.len() < 16 * 1024 && doc.len() <= USER_DATA_LIMIT,
-            "{name}: {} bytes",
-            doc.len()
-        );
+        assert!(doc.len() < 16 * 1024 && doc.len() <= USER_DATA_LIMIT, "{name}: {} bytes", doc.len());
         assert!(!doc.contains("PRIVATE KEY"), "{name}");
         assert_eq!(doc, render(&inputs), "{name}: not deterministic");
-        for key in [
-            "packages:",
-            "package_update",
-            "package_upgrade",
-            "bootcmd",
-            "merge_how",
-        ] {
+        for key in ["packages:", "package_update", "package_upgrade", "bootcmd", "merge_how"] {
             assert!(!doc.contains(key), "{name}: {key}");
         }
-        let token_entry =
-            format!("  - path: {TOKEN_PATH}\n    owner: 'root:root'\n    permissions: '0600'\n");
+        let token_entry = format!("  - path: {TOKEN_PATH}\n    owner: 'root:root'\n    permissions: '0600'\n");
         match &inputs {
             Inputs::Host(h) if h.join_token.is_some() => {
                 assert!(doc.contains(&token_entry), "{name}")
             }
-            _ => assert!(
-                !doc.contains(&format!("- path: {TOKEN_PATH}")),
-                "{name}: token file without a token"
-            ),
+            _ => assert!(!doc.contains(&format!("- path: {TOKEN_PATH}")), "{name}: token file without a token"),
         }
     }
 }
@@ -197,7 +163,12 @@ state_dir = \"/var/lib/flotilla\"
 heartbeat_interval_s = 5
 ";
     let indented: String = expected.lines().map(|l| format!("      {l}\n")).collect();
-    assert!(doc.contains(&format!("  - path: {AGENT_CONFIG_PATH}\n    owner: 'root:root'\n    permissions: '0644'\n    content: |\n{indented}")), "{doc}");
+    assert!(
+        doc.contains(&format!(
+            "  - path: {AGENT_CONFIG_PATH}\n    owner: 'root:root'\n    permissions: '0644'\n    content: |\n{indented}"
+        )),
+        "{doc}"
+    );
 }
 
 #[test]
@@ -205,12 +176,7 @@ fn every_case_parses_to_the_intended_files() {
     for (name, inputs) in cases() {
         let doc = render(&inputs);
         let Some(parsed) = pyyaml(&doc) else { return };
-        let top: Vec<&str> = parsed
-            .as_object()
-            .expect("mapping")
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let top: Vec<&str> = parsed.as_object().expect("mapping").keys().map(String::as_str).collect();
         assert_eq!(top, ["runcmd", "write_files"], "{name}");
         let files: Vec<(&str, &str, &str, &str)> = parsed["write_files"]
             .as_array()
@@ -218,25 +184,14 @@ fn every_case_parses_to_the_intended_files() {
             .iter()
             .map(|f| {
                 assert_eq!(f.as_object().map(|o| o.len()), Some(4), "{name}: {f}");
-                (
-                    str_of(&f["path"]),
-                    str_of(&f["owner"]),
-                    str_of(&f["permissions"]),
-                    str_of(&f["content"]),
-                )
+                (str_of(&f["path"]), str_of(&f["owner"]), str_of(&f["permissions"]), str_of(&f["content"]))
             })
             .collect();
         let ca = normalized(CA_PEM);
         match &inputs {
             Inputs::Host(h) => {
                 let paths: Vec<&str> = files.iter().map(|f| f.0).collect();
-                let mut expected = vec![
-                    CA_PATH,
-                    TOKEN_PATH,
-                    AGENT_CONFIG_PATH,
-                    AGENT_UNIT_PATH,
-                    BOOTSTRAP_PATH,
-                ];
+                let mut expected = vec![CA_PATH, TOKEN_PATH, AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BOOTSTRAP_PATH];
                 if h.join_token.is_none() {
                     expected.retain(|p| *p != TOKEN_PATH);
                 }
@@ -260,11 +215,7 @@ fn every_case_parses_to_the_intended_files() {
                         other => panic!("{name}: unexpected file {other}"),
                     }
                 }
-                assert_eq!(
-                    parsed["runcmd"],
-                    serde_json::json!([[BOOTSTRAP_PATH]]),
-                    "{name}"
-                );
+                assert_eq!(parsed["runcmd"], serde_json::json!([[BOOTSTRAP_PATH]]), "{name}");
             }
             Inputs::Bake(b) => {
                 let mut expected = vec![
@@ -277,42 +228,18 @@ fn every_case_parses_to_the_intended_files() {
                 }
                 let n = expected.len();
                 assert_eq!(files[..n], expected, "{name}");
-                assert_eq!(
-                    (files[n].0, files[n].2),
-                    (BAKE_SCRIPT_PATH, "0755"),
-                    "{name}"
-                );
+                assert_eq!((files[n].0, files[n].2), (BAKE_SCRIPT_PATH, "0755"), "{name}");
                 check_script(name, files[n].3, "bake", &[]);
-                let (url, nonce) = b
-                    .report
-                    .as_ref()
-                    .map(|r| (r.url.as_str(), r.nonce.as_str()))
-                    .unwrap_or_default();
+                let (url, nonce) = b.report.as_ref().map(|r| (r.url.as_str(), r.nonce.as_str())).unwrap_or_default();
                 assert!(
-                    files[n]
-                        .3
-                        .contains(&format!("\nFLOTILLA_REPORT_URL='{url}'\nFLOTILLA_REPORT_NONCE='{nonce}'\n")),
+                    files[n].3.contains(&format!("\nFLOTILLA_REPORT_URL='{url}'\nFLOTILLA_REPORT_NONCE='{nonce}'\n")),
                     "{name}"
                 );
                 assert_eq!(files.len(), n + 1, "{name}");
-                assert_eq!(
-                    parsed["runcmd"],
-                    serde_json::json!([[BAKE_SCRIPT_PATH]]),
-                    "{name}"
-                );
+                assert_eq!(parsed["runcmd"], serde_json::json!([[BAKE_SCRIPT_PATH]]), "{name}");
                 // No cluster identity anywhere.
-                for identity in [
-                    "demo",
-                    "manager",
-                    "node",
-                    TOKEN,
-                    "/etc/flotilla/ca.pem",
-                    "/etc/flotilla/token",
-                ] {
-                    assert!(
-                        !doc.contains(identity),
-                        "{name}: bake user-data mentions {identity}"
-                    );
+                for identity in ["demo", "manager", "node", TOKEN, "/etc/flotilla/ca.pem", "/etc/flotilla/token"] {
+                    assert!(!doc.contains(identity), "{name}: bake user-data mentions {identity}");
                 }
             }
         }
@@ -320,49 +247,21 @@ fn every_case_parses_to_the_intended_files() {
 }
 
 fn check_agent_toml(name: &str, h: &HostInputs, content: &str) {
-    let table: toml::Table =
-        toml::from_str(content).unwrap_or_else(|e| panic!("{name}: agent.toml: {e}"));
+    let table: toml::Table = toml::from_str(content).unwrap_or_else(|e| panic!("{name}: agent.toml: {e}"));
     let keys: Vec<&str> = table.keys().map(String::as_str).collect();
-    let mut expected = [
-        "host_name",
-        "cluster",
-        "coordinator",
-        "ca_file",
-        "token_file",
-        "state_dir",
-        "heartbeat_interval_s",
-    ];
+    let mut expected =
+        ["host_name", "cluster", "coordinator", "ca_file", "token_file", "state_dir", "heartbeat_interval_s"];
     expected.sort_unstable();
     assert_eq!(keys, expected, "{name}");
-    assert_eq!(
-        table["host_name"].as_str(),
-        Some(h.host_name.as_str()),
-        "{name}"
-    );
-    assert_eq!(
-        table["cluster"].as_str(),
-        Some(h.cluster.as_str()),
-        "{name}"
-    );
-    let coordinator: Vec<&str> = table["coordinator"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
+    assert_eq!(table["host_name"].as_str(), Some(h.host_name.as_str()), "{name}");
+    assert_eq!(table["cluster"].as_str(), Some(h.cluster.as_str()), "{name}");
+    let coordinator: Vec<&str> =
+        table["coordinator"].as_array().expect("array").iter().filter_map(|v| v.as_str()).collect();
     assert_eq!(coordinator, h.coordinator, "{name}");
     assert_eq!(table["ca_file"].as_str(), Some(CA_PATH), "{name}");
     assert_eq!(table["token_file"].as_str(), Some(TOKEN_PATH), "{name}");
-    assert_eq!(
-        table["state_dir"].as_str(),
-        Some("/var/lib/flotilla"),
-        "{name}"
-    );
-    assert_eq!(
-        table["heartbeat_interval_s"].as_integer(),
-        Some(i64::from(h.heartbeat_interval_s)),
-        "{name}"
-    );
+    assert_eq!(table["state_dir"].as_str(), Some("/var/lib/flotilla"), "{name}");
+    assert_eq!(table["heartbeat_interval_s"].as_integer(), Some(i64::from(h.heartbeat_interval_s)), "{name}");
 }
 
 /// The template the scripts are rendered from.
@@ -371,39 +270,19 @@ const TEMPLATE: &str = include_str!("../src/bootstrap.sh");
 fn check_script(name: &str, script: &str, mode: &str, registries: &[String]) {
     // The parsed script is the template, byte for byte, with its marker line replaced by
     // `NAME=value` lines.
-    let (head, tail) = TEMPLATE
-        .split_once("# @flotilla-rendered-values@\n")
-        .expect("marker");
+    let (head, tail) = TEMPLATE.split_once("# @flotilla-rendered-values@\n").expect("marker");
     let values = script
         .strip_prefix(head)
         .and_then(|rest| rest.strip_suffix(tail))
         .unwrap_or_else(|| panic!("{name}: the script is not the rendered template"));
     for line in values.lines().skip(1) {
-        let (var, _) = line
-            .split_once('=')
-            .unwrap_or_else(|| panic!("{name}: {line}"));
-        assert!(
-            var.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
-            "{name}: {line}"
-        );
+        let (var, _) = line.split_once('=').unwrap_or_else(|| panic!("{name}: {line}"));
+        assert!(var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'), "{name}: {line}");
     }
-    assert!(
-        script.contains(&format!("\nFLOTILLA_MODE='{mode}'\n")),
-        "{name}"
-    );
-    assert!(
-        script.contains(&format!("\nFLOTILLA_AGENT_SHA256='{AGENT_SHA256}'\n")),
-        "{name}"
-    );
+    assert!(script.contains(&format!("\nFLOTILLA_MODE='{mode}'\n")), "{name}");
+    assert!(script.contains(&format!("\nFLOTILLA_AGENT_SHA256='{AGENT_SHA256}'\n")), "{name}");
     let regs: Vec<String> = registries.iter().map(|r| format!("'{r}'")).collect();
-    assert!(
-        script.contains(&format!(
-            "\nFLOTILLA_INSECURE_REGISTRIES=({})\n",
-            regs.join(" ")
-        )),
-        "{name}"
-    );
+    assert!(script.contains(&format!("\nFLOTILLA_INSECURE_REGISTRIES=({})\n", regs.join(" "))), "{name}");
     bash_n(name, script);
 }
 
@@ -413,11 +292,7 @@ fn bash_n(name: &str, script: &str) {
     let path = dir.path().join("script.sh");
     std::fs::write(&path, script).expect("write script");
     match Command::new("bash").arg("-n").arg(&path).output() {
-        Ok(out) => assert!(
-            out.status.success(),
-            "{name}: bash -n: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        Ok(out) => assert!(out.status.success(), "{name}: bash -n: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => eprintln!("bash not runnable ({e}): skipping bash -n"),
     }
 }
@@ -430,11 +305,7 @@ fn every_case_passes_cloud_init_schema() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path: PathBuf = dir.path().join("user-data");
         std::fs::write(&path, &doc).expect("write user-data");
-        let out = match Command::new("cloud-init")
-            .args(["schema", "--config-file"])
-            .arg(&path)
-            .output()
-        {
+        let out = match Command::new("cloud-init").args(["schema", "--config-file"]).arg(&path).output() {
             Ok(out) => out,
             Err(_) => {
                 eprintln!("cloud-init not installed: skipping `cloud-init schema`");
@@ -455,12 +326,7 @@ fn str_of(v: &Value) -> &str {
 }
 
 fn normalized(pem: &str) -> String {
-    let mut out: String = pem
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mut out: String = pem.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n");
     out.push('\n');
     out
 }
@@ -478,21 +344,13 @@ fn pyyaml(doc: &str) -> Option<Value> {
     else {
         panic!("python3 not found: the PyYAML checks need it (`bash tests/run` sets it up)");
     };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(doc.as_bytes())
-        .expect("write");
+    child.stdin.take().expect("stdin").write_all(doc.as_bytes()).expect("write");
     let out = child.wait_with_output().expect("python3");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'yaml'"),
         "PyYAML is not installed for python3: `python3 -m pip install pyyaml` (`bash tests/run` does it)"
     );
-    assert!(
-        out.status.success(),
-        "PyYAML refused the document: {stderr}\n{doc}"
-    );
+    assert!(out.status.success(), "PyYAML refused the document: {stderr}\n{doc}");
     Some(serde_json::from_slice(&out.stdout).expect("json"))
 }

@@ -28,7 +28,9 @@ impl IntoStatus for ControlError {
         match &self {
             ControlError::BadHostName(_) | ControlError::TtlTooLong(_) => Status::invalid_argument(self.to_string()),
             ControlError::UnknownHost(_) => Status::not_found(self.to_string()),
-            ControlError::BadAssignment { .. } | ControlError::NoActionKind | ControlError::NoRoleContainer => Status::invalid_argument(self.to_string()),
+            ControlError::BadAssignment { .. } | ControlError::NoActionKind | ControlError::NoRoleContainer => {
+                Status::invalid_argument(self.to_string())
+            }
             ControlError::NotConnected(_) => Status::unavailable(self.to_string()),
             ControlError::Store(_) | ControlError::Pki(_) => Status::internal(self.to_string()),
         }
@@ -85,10 +87,7 @@ impl Admin for AdminApi {
         req: Request<v1::RevokeHostRequest>,
     ) -> Result<Response<v1::RevokeHostResponse>, Status> {
         authorize(&req)?;
-        let closed = self
-            .cp
-            .revoke_host(&req.into_inner().host_name)
-            .map_err(IntoStatus::into_status)?;
+        let closed = self.cp.revoke_host(&req.into_inner().host_name).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::RevokeHostResponse { session_closed: closed }))
     }
 
@@ -97,10 +96,7 @@ impl Admin for AdminApi {
         req: Request<v1::RevokeHostRequest>,
     ) -> Result<Response<v1::RevokeHostResponse>, Status> {
         authorize(&req)?;
-        let closed = self
-            .cp
-            .remove_host(&req.into_inner().host_name)
-            .map_err(IntoStatus::into_status)?;
+        let closed = self.cp.remove_host(&req.into_inner().host_name).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::RevokeHostResponse { session_closed: closed }))
     }
 
@@ -121,8 +117,7 @@ impl Admin for AdminApi {
             .pki
             .sign_operator_csr(&r.operator_name, &r.csr_pem, crate::pki::OPERATOR_CERT_VALIDITY)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.cp
-            .audit("operator.cert.issued", "", format!("operator {}", r.operator_name), "");
+        self.cp.audit("operator.cert.issued", "", format!("operator {}", r.operator_name), "");
         Ok(Response::new(v1::IssueOperatorCertificateResponse {
             certificate_pem: issued.certificate_pem,
             ca_chain_pem: vec![self.cp.pki.ca_pem().to_string()],
@@ -153,10 +148,8 @@ impl Admin for AdminApi {
     async fn assign(&self, req: Request<v1::AssignRequest>) -> Result<Response<v1::AssignResponse>, Status> {
         authorize(&req)?;
         let r = req.into_inner();
-        let (generation, delivered) = self
-            .cp
-            .assign(&r.host_name, r.roles, &r.host_address)
-            .map_err(IntoStatus::into_status)?;
+        let (generation, delivered) =
+            self.cp.assign(&r.host_name, r.roles, &r.host_address).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::AssignResponse { generation, delivered }))
     }
 
@@ -172,11 +165,7 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::EngineActionResponse>, Status> {
         authorize(&req)?;
         let r = req.into_inner();
-        let action = v1::EngineAction {
-            kind: r.kind,
-            role: r.role,
-            hold_s: r.hold_s,
-        };
+        let action = v1::EngineAction { kind: r.kind, role: r.role, hold_s: r.hold_s };
         self.cp.engine_action(&r.host_name, action).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::EngineActionResponse {}))
     }
@@ -188,10 +177,7 @@ impl Admin for AdminApi {
         req: Request<v1::FollowLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
         authorize(&req)?;
-        let lines = self
-            .cp
-            .follow_logs(req.into_inner())
-            .map_err(IntoStatus::into_status)?;
+        let lines = self.cp.follow_logs(req.into_inner()).map_err(IntoStatus::into_status)?;
         // Cut by a shutdown: end with UNAVAILABLE, not OK, so the client knows to resume.
         let shutdown = self.cp.shutdown.clone();
         let cut = futures::stream::once(async move { shutdown.is_cancelled() }).filter_map(|cut| async move {
@@ -221,25 +207,16 @@ pub enum ConnectError {
 /// Dials the admin socket of a running control plane.
 pub async fn connect_local(cluster: &str, socket: &Path) -> Result<AdminClient<Channel>, ConnectError> {
     if !socket.exists() {
-        return Err(ConnectError::NotRunning {
-            cluster: cluster.to_string(),
-            socket: socket.to_path_buf(),
-        });
+        return Err(ConnectError::NotRunning { cluster: cluster.to_string(), socket: socket.to_path_buf() });
     }
     // Fail now, with the socket's own error, rather than on the first call.
     match tokio::net::UnixStream::connect(socket).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused || e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ConnectError::NotRunning {
-                cluster: cluster.to_string(),
-                socket: socket.to_path_buf(),
-            });
+            return Err(ConnectError::NotRunning { cluster: cluster.to_string(), socket: socket.to_path_buf() });
         }
         Err(source) => {
-            return Err(ConnectError::Socket {
-                socket: socket.to_path_buf(),
-                source,
-            });
+            return Err(ConnectError::Socket { socket: socket.to_path_buf(), source });
         }
     }
     let path = socket.to_path_buf();
@@ -249,10 +226,7 @@ pub async fn connect_local(cluster: &str, socket: &Path) -> Result<AdminClient<C
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
         }))
         .await
-        .map_err(|e| ConnectError::Socket {
-            socket: socket.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
+        .map_err(|e| ConnectError::Socket { socket: socket.to_path_buf(), source: std::io::Error::other(e) })?;
     Ok(AdminClient::new(channel))
 }
 

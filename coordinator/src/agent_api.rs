@@ -81,11 +81,7 @@ impl IntoStatus for SessionError {
 }
 
 fn peer_of<T>(req: &Request<T>) -> String {
-    req.extensions()
-        .get::<PeerInfo>()
-        .and_then(|p| p.remote_addr)
-        .map(|a| a.to_string())
-        .unwrap_or_default()
+    req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr).map(|a| a.to_string()).unwrap_or_default()
 }
 
 /// The protocol version a request declares; an agent that declares none is older than v1's
@@ -114,11 +110,7 @@ impl AgentApi {
     /// enrolled, unrevoked host, with a serial the host still holds.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<AuthenticatedHost, AuthError> {
         let peer = peer_of(req);
-        let certs = req
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.certs.clone())
-            .ok_or(AuthError::NoCertificate)?;
+        let certs = req.extensions().get::<PeerInfo>().and_then(|p| p.certs.clone()).ok_or(AuthError::NoCertificate)?;
         let leaf = certs.first().ok_or(AuthError::NoCertificate)?;
         let id = identity_of(leaf).ok_or(AuthError::Unparseable)?;
         if id.organizational_unit != flotilla_proto::OU_HOST {
@@ -134,17 +126,9 @@ impl AgentApi {
             return Err(AuthError::Revoked(id.common_name));
         }
         if !rec.certs.iter().any(|c| c.serial == id.serial) {
-            return Err(AuthError::Superseded {
-                host: id.common_name,
-                serial: id.serial,
-            });
+            return Err(AuthError::Superseded { host: id.common_name, serial: id.serial });
         }
-        Ok(AuthenticatedHost {
-            name: id.common_name,
-            serial: id.serial,
-            not_after_unix: id.not_after_unix,
-            peer,
-        })
+        Ok(AuthenticatedHost { name: id.common_name, serial: id.serial, not_after_unix: id.not_after_unix, peer })
     }
 
     fn refuse(&self, kind: &str, req_peer: &str, err: AuthError) -> Status {
@@ -183,14 +167,8 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = peer_of(&req);
         check_protocol(&req).map_err(|e| self.refuse("session.refused.protocol", &peer, e))?;
-        let who = self
-            .authenticate(&req)
-            .map_err(|e| self.refuse("session.refused", &peer, e))?;
-        let rx = self
-            .cp
-            .open_session(who, req.into_inner())
-            .await
-            .map_err(IntoStatus::into_status)?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("session.refused", &peer, e))?;
+        let rx = self.cp.open_session(who, req.into_inner()).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -199,14 +177,9 @@ impl AgentService for AgentApi {
     async fn logs(&self, req: Request<Streaming<v1::LogChunk>>) -> Result<Response<Self::LogsStream>, Status> {
         let peer = peer_of(&req);
         check_protocol(&req).map_err(|e| self.refuse("logs.refused.protocol", &peer, e))?;
-        let who = self
-            .authenticate(&req)
-            .map_err(|e| self.refuse("logs.refused", &peer, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("logs.refused", &peer, e))?;
         let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty log stream"))?;
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty log stream"))?;
         let Some(route) = self.cp.logs.route(&first.stream_id, &who.name) else {
             return Err(Status::not_found(format!(
                 "no follower for log stream '{}' of host '{}'",

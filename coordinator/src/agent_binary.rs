@@ -36,16 +36,10 @@ pub struct AgentBinary {
 
 impl AgentBinary {
     pub fn load(path: &Path) -> Result<Self, AgentBinaryError> {
-        let bytes = std::fs::read(path).map_err(|source| AgentBinaryError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| AgentBinaryError::Read { path: path.to_path_buf(), source })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        Ok(Self {
-            path: path.to_path_buf(),
-            bytes: Bytes::from(bytes),
-            sha256,
-        })
+        Ok(Self { path: path.to_path_buf(), bytes: Bytes::from(bytes), sha256 })
     }
 
     /// The default choice described in the module docs.
@@ -85,10 +79,7 @@ fn serve(bin: Option<Arc<AgentBinary>>, digest: bool) -> Response {
         return format!("{}  flotilla-agent\n", bin.sha256).into_response();
     }
     let mut resp = bin.bytes.clone().into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     resp
 }
 

@@ -63,18 +63,14 @@ pub enum BakeError {
     Endpoint(String),
     #[error("bake user-data: {0}")]
     UserData(#[from] flotilla_cloud_init::Error),
-    #[error("the builder {builder} failed: {reason}\n--- its cloud-init output (/var/log/cloud-init-output.log) ---\n{output}")]
-    BuilderFailed {
-        builder: String,
-        reason: String,
-        output: String,
-    },
-    #[error("the builder {builder} did not finish installing within {after:?} (raise --timeout if it was still making progress)\n--- its cloud-init output (/var/log/cloud-init-output.log) ---\n{output}")]
-    Timeout {
-        builder: String,
-        after: Duration,
-        output: String,
-    },
+    #[error(
+        "the builder {builder} failed: {reason}\n--- its cloud-init output (/var/log/cloud-init-output.log) ---\n{output}"
+    )]
+    BuilderFailed { builder: String, reason: String, output: String },
+    #[error(
+        "the builder {builder} did not finish installing within {after:?} (raise --timeout if it was still making progress)\n--- its cloud-init output (/var/log/cloud-init-output.log) ---\n{output}"
+    )]
+    Timeout { builder: String, after: Duration, output: String },
     #[error("cleaning the builder {builder} for capture failed (exit {code}): {output}")]
     CleanFailed { builder: String, code: i64, output: String },
     #[error("refusing to capture {builder}: after cleaning it still holds {}; nothing was captured", found.join(", "))]
@@ -335,14 +331,8 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
             Ok(report(&image, false))
         }
         (Err(e), Ok(())) => Err(e),
-        (Ok(_), Err(c)) => Err(BakeError::Cleanup {
-            cleanup: c.to_string(),
-            bake: None,
-        }),
-        (Err(e), Err(c)) => Err(BakeError::Cleanup {
-            cleanup: c.to_string(),
-            bake: Some(e.to_string()),
-        }),
+        (Ok(_), Err(c)) => Err(BakeError::Cleanup { cleanup: c.to_string(), bake: None }),
+        (Err(e), Err(c)) => Err(BakeError::Cleanup { cleanup: c.to_string(), bake: Some(e.to_string()) }),
     }
 }
 
@@ -376,7 +366,11 @@ async fn build<B: Backend>(
     if backend.reports() {
         p.say(
             "builder",
-            format!("waiting (up to {:?}) for its report at {}: it cannot be looked into from here", opts.timeout, served.report_url()),
+            format!(
+                "waiting (up to {:?}) for its report at {}: it cannot be looked into from here",
+                opts.timeout,
+                served.report_url()
+            ),
         );
     }
     let deadline = Instant::now() + opts.timeout;
@@ -413,11 +407,7 @@ async fn build<B: Backend>(
     p.say("builder", format!("installed: agent {}, Engine {engine_version}", recipe.agent_version));
     let facts = Facts {
         name: opts.name.clone(),
-        tag: Recipe {
-            engine_version: Some(engine_version.clone()),
-            ..recipe.clone()
-        }
-        .tag(),
+        tag: Recipe { engine_version: Some(engine_version.clone()), ..recipe.clone() }.tag(),
         base: recipe.base.clone(),
         agent_version: recipe.agent_version.clone(),
         agent_sha256: recipe.agent_sha256.clone(),

@@ -18,7 +18,11 @@ pub const EXIT_USAGE: i32 = 64;
 pub const EXIT_UNAVAILABLE: i32 = 69;
 
 #[derive(Parser, Debug)]
-#[command(name = "coordinator", version, about = "Flotilla: a highly available Docker Swarm cluster, deployed and drilled.")]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Flotilla: a highly available Docker Swarm cluster, deployed and drilled."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -318,8 +322,6 @@ pub struct DeployArgs {
     pub output: Output,
 }
 
-
-
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Where the agent port listens.
@@ -398,11 +400,17 @@ impl CliError {
             CliError::Serve(crate::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
             CliError::Deploy(crate::deploy::DeployError::Config(_)) => EXIT_USAGE,
             CliError::Failover(crate::failover::FailoverError::Refused(_)) => EXIT_USAGE,
-            CliError::Deploy(crate::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage { .. })) => EXIT_USAGE,
+            CliError::Deploy(crate::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage { .. })) => {
+                EXIT_USAGE
+            }
             CliError::Bake(crate::bake::BakeError::Usage(_)) => EXIT_USAGE,
             // The shell's convention: 128 + the signal's number.
             CliError::Failover(crate::failover::FailoverError::Interrupted { signal, .. }) => {
-                if *signal == "SIGTERM" { 143 } else { 130 }
+                if *signal == "SIGTERM" {
+                    143
+                } else {
+                    130
+                }
             }
             _ => 1,
         }
@@ -413,9 +421,7 @@ impl CliError {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 5m, 1h, 30d)"))?;
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 5m, 1h, 30d)"))?;
     let secs = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => n,
@@ -453,9 +459,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 tokio::time::sleep(interval).await;
             }
         }
-        Command::Token {
-            command: TokenCommand::Create { host, ttl, output },
-        } => {
+        Command::Token { command: TokenCommand::Create { host, ttl, output } } => {
             let mut client = client(&g).await?;
             let r = client
                 .create_token(v1::CreateTokenRequest {
@@ -476,23 +480,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Host {
-            command: HostCommand::Revoke { name },
-        } => {
+        Command::Host { command: HostCommand::Revoke { name } } => {
             let mut client = client(&g).await?;
-            let r = client
-                .revoke_host(v1::RevokeHostRequest { host_name: name.clone() })
-                .await?
-                .into_inner();
-            println!(
-                "host '{name}' revoked{}",
-                if r.session_closed { "; its session was closed" } else { "" }
-            );
+            let r = client.revoke_host(v1::RevokeHostRequest { host_name: name.clone() }).await?.into_inner();
+            println!("host '{name}' revoked{}", if r.session_closed { "; its session was closed" } else { "" });
             Ok(())
         }
-        Command::OperatorCert {
-            command: OperatorCommand::Create { name, out },
-        } => operator_cert(&g, &name, &out).await,
+        Command::OperatorCert { command: OperatorCommand::Create { name, out } } => {
+            operator_cert(&g, &name, &out).await
+        }
         Command::Audit { limit, output } => {
             let mut client = client(&g).await?;
             let events = client.audit(v1::AuditRequest { limit }).await?.into_inner().events;
@@ -549,13 +545,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Env { output } => env(&g, output).await,
         Command::LabImages => {
-            let i = crate::providers::lab::images::ensure(false)
-                .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
+            let i = crate::providers::lab::images::ensure(false).await.map_err(|e| CliError::Other(e.to_string()))?;
             println!("host={}\nconsul={}\nhello={}\nregistry={}", i.host, i.consul, i.hello, i.registry);
             Ok(())
         }
-        Command::Destroy { yes, provider, endpoint_url, region } => destroy(&g, yes, provider, endpoint_url, region).await,
+        Command::Destroy { yes, provider, endpoint_url, region } => {
+            destroy(&g, yes, provider, endpoint_url, region).await
+        }
         Command::Logs(args) => logs(&g, args).await,
         Command::FailoverTest(args) => failover_test(&g, args).await,
         Command::Bake(args) => bake(&g, args).await,
@@ -620,15 +616,17 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
 }
 
 async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
-    use std::io::IsTerminal;
     use crate::failover::{self, Component, FailoverError, Mode};
+    use std::io::IsTerminal;
     let client = client(g).await?;
     // SIGINT and SIGTERM stop the drill, which then undoes its fault before exiting.
     let (sig_tx, sig_rx) = tokio::sync::mpsc::unbounded_channel();
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| CliError::Other(format!("installing the SIGINT handler: {e}")))?;
-        let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::Other(format!("installing the SIGTERM handler: {e}")))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| CliError::Other(format!("installing the SIGINT handler: {e}")))?;
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| CliError::Other(format!("installing the SIGTERM handler: {e}")))?;
         tokio::spawn(async move {
             loop {
                 let sig = tokio::select! {
@@ -680,19 +678,37 @@ async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
             for e in &report.timeline {
                 println!("  {:>+8.2} s  {}", e.t_s, e.what);
             }
-            println!("\n  detect    {}  (control plane: {})", secs(report.detect_s), secs(report.control_plane_detect_s));
+            println!(
+                "\n  detect    {}  (control plane: {})",
+                secs(report.detect_s),
+                secs(report.control_plane_detect_s)
+            );
             let (own, logged) = if consul {
                 ("Consul's own election, from the new leader's log", report.consul_elected_s)
             } else {
                 ("Swarm's own election, from the new leader's journal", report.swarm_elected_s)
             };
-            println!("  elect     {}  ({own}: {}; seen {} later)", secs(report.elect_s), secs(logged), secs(report.report_lag_s));
+            println!(
+                "  elect     {}  ({own}: {}; seen {} later)",
+                secs(report.elect_s),
+                secs(logged),
+                secs(report.report_lag_s)
+            );
             println!("  api back  {}{}", secs(report.api_back_s), if consul { "  (a KV write accepted)" } else { "" });
             if let Some(ok) = report.join_data_ok {
                 println!("  join data {}", if ok { "readable from the surviving servers" } else { "NOT readable" });
             }
-            println!("  workload  {} of {} hello tasks running{}", report.tasks_after, failover::HELLO_REPLICAS, if report.tasks_rescheduled { " (rescheduled)" } else { " (kept running)" });
-            println!("  rejoin    {} after the restore, as {}", secs(report.rejoin_s), if report.rejoined_as.is_empty() { "-" } else { &report.rejoined_as });
+            println!(
+                "  workload  {} of {} hello tasks running{}",
+                report.tasks_after,
+                failover::HELLO_REPLICAS,
+                if report.tasks_rescheduled { " (rescheduled)" } else { " (kept running)" }
+            );
+            println!(
+                "  rejoin    {} after the restore, as {}",
+                secs(report.rejoin_s),
+                if report.rejoined_as.is_empty() { "-" } else { &report.rejoined_as }
+            );
             println!("  healthy   {} after the restore", secs(report.healthy_s));
             println!("\nelection lines from the members' logs ({} log lines streamed):", report.log_lines);
             for l in &report.election_lines {
@@ -713,11 +729,7 @@ async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
             println!("\n{}", report.verdict);
         }
     }
-    if report.passed {
-        Ok(())
-    } else {
-        Err(FailoverError::NotPassed(report.verdict).into())
-    }
+    if report.passed { Ok(()) } else { Err(FailoverError::NotPassed(report.verdict).into()) }
 }
 
 async fn client(g: &Global) -> Result<v1::admin_client::AdminClient<Channel>, CliError> {
@@ -801,7 +813,8 @@ async fn wait_gone(socket: &std::path::Path) {
 /// flotilla.toml (or the defaults) with the flags applied, and where it came from.
 fn load_config(g: &Global, args: &DeployArgs) -> Result<(crate::cluster::ClusterConfig, String), CliError> {
     let explicit = args.file != std::path::Path::new("flotilla.toml");
-    let mut config = crate::cluster::ClusterConfig::load(&args.file, explicit).map_err(crate::deploy::DeployError::from)?;
+    let mut config =
+        crate::cluster::ClusterConfig::load(&args.file, explicit).map_err(crate::deploy::DeployError::from)?;
     let mut origin = if args.file.exists() { args.file.display().to_string() } else { "defaults".to_string() };
     if let Some(c) = &g.cluster {
         config.name = c.clone();
@@ -850,11 +863,21 @@ async fn plan(g: &Global, args: DeployArgs) -> Result<(), CliError> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&ch).unwrap_or_default()),
         Output::Table => {
             println!("cluster '{}' on the {} provider (dry run: nothing was changed)", ch.cluster, ch.provider);
-            for (title, items) in [("create", &ch.create), ("change", &ch.change), ("delete", &ch.delete), ("keep", &ch.keep)] {
+            for (title, items) in
+                [("create", &ch.create), ("change", &ch.change), ("delete", &ch.delete), ("keep", &ch.keep)]
+            {
                 if !items.is_empty() {
                     println!("\n{title}:");
                     for i in items {
-                        println!("  {}{i}", match title { "create" => "+ ", "change" => "~ ", "delete" => "- ", _ => "  " });
+                        println!(
+                            "  {}{i}",
+                            match title {
+                                "create" => "+ ",
+                                "change" => "~ ",
+                                "delete" => "- ",
+                                _ => "  ",
+                            }
+                        );
                     }
                 }
             }
@@ -893,12 +916,28 @@ async fn deploy(g: &Global, args: DeployArgs) -> Result<(), CliError> {
                     .unwrap_or_default();
                 t.add_row([h.name.clone(), h.roles.join("+"), h.address.clone(), sw]);
             }
-            println!("\ncluster '{}' {} in {:.1} s\n{t}", report.cluster, if report.changed { "deployed" } else { "unchanged" }, report.duration_s);
-            println!("\nswarm leader: {} ({}); consul leader: {}", report.swarm.leader, report.swarm.leader_ip, report.consul.leader);
+            println!(
+                "\ncluster '{}' {} in {:.1} s\n{t}",
+                report.cluster,
+                if report.changed { "deployed" } else { "unchanged" },
+                report.duration_s
+            );
+            println!(
+                "\nswarm leader: {} ({}); consul leader: {}",
+                report.swarm.leader, report.swarm.leader_ip, report.consul.leader
+            );
             if let Some(s) = &report.smoke_test {
-                println!("smoke test: {} hello task(s) on {} — \"{}\"", s.tasks, s.nodes.join(", "), s.output.first().cloned().unwrap_or_default());
+                println!(
+                    "smoke test: {} hello task(s) on {} — \"{}\"",
+                    s.tasks,
+                    s.nodes.join(", "),
+                    s.output.first().cloned().unwrap_or_default()
+                );
             }
-            println!("\npoint docker at the cluster:\n  eval \"$(coordinator --cluster {} env)\"\n  docker node ls", report.cluster);
+            println!(
+                "\npoint docker at the cluster:\n  eval \"$(coordinator --cluster {} env)\"\n  docker node ls",
+                report.cluster
+            );
         }
     }
     Ok(())
@@ -918,12 +957,18 @@ async fn env(g: &Global, output: Output) -> Result<(), CliError> {
     let ip = leader_addr.split(':').next().unwrap_or_default();
     let env = crate::verify::docker_env(ip, &g.state_dir().join("docker"));
     match output {
-        Output::Json => println!("{}", serde_json::json!(env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())),
+        Output::Json => {
+            println!("{}", serde_json::json!(env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()))
+        }
         Output::Table => {
             for (k, val) in &env {
                 println!("export {k}={val}");
             }
-            println!("# leader: {} — run: eval \"$(coordinator --cluster {} env)\"", v["swarm"]["leader"].as_str().unwrap_or_default(), g.cluster());
+            println!(
+                "# leader: {} — run: eval \"$(coordinator --cluster {} env)\"",
+                v["swarm"]["leader"].as_str().unwrap_or_default(),
+                g.cluster()
+            );
         }
     }
     Ok(())
@@ -960,9 +1005,7 @@ async fn destroy(
     };
     if !yes {
         if !std::io::stdin().is_terminal() {
-            return Err(CliError::Usage(format!(
-                "destroying cluster '{cluster}' needs confirmation: pass --yes"
-            )));
+            return Err(CliError::Usage(format!("destroying cluster '{cluster}' needs confirmation: pass --yes")));
         }
         eprint!("destroy cluster '{cluster}' ({} provider) — {what}? type the cluster name: ", record.provider);
         let mut line = String::new();
@@ -994,7 +1037,9 @@ async fn destroy(
         record.aws = Some(settings);
     }
     let kept = |e: crate::providers::ProviderError| match e {
-        crate::providers::ProviderError::Aws(e) => CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed")),
+        crate::providers::ProviderError::Aws(e) => {
+            CliError::Other(format!("{e}; the cluster's state is kept: re-run `coordinator destroy` once fixed"))
+        }
         other => CliError::Other(other.to_string()),
     };
     let provider = crate::providers::Provider::from_record(&cluster, &state_dir, &record).await.map_err(kept)?;
@@ -1006,7 +1051,10 @@ async fn destroy(
         std::fs::remove_dir_all(&state_dir).map_err(|e| CliError::Other(format!("{}: {e}", state_dir.display())))?;
     }
     if record.provider == "aws" {
-        println!("cluster '{cluster}' destroyed: no instance or security group tagged {}={cluster} is left, its CA and state are gone", crate::providers::aws::TAG_CLUSTER);
+        println!(
+            "cluster '{cluster}' destroyed: no instance or security group tagged {}={cluster} is left, its CA and state are gone",
+            crate::providers::aws::TAG_CLUSTER
+        );
     } else {
         println!("cluster '{cluster}' destroyed: no container, network, volume or state of it is left");
     }
@@ -1067,9 +1115,7 @@ pub fn log_prefix(host: &str, source: &str, colour: bool) -> String {
     }
     const COLOURS: [u8; 6] = [36, 33, 32, 35, 34, 31];
     // FNV-1a: stable across runs and builds.
-    let hash = host
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = host.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     let code = COLOURS[(hash % COLOURS.len() as u64) as usize];
     format!("\x1b[{code}m{host}/{source}\x1b[0m")
 }
@@ -1077,18 +1123,12 @@ pub fn log_prefix(host: &str, source: &str, colour: bool) -> String {
 fn fmt_time(unix_ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix_ms / 1000)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339).ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| unix_ms.to_string())
 }
 
 fn roles_of(h: &v1::HostStatus) -> Vec<&'static str> {
-    h.roles
-        .iter()
-        .filter_map(|r| v1::Role::try_from(*r).ok())
-        .map(role_name)
-        .collect()
+    h.roles.iter().filter_map(|r| v1::Role::try_from(*r).ok()).map(role_name).collect()
 }
 
 /// `status --output json`: an object with a `hosts` array.
@@ -1176,11 +1216,8 @@ fn status_table(st: &v1::StatusResponse) -> String {
         } else {
             format!("down (seen {} ago)", ago(h.since_unix_ms))
         };
-        let hb = if h.last_heartbeat_age_s < 0.0 {
-            "-".to_string()
-        } else {
-            format!("{:.1}s ago", h.last_heartbeat_age_s)
-        };
+        let hb =
+            if h.last_heartbeat_age_s < 0.0 { "-".to_string() } else { format!("{:.1}s ago", h.last_heartbeat_age_s) };
         let (cpu, load, mem, disk, engine) = match &h.health {
             Some(s) => (
                 format!("{:.0}%", s.cpu_percent),
@@ -1232,11 +1269,7 @@ fn status_table(st: &v1::StatusResponse) -> String {
 }
 
 fn pct(used: u64, total: u64) -> String {
-    if total == 0 {
-        "-".into()
-    } else {
-        format!("{:.0}%", used as f64 * 100.0 / total as f64)
-    }
+    if total == 0 { "-".into() } else { format!("{:.0}%", used as f64 * 100.0 / total as f64) }
 }
 
 fn ago(unix_ms: i64) -> String {

@@ -161,10 +161,7 @@ pub struct InstanceTypes {
 
 impl Default for InstanceTypes {
     fn default() -> Self {
-        Self {
-            manager: "t3.small".into(),
-            node: "t3.small".into(),
-        }
+        Self { manager: "t3.small".into(), node: "t3.small".into() }
     }
 }
 
@@ -178,11 +175,7 @@ pub struct CoordinatorSettings {
 
 impl Default for CoordinatorSettings {
     fn default() -> Self {
-        Self {
-            port: 7443,
-            advertise: String::new(),
-            listen: String::new(),
-        }
+        Self { port: 7443, advertise: String::new(), listen: String::new() }
     }
 }
 
@@ -224,11 +217,7 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: `{field}`: {problem}")]
-    Invalid {
-        path: String,
-        field: &'static str,
-        problem: String,
-    },
+    Invalid { path: String, field: &'static str, problem: String },
 }
 
 /// The quorum table every refusal quotes.
@@ -247,25 +236,16 @@ impl ClusterConfig {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Self::default()),
             Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
+                return Err(ConfigError::Read { path: path.to_path_buf(), source });
             }
         };
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim().to_string(),
-        })
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
     }
 
     /// Checks the whole configuration; `origin` names the file (or "flags") in messages.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |field, problem: String| ConfigError::Invalid {
-            path: origin.to_string(),
-            field,
-            problem,
-        };
+        let bad = |field, problem: String| ConfigError::Invalid { path: origin.to_string(), field, problem };
         if !crate::config::valid_name(&self.name) {
             return Err(bad("name", format!("'{}': use 1-63 of a-z, 0-9 and '-'", self.name)));
         }
@@ -273,7 +253,10 @@ impl ClusterConfig {
             return Err(bad("managers", "a swarm needs at least one manager".into()));
         }
         if self.managers > 7 {
-            return Err(bad("managers", format!("{} managers: more than 7 slows Raft down without adding safety", self.managers)));
+            return Err(bad(
+                "managers",
+                format!("{} managers: more than 7 slows Raft down without adding safety", self.managers),
+            ));
         }
         if !self.force && (self.managers == 1 || self.managers % 2 == 0) {
             return Err(bad(
@@ -297,7 +280,10 @@ impl ClusterConfig {
         }
         if !self.images.registry_username.is_empty() {
             if self.images.registry_password_env.is_empty() {
-                return Err(bad("images.registry_password_env", "set it to the name of the environment variable holding the registry password".into()));
+                return Err(bad(
+                    "images.registry_password_env",
+                    "set it to the name of the environment variable holding the registry password".into(),
+                ));
             }
             if std::env::var_os(&self.images.registry_password_env).is_none() {
                 return Err(bad(
@@ -333,9 +319,11 @@ impl ClusterConfig {
                         .into(),
                 ));
             }
-            crate::providers::aws::security_group::validate_cidr("aws.admin_cidr", &self.aws.admin_cidr).map_err(|m| bad("aws.admin_cidr", m))?;
+            crate::providers::aws::security_group::validate_cidr("aws.admin_cidr", &self.aws.admin_cidr)
+                .map_err(|m| bad("aws.admin_cidr", m))?;
             if !self.aws.ssh_cidr.is_empty() {
-                crate::providers::aws::security_group::validate_cidr("aws.ssh_cidr", &self.aws.ssh_cidr).map_err(|m| bad("aws.ssh_cidr", m))?;
+                crate::providers::aws::security_group::validate_cidr("aws.ssh_cidr", &self.aws.ssh_cidr)
+                    .map_err(|m| bad("aws.ssh_cidr", m))?;
             }
             let e = &self.aws.endpoint_url;
             if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
@@ -344,7 +332,10 @@ impl ClusterConfig {
             if !(8..=16384).contains(&self.aws.root_volume_gib) {
                 return Err(bad("aws.root_volume_gib", format!("{} GiB: use 8 to 16384", self.aws.root_volume_gib)));
             }
-            for (field, t) in [("instance_types.manager", &self.instance_types.manager), ("instance_types.node", &self.instance_types.node)] {
+            for (field, t) in [
+                ("instance_types.manager", &self.instance_types.manager),
+                ("instance_types.node", &self.instance_types.node),
+            ] {
                 if t.is_empty() || !t.contains('.') {
                     return Err(bad(field, format!("'{t}' is not an EC2 instance type (e.g. t3.small)")));
                 }
@@ -402,9 +393,7 @@ mod tests {
             let c = ClusterConfig { managers: n, ..Default::default() };
             let m = c.validate("flotilla.toml").expect_err("refused").to_string();
             assert!(m.contains("`managers`") && m.contains("tolerates the loss of"), "{m}");
-            ClusterConfig { managers: n, force: true, ..Default::default() }
-                .validate("f")
-                .expect("forced");
+            ClusterConfig { managers: n, force: true, ..Default::default() }.validate("f").expect("forced");
         }
     }
 

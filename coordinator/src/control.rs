@@ -31,7 +31,9 @@ pub enum ControlError {
     NotConnected(String),
     #[error("an engine action needs a kind (stop or start the Engine, stop or start a role)")]
     NoActionKind,
-    #[error("a role action needs a role with a container of its own: only consul (manager and node run inside the Engine: stop the Engine instead)")]
+    #[error(
+        "a role action needs a role with a container of its own: only consul (manager and node run inside the Engine: stop the Engine instead)"
+    )]
     NoRoleContainer,
 }
 
@@ -113,10 +115,9 @@ impl ControlPlane {
             })?;
             Ok(())
         })?;
-        Ok(self.sessions.close(
-            host,
-            tonic::Status::permission_denied(format!("host '{host}' was revoked by the operator")),
-        ))
+        Ok(self
+            .sessions
+            .close(host, tonic::Status::permission_denied(format!("host '{host}' was revoked by the operator"))))
     }
 
     /// Sets `host`'s desired roles as a new generation, stores it, and sends it to the
@@ -136,10 +137,8 @@ impl ControlPlane {
         };
         let mut a = requested.clone();
         self.complete(host, &mut a)?;
-        flotilla_agent::reconcile::validate(&a).map_err(|e| ControlError::BadAssignment {
-            host: host.to_string(),
-            message: e.to_string(),
-        })?;
+        flotilla_agent::reconcile::validate(&a)
+            .map_err(|e| ControlError::BadAssignment { host: host.to_string(), message: e.to_string() })?;
         let names: Vec<String> = a
             .roles
             .iter()
@@ -155,9 +154,7 @@ impl ControlPlane {
             let Some(mut rec) = tx.host(host)? else {
                 return Err(ControlError::UnknownHost(host.to_string()));
             };
-            let prev = tx
-                .assignment(host)?
-                .and_then(|b| v1::Assignment::decode(b.as_slice()).ok());
+            let prev = tx.assignment(host)?.and_then(|b| v1::Assignment::decode(b.as_slice()).ok());
             // Same request as the one in force: keep it and its generation (re-running
             // deploy is a no-op; no new certificate is issued).
             if let Some(p) = &prev
@@ -181,12 +178,9 @@ impl ControlPlane {
             Ok(a)
         })?;
         let generation = a.generation;
-        let delivered = self.sessions.send(
-            host,
-            v1::CoordinatorMessage {
-                body: Some(v1::coordinator_message::Body::Assignment(a)),
-            },
-        );
+        let delivered = self
+            .sessions
+            .send(host, v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::Assignment(a)) });
         Ok((generation, delivered))
     }
 
@@ -198,9 +192,10 @@ impl ControlPlane {
             match &mut r.spec {
                 Some(v1::role_spec::Spec::Consul(c)) if c.encrypt_key.is_empty() => {
                     let fresh: [u8; 32] = rand::random();
-                    let key = self
-                        .store
-                        .meta_get_or_insert("consul_encrypt_key", base64::engine::general_purpose::STANDARD.encode(fresh).as_bytes())?;
+                    let key = self.store.meta_get_or_insert(
+                        "consul_encrypt_key",
+                        base64::engine::general_purpose::STANDARD.encode(fresh).as_bytes(),
+                    )?;
                     c.encrypt_key = String::from_utf8_lossy(&key).to_string();
                 }
                 Some(v1::role_spec::Spec::Manager(m)) if m.engine_tls_cert_pem.is_empty() => {
@@ -252,12 +247,9 @@ impl ControlPlane {
             Kind::StartRole => format!("start_role {}", role_name(role)),
             _ => kind.as_str_name().trim_start_matches("KIND_").to_lowercase(),
         };
-        let sent = self.sessions.send(
-            host,
-            v1::CoordinatorMessage {
-                body: Some(v1::coordinator_message::Body::EngineAction(action)),
-            },
-        );
+        let sent = self
+            .sessions
+            .send(host, v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::EngineAction(action)) });
         if !sent {
             return Err(ControlError::NotConnected(host.to_string()));
         }
@@ -268,10 +260,7 @@ impl ControlPlane {
     /// The stored assignment of `host`.
     pub fn assignment_of(&self, host: &str) -> Result<Option<v1::Assignment>, ControlError> {
         use prost::Message;
-        Ok(self
-            .store
-            .assignment(host)?
-            .and_then(|b| v1::Assignment::decode(b.as_slice()).ok()))
+        Ok(self.store.assignment(host)?.and_then(|b| v1::Assignment::decode(b.as_slice()).ok()))
     }
 
     /// Revokes `host` and deletes its record and assignment (scale-down, after the host
@@ -304,11 +293,8 @@ impl ControlPlane {
         let mut hosts = Vec::new();
         for rec in self.store.hosts()? {
             let live = self.sessions.view(&rec.name);
-            let last_hb_age = live
-                .as_ref()
-                .and_then(|l| l.last_heartbeat_ms)
-                .map(|t| (now - t) as f64 / 1000.0)
-                .unwrap_or(-1.0);
+            let last_hb_age =
+                live.as_ref().and_then(|l| l.last_heartbeat_ms).map(|t| (now - t) as f64 / 1000.0).unwrap_or(-1.0);
             let connected = live.is_some();
             // Unreachable: no session, or three heartbeats missed (counting from the session's
             // start when none has arrived yet).
@@ -359,7 +345,9 @@ fn strip_completions(stored: &v1::Assignment, requested: &v1::Assignment) -> Vec
     let mut roles = stored.roles.clone();
     for (s, r) in roles.iter_mut().zip(&requested.roles) {
         match (&mut s.spec, &r.spec) {
-            (Some(v1::role_spec::Spec::Consul(s)), Some(v1::role_spec::Spec::Consul(r))) if r.encrypt_key.is_empty() => {
+            (Some(v1::role_spec::Spec::Consul(s)), Some(v1::role_spec::Spec::Consul(r)))
+                if r.encrypt_key.is_empty() =>
+            {
                 s.encrypt_key.clear();
             }
             (Some(v1::role_spec::Spec::Manager(s)), Some(v1::role_spec::Spec::Manager(r)))

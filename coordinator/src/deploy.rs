@@ -23,12 +23,12 @@ use flotilla_proto::v1::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
 use crate::cluster::{ClusterConfig, ProviderKind};
-use crate::providers::aws::{self, Aws};
-use crate::providers::{Provider, ProviderError};
 use crate::config::StatePaths;
 use crate::plan::{self, PlannedHost, RoleKind};
+use crate::providers::aws::{self, Aws};
 use crate::providers::lab::{self, Lab};
 use crate::providers::{HostState, LaunchSpec};
+use crate::providers::{Provider, ProviderError};
 use crate::verify;
 
 /// How long hosts get to boot and enroll.
@@ -62,16 +62,11 @@ pub enum DeployError {
     #[error("{0}")]
     Rpc(#[from] tonic::Status),
     #[error("user-data for {host}: {source}")]
-    UserData {
-        host: String,
-        source: flotilla_cloud_init::Error,
-    },
-    #[error("timed out after {after:?} waiting for {what}; hosts still pending: {pending}. `coordinator status` shows what exists; re-run `coordinator deploy` to continue")]
-    Timeout {
-        what: String,
-        after: Duration,
-        pending: String,
-    },
+    UserData { host: String, source: flotilla_cloud_init::Error },
+    #[error(
+        "timed out after {after:?} waiting for {what}; hosts still pending: {pending}. `coordinator status` shows what exists; re-run `coordinator deploy` to continue"
+    )]
+    Timeout { what: String, after: Duration, pending: String },
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
 }
@@ -86,7 +81,8 @@ pub struct Progress {
 }
 
 /// Names of progress lines that are steps of the deploy, not hosts.
-const STEPS: [&str; 11] = ["plan", "lab", "aws", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale", "bake"];
+const STEPS: [&str; 11] =
+    ["plan", "lab", "aws", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale", "bake"];
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
@@ -97,11 +93,7 @@ impl Progress {
                 std::sync::Mutex::new(HashMap::new()),
             )
         });
-        Self {
-            start: Instant::now(),
-            quiet,
-            live,
-        }
+        Self { start: Instant::now(), quiet, live }
     }
 
     pub fn say(&self, host: &str, msg: impl AsRef<str>) {
@@ -190,7 +182,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     }
     let state_dir = opts.state_root.join(&c.name);
     let paths = StatePaths::new(&state_dir);
-    flotilla_proto::fs::private_dir(&state_dir).map_err(|e| DeployError::ControlPlane(format!("{}: {e}", state_dir.display())))?;
+    flotilla_proto::fs::private_dir(&state_dir)
+        .map_err(|e| DeployError::ControlPlane(format!("{}: {e}", state_dir.display())))?;
 
     // 2. The provider: the lab's images, network and registry; or EC2's VPC, security
     //    group and AMI.
@@ -214,7 +207,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     };
     let mut admin = ensure_control_plane(&serve, &p).await?;
     let st = admin.status(v1::StatusRequest {}).await?.into_inner();
-    let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(|e| DeployError::ControlPlane(format!("{}: {e}", paths.ca_pem().display())))?;
+    let ca_pem = std::fs::read_to_string(paths.ca_pem())
+        .map_err(|e| DeployError::ControlPlane(format!("{}: {e}", paths.ca_pem().display())))?;
 
     // 4. Hosts.
     let existing = provider.describe().await?;
@@ -233,17 +227,11 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
                 provider.start(&h.name).await?;
             }
             Some(e) if e.state == HostState::Stopping => {
-                return Err(DeployError::HostBusy {
-                    host: h.name.clone(),
-                    state: "stopping".into(),
-                });
+                return Err(DeployError::HostBusy { host: h.name.clone(), state: "stopping".into() });
             }
             _ => {
                 let token = admin
-                    .create_token(v1::CreateTokenRequest {
-                        host_name: h.name.clone(),
-                        ttl_s: 0,
-                    })
+                    .create_token(v1::CreateTokenRequest { host_name: h.name.clone(), ttl_s: 0 })
                     .await?
                     .into_inner()
                     .token;
@@ -262,16 +250,18 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
                     insecure_registries: target.insecure_registries.clone(),
                     heartbeat_interval_s: flotilla_cloud_init::DEFAULT_HEARTBEAT_INTERVAL_S,
                 };
-                let user_data = flotilla_cloud_init::render_host(&inputs).map_err(|source| DeployError::UserData {
-                    host: h.name.clone(),
-                    source,
-                })?;
+                let user_data = flotilla_cloud_init::render_host(&inputs)
+                    .map_err(|source| DeployError::UserData { host: h.name.clone(), source })?;
                 launched.push(h.name.clone());
                 let spec = LaunchSpec {
                     name: h.name.clone(),
                     role: role.to_string(),
                     user_data,
-                    instance_type: if h.has(RoleKind::Manager) { c.instance_types.manager.clone() } else { c.instance_types.node.clone() },
+                    instance_type: if h.has(RoleKind::Manager) {
+                        c.instance_types.manager.clone()
+                    } else {
+                        c.instance_types.node.clone()
+                    },
                     image: (!c.images.host.is_empty()).then(|| c.images.host.clone()),
                 };
                 launches.push((spec, index));
@@ -284,7 +274,14 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         let mut first_err = None;
         for ((s, _), r) in launches.iter().zip(results) {
             match r {
-                Ok(h) => p.say(&s.name, format!("launched ({}, {})", h.instance_id, h.private_ip.map(|i| i.to_string()).unwrap_or_default())),
+                Ok(h) => p.say(
+                    &s.name,
+                    format!(
+                        "launched ({}, {})",
+                        h.instance_id,
+                        h.private_ip.map(|i| i.to_string()).unwrap_or_default()
+                    ),
+                ),
                 Err(e) => {
                     p.say(&s.name, format!("launch failed: {e}"));
                     first_err.get_or_insert(e);
@@ -312,11 +309,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
 
     // Scale down: hosts that exist but are not planned.
     let docker_dir = ensure_docker_certs(&mut admin, &state_dir).await?;
-    let manager_ips: Vec<String> = planned
-        .iter()
-        .filter(|h| h.has(RoleKind::Manager))
-        .filter_map(|h| addresses.get(&h.name).cloned())
-        .collect();
+    let manager_ips: Vec<String> =
+        planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect();
     let removed = scale_down(&mut admin, provider, &planned, &hosts, &addresses, &manager_ips, &docker_dir, &p).await?;
 
     // 6. Roles, in dependency order.
@@ -345,11 +339,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         let specs = plan::role_specs(h, &inputs);
         let addr = addresses.get(&h.name).cloned().unwrap_or_default();
         let r = admin
-            .assign(v1::AssignRequest {
-                host_name: h.name.clone(),
-                roles: specs,
-                host_address: addr,
-            })
+            .assign(v1::AssignRequest { host_name: h.name.clone(), roles: specs, host_address: addr })
             .await?
             .into_inner();
         let before = current.hosts.iter().find(|s| s.name == h.name).map(|s| s.generation).unwrap_or(0);
@@ -360,17 +350,11 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         }
     }
     let names: Vec<String> = planned.iter().map(|h| h.name.clone()).collect();
-    let by_name: HashMap<String, Vec<i32>> = planned
-        .iter()
-        .map(|h| (h.name.clone(), h.roles.iter().map(|r| r.proto() as i32).collect()))
-        .collect();
+    let by_name: HashMap<String, Vec<i32>> =
+        planned.iter().map(|h| (h.name.clone(), h.roles.iter().map(|r| r.proto() as i32).collect())).collect();
     wait_hosts(&mut admin, &names, "every role running (Consul, then the swarm)", PHASE_TIMEOUT, &p, |h| {
         by_name.get(&h.name).is_some_and(|want| {
-            want.iter().all(|w| {
-                h.role_status
-                    .iter()
-                    .any(|s| s.role == *w && s.state == v1::RoleState::Running as i32)
-            })
+            want.iter().all(|w| h.role_status.iter().any(|s| s.role == *w && s.state == v1::RoleState::Running as i32))
         })
     })
     .await?;
@@ -444,8 +428,6 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     Ok(report)
 }
 
-
-
 /// What `deploy` would do (`coordinator plan`, `deploy --dry-run`): found out by reading
 /// only — nothing is created, changed or deleted, no control plane is started.
 #[derive(Debug, Default, serde::Serialize)]
@@ -468,11 +450,8 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
     config.validate(origin)?;
     let planned = plan::plan(config);
     let state_dir = state_root.join(&config.name);
-    let mut ch = Changes {
-        cluster: config.name.clone(),
-        provider: config.provider.name().into(),
-        ..Default::default()
-    };
+    let mut ch =
+        Changes { cluster: config.name.clone(), provider: config.provider.name().into(), ..Default::default() };
     let hosts = match config.provider {
         ProviderKind::Lab => {
             let docker = lab::connect_engine().await.map_err(DeployError::NoEngine)?;
@@ -510,7 +489,11 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
                 let index = *per_role.entry(h.primary.name()).and_modify(|i| *i += 1).or_insert(0);
                 if !hosts.iter().any(|x| x.name == h.name) {
                     let subnet = &vpc.subnets[index % vpc.subnets.len()];
-                    let t = if h.has(RoleKind::Manager) { &config.instance_types.manager } else { &config.instance_types.node };
+                    let t = if h.has(RoleKind::Manager) {
+                        &config.instance_types.manager
+                    } else {
+                        &config.instance_types.node
+                    };
                     ch.create.push(format!("instance {} ({t}, {}, {} in {})", h.name, ami.id, subnet.id, subnet.zone));
                 }
             }
@@ -520,9 +503,13 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
     for h in &planned {
         let roles: Vec<_> = h.roles.iter().map(|r| r.name()).collect();
         match hosts.iter().find(|x| x.name == h.name) {
-            Some(x) if x.state == HostState::Stopped => ch.change.push(format!("start stopped host {} ({})", h.name, x.instance_id)),
+            Some(x) if x.state == HostState::Stopped => {
+                ch.change.push(format!("start stopped host {} ({})", h.name, x.instance_id))
+            }
             Some(x) => ch.keep.push(format!("host {} ({}, {})", h.name, x.instance_id, roles.join(" + "))),
-            None if config.provider == ProviderKind::Lab => ch.create.push(format!("host {} ({})", h.name, roles.join(" + "))),
+            None if config.provider == ProviderKind::Lab => {
+                ch.create.push(format!("host {} ({})", h.name, roles.join(" + ")))
+            }
             None => {}
         }
     }
@@ -556,14 +543,23 @@ impl Target {
         Ok(match (&self.provider, &self.aws) {
             (Provider::Lab(l), _) => l.launch(spec).await?,
             (Provider::Aws(a), Some(ctx)) => a.launch(spec, index, ctx).await?,
-            (Provider::Aws(_), None) => return Err(DeployError::ControlPlane("the AWS launch context is missing".into())),
+            (Provider::Aws(_), None) => {
+                return Err(DeployError::ControlPlane("the AWS launch context is missing".into()));
+            }
         })
     }
 }
 
 /// Step 2: the provider's side of the cluster, made to exist.
-pub async fn prepare_provider(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progress) -> Result<Target, DeployError> {
-    let pick = |configured: &str, default: &str| if configured.is_empty() { default.to_string() } else { configured.to_string() };
+pub async fn prepare_provider(
+    c: &ClusterConfig,
+    state_dir: &Path,
+    quiet: bool,
+    p: &Progress,
+) -> Result<Target, DeployError> {
+    let pick = |configured: &str, default: &str| {
+        if configured.is_empty() { default.to_string() } else { configured.to_string() }
+    };
     match c.provider {
         ProviderKind::Lab => {
             let docker = lab::connect_engine().await.map_err(DeployError::NoEngine)?;
@@ -575,13 +571,17 @@ pub async fn prepare_provider(c: &ClusterConfig, state_dir: &Path, quiet: bool, 
                 p.say("lab", format!("hosts boot from {}", c.images.host));
             }
             let (network, refs) = lab
-                .ensure(&[
-                    (&lab.images.consul, "flotilla/consul:1.8.7"),
-                    (&lab.images.hello, "flotilla/hello:1"),
-                ])
+                .ensure(&[(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")])
                 .await?;
             let gateway = network.coordinator_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
-            p.say("lab", format!("network {} (coordinator at {gateway}, registry {})", lab.network_name(), network.registry.clone().unwrap_or_default()));
+            p.say(
+                "lab",
+                format!(
+                    "network {} (coordinator at {gateway}, registry {})",
+                    lab.network_name(),
+                    network.registry.clone().unwrap_or_default()
+                ),
+            );
             let mut insecure: Vec<String> = network.registry.iter().cloned().collect();
             insecure.extend(c.images.insecure_registries.iter().cloned());
             Ok(Target {
@@ -609,8 +609,16 @@ pub async fn prepare_provider(c: &ClusterConfig, state_dir: &Path, quiet: bool, 
                     "security group {} {}{}{}",
                     change.id,
                     if change.created { "created" } else { "found" },
-                    if change.added.is_empty() { String::new() } else { format!("; added {}", change.added.join("; ")) },
-                    if change.revoked.is_empty() { String::new() } else { format!("; revoked {}", change.revoked.join("; ")) },
+                    if change.added.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; added {}", change.added.join("; "))
+                    },
+                    if change.revoked.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; revoked {}", change.revoked.join("; "))
+                    },
                 ),
             );
             Ok(Target {
@@ -701,11 +709,7 @@ async fn wait_hosts(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(DeployError::Timeout {
-                what: what.to_string(),
-                after: timeout,
-                pending: pending.join(", "),
-            });
+            return Err(DeployError::Timeout { what: what.to_string(), after: timeout, pending: pending.join(", ") });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -724,20 +728,15 @@ async fn scale_down(
     docker_dir: &Path,
     p: &Progress,
 ) -> Result<Vec<String>, DeployError> {
-    let mut extra: Vec<&crate::providers::Host> = hosts.iter().filter(|h| !planned.iter().any(|x| x.name == h.name)).collect();
+    let mut extra: Vec<&crate::providers::Host> =
+        hosts.iter().filter(|h| !planned.iter().any(|x| x.name == h.name)).collect();
     // Nodes first, then managers, one by one.
     extra.sort_by_key(|h| (h.role == "manager", h.name.clone()));
     let mut removed = Vec::new();
     for h in extra {
         p.say(&h.name, "not in the plan: draining and leaving the swarm");
         let addr = addresses.get(&h.name).cloned().unwrap_or_default();
-        let r = admin
-            .assign(v1::AssignRequest {
-                host_name: h.name.clone(),
-                roles: vec![],
-                host_address: addr,
-            })
-            .await;
+        let r = admin.assign(v1::AssignRequest { host_name: h.name.clone(), roles: vec![], host_address: addr }).await;
         if r.is_ok() {
             // The agent demotes (managers) and leaves; wait until it reports no swarm.
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -850,7 +849,8 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminCli
         .stdout(log)
         .stderr(log2)
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| DeployError::ControlPlane(format!("cannot start `coordinator serve`: {e}")))?;
+    let mut child =
+        cmd.spawn().map_err(|e| DeployError::ControlPlane(format!("cannot start `coordinator serve`: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(Some(status)) = child.try_wait() {

@@ -44,9 +44,7 @@ impl ControlPlane {
                 self.audit(&format!("enroll.refused.{}", r.reason()), host, r.to_string(), peer)
             }
             Err(EnrollError::Csr(m)) => self.audit("enroll.refused.csr", host, m.clone(), peer),
-            Err(EnrollError::BadHostName(_)) => {
-                self.audit("enroll.refused.host-name", host, "invalid host name", peer)
-            }
+            Err(EnrollError::BadHostName(_)) => self.audit("enroll.refused.host-name", host, "invalid host name", peer),
             Err(e) => tracing::error!(host, error = %e, "enrollment failed"),
         }
         result
@@ -61,9 +59,7 @@ impl ControlPlane {
         // Token first (a read: no commit, no fsync): a stranger learns nothing about CSR
         // handling.
         tokens::check_with(|h| self.store.token(h), &req.token, host, now)?.map_err(EnrollError::Token)?;
-        let issued = self
-            .pki
-            .sign_host_csr(host, &req.csr_pem, self.config.host_cert_validity)?;
+        let issued = self.pki.sign_host_csr(host, &req.csr_pem, self.config.host_cert_validity)?;
         let facts = req.facts.as_ref().map(facts_from_proto).unwrap_or_default();
         let host_id = self.store.write(|tx| {
             // Re-check inside the transaction that consumes it: two racing enrollments with
@@ -81,10 +77,7 @@ impl ControlPlane {
             rec.last_seen_unix_ms = now;
             rec.facts = facts;
             // A (re-)enrollment makes every earlier certificate of this host worthless.
-            rec.certs = vec![IssuedCert {
-                serial: issued.serial.clone(),
-                not_after_unix: issued.not_after_unix,
-            }];
+            rec.certs = vec![IssuedCert { serial: issued.serial.clone(), not_after_unix: issued.not_after_unix }];
             tx.put_host(&rec)?;
             tx.audit(&AuditEvent {
                 unix_ms: now,

@@ -280,7 +280,12 @@ pub fn members(st: &v1::StatusResponse, role: v1::Role) -> Vec<Member> {
 /// The members of `component` in `st` — checked: at least 3 of them (unless `force`;
 /// never fewer than 2), `target` one of them, at least one manager, and every host
 /// connected and running its roles. Pure: the CLI's pre-check on a status snapshot.
-pub fn precheck(st: &v1::StatusResponse, component: Component, target: Option<&str>, force: bool) -> Result<Vec<Member>, FailoverError> {
+pub fn precheck(
+    st: &v1::StatusResponse,
+    component: Component,
+    target: Option<&str>,
+    force: bool,
+) -> Result<Vec<Member>, FailoverError> {
     let members = members(st, component.role());
     let n = members.len();
     let noun = component.members_noun();
@@ -319,14 +324,14 @@ pub fn precheck(st: &v1::StatusResponse, component: Component, target: Option<&s
     }
     let problems = health_problems(st);
     if !problems.is_empty() {
-        return Err(FailoverError::Unhealthy {
-            waited: Duration::ZERO,
-            problems: problems.join("; "),
-        });
+        return Err(FailoverError::Unhealthy { waited: Duration::ZERO, problems: problems.join("; ") });
     }
     let managers = self::members(st, v1::Role::Manager);
     if managers.is_empty() {
-        return Err(FailoverError::Refused(format!("cluster '{}' has no manager to run the hello workload on", st.cluster)));
+        return Err(FailoverError::Refused(format!(
+            "cluster '{}' has no manager to run the hello workload on",
+            st.cluster
+        )));
     }
     if let Some(m) = members.iter().chain(&managers).find(|m| m.ip.is_empty()) {
         return Err(FailoverError::Unhealthy {
@@ -381,10 +386,7 @@ pub fn shown_down(st: &v1::StatusResponse, target: &str, component: Component) -
         return Some("its Engine down");
     }
     if component == Component::Consul
-        && h
-            .role_status
-            .iter()
-            .any(|s| s.role == v1::Role::Consul as i32 && s.state != v1::RoleState::Running as i32)
+        && h.role_status.iter().any(|s| s.role == v1::Role::Consul as i32 && s.state != v1::RoleState::Running as i32)
     {
         return Some("its consul role not running");
     }
@@ -430,11 +432,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Say {
     fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            fault: Mutex::new(None),
-            timeline: Mutex::new(Vec::new()),
-        }
+        Self { start: Instant::now(), fault: Mutex::new(None), timeline: Mutex::new(Vec::new()) }
     }
     /// Seconds from the fault (0 before it).
     fn now_s(&self) -> f64 {
@@ -540,7 +538,8 @@ impl LogFollower {
                         }
                     };
                     let at = say.now_s();
-                    if let Some((_, cut)) = lock(&k).cuts.iter_mut().rev().find(|(h, c)| *h == host && c.to_s.is_none()) {
+                    if let Some((_, cut)) = lock(&k).cuts.iter_mut().rev().find(|(h, c)| *h == host && c.to_s.is_none())
+                    {
                         cut.to_s = Some(at);
                     }
                     say.note(format!("{host}'s log stream resumed"));
@@ -647,10 +646,7 @@ impl CpWatch {
                 }
             }
         });
-        Self {
-            seen,
-            task: AbortOnDropHandle::new(task),
-        }
+        Self { seen, task: AbortOnDropHandle::new(task) }
     }
 
     async fn stop(self) -> CpSeen {
@@ -707,21 +703,18 @@ impl From<ProviderError> for FailoverError {
     }
 }
 
-
 /// Runs the drill; a report that did not pass is returned as `Ok` (the caller decides the
 /// exit code). A signal on `signals` (SIGINT, SIGTERM) stops it: the target is restored, the
 /// drill's service removed, and [`FailoverError::Interrupted`] says what was done; a second
 /// signal cuts that clean-up short. Every other way out cleans up too.
-pub async fn run(admin: AdminClient<Channel>, opts: Options, mut signals: mpsc::UnboundedReceiver<&'static str>) -> Result<Report, FailoverError> {
+pub async fn run(
+    admin: AdminClient<Channel>,
+    opts: Options,
+    mut signals: mpsc::UnboundedReceiver<&'static str>,
+) -> Result<Report, FailoverError> {
     let record = ProviderRecord::load(&opts.state_dir);
     let provider = Arc::new(Provider::from_record(&opts.cluster, &opts.state_dir, &record).await?);
-    let d = Drill {
-        opts,
-        admin,
-        say: Arc::new(Say::new()),
-        provider,
-        pending: Mutex::new(Pending::default()),
-    };
+    let d = Drill { opts, admin, say: Arc::new(Say::new()), provider, pending: Mutex::new(Pending::default()) };
     let outcome = tokio::select! {
         r = drill(&d) => Ok(r),
         Some(sig) = signals.recv() => Err(sig),
@@ -765,7 +758,8 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
         let st = admin.status(v1::StatusRequest {}).await?.into_inner();
         // Consul's own view too: a server that just came back (from a drill before this one)
         // may not vote yet, and then the cluster cannot lose another.
-        let checked = precheck(&st, component, opts.target.as_deref(), opts.force).map(|m| (m, self::members(&st, v1::Role::Consul)));
+        let checked = precheck(&st, component, opts.target.as_deref(), opts.force)
+            .map(|m| (m, self::members(&st, v1::Role::Consul)));
         let checked = match checked {
             Ok((m, servers)) if !opts.force && !servers.is_empty() => {
                 let problems = consul::fault_tolerance_problems(&servers).await;
@@ -833,13 +827,16 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
     say.note(format!("{what}: {old_leader}; taking down: {target} ({:?} mode)", opts.mode));
 
     // The hello workload, through the swarm's leader.
-    let swarm_leader = swarm_leader.ok_or_else(|| FailoverError::Engine("no manager's Engine names a swarm leader".into()))?;
+    let swarm_leader =
+        swarm_leader.ok_or_else(|| FailoverError::Engine("no manager's Engine names a swarm leader".into()))?;
     let image = match d.provider.as_ref() {
         Provider::Lab(lab) => {
-            let registry = lab
-                .registry_addr()
-                .await?
-                .ok_or_else(|| FailoverError::Workload(format!("cluster '{}' has no lab registry to pull the hello image from", opts.cluster)))?;
+            let registry = lab.registry_addr().await?.ok_or_else(|| {
+                FailoverError::Workload(format!(
+                    "cluster '{}' has no lab registry to pull the hello image from",
+                    opts.cluster
+                ))
+            })?;
             format!("{registry}/flotilla/hello:1")
         }
         Provider::Aws(_) => AWS_DRILL_IMAGE.to_string(),
@@ -902,7 +899,8 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
         Component::Consul => {
             let new_leader = consul::measure(d, &m, &mut r).await;
             r.new_leader = new_leader.unwrap_or_default();
-            let survivors: Vec<Docker> = engines.iter().filter(|(n, _)| **n != target).map(|(_, e)| e.clone()).collect();
+            let survivors: Vec<Docker> =
+                engines.iter().filter(|(n, _)| **n != target).map(|(_, e)| e.clone()).collect();
             consul::workload(d, &m, &survivors, &tasks_before, &mut r).await;
         }
     }
@@ -932,7 +930,13 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
         {
             let at = restore_at.elapsed();
             r.healthy_s = Some(at.as_secs_f64());
-            say.event(fault_at.elapsed(), format!("healthy: every host connected, every role running ({:.2} s after the restore)", at.as_secs_f64()));
+            say.event(
+                fault_at.elapsed(),
+                format!(
+                    "healthy: every host connected, every role running ({:.2} s after the restore)",
+                    at.as_secs_f64()
+                ),
+            );
             break;
         }
         if Instant::now() > rejoin_deadline {
@@ -950,7 +954,9 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
     r.log_errors = kept.errors;
     // The component's own election time, from the new leader's log (same clock on the lab;
     // on separate machines it is as good as their clock sync).
-    if let Some((host, ns)) = kept.won.iter().filter(|(h, ns)| *h != target && *ns > fault_unix_ns).min_by_key(|(_, ns)| *ns) {
+    if let Some((host, ns)) =
+        kept.won.iter().filter(|(h, ns)| *h != target && *ns > fault_unix_ns).min_by_key(|(_, ns)| *ns)
+    {
         let t = (ns - fault_unix_ns) as f64 / 1e9;
         match component {
             Component::Swarm => r.swarm_elected_s = Some(t),
@@ -993,7 +999,11 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
             )),
         }
     }
-    r.log_gaps = kept.cuts.into_iter().map(|(h, g)| LogGap { host: h, from_s: g.from_s, to_s: g.to_s, error: g.error }).collect();
+    r.log_gaps = kept
+        .cuts
+        .into_iter()
+        .map(|(h, g)| LogGap { host: h, from_s: g.from_s, to_s: g.to_s, error: g.error })
+        .collect();
     r.timeline = lock(&say.timeline).clone();
     r.timeline.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
     judge(&mut r, target_is_leader);
@@ -1071,8 +1081,16 @@ async fn restore(d: &Drill, target: &str, deadline: Instant) -> Result<String, S
     let what = match d.opts.mode {
         Mode::Engine => {
             let (kind, role, what) = match d.opts.component {
-                Component::Swarm => (v1::engine_action::Kind::StartEngine, v1::Role::Unspecified, format!("{target}'s agent told to start its Docker Engine")),
-                Component::Consul => (v1::engine_action::Kind::StartRole, v1::Role::Consul, format!("{target}'s agent told to release its Consul role")),
+                Component::Swarm => (
+                    v1::engine_action::Kind::StartEngine,
+                    v1::Role::Unspecified,
+                    format!("{target}'s agent told to start its Docker Engine"),
+                ),
+                Component::Consul => (
+                    v1::engine_action::Kind::StartRole,
+                    v1::Role::Consul,
+                    format!("{target}'s agent told to release its Consul role"),
+                ),
             };
             let mut waited = None;
             loop {
@@ -1088,9 +1106,18 @@ async fn restore(d: &Drill, target: &str, deadline: Instant) -> Result<String, S
                     .await;
                 match res {
                     Ok(_) => break,
-                    Err(e) if Instant::now() < deadline && matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) => {
+                    Err(e)
+                        if Instant::now() < deadline
+                            && matches!(
+                                e.code(),
+                                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                            ) =>
+                    {
                         if waited.is_none() {
-                            d.say.note(format!("restore: waiting for the control plane and {target}'s session ({})", e.message()));
+                            d.say.note(format!(
+                                "restore: waiting for the control plane and {target}'s session ({})",
+                                e.message()
+                            ));
                             waited = Some(Instant::now());
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1099,19 +1126,19 @@ async fn restore(d: &Drill, target: &str, deadline: Instant) -> Result<String, S
                 }
             }
             match waited {
-                Some(w) => format!("{what} (after waiting {:.1} s for the control plane and its session)", w.elapsed().as_secs_f64()),
+                Some(w) => format!(
+                    "{what} (after waiting {:.1} s for the control plane and its session)",
+                    w.elapsed().as_secs_f64()
+                ),
                 None => what,
             }
         }
         Mode::Host => {
             // The stop may still be in progress: start only once the host is stopped.
             // (EC2: `stopping` too — an instance cannot be started until it is `stopped`.)
-            while d
-                .provider
-                .host(target)
-                .await
-                .is_ok_and(|h| matches!(h.state, crate::providers::HostState::Running | crate::providers::HostState::Stopping))
-                && Instant::now() < deadline
+            while d.provider.host(target).await.is_ok_and(|h| {
+                matches!(h.state, crate::providers::HostState::Running | crate::providers::HostState::Stopping)
+            }) && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -1127,13 +1154,19 @@ async fn restore(d: &Drill, target: &str, deadline: Instant) -> Result<String, S
 fn manual_fix(d: &Drill, target: &str) -> String {
     let Provider::Lab(lab) = d.provider.as_ref() else {
         return match d.opts.mode {
-            Mode::Host => format!("start the instance by hand: `aws ec2 start-instances` for the instance tagged Name={target}"),
-            Mode::Engine => format!("on {target} (ssh or SSM): `sudo systemctl start docker` / `sudo systemctl restart flotilla-agent`"),
+            Mode::Host => {
+                format!("start the instance by hand: `aws ec2 start-instances` for the instance tagged Name={target}")
+            }
+            Mode::Engine => format!(
+                "on {target} (ssh or SSM): `sudo systemctl start docker` / `sudo systemctl restart flotilla-agent`"
+            ),
         };
     };
     let container = lab.container_name(target);
     match (d.opts.mode, d.opts.component) {
-        (Mode::Engine, Component::Swarm) => format!("start its Engine by hand: `docker exec {container} systemctl start docker`"),
+        (Mode::Engine, Component::Swarm) => {
+            format!("start its Engine by hand: `docker exec {container} systemctl start docker`")
+        }
         (Mode::Engine, Component::Consul) => format!(
             "its agent restores Consul by itself when the hold's lease ends ({} s after the fault) or the agent restarts (`docker exec {container} systemctl restart flotilla-agent`)",
             hold_lease(d.opts.bound)
@@ -1206,7 +1239,8 @@ pub fn judge(r: &mut Report, target_is_leader: bool) {
     } else if target_is_leader && r.new_leader == r.old_leader {
         failed.push("the leader did not change".to_string());
     } else if !target_is_leader && r.new_leader != r.old_leader {
-        failed.push(format!("the leader changed ({} → {}) though a follower was taken down", r.old_leader, r.new_leader));
+        failed
+            .push(format!("the leader changed ({} → {}) though a follower was taken down", r.old_leader, r.new_leader));
     }
     if r.api_back_s.is_none() {
         failed.push(match component {
@@ -1281,17 +1315,10 @@ mod tests {
             name: name.into(),
             roles: roles.iter().map(|r| *r as i32).collect(),
             connected: true,
-            facts: Some(v1::HostFacts {
-                private_addresses: vec![ip.into()],
-                ..Default::default()
-            }),
+            facts: Some(v1::HostFacts { private_addresses: vec![ip.into()], ..Default::default() }),
             role_status: roles
                 .iter()
-                .map(|r| v1::RoleStatus {
-                    role: *r as i32,
-                    state: v1::RoleState::Running as i32,
-                    ..Default::default()
-                })
+                .map(|r| v1::RoleStatus { role: *r as i32, state: v1::RoleState::Running as i32, ..Default::default() })
                 .collect(),
             ..Default::default()
         }
@@ -1299,14 +1326,12 @@ mod tests {
 
     fn cluster(managers: usize) -> v1::StatusResponse {
         let mut hosts: Vec<_> = (0..managers)
-            .map(|i| host(&format!("manager{i}"), &[v1::Role::Consul, v1::Role::Manager], &format!("10.0.0.{}", 10 + i)))
+            .map(|i| {
+                host(&format!("manager{i}"), &[v1::Role::Consul, v1::Role::Manager], &format!("10.0.0.{}", 10 + i))
+            })
             .collect();
         hosts.push(host("node0", &[v1::Role::Node], "10.0.0.20"));
-        v1::StatusResponse {
-            cluster: "c".into(),
-            hosts,
-            ..Default::default()
-        }
+        v1::StatusResponse { cluster: "c".into(), hosts, ..Default::default() }
     }
 
     #[test]
@@ -1315,7 +1340,9 @@ mod tests {
         assert!(e.contains("2 managers") && e.contains("quorum") && e.contains("tolerates the loss of"), "{e}");
         assert!(e.contains("--force"), "{e}");
         assert_eq!(precheck(&cluster(2), Component::Swarm, None, true).expect("forced").len(), 2);
-        let e = precheck(&cluster(1), Component::Swarm, None, true).expect_err("1 manager: nothing to fail over to").to_string();
+        let e = precheck(&cluster(1), Component::Swarm, None, true)
+            .expect_err("1 manager: nothing to fail over to")
+            .to_string();
         assert!(e.contains("1 manager:") && e.contains("no other one"), "{e}");
         assert_eq!(precheck(&cluster(3), Component::Swarm, None, false).expect("3 managers").len(), 3);
     }
@@ -1325,13 +1352,16 @@ mod tests {
         let e = precheck(&cluster(2), Component::Consul, None, false).expect_err("2 servers refused").to_string();
         assert!(e.contains("2 Consul servers") && e.contains("quorum") && e.contains("servers   quorum"), "{e}");
         assert_eq!(precheck(&cluster(3), Component::Consul, None, false).expect("3 servers").len(), 3);
-        let e = precheck(&cluster(3), Component::Consul, Some("node0"), false).expect_err("node0 runs no Consul").to_string();
+        let e = precheck(&cluster(3), Component::Consul, Some("node0"), false)
+            .expect_err("node0 runs no Consul")
+            .to_string();
         assert!(e.contains("'node0' is not a Consul server") && e.contains("manager0, manager1, manager2"), "{e}");
     }
 
     #[test]
     fn issue_7_a_target_must_be_a_manager_and_the_cluster_healthy() {
-        let e = precheck(&cluster(3), Component::Swarm, Some("node0"), false).expect_err("node0 is no manager").to_string();
+        let e =
+            precheck(&cluster(3), Component::Swarm, Some("node0"), false).expect_err("node0 is no manager").to_string();
         assert!(e.contains("'node0' is not a manager") && e.contains("manager0, manager1, manager2"), "{e}");
         precheck(&cluster(3), Component::Swarm, Some("manager2"), false).expect("a manager target");
 
@@ -1363,7 +1393,10 @@ mod tests {
 
     #[test]
     fn election_lines_are_recognised() {
-        assert!(is_election_line(Component::Swarm, "raft.node: 4eca261bb047ef85 elected leader 4fe1f1eb79046f00 at term 2"));
+        assert!(is_election_line(
+            Component::Swarm,
+            "raft.node: 4eca261bb047ef85 elected leader 4fe1f1eb79046f00 at term 2"
+        ));
         assert!(is_election_line(Component::Swarm, "4fe1f1eb79046f00 became leader at term 3"));
         assert!(!is_election_line(Component::Swarm, "worker d35wanhwtb4gdfsmyikqtf47l was successfully registered"));
         let consul = "2026-11-02T10:00:01.123Z [INFO]  agent.server: New leader elected: payload=manager1";

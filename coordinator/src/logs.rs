@@ -52,13 +52,7 @@ impl LogRouter {
     /// Registers a follower for `stream_id`, expected from `host`.
     pub fn follow(&self, stream_id: &str, host: &str) -> mpsc::Receiver<LogEvent> {
         let (tx, rx) = mpsc::channel(FOLLOWER_CAPACITY);
-        self.lock().insert(
-            stream_id.to_string(),
-            Route {
-                host: host.to_string(),
-                tx,
-            },
-        );
+        self.lock().insert(stream_id.to_string(), Route { host: host.to_string(), tx });
         rx
     }
 
@@ -69,10 +63,7 @@ impl LogRouter {
     /// The follower's sender for `stream_id`, if it exists and belongs to `host` (a host
     /// cannot inject lines into another host's stream).
     pub fn route(&self, stream_id: &str, host: &str) -> Option<mpsc::Sender<LogEvent>> {
-        self.lock()
-            .get(stream_id)
-            .filter(|r| r.host == host)
-            .map(|r| r.tx.clone())
+        self.lock().get(stream_id).filter(|r| r.host == host).map(|r| r.tx.clone())
     }
 }
 
@@ -125,22 +116,14 @@ pub struct Target {
 impl ControlPlane {
     /// The sources `req` names, host by host (see `FollowLogsRequest` in `admin.proto`).
     pub fn log_targets(&self, req: &v1::FollowLogsRequest) -> Result<Vec<Target>, LogsError> {
-        let role = v1::Role::try_from(req.role)
-            .ok()
-            .filter(|r| *r != v1::Role::Unspecified);
+        let role = v1::Role::try_from(req.role).ok().filter(|r| *r != v1::Role::Unspecified);
         let records = self.store.hosts()?;
         let hosts: Vec<_> = if req.hosts.is_empty() {
-            records
-                .iter()
-                .filter(|r| self.sessions.view(&r.name).is_some())
-                .collect()
+            records.iter().filter(|r| self.sessions.view(&r.name).is_some()).collect()
         } else {
             let mut named = Vec::new();
             for h in &req.hosts {
-                let rec = records
-                    .iter()
-                    .find(|r| &r.name == h)
-                    .ok_or_else(|| LogsError::UnknownHost(h.clone()))?;
+                let rec = records.iter().find(|r| &r.name == h).ok_or_else(|| LogsError::UnknownHost(h.clone()))?;
                 if self.sessions.view(h).is_none() {
                     return Err(LogsError::NotConnected(h.clone()));
                 }
@@ -174,10 +157,7 @@ impl ControlPlane {
             if req.engine && !sources.contains(&Source::Engine) {
                 sources.push(Source::Engine);
             }
-            targets.extend(sources.into_iter().map(|source| Target {
-                host: rec.name.clone(),
-                source,
-            }));
+            targets.extend(sources.into_iter().map(|source| Target { host: rec.name.clone(), source }));
         }
         if targets.is_empty() {
             let why = match role {
@@ -199,10 +179,7 @@ impl ControlPlane {
         req: v1::FollowLogsRequest,
     ) -> Result<impl Stream<Item = v1::LogLineOut> + Send + 'static, LogsError> {
         let targets = self.log_targets(&req)?;
-        let mut opened = Opened {
-            cp: Arc::downgrade(self),
-            streams: Vec::new(),
-        };
+        let mut opened = Opened { cp: Arc::downgrade(self), streams: Vec::new() };
         let mut parts = Vec::new();
         for t in targets {
             let stream_id = format!("{:032x}", rand::random::<u128>());
@@ -218,18 +195,13 @@ impl ControlPlane {
                 follow: req.follow,
                 tail: req.tail,
             };
-            let sent = self.sessions.send(
-                &t.host,
-                v1::CoordinatorMessage {
-                    body: Some(v1::coordinator_message::Body::OpenLogs(open)),
-                },
-            );
+            let sent = self
+                .sessions
+                .send(&t.host, v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::OpenLogs(open)) });
             if sent {
                 parts.push(source_lines(t, rx, req.since_unix_ns));
             } else {
-                let end = LogEvent::End {
-                    error: Some(LogsError::NotConnected(t.host.clone()).to_string()),
-                };
+                let end = LogEvent::End { error: Some(LogsError::NotConnected(t.host.clone()).to_string()) };
                 parts.push(futures::stream::iter(vec![end_line(&t, end)]).boxed());
             }
         }

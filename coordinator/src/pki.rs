@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use flotilla_proto::tls::{self, Identity};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -33,7 +32,9 @@ const BACKDATE: Duration = Duration::from_secs(300);
 pub enum PkiError {
     #[error("PKI file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("PKI file {path} is unreadable: {detail}; move the pki/ directory aside to start a new CA (every host must then re-enroll)")]
+    #[error(
+        "PKI file {path} is unreadable: {detail}; move the pki/ directory aside to start a new CA (every host must then re-enroll)"
+    )]
     Corrupt { path: PathBuf, detail: String },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
@@ -65,18 +66,13 @@ impl Pki {
     /// server certificate covers exactly `advertised` (host names or IP addresses).
     pub fn load_or_create(state_dir: &Path, cluster: &str, advertised: &[String]) -> Result<Self, PkiError> {
         let dir = state_dir.join("pki");
-        flotilla_proto::fs::private_dir(&dir).map_err(|source| PkiError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        flotilla_proto::fs::private_dir(&dir).map_err(|source| PkiError::Io { path: dir.clone(), source })?;
         let ca_pem_path = dir.join("ca.pem");
         let ca_key_path = dir.join("ca.key");
         let (ca_key, ca_pem) = if ca_key_path.exists() {
             let key_pem = read(&ca_key_path)?;
-            let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Corrupt {
-                path: ca_key_path.clone(),
-                detail: e.to_string(),
-            })?;
+            let key = KeyPair::from_pem(&key_pem)
+                .map_err(|e| PkiError::Corrupt { path: ca_key_path.clone(), detail: e.to_string() })?;
             (key, read(&ca_pem_path)?)
         } else {
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -86,10 +82,8 @@ impl Pki {
             write_public(&ca_pem_path, cert.pem().as_bytes())?;
             (key, cert.pem())
         };
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| PkiError::Corrupt {
-            path: ca_pem_path.clone(),
-            detail: e.to_string(),
-        })?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+            .map_err(|e| PkiError::Corrupt { path: ca_pem_path.clone(), detail: e.to_string() })?;
 
         let mut pki = Self {
             dir,
@@ -207,11 +201,7 @@ impl Pki {
         let not_after = params.not_after.unix_timestamp();
         csr.params = params;
         let cert = csr.signed_by(&self.issuer)?;
-        Ok(Issued {
-            certificate_pem: cert.pem(),
-            serial: hex::encode(serial.to_bytes()),
-            not_after_unix: not_after,
-        })
+        Ok(Issued { certificate_pem: cert.pem(), serial: hex::encode(serial.to_bytes()), not_after_unix: not_after })
     }
 }
 
@@ -222,10 +212,7 @@ fn check_csr(csr_pem: &str, expected_cn: &str) -> Result<Vec<u8>, PkiError> {
         .map_err(|_| PkiError::BadCsr("not a PEM certificate signing request".into()))?
         .1;
     if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
-        return Err(PkiError::BadCsr(format!(
-            "expected a PEM 'CERTIFICATE REQUEST', got '{}'",
-            pem.label
-        )));
+        return Err(PkiError::BadCsr(format!("expected a PEM 'CERTIFICATE REQUEST', got '{}'", pem.label)));
     }
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
         .map_err(|e| PkiError::BadCsr(format!("does not parse: {e}")))?;
@@ -263,23 +250,13 @@ fn check_csr(csr_pem: &str, expected_cn: &str) -> Result<Vec<u8>, PkiError> {
             )));
         }
         other => {
-            return Err(PkiError::BadCsr(format!(
-                "weak or unsupported key algorithm {other}; use ECDSA P-256"
-            )));
+            return Err(PkiError::BadCsr(format!("weak or unsupported key algorithm {other}; use ECDSA P-256")));
         }
     }
-    csr.verify_signature()
-        .map_err(|_| PkiError::BadCsr("signature does not verify".into()))?;
-    let cn = info
-        .subject
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        .unwrap_or_default();
+    csr.verify_signature().map_err(|_| PkiError::BadCsr("signature does not verify".into()))?;
+    let cn = info.subject.iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or_default();
     if cn != expected_cn {
-        return Err(PkiError::BadCsr(format!(
-            "names '{cn}' but was presented for '{expected_cn}'"
-        )));
+        return Err(PkiError::BadCsr(format!("names '{cn}' but was presented for '{expected_cn}'")));
     }
     Ok(pem.contents)
 }
@@ -323,11 +300,7 @@ fn ca_params(cluster: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&format!("Flotilla cluster CA {cluster}"), "flotilla-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, CA_VALIDITY);
     params.serial_number = Some(random_serial());
     params
@@ -344,10 +317,11 @@ fn dn(cn: &str, ou: &str) -> DistinguishedName {
 fn san(addr: &str) -> Result<SanType, PkiError> {
     Ok(match addr.parse::<IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
-        Err(_) => SanType::DnsName(
-            addr.try_into()
-                .map_err(|_| PkiError::BadCsr(format!("advertised address '{addr}' is neither an IP nor a DNS name")))?,
-        ),
+        Err(_) => {
+            SanType::DnsName(addr.try_into().map_err(|_| {
+                PkiError::BadCsr(format!("advertised address '{addr}' is neither an IP nor a DNS name"))
+            })?)
+        }
     })
 }
 
@@ -381,32 +355,19 @@ fn server_cert_facts(pem: &str) -> Option<(Vec<String>, i64, i64)> {
             }
         }
     }
-    Some((
-        sans,
-        x509.validity().not_before.timestamp(),
-        x509.validity().not_after.timestamp(),
-    ))
+    Some((sans, x509.validity().not_before.timestamp(), x509.validity().not_after.timestamp()))
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
-    flotilla_proto::fs::write_private(path, data).map_err(|source| PkiError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    flotilla_proto::fs::write_private(path, data).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
 fn write_public(path: &Path, data: &[u8]) -> Result<(), PkiError> {
-    flotilla_proto::fs::write_public(path, data).map_err(|source| PkiError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    flotilla_proto::fs::write_public(path, data).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -437,10 +398,7 @@ mod tests {
         let a = pki(dir.path()).server_pem().to_string();
         let b = pki(dir.path()).server_pem().to_string();
         assert_eq!(a, b);
-        let c = Pki::load_or_create(dir.path(), "test", &["10.1.2.3".into()])
-            .expect("pki")
-            .server_pem()
-            .to_string();
+        let c = Pki::load_or_create(dir.path(), "test", &["10.1.2.3".into()]).expect("pki").server_pem().to_string();
         assert_ne!(a, c);
         let (sans, _, _) = server_cert_facts(&c).expect("facts");
         assert_eq!(sans, vec!["10.1.2.3".to_string()]);
@@ -465,10 +423,7 @@ mod tests {
         assert_eq!(cert.issuer(), ca.subject());
         cert.verify_signature(Some(ca.public_key())).expect("signed by the throwaway CA");
         let san = cert.subject_alternative_name().ok().flatten().expect("SANs");
-        assert_eq!(
-            san.value.general_names,
-            vec![x509_parser::extensions::GeneralName::IPAddress(&[10, 213, 7, 1])]
-        );
+        assert_eq!(san.value.general_names, vec![x509_parser::extensions::GeneralName::IPAddress(&[10, 213, 7, 1])]);
         let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert!(life <= 3600 + 300, "short-lived: {life} s");
     }

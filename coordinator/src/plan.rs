@@ -54,18 +54,10 @@ pub fn plan(c: &ClusterConfig) -> Vec<PlannedHost> {
         if c.consul == ConsulPlacement::Managers {
             roles.insert(0, RoleKind::Consul);
         }
-        out.push(PlannedHost {
-            name: format!("manager{i}"),
-            roles,
-            primary: RoleKind::Manager,
-        });
+        out.push(PlannedHost { name: format!("manager{i}"), roles, primary: RoleKind::Manager });
     }
     for i in 0..c.nodes {
-        out.push(PlannedHost {
-            name: format!("node{i}"),
-            roles: vec![RoleKind::Node],
-            primary: RoleKind::Node,
-        });
+        out.push(PlannedHost { name: format!("node{i}"), roles: vec![RoleKind::Node], primary: RoleKind::Node });
     }
     out
 }
@@ -85,10 +77,7 @@ pub struct SpecInputs<'a> {
 /// the Engine's TLS certificate) when it stores the assignment.
 pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec> {
     let consul_hosts: Vec<&PlannedHost> = inp.plan.iter().filter(|h| h.has(RoleKind::Consul)).collect();
-    let consul_ips: Vec<String> = consul_hosts
-        .iter()
-        .filter_map(|h| inp.addresses.get(&h.name).cloned())
-        .collect();
+    let consul_ips: Vec<String> = consul_hosts.iter().filter_map(|h| inp.addresses.get(&h.name).cloned()).collect();
     // Consul HTTP for join data: the local server first when there is one, then the others.
     let mut consul_http: Vec<String> = Vec::new();
     if host.has(RoleKind::Consul) {
@@ -116,9 +105,7 @@ pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec>
                 consul_http_addrs: consul_http.clone(),
                 ..Default::default()
             }),
-            RoleKind::Node => v1::role_spec::Spec::Node(v1::NodeSpec {
-                consul_http_addrs: consul_http.clone(),
-            }),
+            RoleKind::Node => v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone() }),
         };
         out.push(v1::RoleSpec { spec: Some(spec) });
     }
@@ -141,11 +128,8 @@ mod tests {
     #[test]
     fn only_the_first_manager_may_initialise_and_everyone_finds_consul() {
         let p = plan(&ClusterConfig::default());
-        let addrs: std::collections::HashMap<_, _> = p
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i)))
-            .collect();
+        let addrs: std::collections::HashMap<_, _> =
+            p.iter().enumerate().map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i))).collect();
         let inp = SpecInputs {
             plan: &p,
             addresses: &addrs,

@@ -75,7 +75,11 @@ pub enum Provider {
 impl Provider {
     /// The provider `record` names, for cluster `cluster` (lab: the machine's Engine; AWS:
     /// the recorded settings, credentials from the standard chain).
-    pub async fn from_record(cluster: &str, state_dir: &std::path::Path, record: &ProviderRecord) -> Result<Self, ProviderError> {
+    pub async fn from_record(
+        cluster: &str,
+        state_dir: &std::path::Path,
+        record: &ProviderRecord,
+    ) -> Result<Self, ProviderError> {
         if record.provider == "aws" {
             let settings = record.aws.clone().unwrap_or_default();
             return Ok(Provider::Aws(aws::Aws::connect(cluster, &settings, state_dir).await?));

@@ -90,10 +90,8 @@ pub async fn start(config: ServeConfig, listener: TcpListener) -> Result<Running
 pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock: Clock) -> Result<Running, ServeError> {
     tls::install_default_provider();
     let paths = StatePaths::new(&config.state_dir);
-    flotilla_proto::fs::private_dir(&paths.dir).map_err(|source| ServeError::StateDir {
-        path: paths.dir.clone(),
-        source,
-    })?;
+    flotilla_proto::fs::private_dir(&paths.dir)
+        .map_err(|source| ServeError::StateDir { path: paths.dir.clone(), source })?;
     let store = Store::open(&paths.store())?;
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let advertise = if config.advertise.is_empty() {
@@ -143,22 +141,11 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
     // cluster is running and a leftover socket file is stale.
     let sock = paths.admin_socket();
     let _ = std::fs::remove_file(&sock);
-    let unix = UnixListener::bind(&sock).map_err(|source| ServeError::AdminSocket {
-        path: sock.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|source| {
-        ServeError::AdminSocket {
-            path: sock.clone(),
-            source,
-        }
-    })?;
-    flotilla_proto::fs::write_public(&paths.endpoint_file(), agent_endpoint.as_bytes()).map_err(|source| {
-        ServeError::StateDir {
-            path: paths.endpoint_file(),
-            source,
-        }
-    })?;
+    let unix = UnixListener::bind(&sock).map_err(|source| ServeError::AdminSocket { path: sock.clone(), source })?;
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|source| ServeError::AdminSocket { path: sock.clone(), source })?;
+    flotilla_proto::fs::write_public(&paths.endpoint_file(), agent_endpoint.as_bytes())
+        .map_err(|source| ServeError::StateDir { path: paths.endpoint_file(), source })?;
 
     let agent_server = {
         let mut routes = tonic::service::Routes::new(AgentServiceServer::new(AgentApi { cp: Arc::clone(&cp) }));
@@ -173,21 +160,13 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
             .add_routes(tonic::service::Routes::from(axum_router));
         let incoming = tls::incoming(listener, server_tls);
         let shutdown = cp.shutdown.clone();
-        tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await
-        })
+        tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })
     };
     let admin_server = {
         let router = Server::builder().add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(unix);
         let shutdown = cp.shutdown.clone();
-        tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await
-        })
+        tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })
     };
 
     tracing::info!(cluster = %config.cluster, %addr, endpoint = %agent_endpoint, socket = %sock.display(), "control plane serving");
@@ -221,7 +200,11 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
 }
 
 /// Runs a control plane until `shutdown` completes or the admin API asks it to stop.
-pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let running = start(config, listener).await?;
     let cp = Arc::clone(&running.cp);
     let socket = running.paths.admin_socket();

@@ -61,10 +61,7 @@ impl ControlPlane {
             .await
             .map_err(|_| SessionError::HelloTimeout(HELLO_TIMEOUT))?
             .map_err(SessionError::Stream)?;
-        let Some(v1::AgentMessage {
-            body: Some(agent_message::Body::Hello(hello)),
-        }) = first
-        else {
+        let Some(v1::AgentMessage { body: Some(agent_message::Body::Hello(hello)) }) = first else {
             return Err(SessionError::NoHello);
         };
         if hello.host_name != who.name {
@@ -74,10 +71,7 @@ impl ControlPlane {
                 format!("claimed to be '{}'", hello.host_name),
                 &who.peer,
             );
-            return Err(SessionError::IdentityMismatch {
-                cert: who.name.clone(),
-                claimed: hello.host_name,
-            });
+            return Err(SessionError::IdentityMismatch { cert: who.name.clone(), claimed: hello.host_name });
         }
         if hello.protocol_version != flotilla_proto::PROTOCOL_VERSION {
             return Err(SessionError::Protocol {
@@ -110,9 +104,7 @@ impl ControlPlane {
         }));
         // The host's current assignment follows the Welcome, on every session open.
         if let Ok(Some(a)) = self.assignment_of(&who.name) {
-            let _ = tx.try_send(Ok(v1::CoordinatorMessage {
-                body: Some(coordinator_message::Body::Assignment(a)),
-            }));
+            let _ = tx.try_send(Ok(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Assignment(a)) }));
         }
         let reg = self.sessions.register(&who.name, tx.clone(), now, who.not_after_unix);
         if !hello.running.is_empty() {
@@ -190,18 +182,13 @@ impl ControlPlane {
     /// Signs a renewal CSR from a live session and adds the new serial to the host's set;
     /// the old certificate stays valid until it expires, so the open session is not cut.
     fn renew(&self, who: &AuthenticatedHost, csr_pem: &str) -> Result<v1::RenewedCertificate, RenewError> {
-        let issued = self
-            .pki
-            .sign_host_csr(&who.name, csr_pem, self.config.host_cert_validity)?;
+        let issued = self.pki.sign_host_csr(&who.name, csr_pem, self.config.host_cert_validity)?;
         let now = self.clock.now_ms();
         let now_s = now / 1000;
         self.store.write(|tx| {
             if let Some(mut rec) = tx.host(&who.name)? {
                 rec.certs.retain(|c| c.not_after_unix > now_s);
-                rec.certs.push(IssuedCert {
-                    serial: issued.serial.clone(),
-                    not_after_unix: issued.not_after_unix,
-                });
+                rec.certs.push(IssuedCert { serial: issued.serial.clone(), not_after_unix: issued.not_after_unix });
                 tx.put_host(&rec)?;
             }
             tx.audit(&AuditEvent {

@@ -82,9 +82,7 @@ impl Sessions {
             },
         );
         if let Some(old) = old {
-            let _ = old
-                .tx
-                .try_send(Err(Status::aborted("replaced by a newer session of the same host")));
+            let _ = old.tx.try_send(Err(Status::aborted("replaced by a newer session of the same host")));
             old.close.cancel();
         }
         Registration { session_id, close }

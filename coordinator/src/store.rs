@@ -35,11 +35,7 @@ pub enum StoreError {
     #[error("cluster state: {0}")]
     Db(#[from] redb::Error),
     #[error("cluster state: corrupt record {table}/{key}: {source}")]
-    Corrupt {
-        table: &'static str,
-        key: String,
-        source: serde_json::Error,
-    },
+    Corrupt { table: &'static str, key: String, source: serde_json::Error },
 }
 
 macro_rules! db_err {
@@ -49,12 +45,7 @@ macro_rules! db_err {
         }
     )*};
 }
-db_err!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// A certificate issued to a host, still inside its validity.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,14 +111,8 @@ impl Store {
     /// process holds it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                path: path.to_path_buf(),
-                source,
-            },
-            source => StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            },
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_path_buf(), source },
+            source => StoreError::Open { path: path.to_path_buf(), source },
         })?;
         let txn = db.begin_write()?;
         {
@@ -294,10 +279,7 @@ impl Tx<'_> {
     }
 
     /// Removes tokens that satisfy `pred` (expired ones, or a revoked host's).
-    pub fn remove_tokens(
-        &mut self,
-        pred: impl Fn(&TokenRecord) -> bool,
-    ) -> Result<usize, StoreError> {
+    pub fn remove_tokens(&mut self, pred: impl Fn(&TokenRecord) -> bool) -> Result<usize, StoreError> {
         let mut doomed = Vec::new();
         for entry in self.tokens.iter()? {
             let (k, v) = entry?;
@@ -342,11 +324,7 @@ fn get_json<T: DeserializeOwned>(
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        table,
-        key: key.to_string(),
-        source,
-    })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { table, key: key.to_string(), source })
 }
 
 #[cfg(test)]
@@ -361,18 +339,11 @@ mod tests {
             let store = Store::open(&path).expect("open");
             store
                 .write(|tx| {
-                    tx.put_host(&HostRecord {
-                        name: "node0".into(),
-                        host_id: "h-1".into(),
-                        ..Default::default()
-                    })
+                    tx.put_host(&HostRecord { name: "node0".into(), host_id: "h-1".into(), ..Default::default() })
                 })
                 .expect("write");
             let failed: Result<(), StoreError> = store.write(|tx| {
-                tx.put_host(&HostRecord {
-                    name: "node1".into(),
-                    ..Default::default()
-                })?;
+                tx.put_host(&HostRecord { name: "node1".into(), ..Default::default() })?;
                 Err(StoreError::Db(redb::Error::Corrupted("test abort".into())))
             });
             assert!(failed.is_err());

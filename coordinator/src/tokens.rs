@@ -15,9 +15,13 @@ pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Why a token was refused. Each has its own message, so the operator knows what to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenRefusal {
-    #[error("join token is not valid (unknown to this cluster); mint one with `coordinator token create --host <name>`")]
+    #[error(
+        "join token is not valid (unknown to this cluster); mint one with `coordinator token create --host <name>`"
+    )]
     Unknown,
-    #[error("join token was already used (at {used_unix_ms} ms since epoch); tokens are single-use — mint a new one with `coordinator token create --host {host}`")]
+    #[error(
+        "join token was already used (at {used_unix_ms} ms since epoch); tokens are single-use — mint a new one with `coordinator token create --host {host}`"
+    )]
     AlreadyUsed { host: String, used_unix_ms: i64 },
     #[error("join token expired {ago_s} s ago; mint a new one with `coordinator token create --host {host}`")]
     Expired { host: String, ago_s: i64 },
@@ -90,22 +94,13 @@ pub fn check_with(
         return Ok(Err(TokenRefusal::Unknown));
     };
     if let Some(used) = rec.used_unix_ms {
-        return Ok(Err(TokenRefusal::AlreadyUsed {
-            host: rec.host_name,
-            used_unix_ms: used,
-        }));
+        return Ok(Err(TokenRefusal::AlreadyUsed { host: rec.host_name, used_unix_ms: used }));
     }
     if now_ms >= rec.expires_unix_ms {
-        return Ok(Err(TokenRefusal::Expired {
-            host: rec.host_name,
-            ago_s: (now_ms - rec.expires_unix_ms) / 1000,
-        }));
+        return Ok(Err(TokenRefusal::Expired { host: rec.host_name, ago_s: (now_ms - rec.expires_unix_ms) / 1000 }));
     }
     if rec.host_name != host {
-        return Ok(Err(TokenRefusal::WrongHost {
-            minted_for: rec.host_name,
-            presented_by: host.to_string(),
-        }));
+        return Ok(Err(TokenRefusal::WrongHost { minted_for: rec.host_name, presented_by: host.to_string() }));
     }
     Ok(Ok(h))
 }

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{
-    NodeSpecRoleEnum, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
-    TaskState,
+    NodeSpecRoleEnum, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecPlacement, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{ListNodesOptions, ListTasksOptions, LogsOptions};
 use futures::StreamExt;
@@ -80,7 +79,12 @@ pub async fn engine(ip: &str, cert_dir: &Path) -> Result<Docker, String> {
 
 /// The swarm's nodes as a manager sees them; checks the counts and that exactly one
 /// leader exists and every node is ready.
-pub async fn swarm(manager_ips: &[String], cert_dir: &Path, managers: usize, workers: usize) -> Result<SwarmSummary, VerifyError> {
+pub async fn swarm(
+    manager_ips: &[String],
+    cert_dir: &Path,
+    managers: usize,
+    workers: usize,
+) -> Result<SwarmSummary, VerifyError> {
     let mut errors = Vec::new();
     for ip in manager_ips {
         let d = match engine(ip, cert_dir).await {
@@ -100,11 +104,8 @@ pub async fn swarm(manager_ips: &[String], cert_dir: &Path, managers: usize, wor
         let mut s = SwarmSummary::default();
         for n in nodes {
             let hostname = n.description.and_then(|d| d.hostname).unwrap_or_default();
-            let ready = n
-                .status
-                .as_ref()
-                .and_then(|s| s.state)
-                .is_some_and(|st| st == bollard::models::NodeState::READY);
+            let ready =
+                n.status.as_ref().and_then(|s| s.state).is_some_and(|st| st == bollard::models::NodeState::READY);
             let addr = n.status.and_then(|s| s.addr).unwrap_or_default();
             let role = n.spec.and_then(|s| s.role);
             let ms = n.manager_status;
@@ -122,10 +123,8 @@ pub async fn swarm(manager_ips: &[String], cert_dir: &Path, managers: usize, wor
             };
             if manager_status == "leader" {
                 s.leader = hostname;
-                s.leader_ip = ms
-                    .and_then(|m| m.addr)
-                    .and_then(|a| a.split(':').next().map(str::to_string))
-                    .unwrap_or(addr);
+                s.leader_ip =
+                    ms.and_then(|m| m.addr).and_then(|a| a.split(':').next().map(str::to_string)).unwrap_or(addr);
             }
             if role == Some(NodeSpecRoleEnum::MANAGER) {
                 s.managers.push(node);
@@ -137,8 +136,14 @@ pub async fn swarm(manager_ips: &[String], cert_dir: &Path, managers: usize, wor
         s.workers.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         let leaders = s.managers.iter().filter(|m| m.manager_status == "leader").count();
         let reachable = s.managers.iter().filter(|m| m.manager_status == "reachable").count();
-        let not_ready: Vec<_> = s.managers.iter().chain(&s.workers).filter(|n| !n.ready).map(|n| n.hostname.clone()).collect();
-        if s.managers.len() != managers || s.workers.len() != workers || leaders != 1 || reachable != managers - 1 || !not_ready.is_empty() {
+        let not_ready: Vec<_> =
+            s.managers.iter().chain(&s.workers).filter(|n| !n.ready).map(|n| n.hostname.clone()).collect();
+        if s.managers.len() != managers
+            || s.workers.len() != workers
+            || leaders != 1
+            || reachable != managers - 1
+            || !not_ready.is_empty()
+        {
             return Err(VerifyError::Swarm(format!(
                 "want {managers} managers (1 leader, {} reachable) and {workers} ready workers; {ip} reports {} managers ({leaders} leader, {reachable} reachable), {} workers, not ready: {not_ready:?}",
                 managers - 1,
@@ -209,7 +214,11 @@ pub async fn consul(ips: &[String], want: usize) -> Result<ConsulSummary, Verify
 /// local Consul over loopback): every server names the same leader and `want` peers. Used
 /// where the coordinator may not reach Consul's HTTP port itself (on AWS the security group
 /// opens 8500 to the cluster's group only).
-pub fn consul_from_agents(st: &flotilla_proto::v1::StatusResponse, servers: &[String], want: usize) -> Result<ConsulSummary, VerifyError> {
+pub fn consul_from_agents(
+    st: &flotilla_proto::v1::StatusResponse,
+    servers: &[String],
+    want: usize,
+) -> Result<ConsulSummary, VerifyError> {
     let mut summary: Option<ConsulSummary> = None;
     for name in servers {
         let view = st
@@ -228,14 +237,14 @@ pub fn consul_from_agents(st: &flotilla_proto::v1::StatusResponse, servers: &[St
         }
         match &summary {
             Some(s) if s.leader != view.leader => {
-                return Err(VerifyError::Consul(format!("servers disagree on the leader: '{}' and '{}' ({name})", s.leader, view.leader)));
+                return Err(VerifyError::Consul(format!(
+                    "servers disagree on the leader: '{}' and '{}' ({name})",
+                    s.leader, view.leader
+                )));
             }
             Some(_) => {}
             None => {
-                summary = Some(ConsulSummary {
-                    leader: view.leader.clone(),
-                    peers: view.peers.clone(),
-                });
+                summary = Some(ConsulSummary { leader: view.leader.clone(), peers: view.peers.clone() });
             }
         }
     }
@@ -273,9 +282,7 @@ pub fn worker_service(
             ..Default::default()
         }),
         mode: Some(ServiceSpecMode {
-            replicated: Some(ServiceSpecModeReplicated {
-                replicas: Some(replicas as i64),
-            }),
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(replicas as i64) }),
             ..Default::default()
         }),
         ..Default::default()
@@ -291,17 +298,21 @@ pub async fn smoke(leader_ip: &str, cert_dir: &Path, image: &str, replicas: usiz
     let suffix: u32 = rand::random::<u32>() % 100_000;
     let name = format!("flotilla-hello-{suffix}");
     let spec = worker_service(&name, ("flotilla.smoke", "1"), image, None, replicas, true);
-    let created = d
-        .create_service(spec, None)
-        .await
-        .map_err(|e| VerifyError::Smoke(format!("creating the service: {e}")))?;
+    let created =
+        d.create_service(spec, None).await.map_err(|e| VerifyError::Smoke(format!("creating the service: {e}")))?;
     let id = created.id.unwrap_or_else(|| name.clone());
     let result = run_smoke(&d, &id, &name, replicas, started).await;
     let _ = d.delete_service(&id).await;
     result
 }
 
-async fn run_smoke(d: &Docker, id: &str, name: &str, replicas: usize, started: Instant) -> Result<SmokeResult, VerifyError> {
+async fn run_smoke(
+    d: &Docker,
+    id: &str,
+    name: &str,
+    replicas: usize,
+    started: Instant,
+) -> Result<SmokeResult, VerifyError> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let node_names: HashMap<String, String> = d
         .list_nodes(None::<ListNodesOptions>)
@@ -317,31 +328,20 @@ async fn run_smoke(d: &Docker, id: &str, name: &str, replicas: usize, started: I
             }))
             .await
             .map_err(|e| VerifyError::Smoke(e.to_string()))?;
-        let done: Vec<_> = tasks
+        let done: Vec<_> =
+            tasks.iter().filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::COMPLETE)).collect();
+        if let Some(failed) = tasks
             .iter()
-            .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::COMPLETE))
-            .collect();
-        if let Some(failed) = tasks.iter().find(|t| {
-            matches!(
-                t.status.as_ref().and_then(|s| s.state),
-                Some(TaskState::FAILED | TaskState::REJECTED)
-            )
-        }) {
-            let msg = failed
-                .status
-                .as_ref()
-                .and_then(|s| s.err.clone().or(s.message.clone()))
-                .unwrap_or_default();
+            .find(|t| matches!(t.status.as_ref().and_then(|s| s.state), Some(TaskState::FAILED | TaskState::REJECTED)))
+        {
+            let msg = failed.status.as_ref().and_then(|s| s.err.clone().or(s.message.clone())).unwrap_or_default();
             return Err(VerifyError::Smoke(format!("a hello task failed: {msg}")));
         }
         if done.len() >= replicas {
             break tasks;
         }
         if Instant::now() > deadline {
-            return Err(VerifyError::Smoke(format!(
-                "{} of {replicas} hello tasks completed within 120 s",
-                done.len()
-            )));
+            return Err(VerifyError::Smoke(format!("{} of {replicas} hello tasks completed within 120 s", done.len())));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
@@ -356,14 +356,7 @@ async fn run_smoke(d: &Docker, id: &str, name: &str, replicas: usize, started: I
     let logs_deadline = Instant::now() + Duration::from_secs(30);
     while output.len() < replicas && Instant::now() < logs_deadline {
         output.clear();
-        let mut s = d.service_logs(
-            id,
-            Some(LogsOptions {
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            }),
-        );
+        let mut s = d.service_logs(id, Some(LogsOptions { stdout: true, stderr: true, ..Default::default() }));
         while let Some(Ok(line)) = s.next().await {
             let l = line.to_string().trim().to_string();
             if !l.is_empty() {

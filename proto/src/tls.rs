@@ -33,15 +33,9 @@ pub enum TlsError {
     #[error("{what}: no PEM certificate found")]
     NoCertificate { what: String },
     #[error("{what}: not a PEM private key: {source}")]
-    BadKey {
-        what: String,
-        source: rustls_pki_types::pem::Error,
-    },
+    BadKey { what: String, source: rustls_pki_types::pem::Error },
     #[error("{what}: bad PEM certificate: {source}")]
-    BadCertificate {
-        what: String,
-        source: rustls_pki_types::pem::Error,
-    },
+    BadCertificate { what: String, source: rustls_pki_types::pem::Error },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
@@ -49,10 +43,7 @@ pub enum TlsError {
     #[error("'{0}' is not a valid server name or IP address for TLS")]
     ServerName(String),
     #[error("invalid coordinator endpoint '{endpoint}': {source}")]
-    Endpoint {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    Endpoint { endpoint: String, source: tonic::transport::Error },
 }
 
 /// The crypto provider of every TLS context, certificate and CSR in Flotilla (aws-lc-rs).
@@ -70,24 +61,16 @@ pub fn install_default_provider() {
 pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::BadCertificate {
-            what: what.to_string(),
-            source,
-        })?;
+        .map_err(|source| TlsError::BadCertificate { what: what.to_string(), source })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            what: what.to_string(),
-        });
+        return Err(TlsError::NoCertificate { what: what.to_string() });
     }
     Ok(certs)
 }
 
 /// Parses a PEM private key (PKCS#8, SEC1 or PKCS#1).
 pub fn key_from_pem(what: &str, pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| TlsError::BadKey {
-        what: what.to_string(),
-        source,
-    })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| TlsError::BadKey { what: what.to_string(), source })
 }
 
 fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
@@ -107,18 +90,13 @@ pub struct Identity {
 
 impl Identity {
     pub fn from_pem(what: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        Ok(Self {
-            chain: certs_from_pem(what, cert_pem)?,
-            key: Arc::new(key_from_pem(what, key_pem)?),
-        })
+        Ok(Self { chain: certs_from_pem(what, cert_pem)?, key: Arc::new(key_from_pem(what, key_pem)?) })
     }
 }
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("chain_len", &self.chain.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("chain_len", &self.chain.len()).finish_non_exhaustive()
     }
 }
 
@@ -178,21 +156,13 @@ impl Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -242,18 +212,8 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let certs = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .map(|c| Arc::new(c.to_vec()));
-                        let conn = TlsConn {
-                            inner: stream,
-                            info: PeerInfo {
-                                remote_addr: Some(remote),
-                                certs,
-                            },
-                        };
+                        let certs = stream.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
+                        let conn = TlsConn { inner: stream, info: PeerInfo { remote_addr: Some(remote), certs } };
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::info!(peer = %remote, error = %e, "TLS handshake refused"),
@@ -269,33 +229,27 @@ pub fn incoming(
 /// server name checked against the coordinator's certificate is the host part of `addr`.
 pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, TlsError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|source| TlsError::Endpoint {
-            endpoint: addr.to_string(),
-            source,
-        })?
+        .map_err(|source| TlsError::Endpoint { endpoint: addr.to_string(), source })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let host = host_of(addr);
-    let server_name =
-        ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.to_string()))?;
+    let server_name = ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let target = addr.to_string();
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
-            let connector = connector.clone();
-            let server_name = server_name.clone();
-            let target = target.clone();
-            async move {
-                let tcp = TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, io::Error>(TokioIo::new(tls))
-            }
-        })),
-    )
+    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, io::Error>(TokioIo::new(tls))
+        }
+    })))
 }
 
 /// The host part of `host:port`, `[v6]:port` or a bare host.
@@ -325,12 +279,7 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = x509.subject();
     let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let ou = subject
-        .iter_organizational_unit()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let ou = subject.iter_organizational_unit().next().and_then(|a| a.as_str().ok()).unwrap_or_default().to_string();
     Some(PeerIdentity {
         common_name: cn,
         organizational_unit: ou,

@@ -48,16 +48,9 @@ impl Coord {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let clock = Clock::default();
-        let running = serve::start_with_clock(config.clone(), listener, clock.clone())
-            .await
-            .expect("control plane starts");
-        Self {
-            dir,
-            running: Some(running),
-            clock,
-            config,
-            addr,
-        }
+        let running =
+            serve::start_with_clock(config.clone(), listener, clock.clone()).await.expect("control plane starts");
+        Self { dir, running: Some(running), clock, config, addr }
     }
 
     pub fn running(&self) -> &Running {
@@ -85,10 +78,7 @@ impl Coord {
     pub async fn token(&self, host: &str) -> String {
         self.admin()
             .await
-            .create_token(flotilla_proto::v1::CreateTokenRequest {
-                host_name: host.into(),
-                ttl_s: 0,
-            })
+            .create_token(flotilla_proto::v1::CreateTokenRequest { host_name: host.into(), ttl_s: 0 })
             .await
             .expect("token")
             .into_inner()
@@ -174,15 +164,11 @@ where
     }
 }
 
-
 /// The workspace's target directory for this build profile (`target/debug` in tests):
 /// the test executable lives in `<it>/deps/`.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(Path::to_path_buf)
-        .expect("target directory")
+    exe.parent().and_then(|deps| deps.parent()).map(Path::to_path_buf).expect("target directory")
 }
 
 /// The `flotilla-agent` binary built alongside the tests. Fails loudly when it is missing:
@@ -207,10 +193,7 @@ pub struct Cli {
 
 impl Cli {
     pub fn new(cluster: &'static str) -> Self {
-        Self {
-            cluster,
-            state_root: target_dir().join(format!("{cluster}-state")),
-        }
+        Self { cluster, state_root: target_dir().join(format!("{cluster}-state")) }
     }
 
     /// A `coordinator` command with the environment set, stdin closed.

@@ -27,10 +27,7 @@ pub const AWS_ENV: [(&str, &str); 6] = [
 
 /// `target/moto-venv/bin/moto_server`; fails loudly when `bash tests/run` did not make it.
 pub fn moto_server_path() -> PathBuf {
-    let p = crate::target_dir()
-        .parent()
-        .map(|t| t.join("moto-venv/bin/moto_server"))
-        .expect("target dir");
+    let p = crate::target_dir().parent().map(|t| t.join("moto-venv/bin/moto_server")).expect("target dir");
     assert!(
         p.is_file(),
         "{} missing: `bash tests/run` prepares moto's venv (python3 -m venv target/moto-venv && target/moto-venv/bin/pip install 'moto[server]==5.2.5')",
@@ -49,10 +46,7 @@ impl Moto {
     /// Starts moto; `env` adds settings (e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0` to enforce
     /// credentials).
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let mut cmd = Command::new(moto_server_path());
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -197,7 +191,12 @@ async fn serve_conn(
             && body_text.contains("Action=RunInstances")
             && body_text.contains(&format!("SubnetId={subnet}"))
         {
-            Some(("500 Internal Server Error", "InsufficientInstanceCapacity", "We currently do not have sufficient t3.small capacity in the Availability Zone you requested.".to_string()))
+            Some((
+                "500 Internal Server Error",
+                "InsufficientInstanceCapacity",
+                "We currently do not have sufficient t3.small capacity in the Availability Zone you requested."
+                    .to_string(),
+            ))
         } else if let Some(action) = &faults.deny_action
             && body_text.contains(&format!("Action={action}&"))
         {
@@ -220,12 +219,14 @@ async fn serve_conn(
             let body = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
             );
-            let resp = format!("HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            let resp =
+                format!("HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len());
             conn.write_all(resp.as_bytes()).await?;
             continue;
         }
         // Forward, one upstream connection per request, and relay the whole answer.
-        let mut head_lines: Vec<&str> = head.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+        let mut head_lines: Vec<&str> =
+            head.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
         head_lines.push("Connection: close");
         let mut up = tokio::net::TcpStream::connect(upstream).await?;
         up.write_all(format!("{}\r\n\r\n", head_lines.join("\r\n")).as_bytes()).await?;
@@ -235,7 +236,8 @@ async fn serve_conn(
         // This connection ends with this answer: say so, so the client does not reuse it.
         let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(answer.len());
         let ahead = String::from_utf8_lossy(&answer[..split]).to_string();
-        let mut lines: Vec<&str> = ahead.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+        let mut lines: Vec<&str> =
+            ahead.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
         lines.push("Connection: close");
         conn.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes()).await?;
         conn.write_all(&answer[split..]).await?;

@@ -20,11 +20,7 @@ fn the_agent_binaries_need_no_glibc_newer_than_amazon_linux_2023s() {
 }
 
 fn check_glibc(bin: &std::path::Path) {
-    let out = Command::new("objdump")
-        .arg("-T")
-        .arg(bin)
-        .output()
-        .expect("objdump (binutils) must be installed");
+    let out = Command::new("objdump").arg("-T").arg(bin).output().expect("objdump (binutils) must be installed");
     assert!(out.status.success(), "objdump failed on {}", bin.display());
     let text = String::from_utf8_lossy(&out.stdout);
     let mut newest = (0, 0);

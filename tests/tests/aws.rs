@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine as _;
 use flotilla_coordinator::cluster::AwsSettings;
-use flotilla_coordinator::providers::aws::{Aws, TAG_CLUSTER};
 use flotilla_coordinator::providers::LaunchSpec;
+use flotilla_coordinator::providers::aws::{Aws, TAG_CLUSTER};
 use flotilla_tests::Cli;
 use flotilla_tests::moto::{self, AWS_ENV, FaultProxy, Moto, REGION};
 use serde_json::Value;
@@ -33,9 +33,14 @@ fn settings(endpoint: &str) -> AwsSettings {
 
 async fn provider(cluster: &str, endpoint: &str, state: &std::path::Path) -> Aws {
     let creds = aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "flotilla-tests");
-    Aws::connect_with(cluster, &settings(endpoint), state, Some(aws_sdk_ec2::config::SharedCredentialsProvider::new(creds)))
-        .await
-        .expect("aws provider")
+    Aws::connect_with(
+        cluster,
+        &settings(endpoint),
+        state,
+        Some(aws_sdk_ec2::config::SharedCredentialsProvider::new(creds)),
+    )
+    .await
+    .expect("aws provider")
 }
 
 fn ca_pem() -> String {
@@ -110,18 +115,21 @@ async fn issue_6_real_aws_security_group_instances_and_destroy() {
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let state = tempfile::tempdir().expect("tempdir");
     let cluster = format!("flotilla-it-{}", std::process::id());
-    let s = AwsSettings {
-        admin_cidr: "198.51.100.7/32".into(),
-        ..Default::default()
-    };
-    let a = Aws::connect(&cluster, &s, state.path()).await.expect("aws provider (credentials and region from the standard chain)");
+    let s = AwsSettings { admin_cidr: "198.51.100.7/32".into(), ..Default::default() };
+    let a = Aws::connect(&cluster, &s, state.path())
+        .await
+        .expect("aws provider (credentials and region from the standard chain)");
     provider_checks(&a, &ec2, &cluster).await;
 }
 
 async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
     let (ctx, change) = a.prepare(None, &["t3.small"]).await.expect("prepare");
     assert!(change.created, "{change:?}");
-    assert_eq!(ctx.vpc.subnets.iter().map(|s| &s.zone).collect::<BTreeSet<_>>().len(), ctx.vpc.subnets.len(), "one subnet per zone");
+    assert_eq!(
+        ctx.vpc.subnets.iter().map(|s| &s.zone).collect::<BTreeSet<_>>().len(),
+        ctx.vpc.subnets.len(),
+        "one subnet per zone"
+    );
 
     // The group's rules are exactly the least-privilege set.
     let groups = cluster_groups(ec2, cluster).await;
@@ -130,11 +138,16 @@ async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
     assert_eq!(g.group_id(), Some(ctx.group_id.as_str()));
     let mut seen = BTreeSet::new();
     for p in g.ip_permissions() {
-        let key = (p.ip_protocol().unwrap_or_default().to_string(), p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
+        let key =
+            (p.ip_protocol().unwrap_or_default().to_string(), p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
         for r in p.ip_ranges() {
             let cidr = r.cidr_ip().unwrap_or_default();
             assert_ne!(cidr, "0.0.0.0/0", "{key:?} open to the world");
-            assert_eq!((key.0.as_str(), key.1, cidr), ("tcp", 2376, "198.51.100.7/32"), "only the Engine API has a CIDR source");
+            assert_eq!(
+                (key.0.as_str(), key.1, cidr),
+                ("tcp", 2376, "198.51.100.7/32"),
+                "only the Engine API has a CIDR source"
+            );
         }
         assert!(p.ipv6_ranges().is_empty(), "{key:?} has an IPv6 source");
         for pair in p.user_id_group_pairs() {
@@ -143,8 +156,14 @@ async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
         seen.insert(key);
     }
     let want: BTreeSet<(String, i32, i32)> = [
-        ("tcp", 2377, 2377), ("tcp", 7946, 7946), ("udp", 7946, 7946), ("udp", 4789, 4789),
-        ("tcp", 8300, 8302), ("udp", 8301, 8302), ("tcp", 8500, 8500), ("tcp", 2376, 2376),
+        ("tcp", 2377, 2377),
+        ("tcp", 7946, 7946),
+        ("udp", 7946, 7946),
+        ("udp", 4789, 4789),
+        ("tcp", 8300, 8302),
+        ("udp", 8301, 8302),
+        ("tcp", 8500, 8500),
+        ("tcp", 2376, 2376),
     ]
     .into_iter()
     .map(|(p, f, t)| (p.to_string(), f, t))
@@ -206,7 +225,10 @@ async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
         let md = i.metadata_options().expect("metadata options");
         assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"), "{name}: IMDSv2 not required");
         assert_eq!(md.http_put_response_hop_limit(), Some(1), "{name}: hop limit");
-        assert_eq!(i.security_groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(), vec![ctx.group_id.as_str()]);
+        assert_eq!(
+            i.security_groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(),
+            vec![ctx.group_id.as_str()]
+        );
         // The root volume: encrypted gp3.
         let root = i.root_device_name().unwrap_or_default();
         let vol = i
@@ -229,7 +251,8 @@ async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
             .await
             .expect("user-data");
         let b64 = attr.user_data().and_then(|u| u.value()).unwrap_or_default();
-        let ud = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8");
+        let ud =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8");
         assert_eq!(&ud, &rendered[&name], "{name}: user-data differs from the rendered document");
         assert!(!ud.contains("PRIVATE KEY"), "{name}: a private key travels in user-data");
         if name.starts_with("manager") {
@@ -272,7 +295,11 @@ async fn issue_6_a_zone_without_capacity_moves_the_launch_to_the_next_subnet() {
     let direct = provider("capacity", &moto.endpoint(), state.path()).await;
     let vpc = direct.vpc().await.expect("vpc");
     let full = vpc.subnets[0].clone();
-    let proxy = moto::FaultProxy::with(moto.addr, moto::Faults { no_capacity_in_subnet: Some(full.id.clone()), ..Default::default() }).await;
+    let proxy = moto::FaultProxy::with(
+        moto.addr,
+        moto::Faults { no_capacity_in_subnet: Some(full.id.clone()), ..Default::default() },
+    )
+    .await;
     let a = provider("capacity", &proxy.endpoint(), state.path()).await;
     let (ctx, _) = a.prepare(None, &["t3.small"]).await.expect("prepare");
     let spec = LaunchSpec {
@@ -315,16 +342,37 @@ fn issue_6_bad_credentials_plan_unknown_ami_and_arm_types_are_clear_and_create_n
     // Credentials enforced: moto refuses every request it cannot authenticate.
     let strict = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
     let c = cli("awscreds");
-    let base = ["--provider", "aws", "--endpoint-url", &strict.endpoint(), "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"];
+    let base = [
+        "--provider",
+        "aws",
+        "--endpoint-url",
+        &strict.endpoint(),
+        "--admin-cidr",
+        "198.51.100.7/32",
+        "--advertise",
+        "10.0.0.5",
+    ];
     let out = run_aws(&c, &[&["deploy"], &base[..]].concat());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("AWS refused the credentials") && err.contains("Nothing was created"), "{err}");
     let dump = moto_state(strict.addr);
-    assert!(!dump.contains("flotilla-awscreds") && !dump.contains("flotilla:cluster"), "moto holds something of the cluster: {dump}");
+    assert!(
+        !dump.contains("flotilla-awscreds") && !dump.contains("flotilla:cluster"),
+        "moto holds something of the cluster: {dump}"
+    );
 
     let moto = Moto::start(&[]);
-    let base = ["--provider", "aws", "--endpoint-url", &moto.endpoint(), "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"];
+    let base = [
+        "--provider",
+        "aws",
+        "--endpoint-url",
+        &moto.endpoint(),
+        "--admin-cidr",
+        "198.51.100.7/32",
+        "--advertise",
+        "10.0.0.5",
+    ];
     // plan: what would be made, nothing made.
     let out = run_aws(&c, &[&["plan", "--output", "json"], &base[..]].concat());
     assert!(out.status.success());
@@ -349,19 +397,54 @@ fn issue_6_bad_credentials_plan_unknown_ami_and_arm_types_are_clear_and_create_n
     assert!(err.contains("t4g.small runs on arm64") && err.contains("x86_64"), "{err}");
     // A missing IAM permission is named, with the way to get the policy; nothing is made.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let proxy = rt.block_on(moto::FaultProxy::with(moto.addr, moto::Faults { deny_action: Some("CreateSecurityGroup".into()), ..Default::default() }));
-    let out = run_aws(&c, &["deploy", "--provider", "aws", "--endpoint-url", &proxy.endpoint(), "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"]);
+    let proxy = rt.block_on(moto::FaultProxy::with(
+        moto.addr,
+        moto::Faults { deny_action: Some("CreateSecurityGroup".into()), ..Default::default() },
+    ));
+    let out = run_aws(
+        &c,
+        &[
+            "deploy",
+            "--provider",
+            "aws",
+            "--endpoint-url",
+            &proxy.endpoint(),
+            "--admin-cidr",
+            "198.51.100.7/32",
+            "--advertise",
+            "10.0.0.5",
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("may not call ec2:CreateSecurityGroup") && err.contains("coordinator iam-policy") && !err.contains("c2VjcmV0"), "{err}");
+    assert!(
+        err.contains("may not call ec2:CreateSecurityGroup")
+            && err.contains("coordinator iam-policy")
+            && !err.contains("c2VjcmV0"),
+        "{err}"
+    );
     drop(proxy);
     // An endpoint that does not answer: named, after the SDK's bounded retries.
-    let out = run_aws(&c, &["plan", "--provider", "aws", "--endpoint-url", "http://127.0.0.1:9", "--admin-cidr", "198.51.100.7/32", "--advertise", "10.0.0.5"]);
+    let out = run_aws(
+        &c,
+        &[
+            "plan",
+            "--provider",
+            "aws",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--admin-cidr",
+            "198.51.100.7/32",
+            "--advertise",
+            "10.0.0.5",
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the EC2 API at http://127.0.0.1:9"), "{err}");
     // A missing admin CIDR is a usage error naming the field.
-    let out = run_aws(&c, &["deploy", "--provider", "aws", "--endpoint-url", &moto.endpoint(), "--advertise", "10.0.0.5"]);
+    let out =
+        run_aws(&c, &["deploy", "--provider", "aws", "--endpoint-url", &moto.endpoint(), "--advertise", "10.0.0.5"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("aws.admin_cidr"));
     let dump = moto_state(moto.addr);
@@ -391,7 +474,8 @@ async fn boot_instances_as_lab_hosts(
             .await
             .expect("user-data");
         let b64 = attr.user_data().and_then(|u| u.value()).unwrap_or_default();
-        let ud = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8");
+        let ud =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8");
         assert!(!ud.contains("PRIVATE KEY"), "{name}: a private key travels in user-data");
         lab.launch(&LaunchSpec {
             name: name.clone(),

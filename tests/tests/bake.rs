@@ -96,7 +96,10 @@ fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
     let image_id = r["image_id"].as_str().expect("image id").to_string();
     assert!(image.starts_with(&format!("{IMAGE}:")), "{image}");
     let progress = stderr(&out);
-    assert!(progress.contains("builder") && progress.contains("flotilla-bake: agent: downloading"), "progress shown: {progress}");
+    assert!(
+        progress.contains("builder") && progress.contains("flotilla-bake: agent: downloading"),
+        "progress shown: {progress}"
+    );
     // The agent baked in is the one this build serves to hosts.
     let agent_sha = sha256_file(&flotilla_tests::agent_binary_path());
     assert_eq!(r["agent_sha256"], agent_sha.as_str());
@@ -107,7 +110,9 @@ fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
     assert_eq!(builder_leftovers("bake"), Vec::<String>::new());
 
     // 2. The image's labels and config: versions, and no cluster identity.
-    let cfg: Value = serde_json::from_str(&stdout(&docker(&["image", "inspect", &image, "--format", "{{json .Config}}"]))).expect("config");
+    let cfg: Value =
+        serde_json::from_str(&stdout(&docker(&["image", "inspect", &image, "--format", "{{json .Config}}"])))
+            .expect("config");
     let labels = &cfg["Labels"];
     assert_eq!(labels["flotilla.bake.agent-version"], flotilla_agent::VERSION);
     assert_eq!(labels["flotilla.bake.agent-sha256"], agent_sha.as_str());
@@ -151,7 +156,10 @@ fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
         assert!(log.contains("flotilla-bootstrap: engine: already present (version 20.10."), "{h}: {log}");
         assert!(log.contains("installation skipped"), "{h}: {log}");
         assert!(
-            log.contains(&format!("flotilla-bootstrap: agent: version {} already installed, download skipped", flotilla_agent::VERSION)),
+            log.contains(&format!(
+                "flotilla-bootstrap: agent: version {} already installed, download skipped",
+                flotilla_agent::VERSION
+            )),
             "{h}: {log}"
         );
         assert!(!log.contains("agent: downloading"), "{h} downloaded the agent anyway: {log}");
@@ -178,18 +186,12 @@ fn scan_bake_layer(image: &str, agent_sha: &str) {
     assert!(o.status.success(), "docker save: {}", stderr(&o));
     let untar = |archive: &Path, into: &Path, members: &[&str]| {
         std::fs::create_dir_all(into).expect("mkdir");
-        let o = Command::new("tar")
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(into)
-            .args(members)
-            .output()
-            .expect("tar");
+        let o = Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(into).args(members).output().expect("tar");
         assert!(o.status.success(), "tar: {}", stderr(&o));
     };
     untar(&tar, dir.path(), &["manifest.json"]);
-    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).expect("manifest")).expect("json");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).expect("manifest")).expect("json");
     let layers = manifest[0]["Layers"].as_array().expect("layers");
     assert!(layers.len() >= 2, "the bake adds a layer on top of the base: {manifest}");
     let top = layers.last().and_then(Value::as_str).expect("top layer");
@@ -203,7 +205,11 @@ fn scan_bake_layer(image: &str, agent_sha: &str) {
     let rel = |p: &Path| format!("/{}", p.strip_prefix(&root).expect("under root").display());
     let names: Vec<String> = files.iter().map(|p| rel(p)).collect();
     eprintln!("the bake's layer: {} files", names.len());
-    for must in ["/usr/local/bin/flotilla-agent", "/etc/systemd/system/flotilla-agent.service", "/var/lib/flotilla/bake-complete"] {
+    for must in [
+        "/usr/local/bin/flotilla-agent",
+        "/etc/systemd/system/flotilla-agent.service",
+        "/var/lib/flotilla/bake-complete",
+    ] {
         assert!(names.iter().any(|n| n == must), "{must} missing from the bake's layer: {names:?}");
     }
     // The agent is installed but not enabled: the cluster's user-data starts it.
@@ -280,7 +286,8 @@ fn a_builder_whose_installation_fails_fails_the_bake_with_its_cloud_init_output_
     );
     assert!(err.contains("--- its cloud-init output (/var/log/cloud-init-output.log) ---"), "{err}");
     assert!(
-        err.contains("flotilla-bake: agent: downloading version") && err.contains("flotilla-bake: agent: download failed"),
+        err.contains("flotilla-bake: agent: downloading version")
+            && err.contains("flotilla-bake: agent: download failed"),
         "the builder's own cloud-init lines are shown: {err}"
     );
     assert_eq!(builder_leftovers("bakefail"), Vec::<String>::new(), "the failed bake left things behind");
@@ -300,14 +307,21 @@ fn bad_bake_and_image_requests_exit_64_naming_the_problem_and_create_nothing() {
 
     let base = cli.run(&["bake", "--base", "flotilla-test/no-such-base:1"]);
     assert_eq!(base.status.code(), Some(64));
-    assert!(stderr(&base).contains("--base 'flotilla-test/no-such-base:1'") && stderr(&base).contains("never pulls"), "{}", stderr(&base));
+    assert!(
+        stderr(&base).contains("--base 'flotilla-test/no-such-base:1'") && stderr(&base).contains("never pulls"),
+        "{}",
+        stderr(&base)
+    );
     assert_eq!(builder_leftovers("bakefail"), Vec::<String>::new());
 
     let deploy = Cli::new("bakefail");
     let d = deploy.run(&["deploy", "--image", "flotilla-test/no-such-image:1"]);
     assert_eq!(d.status.code(), Some(64));
     let e = stderr(&d);
-    assert!(e.contains("'flotilla-test/no-such-image:1'") && e.contains("--image") && e.contains("coordinator bake"), "{e}");
+    assert!(
+        e.contains("'flotilla-test/no-such-image:1'") && e.contains("--image") && e.contains("coordinator bake"),
+        "{e}"
+    );
     let f = "label=flotilla.cluster=bakefail";
     let made = [
         docker(&["ps", "-aq", "--filter", f]),
@@ -357,7 +371,8 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
     let (_, base) = lab.ensure_network().await.expect("network");
     let gateway = std::net::Ipv4Addr::from(u32::from(base) | 1);
     let agent = flotilla_tests::agent_binary_path();
-    let mut coord = flotilla_tests::Coord::start_on(&format!("{gateway}:0"), |c| c.agent_binary = Some(agent.clone())).await;
+    let mut coord =
+        flotilla_tests::Coord::start_on(&format!("{gateway}:0"), |c| c.agent_binary = Some(agent.clone())).await;
     let mut admin = coord.admin().await;
     let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
     assert_ne!(st.agent_binary_sha256, other_sha);
@@ -404,7 +419,11 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
         )),
         "{log}"
     );
-    assert!(log.contains("flotilla-bootstrap: agent: downloading version") && log.contains("installed at /usr/local/bin/flotilla-agent"), "{log}");
+    assert!(
+        log.contains("flotilla-bootstrap: agent: downloading version")
+            && log.contains("installed at /usr/local/bin/flotilla-agent"),
+        "{log}"
+    );
     let installed = stdout(&docker_exec(&c, &["sha256sum", "/usr/local/bin/flotilla-agent"]));
     assert!(installed.starts_with(&st.agent_binary_sha256), "{installed}");
 

@@ -27,10 +27,7 @@ const FAIL_NAME: &str = "flotilla-test/aws-bakefail";
 
 fn bake_cmd(c: &Cli, cwd: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = c.command();
-    cmd.envs(AWS_ENV)
-        .current_dir(cwd)
-        .args(["--cluster", c.cluster, "bake", "--provider", "aws"])
-        .args(args);
+    cmd.envs(AWS_ENV).current_dir(cwd).args(["--cluster", c.cluster, "bake", "--provider", "aws"]).args(args);
     cmd
 }
 
@@ -145,7 +142,8 @@ async fn bake_with_lab_builder(
     ec2: &aws_sdk_ec2::Client,
     lab: &flotilla_coordinator::providers::lab::Lab,
 ) -> (std::process::ExitStatus, String, String, Vec<String>) {
-    let mut child = Running(bake_cmd(c, cwd, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bake"));
+    let mut child =
+        Running(bake_cmd(c, cwd, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bake"));
     let mut booted: Vec<String> = vec![];
     let mut stopped = false;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -164,7 +162,11 @@ async fn bake_with_lab_builder(
                 assert_eq!(md.http_put_response_hop_limit(), Some(1));
                 let groups = bake_groups(ec2, c.cluster).await;
                 assert_eq!(groups.len(), 1, "one bake group");
-                assert!(groups[0].ip_permissions().is_empty(), "the bake group has inbound rules: {:?}", groups[0].ip_permissions());
+                assert!(
+                    groups[0].ip_permissions().is_empty(),
+                    "the bake group has inbound rules: {:?}",
+                    groups[0].ip_permissions()
+                );
                 assert_eq!(
                     i.security_groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(),
                     vec![groups[0].group_id().unwrap_or_default()]
@@ -189,7 +191,10 @@ async fn bake_with_lab_builder(
                 assert_eq!(v.volumes()[0].volume_type().map(|t| t.as_str()), Some("gp3"));
                 let ud = user_data(ec2, &id).await;
                 assert!(!ud.contains("PRIVATE KEY"), "a private key travels in user-data");
-                assert!(ud.contains("FLOTILLA_REPORT_NONCE='") && ud.contains("/v1/bake/report'"), "not a reporting bake");
+                assert!(
+                    ud.contains("FLOTILLA_REPORT_NONCE='") && ud.contains("/v1/bake/report'"),
+                    "not a reporting bake"
+                );
                 lab.terminate("builder").await.expect("remove an earlier lab builder");
                 lab.launch(&LaunchSpec {
                     name: "builder".into(),
@@ -241,7 +246,8 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
     let moto = Moto::start(&[]);
     let ec2 = moto::ec2(&moto.endpoint()).await;
     let endpoint = moto.endpoint();
-    let args = ["--endpoint-url", &endpoint, "--advertise", &gateway, "--name", NAME, "--output", "json", "--timeout", "5m"];
+    let args =
+        ["--endpoint-url", &endpoint, "--advertise", &gateway, "--name", NAME, "--output", "json", "--timeout", "5m"];
 
     // A bake: RunInstances → the builder installs and reports → StopInstances → CreateImage.
     let (status, out, err, booted) = bake_with_lab_builder(&c, cwd.path(), &args, &ec2, &lab).await;
@@ -303,10 +309,19 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
         "/etc/systemd/system/multi-user.target.wants/flotilla-bake-seal.service",
         "/etc/docker/key.json",
     ] {
-        assert_eq!(container_file(&builder_container, gone).map(|b| b.len()), None, "{gone} is left in the sealed builder");
+        assert_eq!(
+            container_file(&builder_container, gone).map(|b| b.len()),
+            None,
+            "{gone} is left in the sealed builder"
+        );
     }
-    assert!(container_file(&builder_container, "/usr/local/bin/flotilla-agent").is_some_and(|b| !b.is_empty()), "no agent");
-    let marker = String::from_utf8(container_file(&builder_container, "/var/lib/flotilla/bake-complete").expect("bake marker")).expect("utf-8");
+    assert!(
+        container_file(&builder_container, "/usr/local/bin/flotilla-agent").is_some_and(|b| !b.is_empty()),
+        "no agent"
+    );
+    let marker =
+        String::from_utf8(container_file(&builder_container, "/var/lib/flotilla/bake-complete").expect("bake marker"))
+            .expect("utf-8");
     assert!(marker.contains(&format!("engine={engine}\n")), "{marker}");
 
     // A second bake reuses the image: no RunInstances, no new instance.
@@ -320,14 +335,25 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
     // A builder whose installation fails (an unreachable agent download) reports it: the bake
     // fails with that builder's cloud-init output, and leaves no instance, group or image.
     let fail_args = [
-        "--endpoint-url", &endpoint, "--advertise", &gateway, "--name", FAIL_NAME, "--timeout", "5m",
-        "--agent-url", "https://127.0.0.1:9/v1/agent/flotilla-agent",
+        "--endpoint-url",
+        &endpoint,
+        "--advertise",
+        &gateway,
+        "--name",
+        FAIL_NAME,
+        "--timeout",
+        "5m",
+        "--agent-url",
+        "https://127.0.0.1:9/v1/agent/flotilla-agent",
     ];
     let (status, _, err, booted) = bake_with_lab_builder(&c, cwd.path(), &fail_args, &ec2, &lab).await;
     assert!(!status.success());
     assert_eq!(booted.len(), 1, "{booted:?}");
     assert!(err.contains(&format!("the builder {} failed: agent: download failed (curl exit 7)", booted[0])), "{err}");
-    assert!(err.contains("--- its cloud-init output") && err.contains("flotilla-bake: agent: downloading version"), "{err}");
+    assert!(
+        err.contains("--- its cloud-init output") && err.contains("flotilla-bake: agent: downloading version"),
+        "{err}"
+    );
     assert!(builders(&ec2, c.cluster).await.iter().all(|i| state(i) == "terminated"), "a builder is left");
     assert!(bake_groups(&ec2, c.cluster).await.is_empty(), "the bake group is left");
     assert!(
@@ -340,7 +366,8 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
 }
 
 #[tokio::test]
-async fn issue_8_aws_bake_removes_what_an_interrupted_one_left_and_a_builder_that_never_reports_times_out_leaving_nothing() {
+async fn issue_8_aws_bake_removes_what_an_interrupted_one_left_and_a_builder_that_never_reports_times_out_leaving_nothing()
+ {
     let c = Cli::new("bakeaws2");
     let cwd = tempfile::tempdir().expect("tempdir");
     let moto = Moto::start(&[]);
@@ -363,7 +390,10 @@ async fn issue_8_aws_bake_removes_what_an_interrupted_one_left_and_a_builder_tha
         }
         b.build()
     };
-    let ami = ec2.describe_images().owners("amazon").send().await.expect("images").images()[0].image_id().unwrap_or_default().to_string();
+    let ami = ec2.describe_images().owners("amazon").send().await.expect("images").images()[0]
+        .image_id()
+        .unwrap_or_default()
+        .to_string();
     let left = ec2
         .run_instances()
         .image_id(&ami)
@@ -383,7 +413,11 @@ async fn issue_8_aws_bake_removes_what_an_interrupted_one_left_and_a_builder_tha
         .expect("a left group");
 
     // moto boots nothing: the builder never reports.
-    let out = run(&c, cwd.path(), &["--endpoint-url", &endpoint, "--advertise", "127.0.0.1", "--name", FAIL_NAME, "--timeout", "3s"]);
+    let out = run(
+        &c,
+        cwd.path(),
+        &["--endpoint-url", &endpoint, "--advertise", "127.0.0.1", "--name", FAIL_NAME, "--timeout", "3s"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let all = builders(&ec2, c.cluster).await;

@@ -31,7 +31,12 @@ fn coordinator() -> Command {
 /// `coordinator <args>` (the args name the cluster themselves).
 fn run(args: &[&str]) -> Output {
     let out = coordinator().args(args).output().expect("run coordinator");
-    eprintln!("$ coordinator {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "$ coordinator {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -83,10 +88,7 @@ fn status() -> Value {
 fn wait_status(what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let out = coordinator()
-            .args(["--cluster", CLUSTER, "status", "--output", "json"])
-            .output()
-            .expect("status");
+        let out = coordinator().args(["--cluster", CLUSTER, "status", "--output", "json"]).output().expect("status");
         if out.status.success()
             && let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
             && pred(&v)
@@ -202,7 +204,10 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
         .arg(format!("https://{leader_ip}:2376/version"))
         .output()
         .expect("curl");
-    assert!(!no_cert.status.success() || stdout(&no_cert) != "200", "the Engine must refuse a client without a certificate");
+    assert!(
+        !no_cert.status.success() || stdout(&no_cert) != "200",
+        "the Engine must refuse a client without a certificate"
+    );
     let plain = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{leader_ip}:2375/version")])
         .output()
@@ -223,7 +228,10 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     //     starts it again, every agent reconnects, and nothing changes.
     assert!(run(&["--cluster", CLUSTER, "stop"]).status.success());
     assert!(!state_root().join(CLUSTER).join("admin.sock").exists());
-    assert_eq!(stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.State.Running}}", "flotilla-consul"])), "true");
+    assert_eq!(
+        stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.State.Running}}", "flotilla-consul"])),
+        "true"
+    );
     let back = ok_json(&["--cluster", CLUSTER, "deploy", "--output", "json"]);
     assert_eq!(back["changed"], false);
     assert_eq!(stdout(&in_host("manager0", &["docker", "inspect", "-f", "{{.Id}}", "flotilla-consul"])), consul_id);
@@ -319,7 +327,9 @@ fn bad_assignments(any_manager_ip: &str) {
         let gen_before = node1.generation;
         let addr = node1.facts.as_ref().and_then(|f| f.private_addresses.first().cloned()).expect("address");
         let consul_http = vec![format!("{any_manager_ip}:8500")];
-        let node_spec = v1::RoleSpec { spec: Some(v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone() })) };
+        let node_spec = v1::RoleSpec {
+            spec: Some(v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone() })),
+        };
 
         // Malformed: a Consul server expecting 0 servers.
         let bad = v1::RoleSpec {
@@ -330,7 +340,11 @@ fn bad_assignments(any_manager_ip: &str) {
             })),
         };
         let e = admin
-            .assign(v1::AssignRequest { host_name: "node1".into(), roles: vec![node_spec.clone(), bad], host_address: addr.clone() })
+            .assign(v1::AssignRequest {
+                host_name: "node1".into(),
+                roles: vec![node_spec.clone(), bad],
+                host_address: addr.clone(),
+            })
             .await
             .expect_err("malformed spec");
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -349,7 +363,11 @@ fn bad_assignments(any_manager_ip: &str) {
             })),
         };
         admin
-            .assign(v1::AssignRequest { host_name: "node1".into(), roles: vec![missing, node_spec.clone()], host_address: addr.clone() })
+            .assign(v1::AssignRequest {
+                host_name: "node1".into(),
+                roles: vec![missing, node_spec.clone()],
+                host_address: addr.clone(),
+            })
             .await
             .expect("a well-formed assignment is accepted");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -366,7 +384,11 @@ fn bad_assignments(any_manager_ip: &str) {
                 assert_eq!(n.state, v1::RoleState::Running as i32, "the node role is undisturbed: {}", n.message);
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "no failed status for the missing image: {:?}", h.role_status);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no failed status for the missing image: {:?}",
+                h.role_status
+            );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         // Back to the planned roles: the failed consul role is dropped.

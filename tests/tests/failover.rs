@@ -35,7 +35,12 @@ fn cli() -> Cli {
 /// `coordinator <args>` (the args name the cluster themselves).
 fn run(args: &[&str]) -> Output {
     let out = cli().command().args(args).output().expect("run coordinator");
-    eprintln!("$ coordinator {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "$ coordinator {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -141,7 +146,11 @@ impl Spawned {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the drill exited ({status}) before printing {what:?}:\n{}", self.stderr());
             }
-            assert!(Instant::now() < deadline, "the drill did not print {what:?} within {within:?}:\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "the drill did not print {what:?} within {within:?}:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -203,17 +212,26 @@ fn control_plane_restart_during_recovery() {
     let gaps = r["control_plane_gaps"].as_array().expect("control_plane_gaps");
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     let (from, to) = (secs(&gaps[0], "from_s"), secs(&gaps[0], "to_s"));
-    assert!(secs(&r, "detect_s") <= from && from < secs(&r, "elect_s") && secs(&r, "elect_s") < to, "gap {from}..{to}: {r}");
+    assert!(
+        secs(&r, "detect_s") <= from && from < secs(&r, "elect_s") && secs(&r, "elect_s") < to,
+        "gap {from}..{to}: {r}"
+    );
     let unobserved = strings(&r, "unobserved");
     assert!(unobserved.iter().any(|u| u.contains("control plane did not answer")), "{unobserved:#?}");
     assert!(r["verdict"].as_str().unwrap_or("").contains("not observed"), "{}", r["verdict"]);
     // The control plane's own detection: seen before it went away, or said to be unobserved.
     match r["control_plane_detect_s"].as_f64() {
         Some(t) => assert!(t <= from, "a detection at {t} s, after the gap opened at {from} s, measures the restart"),
-        None => assert!(unobserved.iter().any(|u| u.starts_with("control_plane_detect_s: not observed")), "{unobserved:#?}"),
+        None => {
+            assert!(unobserved.iter().any(|u| u.starts_with("control_plane_detect_s: not observed")), "{unobserved:#?}")
+        }
     }
     // The restore needed the control plane and waited for it.
-    assert!(secs(&r, "restore_s") > to - 0.6, "restore at {} while the control plane was down until {to}", r["restore_s"]);
+    assert!(
+        secs(&r, "restore_s") > to - 0.6,
+        "restore at {} while the control plane was down until {to}",
+        r["restore_s"]
+    );
     // The log streams were cut and resumed (each source from its last line).
     let cuts = r["log_gaps"].as_array().expect("log_gaps");
     assert!(!cuts.is_empty() && cuts.iter().all(|c| c["to_s"].as_f64().is_some()), "log streams not resumed: {cuts:?}");
@@ -230,7 +248,10 @@ fn a_failed_drill_is_undone() {
     let r = json(&out);
     assert_eq!(r["passed"], false);
     let verdict = r["verdict"].as_str().unwrap_or("");
-    assert!(verdict.starts_with("FAILED within the 2 s bound") && verdict.contains("no surviving member named a leader"), "{verdict}");
+    assert!(
+        verdict.starts_with("FAILED within the 2 s bound") && verdict.contains("no surviving member named a leader"),
+        "{verdict}"
+    );
     let target = r["target"].as_str().expect("target");
     assert!(r["restore_s"].as_f64().is_some(), "the target was not restored by the drill");
     let cleanup = strings(&r, "cleanup");
@@ -252,7 +273,8 @@ fn a_failed_drill_is_undone() {
 fn interrupted_drill_is_undone() {
     let mut d = Spawned::start(&["--mode", "engine"], "interrupted-drill");
     let line = d.wait_line("taking down:", Duration::from_secs(180));
-    let target = line.split("taking down: ").nth(1).and_then(|s| s.split_whitespace().next()).expect("target").to_string();
+    let target =
+        line.split("taking down: ").nth(1).and_then(|s| s.split_whitespace().next()).expect("target").to_string();
     d.wait_line("] detect:", Duration::from_secs(120));
     let pid = d.child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill -INT").success());
@@ -296,8 +318,14 @@ fn issue_7_failover_drills_elect_a_new_leader_keep_the_workload_and_rejoin_the_o
     let host = assert_swarm_drill_passed("host");
     eprintln!(
         "measured (s): engine detect {} elect {} api {} rejoin {}; host detect {} elect {} api {} rejoin {}",
-        engine["detect_s"], engine["elect_s"], engine["api_back_s"], engine["rejoin_s"],
-        host["detect_s"], host["elect_s"], host["api_back_s"], host["rejoin_s"]
+        engine["detect_s"],
+        engine["elect_s"],
+        engine["api_back_s"],
+        engine["rejoin_s"],
+        host["detect_s"],
+        host["elect_s"],
+        host["api_back_s"],
+        host["rejoin_s"]
     );
 
     // The Consul drill: a new Consul leader among the remaining servers, KV writable again,
@@ -316,7 +344,10 @@ fn issue_7_failover_drills_elect_a_new_leader_keep_the_workload_and_rejoin_the_o
     assert_eq!(consul_key_status(&new_ip, "swarm/join"), "200", "the swarm's join data is readable after the drill");
     assert_eq!(consul_key_status(&new_ip, "drill/kv-probe"), "404", "the drill's KV probe key was removed");
     let names = strings(&r, "election_lines");
-    assert!(names.iter().all(|l| !l.contains("/engine |")), "a Consul drill streams the Consul servers' logs: {names:#?}");
+    assert!(
+        names.iter().all(|l| !l.contains("/engine |")),
+        "a Consul drill streams the Consul servers' logs: {names:#?}"
+    );
 
     a_failed_drill_is_undone();
     control_plane_restart_during_recovery();

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use flotilla_proto::tls;
-use flotilla_proto::v1::{
-    self, AgentMessage, EnrollRequest, agent_message, agent_service_client::AgentServiceClient,
-};
+use flotilla_proto::v1::{self, AgentMessage, EnrollRequest, agent_message, agent_service_client::AgentServiceClient};
 use flotilla_tests::{Coord, eventually};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use tonic::Code;
@@ -35,21 +33,13 @@ fn with_header<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
-async fn enroll(
-    coord: &Coord,
-    token: &str,
-    host: &str,
-    csr: &str,
-) -> Result<v1::EnrollResponse, tonic::Status> {
+async fn enroll(coord: &Coord, token: &str, host: &str, csr: &str) -> Result<v1::EnrollResponse, tonic::Status> {
     client(coord, None)
         .enroll(with_header(EnrollRequest {
             token: token.into(),
             host_name: host.into(),
             csr_pem: csr.into(),
-            facts: Some(v1::HostFacts {
-                hostname: host.into(),
-                ..Default::default()
-            }),
+            facts: Some(v1::HostFacts { hostname: host.into(), ..Default::default() }),
         }))
         .await
         .map(|r| r.into_inner())
@@ -171,10 +161,7 @@ async fn a_token_enrolls_once_and_every_bad_token_is_refused_with_its_own_messag
     }
     // Tokens are stored only as hashes: the secret is nowhere in the state file.
     let state = std::fs::read(coord.state_dir().join("state.redb")).expect("state file");
-    assert!(
-        !state.windows(token.len()).any(|w| w == token.as_bytes()),
-        "the raw token must not be stored"
-    );
+    assert!(!state.windows(token.len()).any(|w| w == token.as_bytes()), "the raw token must not be stored");
 }
 
 fn hex_token() -> String {
@@ -248,15 +235,10 @@ async fn sessions_require_a_cluster_certificate_for_the_host_claimed() {
     let other = flotilla_coordinator::pki::Pki::load_or_create(other_dir.path(), "other", &["127.0.0.1".into()])
         .expect("other CA");
     let (key, csr) = csr_for("host-a");
-    let foreign = other
-        .sign_host_csr("host-a", &csr, Duration::from_secs(3600))
-        .expect("sign");
+    let foreign = other.sign_host_csr("host-a", &csr, Duration::from_secs(3600)).expect("sign");
     let foreign = tls::Identity::from_pem("foreign", &foreign.certificate_pem, &key.serialize_pem()).expect("id");
     let e = open_session(&coord, Some(&foreign), "host-a").await.expect_err("foreign CA");
-    assert!(
-        matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal),
-        "{e:?}"
-    );
+    assert!(matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{e:?}");
     assert!(audit_kinds(&coord).await.iter().any(|k| k == "session.refused.identity"));
 }
 
@@ -265,12 +247,7 @@ async fn an_incompatible_protocol_version_is_refused_naming_both_versions() {
     let coord = Coord::start(|_| {}).await;
     let token = coord.token("node0").await;
     let (_k, csr) = csr_for("node0");
-    let mut req = tonic::Request::new(EnrollRequest {
-        token,
-        host_name: "node0".into(),
-        csr_pem: csr,
-        facts: None,
-    });
+    let mut req = tonic::Request::new(EnrollRequest { token, host_name: "node0".into(), csr_pem: csr, facts: None });
     req.metadata_mut().insert(flotilla_proto::PROTOCOL_HEADER, "2".parse().expect("header"));
     let e = client(&coord, None).enroll(req).await.expect_err("v2 agent");
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -297,11 +274,7 @@ async fn an_agent_enrolls_once_deletes_its_token_and_reconnects_with_its_certifi
     let mut agent = flotilla_agent::start(cfg.clone()).await.expect("agent again");
     let st = agent.wait_for(WAIT, |s| s.connected).await.expect("reconnected");
     assert_eq!(st.cert_serial, serial, "same certificate, no re-enrollment");
-    assert_eq!(
-        audit_kinds(&coord).await.iter().filter(|k| *k == "enroll.ok").count(),
-        1,
-        "enrolled exactly once"
-    );
+    assert_eq!(audit_kinds(&coord).await.iter().filter(|k| *k == "enroll.ok").count(), 1, "enrolled exactly once");
 
     // Status shows it with a fresh heartbeat and its health figures.
     let json = eventually(WAIT, "a heartbeat in status", || async {
@@ -350,9 +323,7 @@ async fn revoking_a_host_closes_its_session_and_refuses_its_next_call() {
     let r = coord
         .admin()
         .await
-        .revoke_host(v1::RevokeHostRequest {
-            host_name: "node0".into(),
-        })
+        .revoke_host(v1::RevokeHostRequest { host_name: "node0".into() })
         .await
         .expect("revoke")
         .into_inner();
@@ -363,10 +334,7 @@ async fn revoking_a_host_closes_its_session_and_refuses_its_next_call() {
         .expect("session closed with the reason");
     assert!(st.last_error.contains("revoked"), "{}", st.last_error);
     // Its next attempts are refused too.
-    let st = agent
-        .wait_for(WAIT, |s| s.failures >= 2)
-        .await
-        .expect("refused again");
+    let st = agent.wait_for(WAIT, |s| s.failures >= 2).await.expect("refused again");
     assert!(!st.connected);
     assert!(st.last_error.contains("revoked"), "{}", st.last_error);
     let status = coord.admin().await.status(v1::StatusRequest {}).await.expect("status").into_inner();
@@ -390,9 +358,7 @@ async fn a_coordinator_restart_under_twenty_agents_loses_nothing_and_all_reconne
     coord.restart().await;
     let restarted = std::time::Instant::now();
     for (a, n) in agents.iter_mut().zip(before) {
-        a.wait_for(WAIT, |s| s.connected && s.sessions_opened > n)
-            .await
-            .expect("reconnected after the restart");
+        a.wait_for(WAIT, |s| s.connected && s.sessions_opened > n).await.expect("reconnected after the restart");
     }
     // Back-off cap is 2 s in this test's agent config; allow scheduling slack on 2 cores.
     let took = restarted.elapsed();
@@ -414,27 +380,16 @@ async fn certificates_renew_before_two_thirds_of_their_life_without_dropping_the
     let cfg = coord.agent_config("node0").await;
     let mut agent = flotilla_agent::start(cfg.clone()).await.expect("agent");
     let first = agent.wait_for(WAIT, |s| s.connected).await.expect("connected");
-    let st = agent
-        .wait_for(WAIT, |s| s.renewals >= 1)
-        .await
-        .expect("renewed over the session");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
+    let st = agent.wait_for(WAIT, |s| s.renewals >= 1).await.expect("renewed over the session");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
     let left = first.cert_not_after_unix - now;
-    assert!(
-        (1..=5).contains(&left),
-        "renewed with {left} s of a 9 s certificate left: not before 2/3, not too early"
-    );
+    assert!((1..=5).contains(&left), "renewed with {left} s of a 9 s certificate left: not before 2/3, not too early");
     assert_ne!(st.cert_serial, first.cert_serial, "a new certificate");
     assert_eq!(st.sessions_opened, 1, "the session was not dropped");
     assert!(st.connected);
     // The renewed certificate is on disk and is what a restarted agent uses.
     agent.stop().await;
-    let stored = flotilla_agent::identity::StoredIdentity::load(&cfg.state_dir)
-        .expect("load")
-        .expect("identity");
+    let stored = flotilla_agent::identity::StoredIdentity::load(&cfg.state_dir).expect("load").expect("identity");
     let mut agent = flotilla_agent::start(cfg).await.expect("agent");
     let again = agent.wait_for(WAIT, |s| s.connected).await.expect("reconnected");
     assert_eq!(again.cert_serial, stored.facts.serial);
@@ -457,10 +412,7 @@ async fn the_admin_socket_and_keys_are_private_and_operator_certificates_work_re
     let r = coord
         .admin()
         .await
-        .issue_operator_certificate(v1::IssueOperatorCertificateRequest {
-            operator_name: "alice".into(),
-            csr_pem: csr,
-        })
+        .issue_operator_certificate(v1::IssueOperatorCertificateRequest { operator_name: "alice".into(), csr_pem: csr })
         .await
         .expect("operator cert")
         .into_inner();
@@ -477,25 +429,23 @@ async fn the_admin_socket_and_keys_are_private_and_operator_certificates_work_re
     let host = enrolled_identity(&coord, "node0").await;
     let ca = tls::certs_from_pem("ca", &coord.ca_pem()).expect("ca");
     let ch = tls::channel(&coord.endpoint(), tls::client_config(&ca, Some(&host)).expect("cfg")).expect("ch");
-    let e = v1::admin_client::AdminClient::new(ch)
-        .status(v1::StatusRequest {})
-        .await
-        .expect_err("host cert on admin");
+    let e = v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest {}).await.expect_err("host cert on admin");
     assert_eq!(e.code(), Code::PermissionDenied);
     // And no certificate at all is refused too.
     let ch = tls::channel(&coord.endpoint(), tls::client_config(&ca, None).expect("cfg")).expect("ch");
-    let e = v1::admin_client::AdminClient::new(ch)
-        .status(v1::StatusRequest {})
-        .await
-        .expect_err("anonymous admin");
+    let e = v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest {}).await.expect_err("anonymous admin");
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 
 /// The next `EngineAction` the coordinator sends on `session` (other messages skipped).
-async fn next_action(session: &mut tonic::Streaming<v1::CoordinatorMessage>) -> Result<v1::EngineAction, tokio::time::error::Elapsed> {
+async fn next_action(
+    session: &mut tonic::Streaming<v1::CoordinatorMessage>,
+) -> Result<v1::EngineAction, tokio::time::error::Elapsed> {
     tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(v1::coordinator_message::Body::EngineAction(a)) = session.message().await.expect("session message").expect("session open").body {
+            if let Some(v1::coordinator_message::Body::EngineAction(a)) =
+                session.message().await.expect("session message").expect("session open").body
+            {
                 return a;
             }
         }
@@ -521,7 +471,8 @@ async fn issue_7_role_actions_reach_the_agent_with_their_role_and_lease_and_bad_
     };
 
     // Known host, no session yet: UNAVAILABLE, naming it.
-    let e = admin.engine_action(action("manager0", Kind::StopRole, v1::Role::Consul, 30)).await.expect_err("no session");
+    let e =
+        admin.engine_action(action("manager0", Kind::StopRole, v1::Role::Consul, 30)).await.expect_err("no session");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("manager0"), "{}", e.message());
 

@@ -69,10 +69,19 @@ async fn every_rendered_user_data_passes_cloud_init_schema_in_the_lab_host_image
             continue;
         }
         let o = docker(&[
-            "run", "--rm", "--pull", "never", "--network", "none",
-            "-v", &format!("{}:/golden:ro", golden.display()),
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "--network",
+            "none",
+            "-v",
+            &format!("{}:/golden:ro", golden.display()),
             &images.host,
-            "cloud-init", "schema", "--config-file", &format!("/golden/{name}"),
+            "cloud-init",
+            "schema",
+            "--config-file",
+            &format!("/golden/{name}"),
         ]);
         assert!(o.status.success(), "{name} fails cloud-init schema: {}", out(&o));
         checked += 1;
@@ -82,9 +91,19 @@ async fn every_rendered_user_data_passes_cloud_init_schema_in_the_lab_host_image
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("bad.yaml"), "#cloud-config\nwrite_files: 42\n").expect("write");
     let o = docker(&[
-        "run", "--rm", "--pull", "never", "--network", "none",
-        "-v", &format!("{}:/d:ro", dir.path().display()),
-        &images.host, "cloud-init", "schema", "--config-file", "/d/bad.yaml",
+        "run",
+        "--rm",
+        "--pull",
+        "never",
+        "--network",
+        "none",
+        "-v",
+        &format!("{}:/d:ro", dir.path().display()),
+        &images.host,
+        "cloud-init",
+        "schema",
+        "--config-file",
+        "/d/bad.yaml",
     ]);
     assert!(!o.status.success(), "cloud-init schema accepted an invalid document");
 }
@@ -96,10 +115,8 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
     let state = tempfile::tempdir().expect("tempdir");
     let lab = Lab::new(local_engine().await, CLUSTER, state.path(), images);
     lab.destroy().await.expect("clean start");
-    let (net, refs) = lab
-        .ensure(&[(&lab.images.hello.clone(), "flotilla/hello:1")])
-        .await
-        .expect("lab network and registry");
+    let (net, refs) =
+        lab.ensure(&[(&lab.images.hello.clone(), "flotilla/hello:1")]).await.expect("lab network and registry");
     let gateway = net.coordinator_ip.expect("gateway");
     let machine_cgroups = std::fs::read_dir("/sys/fs/cgroup").map(|d| d.count()).unwrap_or(0);
 
@@ -207,7 +224,10 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
 
     // Hosts do not touch the machine's cgroup tree (the trap in shared/LAB.md's flags).
     assert_eq!(std::fs::read_dir("/sys/fs/cgroup").map(|d| d.count()).unwrap_or(0), machine_cgroups);
-    let mnt = String::from_utf8_lossy(&Command::new("findmnt").args(["-no", "OPTIONS", "/sys/fs/cgroup"]).output().expect("findmnt").stdout).to_string();
+    let mnt = String::from_utf8_lossy(
+        &Command::new("findmnt").args(["-no", "OPTIONS", "/sys/fs/cgroup"]).output().expect("findmnt").stdout,
+    )
+    .to_string();
     assert!(mnt.starts_with("rw"), "the machine's /sys/fs/cgroup became {mnt}");
 
     // Teardown leaves nothing labelled with the cluster.

@@ -89,9 +89,7 @@ fn numbered(n: u32, pause: &str) -> String {
 }
 
 async fn connected_agent(coord: &Coord, host: &str) -> AgentHandle {
-    let mut agent = flotilla_agent::start(coord.agent_config(host).await)
-        .await
-        .expect("agent starts");
+    let mut agent = flotilla_agent::start(coord.agent_config(host).await).await.expect("agent starts");
     agent.wait_for(WAIT, |s| s.connected).await.expect("agent connects");
     agent
 }
@@ -119,11 +117,7 @@ struct Received {
 }
 
 async fn receive(mut stream: tonic::Streaming<v1::LogLineOut>, mut each: impl FnMut(&v1::LogLineOut)) -> Received {
-    let mut r = Received {
-        lines: Vec::new(),
-        end: None,
-        status: Ok(()),
-    };
+    let mut r = Received { lines: Vec::new(), end: None, status: Ok(()) };
     loop {
         match tokio::time::timeout(WAIT, stream.message()).await {
             Err(_) => panic!("no log line for {WAIT:?} (got {} lines so far)", r.lines.len()),
@@ -243,10 +237,7 @@ async fn a_coordinator_restart_mid_stream_loses_and_repeats_nothing() {
     let first = first.await.expect("first reader");
     assert!(first.end.is_none(), "the source ended before the restart: make the container slower");
     let status = first.status.expect_err("a cut stream does not end with OK");
-    assert!(
-        matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled),
-        "cut with {status:?}"
-    );
+    assert!(matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled), "cut with {status:?}");
     let cut_at = first.lines.len();
     assert!((50..600).contains(&cut_at), "cut after {cut_at} lines");
     assert_numbered(&first.lines, 1, cut_at as u32);
@@ -256,7 +247,8 @@ async fn a_coordinator_restart_mid_stream_loses_and_repeats_nothing() {
         .await
         .expect("the agent reconnects to the restarted control plane");
     let since = first.lines.last().map(|l| l.unix_ns).unwrap_or(0);
-    let second = receive(follow(&coord, request("logs1", &c.name, true, since)).await.expect("follow again"), |_| {}).await;
+    let second =
+        receive(follow(&coord, request("logs1", &c.name, true, since)).await.expect("follow again"), |_| {}).await;
     assert!(second.status.is_ok(), "{:?}", second.status);
     assert!(second.end.as_ref().is_some_and(|e| e.eof), "{:?}", second.end);
 
@@ -331,10 +323,7 @@ async fn a_cut_agent_connection_resumes_without_loss_or_repeats() {
             .expect("lines keep coming")
             .expect("the stream is being read");
         relay.cut();
-        agent
-            .wait_for(WAIT, |s| s.connected && s.sessions_opened >= sessions)
-            .await
-            .expect("the agent reconnects");
+        agent.wait_for(WAIT, |s| s.connected && s.sessions_opened >= sessions).await.expect("the agent reconnects");
     }
     let got = reader.await.expect("reader");
     assert!(got.status.is_ok(), "{:?}", got.status);
@@ -368,26 +357,14 @@ async fn unknown_hosts_and_empty_selections_are_refused_up_front() {
     let unknown = follow(&coord, request("nobody", "x", false, 0)).await.expect_err("unknown host");
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
     // A host with no role and no container named: nothing to follow.
-    let nothing = follow(
-        &coord,
-        v1::FollowLogsRequest {
-            hosts: vec!["logs3".into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("nothing to follow");
+    let nothing = follow(&coord, v1::FollowLogsRequest { hosts: vec!["logs3".into()], ..Default::default() })
+        .await
+        .expect_err("nothing to follow");
     assert_eq!(nothing.code(), Code::InvalidArgument, "{nothing:?}");
     // A role nobody runs.
-    let role = follow(
-        &coord,
-        v1::FollowLogsRequest {
-            role: v1::Role::Manager as i32,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("no manager");
+    let role = follow(&coord, v1::FollowLogsRequest { role: v1::Role::Manager as i32, ..Default::default() })
+        .await
+        .expect_err("no manager");
     assert_eq!(role.code(), Code::InvalidArgument, "{role:?}");
     agent.stop().await;
 }
@@ -413,10 +390,7 @@ async fn the_cli_prints_host_source_and_text() {
     let out = tokio::time::timeout(WAIT, out).await.expect("the CLI ends").expect("run the CLI");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let want: String = ["first", "second", "third"]
-        .iter()
-        .map(|t| format!("logs4/{} | {t}\n", c.name))
-        .collect();
+    let want: String = ["first", "second", "third"].iter().map(|t| format!("logs4/{} | {t}\n", c.name)).collect();
     assert_eq!(stdout, want);
     agent.stop().await;
 }

@@ -27,9 +27,7 @@ pub fn validate(spec: &ConsulSpec) -> Result<(), RoleError> {
         return Err(RoleError::Spec("consul.bootstrap_expect must be at least 1".into()));
     }
     if spec.encrypt_key.len() != 44 {
-        return Err(RoleError::Spec(
-            "consul.encrypt_key must be the base64 of 32 bytes (44 characters)".into(),
-        ));
+        return Err(RoleError::Spec("consul.encrypt_key must be the base64 of 32 bytes (44 characters)".into()));
     }
     for j in &spec.retry_join {
         if j.parse::<std::net::IpAddr>().is_err() {
@@ -78,11 +76,7 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
     let existing = find(ctx.docker, "consul").await?;
     let mut current = None;
     for c in existing {
-        let same = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(super::LABEL_SPEC))
-            .is_some_and(|h| *h == hash);
+        let same = c.labels.as_ref().and_then(|l| l.get(super::LABEL_SPEC)).is_some_and(|h| *h == hash);
         let id = c.id.clone().unwrap_or_default();
         if same && current.is_none() {
             current = Some(c);
@@ -121,16 +115,11 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
             };
             ctx.docker
                 .create_container(
-                    Some(CreateContainerOptions {
-                        name: Some(CONTAINER.to_string()),
-                        ..Default::default()
-                    }),
+                    Some(CreateContainerOptions { name: Some(CONTAINER.to_string()), ..Default::default() }),
                     body,
                 )
                 .await?;
-            ctx.docker
-                .start_container(CONTAINER, None::<StartContainerOptions>)
-                .await?;
+            ctx.docker.start_container(CONTAINER, None::<StartContainerOptions>).await?;
             return Ok(status(Role::Consul, RoleState::Starting, "container started"));
         }
     }
@@ -177,21 +166,15 @@ pub async fn view() -> Option<ConsulView> {
 async fn health(expect: u32) -> RoleStatus {
     match view().await {
         None => status(Role::Consul, RoleState::Starting, "Consul's HTTP API does not answer yet"),
-        Some(v) if v.leader.is_empty() => status(
-            Role::Consul,
-            RoleState::Starting,
-            format!("no leader yet ({} of {expect} servers)", v.peers.len()),
-        ),
+        Some(v) if v.leader.is_empty() => {
+            status(Role::Consul, RoleState::Starting, format!("no leader yet ({} of {expect} servers)", v.peers.len()))
+        }
         Some(v) if (v.peers.len() as u32) < expect => status(
             Role::Consul,
             RoleState::Degraded,
             format!("leader {}, {} of {expect} servers", v.leader, v.peers.len()),
         ),
-        Some(v) => status(
-            Role::Consul,
-            RoleState::Running,
-            format!("leader {}, {} servers", v.leader, v.peers.len()),
-        ),
+        Some(v) => status(Role::Consul, RoleState::Running, format!("leader {}, {} servers", v.leader, v.peers.len())),
     }
 }
 
@@ -206,13 +189,8 @@ pub async fn remove(ctx: &RoleCtx<'_>) -> Result<bool, RoleError> {
         if c.state.map(|s| s.to_string()).unwrap_or_default() == "running" {
             let _ = super::exec(ctx.docker, &id, &["consul", "leave"]).await;
         }
-        ctx.docker
-            .remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
-            .await?;
+        ctx.docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await?;
     }
-    let _ = ctx
-        .docker
-        .remove_volume(VOLUME, None::<RemoveVolumeOptions>)
-        .await;
+    let _ = ctx.docker.remove_volume(VOLUME, None::<RemoveVolumeOptions>).await;
     Ok(true)
 }

@@ -18,9 +18,7 @@ pub fn validate(spec: &ManagerSpec) -> Result<(), RoleError> {
     }
     let tls = [&spec.engine_tls_cert_pem, &spec.engine_tls_key_pem, &spec.engine_tls_ca_pem];
     if tls.iter().any(|p| p.is_empty()) && tls.iter().any(|p| !p.is_empty()) {
-        return Err(RoleError::Spec(
-            "manager.engine_tls_*: give all three (certificate, key, CA) or none".into(),
-        ));
+        return Err(RoleError::Spec("manager.engine_tls_*: give all three (certificate, key, CA) or none".into()));
     }
     Ok(())
 }
@@ -123,17 +121,10 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus,
             None => Ok(status(
                 Role::Manager,
                 RoleState::Pending,
-                format!(
-                    "waiting for the first manager to publish join data under flotilla/{}/swarm/",
-                    ctx.cluster
-                ),
+                format!("waiting for the first manager to publish join data under flotilla/{}/swarm/", ctx.cluster),
             )),
         },
-        other => Ok(status(
-            Role::Manager,
-            RoleState::Failed,
-            format!("swarm state '{other}': {}", local.error),
-        )),
+        other => Ok(status(Role::Manager, RoleState::Failed, format!("swarm state '{other}': {}", local.error))),
     }
 }
 
@@ -160,17 +151,13 @@ pub async fn remove(ctx: &RoleCtx<'_>, consul_addrs: &[String], keep_as_node: bo
     let version = node.version.and_then(|v| v.index).unwrap_or_default();
     let mut spec: NodeSpec = node.spec.unwrap_or_default();
     spec.role = Some(NodeSpecRoleEnum::WORKER);
-    ctx.docker
-        .update_node(&local.node_id, spec, UpdateNodeOptions { version: version as i64 })
-        .await?;
+    ctx.docker.update_node(&local.node_id, spec, UpdateNodeOptions { version: version as i64 }).await?;
     tracing::info!(host = ctx.host, "demoted this manager");
     if let Ok(c) = swarm::consul(consul_addrs).await {
         let _ = swarm::unpublish_manager(&c, ctx.cluster, ctx.host).await;
     }
     if !keep_as_node {
-        ctx.docker
-            .leave_swarm(Some(LeaveSwarmOptions { force: false }))
-            .await?;
+        ctx.docker.leave_swarm(Some(LeaveSwarmOptions { force: false })).await?;
     }
     Ok(true)
 }

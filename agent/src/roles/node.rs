@@ -51,10 +51,7 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &NodeSpec, also_manager: bool) -> R
         ("active", None) => Ok(status(
             Role::Node,
             RoleState::Degraded,
-            format!(
-                "this Engine is in a swarm ({}) but the cluster has published no join data yet",
-                local.cluster_id
-            ),
+            format!("this Engine is in a swarm ({}) but the cluster has published no join data yet", local.cluster_id),
         )),
         ("pending", _) => Ok(status(Role::Node, RoleState::Starting, "joining the swarm")),
         ("inactive", Some(j)) => {
@@ -73,16 +70,9 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &NodeSpec, also_manager: bool) -> R
         ("inactive", None) => Ok(status(
             Role::Node,
             RoleState::Pending,
-            format!(
-                "waiting for a manager to publish join data under flotilla/{}/swarm/",
-                ctx.cluster
-            ),
+            format!("waiting for a manager to publish join data under flotilla/{}/swarm/", ctx.cluster),
         )),
-        (other, _) => Ok(status(
-            Role::Node,
-            RoleState::Failed,
-            format!("swarm state '{other}': {}", local.error),
-        )),
+        (other, _) => Ok(status(Role::Node, RoleState::Failed, format!("swarm state '{other}': {}", local.error))),
     }
 }
 
@@ -92,8 +82,6 @@ pub async fn remove(ctx: &RoleCtx<'_>) -> Result<bool, RoleError> {
     if !local.active() || local.is_manager {
         return Ok(false);
     }
-    ctx.docker
-        .leave_swarm(Some(LeaveSwarmOptions { force: false }))
-        .await?;
+    ctx.docker.leave_swarm(Some(LeaveSwarmOptions { force: false })).await?;
     Ok(true)
 }

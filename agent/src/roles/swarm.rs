@@ -60,12 +60,7 @@ pub async fn local(docker: &Docker) -> Result<Local, RoleError> {
         cluster_id: s.cluster.and_then(|c| c.id).unwrap_or_default(),
         is_manager: s.control_available.unwrap_or(false),
         error: s.error.unwrap_or_default(),
-        remote_managers: s
-            .remote_managers
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|p| p.addr)
-            .collect(),
+        remote_managers: s.remote_managers.unwrap_or_default().into_iter().filter_map(|p| p.addr).collect(),
     })
 }
 
@@ -184,9 +179,5 @@ pub async fn take_init_lock(c: &Consul, cluster: &str, host: &str) -> Result<Str
     if c.put(&k, host.as_bytes(), Some(0)).await? {
         return Ok(host.to_string());
     }
-    Ok(c
-        .get(&k)
-        .await?
-        .map(|e| String::from_utf8_lossy(&e.value).to_string())
-        .unwrap_or_default())
+    Ok(c.get(&k).await?.map(|e| String::from_utf8_lossy(&e.value).to_string()).unwrap_or_default())
 }

@@ -74,15 +74,8 @@ impl Endpoint {
                     "cannot listen on {ip}: {e} (the bake listens where builders reach it: --advertise must be an address of this machine)"
                 ))
             })?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| BakeError::Endpoint(e.to_string()))?
-            .port();
-        let nonce: String = rand::rng()
-            .sample_iter(&rand::distr::Alphanumeric)
-            .take(32)
-            .map(char::from)
-            .collect();
+        let port = listener.local_addr().map_err(|e| BakeError::Endpoint(e.to_string()))?.port();
+        let nonce: String = rand::rng().sample_iter(&rand::distr::Alphanumeric).take(32).map(char::from).collect();
         let reported: Slot = Arc::default();
         let router = crate::agent_binary::routes(report_routes(&nonce, reported.clone()), Some(binary));
         let shutdown = CancellationToken::new();
@@ -163,7 +156,10 @@ fn report_routes(nonce: &str, slot: Slot) -> axum::Router {
                             *s = Some(r);
                             (StatusCode::NO_CONTENT, "")
                         }
-                        None => (StatusCode::BAD_REQUEST, "expected status=complete|failed, engine= or reason=, a blank line, the output\n"),
+                        None => (
+                            StatusCode::BAD_REQUEST,
+                            "expected status=complete|failed, engine= or reason=, a blank line, the output\n",
+                        ),
                     }
                 }
             }),
@@ -178,16 +174,11 @@ pub fn parse_report(body: &str) -> Option<Reported> {
     let status = lines.next()?.strip_prefix("status=")?;
     let detail = lines.next().unwrap_or_default();
     let outcome = match status {
-        "complete" => Outcome::Complete {
-            engine_version: detail.strip_prefix("engine=")?.trim().to_string(),
-        },
+        "complete" => Outcome::Complete { engine_version: detail.strip_prefix("engine=")?.trim().to_string() },
         "failed" => Outcome::Failed(detail.strip_prefix("reason=").unwrap_or(detail).trim().to_string()),
         _ => return None,
     };
-    Some(Reported {
-        outcome,
-        output: output.to_string(),
-    })
+    Some(Reported { outcome, output: output.to_string() })
 }
 
 #[cfg(test)]
@@ -217,9 +208,7 @@ mod tests {
         assert_eq!(
             *slot.lock().expect("lock"),
             Some(Reported {
-                outcome: Outcome::Complete {
-                    engine_version: "24.0.7".into()
-                },
+                outcome: Outcome::Complete { engine_version: "24.0.7".into() },
                 output: "line 1\nflotilla-bake: done\n".into(),
             })
         );

@@ -11,7 +11,10 @@ use flotilla_agent::consul::{Consul, ConsulError, ServerHealth};
 use flotilla_agent::roles::swarm::{self as agent_swarm, JoinData};
 use tokio::sync::mpsc;
 
-use super::{CALL_TIMEOUT, Drill, HELLO_REPLICAS, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL, Report, kv_probe_key, lock, swarm};
+use super::{
+    CALL_TIMEOUT, Drill, HELLO_REPLICAS, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL, Report, kv_probe_key, lock,
+    swarm,
+};
 
 fn client(ip: &str) -> Consul {
     Consul::new(&format!("{ip}:{}", flotilla_agent::roles::consul::HTTP_PORT))
@@ -62,7 +65,9 @@ pub(super) async fn fault_tolerance_problems(servers: &[Member]) -> Vec<String> 
             .iter()
             .filter_map(|s| match health.iter().find(|h| h.name == s.name) {
                 None => Some(format!("Consul's autopilot does not list {}", s.name)),
-                Some(h) if rejoined_as(h) != "voter" => Some(format!("Consul's autopilot lists {} as {}", s.name, rejoined_as(h))),
+                Some(h) if rejoined_as(h) != "voter" => {
+                    Some(format!("Consul's autopilot lists {} as {}", s.name, rejoined_as(h)))
+                }
                 Some(_) => None,
             })
             .collect();
@@ -163,7 +168,10 @@ pub(super) async fn measure(d: &Drill, m: &Measure<'_>, r: &mut Report) -> Optio
                     let (tx1, key) = (tx.clone(), key.clone());
                     tokio::spawn(async move {
                         let value = format!("written {:.3} s after the fault", fault_at.elapsed().as_secs_f64());
-                        let ok = matches!(timed(CALL_TIMEOUT, client(&via.ip).put(&key, value.as_bytes(), None)).await, Ok(true));
+                        let ok = matches!(
+                            timed(CALL_TIMEOUT, client(&via.ip).put(&key, value.as_bytes(), None)).await,
+                            Ok(true)
+                        );
                         let _ = tx1.send((fault_at.elapsed(), Seen::Kv { via: via.name, ok }));
                     });
                 }
@@ -220,7 +228,10 @@ pub(super) async fn workload(d: &Drill, m: &Measure<'_>, managers: &[Docker], ta
         if join.is_none() {
             match join_data(&survivors, &d.opts.cluster).await {
                 Ok((via, id)) => {
-                    d.say.event(m.fault_at.elapsed(), format!("workload: the swarm's join data readable through {via} (cluster id {id})"));
+                    d.say.event(
+                        m.fault_at.elapsed(),
+                        format!("workload: the swarm's join data readable through {via} (cluster id {id})"),
+                    );
                     join = Some(via);
                 }
                 Err(e) => last_join_error = e,
@@ -303,7 +314,10 @@ pub(super) async fn rejoin(d: &Drill, m: &Measure<'_>, restore_at: Instant, dead
             if target_back && r.rejoined_as == "voter" {
                 let at = restore_at.elapsed().as_secs_f64();
                 r.rejoin_s = Some(at);
-                d.say.event(m.fault_at.elapsed(), format!("rejoin: {target} is back as a healthy voter ({at:.2} s after the restore)"));
+                d.say.event(
+                    m.fault_at.elapsed(),
+                    format!("rejoin: {target} is back as a healthy voter ({at:.2} s after the restore)"),
+                );
                 break;
             }
         }

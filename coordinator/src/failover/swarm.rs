@@ -10,7 +10,10 @@ use bollard::models::{NodeSpecRoleEnum, TaskState};
 use bollard::query_parameters::{ListNodesOptions, ListTasksOptions};
 use tokio::sync::mpsc;
 
-use super::{CALL_TIMEOUT, Drill, FailoverError, HELLO_REPLICAS, HELLO_SERVICE, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL, Report, WORKLOAD_TIMEOUT};
+use super::{
+    CALL_TIMEOUT, Drill, FailoverError, HELLO_REPLICAS, HELLO_SERVICE, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL,
+    Report, WORKLOAD_TIMEOUT,
+};
 use crate::verify;
 
 /// A node as a manager's Engine lists it.
@@ -131,7 +134,9 @@ pub(super) async fn remove_hello(engines: &[(String, Docker)], deadline: Instant
         for (name, e) in engines {
             match tokio::time::timeout(CALL_TIMEOUT * 5, e.delete_service(HELLO_SERVICE)).await {
                 Ok(Ok(())) => return Ok(true),
-                Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => return Ok(false),
+                Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
+                    return Ok(false);
+                }
                 Ok(Err(err)) => last = format!("{name}: {}", flotilla_agent::roles::engine_message(&err)),
                 Err(_) => last = format!("{name}: no answer within {:?}", CALL_TIMEOUT * 5),
             }
@@ -153,15 +158,16 @@ enum Seen {
 
 /// Probes until the loss is detected and the leader's API answers (or the deadline):
 /// `detect_s`, `elect_s`, `api_back_s`. Returns the leader after the fault.
-pub(super) async fn measure(d: &Drill, m: &Measure<'_>, engines: &HashMap<String, Docker>, r: &mut Report) -> Option<String> {
+pub(super) async fn measure(
+    d: &Drill,
+    m: &Measure<'_>,
+    engines: &HashMap<String, Docker>,
+    r: &mut Report,
+) -> Option<String> {
     let say = &d.say;
     let (target, fault_at) = (m.target.to_string(), m.fault_at);
-    let survivors: Vec<(Member, Docker)> = m
-        .members
-        .iter()
-        .filter(|x| x.name != target)
-        .map(|x| (x.clone(), engines[&x.name].clone()))
-        .collect();
+    let survivors: Vec<(Member, Docker)> =
+        m.members.iter().filter(|x| x.name != target).map(|x| (x.clone(), engines[&x.name].clone())).collect();
     let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Seen)>();
     let probing = tokio_util::sync::CancellationToken::new();
     let _stop = probing.clone().drop_guard();
@@ -228,7 +234,13 @@ pub(super) async fn measure(d: &Drill, m: &Measure<'_>, engines: &HashMap<String
 }
 
 /// The hello service's tasks through the new leader: all replicas running again.
-pub(super) async fn workload(d: &Drill, m: &Measure<'_>, leader: Option<&Docker>, tasks_before: &[String], r: &mut Report) {
+pub(super) async fn workload(
+    d: &Drill,
+    m: &Measure<'_>,
+    leader: Option<&Docker>,
+    tasks_before: &[String],
+    r: &mut Report,
+) {
     let mut tasks_after = Vec::new();
     if leader.is_none() {
         r.unobserved.push("the hello tasks after the fault: no manager named a new leader to ask".into());
@@ -285,7 +297,10 @@ pub(super) async fn rejoin(
             if target_back && (n.manager_status == "reachable" || n.manager_status == "leader") {
                 let at = restore_at.elapsed().as_secs_f64();
                 r.rejoin_s = Some(at);
-                d.say.event(m.fault_at.elapsed(), format!("rejoin: {target} is back as a {} manager ({at:.2} s after the restore)", n.manager_status));
+                d.say.event(
+                    m.fault_at.elapsed(),
+                    format!("rejoin: {target} is back as a {} manager ({at:.2} s after the restore)", n.manager_status),
+                );
                 break;
             }
         }

@@ -237,14 +237,10 @@ impl Aws {
                 .send()
                 .await
                 .map_err(self.err("ec2:DescribeVpcs"))?;
-            r.vpcs()
-                .first()
-                .and_then(|v| v.vpc_id())
-                .map(str::to_string)
-                .ok_or_else(|| AwsError::Setup {
-                    what: format!("region {}", self.region),
-                    detail: "has no default VPC: set `aws.vpc_id` (and `aws.subnet_ids`) in flotilla.toml".into(),
-                })?
+            r.vpcs().first().and_then(|v| v.vpc_id()).map(str::to_string).ok_or_else(|| AwsError::Setup {
+                what: format!("region {}", self.region),
+                detail: "has no default VPC: set `aws.vpc_id` (and `aws.subnet_ids`) in flotilla.toml".into(),
+            })?
         } else {
             self.settings.vpc_id.clone()
         };
@@ -322,7 +318,10 @@ impl Aws {
                     .ec2
                     .create_security_group()
                     .group_name(self.group_name())
-                    .description(format!("Flotilla cluster {}: swarm, consul and engine TLS; owned by Flotilla", self.cluster))
+                    .description(format!(
+                        "Flotilla cluster {}: swarm, consul and engine TLS; owned by Flotilla",
+                        self.cluster
+                    ))
                     .vpc_id(&vpc.id)
                     .tag_specifications(self.tags(ResourceType::SecurityGroup, &self.group_name(), &[]))
                     .send()
@@ -376,11 +375,9 @@ impl Aws {
         };
         let r = self.ec2.describe_images().image_ids(&id).send().await.map_err(|e| {
             match AwsError::from_sdk("ec2:DescribeImages", &self.endpoint, e) {
-                AwsError::Api { code, message, .. } if code.starts_with("InvalidAMIID") => AwsError::UnknownAmi {
-                    ami: id.clone(),
-                    region: self.region.clone(),
-                    message,
-                },
+                AwsError::Api { code, message, .. } if code.starts_with("InvalidAMIID") => {
+                    AwsError::UnknownAmi { ami: id.clone(), region: self.region.clone(), message }
+                }
                 other => other,
             }
         })?;
@@ -399,26 +396,20 @@ impl Aws {
                 detail: format!("is {a}, Flotilla's hosts are x86_64"),
             });
         }
-        Ok(Ami {
-            id,
-            root_device: img.root_device_name().unwrap_or("/dev/xvda").to_string(),
-        })
+        Ok(Ami { id, root_device: img.root_device_name().unwrap_or("/dev/xvda").to_string() })
     }
 
     /// Refuses an instance type that is not x86_64 (the AMI is) or that EC2 does not know.
     pub async fn check_instance_type(&self, instance_type: &str) -> Result<(), AwsError> {
-        let r = self
-            .ec2
-            .describe_instance_types()
-            .instance_types(InstanceType::from(instance_type))
-            .send()
-            .await
-            .map_err(|e| match AwsError::from_sdk("ec2:DescribeInstanceTypes", &self.endpoint, e) {
-                AwsError::Api { code, .. } if code.contains("InvalidInstanceType") => {
-                    AwsError::UnknownInstanceType(instance_type.to_string())
-                }
-                other => other,
-            })?;
+        let r =
+            self.ec2.describe_instance_types().instance_types(InstanceType::from(instance_type)).send().await.map_err(
+                |e| match AwsError::from_sdk("ec2:DescribeInstanceTypes", &self.endpoint, e) {
+                    AwsError::Api { code, .. } if code.contains("InvalidInstanceType") => {
+                        AwsError::UnknownInstanceType(instance_type.to_string())
+                    }
+                    other => other,
+                },
+            )?;
         let Some(t) = r.instance_types().first() else {
             return Err(AwsError::UnknownInstanceType(instance_type.to_string()));
         };
@@ -433,21 +424,18 @@ impl Aws {
     }
 
     /// Everything launches need: VPC and subnets, the security group (made to match), the AMI.
-    pub async fn prepare(&self, image: Option<&str>, instance_types: &[&str]) -> Result<(LaunchContext, GroupChange), AwsError> {
+    pub async fn prepare(
+        &self,
+        image: Option<&str>,
+        instance_types: &[&str],
+    ) -> Result<(LaunchContext, GroupChange), AwsError> {
         let vpc = self.vpc().await?;
         for t in instance_types {
             self.check_instance_type(t).await?;
         }
         let ami = self.ami(image).await?;
         let change = self.ensure_security_group(&vpc).await?;
-        Ok((
-            LaunchContext {
-                vpc,
-                group_id: change.id.clone(),
-                ami,
-            },
-            change,
-        ))
+        Ok((LaunchContext { vpc, group_id: change.id.clone(), ami }, change))
     }
 
     /// Every instance of the cluster that is not terminated, found by tag.
@@ -466,7 +454,14 @@ impl Aws {
                 .map_err(self.err("ec2:DescribeInstances"))?;
             for res in r.reservations() {
                 for i in res.instances() {
-                    let tag = |k: &str| i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).unwrap_or_default().to_string();
+                    let tag = |k: &str| {
+                        i.tags()
+                            .iter()
+                            .find(|t| t.key() == Some(k))
+                            .and_then(|t| t.value())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
                     let name = match tag(TAG_HOST) {
                         n if !n.is_empty() => n,
                         _ => tag("Name"),
@@ -475,7 +470,11 @@ impl Aws {
                         name,
                         instance_id: i.instance_id().unwrap_or_default().to_string(),
                         role: tag(TAG_ROLE),
-                        state: i.state().and_then(|s| s.name()).map(state_of).unwrap_or(HostState::Other("unknown".into())),
+                        state: i
+                            .state()
+                            .and_then(|s| s.name())
+                            .map(state_of)
+                            .unwrap_or(HostState::Other("unknown".into())),
                         private_ip: i.private_ip_address().and_then(|a| a.parse::<IpAddr>().ok()),
                     });
                 }
@@ -508,11 +507,18 @@ impl Aws {
                 .hardened_run(&ctx.ami.id, &ctx.ami.root_device, &spec.instance_type, &ctx.group_id, &spec.user_data)
                 .subnet_id(&subnet.id)
                 .client_token(format!("{token}-{k}"))
-                .tag_specifications(self.tags(ResourceType::Instance, &spec.name, &[(TAG_ROLE, &spec.role), (TAG_HOST, &spec.name)]))
+                .tag_specifications(self.tags(
+                    ResourceType::Instance,
+                    &spec.name,
+                    &[(TAG_ROLE, &spec.role), (TAG_HOST, &spec.name)],
+                ))
                 .tag_specifications(self.tags(ResourceType::Volume, &spec.name, &[(TAG_HOST, &spec.name)]));
             match req.send().await {
                 Ok(r) => {
-                    let i = r.instances().first().ok_or_else(|| AwsError::State("RunInstances returned no instance".into()))?;
+                    let i = r
+                        .instances()
+                        .first()
+                        .ok_or_else(|| AwsError::State("RunInstances returned no instance".into()))?;
                     self.set_generation(&spec.name, generation + 1)?;
                     return Ok(Host {
                         name: spec.name.clone(),
@@ -541,11 +547,7 @@ impl Aws {
                 }
             }
         }
-        Err(AwsError::Capacity {
-            instance_type: spec.instance_type.clone(),
-            tried: tried.join(", "),
-            message: last,
-        })
+        Err(AwsError::Capacity { instance_type: spec.instance_type.clone(), tried: tried.join(", "), message: last })
     }
 
     /// The user-data EC2 holds for an instance, decoded.
@@ -579,7 +581,8 @@ impl Aws {
 
     /// Terminates a host (idempotent: an unknown name is already gone) and waits for it.
     pub async fn terminate(&self, name: &str) -> Result<(), AwsError> {
-        let ids: Vec<String> = self.describe().await?.into_iter().filter(|h| h.name == name).map(|h| h.instance_id).collect();
+        let ids: Vec<String> =
+            self.describe().await?.into_iter().filter(|h| h.name == name).map(|h| h.instance_id).collect();
         self.terminate_ids(&ids).await
     }
 
@@ -626,7 +629,8 @@ impl Aws {
     /// (retrying while EC2 still holds it). Idempotent. Returns what it removed.
     pub async fn destroy(&self) -> Result<Vec<String>, AwsError> {
         let hosts = self.describe().await?;
-        let mut removed: Vec<String> = hosts.iter().map(|h| format!("instance {} ({})", h.instance_id, h.name)).collect();
+        let mut removed: Vec<String> =
+            hosts.iter().map(|h| format!("instance {} ({})", h.instance_id, h.name)).collect();
         self.terminate_ids(&hosts.iter().map(|h| h.instance_id.clone()).collect::<Vec<_>>()).await?;
         let r = self
             .ec2
@@ -671,10 +675,8 @@ impl Aws {
 
     fn set_generation(&self, host: &str, generation: u64) -> Result<(), AwsError> {
         let path = self.generations_file();
-        let mut m: BTreeMap<String, u64> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut m: BTreeMap<String, u64> =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         m.insert(host.to_string(), generation);
         let io = |e: std::io::Error| AwsError::State(format!("{}: {e}", path.display()));
         flotilla_proto::fs::private_dir(&self.dir).map_err(io)?;
@@ -751,9 +753,13 @@ fn rules_of(p: &IpPermission, own_group: &str) -> Vec<Rule> {
 fn permission(r: &Rule, own_group: &str) -> IpPermission {
     let b = IpPermission::builder().ip_protocol(&r.protocol).from_port(r.from_port).to_port(r.to_port);
     match &r.source {
-        Source::OwnGroup => b.user_id_group_pairs(UserIdGroupPair::builder().group_id(own_group).description(&r.description).build()),
+        Source::OwnGroup => {
+            b.user_id_group_pairs(UserIdGroupPair::builder().group_id(own_group).description(&r.description).build())
+        }
         Source::Group(g) => b.user_id_group_pairs(UserIdGroupPair::builder().group_id(g).build()),
-        Source::Cidr(c) if c.contains(':') => b.ipv6_ranges(aws_sdk_ec2::types::Ipv6Range::builder().cidr_ipv6(c).build()),
+        Source::Cidr(c) if c.contains(':') => {
+            b.ipv6_ranges(aws_sdk_ec2::types::Ipv6Range::builder().cidr_ipv6(c).build())
+        }
         Source::Cidr(c) => b.ip_ranges(IpRange::builder().cidr_ip(c).description(&r.description).build()),
     }
     .build()

@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
-    NetworkCreateRequest, NetworkingConfig, PortBinding, VolumeCreateRequest,
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, PushImageOptions, RemoveContainerOptions, RemoveVolumeOptions,
-    StartContainerOptions, StopContainerOptions, TagImageOptions,
+    CreateContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    PushImageOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, StopContainerOptions,
+    TagImageOptions,
 };
 use futures::StreamExt;
 
@@ -58,7 +58,9 @@ pub enum LabError {
     Push { image: String, message: String },
     #[error("no lab host named '{0}'")]
     NoHost(String),
-    #[error("the host image '{image}' ({from}) is not on this machine's Engine, and the lab never pulls: bake one with `coordinator bake` (it prints the name to use), or pick one `docker images` lists")]
+    #[error(
+        "the host image '{image}' ({from}) is not on this machine's Engine, and the lab never pulls: bake one with `coordinator bake` (it prints the name to use), or pick one `docker images` lists"
+    )]
     NoImage { image: String, from: &'static str },
     #[error(transparent)]
     Images(#[from] images::ImageError),
@@ -76,11 +78,7 @@ impl From<bollard::errors::Error> for LabError {
 /// The machine's Docker Engine (the lab's hosts run on it), with the API version
 /// negotiated; the error is the Engine's own words, for the caller to frame.
 pub async fn connect_engine() -> Result<Docker, String> {
-    Docker::connect_with_defaults()
-        .map_err(|e| e.to_string())?
-        .negotiate_version()
-        .await
-        .map_err(|e| e.to_string())
+    Docker::connect_with_defaults().map_err(|e| e.to_string())?.negotiate_version().await.map_err(|e| e.to_string())
 }
 
 pub struct Lab {
@@ -117,27 +115,21 @@ impl Lab {
     }
 
     fn labels(&self, kind: &str) -> HashMap<String, String> {
-        HashMap::from([
-            (LABEL_CLUSTER.to_string(), self.cluster.clone()),
-            (LABEL_KIND.to_string(), kind.to_string()),
-        ])
+        HashMap::from([(LABEL_CLUSTER.to_string(), self.cluster.clone()), (LABEL_KIND.to_string(), kind.to_string())])
     }
 
     /// The cluster's network, created on first use on a free /24.
     pub async fn ensure_network(&self) -> Result<(String, Ipv4Addr), LabError> {
         let name = self.network_name();
-        if let Ok(n) = self
-            .docker
-            .inspect_network(&name, None::<InspectNetworkOptions>)
-            .await
-        {
+        if let Ok(n) = self.docker.inspect_network(&name, None::<InspectNetworkOptions>).await {
             let subnet = n
                 .ipam
                 .and_then(|i| i.config)
                 .and_then(|c| c.into_iter().next())
                 .and_then(|c| c.subnet)
                 .unwrap_or_default();
-            let base = subnet_base(&subnet).ok_or_else(|| LabError::Engine(format!("network {name} has no IPv4 subnet")))?;
+            let base =
+                subnet_base(&subnet).ok_or_else(|| LabError::Engine(format!("network {name} has no IPv4 subnet")))?;
             return Ok((n.id.unwrap_or_default(), base));
         }
         let used = self.used_subnets().await?;
@@ -186,14 +178,7 @@ impl Lab {
         for (local, repo_tag) in push {
             refs.push(self.push(local_port, &lab_addr, local, repo_tag).await?);
         }
-        Ok((
-            Network {
-                id,
-                coordinator_ip: Some(IpAddr::V4(with_last(base, 1))),
-                registry: Some(lab_addr),
-            },
-            refs,
-        ))
+        Ok((Network { id, coordinator_ip: Some(IpAddr::V4(with_last(base, 1))), registry: Some(lab_addr) }, refs))
     }
 
     async fn ensure_registry(&self, base: Ipv4Addr) -> Result<(String, u16), LabError> {
@@ -209,10 +194,7 @@ impl Lab {
                 host_config: Some(HostConfig {
                     port_bindings: Some(HashMap::from([(
                         format!("{REGISTRY_PORT}/tcp"),
-                        Some(vec![PortBinding {
-                            host_ip: Some("127.0.0.1".into()),
-                            host_port: Some(String::new()),
-                        }]),
+                        Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
                     )])),
                     restart_policy: Some(bollard::models::RestartPolicy {
                         name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
@@ -225,10 +207,7 @@ impl Lab {
             };
             self.create_named(&name, body).await?;
         }
-        self.docker
-            .start_container(&name, None::<StartContainerOptions>)
-            .await
-            .or_else(ignore_not_modified)?;
+        self.docker.start_container(&name, None::<StartContainerOptions>).await.or_else(ignore_not_modified)?;
         let info = self.docker.inspect_container(&name, None).await?;
         let port = info
             .network_settings
@@ -261,32 +240,17 @@ impl Lab {
         let (repo, tag) = repo_tag.rsplit_once(':').unwrap_or((repo_tag, "latest"));
         let pushed = format!("127.0.0.1:{port}/{repo}");
         self.docker
-            .tag_image(
-                local,
-                Some(TagImageOptions {
-                    repo: Some(pushed.clone()),
-                    tag: Some(tag.to_string()),
-                }),
-            )
+            .tag_image(local, Some(TagImageOptions { repo: Some(pushed.clone()), tag: Some(tag.to_string()) }))
             .await?;
         let mut stream = self.docker.push_image(
             &pushed,
-            Some(PushImageOptions {
-                tag: Some(tag.to_string()),
-                ..Default::default()
-            }),
+            Some(PushImageOptions { tag: Some(tag.to_string()), ..Default::default() }),
             None,
         );
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| LabError::Push {
-                image: local.to_string(),
-                message: e.to_string(),
-            })?;
+            let info = item.map_err(|e| LabError::Push { image: local.to_string(), message: e.to_string() })?;
             if let Some(msg) = info.error_detail.and_then(|d| d.message) {
-                return Err(LabError::Push {
-                    image: local.to_string(),
-                    message: msg,
-                });
+                return Err(LabError::Push { image: local.to_string(), message: msg });
             }
         }
         // The loopback tag was only the way in; do not leave it behind.
@@ -294,10 +258,7 @@ impl Lab {
             .docker
             .remove_image(
                 &format!("{pushed}:{tag}"),
-                Some(bollard::query_parameters::RemoveImageOptions {
-                    noprune: true,
-                    ..Default::default()
-                }),
+                Some(bollard::query_parameters::RemoveImageOptions { noprune: true, ..Default::default() }),
                 None,
             )
             .await;
@@ -307,13 +268,7 @@ impl Lab {
     /// Creates a container under `name` (never pulling: the lab's images are local).
     async fn create_named(&self, name: &str, body: ContainerCreateBody) -> Result<(), LabError> {
         self.docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.to_string()),
-                    ..Default::default()
-                }),
-                body,
-            )
+            .create_container(Some(CreateContainerOptions { name: Some(name.to_string()), ..Default::default() }), body)
             .await?;
         Ok(())
     }
@@ -323,10 +278,7 @@ impl Lab {
             endpoints_config: Some(HashMap::from([(
                 self.network_name(),
                 EndpointSettings {
-                    ipam_config: Some(EndpointIpamConfig {
-                        ipv4_address: Some(ip.to_string()),
-                        ..Default::default()
-                    }),
+                    ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(ip.to_string()), ..Default::default() }),
                     ..Default::default()
                 },
             )])),
@@ -338,10 +290,9 @@ impl Lab {
     pub async fn require_image(&self, image: &str, from: &'static str) -> Result<(), LabError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Err(LabError::NoImage {
-                image: image.to_string(),
-                from,
-            }),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(LabError::NoImage { image: image.to_string(), from })
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -350,15 +301,10 @@ impl Lab {
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<Host, LabError> {
         let name = self.container_name(&spec.name);
         if let Ok(c) = self.docker.inspect_container(&name, None).await {
-            let never_ran = c
-                .state
-                .and_then(|s| s.status)
-                .is_some_and(|s| s == bollard::models::ContainerStateStatusEnum::CREATED);
+            let never_ran =
+                c.state.and_then(|s| s.status).is_some_and(|s| s == bollard::models::ContainerStateStatusEnum::CREATED);
             if !never_ran {
-                self.docker
-                    .start_container(&name, None::<StartContainerOptions>)
-                    .await
-                    .or_else(ignore_not_modified)?;
+                self.docker.start_container(&name, None::<StartContainerOptions>).await.or_else(ignore_not_modified)?;
                 return self.host(&spec.name).await;
             }
             // Created by an interrupted launch but never started: make it again (nothing on
@@ -395,9 +341,7 @@ impl Lab {
         };
         self.create_named(&name, body).await?;
         drop(guard);
-        self.docker
-            .start_container(&name, None::<StartContainerOptions>)
-            .await?;
+        self.docker.start_container(&name, None::<StartContainerOptions>).await?;
         tracing::info!(host = %spec.name, container = %name, %ip, "lab host launched");
         self.host(&spec.name).await
     }
@@ -474,11 +418,7 @@ impl Lab {
     }
 
     pub async fn host(&self, name: &str) -> Result<Host, LabError> {
-        self.describe()
-            .await?
-            .into_iter()
-            .find(|h| h.name == name)
-            .ok_or_else(|| LabError::NoHost(name.to_string()))
+        self.describe().await?.into_iter().find(|h| h.name == name).ok_or_else(|| LabError::NoHost(name.to_string()))
     }
 
     /// The lab registry's address as hosts reach it (`<ip>:5000`), if the cluster has one.
@@ -496,10 +436,7 @@ impl Lab {
         self.docker
             .stop_container(
                 &self.container_name(name),
-                Some(StopContainerOptions {
-                    t: Some(STOP_TIMEOUT_S),
-                    ..Default::default()
-                }),
+                Some(StopContainerOptions { t: Some(STOP_TIMEOUT_S), ..Default::default() }),
             )
             .await
             .or_else(ignore_not_modified)?;
@@ -586,14 +523,7 @@ fn host_config(seed: &Path, volume: &str) -> HostConfig {
 
 async fn remove_container(docker: &Docker, name: &str) -> Result<(), LabError> {
     match docker
-        .remove_container(
-            name,
-            Some(RemoveContainerOptions {
-                force: true,
-                v: false,
-                ..Default::default()
-            }),
-        )
+        .remove_container(name, Some(RemoveContainerOptions { force: true, v: false, ..Default::default() }))
         .await
     {
         Ok(()) => Ok(()),
@@ -603,10 +533,7 @@ async fn remove_container(docker: &Docker, name: &str) -> Result<(), LabError> {
 }
 
 async fn remove_volume(docker: &Docker, name: &str) -> Result<(), LabError> {
-    match docker
-        .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
-        .await
-    {
+    match docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
         Ok(()) => Ok(()),
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
         Err(e) => Err(e.into()),
@@ -624,7 +551,9 @@ fn ignore_not_modified(e: bollard::errors::Error) -> Result<(), bollard::errors:
 /// Whether a registry's `/v2/` answers 200 (a plain HTTP/1.0 GET on loopback).
 async fn registry_answers(addr: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(Ok(mut s)) = tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await else {
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+    else {
         return false;
     };
     if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: registry\r\n\r\n").await.is_err() {

@@ -64,12 +64,7 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
 
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -92,12 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut tokens = Vec::with_capacity(args.agents);
     for i in 0..args.agents {
-        let r = admin
-            .create_token(v1::CreateTokenRequest {
-                host_name: format!("sim{i}"),
-                ttl_s: 0,
-            })
-            .await?;
+        let r = admin.create_token(v1::CreateTokenRequest { host_name: format!("sim{i}"), ttl_s: 0 }).await?;
         tokens.push(r.into_inner().token);
     }
     let mint_s = t0.elapsed().as_secs_f64();
@@ -120,10 +110,7 @@ async fn main() -> anyhow::Result<()> {
                     token,
                     host_name: host.clone(),
                     csr_pem: pending.csr_pem.clone(),
-                    facts: Some(v1::HostFacts {
-                        hostname: host,
-                        ..Default::default()
-                    }),
+                    facts: Some(v1::HostFacts { hostname: host, ..Default::default() }),
                 });
                 flotilla_agent::session::add_protocol_header(&mut req);
                 let id = match AgentServiceClient::new(ch).enroll(req).await {
@@ -144,10 +131,7 @@ async fn main() -> anyhow::Result<()> {
         .await;
     let enroll_s = t0.elapsed().as_secs_f64();
     let enrolled = identities.iter().filter(|(_, i)| i.is_some()).count();
-    eprintln!(
-        "enrolled {enrolled} in {enroll_s:.1}s ({:.0}/s)",
-        enrolled as f64 / enroll_s
-    );
+    eprintln!("enrolled {enrolled} in {enroll_s:.1}s ({:.0}/s)", enrolled as f64 / enroll_s);
 
     // 3. Sessions.
     let rtts = Arc::new(Mutex::new(Vec::<u64>::with_capacity(args.agents * 16)));

@@ -146,10 +146,7 @@ impl AwsBaker {
             .send()
             .await
             .map_err(self.aws.err("ec2:DescribeInstances"))?;
-        Ok(r.reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| i.state().and_then(|s| s.name()).cloned()))
+        Ok(r.reservations().iter().flat_map(|r| r.instances()).find_map(|i| i.state().and_then(|s| s.name()).cloned()))
     }
 
     /// Deletes the scope's bake groups, waiting (bounded) while EC2 still holds them for a
@@ -190,7 +187,9 @@ impl AwsBaker {
             match self.state(id).await? {
                 Some(InstanceStateName::Stopped) => return Ok(()),
                 Some(s @ (InstanceStateName::Terminated | InstanceStateName::ShuttingDown)) => {
-                    return Err(AwsError::State(format!("the builder {id} is {} instead of stopping", s.as_str())).into());
+                    return Err(
+                        AwsError::State(format!("the builder {id} is {} instead of stopping", s.as_str())).into()
+                    );
                 }
                 _ if Instant::now() > deadline => {
                     return Err(AwsError::Timeout {
@@ -303,11 +302,7 @@ impl Backend for AwsBaker {
                 .and_then(|t| t.value())
                 .unwrap_or_default()
                 .to_string();
-            Some(Image {
-                reference: id.clone(),
-                id,
-                engine_version: engine,
-            })
+            Some(Image { reference: id.clone(), id, engine_version: engine })
         }))
     }
 
@@ -378,9 +373,9 @@ impl Backend for AwsBaker {
     async fn poll(&self, reported: Option<&Reported>) -> Result<BuilderState, BakeError> {
         if let Some(r) = reported {
             return Ok(match &r.outcome {
-                Outcome::Complete { engine_version } => BuilderState::Complete {
-                    engine_version: engine_version.clone(),
-                },
+                Outcome::Complete { engine_version } => {
+                    BuilderState::Complete { engine_version: engine_version.clone() }
+                }
                 Outcome::Failed(reason) => BuilderState::Failed(reason.clone()),
             });
         }
@@ -408,13 +403,7 @@ impl Backend for AwsBaker {
 
     async fn capture(&self, facts: &Facts) -> Result<Image, BakeError> {
         let id = self.builder_id().ok_or_else(|| AwsError::State("capture before launch".into()))?;
-        self.aws
-            .ec2
-            .stop_instances()
-            .instance_ids(&id)
-            .send()
-            .await
-            .map_err(self.aws.err("ec2:StopInstances"))?;
+        self.aws.ec2.stop_instances().instance_ids(&id).send().await.map_err(self.aws.err("ec2:StopInstances"))?;
         self.wait_stopped(&id).await?;
         let name = format!("{}-{}", facts.name, facts.tag);
         let tags: [(&str, &str); 7] = [
@@ -458,10 +447,7 @@ impl Backend for AwsBaker {
                 },
                 other => other,
             })?;
-        let ami = r
-            .image_id()
-            .ok_or_else(|| AwsError::State("CreateImage returned no image id".into()))?
-            .to_string();
+        let ami = r.image_id().ok_or_else(|| AwsError::State("CreateImage returned no image id".into()))?.to_string();
         let snapshots = self.wait_available(&ami).await?;
         // The snapshots get the same tags once they exist (tagging them in CreateImage is not
         // supported by every EC2-compatible endpoint).
@@ -475,11 +461,7 @@ impl Backend for AwsBaker {
                 .await
                 .map_err(self.aws.err("ec2:CreateTags"))?;
         }
-        Ok(Image {
-            reference: ami.clone(),
-            id: ami,
-            engine_version: facts.engine_version.clone(),
-        })
+        Ok(Image { reference: ami.clone(), id: ami, engine_version: facts.engine_version.clone() })
     }
 
     async fn cleanup(&self) -> Result<(), BakeError> {

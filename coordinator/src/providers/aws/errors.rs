@@ -25,7 +25,9 @@ pub enum AwsError {
     Permission { action: String, message: String },
     #[error("no AWS region: set `aws.region` in flotilla.toml, pass --region, or set AWS_REGION")]
     NoRegion,
-    #[error("AMI {ami} does not exist in region {region} or is not visible to this account ({message}); check `images.host`")]
+    #[error(
+        "AMI {ami} does not exist in region {region} or is not visible to this account ({message}); check `images.host`"
+    )]
     UnknownAmi { ami: String, region: String, message: String },
     #[error(
         "instance type {instance_type} runs on {arch}, but the Amazon Linux 2023 AMI Flotilla uses is x86_64: \
@@ -36,7 +38,9 @@ pub enum AwsError {
     UnknownInstanceType(String),
     #[error("no capacity for {instance_type} in any of the subnets tried ({tried}): {message}")]
     Capacity { instance_type: String, tried: String, message: String },
-    #[error("cannot reach the EC2 API at {endpoint} ({detail}); check the network, `aws.endpoint_url` or --endpoint-url")]
+    #[error(
+        "cannot reach the EC2 API at {endpoint} ({detail}); check the network, `aws.endpoint_url` or --endpoint-url"
+    )]
     Unreachable { endpoint: String, detail: String },
     #[error("{what}: {detail}")]
     Setup { what: String, detail: String },
@@ -51,7 +55,8 @@ pub enum AwsError {
 }
 
 /// Error codes for which another subnet (another availability zone) may succeed.
-pub const CAPACITY_CODES: [&str; 3] = ["InsufficientInstanceCapacity", "Unsupported", "InsufficientFreeAddressesInSubnet"];
+pub const CAPACITY_CODES: [&str; 3] =
+    ["InsufficientInstanceCapacity", "Unsupported", "InsufficientFreeAddressesInSubnet"];
 
 impl AwsError {
     /// Turns an SDK error from `action` (the IAM action name, e.g. `ec2:RunInstances`) into
@@ -73,20 +78,13 @@ impl AwsError {
                 if looks_like_missing_credentials(&rendered) {
                     return AwsError::NoCredentials(first_line(&rendered));
                 }
-                AwsError::Unreachable {
-                    endpoint: endpoint.to_string(),
-                    detail: first_line(&rendered),
-                }
+                AwsError::Unreachable { endpoint: endpoint.to_string(), detail: first_line(&rendered) }
             }
             _ => {
                 if looks_like_missing_credentials(&rendered) {
                     return AwsError::NoCredentials(first_line(&rendered));
                 }
-                AwsError::Api {
-                    action: action.to_string(),
-                    code: "Client".into(),
-                    message: rendered,
-                }
+                AwsError::Api { action: action.to_string(), code: "Client".into(), message: rendered }
             }
         }
     }
@@ -103,26 +101,26 @@ impl AwsError {
 /// The classification of an EC2 error code (pure; unit-tested).
 pub fn classify(action: &str, code: &str, message: &str) -> AwsError {
     match code {
-        "AuthFailure" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "UnrecognizedClientException"
-        | "ExpiredToken" | "RequestExpired" | "InvalidAccessKeyId" => AwsError::Credentials {
-            code: code.to_string(),
-            message: message.to_string(),
-        },
-        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => AwsError::Permission {
-            action: action.to_string(),
-            message: short(message),
-        },
-        _ => AwsError::Api {
-            action: action.to_string(),
-            code: code.to_string(),
-            message: message.to_string(),
-        },
+        "AuthFailure"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "UnrecognizedClientException"
+        | "ExpiredToken"
+        | "RequestExpired"
+        | "InvalidAccessKeyId" => AwsError::Credentials { code: code.to_string(), message: message.to_string() },
+        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+            AwsError::Permission { action: action.to_string(), message: short(message) }
+        }
+        _ => AwsError::Api { action: action.to_string(), code: code.to_string(), message: message.to_string() },
     }
 }
 
 fn looks_like_missing_credentials(s: &str) -> bool {
     let s = s.to_ascii_lowercase();
-    s.contains("no credentials") || s.contains("loading credentials") || s.contains("failed to load credentials") || s.contains("credentials provider")
+    s.contains("no credentials")
+        || s.contains("loading credentials")
+        || s.contains("failed to load credentials")
+        || s.contains("credentials provider")
 }
 
 /// The readable head of an SDK error chain (without the Debug dump the SDK appends).

@@ -132,7 +132,9 @@ mod tests {
             // Destructive actions appear only under a tag condition (a cluster's or a bake's).
             let bake = st.iter().find(|s| s["Sid"] == "FlotillaBakeChangeOwnOnly").expect("bake statement");
             assert!(bake["Condition"]["StringLike"]["ec2:ResourceTag/flotilla:bake"].is_string());
-            for s in st.iter().filter(|s| s["Sid"] != "FlotillaChangeOwnOnly" && s["Sid"] != "FlotillaBakeChangeOwnOnly") {
+            for s in
+                st.iter().filter(|s| s["Sid"] != "FlotillaChangeOwnOnly" && s["Sid"] != "FlotillaBakeChangeOwnOnly")
+            {
                 assert!(!s["Action"].to_string().contains(a), "{a} granted without the tag condition");
             }
         }

@@ -110,11 +110,9 @@ pub fn diff(current: &[Rule], desired: &[Rule]) -> (Vec<Rule>, Vec<Rule>) {
 
 /// Checks a CIDR given for `field`: IPv4 `a.b.c.d/n`.
 pub fn validate_cidr(field: &str, cidr: &str) -> Result<(), String> {
-    let (ip, len) = cidr
-        .split_once('/')
-        .ok_or_else(|| format!("`{field}`: '{cidr}' is not a CIDR (write e.g. 203.0.113.4/32)"))?;
-    ip.parse::<std::net::Ipv4Addr>()
-        .map_err(|_| format!("`{field}`: '{ip}' is not an IPv4 address"))?;
+    let (ip, len) =
+        cidr.split_once('/').ok_or_else(|| format!("`{field}`: '{cidr}' is not a CIDR (write e.g. 203.0.113.4/32)"))?;
+    ip.parse::<std::net::Ipv4Addr>().map_err(|_| format!("`{field}`: '{ip}' is not an IPv4 address"))?;
     match len.parse::<u8>() {
         Ok(n) if n <= 32 => Ok(()),
         _ => Err(format!("`{field}`: '/{len}' is not a prefix length (0-32)")),
@@ -135,8 +133,17 @@ mod tests {
         assert_eq!(engine[0].source, Source::Cidr("198.51.100.7/32".into()));
         // Everything but the Engine API is open only to the group itself.
         assert!(rules.iter().filter(|r| r.from_port != 2376).all(|r| r.source == Source::OwnGroup));
-        let ports: BTreeSet<(String, i32, i32)> = rules.iter().map(|r| (r.protocol.clone(), r.from_port, r.to_port)).collect();
-        for p in [("tcp", 2377, 2377), ("tcp", 7946, 7946), ("udp", 7946, 7946), ("udp", 4789, 4789), ("tcp", 8300, 8302), ("udp", 8301, 8302), ("tcp", 8500, 8500)] {
+        let ports: BTreeSet<(String, i32, i32)> =
+            rules.iter().map(|r| (r.protocol.clone(), r.from_port, r.to_port)).collect();
+        for p in [
+            ("tcp", 2377, 2377),
+            ("tcp", 7946, 7946),
+            ("udp", 7946, 7946),
+            ("udp", 4789, 4789),
+            ("tcp", 8300, 8302),
+            ("udp", 8301, 8302),
+            ("tcp", 8500, 8500),
+        ] {
             assert!(ports.contains(&(p.0.to_string(), p.1, p.2)), "{p:?} missing");
         }
         let with_ssh = desired_rules("198.51.100.7/32", "192.0.2.0/24");
@@ -147,7 +154,13 @@ mod tests {
     fn diff_adds_the_missing_and_revokes_the_foreign() {
         let want = desired_rules("10.0.0.1/32", "");
         let mut have = want[1..].to_vec();
-        have.push(Rule { protocol: "tcp".into(), from_port: 22, to_port: 22, source: Source::Cidr("0.0.0.0/0".into()), description: String::new() });
+        have.push(Rule {
+            protocol: "tcp".into(),
+            from_port: 22,
+            to_port: 22,
+            source: Source::Cidr("0.0.0.0/0".into()),
+            description: String::new(),
+        });
         let (add, revoke) = diff(&have, &want);
         assert_eq!(add, vec![want[0].clone()]);
         assert_eq!(revoke.len(), 1);

@@ -77,16 +77,9 @@ impl LabBaker {
         let seeds = tempfile::Builder::new()
             .prefix("flotilla-bake-")
             .tempdir()
-            .map_err(|source| LabError::Seed {
-                path: std::env::temp_dir(),
-                source,
-            })?;
+            .map_err(|source| LabError::Seed { path: std::env::temp_dir(), source })?;
         let default_base = images.host.clone();
-        Ok(Self {
-            lab: Lab::new(docker, &format!("{scope}.bake"), seeds.path(), images),
-            default_base,
-            _seeds: seeds,
-        })
+        Ok(Self { lab: Lab::new(docker, &format!("{scope}.bake"), seeds.path(), images), default_base, _seeds: seeds })
     }
 
     fn builder(&self) -> String {
@@ -146,10 +139,9 @@ impl LabBaker {
     /// The size of a regular file in the (stopped or running) builder, from the Engine's
     /// archive of it: the first tar header's size field.
     async fn file_size(&self, path: &str) -> Result<u64, LabError> {
-        let mut stream = self.docker().download_from_container(
-            &self.builder(),
-            Some(DownloadFromContainerOptions { path: path.to_string() }),
-        );
+        let mut stream = self
+            .docker()
+            .download_from_container(&self.builder(), Some(DownloadFromContainerOptions { path: path.to_string() }));
         let mut head = Vec::new();
         while head.len() < 512 {
             match stream.next().await {
@@ -169,9 +161,8 @@ impl LabBaker {
 /// A lab image name is a repository (lower-case, `/`-separated parts); the tag is derived.
 /// Checked before anything else, so a bad name costs nothing.
 pub fn check_name(name: &str) -> Result<(), BakeError> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    let ok_chars =
+        name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'/'));
     let ok_shape = !name.is_empty()
         && name.len() <= 200
         && name.split('/').all(|part| {
@@ -204,13 +195,12 @@ impl Backend for LabBaker {
     async fn base(&self, requested: Option<&str>) -> Result<Base, BakeError> {
         let reference = requested.unwrap_or(&self.default_base).to_string();
         match self.docker().inspect_image(&reference).await {
-            Ok(img) => Ok(Base {
-                id: img.id.unwrap_or_else(|| reference.clone()),
-                reference,
-            }),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Err(BakeError::Usage(format!(
-                "--base '{reference}': not an image on this machine's Engine, and the lab never pulls: pass an image `docker images` lists, or leave --base out for the lab host image"
-            ))),
+            Ok(img) => Ok(Base { id: img.id.unwrap_or_else(|| reference.clone()), reference }),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(BakeError::Usage(format!(
+                    "--base '{reference}': not an image on this machine's Engine, and the lab never pulls: pass an image `docker images` lists, or leave --base out for the lab host image"
+                )))
+            }
             Err(e) => Err(LabError::from(e).into()),
         }
     }
@@ -218,13 +208,29 @@ impl Backend for LabBaker {
     async fn engine_version(&self, base: &Base) -> Result<Option<String>, BakeError> {
         // `dockerd --version` in a throwaway container of the base, without a network.
         let run = tokio::process::Command::new("docker")
-            .args(["run", "--rm", "--pull", "never", "--network", "none", "--entrypoint", "dockerd", &base.id, "--version"])
+            .args([
+                "run",
+                "--rm",
+                "--pull",
+                "never",
+                "--network",
+                "none",
+                "--entrypoint",
+                "dockerd",
+                &base.id,
+                "--version",
+            ])
             .env_remove("DOCKER_HOST")
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(EXEC_TIMEOUT, run)
             .await
-            .map_err(|_| LabError::Engine(format!("`dockerd --version` in {} did not finish within {EXEC_TIMEOUT:?}", base.reference)))?
+            .map_err(|_| {
+                LabError::Engine(format!(
+                    "`dockerd --version` in {} did not finish within {EXEC_TIMEOUT:?}",
+                    base.reference
+                ))
+            })?
             .map_err(|e| LabError::Engine(format!("docker CLI: {e}")))?;
         // "Docker version 20.10.24+dfsg1, build 5d6db84"; no dockerd: nothing to expect.
         let text = String::from_utf8_lossy(&out.stdout);
@@ -300,10 +306,7 @@ impl Backend for LabBaker {
             ..Default::default()
         };
         self.lab.create_named(&name, body).await?;
-        self.docker()
-            .start_container(&name, None::<StartContainerOptions>)
-            .await
-            .map_err(LabError::from)?;
+        self.docker().start_container(&name, None::<StartContainerOptions>).await.map_err(LabError::from)?;
         Ok(name)
     }
 
@@ -315,11 +318,7 @@ impl Backend for LabBaker {
         let mut lines = out.lines();
         match (code, lines.next()) {
             (0, Some("complete")) => {
-                let engine = out
-                    .lines()
-                    .find_map(|l| l.strip_prefix("engine="))
-                    .unwrap_or("unknown")
-                    .to_string();
+                let engine = out.lines().find_map(|l| l.strip_prefix("engine=")).unwrap_or("unknown").to_string();
                 Ok(BuilderState::Complete { engine_version: engine })
             }
             (0, Some("failed")) => Ok(BuilderState::Failed(lines.collect::<Vec<_>>().join(" "))),
@@ -350,14 +349,10 @@ impl Backend for LabBaker {
                 // Stopped, or no log yet: the container's console instead.
                 let mut logs = self.docker().logs(
                     &self.builder(),
-                    Some(LogsOptions {
-                        stdout: true,
-                        stderr: true,
-                        tail: KEEP.to_string(),
-                        ..Default::default()
-                    }),
+                    Some(LogsOptions { stdout: true, stderr: true, tail: KEEP.to_string(), ..Default::default() }),
                 );
-                let mut text = format!("(no cloud-init output could be read: {other:?}; the container's console instead)\n");
+                let mut text =
+                    format!("(no cloud-init output could be read: {other:?}; the container's console instead)\n");
                 while let Some(Ok(chunk)) = logs.next().await {
                     text.push_str(&chunk.to_string());
                 }
@@ -370,11 +365,7 @@ impl Backend for LabBaker {
         let builder = self.builder();
         let (code, out) = self.exec(CLEAN_SCRIPT, &[]).await?;
         if code != 0 {
-            return Err(BakeError::CleanFailed {
-                builder,
-                code,
-                output: out.trim().to_string(),
-            });
+            return Err(BakeError::CleanFailed { builder, code, output: out.trim().to_string() });
         }
         self.lab.stop(BUILDER).await?;
         // What the builder changed, against the base: nothing secret may be among it.
@@ -417,10 +408,7 @@ impl Backend for LabBaker {
                     pause: false,
                     changes: None,
                 },
-                ContainerConfig {
-                    labels: Some(labels),
-                    ..Default::default()
-                },
+                ContainerConfig { labels: Some(labels), ..Default::default() },
             )
             .await
             .map_err(LabError::from)?
