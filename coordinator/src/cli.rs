@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use flotilla_proto::v1;
 use tonic::transport::Channel;
 
-use crate::admin::{self, ConnectError};
-use crate::config::{ServeConfig, StatePaths, default_state_root, valid_name};
-use crate::control::role_name;
+use crate::admin_client::{self, ConnectError};
+use crate::control_plane::core::role_name;
+use crate::control_plane::settings::{ServeConfig, StatePaths, default_state_root, valid_name};
+use crate::ui::log_prefix;
 
 /// Exit code for bad usage or configuration (sysexits' EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
@@ -55,7 +56,7 @@ impl Global {
         if let Some(c) = &self.cluster {
             return c.clone();
         }
-        crate::cluster::ClusterConfig::load(std::path::Path::new("flotilla.toml"), false)
+        crate::ops::cluster_config::ClusterConfig::load(std::path::Path::new("flotilla.toml"), false)
             .map(|c| c.name)
             .unwrap_or_else(|_| "flotilla".into())
     }
@@ -162,7 +163,7 @@ pub struct BakeArgs {
     pub base: Option<String>,
     /// The baked image's name (lab: a repository; its tag is derived from the agent, the Engine
     /// and the base, so a bake of the same ones reuses the image).
-    #[arg(long, default_value = crate::bake::DEFAULT_NAME)]
+    #[arg(long, default_value = crate::ops::bake::DEFAULT_NAME)]
     pub name: String,
     /// How long the builder gets to install everything.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -380,13 +381,13 @@ pub enum CliError {
     #[error("{}", .0.message())]
     Rpc(#[from] tonic::Status),
     #[error(transparent)]
-    Serve(#[from] crate::serve::ServeError),
+    Serve(#[from] crate::control_plane::serve::ServeError),
     #[error(transparent)]
-    Deploy(#[from] crate::deploy::DeployError),
+    Deploy(#[from] crate::ops::deploy::DeployError),
     #[error(transparent)]
-    Failover(#[from] crate::failover::FailoverError),
+    Failover(#[from] crate::ops::failover::FailoverError),
     #[error(transparent)]
-    Bake(#[from] crate::bake::BakeError),
+    Bake(#[from] crate::ops::bake::BakeError),
     #[error("{0}")]
     Other(String),
 }
@@ -397,20 +398,16 @@ impl CliError {
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
             CliError::Connect(ConnectError::NotRunning { .. }) => EXIT_UNAVAILABLE,
-            CliError::Serve(crate::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
-            CliError::Deploy(crate::deploy::DeployError::Config(_)) => EXIT_USAGE,
-            CliError::Failover(crate::failover::FailoverError::Refused(_)) => EXIT_USAGE,
-            CliError::Deploy(crate::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage { .. })) => {
-                EXIT_USAGE
-            }
-            CliError::Bake(crate::bake::BakeError::Usage(_)) => EXIT_USAGE,
+            CliError::Serve(crate::control_plane::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
+            CliError::Deploy(crate::ops::deploy::DeployError::Config(_)) => EXIT_USAGE,
+            CliError::Failover(crate::ops::failover::FailoverError::Refused(_)) => EXIT_USAGE,
+            CliError::Deploy(crate::ops::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage {
+                ..
+            })) => EXIT_USAGE,
+            CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
             // The shell's convention: 128 + the signal's number.
-            CliError::Failover(crate::failover::FailoverError::Interrupted { signal, .. }) => {
-                if *signal == "SIGTERM" {
-                    143
-                } else {
-                    130
-                }
+            CliError::Failover(crate::ops::failover::FailoverError::Interrupted { signal, .. }) => {
+                if *signal == "SIGTERM" { 143 } else { 130 }
             }
             _ => 1,
         }
@@ -531,7 +528,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     file.display()
                 )));
             }
-            std::fs::write(&file, crate::cluster::EXAMPLE)
+            std::fs::write(&file, crate::ops::cluster_config::EXAMPLE)
                 .map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
             println!("wrote {} — edit it, then `coordinator deploy`", file.display());
             Ok(())
@@ -561,10 +558,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
     let agent_binary = match args.agent_binary {
         Some(p) => p,
-        None => crate::agent_binary::AgentBinary::default_path().map_err(|e| CliError::Other(e.to_string()))?,
+        None => crate::control_plane::agent_binary::AgentBinary::default_path()
+            .map_err(|e| CliError::Other(e.to_string()))?,
     };
     let explicit = args.file != std::path::Path::new("flotilla.toml");
-    let config = crate::cluster::ClusterConfig::load(&args.file, explicit).map_err(crate::deploy::DeployError::from)?;
+    let config = crate::ops::cluster_config::ClusterConfig::load(&args.file, explicit)
+        .map_err(crate::ops::deploy::DeployError::from)?;
     let mut aws = config.aws.clone();
     if let Some(e) = args.endpoint_url {
         aws.endpoint_url = e;
@@ -573,10 +572,10 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
         aws.region = r;
     }
     let advertise = args.advertise.or_else(|| Some(config.coordinator.advertise.clone()).filter(|a| !a.is_empty()));
-    let report = crate::bake::bake(crate::bake::BakeOptions {
+    let report = crate::ops::bake::bake(crate::ops::bake::BakeOptions {
         provider: match args.provider {
-            ProviderArg::Lab => crate::cluster::ProviderKind::Lab,
-            ProviderArg::Aws => crate::cluster::ProviderKind::Aws,
+            ProviderArg::Lab => crate::ops::cluster_config::ProviderKind::Lab,
+            ProviderArg::Aws => crate::ops::cluster_config::ProviderKind::Aws,
         },
         base: args.base,
         name: args.name,
@@ -616,7 +615,7 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
 }
 
 async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
-    use crate::failover::{self, Component, FailoverError, Mode};
+    use crate::ops::failover::{self, Component, FailoverError, Mode};
     use std::io::IsTerminal;
     let client = client(g).await?;
     // SIGINT and SIGTERM stop the drill, which then undoes its fault before exiting.
@@ -734,8 +733,8 @@ async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
 
 async fn client(g: &Global) -> Result<v1::admin_client::AdminClient<Channel>, CliError> {
     match &g.remote {
-        Some(bundle) => Ok(admin::connect_remote(bundle)?),
-        None => Ok(admin::connect_local(&g.cluster(), &StatePaths::new(&g.state_dir()).admin_socket()).await?),
+        Some(bundle) => Ok(admin_client::connect_remote(bundle)?),
+        None => Ok(admin_client::connect_local(&g.cluster(), &StatePaths::new(&g.state_dir()).admin_socket()).await?),
     }
 }
 
@@ -749,9 +748,10 @@ async fn serve(g: &Global, args: ServeArgs) -> Result<(), CliError> {
     config.host_cert_validity = args.host_cert_validity;
     config.agent_binary = Some(match args.agent_binary {
         Some(p) => p,
-        None => crate::agent_binary::AgentBinary::default_path().map_err(|e| CliError::Other(e.to_string()))?,
+        None => crate::control_plane::agent_binary::AgentBinary::default_path()
+            .map_err(|e| CliError::Other(e.to_string()))?,
     });
-    crate::serve::run(config, listener, shutdown_signal()).await?;
+    crate::control_plane::serve::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -772,7 +772,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn operator_cert(g: &Global, name: &str, out: &std::path::Path) -> Result<(), CliError> {
-    let (key, csr) = crate::pki::new_key_and_csr(name).map_err(|e| CliError::Other(e.to_string()))?;
+    let (key, csr) = crate::control_plane::pki::new_key_and_csr(name).map_err(|e| CliError::Other(e.to_string()))?;
     let mut client = client(g).await?;
     let r = client
         .issue_operator_certificate(v1::IssueOperatorCertificateRequest {
@@ -811,10 +811,10 @@ async fn wait_gone(socket: &std::path::Path) {
 }
 
 /// flotilla.toml (or the defaults) with the flags applied, and where it came from.
-fn load_config(g: &Global, args: &DeployArgs) -> Result<(crate::cluster::ClusterConfig, String), CliError> {
+fn load_config(g: &Global, args: &DeployArgs) -> Result<(crate::ops::cluster_config::ClusterConfig, String), CliError> {
     let explicit = args.file != std::path::Path::new("flotilla.toml");
-    let mut config =
-        crate::cluster::ClusterConfig::load(&args.file, explicit).map_err(crate::deploy::DeployError::from)?;
+    let mut config = crate::ops::cluster_config::ClusterConfig::load(&args.file, explicit)
+        .map_err(crate::ops::deploy::DeployError::from)?;
     let mut origin = if args.file.exists() { args.file.display().to_string() } else { "defaults".to_string() };
     if let Some(c) = &g.cluster {
         config.name = c.clone();
@@ -837,8 +837,8 @@ fn load_config(g: &Global, args: &DeployArgs) -> Result<(crate::cluster::Cluster
     }
     if let Some(p) = args.provider {
         config.provider = match p {
-            ProviderArg::Lab => crate::cluster::ProviderKind::Lab,
-            ProviderArg::Aws => crate::cluster::ProviderKind::Aws,
+            ProviderArg::Lab => crate::ops::cluster_config::ProviderKind::Lab,
+            ProviderArg::Aws => crate::ops::cluster_config::ProviderKind::Aws,
         };
         origin.push_str(" + flags");
     }
@@ -858,7 +858,7 @@ fn load_config(g: &Global, args: &DeployArgs) -> Result<(crate::cluster::Cluster
 
 async fn plan(g: &Global, args: DeployArgs) -> Result<(), CliError> {
     let (config, origin) = load_config(g, &args)?;
-    let ch = crate::deploy::dry_run(&config, &origin, &g.state_root()).await?;
+    let ch = crate::ops::deploy::dry_run(&config, &origin, &g.state_root()).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&ch).unwrap_or_default()),
         Output::Table => {
@@ -891,7 +891,7 @@ async fn plan(g: &Global, args: DeployArgs) -> Result<(), CliError> {
 
 async fn deploy(g: &Global, args: DeployArgs) -> Result<(), CliError> {
     let (config, origin) = load_config(g, &args)?;
-    let report = crate::deploy::deploy(crate::deploy::DeployOptions {
+    let report = crate::ops::deploy::deploy(crate::ops::deploy::DeployOptions {
         config,
         origin,
         state_root: g.state_root(),
@@ -955,7 +955,7 @@ async fn env(g: &Global, output: Output) -> Result<(), CliError> {
         )));
     }
     let ip = leader_addr.split(':').next().unwrap_or_default();
-    let env = crate::verify::docker_env(ip, &g.state_dir().join("docker"));
+    let env = crate::ops::verify::docker_env(ip, &g.state_dir().join("docker"));
     match output {
         Output::Json => {
             println!("{}", serde_json::json!(env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()))
@@ -1017,7 +1017,7 @@ async fn destroy(
     // Revoke every host (their sessions close, their certificates are refused from now on),
     // then stop the control plane, so no agent is told anything mid-way.
     let socket = StatePaths::new(&state_dir).admin_socket();
-    if let Ok(mut c) = admin::connect_local(&cluster, &socket).await {
+    if let Ok(mut c) = admin_client::connect_local(&cluster, &socket).await {
         if let Ok(st) = c.status(v1::StatusRequest {}).await {
             for h in st.into_inner().hosts.iter().filter(|h| !h.revoked) {
                 let _ = c.revoke_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await;
@@ -1107,19 +1107,6 @@ async fn logs(g: &Global, args: LogsArgs) -> Result<(), CliError> {
     }
 }
 
-/// `host/source`, coloured by host (the same host always gets the same colour) when
-/// `colour` is set.
-pub fn log_prefix(host: &str, source: &str, colour: bool) -> String {
-    if !colour {
-        return format!("{host}/{source}");
-    }
-    const COLOURS: [u8; 6] = [36, 33, 32, 35, 34, 31];
-    // FNV-1a: stable across runs and builds.
-    let hash = host.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let code = COLOURS[(hash % COLOURS.len() as u64) as usize];
-    format!("\x1b[{code}m{host}/{source}\x1b[0m")
-}
-
 fn fmt_time(unix_ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix_ms / 1000)
         .ok()
@@ -1169,7 +1156,7 @@ pub fn status_json(st: &v1::StatusResponse) -> serde_json::Value {
                 "generation": h.generation,
                 "role_status": h.role_status.iter().map(|s| serde_json::json!({
                     "role": v1::Role::try_from(s.role).map(role_name).unwrap_or("unspecified"),
-                    "state": crate::control::state_name(s.state),
+                    "state": crate::control_plane::core::state_name(s.state),
                     "message": s.message,
                 })).collect::<Vec<_>>(),
                 "swarm": h.health.as_ref().and_then(|s| s.swarm.as_ref()).map(|s| serde_json::json!({
@@ -1236,7 +1223,7 @@ fn status_table(st: &v1::StatusResponse) -> String {
                     .role_status
                     .iter()
                     .find(|s| v1::Role::try_from(s.role).map(role_name).ok() == Some(*r))
-                    .map(|s| crate::control::state_name(s.state))
+                    .map(|s| crate::control_plane::core::state_name(s.state))
                     .unwrap_or_else(|| "pending".into());
                 format!("{r}:{state}")
             })
@@ -1284,21 +1271,8 @@ fn ago(unix_ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{log_prefix, parse_duration};
+    use super::parse_duration;
     use std::time::Duration;
-
-    #[test]
-    fn log_prefixes_are_plain_off_a_terminal_and_coloured_per_host_on_one() {
-        assert_eq!(log_prefix("node0", "flotilla-consul", false), "node0/flotilla-consul");
-        let a = log_prefix("node0", "engine", true);
-        assert!(a.starts_with("\x1b[") && a.ends_with("node0/engine\x1b[0m"), "{a:?}");
-        assert_eq!(a, log_prefix("node0", "engine", true));
-        assert_eq!(
-            a.split('m').next(),
-            log_prefix("node0", "flotilla-consul", true).split('m').next(),
-            "one colour per host"
-        );
-    }
 
     #[test]
     fn durations_parse_with_units_and_refuse_garbage() {

@@ -151,7 +151,7 @@ impl Provider {
 pub struct ProviderRecord {
     pub provider: String,
     #[serde(default)]
-    pub aws: Option<crate::cluster::AwsSettings>,
+    pub aws: Option<crate::ops::cluster_config::AwsSettings>,
 }
 
 impl ProviderRecord {

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_agent::config::AgentConfig;
-use flotilla_coordinator::clock::Clock;
-use flotilla_coordinator::config::ServeConfig;
-use flotilla_coordinator::serve::{self, Running};
+use flotilla_coordinator::control_plane::clock::Clock;
+use flotilla_coordinator::control_plane::serve::{self, Running};
+use flotilla_coordinator::control_plane::settings::ServeConfig;
 use flotilla_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
@@ -70,7 +70,7 @@ impl Coord {
     }
 
     pub async fn admin(&self) -> AdminClient<Channel> {
-        flotilla_coordinator::admin::connect_local("test", &self.state_dir().join("admin.sock"))
+        flotilla_coordinator::admin_client::connect_local("test", &self.state_dir().join("admin.sock"))
             .await
             .expect("admin socket")
     }

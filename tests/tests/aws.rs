@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine as _;
-use flotilla_coordinator::cluster::AwsSettings;
+use flotilla_coordinator::ops::cluster_config::AwsSettings;
 use flotilla_coordinator::providers::LaunchSpec;
 use flotilla_coordinator::providers::aws::{Aws, TAG_CLUSTER};
 use flotilla_tests::Cli;

@@ -321,7 +321,7 @@ fn bad_assignments(any_manager_ip: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let sock = state_root().join(CLUSTER).join("admin.sock");
-        let mut admin = flotilla_coordinator::admin::connect_local(CLUSTER, &sock).await.expect("admin socket");
+        let mut admin = flotilla_coordinator::admin_client::connect_local(CLUSTER, &sock).await.expect("admin socket");
         let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
         let node1 = st.hosts.iter().find(|h| h.name == "node1").expect("node1");
         let gen_before = node1.generation;

@@ -232,8 +232,9 @@ async fn sessions_require_a_cluster_certificate_for_the_host_claimed() {
 
     // A certificate from another CA: the TLS handshake itself fails.
     let other_dir = tempfile::tempdir().expect("tempdir");
-    let other = flotilla_coordinator::pki::Pki::load_or_create(other_dir.path(), "other", &["127.0.0.1".into()])
-        .expect("other CA");
+    let other =
+        flotilla_coordinator::control_plane::pki::Pki::load_or_create(other_dir.path(), "other", &["127.0.0.1".into()])
+            .expect("other CA");
     let (key, csr) = csr_for("host-a");
     let foreign = other.sign_host_csr("host-a", &csr, Duration::from_secs(3600)).expect("sign");
     let foreign = tls::Identity::from_pem("foreign", &foreign.certificate_pem, &key.serialize_pem()).expect("id");
@@ -408,7 +409,7 @@ async fn the_admin_socket_and_keys_are_private_and_operator_certificates_work_re
     }
 
     // An operator bundle, signed through the admin socket, used over TLS.
-    let (key, csr) = flotilla_coordinator::pki::new_key_and_csr("alice").expect("csr");
+    let (key, csr) = flotilla_coordinator::control_plane::pki::new_key_and_csr("alice").expect("csr");
     let r = coord
         .admin()
         .await
@@ -422,7 +423,7 @@ async fn the_admin_socket_and_keys_are_private_and_operator_certificates_work_re
     std::fs::write(bundle.join("cert.pem"), &r.certificate_pem).expect("cert");
     std::fs::write(bundle.join("key.pem"), key.serialize_pem()).expect("key");
     std::fs::write(bundle.join("endpoint"), coord.endpoint()).expect("endpoint");
-    let mut remote = flotilla_coordinator::admin::connect_remote(&bundle).expect("remote");
+    let mut remote = flotilla_coordinator::admin_client::connect_remote(&bundle).expect("remote");
     remote.status(v1::StatusRequest {}).await.expect("operator may call Status");
 
     // A host certificate may not use the admin API.
@@ -484,7 +485,7 @@ async fn issue_7_role_actions_reach_the_agent_with_their_role_and_lease_and_bad_
     // No lease given: the default, never "forever".
     admin.engine_action(action("manager0", Kind::StopRole, v1::Role::Consul, 0)).await.expect("stop consul");
     let got = next_action(&mut session).await.expect("the action reaches the session");
-    assert_eq!(got.hold_s, flotilla_coordinator::control::DEFAULT_ROLE_HOLD_S);
+    assert_eq!(got.hold_s, flotilla_coordinator::control_plane::core::DEFAULT_ROLE_HOLD_S);
     admin.engine_action(action("manager0", Kind::StartRole, v1::Role::Consul, 0)).await.expect("release consul");
     let got = next_action(&mut session).await.expect("the action reaches the session");
     assert_eq!((got.kind, got.role, got.hold_s), (Kind::StartRole as i32, v1::Role::Consul as i32, 0));

@@ -39,7 +39,7 @@ use base64::Engine as _;
 use sha2::Digest;
 
 use super::{Host, HostState, LaunchSpec};
-use crate::cluster::AwsSettings;
+use crate::ops::cluster_config::AwsSettings;
 pub use errors::AwsError;
 use security_group::{Rule, Source};
 

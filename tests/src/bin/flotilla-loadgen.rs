@@ -81,7 +81,8 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let ca_pem = std::fs::read_to_string(args.state_dir.join("pki/ca.pem")).context("ca.pem")?;
     let ca = tls::certs_from_pem("ca", &ca_pem)?;
-    let mut admin = flotilla_coordinator::admin::connect_local("bench", &args.state_dir.join("admin.sock")).await?;
+    let mut admin =
+        flotilla_coordinator::admin_client::connect_local("bench", &args.state_dir.join("admin.sock")).await?;
 
     // 1. Tokens.
     let t0 = Instant::now();

@@ -1,11 +1,11 @@
-//! EC2's side of `coordinator bake` ([`crate::bake::Backend`]): the builder is an instance
+//! EC2's side of `coordinator bake` ([`crate::ops::bake::Backend`]): the builder is an instance
 //! launched from the base AMI (Amazon Linux 2023 from SSM by default) with the bake user-data,
 //! IMDSv2 required with hop limit 1, an encrypted gp3 root volume; the image is a
 //! `CreateImage` of the stopped builder, tagged with what it holds.
 //!
 //! An instance cannot be looked into from outside, so the builder *reports*: its bake script
 //! POSTs how the bake ended, with the tail of its cloud-init output, to the bake's endpoint
-//! (`crate::bake::endpoint`), which must be reachable from the builder at `--advertise`. The
+//! (`crate::ops::bake::endpoint`), which must be reachable from the builder at `--advertise`. The
 //! builder cannot be cleaned from outside either: a successful bake starts a unit whose
 //! `ExecStop` — run at the shutdown `StopInstances` causes — cleans cloud-init's state and
 //! logs, empties `/etc/machine-id`, removes the Engine's identity, the bake CA and itself
@@ -28,8 +28,8 @@ use aws_sdk_ec2::types::{Filter, InstanceStateName, ResourceType, Tag, TagSpecif
 use sha2::Digest;
 
 use super::{Aws, AwsError, POLL, TAG_ROLE, WAIT};
-use crate::bake::endpoint::{Outcome, Reported};
-use crate::bake::{Backend, BakeError, Base, BuilderState, Facts, Image, Recipe};
+use crate::ops::bake::endpoint::{Outcome, Reported};
+use crate::ops::bake::{Backend, BakeError, Base, BuilderState, Facts, Image, Recipe};
 
 /// The bake scope (`--cluster`) of what a bake makes.
 pub const TAG_BAKE: &str = "flotilla:bake";

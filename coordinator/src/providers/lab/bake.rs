@@ -1,4 +1,4 @@
-//! The lab's side of `coordinator bake` ([`crate::bake::Backend`]): the builder is a lab host
+//! The lab's side of `coordinator bake` ([`crate::ops::bake::Backend`]): the builder is a lab host
 //! container (the same flags, its own Engine volume, a NoCloud seed) on a network of its
 //! own, `flotilla-<scope>.bake` — the `.` keeps it apart from every cluster's names, which
 //! are DNS labels. The image is a `docker commit` of the stopped builder, labelled
@@ -14,7 +14,7 @@
 //! bind mounts), the seed (a bind mount). What the capture removes: cloud-init's state and
 //! logs (`cloud-init clean --logs`), `/etc/machine-id` (emptied), the Engine's identity
 //! (`/etc/docker/key.json`), D-Bus's machine-id link, systemd's random seed. Then the builder's
-//! changes (`docker diff`) are checked against [`crate::bake::secret_path`] and
+//! changes (`docker diff`) are checked against [`crate::ops::bake::secret_path`] and
 //! `/etc/machine-id` is checked to be empty in the stopped container, before committing.
 
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ use futures::StreamExt;
 
 use super::images::LabImages;
 use super::{Lab, LabError, STOP_TIMEOUT_S, host_config, remove_container, with_last};
-use crate::bake::{Backend, BakeError, Base, BuilderState, Facts, Image, Recipe, secret_path};
+use crate::ops::bake::{Backend, BakeError, Base, BuilderState, Facts, Image, Recipe, secret_path};
 use flotilla_cloud_init::paths::{BAKE_COMPLETE_PATH, BAKE_FAILED_PATH};
 
 /// Image labels of a baked image.
@@ -310,7 +310,7 @@ impl Backend for LabBaker {
         Ok(name)
     }
 
-    async fn poll(&self, _reported: Option<&crate::bake::endpoint::Reported>) -> Result<BuilderState, BakeError> {
+    async fn poll(&self, _reported: Option<&crate::ops::bake::endpoint::Reported>) -> Result<BuilderState, BakeError> {
         if let Some(why) = self.stopped().await? {
             return Ok(BuilderState::Failed(why));
         }
@@ -335,7 +335,7 @@ impl Backend for LabBaker {
         }
     }
 
-    async fn output(&self, _reported: Option<&crate::bake::endpoint::Reported>) -> String {
+    async fn output(&self, _reported: Option<&crate::ops::bake::endpoint::Reported>) -> String {
         const KEEP: usize = 120;
         match self.exec("cat /var/log/cloud-init-output.log", &[]).await {
             Ok((0, out)) => {

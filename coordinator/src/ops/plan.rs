@@ -6,7 +6,7 @@
 
 use flotilla_proto::v1;
 
-use crate::cluster::{ClusterConfig, ConsulPlacement};
+use crate::ops::cluster_config::{ClusterConfig, ConsulPlacement};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RoleKind {

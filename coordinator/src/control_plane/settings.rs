@@ -29,7 +29,7 @@ impl ServeConfig {
             state_dir,
             advertise: Vec::new(),
             heartbeat_interval: Duration::from_secs(5),
-            host_cert_validity: crate::pki::HOST_CERT_VALIDITY,
+            host_cert_validity: crate::control_plane::pki::HOST_CERT_VALIDITY,
             remote_admin: true,
             agent_binary: None,
         }

@@ -22,14 +22,15 @@ use std::time::{Duration, Instant};
 use flotilla_proto::v1::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
-use crate::cluster::{ClusterConfig, ProviderKind};
-use crate::config::StatePaths;
-use crate::plan::{self, PlannedHost, RoleKind};
+use crate::control_plane::settings::StatePaths;
+use crate::ops::cluster_config::{ClusterConfig, ProviderKind};
+use crate::ops::plan::{self, PlannedHost, RoleKind};
+use crate::ops::verify;
 use crate::providers::aws::{self, Aws};
 use crate::providers::lab::{self, Lab};
 use crate::providers::{HostState, LaunchSpec};
 use crate::providers::{Provider, ProviderError};
-use crate::verify;
+use crate::ui::Progress;
 
 /// How long hosts get to boot and enroll.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -48,7 +49,7 @@ impl From<ProviderError> for DeployError {
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(transparent)]
-    Config(#[from] crate::cluster::ConfigError),
+    Config(#[from] crate::ops::cluster_config::ConfigError),
     #[error(transparent)]
     Aws(#[from] aws::AwsError),
     #[error("host {host} is {state}; wait until it settles (`coordinator status`) and re-run `coordinator deploy`")]
@@ -69,72 +70,6 @@ pub enum DeployError {
     Timeout { what: String, after: Duration, pending: String },
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
-}
-
-/// Where progress goes. On a terminal: a live line per host (indicatif) with its latest
-/// state, and events above them; otherwise (CI, pipes, `--output json`'s stderr) one plain
-/// line per event, prefixed with the elapsed time and the host.
-pub struct Progress {
-    start: Instant,
-    quiet: bool,
-    live: Option<(indicatif::MultiProgress, std::sync::Mutex<HashMap<String, indicatif::ProgressBar>>)>,
-}
-
-/// Names of progress lines that are steps of the deploy, not hosts.
-const STEPS: [&str; 11] =
-    ["plan", "lab", "aws", "control", "hosts", "wait", "verify", "smoke", "deploy", "scale", "bake"];
-
-impl Progress {
-    pub fn new(quiet: bool) -> Self {
-        use std::io::IsTerminal;
-        let live = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            (
-                indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()),
-                std::sync::Mutex::new(HashMap::new()),
-            )
-        });
-        Self { start: Instant::now(), quiet, live }
-    }
-
-    pub fn say(&self, host: &str, msg: impl AsRef<str>) {
-        if self.quiet {
-            return;
-        }
-        let line = format!("[{:>5.1}s] {:<10} {}", self.start.elapsed().as_secs_f64(), host, msg.as_ref());
-        match &self.live {
-            Some((mp, bars)) if !STEPS.contains(&host) => {
-                let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
-                let bar = bars.entry(host.to_string()).or_insert_with(|| {
-                    let b = mp.add(indicatif::ProgressBar::new_spinner());
-                    b.set_style(
-                        indicatif::ProgressStyle::with_template("{spinner} {prefix:<10} [{elapsed:>4}] {wide_msg}")
-                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                    );
-                    b.set_prefix(host.to_string());
-                    b.enable_steady_tick(Duration::from_millis(120));
-                    b
-                });
-                bar.set_message(msg.as_ref().to_string());
-            }
-            Some((mp, _)) => {
-                let _ = mp.println(line);
-            }
-            None => eprintln!("{line}"),
-        }
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    /// Stops the live lines (they stay on screen with their last state).
-    pub fn finish(&self) {
-        if let Some((_, bars)) = &self.live {
-            for b in bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
-                b.finish();
-            }
-        }
-    }
 }
 
 /// The final report (`--output json` prints it).
@@ -175,10 +110,10 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     c.validate(&opts.origin)?;
     let p = Progress::new(opts.quiet);
     let planned = plan::plan(c);
-    p.say("plan", format!("cluster '{}' on the {} provider:", c.name, c.provider.name()));
+    p.step("plan", format!("cluster '{}' on the {} provider:", c.name, c.provider.name()));
     for h in &planned {
         let roles: Vec<_> = h.roles.iter().map(|r| r.name()).collect();
-        p.say("plan", format!("  {:<10} {}", h.name, roles.join(" + ")));
+        p.step("plan", format!("  {:<10} {}", h.name, roles.join(" + ")));
     }
     let state_dir = opts.state_root.join(&c.name);
     let paths = StatePaths::new(&state_dir);
@@ -222,7 +157,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         match existing.iter().find(|e| e.name == h.name) {
             Some(e) if matches!(e.state, HostState::Running | HostState::Pending) => {}
             Some(e) if e.state == HostState::Stopped => {
-                p.say(&h.name, "starting the stopped host");
+                p.host(&h.name, "starting the stopped host");
                 started_any = true;
                 provider.start(&h.name).await?;
             }
@@ -242,7 +177,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
                     ca_pem: ca_pem.clone(),
                     join_token: Some(token),
                     agent: flotilla_cloud_init::AgentBinary {
-                        url: format!("https://{}{}", st.agent_endpoint, crate::agent_binary::PATH),
+                        url: format!("https://{}{}", st.agent_endpoint, crate::control_plane::agent_binary::PATH),
                         sha256: st.agent_binary_sha256.clone(),
                         version: st.agent_version.clone(),
                     },
@@ -269,12 +204,12 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         }
     }
     if !launches.is_empty() {
-        p.say("hosts", format!("launching {} host(s) in parallel", launches.len()));
+        p.step("hosts", format!("launching {} host(s) in parallel", launches.len()));
         let results = futures::future::join_all(launches.iter().map(|(s, i)| target.launch(s, *i))).await;
         let mut first_err = None;
         for ((s, _), r) in launches.iter().zip(results) {
             match r {
-                Ok(h) => p.say(
+                Ok(h) => p.host(
                     &s.name,
                     format!(
                         "launched ({}, {})",
@@ -283,7 +218,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
                     ),
                 ),
                 Err(e) => {
-                    p.say(&s.name, format!("launch failed: {e}"));
+                    p.host(&s.name, format!("launch failed: {e}"));
                     first_err.get_or_insert(e);
                 }
             }
@@ -346,7 +281,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         if r.generation != before {
             changed = true;
             let roles: Vec<_> = h.roles.iter().map(|r| r.name()).collect();
-            p.say(&h.name, format!("assigned {} (generation {})", roles.join(" + "), r.generation));
+            p.host(&h.name, format!("assigned {} (generation {})", roles.join(" + "), r.generation));
         }
     }
     let names: Vec<String> = planned.iter().map(|h| h.name.clone()).collect();
@@ -361,7 +296,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
 
     // 7. Verify and smoke-test.
     let consul_ips: Vec<String> = consul_hosts.iter().filter_map(|h| addresses.get(&h.name).cloned()).collect();
-    p.say("verify", "asking Swarm and Consul for their own view");
+    p.step("verify", "asking Swarm and Consul for their own view");
     let swarm = verify::swarm(&manager_ips, &docker_dir, c.managers as usize, c.nodes as usize).await?;
     let consul = match provider {
         Provider::Lab(_) => verify::consul(&consul_ips, consul_hosts.len()).await?,
@@ -380,7 +315,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
             }
         }
     };
-    p.say(
+    p.step(
         "verify",
         format!(
             "swarm: {} managers (leader {}), {} workers ready; consul: {} servers, leader {}",
@@ -392,15 +327,15 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         ),
     );
     let smoke_test = if c.smoke_test && (changed || opts.force_smoke) {
-        p.say("smoke", format!("hello service on the nodes ({})", target.hello_image));
+        p.step("smoke", format!("hello service on the nodes ({})", target.hello_image));
         let r = verify::smoke(&swarm.leader_ip, &docker_dir, &target.hello_image, c.nodes as usize).await?;
-        p.say("smoke", format!("{} task(s) ran on {:?}; output: {:?}", r.tasks, r.nodes, r.output.first()));
+        p.step("smoke", format!("{} task(s) ran on {:?}; output: {:?}", r.tasks, r.nodes, r.output.first()));
         Some(r)
     } else {
         None
     };
     if !changed {
-        p.say("deploy", "nothing to change: the cluster already matches the plan");
+        p.step("deploy", "nothing to change: the cluster already matches the plan");
     }
     p.finish();
     let docker_env = verify::docker_env(&swarm.leader_ip, &docker_dir);
@@ -563,18 +498,18 @@ pub async fn prepare_provider(
     match c.provider {
         ProviderKind::Lab => {
             let docker = lab::connect_engine().await.map_err(DeployError::NoEngine)?;
-            p.say("lab", "lab images (built once per recipe; a no-op when present)");
+            p.step("lab", "lab images (built once per recipe; a no-op when present)");
             let images = lab::images::ensure(quiet).await.map_err(lab::LabError::from)?;
             let lab = Lab::new(docker, &c.name, state_dir, images);
             if !c.images.host.is_empty() {
                 lab.require_image(&c.images.host, "images.host in flotilla.toml, or --image").await?;
-                p.say("lab", format!("hosts boot from {}", c.images.host));
+                p.step("lab", format!("hosts boot from {}", c.images.host));
             }
             let (network, refs) = lab
                 .ensure(&[(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")])
                 .await?;
             let gateway = network.coordinator_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
-            p.say(
+            p.step(
                 "lab",
                 format!(
                     "network {} (coordinator at {gateway}, registry {})",
@@ -597,13 +532,13 @@ pub async fn prepare_provider(
         }
         ProviderKind::Aws => {
             let a = Aws::connect(&c.name, &c.aws, state_dir).await?;
-            p.say("aws", format!("region {} via {}", a.region, a.endpoint));
+            p.step("aws", format!("region {} via {}", a.region, a.endpoint));
             let image = (!c.images.host.is_empty()).then_some(c.images.host.as_str());
             let (ctx, change) = a.prepare(image, &[&c.instance_types.manager, &c.instance_types.node]).await?;
             let zones: Vec<String> = ctx.vpc.subnets.iter().map(|s| format!("{} ({})", s.id, s.zone)).collect();
-            p.say("aws", format!("VPC {}; subnets {}", ctx.vpc.id, zones.join(", ")));
-            p.say("aws", format!("AMI {}", ctx.ami.id));
-            p.say(
+            p.step("aws", format!("VPC {}; subnets {}", ctx.vpc.id, zones.join(", ")));
+            p.step("aws", format!("AMI {}", ctx.ami.id));
+            p.step(
                 "aws",
                 format!(
                     "security group {} {}{}{}",
@@ -669,7 +604,7 @@ async fn wait_hosts(
 ) -> Result<(), DeployError> {
     let deadline = Instant::now() + timeout;
     let mut last_note: HashMap<String, String> = HashMap::new();
-    p.say("wait", what);
+    p.step("wait", what);
     loop {
         let st = admin.status(v1::StatusRequest {}).await?.into_inner();
         let mut pending = Vec::new();
@@ -678,7 +613,7 @@ async fn wait_hosts(
             match h {
                 Some(h) if ok(h) => {
                     if last_note.get(n).map(String::as_str) != Some("ok") {
-                        p.say(n, "ready");
+                        p.host(n, "ready");
                         last_note.insert(n.clone(), "ok".into());
                     }
                 }
@@ -690,15 +625,17 @@ async fn wait_hosts(
                             .role_status
                             .iter()
                             .map(|s| {
-                                let state = crate::control::state_name(s.state);
-                                let role = v1::Role::try_from(s.role).map(crate::control::role_name).unwrap_or("?");
+                                let state = crate::control_plane::core::state_name(s.state);
+                                let role = v1::Role::try_from(s.role)
+                                    .map(crate::control_plane::core::role_name)
+                                    .unwrap_or("?");
                                 format!("{role}: {state} {}", s.message)
                             })
                             .collect::<Vec<_>>()
                             .join("; "),
                     };
                     if last_note.get(n) != Some(&note) && !note.is_empty() {
-                        p.say(n, &note);
+                        p.host(n, &note);
                         last_note.insert(n.clone(), note.clone());
                     }
                     pending.push(format!("{n} ({note})"));
@@ -734,7 +671,7 @@ async fn scale_down(
     extra.sort_by_key(|h| (h.role == "manager", h.name.clone()));
     let mut removed = Vec::new();
     for h in extra {
-        p.say(&h.name, "not in the plan: draining and leaving the swarm");
+        p.host(&h.name, "not in the plan: draining and leaving the swarm");
         let addr = addresses.get(&h.name).cloned().unwrap_or_default();
         let r = admin.assign(v1::AssignRequest { host_name: h.name.clone(), roles: vec![], host_address: addr }).await;
         if r.is_ok() {
@@ -758,10 +695,10 @@ async fn scale_down(
         provider.terminate(&h.name).await?;
         // The swarm keeps a departed node as "down" until a manager removes it.
         if let Err(e) = verify::forget_node(manager_ips, docker_dir, &h.name).await {
-            p.say(&h.name, format!("could not remove it from the swarm's node list: {e}"));
+            p.host(&h.name, format!("could not remove it from the swarm's node list: {e}"));
         }
         admin.remove_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await?;
-        p.say(&h.name, "terminated");
+        p.host(&h.name, "terminated");
         removed.push(h.name.clone());
     }
     Ok(removed)
@@ -774,7 +711,8 @@ async fn ensure_docker_certs(admin: &mut AdminClient<Channel>, state_dir: &Path)
     if fresh {
         return Ok(dir);
     }
-    let (key, csr) = crate::pki::new_key_and_csr("docker").map_err(|e| DeployError::ControlPlane(e.to_string()))?;
+    let (key, csr) =
+        crate::control_plane::pki::new_key_and_csr("docker").map_err(|e| DeployError::ControlPlane(e.to_string()))?;
     let r = admin
         .issue_operator_certificate(v1::IssueOperatorCertificateRequest {
             operator_name: "docker".into(),
@@ -794,9 +732,9 @@ async fn ensure_docker_certs(admin: &mut AdminClient<Channel>, state_dir: &Path)
 /// runs: it listens on `listen_ip:port` (the lab's gateway) and logs to
 /// `<state>/coordinator.log`.
 pub async fn ensure_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminClient<Channel>, DeployError> {
-    match crate::admin::connect_local(s.cluster, &s.paths.admin_socket()).await {
+    match crate::admin_client::connect_local(s.cluster, &s.paths.admin_socket()).await {
         Ok(c) => return Ok(c),
-        Err(crate::admin::ConnectError::NotRunning { .. }) => {}
+        Err(crate::admin_client::ConnectError::NotRunning { .. }) => {}
         Err(e) => return Err(DeployError::ControlPlane(e.to_string())),
     }
     // A control plane that is just stopping still holds the store for a moment: retry.
@@ -833,7 +771,10 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminCli
         .open(paths.log_file())
         .map_err(|e| DeployError::ControlPlane(format!("{}: {e}", paths.log_file().display())))?;
     let log2 = log.try_clone().map_err(|e| DeployError::ControlPlane(e.to_string()))?;
-    p.say("control", format!("starting the control plane on {listen_ip}:{port} (log: {})", paths.log_file().display()));
+    p.step(
+        "control",
+        format!("starting the control plane on {listen_ip}:{port} (log: {})", paths.log_file().display()),
+    );
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--cluster")
@@ -861,7 +802,7 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminCli
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             )));
         }
-        if let Ok(c) = crate::admin::connect_local(cluster, &paths.admin_socket()).await {
+        if let Ok(c) = crate::admin_client::connect_local(cluster, &paths.admin_socket()).await {
             // Detach: the control plane outlives this command.
             std::mem::forget(child);
             return Ok(c);

@@ -1,5 +1,5 @@
 //! The `AgentService` gRPC edge: who is calling (certificate checks), protocol version
-//! checks, and the one place errors become `tonic::Status`.
+//! checks. Errors become `tonic::Status` in [`crate::control_plane::status`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,11 +10,10 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::ControlPlane;
-use crate::enroll::EnrollError;
-use crate::logs::LogEvent;
-use crate::session::{AuthenticatedHost, SessionError};
-use crate::tokens::TokenRefusal;
+use crate::control_plane::core::ControlPlane;
+use crate::control_plane::log_router::LogEvent;
+use crate::control_plane::session::AuthenticatedHost;
+use crate::control_plane::status::IntoStatus;
 
 pub struct AgentApi {
     pub cp: Arc<ControlPlane>,
@@ -37,47 +36,6 @@ pub enum AuthError {
     Superseded { host: String, serial: String },
     #[error("{0}")]
     Protocol(String),
-}
-
-/// The single mapping from the control plane's errors to gRPC statuses.
-pub trait IntoStatus {
-    fn into_status(self) -> Status;
-}
-
-impl IntoStatus for AuthError {
-    fn into_status(self) -> Status {
-        match self {
-            AuthError::NoCertificate | AuthError::Unparseable => Status::unauthenticated(self.to_string()),
-            AuthError::Protocol(_) => Status::failed_precondition(self.to_string()),
-            _ => Status::permission_denied(self.to_string()),
-        }
-    }
-}
-
-impl IntoStatus for EnrollError {
-    fn into_status(self) -> Status {
-        match &self {
-            EnrollError::Token(TokenRefusal::Malformed) => Status::unauthenticated(self.to_string()),
-            EnrollError::Token(_) => Status::unauthenticated(self.to_string()),
-            EnrollError::Csr(_) | EnrollError::BadHostName(_) => Status::invalid_argument(self.to_string()),
-            EnrollError::Store(_) | EnrollError::Pki(_) => {
-                Status::internal(format!("enrollment failed on the coordinator: {self}"))
-            }
-        }
-    }
-}
-
-impl IntoStatus for SessionError {
-    fn into_status(self) -> Status {
-        match &self {
-            SessionError::NoHello => Status::invalid_argument(self.to_string()),
-            SessionError::HelloTimeout(_) => Status::deadline_exceeded(self.to_string()),
-            SessionError::IdentityMismatch { .. } => Status::permission_denied(self.to_string()),
-            SessionError::Protocol { .. } => Status::failed_precondition(self.to_string()),
-            SessionError::Stream(s) => s.clone(),
-            SessionError::Store(_) => Status::internal(self.to_string()),
-        }
-    }
 }
 
 fn peer_of<T>(req: &Request<T>) -> String {

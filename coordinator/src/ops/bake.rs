@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use flotilla_cloud_init::paths::{BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_SCRIPT_PATH};
 
-use crate::agent_binary::{AgentBinary, AgentBinaryError};
-use crate::cluster::ProviderKind;
-use crate::deploy::Progress;
+use crate::control_plane::agent_binary::{AgentBinary, AgentBinaryError};
+use crate::ops::cluster_config::ProviderKind;
 use crate::providers::aws::{self, AwsError};
 use crate::providers::lab::{self, LabError};
+use crate::ui::Progress;
 use endpoint::Reported;
 
 /// How often the builder is asked how far it is.
@@ -58,7 +58,7 @@ pub enum BakeError {
     #[error(transparent)]
     AgentBinary(#[from] AgentBinaryError),
     #[error("the bake's throwaway CA: {0}")]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::control_plane::pki::PkiError),
     #[error("the bake's agent endpoint: {0}")]
     Endpoint(String),
     #[error("bake user-data: {0}")]
@@ -208,7 +208,7 @@ pub struct BakeOptions {
     /// Tests: an agent download URL instead of the bake's own endpoint.
     pub agent_url: Option<String>,
     /// aws: region, endpoint, VPC, subnets, key pair, root volume size (`[aws]`).
-    pub aws: crate::cluster::AwsSettings,
+    pub aws: crate::ops::cluster_config::AwsSettings,
     /// aws: the address of this machine the builder reaches (`--advertise`).
     pub advertise: Option<String>,
     /// aws: the builder's instance type.
@@ -246,7 +246,7 @@ pub async fn bake(opts: BakeOptions) -> Result<Report, BakeError> {
             // its own ClientToken and keeps nothing.
             let state = tempfile::tempdir().map_err(|e| BakeError::Endpoint(format!("a temporary directory: {e}")))?;
             let provider = aws::Aws::connect(&opts.scope, &opts.aws, state.path()).await?;
-            p.say("bake", format!("EC2 at {} ({})", provider.endpoint, provider.region));
+            p.step("bake", format!("EC2 at {} ({})", provider.endpoint, provider.region));
             let backend = aws::bake::AwsBaker::new(provider, &opts.scope, advertise, &opts.instance_type);
             run(&backend, &opts, &p).await
         }
@@ -254,7 +254,7 @@ pub async fn bake(opts: BakeOptions) -> Result<Report, BakeError> {
             lab::bake::check_name(&opts.name)?;
             let docker = lab::connect_engine().await.map_err(BakeError::NoEngine)?;
             let images = if opts.base.is_none() {
-                p.say("bake", "lab images (built once per recipe; a no-op when present)");
+                p.step("bake", "lab images (built once per recipe; a no-op when present)");
                 lab::images::ensure(opts.quiet).await.map_err(LabError::from)?
             } else {
                 lab::images::LabImages::default()
@@ -283,7 +283,7 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
         agent_sha256: agent.sha256.clone(),
         engine_version: engine.clone(),
     };
-    p.say(
+    p.step(
         "bake",
         format!(
             "{}:{} on the {} provider: base {}, agent {} (sha256 {}…), Engine {}",
@@ -309,14 +309,14 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
         duration_s: p.elapsed().as_secs_f64(),
     };
     if let Some(image) = backend.find(&opts.name, &recipe).await? {
-        p.say("bake", format!("{} already holds this agent and Engine: reusing it, nothing booted", image.reference));
+        p.step("bake", format!("{} already holds this agent and Engine: reusing it, nothing booted", image.reference));
         return Ok(report(&image, true));
     }
     let outcome = tokio::select! {
         r = build(backend, opts, &base, &recipe, agent, p) => r,
         Ok(()) = tokio::signal::ctrl_c() => Err(BakeError::Interrupted),
     };
-    p.say(
+    p.step(
         "bake",
         if backend.reports() {
             "removing the builder (terminated) and its security group"
@@ -327,7 +327,7 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
     let cleaned = backend.cleanup().await;
     match (outcome, cleaned) {
         (Ok(image), Ok(())) => {
-            p.say("bake", format!("{} ({}) ready", image.reference, image.id));
+            p.step("bake", format!("{} ({}) ready", image.reference, image.id));
             Ok(report(&image, false))
         }
         (Err(e), Ok(())) => Err(e),
@@ -347,7 +347,7 @@ async fn build<B: Backend>(
 ) -> Result<Image, BakeError> {
     let ip = backend.prepare().await?;
     let served = endpoint::Endpoint::start(ip, agent).await?;
-    p.say("bake", format!("serving the agent at {} (a throwaway CA, in memory only)", served.url()));
+    p.step("bake", format!("serving the agent at {} (a throwaway CA, in memory only)", served.url()));
     let user_data = flotilla_cloud_init::render_bake(&flotilla_cloud_init::BakeInputs {
         ca_pem: served.ca_pem().to_string(),
         agent: flotilla_cloud_init::AgentBinary {
@@ -362,9 +362,9 @@ async fn build<B: Backend>(
         }),
     })?;
     let builder = backend.launch(base, &user_data).await?;
-    p.say("builder", format!("{builder} booting from {}", base.reference));
+    p.host("builder", format!("{builder} booting from {}", base.reference));
     if backend.reports() {
-        p.say(
+        p.host(
             "builder",
             format!(
                 "waiting (up to {:?}) for its report at {}: it cannot be looked into from here",
@@ -388,7 +388,7 @@ async fn build<B: Backend>(
             }
             BuilderState::Running(line) => {
                 if line.is_some() && line != last {
-                    p.say("builder", line.as_deref().unwrap_or_default());
+                    p.host("builder", line.as_deref().unwrap_or_default());
                     last = line;
                 }
             }
@@ -404,7 +404,7 @@ async fn build<B: Backend>(
     };
     // The builder has the agent: nothing may fetch it any more.
     drop(served);
-    p.say("builder", format!("installed: agent {}, Engine {engine_version}", recipe.agent_version));
+    p.host("builder", format!("installed: agent {}, Engine {engine_version}", recipe.agent_version));
     let facts = Facts {
         name: opts.name.clone(),
         tag: Recipe { engine_version: Some(engine_version.clone()), ..recipe.clone() }.tag(),
@@ -413,7 +413,7 @@ async fn build<B: Backend>(
         agent_sha256: recipe.agent_sha256.clone(),
         engine_version,
     };
-    p.say(
+    p.step(
         "bake",
         if backend.reports() {
             "stopping the builder (its seal unit cleans cloud-init state and logs, machine-id, Engine identity at that shutdown), then capturing it"

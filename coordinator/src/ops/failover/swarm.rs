@@ -14,7 +14,7 @@ use super::{
     CALL_TIMEOUT, Drill, FailoverError, HELLO_REPLICAS, HELLO_SERVICE, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL,
     Report, WORKLOAD_TIMEOUT,
 };
-use crate::verify;
+use crate::ops::verify;
 
 /// A node as a manager's Engine lists it.
 #[derive(Clone, Debug)]

@@ -1,40 +1,22 @@
 //! The operator's API (`Admin` in `admin.proto`): served on the state directory's unix
-//! socket (0600) and, to operator certificates, on the agent port. Also the CLI's client
-//! side: how a command finds and dials the running control plane.
+//! socket (0600) and, to operator certificates, on the agent port. The CLI's side — how a
+//! command finds and dials the running control plane — is [`crate::admin_client`].
 
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_proto::tls::{self, PeerInfo, identity_of};
-use flotilla_proto::v1::{self, admin_client::AdminClient, admin_server::Admin};
+use flotilla_proto::tls::{PeerInfo, identity_of};
+use flotilla_proto::v1::{self, admin_server::Admin};
 use futures::{Stream, StreamExt};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::agent_api::IntoStatus;
-use crate::control::{ControlError, ControlPlane};
-use crate::logs::LogsError;
-use crate::tokens;
+use crate::control_plane::core::ControlPlane;
+use crate::control_plane::status::IntoStatus;
+use crate::control_plane::tokens;
 
 pub struct AdminApi {
     pub cp: Arc<ControlPlane>,
-}
-
-impl IntoStatus for ControlError {
-    fn into_status(self) -> Status {
-        match &self {
-            ControlError::BadHostName(_) | ControlError::TtlTooLong(_) => Status::invalid_argument(self.to_string()),
-            ControlError::UnknownHost(_) => Status::not_found(self.to_string()),
-            ControlError::BadAssignment { .. } | ControlError::NoActionKind | ControlError::NoRoleContainer => {
-                Status::invalid_argument(self.to_string())
-            }
-            ControlError::NotConnected(_) => Status::unavailable(self.to_string()),
-            ControlError::Store(_) | ControlError::Pki(_) => Status::internal(self.to_string()),
-        }
-    }
 }
 
 /// Unix-socket callers are the operator (the socket is 0600 in a 0700 directory). TLS
@@ -106,7 +88,7 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::IssueOperatorCertificateResponse>, Status> {
         authorize(&req)?;
         let r = req.into_inner();
-        if !crate::config::valid_name(&r.operator_name) {
+        if !crate::control_plane::settings::valid_name(&r.operator_name) {
             return Err(Status::invalid_argument(format!(
                 "'{}' is not a valid operator name (1-63 of a-z, 0-9, '-')",
                 r.operator_name
@@ -115,7 +97,7 @@ impl Admin for AdminApi {
         let issued = self
             .cp
             .pki
-            .sign_operator_csr(&r.operator_name, &r.csr_pem, crate::pki::OPERATOR_CERT_VALIDITY)
+            .sign_operator_csr(&r.operator_name, &r.csr_pem, crate::control_plane::pki::OPERATOR_CERT_VALIDITY)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.cp.audit("operator.cert.issued", "", format!("operator {}", r.operator_name), "");
         Ok(Response::new(v1::IssueOperatorCertificateResponse {
@@ -188,71 +170,5 @@ impl Admin for AdminApi {
             })
         });
         Ok(Response::new(Box::pin(lines.map(Ok).chain(cut))))
-    }
-}
-
-/// Errors reaching a control plane from the CLI.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error(
-        "no control plane is running for cluster '{cluster}' (no admin socket at {socket}); start one with `coordinator serve --cluster {cluster}` (or `coordinator deploy`)"
-    )]
-    NotRunning { cluster: String, socket: PathBuf },
-    #[error("cannot reach the control plane at {socket}: {source}")]
-    Socket { socket: PathBuf, source: std::io::Error },
-    #[error("remote admin: {0}")]
-    Remote(String),
-}
-
-/// Dials the admin socket of a running control plane.
-pub async fn connect_local(cluster: &str, socket: &Path) -> Result<AdminClient<Channel>, ConnectError> {
-    if !socket.exists() {
-        return Err(ConnectError::NotRunning { cluster: cluster.to_string(), socket: socket.to_path_buf() });
-    }
-    // Fail now, with the socket's own error, rather than on the first call.
-    match tokio::net::UnixStream::connect(socket).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused || e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ConnectError::NotRunning { cluster: cluster.to_string(), socket: socket.to_path_buf() });
-        }
-        Err(source) => {
-            return Err(ConnectError::Socket { socket: socket.to_path_buf(), source });
-        }
-    }
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://admin.local")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .map_err(|e| ConnectError::Socket { socket: socket.to_path_buf(), source: std::io::Error::other(e) })?;
-    Ok(AdminClient::new(channel))
-}
-
-/// Dials a remote control plane's agent port with an operator certificate bundle (a
-/// directory holding `ca.pem`, `cert.pem`, `key.pem`, `endpoint`).
-pub fn connect_remote(bundle: &Path) -> Result<AdminClient<Channel>, ConnectError> {
-    let read = |f: &str| {
-        std::fs::read_to_string(bundle.join(f))
-            .map_err(|e| ConnectError::Remote(format!("{}: {e}", bundle.join(f).display())))
-    };
-    let ca = tls::certs_from_pem("ca.pem", &read("ca.pem")?).map_err(|e| ConnectError::Remote(e.to_string()))?;
-    let id = tls::Identity::from_pem("operator certificate", &read("cert.pem")?, &read("key.pem")?)
-        .map_err(|e| ConnectError::Remote(e.to_string()))?;
-    let endpoint = read("endpoint")?.trim().to_string();
-    let config = tls::client_config(&ca, Some(&id)).map_err(|e| ConnectError::Remote(e.to_string()))?;
-    let channel = tls::channel(&endpoint, config).map_err(|e| ConnectError::Remote(e.to_string()))?;
-    Ok(AdminClient::new(channel))
-}
-
-impl IntoStatus for LogsError {
-    fn into_status(self) -> Status {
-        match &self {
-            LogsError::UnknownHost(_) => Status::not_found(self.to_string()),
-            LogsError::NotConnected(_) => Status::unavailable(self.to_string()),
-            LogsError::Nothing(_) => Status::invalid_argument(self.to_string()),
-            LogsError::Store(_) => Status::internal(self.to_string()),
-        }
     }
 }

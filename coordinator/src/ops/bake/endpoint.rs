@@ -1,7 +1,7 @@
 //! The bake's short-lived HTTPS endpoint: the agent binary at
-//! [`crate::agent_binary::PATH`] (and its digest), on an address of this machine the builder
+//! [`crate::control_plane::agent_binary::PATH`] (and its digest), on an address of this machine the builder
 //! reaches, with a certificate from a CA that exists only in this process
-//! ([`crate::pki::throwaway_server`]). There is no cluster during a bake, so no cluster CA to
+//! ([`crate::control_plane::pki::throwaway_server`]). There is no cluster during a bake, so no cluster CA to
 //! pin: the builder's user-data pins this one, and checks the binary's SHA-256 as well. It
 //! serves until it is dropped.
 //!
@@ -22,7 +22,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use super::BakeError;
-use crate::agent_binary::AgentBinary;
+use crate::control_plane::agent_binary::AgentBinary;
 
 /// The throwaway certificates' lifetime: longer than any bake, short if one ever leaked.
 const VALIDITY: Duration = Duration::from_secs(2 * 3600);
@@ -63,7 +63,7 @@ impl Endpoint {
     /// Listens on `ip` (an ephemeral port) and serves `binary`.
     pub async fn start(ip: IpAddr, binary: Arc<AgentBinary>) -> Result<Self, BakeError> {
         tls::install_default_provider();
-        let (ca_pem, identity) = crate::pki::throwaway_server(ip, VALIDITY)?;
+        let (ca_pem, identity) = crate::control_plane::pki::throwaway_server(ip, VALIDITY)?;
         let err = |e: tls::TlsError| BakeError::Endpoint(e.to_string());
         let ca = tls::certs_from_pem("bake CA", &ca_pem).map_err(err)?;
         let config = tls::server_config(&identity, &ca).map_err(err)?;
@@ -77,7 +77,7 @@ impl Endpoint {
         let port = listener.local_addr().map_err(|e| BakeError::Endpoint(e.to_string()))?.port();
         let nonce: String = rand::rng().sample_iter(&rand::distr::Alphanumeric).take(32).map(char::from).collect();
         let reported: Slot = Arc::default();
-        let router = crate::agent_binary::routes(report_routes(&nonce, reported.clone()), Some(binary));
+        let router = crate::control_plane::agent_binary::routes(report_routes(&nonce, reported.clone()), Some(binary));
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -94,7 +94,7 @@ impl Endpoint {
             IpAddr::V4(v4) => v4.to_string(),
         };
         Ok(Self {
-            url: format!("https://{host}:{port}{}", crate::agent_binary::PATH),
+            url: format!("https://{host}:{port}{}", crate::control_plane::agent_binary::PATH),
             report_url: format!("https://{host}:{port}{REPORT_PATH}"),
             ca_pem,
             nonce,

@@ -246,7 +246,7 @@ impl ClusterConfig {
     /// Checks the whole configuration; `origin` names the file (or "flags") in messages.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad = |field, problem: String| ConfigError::Invalid { path: origin.to_string(), field, problem };
-        if !crate::config::valid_name(&self.name) {
+        if !crate::control_plane::settings::valid_name(&self.name) {
             return Err(bad("name", format!("'{}': use 1-63 of a-z, 0-9 and '-'", self.name)));
         }
         if self.managers == 0 {

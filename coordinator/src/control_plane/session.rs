@@ -1,6 +1,8 @@
 //! One agent session: Hello, then health and status in, control messages out, certificate
 //! renewal in between — until the agent goes away, is replaced, revoked, or we shut down.
 
+pub mod registry;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +11,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::control::{ControlPlane, facts_from_proto};
-use crate::sessions::{OUTBOUND_CAPACITY, Outbound};
-use crate::store::{AuditEvent, IssuedCert, StoreError};
+use crate::control_plane::core::{ControlPlane, facts_from_proto};
+use crate::control_plane::store::{AuditEvent, IssuedCert, StoreError};
+use registry::{OUTBOUND_CAPACITY, Outbound};
 
 /// How long an agent has to say Hello after opening a session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,7 +46,7 @@ pub enum SessionError {
 #[derive(Debug, thiserror::Error)]
 pub enum RenewError {
     #[error(transparent)]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::control_plane::pki::PkiError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

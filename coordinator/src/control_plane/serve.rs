@@ -13,14 +13,14 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 
-use crate::admin::AdminApi;
-use crate::agent_api::AgentApi;
-use crate::agent_binary::{AgentBinary, AgentBinaryError};
-use crate::clock::Clock;
-use crate::config::{ServeConfig, StatePaths};
-use crate::control::ControlPlane;
-use crate::pki::{Pki, PkiError};
-use crate::store::{Store, StoreError};
+use crate::control_plane::admin_api::AdminApi;
+use crate::control_plane::agent_api::AgentApi;
+use crate::control_plane::agent_binary::{AgentBinary, AgentBinaryError};
+use crate::control_plane::clock::Clock;
+use crate::control_plane::core::ControlPlane;
+use crate::control_plane::pki::{Pki, PkiError};
+use crate::control_plane::settings::{ServeConfig, StatePaths};
+use crate::control_plane::store::{Store, StoreError};
 
 /// How long in-flight RPCs get to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -152,7 +152,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         if config.remote_admin {
             routes = routes.add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
         }
-        let axum_router = crate::agent_binary::routes(routes.into_axum_router(), agent_binary);
+        let axum_router = crate::control_plane::agent_binary::routes(routes.into_axum_router(), agent_binary);
         let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(15)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -6,10 +6,10 @@
 
 use flotilla_proto::v1;
 
-use crate::control::{ControlPlane, facts_from_proto};
-use crate::pki::PkiError;
-use crate::store::{AuditEvent, HostRecord, IssuedCert, StoreError};
-use crate::tokens::{self, TokenRefusal};
+use crate::control_plane::core::{ControlPlane, facts_from_proto};
+use crate::control_plane::pki::PkiError;
+use crate::control_plane::store::{AuditEvent, HostRecord, IssuedCert, StoreError};
+use crate::control_plane::tokens::{self, TokenRefusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -52,7 +52,7 @@ impl ControlPlane {
 
     fn enroll_inner(&self, req: &v1::EnrollRequest) -> Result<v1::EnrollResponse, EnrollError> {
         let host = req.host_name.as_str();
-        if !crate::config::valid_name(host) {
+        if !crate::control_plane::settings::valid_name(host) {
             return Err(EnrollError::BadHostName(host.to_string()));
         }
         let now = self.clock.now_ms();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{StoreError, TokenRecord, Tx};
+use crate::control_plane::store::{StoreError, TokenRecord, Tx};
 
 /// Default lifetime of a join token.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);

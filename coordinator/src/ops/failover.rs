@@ -52,10 +52,10 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Channel;
 
-use crate::cluster::QUORUM_TABLE;
+use crate::ops::cluster_config::QUORUM_TABLE;
+use crate::ops::verify;
 use crate::providers::lab::LabError;
 use crate::providers::{Provider, ProviderError, ProviderRecord};
-use crate::verify;
 
 /// The drill's long-running hello service.
 pub const HELLO_SERVICE: &str = "flotilla-drill-hello";
@@ -361,7 +361,7 @@ pub fn health_problems(st: &v1::StatusResponse) -> Vec<String> {
         for r in &h.roles {
             let status = h.role_status.iter().find(|s| s.role == *r);
             if status.is_none_or(|s| s.state != v1::RoleState::Running as i32) {
-                let role = v1::Role::try_from(*r).map(crate::control::role_name).unwrap_or("?");
+                let role = v1::Role::try_from(*r).map(crate::control_plane::core::role_name).unwrap_or("?");
                 let msg = status.map(|s| s.message.clone()).unwrap_or_else(|| "no status yet".into());
                 out.push(format!("{}'s {role} role is not running ({msg})", h.name));
             }
@@ -563,7 +563,7 @@ impl LogFollower {
 fn take_line(k: &Mutex<Kept>, say: &Say, colour: bool, component: Component, l: v1::LogLineOut) {
     let mut k = lock(k);
     if !l.error.is_empty() {
-        eprintln!("{}: {}", crate::cli::log_prefix(&l.host, &l.source, colour), l.error);
+        eprintln!("{}: {}", crate::ui::log_prefix(&l.host, &l.source, colour), l.error);
         k.errors.push(format!("{}/{}: {}", l.host, l.source, l.error));
         return;
     }
@@ -576,7 +576,7 @@ fn take_line(k: &Mutex<Kept>, say: &Say, colour: bool, component: Component, l: 
     }
     k.last.insert(key, l.unix_ns);
     k.lines += 1;
-    eprintln!("[drill {}] {} | {}", say.t(), crate::cli::log_prefix(&l.host, &l.source, colour), l.text.trim_end());
+    eprintln!("[drill {}] {} | {}", say.t(), crate::ui::log_prefix(&l.host, &l.source, colour), l.text.trim_end());
     if is_won_line(component, &l.text) {
         k.won.push((l.host.clone(), l.unix_ns));
     }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use flotilla_proto::v1;
 
-use crate::clock::Clock;
-use crate::config::{ServeConfig, valid_name};
-use crate::pki::{Pki, PkiError};
-use crate::sessions::Sessions;
-use crate::store::{AuditEvent, Store, StoreError};
-use crate::tokens;
+use crate::control_plane::clock::Clock;
+use crate::control_plane::pki::{Pki, PkiError};
+use crate::control_plane::session::registry::Sessions;
+use crate::control_plane::settings::{ServeConfig, valid_name};
+use crate::control_plane::store::{AuditEvent, Store, StoreError};
+use crate::control_plane::tokens;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -45,12 +45,12 @@ pub struct ControlPlane {
     pub store: Store,
     pub pki: Pki,
     pub sessions: Sessions,
-    pub logs: crate::logs::LogRouter,
+    pub logs: crate::control_plane::log_router::LogRouter,
     pub clock: Clock,
     /// The agent port's address as bound.
     pub agent_endpoint: String,
     /// The agent binary this control plane serves, if any.
-    pub agent_binary: Option<Arc<crate::agent_binary::AgentBinary>>,
+    pub agent_binary: Option<Arc<crate::control_plane::agent_binary::AgentBinary>>,
     /// Cancelled to stop the control plane (`coordinator stop`).
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -227,7 +227,7 @@ impl ControlPlane {
         }
         let role = v1::Role::try_from(action.role).unwrap_or(v1::Role::Unspecified);
         let role_action = matches!(kind, Kind::StopRole | Kind::StartRole);
-        if role_action && crate::logs::role_container(role).is_none() {
+        if role_action && crate::control_plane::log_router::role_container(role).is_none() {
             return Err(ControlError::NoRoleContainer);
         }
         if self.store.host(host)?.is_none() {
@@ -388,8 +388,8 @@ pub fn role_name(role: v1::Role) -> &'static str {
     }
 }
 
-pub fn facts_from_proto(f: &v1::HostFacts) -> crate::store::Facts {
-    crate::store::Facts {
+pub fn facts_from_proto(f: &v1::HostFacts) -> crate::control_plane::store::Facts {
+    crate::control_plane::store::Facts {
         hostname: f.hostname.clone(),
         instance_id: f.instance_id.clone(),
         private_addresses: f.private_addresses.clone(),
@@ -402,7 +402,7 @@ pub fn facts_from_proto(f: &v1::HostFacts) -> crate::store::Facts {
     }
 }
 
-pub fn facts_to_proto(f: &crate::store::Facts) -> v1::HostFacts {
+pub fn facts_to_proto(f: &crate::control_plane::store::Facts) -> v1::HostFacts {
     v1::HostFacts {
         hostname: f.hostname.clone(),
         instance_id: f.instance_id.clone(),

@@ -20,8 +20,8 @@ use flotilla_proto::v1;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::control::{ControlPlane, role_name};
-use crate::store::StoreError;
+use crate::control_plane::core::{ControlPlane, role_name};
+use crate::control_plane::store::StoreError;
 
 /// Lines buffered per stream between the agent's RPC and the follower.
 pub const FOLLOWER_CAPACITY: usize = 256;
@@ -136,7 +136,7 @@ impl ControlPlane {
             let roles: Vec<v1::Role> = rec
                 .roles
                 .iter()
-                .filter_map(|r| crate::control::role_from_name(r))
+                .filter_map(|r| crate::control_plane::core::role_from_name(r))
                 .filter(|r| role.is_none_or(|want| *r == want))
                 .collect();
             if role.is_some() && roles.is_empty() {

@@ -1,0 +1,32 @@
+//! The control plane of one cluster (`coordinator serve`, state in one directory). It depends
+//! on no other module of the crate: the CLI side reaches it through its gRPC APIs.
+//!
+//! - [`serve`]: starts it — the agent port (TLS 1.3) and the admin unix socket.
+//! - [`core`]: the [`core::ControlPlane`] every handler shares, and the admin operations.
+//! - [`store`]: the durable state (redb): hosts, join-token hashes, the audit trail.
+//! - [`pki`]: the cluster CA, the server certificate, signing host and operator CSRs.
+//! - [`tokens`]: one-time join tokens (mint, check, consume).
+//! - [`enroll`]: where an agent's enrollment is checked (token + CSR → certificate).
+//! - [`session`]: one agent session's life; [`session::registry`]: the live ones.
+//! - [`log_router`]: routing agents' log streams to followers.
+//! - [`agent_api`]: the `AgentService` gRPC edge (authentication).
+//! - [`admin_api`]: the `Admin` gRPC service (operators and the CLI).
+//! - [`status`]: every error of the control plane → `tonic::Status`, in one place.
+//! - [`agent_binary`]: serving the agent binary over HTTPS for user-data to fetch.
+//! - [`clock`]: the control plane's clock (movable in tests).
+//! - [`settings`]: `serve` settings and the state directory's layout.
+
+pub mod admin_api;
+pub mod agent_api;
+pub mod agent_binary;
+pub mod clock;
+pub mod core;
+pub mod enroll;
+pub mod log_router;
+pub mod pki;
+pub mod serve;
+pub mod session;
+pub mod settings;
+pub mod status;
+pub mod store;
+pub mod tokens;

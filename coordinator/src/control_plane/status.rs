@@ -1,0 +1,77 @@
+//! Every error of the control plane becomes a `tonic::Status` here, and only here: the
+//! gRPC edges ([`super::agent_api`], [`super::admin_api`]) call [`IntoStatus::into_status`].
+
+use tonic::Status;
+
+use crate::control_plane::agent_api::AuthError;
+use crate::control_plane::core::ControlError;
+use crate::control_plane::enroll::EnrollError;
+use crate::control_plane::log_router::LogsError;
+use crate::control_plane::session::SessionError;
+use crate::control_plane::tokens::TokenRefusal;
+
+/// The single mapping from the control plane's errors to gRPC statuses.
+pub trait IntoStatus {
+    fn into_status(self) -> Status;
+}
+
+impl IntoStatus for AuthError {
+    fn into_status(self) -> Status {
+        match self {
+            AuthError::NoCertificate | AuthError::Unparseable => Status::unauthenticated(self.to_string()),
+            AuthError::Protocol(_) => Status::failed_precondition(self.to_string()),
+            _ => Status::permission_denied(self.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for EnrollError {
+    fn into_status(self) -> Status {
+        match &self {
+            EnrollError::Token(TokenRefusal::Malformed) => Status::unauthenticated(self.to_string()),
+            EnrollError::Token(_) => Status::unauthenticated(self.to_string()),
+            EnrollError::Csr(_) | EnrollError::BadHostName(_) => Status::invalid_argument(self.to_string()),
+            EnrollError::Store(_) | EnrollError::Pki(_) => {
+                Status::internal(format!("enrollment failed on the coordinator: {self}"))
+            }
+        }
+    }
+}
+
+impl IntoStatus for SessionError {
+    fn into_status(self) -> Status {
+        match &self {
+            SessionError::NoHello => Status::invalid_argument(self.to_string()),
+            SessionError::HelloTimeout(_) => Status::deadline_exceeded(self.to_string()),
+            SessionError::IdentityMismatch { .. } => Status::permission_denied(self.to_string()),
+            SessionError::Protocol { .. } => Status::failed_precondition(self.to_string()),
+            SessionError::Stream(s) => s.clone(),
+            SessionError::Store(_) => Status::internal(self.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for ControlError {
+    fn into_status(self) -> Status {
+        match &self {
+            ControlError::BadHostName(_) | ControlError::TtlTooLong(_) => Status::invalid_argument(self.to_string()),
+            ControlError::UnknownHost(_) => Status::not_found(self.to_string()),
+            ControlError::BadAssignment { .. } | ControlError::NoActionKind | ControlError::NoRoleContainer => {
+                Status::invalid_argument(self.to_string())
+            }
+            ControlError::NotConnected(_) => Status::unavailable(self.to_string()),
+            ControlError::Store(_) | ControlError::Pki(_) => Status::internal(self.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for LogsError {
+    fn into_status(self) -> Status {
+        match &self {
+            LogsError::UnknownHost(_) => Status::not_found(self.to_string()),
+            LogsError::NotConnected(_) => Status::unavailable(self.to_string()),
+            LogsError::Nothing(_) => Status::invalid_argument(self.to_string()),
+            LogsError::Store(_) => Status::internal(self.to_string()),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Operations that run in the CLI process, each from start to finish: they read
+//! `flotilla.toml`, drive a provider directly, and talk to the control plane through
+//! [`crate::admin_client`].
+//!
+//! - [`cluster_config`]: `flotilla.toml` — typed, validated, with the field and file named.
+//! - [`plan`]: config → hosts → roles; what `plan` / `deploy --dry-run` prints.
+//! - [`deploy`]: converge a cluster to its plan (launch, enroll, assign, verify, scale down).
+//! - [`verify`]: Swarm's and Consul's own views of the cluster, and the smoke test.
+//! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
+//! - [`bake`]: a host image with the Engine and the agent installed.
+
+pub mod bake;
+pub mod cluster_config;
+pub mod deploy;
+pub mod failover;
+pub mod plan;
+pub mod verify;
