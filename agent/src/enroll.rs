@@ -62,7 +62,7 @@ pub async fn enroll(
         csr_pem: pending.csr_pem.clone(),
         facts: Some(facts),
     });
-    crate::session::add_protocol_header(&mut req);
+    flotilla_proto::add_protocol_header(&mut req);
     let resp = client.enroll(req).await.map_err(|s| match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
             EnrollError::Unreachable { addr: addr.to_string(), detail: s.message().to_string() }

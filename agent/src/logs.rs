@@ -193,7 +193,7 @@ impl LogStream {
             return Outcome::Lost("request queue closed".into());
         }
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        crate::session::add_protocol_header(&mut request);
+        flotilla_proto::add_protocol_header(&mut request);
         let mut client = AgentServiceClient::new(link.channel.clone());
         let mut acks = match client.logs(request).await {
             Ok(r) => r.into_inner(),

@@ -43,13 +43,6 @@ impl SessionError {
     }
 }
 
-pub fn add_protocol_header<T>(req: &mut tonic::Request<T>) {
-    req.metadata_mut().insert(
-        flotilla_proto::PROTOCOL_HEADER,
-        tonic::metadata::MetadataValue::from(flotilla_proto::PROTOCOL_VERSION),
-    );
-}
-
 /// How a session that did open came to an end.
 pub enum Ended {
     Shutdown,
@@ -75,7 +68,7 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
     };
     let _ = out_tx.try_send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) });
     let mut req = tonic::Request::new(ReceiverStream::new(out_rx));
-    add_protocol_header(&mut req);
+    flotilla_proto::add_protocol_header(&mut req);
     let mut inbound =
         client.session(req).await.map_err(|status| SessionError::Rpc { addr: addr.into(), status })?.into_inner();
 

@@ -9,7 +9,6 @@ use flotilla_proto::v1;
 use tonic::transport::Channel;
 
 use crate::admin_client::{self, ConnectError};
-use crate::control_plane::core::role_name;
 use crate::control_plane::settings::{ServeConfig, StatePaths, default_state_root, valid_name};
 use crate::ui::log_prefix;
 
@@ -1115,7 +1114,7 @@ fn fmt_time(unix_ms: i64) -> String {
 }
 
 fn roles_of(h: &v1::HostStatus) -> Vec<&'static str> {
-    h.roles.iter().filter_map(|r| v1::Role::try_from(*r).ok()).map(role_name).collect()
+    h.roles.iter().filter_map(|r| v1::Role::try_from(*r).ok()).map(v1::Role::name).collect()
 }
 
 /// `status --output json`: an object with a `hosts` array.
@@ -1155,8 +1154,8 @@ pub fn status_json(st: &v1::StatusResponse) -> serde_json::Value {
                 "health": health,
                 "generation": h.generation,
                 "role_status": h.role_status.iter().map(|s| serde_json::json!({
-                    "role": v1::Role::try_from(s.role).map(role_name).unwrap_or("unspecified"),
-                    "state": crate::control_plane::core::state_name(s.state),
+                    "role": v1::Role::try_from(s.role).map(v1::Role::name).unwrap_or("unspecified"),
+                    "state": v1::RoleState::name_of(s.state),
                     "message": s.message,
                 })).collect::<Vec<_>>(),
                 "swarm": h.health.as_ref().and_then(|s| s.swarm.as_ref()).map(|s| serde_json::json!({
@@ -1222,8 +1221,8 @@ fn status_table(st: &v1::StatusResponse) -> String {
                 let state = h
                     .role_status
                     .iter()
-                    .find(|s| v1::Role::try_from(s.role).map(role_name).ok() == Some(*r))
-                    .map(|s| crate::control_plane::core::state_name(s.state))
+                    .find(|s| v1::Role::try_from(s.role).map(v1::Role::name).ok() == Some(*r))
+                    .map(|s| v1::RoleState::name_of(s.state))
                     .unwrap_or_else(|| "pending".into());
                 format!("{r}:{state}")
             })

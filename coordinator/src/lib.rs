@@ -11,6 +11,7 @@
 //!   AWS (EC2).
 //! - [`admin_client`]: how the CLI reaches a control plane (its unix socket, or a remote one
 //!   with an operator certificate).
+//! - [`poll`]: [`poll::poll_until`], the one bounded wait every operation uses.
 //! - [`ui`]: what the CLI prints while it works: progress lines and host log prefixes.
 //! - [`cli`]: argument parsing, and one file per command that calls into the rest.
 //!
@@ -20,5 +21,6 @@ pub mod admin_client;
 pub mod cli;
 pub mod control_plane;
 pub mod ops;
+pub mod poll;
 pub mod providers;
 pub mod ui;

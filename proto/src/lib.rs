@@ -8,7 +8,10 @@
 //!   the client connector that carry tonic over it, and [`tls::PeerIdentity`], who is on the
 //!   other end of a connection.
 //! - [`fs`]: secret files (atomic, 0600 from the first byte) and private directories.
-//! - [`PROTOCOL_VERSION`] and [`PROTOCOL_HEADER`]: how the two ends agree they can talk.
+//! - [`PROTOCOL_VERSION`] and [`PROTOCOL_HEADER`]: how the two ends agree they can talk;
+//!   [`protocol_header`] is the client interceptor that sends it on every request.
+//! - Names of roles and role states as the CLI, logs and `flotilla.toml` spell them
+//!   ([`v1::Role::name`], [`v1::Role::from_name`], [`v1::RoleState::name_of`]).
 
 pub mod fs;
 pub mod tls;
@@ -24,6 +27,52 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The request header every agent RPC carries its protocol version in.
 pub const PROTOCOL_HEADER: &str = "flotilla-protocol";
+
+/// A tonic client interceptor that puts [`PROTOCOL_VERSION`] in [`PROTOCOL_HEADER`]: every
+/// client of the agent port uses it (`AgentServiceClient::with_interceptor(channel,
+/// flotilla_proto::protocol_header)`), and the server refuses requests without it.
+#[allow(clippy::result_large_err)] // tonic's `Interceptor` signature
+pub fn protocol_header<T>(mut req: tonic::Request<T>) -> Result<tonic::Request<T>, tonic::Status> {
+    add_protocol_header(&mut req);
+    Ok(req)
+}
+
+/// Puts [`PROTOCOL_VERSION`] in [`PROTOCOL_HEADER`] of one request.
+pub fn add_protocol_header<T>(req: &mut tonic::Request<T>) {
+    req.metadata_mut().insert(PROTOCOL_HEADER, tonic::metadata::MetadataValue::from(PROTOCOL_VERSION));
+}
+
+impl v1::Role {
+    /// The role's name as `flotilla.toml`, the CLI and the logs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            v1::Role::Consul => "consul",
+            v1::Role::Manager => "manager",
+            v1::Role::Node => "node",
+            v1::Role::Unspecified => "unspecified",
+        }
+    }
+
+    /// The role of a name as [`v1::Role::name`] spells it; `None` for anything else.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "consul" => Some(v1::Role::Consul),
+            "manager" => Some(v1::Role::Manager),
+            "node" => Some(v1::Role::Node),
+            _ => None,
+        }
+    }
+}
+
+impl v1::RoleState {
+    /// A role state's name as the CLI shows it (`running`, `pulling`, …); empty when the
+    /// number is no state this build knows.
+    pub fn name_of(state: i32) -> String {
+        v1::RoleState::try_from(state)
+            .map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase())
+            .unwrap_or_default()
+    }
+}
 
 /// The organizational unit of a host's client certificate.
 pub const OU_HOST: &str = "flotilla-host";

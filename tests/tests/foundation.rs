@@ -29,7 +29,7 @@ fn client(coord: &Coord, identity: Option<&tls::Identity>) -> AgentServiceClient
 
 fn with_header<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    flotilla_agent::session::add_protocol_header(&mut req);
+    flotilla_proto::add_protocol_header(&mut req);
     req
 }
 

@@ -243,8 +243,8 @@ impl ControlPlane {
             },
         };
         let detail = match kind {
-            Kind::StopRole => format!("stop_role {} (hold {} s)", role_name(role), action.hold_s),
-            Kind::StartRole => format!("start_role {}", role_name(role)),
+            Kind::StopRole => format!("stop_role {} (hold {} s)", role.name(), action.hold_s),
+            Kind::StartRole => format!("start_role {}", role.name()),
             _ => kind.as_str_name().trim_start_matches("KIND_").to_lowercase(),
         };
         let sent = self
@@ -305,7 +305,7 @@ impl ControlPlane {
                     (now - since) as f64 / 1000.0 > 3.0 * hb
                 }
             };
-            let roles = rec.roles.iter().filter_map(|r| role_from_name(r)).map(|r| r as i32).collect();
+            let roles = rec.roles.iter().filter_map(|r| v1::Role::from_name(r)).map(|r| r as i32).collect();
             hosts.push(v1::HostStatus {
                 name: rec.name.clone(),
                 host_id: rec.host_id.clone(),
@@ -361,31 +361,6 @@ fn strip_completions(stored: &v1::Assignment, requested: &v1::Assignment) -> Vec
         }
     }
     roles
-}
-
-pub fn role_from_name(name: &str) -> Option<v1::Role> {
-    match name {
-        "consul" => Some(v1::Role::Consul),
-        "manager" => Some(v1::Role::Manager),
-        "node" => Some(v1::Role::Node),
-        _ => None,
-    }
-}
-
-/// A role state's name as the CLI shows it (`running`, `pulling`, …); empty when unknown.
-pub fn state_name(state: i32) -> String {
-    v1::RoleState::try_from(state)
-        .map(|x| x.as_str_name().trim_start_matches("ROLE_STATE_").to_lowercase())
-        .unwrap_or_default()
-}
-
-pub fn role_name(role: v1::Role) -> &'static str {
-    match role {
-        v1::Role::Consul => "consul",
-        v1::Role::Manager => "manager",
-        v1::Role::Node => "node",
-        v1::Role::Unspecified => "unspecified",
-    }
 }
 
 pub fn facts_from_proto(f: &v1::HostFacts) -> crate::control_plane::store::Facts {

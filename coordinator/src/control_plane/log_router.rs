@@ -20,7 +20,7 @@ use flotilla_proto::v1;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::control_plane::core::{ControlPlane, role_name};
+use crate::control_plane::core::ControlPlane;
 use crate::control_plane::store::StoreError;
 
 /// Lines buffered per stream between the agent's RPC and the follower.
@@ -136,7 +136,7 @@ impl ControlPlane {
             let roles: Vec<v1::Role> = rec
                 .roles
                 .iter()
-                .filter_map(|r| crate::control_plane::core::role_from_name(r))
+                .filter_map(|r| v1::Role::from_name(r))
                 .filter(|r| role.is_none_or(|want| *r == want))
                 .collect();
             if role.is_some() && roles.is_empty() {
@@ -161,7 +161,7 @@ impl ControlPlane {
         }
         if targets.is_empty() {
             let why = match role {
-                Some(r) => format!("no connected host of those asked runs the {} role", role_name(r)),
+                Some(r) => format!("no connected host of those asked runs the {} role", r.name()),
                 None if req.hosts.is_empty() && self.sessions.count() == 0 => "no host is connected".to_string(),
                 None => "the hosts run no role; name containers or ask for the Engine's journal".to_string(),
             };

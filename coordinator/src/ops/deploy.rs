@@ -625,10 +625,8 @@ async fn wait_hosts(
                             .role_status
                             .iter()
                             .map(|s| {
-                                let state = crate::control_plane::core::state_name(s.state);
-                                let role = v1::Role::try_from(s.role)
-                                    .map(crate::control_plane::core::role_name)
-                                    .unwrap_or("?");
+                                let state = v1::RoleState::name_of(s.state);
+                                let role = v1::Role::try_from(s.role).map(v1::Role::name).unwrap_or("?");
                                 format!("{role}: {state} {}", s.message)
                             })
                             .collect::<Vec<_>>()

@@ -361,7 +361,7 @@ pub fn health_problems(st: &v1::StatusResponse) -> Vec<String> {
         for r in &h.roles {
             let status = h.role_status.iter().find(|s| s.role == *r);
             if status.is_none_or(|s| s.state != v1::RoleState::Running as i32) {
-                let role = v1::Role::try_from(*r).map(crate::control_plane::core::role_name).unwrap_or("?");
+                let role = v1::Role::try_from(*r).map(v1::Role::name).unwrap_or("?");
                 let msg = status.map(|s| s.message.clone()).unwrap_or_else(|| "no status yet".into());
                 out.push(format!("{}'s {role} role is not running ({msg})", h.name));
             }

@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
                     csr_pem: pending.csr_pem.clone(),
                     facts: Some(v1::HostFacts { hostname: host, ..Default::default() }),
                 });
-                flotilla_agent::session::add_protocol_header(&mut req);
+                flotilla_proto::add_protocol_header(&mut req);
                 let id = match AgentServiceClient::new(ch).enroll(req).await {
                     Ok(r) => pending.into_stored(&r.into_inner().certificate_pem).ok().map(|s| s.tls),
                     Err(e) => {
@@ -175,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await;
             let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            flotilla_agent::session::add_protocol_header(&mut req);
+            flotilla_proto::add_protocol_header(&mut req);
             let mut inbound = match AgentServiceClient::new(ch).session(req).await {
                 Ok(r) => r.into_inner(),
                 Err(e) => {
