@@ -10,6 +10,8 @@ use tonic::transport::Channel;
 
 use crate::admin_client::{self, ConnectError};
 use crate::control_plane::settings::{ServeConfig, StatePaths, default_state_root, valid_name};
+use crate::ops::failover::{Component, Mode};
+use crate::providers::ProviderKind;
 use crate::ui::log_prefix;
 
 /// Exit code for bad usage or configuration (sysexits' EX_USAGE).
@@ -132,7 +134,7 @@ pub enum Command {
         /// The provider, when the cluster's state directory (which records it) is gone:
         /// `--provider aws` terminates whatever carries the cluster's tag.
         #[arg(long, value_enum)]
-        provider: Option<ProviderArg>,
+        provider: Option<ProviderKind>,
         /// Override the recorded AWS endpoint (e.g. a moved EC2-compatible endpoint).
         #[arg(long)]
         endpoint_url: Option<String>,
@@ -155,7 +157,7 @@ pub enum Command {
 pub struct BakeArgs {
     /// Where the image is made.
     #[arg(long, value_enum, default_value = "lab")]
-    pub provider: ProviderArg,
+    pub provider: ProviderKind,
     /// The image to start from (lab: an image on this machine's Engine, default the lab host
     /// image; aws: an AMI id).
     #[arg(long)]
@@ -194,21 +196,15 @@ pub struct BakeArgs {
     pub output: Output,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderArg {
-    Lab,
-    Aws,
-}
-
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
     /// engine: the agent stops the host's Docker Engine (for consul: kills the Consul
     /// container and holds it down); host: the provider stops the host.
     #[arg(long, value_enum, default_value = "engine")]
-    pub mode: ModeArg,
+    pub mode: Mode,
     /// What to drill: the Swarm managers' leader, or the Consul servers' leader.
     #[arg(long, value_enum, default_value = "swarm")]
-    pub component: ComponentArg,
+    pub component: Component,
     /// Take down this manager (or Consul server) instead of the leader.
     #[arg(long)]
     pub target: Option<String>,
@@ -221,18 +217,6 @@ pub struct FailoverArgs {
     pub bound: Duration,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModeArg {
-    Engine,
-    Host,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ComponentArg {
-    Swarm,
-    Consul,
 }
 
 #[derive(Args, Debug)]
@@ -299,7 +283,7 @@ pub struct DeployArgs {
     pub image: Option<String>,
     /// Where hosts come from (overrides `provider` in flotilla.toml).
     #[arg(long, value_enum)]
-    pub provider: Option<ProviderArg>,
+    pub provider: Option<ProviderKind>,
     /// An EC2-compatible endpoint (overrides `aws.endpoint_url`).
     #[arg(long)]
     pub endpoint_url: Option<String>,
@@ -572,10 +556,7 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
     }
     let advertise = args.advertise.or_else(|| Some(config.coordinator.advertise.clone()).filter(|a| !a.is_empty()));
     let report = crate::ops::bake::bake(crate::ops::bake::BakeOptions {
-        provider: match args.provider {
-            ProviderArg::Lab => crate::ops::cluster_config::ProviderKind::Lab,
-            ProviderArg::Aws => crate::ops::cluster_config::ProviderKind::Aws,
-        },
+        provider: args.provider,
         base: args.base,
         name: args.name,
         scope: g.cluster(),
@@ -614,7 +595,7 @@ async fn bake(g: &Global, args: BakeArgs) -> Result<(), CliError> {
 }
 
 async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
-    use crate::ops::failover::{self, Component, FailoverError, Mode};
+    use crate::ops::failover::{self, FailoverError};
     use std::io::IsTerminal;
     let client = client(g).await?;
     // SIGINT and SIGTERM stop the drill, which then undoes its fault before exiting.
@@ -643,14 +624,8 @@ async fn failover_test(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
         failover::Options {
             cluster: g.cluster(),
             state_dir: g.state_dir(),
-            mode: match args.mode {
-                ModeArg::Engine => Mode::Engine,
-                ModeArg::Host => Mode::Host,
-            },
-            component: match args.component {
-                ComponentArg::Swarm => Component::Swarm,
-                ComponentArg::Consul => Component::Consul,
-            },
+            mode: args.mode,
+            component: args.component,
             target: args.target,
             force: args.force,
             bound: args.bound,
@@ -835,10 +810,7 @@ fn load_config(g: &Global, args: &DeployArgs) -> Result<(crate::ops::cluster_con
         config.images.host = i.clone();
     }
     if let Some(p) = args.provider {
-        config.provider = match p {
-            ProviderArg::Lab => crate::ops::cluster_config::ProviderKind::Lab,
-            ProviderArg::Aws => crate::ops::cluster_config::ProviderKind::Aws,
-        };
+        config.provider = p;
         origin.push_str(" + flags");
     }
     for (flag, field) in [
@@ -976,7 +948,7 @@ async fn env(g: &Global, output: Output) -> Result<(), CliError> {
 async fn destroy(
     g: &Global,
     yes: bool,
-    provider: Option<ProviderArg>,
+    provider: Option<ProviderKind>,
     endpoint_url: Option<String>,
     region: Option<String>,
 ) -> Result<(), CliError> {
@@ -985,19 +957,19 @@ async fn destroy(
     let state_dir = g.state_dir();
     let mut record = crate::providers::ProviderRecord::load(&state_dir);
     match provider {
-        Some(ProviderArg::Aws) if record.provider != "aws" => {
-            record = crate::providers::ProviderRecord { provider: "aws".into(), aws: None };
+        Some(ProviderKind::Aws) if record.provider != ProviderKind::Aws => {
+            record = crate::providers::ProviderRecord { provider: ProviderKind::Aws, aws: None };
         }
-        Some(ProviderArg::Lab) if record.provider != "lab" => {
+        Some(ProviderKind::Lab) if record.provider != ProviderKind::Lab => {
             return Err(CliError::Usage(format!(
                 "cluster '{cluster}' was deployed with the {} provider (recorded in {}); not destroying it as a lab cluster",
-                record.provider,
+                record.provider.name(),
                 crate::providers::ProviderRecord::path(&state_dir).display()
             )));
         }
         _ => {}
     }
-    let what = if record.provider == "aws" {
+    let what = if record.provider == ProviderKind::Aws {
         "every EC2 instance tagged with it, its security group, its hosts' certificates and its CA"
     } else {
         "every host, its network, registry, volumes and its CA"
@@ -1006,7 +978,7 @@ async fn destroy(
         if !std::io::stdin().is_terminal() {
             return Err(CliError::Usage(format!("destroying cluster '{cluster}' needs confirmation: pass --yes")));
         }
-        eprint!("destroy cluster '{cluster}' ({} provider) — {what}? type the cluster name: ", record.provider);
+        eprint!("destroy cluster '{cluster}' ({} provider) — {what}? type the cluster name: ", record.provider.name());
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map_err(|e| CliError::Other(e.to_string()))?;
         if line.trim() != cluster {
@@ -1025,7 +997,7 @@ async fn destroy(
         let _ = c.shutdown(v1::ShutdownRequest {}).await;
         wait_gone(&socket).await;
     }
-    if record.provider == "aws" {
+    if record.provider == ProviderKind::Aws {
         let mut settings = record.aws.clone().unwrap_or_default();
         if let Some(e) = endpoint_url {
             settings.endpoint_url = e;
@@ -1049,7 +1021,7 @@ async fn destroy(
     if state_dir.exists() {
         std::fs::remove_dir_all(&state_dir).map_err(|e| CliError::Other(format!("{}: {e}", state_dir.display())))?;
     }
-    if record.provider == "aws" {
+    if record.provider == ProviderKind::Aws {
         println!(
             "cluster '{cluster}' destroyed: no instance or security group tagged {}={cluster} is left, its CA and state are gone",
             crate::providers::aws::TAG_CLUSTER

@@ -66,6 +66,32 @@ pub enum ProviderError {
     Aws(#[from] aws::AwsError),
 }
 
+/// Which provider a cluster's hosts come from (`provider` in flotilla.toml, `--provider`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Containers on this machine's Engine that boot like EC2 instances.
+    #[default]
+    Lab,
+    /// EC2 instances.
+    Aws,
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Lab => "lab",
+            ProviderKind::Aws => "aws",
+        }
+    }
+}
+
 /// The cluster's provider: what deploy, destroy and the failover drill talk to.
 pub enum Provider {
     Lab(lab::Lab),
@@ -80,7 +106,7 @@ impl Provider {
         state_dir: &std::path::Path,
         record: &ProviderRecord,
     ) -> Result<Self, ProviderError> {
-        if record.provider == "aws" {
+        if record.provider == ProviderKind::Aws {
             let settings = record.aws.clone().unwrap_or_default();
             return Ok(Provider::Aws(aws::Aws::connect(cluster, &settings, state_dir).await?));
         }
@@ -100,10 +126,10 @@ impl Provider {
         })
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ProviderKind {
         match self {
-            Provider::Lab(_) => "lab",
-            Provider::Aws(_) => "aws",
+            Provider::Lab(_) => ProviderKind::Lab,
+            Provider::Aws(_) => ProviderKind::Aws,
         }
     }
 
@@ -149,7 +175,7 @@ impl Provider {
 /// `<state>/provider.json`.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProviderRecord {
-    pub provider: String,
+    pub provider: ProviderKind,
     #[serde(default)]
     pub aws: Option<crate::ops::cluster_config::AwsSettings>,
 }
@@ -164,7 +190,7 @@ impl ProviderRecord {
         std::fs::read(Self::path(state_dir))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(ProviderRecord { provider: "lab".into(), aws: None })
+            .unwrap_or(ProviderRecord { provider: ProviderKind::Lab, aws: None })
     }
 
     pub fn save(&self, state_dir: &std::path::Path) -> std::io::Result<()> {

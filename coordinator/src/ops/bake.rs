@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use flotilla_cloud_init::paths::{BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_SCRIPT_PATH};
 
 use crate::control_plane::agent_binary::{AgentBinary, AgentBinaryError};
-use crate::ops::cluster_config::ProviderKind;
+use crate::providers::ProviderKind;
 use crate::providers::aws::{self, AwsError};
 use crate::providers::lab::{self, LabError};
 use crate::ui::Progress;
@@ -159,7 +159,7 @@ pub enum BuilderState {
 #[allow(async_fn_in_trait)] // used generically by `run`, never as a trait object or across spawn
 pub trait Backend {
     /// `lab`, `aws`: for messages.
-    fn provider(&self) -> &'static str;
+    fn provider(&self) -> ProviderKind;
     /// How the bake user-data gets Docker Engine onto the builder.
     fn engine(&self) -> flotilla_cloud_init::Engine;
     /// Whether the builder must report to the bake's endpoint (and seal itself at shutdown)
@@ -219,7 +219,7 @@ pub struct BakeOptions {
 /// The result (`--output json` prints it).
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
-    pub provider: String,
+    pub provider: ProviderKind,
     pub image: String,
     pub image_id: String,
     /// An image of the same name and recipe existed: nothing was booted.
@@ -297,7 +297,7 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
         ),
     );
     let report = |image: &Image, reused: bool| Report {
-        provider: backend.provider().to_string(),
+        provider: backend.provider(),
         image: image.reference.clone(),
         image_id: image.id.clone(),
         reused,

@@ -1,6 +1,7 @@
 //! `flotilla.toml`: the cluster an operator wants. Typed, unknown keys refused, every error
 //! names the field and the file; flags override it. `coordinator init` writes [`EXAMPLE`].
 
+use crate::providers::ProviderKind;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -111,22 +112,6 @@ impl Default for ClusterConfig {
             instance_types: InstanceTypes::default(),
             coordinator: CoordinatorSettings::default(),
             aws: AwsSettings::default(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Lab,
-    Aws,
-}
-
-impl ProviderKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderKind::Lab => "lab",
-            ProviderKind::Aws => "aws",
         }
     }
 }

@@ -23,9 +23,10 @@ use flotilla_proto::v1::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
 use crate::control_plane::settings::StatePaths;
-use crate::ops::cluster_config::{ClusterConfig, ProviderKind};
+use crate::ops::cluster_config::ClusterConfig;
 use crate::ops::plan::{self, PlannedHost, RoleKind};
 use crate::ops::verify;
+use crate::providers::ProviderKind;
 use crate::providers::aws::{self, Aws};
 use crate::providers::lab::{self, Lab};
 use crate::providers::{HostState, LaunchSpec};
@@ -76,7 +77,7 @@ pub enum DeployError {
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub cluster: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub changed: bool,
     pub launched: Vec<String>,
     pub removed: Vec<String>,
@@ -124,7 +125,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     //    group and AMI.
     let target = prepare_provider(c, &state_dir, opts.quiet, &p).await?;
     crate::providers::ProviderRecord {
-        provider: target.provider.kind().into(),
+        provider: target.provider.kind(),
         aws: matches!(target.provider, Provider::Aws(_)).then(|| c.aws.clone()),
     }
     .save(&state_dir)
@@ -341,7 +342,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let docker_env = verify::docker_env(&swarm.leader_ip, &docker_dir);
     let report = Report {
         cluster: c.name.clone(),
-        provider: provider.kind().into(),
+        provider: provider.kind(),
         changed,
         launched,
         removed,
@@ -368,7 +369,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Changes {
     pub cluster: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub create: Vec<String>,
     pub change: Vec<String>,
     pub delete: Vec<String>,
@@ -385,8 +386,7 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
     config.validate(origin)?;
     let planned = plan::plan(config);
     let state_dir = state_root.join(&config.name);
-    let mut ch =
-        Changes { cluster: config.name.clone(), provider: config.provider.name().into(), ..Default::default() };
+    let mut ch = Changes { cluster: config.name.clone(), provider: config.provider, ..Default::default() };
     let hosts = match config.provider {
         ProviderKind::Lab => {
             let docker = lab::connect_engine().await.map_err(DeployError::NoEngine)?;

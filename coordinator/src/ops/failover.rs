@@ -81,7 +81,7 @@ pub fn kv_probe_key(cluster: &str) -> String {
     format!("flotilla/{cluster}/drill/kv-probe")
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Swarm: the agent stops the host's Docker Engine (the seed kills the manager
@@ -91,7 +91,7 @@ pub enum Mode {
     Host,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Component {
     /// The Swarm managers' Raft (the seed's primary/replica managers).

@@ -242,8 +242,8 @@ impl AwsBaker {
 }
 
 impl Backend for AwsBaker {
-    fn provider(&self) -> &'static str {
-        "aws"
+    fn provider(&self) -> crate::providers::ProviderKind {
+        crate::providers::ProviderKind::Aws
     }
 
     fn engine(&self) -> flotilla_cloud_init::Engine {

@@ -179,8 +179,8 @@ pub fn check_name(name: &str) -> Result<(), BakeError> {
 }
 
 impl Backend for LabBaker {
-    fn provider(&self) -> &'static str {
-        "lab"
+    fn provider(&self) -> crate::providers::ProviderKind {
+        crate::providers::ProviderKind::Lab
     }
 
     fn engine(&self) -> flotilla_cloud_init::Engine {
