@@ -94,36 +94,11 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         .map_err(|source| ServeError::StateDir { path: paths.dir.clone(), source })?;
     let store = Store::open(&paths.store())?;
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
-    let advertise = if config.advertise.is_empty() {
-        if addr.ip().is_unspecified() {
-            return Err(ServeError::NoAdvertise(addr));
-        }
-        vec![addr.ip().to_string()]
-    } else {
-        config.advertise.clone()
-    };
+    let advertise = advertised_addresses(&config, addr)?;
     let pki = Pki::load_or_create(&paths.dir, &config.cluster, &advertise)?;
     let server_tls = tls::server_config(pki.server_identity(), &pki.ca_certs()?)?;
-    let agent_endpoint = format!(
-        "{}:{}",
-        match advertise[0].parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-            _ => advertise[0].clone(),
-        },
-        addr.port()
-    );
-
-    let agent_binary = match &config.agent_binary {
-        Some(path) => {
-            let path = path.clone();
-            let loaded = tokio::task::spawn_blocking(move || AgentBinary::load(&path))
-                .await
-                .map_err(|e| ServeError::Listener(std::io::Error::other(e)))??;
-            tracing::info!(path = %loaded.path.display(), sha256 = %loaded.sha256, "serving the agent binary");
-            Some(Arc::new(loaded))
-        }
-        None => None,
-    };
+    let agent_endpoint = endpoint_of(&advertise[0], addr.port());
+    let agent_binary = load_agent_binary(&config).await?;
 
     let cp = Arc::new(ControlPlane {
         config: config.clone(),
@@ -137,66 +112,113 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         shutdown: tokio_util::sync::CancellationToken::new(),
     });
 
-    // The admin socket: we hold the store's lock, so no other control plane of this
-    // cluster is running and a leftover socket file is stale.
+    let unix = bind_admin_socket(&paths)?;
+    flotilla_proto::fs::write_public(&paths.endpoint_file(), agent_endpoint.as_bytes())
+        .map_err(|source| ServeError::StateDir { path: paths.endpoint_file(), source })?;
+    let agent_server = spawn_agent_server(&cp, listener, server_tls, agent_binary);
+    let admin_server = spawn_admin_server(&cp, unix);
+    tracing::info!(
+        cluster = %config.cluster, %addr, endpoint = %agent_endpoint, socket = %paths.admin_socket().display(),
+        "control plane serving"
+    );
+    let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
+    Ok(Running { cp, addr, paths, task })
+}
+
+/// The addresses agents dial (and the server certificate names): `--advertise`, or the
+/// listening address when it is a specific one.
+fn advertised_addresses(config: &ServeConfig, addr: SocketAddr) -> Result<Vec<String>, ServeError> {
+    if !config.advertise.is_empty() {
+        return Ok(config.advertise.clone());
+    }
+    if addr.ip().is_unspecified() {
+        return Err(ServeError::NoAdvertise(addr));
+    }
+    Ok(vec![addr.ip().to_string()])
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+fn endpoint_of(host: &str, port: u16) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{host}:{port}"),
+    }
+}
+
+/// The agent binary user-data downloads, when the control plane serves one.
+async fn load_agent_binary(config: &ServeConfig) -> Result<Option<Arc<AgentBinary>>, ServeError> {
+    let Some(path) = config.agent_binary.clone() else {
+        return Ok(None);
+    };
+    let loaded = tokio::task::spawn_blocking(move || AgentBinary::load(&path))
+        .await
+        .map_err(|e| ServeError::Listener(std::io::Error::other(e)))??;
+    tracing::info!(path = %loaded.path.display(), sha256 = %loaded.sha256, "serving the agent binary");
+    Ok(Some(Arc::new(loaded)))
+}
+
+/// The admin socket, 0600. We hold the store's lock, so no other control plane of this
+/// cluster is running and a leftover socket file is stale.
+fn bind_admin_socket(paths: &StatePaths) -> Result<UnixListener, ServeError> {
     let sock = paths.admin_socket();
     let _ = std::fs::remove_file(&sock);
     let unix = UnixListener::bind(&sock).map_err(|source| ServeError::AdminSocket { path: sock.clone(), source })?;
     std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|source| ServeError::AdminSocket { path: sock.clone(), source })?;
-    flotilla_proto::fs::write_public(&paths.endpoint_file(), agent_endpoint.as_bytes())
-        .map_err(|source| ServeError::StateDir { path: paths.endpoint_file(), source })?;
+    Ok(unix)
+}
 
-    let agent_server = {
-        let mut routes = tonic::service::Routes::new(AgentServiceServer::new(AgentApi { cp: Arc::clone(&cp) }));
-        if config.remote_admin {
-            routes = routes.add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// The agent port: `AgentService` (and `Admin` for operator certificates when remote admin
+/// is on) plus the agent binary's HTTPS route, over TLS 1.3.
+fn spawn_agent_server(
+    cp: &Arc<ControlPlane>,
+    listener: TcpListener,
+    server_tls: Arc<rustls::ServerConfig>,
+    agent_binary: Option<Arc<AgentBinary>>,
+) -> ServerTask {
+    let mut routes = tonic::service::Routes::new(AgentServiceServer::new(AgentApi { cp: Arc::clone(cp) }));
+    if cp.config.remote_admin {
+        routes = routes.add_service(AdminServer::new(AdminApi { cp: Arc::clone(cp) }));
+    }
+    let axum_router = crate::control_plane::agent_binary::routes(routes.into_axum_router(), agent_binary);
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_routes(tonic::service::Routes::from(axum_router));
+    let incoming = tls::incoming(listener, server_tls);
+    let shutdown = cp.shutdown.clone();
+    tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })
+}
+
+/// The operator's `Admin` API on the unix socket.
+fn spawn_admin_server(cp: &Arc<ControlPlane>, unix: UnixListener) -> ServerTask {
+    let router = Server::builder().add_service(AdminServer::new(AdminApi { cp: Arc::clone(cp) }));
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(unix);
+    let shutdown = cp.shutdown.clone();
+    tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })
+}
+
+/// Waits for the shutdown request, tells every agent, and gives in-flight RPCs
+/// [`SHUTDOWN_GRACE`] to finish.
+async fn stop_when_asked(cp: Arc<ControlPlane>, agent: ServerTask, admin: ServerTask) -> Result<(), ServeError> {
+    cp.shutdown.cancelled().await;
+    // Tell every agent first, so they start their back-off now rather than on a timeout.
+    cp.sessions.close_all();
+    drop(cp);
+    let flatten = |r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>| match r {
+        Ok(r) => r.map_err(ServeError::from),
+        Err(e) => Err(ServeError::Listener(std::io::Error::other(e))),
+    };
+    match tokio::time::timeout(SHUTDOWN_GRACE, async { (agent.await, admin.await) }).await {
+        Ok((a, b)) => flatten(a).and(flatten(b)),
+        Err(_) => {
+            tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+            Ok(())
         }
-        let axum_router = crate::control_plane::agent_binary::routes(routes.into_axum_router(), agent_binary);
-        let router = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(15)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true)
-            .add_routes(tonic::service::Routes::from(axum_router));
-        let incoming = tls::incoming(listener, server_tls);
-        let shutdown = cp.shutdown.clone();
-        tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })
-    };
-    let admin_server = {
-        let router = Server::builder().add_service(AdminServer::new(AdminApi { cp: Arc::clone(&cp) }));
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(unix);
-        let shutdown = cp.shutdown.clone();
-        tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })
-    };
-
-    tracing::info!(cluster = %config.cluster, %addr, endpoint = %agent_endpoint, socket = %sock.display(), "control plane serving");
-    let cp2 = Arc::clone(&cp);
-    let task = tokio::spawn(async move {
-        cp2.shutdown.cancelled().await;
-        // Tell every agent first, so they start their back-off now rather than on a timeout.
-        cp2.sessions.close_all();
-        let join = async {
-            let a = agent_server.await;
-            let b = admin_server.await;
-            (a, b)
-        };
-        let result = match tokio::time::timeout(SHUTDOWN_GRACE, join).await {
-            Ok((a, b)) => {
-                let flatten = |r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>| match r {
-                    Ok(r) => r.map_err(ServeError::from),
-                    Err(e) => Err(ServeError::Listener(std::io::Error::other(e))),
-                };
-                flatten(a).and(flatten(b))
-            }
-            Err(_) => {
-                tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
-                Ok(())
-            }
-        };
-        result
-    });
-
-    Ok(Running { cp, addr, paths, task })
+    }
 }
 
 /// Runs a control plane until `shutdown` completes or the admin API asks it to stop.

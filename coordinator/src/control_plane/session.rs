@@ -13,7 +13,7 @@ use tonic::Status;
 
 use crate::control_plane::core::{ControlPlane, facts_from_proto};
 use crate::control_plane::store::{AuditEvent, IssuedCert, StoreError};
-use registry::{OUTBOUND_CAPACITY, Outbound};
+use registry::{OUTBOUND_CAPACITY, Outbound, Registration};
 
 /// How long an agent has to say Hello after opening a session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,6 +59,37 @@ impl ControlPlane {
         who: AuthenticatedHost,
         mut inbound: tonic::Streaming<v1::AgentMessage>,
     ) -> Result<mpsc::Receiver<Outbound>, SessionError> {
+        let hello = self.read_hello(&who, &mut inbound).await?;
+        let now = self.clock.now_ms();
+        let host_id = self.record_hello(&who.name, &hello, now)?;
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let _ = tx.try_send(Ok(v1::CoordinatorMessage {
+            body: Some(coordinator_message::Body::Welcome(v1::Welcome {
+                host_id,
+                protocol_version: flotilla_proto::PROTOCOL_VERSION,
+                heartbeat_interval_s: self.config.heartbeat_interval.as_secs() as u32,
+            })),
+        }));
+        // The host's current assignment follows the Welcome, on every session open.
+        if let Ok(Some(a)) = self.assignment_of(&who.name) {
+            let _ = tx.try_send(Ok(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Assignment(a)) }));
+        }
+        let reg = self.sessions.register(&who.name, tx.clone(), now, who.not_after_unix);
+        if !hello.running.is_empty() {
+            self.sessions.record_status(&who.name, reg.session_id, hello.running.clone());
+        }
+        tracing::info!(host = %who.name, peer = %who.peer, agent = %hello.agent_version, "session open");
+        tokio::spawn(Arc::clone(self).inbound_loop(who, reg, inbound, tx));
+        Ok(rx)
+    }
+
+    /// The first message must be a Hello from the certificate's own host, in our protocol.
+    async fn read_hello(
+        &self,
+        who: &AuthenticatedHost,
+        inbound: &mut tonic::Streaming<v1::AgentMessage>,
+    ) -> Result<v1::Hello, SessionError> {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| SessionError::HelloTimeout(HELLO_TIMEOUT))?
@@ -81,10 +112,14 @@ impl ControlPlane {
                 ours: flotilla_proto::PROTOCOL_VERSION,
             });
         }
+        Ok(hello)
+    }
 
-        let now = self.clock.now_ms();
-        let host_id = self.store.write(|tx| {
-            let Some(mut rec) = tx.host(&who.name)? else {
+    /// Stores what the Hello says about the host (facts, agent version, last seen); returns
+    /// the host's id (empty when the host is not in the store).
+    fn record_hello(&self, host: &str, hello: &v1::Hello, now: i64) -> Result<String, SessionError> {
+        self.store.write(|tx| {
+            let Some(mut rec) = tx.host(host)? else {
                 return Ok::<_, SessionError>(String::new());
             };
             if let Some(f) = &hello.facts {
@@ -94,58 +129,45 @@ impl ControlPlane {
             rec.last_seen_unix_ms = now;
             tx.put_host(&rec)?;
             Ok(rec.host_id)
-        })?;
+        })
+    }
 
-        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
-        let _ = tx.try_send(Ok(v1::CoordinatorMessage {
-            body: Some(coordinator_message::Body::Welcome(v1::Welcome {
-                host_id,
-                protocol_version: flotilla_proto::PROTOCOL_VERSION,
-                heartbeat_interval_s: self.config.heartbeat_interval.as_secs() as u32,
-            })),
-        }));
-        // The host's current assignment follows the Welcome, on every session open.
-        if let Ok(Some(a)) = self.assignment_of(&who.name) {
-            let _ = tx.try_send(Ok(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Assignment(a)) }));
-        }
-        let reg = self.sessions.register(&who.name, tx.clone(), now, who.not_after_unix);
-        if !hello.running.is_empty() {
-            self.sessions.record_status(&who.name, reg.session_id, hello.running.clone());
-        }
-        tracing::info!(host = %who.name, peer = %who.peer, agent = %hello.agent_version, "session open");
-
-        let cp = Arc::clone(self);
+    /// Handles the agent's messages until it goes away, the coordinator closes the session,
+    /// or the control plane shuts down; then unregisters the session.
+    async fn inbound_loop(
+        self: Arc<Self>,
+        who: AuthenticatedHost,
+        reg: Registration,
+        mut inbound: tonic::Streaming<v1::AgentMessage>,
+        tx: mpsc::Sender<Outbound>,
+    ) {
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                let msg = tokio::select! {
-                    m = inbound.next() => m,
-                    () = reg.close.cancelled() => break "closed by the coordinator",
-                    () = shutdown.cancelled() => break "coordinator shutting down",
-                };
-                match msg {
-                    None => break "agent closed the session",
-                    Some(Err(e)) => {
-                        tracing::debug!(host = %who.name, error = %e, "session stream error");
-                        break "stream error";
-                    }
-                    Some(Ok(m)) => cp.handle(&who, reg.session_id, m, &tx),
-                }
+        let reason = loop {
+            let msg = tokio::select! {
+                m = inbound.next() => m,
+                () = reg.close.cancelled() => break "closed by the coordinator",
+                () = shutdown.cancelled() => break "coordinator shutting down",
             };
-            drop(tx);
-            cp.sessions.unregister(&who.name, reg.session_id);
-            let now = cp.clock.now_ms();
-            let name = who.name.clone();
-            let _ = cp.store.write(|t| {
-                if let Some(mut rec) = t.host(&name)? {
-                    rec.last_seen_unix_ms = now;
-                    t.put_host(&rec)?;
+            match msg {
+                None => break "agent closed the session",
+                Some(Err(e)) => {
+                    tracing::debug!(host = %who.name, error = %e, "session stream error");
+                    break "stream error";
                 }
-                Ok::<_, StoreError>(())
-            });
-            tracing::info!(host = %who.name, reason, "session closed");
+                Some(Ok(m)) => self.handle(&who, reg.session_id, m, &tx),
+            }
+        };
+        drop(tx);
+        self.sessions.unregister(&who.name, reg.session_id);
+        let now = self.clock.now_ms();
+        let _ = self.store.write(|t| {
+            if let Some(mut rec) = t.host(&who.name)? {
+                rec.last_seen_unix_ms = now;
+                t.put_host(&rec)?;
+            }
+            Ok::<_, StoreError>(())
         });
-        Ok(rx)
+        tracing::info!(host = %who.name, reason, "session closed");
     }
 
     fn handle(&self, who: &AuthenticatedHost, session_id: u64, msg: v1::AgentMessage, tx: &mpsc::Sender<Outbound>) {
