@@ -47,7 +47,7 @@ pub async fn act(docker: Option<&Docker>, action: v1::EngineAction, holds: &watc
         Ok(Kind::StartEngine) => "start",
         Ok(Kind::StopRole) if role == v1::Role::Consul => {
             let lease = Duration::from_secs(u64::from(action.hold_s.max(1)));
-            tracing::warn!(role = "consul", ?lease, "role held down by the coordinator");
+            tracing::warn!(role = role.name(), ?lease, "role held down by the coordinator");
             holds.send_modify(|h| h.hold(role, lease));
             // Kill it now rather than on the next pass: the drill times the fault from here.
             if let Some(d) = docker
@@ -58,7 +58,7 @@ pub async fn act(docker: Option<&Docker>, action: v1::EngineAction, holds: &watc
             return;
         }
         Ok(Kind::StartRole) if role == v1::Role::Consul => {
-            tracing::warn!(role = "consul", "role released by the coordinator");
+            tracing::warn!(role = role.name(), "role released by the coordinator");
             holds.send_modify(|h| {
                 h.release(role);
             });

@@ -8,15 +8,29 @@ use std::path::Path;
 
 use flotilla_proto::v1::ManagerSpec;
 
-use crate::roles::{RoleCtx, RoleError};
+use crate::roles::RoleCtx;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineTlsError {
+    /// Writing a certificate, a key or the drop-in (`what`: the file or directory).
+    #[error("{what}: {source}")]
+    Write { what: String, source: std::io::Error },
+    #[error("systemctl {command}: {source}")]
+    Systemctl { command: String, source: std::io::Error },
+    /// systemctl ran and failed: its stderr.
+    #[error("systemctl {command}: {stderr}")]
+    SystemctlFailed { command: String, stderr: String },
+    #[error("docker.service has no ExecStart (is the Engine managed by systemd?)")]
+    NoExecStart,
+}
 
 pub const TLS_DIR: &str = "/etc/docker/flotilla-tls";
 pub const DROP_IN: &str = "/etc/systemd/system/docker.service.d/flotilla-tls.conf";
 pub const PORT: u16 = 2376;
 
 /// Converges the Engine's TLS configuration. Returns true when it restarted the Engine.
-pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<bool, RoleError> {
-    let io = |what: &str, e: std::io::Error| RoleError::Io(format!("{what}: {e}"));
+pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<bool, EngineTlsError> {
+    let io = |what: &str, source: std::io::Error| EngineTlsError::Write { what: what.to_string(), source };
     let dir = Path::new(TLS_DIR);
     std::fs::create_dir_all(dir).map_err(|e| io(TLS_DIR, e))?;
     let mut changed = false;
@@ -69,13 +83,13 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<bool, RoleE
 }
 
 /// The distribution's `ExecStart` for docker.service, without our drop-in's additions.
-async fn base_exec_start() -> Result<String, RoleError> {
+async fn base_exec_start() -> Result<String, EngineTlsError> {
     // Read the vendor unit's line, not the merged one (which would include our drop-in).
     let out = tokio::process::Command::new("systemctl")
         .args(["cat", "docker.service"])
         .output()
         .await
-        .map_err(|e| RoleError::Io(format!("systemctl cat docker.service: {e}")))?;
+        .map_err(|source| EngineTlsError::Systemctl { command: "cat docker.service".into(), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut base = None;
     let mut in_ours = false;
@@ -90,21 +104,18 @@ async fn base_exec_start() -> Result<String, RoleError> {
             base = Some(v.trim().to_string());
         }
     }
-    base.ok_or_else(|| RoleError::Io("docker.service has no ExecStart (is the Engine managed by systemd?)".into()))
+    base.ok_or(EngineTlsError::NoExecStart)
 }
 
-async fn systemctl(args: &[&str]) -> Result<(), RoleError> {
-    let out = tokio::process::Command::new("systemctl")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| RoleError::Io(format!("systemctl {}: {e}", args.join(" "))))?;
+async fn systemctl(args: &[&str]) -> Result<(), EngineTlsError> {
+    let command = args.join(" ");
+    let out = match tokio::process::Command::new("systemctl").args(args).output().await {
+        Ok(out) => out,
+        Err(source) => return Err(EngineTlsError::Systemctl { command, source }),
+    };
     if !out.status.success() {
-        return Err(RoleError::Io(format!(
-            "systemctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(EngineTlsError::SystemctlFailed { command, stderr });
     }
     Ok(())
 }

@@ -18,10 +18,10 @@ pub enum EnrollError {
     NoToken(PathBuf),
     #[error("join token file {path}: {source}")]
     TokenFile { path: PathBuf, source: std::io::Error },
-    #[error("enrollment refused by the coordinator: {0}")]
-    Refused(String),
-    #[error("coordinator {addr} unreachable: {detail}")]
-    Unreachable { addr: String, detail: String },
+    #[error("enrollment refused by the coordinator: {}", .0.message())]
+    Refused(tonic::Status),
+    #[error("coordinator {addr} unreachable: {}", status.message())]
+    Unreachable { addr: String, status: tonic::Status },
     #[error("the coordinator returned a certificate for '{got}', expected '{want}'")]
     WrongCertificate { got: String, want: String },
     #[error(transparent)]
@@ -55,19 +55,14 @@ pub async fn enroll(
     };
     let pending = PendingKey::generate(&cfg.host_name)?;
     let channel = tls::channel(addr, tls::client_config(ca, None)?)?;
-    let mut client = AgentServiceClient::new(channel);
-    let mut req = tonic::Request::new(EnrollRequest {
-        token,
-        host_name: cfg.host_name.clone(),
-        csr_pem: pending.csr_pem.clone(),
-        facts: Some(facts),
-    });
-    flotilla_proto::add_protocol_header(&mut req);
-    let resp = client.enroll(req).await.map_err(|s| match s.code() {
+    let mut client = AgentServiceClient::with_interceptor(channel, flotilla_proto::protocol_header);
+    let req =
+        EnrollRequest { token, host_name: cfg.host_name.clone(), csr_pem: pending.csr_pem.clone(), facts: Some(facts) };
+    let resp = client.enroll(req).await.map_err(|status| match status.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
-            EnrollError::Unreachable { addr: addr.to_string(), detail: s.message().to_string() }
+            EnrollError::Unreachable { addr: addr.to_string(), status }
         }
-        _ => EnrollError::Refused(s.message().to_string()),
+        _ => EnrollError::Refused(status),
     })?;
     let resp = resp.into_inner();
     let identity = pending.into_stored(&resp.certificate_pem)?;

@@ -3,9 +3,11 @@
 //! back-off; it streams health, and hands what the coordinator asks for to the parts that
 //! act on the local Docker Engine.
 //!
-//! - [`config`]: `/etc/flotilla/agent.toml`.
+//! - [`config`]: the settings file, `/etc/flotilla/agent.toml`.
 //! - [`identity`]: the key + certificate in the state directory, CSRs, renewal timing.
 //! - [`enroll`]: token + CSR → certificate.
+//! - [`ctx`]: what the agent carries across sessions ([`Ctx`]), its [`AgentStatus`], and the
+//!   [`Directive`]s a session hands to the parts that act on the host.
 //! - [`session`]: one session: Hello, heartbeats, renewal, the coordinator's messages.
 //! - [`backoff`]: exponential back-off with full jitter.
 //! - [`cli`]: the binary's main (shared with the multi-call `coordinator` binary).
@@ -13,8 +15,12 @@
 //! - [`engine`]: the local Docker Engine client; [`engine_tls`]: its TLS listener (managers).
 //! - [`reconcile`]: the controller converging the Engine to the assignment, through
 //!   [`roles`] (consul, manager, node); [`consul`]: the Consul HTTP client they use.
-//! - [`logs`]: the log streams the coordinator opens (a container's log, the Engine's
-//!   journal), pushed on their own `Logs` RPC and resumed after a cut.
+//! - [`logs`]: the log streams the coordinator opens, pushed on their own `Logs` RPC and
+//!   resumed after a cut; one file per source ([`logs::container`], [`logs::journal`]).
+//!
+//! Every client of the coordinator's agent port (enroll, session, logs) sends the protocol
+//! version through [`flotilla_proto::protocol_header`]. Modules depend on each other one way
+//! (no cycles): this root wires them together, and only [`cli`] calls back into it ([`run`]).
 //!
 //! [`start`] runs the agent in the background and returns an [`AgentHandle`] whose status
 //! can be watched (tests await it instead of sleeping); [`run`] is the binary's loop.
@@ -23,6 +29,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod consul;
+pub mod ctx;
 pub mod engine;
 pub mod engine_tls;
 pub mod enroll;
@@ -38,7 +45,6 @@ use std::time::Duration;
 
 use flotilla_proto::tls;
 use flotilla_proto::v1;
-use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -46,68 +52,18 @@ use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::identity::StoredIdentity;
 
-/// This agent's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// What the agent is doing, for tests and for the operator's logs.
-#[derive(Clone, Debug, Default)]
-pub struct AgentStatus {
-    pub enrolled: bool,
-    pub connected: bool,
-    /// Sessions the coordinator welcomed since start.
-    pub sessions_opened: u64,
-    pub host_id: String,
-    pub coordinator: String,
-    pub cert_serial: String,
-    pub cert_not_after_unix: i64,
-    pub renewals: u64,
-    pub last_rtt: Option<Duration>,
-    pub last_error: String,
-    /// Consecutive failed connection attempts.
-    pub failures: u64,
-}
-
-/// Something the coordinator asked for that acts on the host.
-#[derive(Debug)]
-pub enum Directive {
-    Assign(v1::Assignment),
-    OpenLogs(v1::OpenLogStream),
-    CloseLogs(v1::CloseLogStream),
-    Engine(v1::EngineAction),
-}
+pub use crate::ctx::{AgentStatus, Ctx, Directive, VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("CA file {path}: {detail}")]
-    Ca { path: std::path::PathBuf, detail: String },
+    #[error("CA file {path}: {source}")]
+    CaRead { path: std::path::PathBuf, source: std::io::Error },
+    #[error("CA file {path}: {source}")]
+    CaParse { path: std::path::PathBuf, source: tls::TlsError },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
-}
-
-/// The state one agent carries across sessions.
-pub struct Ctx {
-    pub config: AgentConfig,
-    pub ca: Vec<CertificateDer<'static>>,
-    pub identity: Option<StoredIdentity>,
-    pub docker: Option<bollard::Docker>,
-    pub sampler: health::Sampler,
-    pub applied_generation: u64,
-    pub status: watch::Sender<AgentStatus>,
-    pub directives: mpsc::UnboundedSender<Directive>,
-    /// Role statuses and Consul/Swarm views, published by the reconciler.
-    pub roles: watch::Receiver<Vec<v1::RoleStatus>>,
-    pub views: watch::Receiver<reconcile::Views>,
-    /// Where log streams dial; the session publishes it (see [`logs::Link`]).
-    pub log_link: watch::Sender<Option<logs::Link>>,
-    pub shutdown: CancellationToken,
-}
-
-impl Ctx {
-    pub fn set_status(&self, f: impl FnOnce(&mut AgentStatus)) {
-        self.status.send_modify(f);
-    }
 }
 
 /// A running agent.
@@ -150,9 +106,9 @@ impl AgentHandle {
 pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     tls::install_default_provider();
     let ca_pem = std::fs::read_to_string(&config.ca_file)
-        .map_err(|e| AgentError::Ca { path: config.ca_file.clone(), detail: e.to_string() })?;
+        .map_err(|source| AgentError::CaRead { path: config.ca_file.clone(), source })?;
     let ca = tls::certs_from_pem("cluster CA", &ca_pem)
-        .map_err(|e| AgentError::Ca { path: config.ca_file.clone(), detail: e.to_string() })?;
+        .map_err(|source| AgentError::CaParse { path: config.ca_file.clone(), source })?;
     let identity = StoredIdentity::load(&config.state_dir)?;
     let docker = engine::connect().await.ok();
     let (status_tx, status_rx) = watch::channel(AgentStatus {

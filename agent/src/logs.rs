@@ -23,19 +23,26 @@
 //! followers went with it): the stream ends here, and the follower asks again with its own
 //! resume point. A source that fails (no such container, no journal) sends one chunk with
 //! the message in `error`, and ends.
+//!
+//! This module is the stream to the coordinator and what every source shares ([`RawLine`],
+//! [`Stamper`], [`SourceError`]); one file per source reads it:
+//!
+//! - [`container`]: a container's log through the Engine's API.
+//! - [`journal`]: the Engine's own journal through `journalctl`.
+
+pub mod container;
+pub mod journal;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::container::LogOutput;
 use flotilla_proto::tls;
 use flotilla_proto::v1::{
     self, LogChunk, LogLine, agent_service_client::AgentServiceClient, log_line, open_log_stream,
 };
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -136,7 +143,32 @@ enum Outcome {
     /// The coordinator will not take this stream (any more).
     Refused(tonic::Status),
     /// The connection broke: dial again and resume.
-    Lost(String),
+    Lost(Lost),
+}
+
+/// Why a connection of a stream broke (the stream dials again and resumes).
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("request queue closed")]
+    QueueClosed,
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Rpc(tonic::Status),
+    #[error("the coordinator ended the log stream early")]
+    EndedEarly,
+}
+
+/// Why a source cannot be read (to the end): the stream's last chunk carries it in `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the Docker Engine is not reachable from the agent")]
+    NoEngine,
+    #[error("OpenLogStream names no source")]
+    NoSource,
+    /// The Engine's own message ("No such container: x").
+    #[error("{}", crate::roles::engine_message(.0))]
+    Container(bollard::errors::Error),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 impl LogStream {
@@ -190,12 +222,10 @@ impl LogStream {
         // The first chunk names the stream; the coordinator answers once it has read it.
         let first = LogChunk { stream_id: self.req.stream_id.clone(), ..Default::default() };
         if tx.try_send(first).is_err() {
-            return Outcome::Lost("request queue closed".into());
+            return Outcome::Lost(Lost::QueueClosed);
         }
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        flotilla_proto::add_protocol_header(&mut request);
-        let mut client = AgentServiceClient::new(link.channel.clone());
-        let mut acks = match client.logs(request).await {
+        let mut client = AgentServiceClient::with_interceptor(link.channel.clone(), flotilla_proto::protocol_header);
+        let mut acks = match client.logs(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) => return classify(status),
         };
@@ -212,7 +242,7 @@ impl LogStream {
                 Ok(None) => {
                     return match tokio::time::timeout(Duration::from_secs(1), &mut reader).await {
                         Ok(Ok(true)) => Outcome::Done,
-                        _ => Outcome::Lost("the coordinator ended the log stream early".into()),
+                        _ => Outcome::Lost(Lost::EndedEarly),
                     };
                 }
                 Err(status) => return classify(status),
@@ -220,17 +250,15 @@ impl LogStream {
         }
     }
 
-    fn source(&self, since: i64, tail: u32) -> BoxStream<'static, Result<RawLine, String>> {
+    fn source(&self, since: i64, tail: u32) -> BoxStream<'static, Result<RawLine, SourceError>> {
+        let failed = |e| futures::stream::once(async { Err(e) }).boxed();
         match &self.req.source {
             Some(open_log_stream::Source::Container(name)) => match &self.docker {
-                Some(docker) => container(docker, name, since, tail, self.req.follow),
-                None => futures::stream::once(async {
-                    Err("the Docker Engine is not reachable from the agent".to_string())
-                })
-                .boxed(),
+                Some(docker) => container::read(docker, name, since, tail, self.req.follow),
+                None => failed(SourceError::NoEngine),
             },
-            Some(open_log_stream::Source::Engine(_)) => journal(since, tail, self.req.follow),
-            None => futures::stream::once(async { Err("OpenLogStream names no source".to_string()) }).boxed(),
+            Some(open_log_stream::Source::Engine(_)) => journal::read(since, tail, self.req.follow),
+            None => failed(SourceError::NoSource),
         }
     }
 }
@@ -245,7 +273,7 @@ fn classify(status: tonic::Status) -> Outcome {
         | Code::FailedPrecondition
         | Code::InvalidArgument
         | Code::Unimplemented => Outcome::Refused(status),
-        _ => Outcome::Lost(format!("{:?}: {}", status.code(), status.message())),
+        _ => Outcome::Lost(Lost::Rpc(status)),
     }
 }
 
@@ -297,7 +325,7 @@ pub fn engine_since(since_unix_ns: i64) -> i64 {
 /// Reads `source` into chunks on `tx` until it ends; returns whether its end (eof or
 /// error) was queued. Returns early (false) when the RPC went away.
 async fn pump(
-    mut source: BoxStream<'static, Result<RawLine, String>>,
+    mut source: BoxStream<'static, Result<RawLine, SourceError>>,
     mut stamper: Stamper,
     tx: mpsc::Sender<LogChunk>,
 ) -> bool {
@@ -308,7 +336,7 @@ async fn pump(
         loop {
             match next {
                 None => chunk.eof = true,
-                Some(Err(e)) => chunk.error = e,
+                Some(Err(e)) => chunk.error = e.to_string(),
                 Some(Ok(raw)) => {
                     if let Some(unix_ns) = stamper.stamp(raw.unix_ns) {
                         bytes += raw.text.len();
@@ -336,77 +364,8 @@ async fn pump(
     }
 }
 
-/// A container's log through the Engine's API, with its timestamps.
-fn container(
-    docker: &Docker,
-    name: &str,
-    since: i64,
-    tail: u32,
-    follow: bool,
-) -> BoxStream<'static, Result<RawLine, String>> {
-    let tail = if tail == 0 { "all".to_string() } else { tail.to_string() };
-    let options = bollard::query_parameters::LogsOptionsBuilder::new()
-        .follow(follow)
-        .stdout(true)
-        .stderr(true)
-        .timestamps(true)
-        .since(i32::try_from(engine_since(since)).unwrap_or(i32::MAX))
-        .tail(&tail)
-        .build();
-    let frames = docker.logs(name, Some(options));
-    frames
-        .flat_map(|frame| {
-            let lines = match frame {
-                Ok(out) => engine_lines(out).into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(engine_message(&e))],
-            };
-            futures::stream::iter(lines)
-        })
-        .boxed()
-}
-
-/// The Engine's own message for an API error ("No such container: x").
-fn engine_message(e: &bollard::errors::Error) -> String {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// The lines of one frame of `logs?timestamps=1`: `<RFC 3339 nano> <text>\n` each.
-pub fn engine_lines(out: LogOutput) -> Vec<RawLine> {
-    let (stream, message) = match out {
-        LogOutput::StdOut { message } | LogOutput::Console { message } => (log_line::Stream::Stdout, message),
-        LogOutput::StdErr { message } => (log_line::Stream::Stderr, message),
-        LogOutput::StdIn { .. } => return Vec::new(),
-    };
-    let mut lines = Vec::new();
-    let mut parts: Vec<&[u8]> = message.split(|b| *b == b'\n').collect();
-    if parts.last().is_some_and(|p| p.is_empty()) {
-        parts.pop();
-    }
-    for part in parts {
-        let (unix_ns, text) = match part.iter().position(|b| *b == b' ') {
-            Some(sp) => match parse_rfc3339_ns(&part[..sp]) {
-                Some(ns) => (ns, &part[sp + 1..]),
-                None => (0, part),
-            },
-            None => match parse_rfc3339_ns(part) {
-                Some(ns) => (ns, &part[part.len()..]),
-                None => (0, part),
-            },
-        };
-        lines.push(RawLine { unix_ns, stream, text: bounded_text(text) });
-    }
-    lines
-}
-
-fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(s).ok()?;
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos()).ok()
-}
-
+/// A line's text: lossy UTF-8 without a trailing `\r`, cut to [`MAX_LINE_BYTES`] on a char
+/// boundary.
 fn bounded_text(bytes: &[u8]) -> String {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     let mut text = String::from_utf8_lossy(bytes).into_owned();
@@ -420,137 +379,9 @@ fn bounded_text(bytes: &[u8]) -> String {
     text
 }
 
-/// The Engine's journal: `journalctl -u docker -o json`, one JSON object a line.
-fn journal(since: i64, tail: u32, follow: bool) -> BoxStream<'static, Result<RawLine, String>> {
-    let mut cmd = tokio::process::Command::new("journalctl");
-    cmd.args(["-u", "docker", "-o", "json", "--no-pager"]);
-    if follow {
-        cmd.arg("--follow");
-    }
-    if since > 0 {
-        cmd.arg(format!("--since=@{}", engine_since(since)));
-        cmd.arg("--lines=all");
-    } else if tail > 0 {
-        cmd.arg(format!("--lines={tail}"));
-    } else {
-        cmd.arg("--lines=all");
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("the Engine's journal cannot be read: journalctl: {e}");
-            return futures::stream::once(async move { Err(msg) }).boxed();
-        }
-    };
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return futures::stream::once(async { Err("journalctl: no output pipes".to_string()) }).boxed();
-    };
-    let state = Journal {
-        child,
-        out: BufReader::new(out).lines(),
-        err: BufReader::new(err).lines(),
-        err_open: true,
-        err_text: String::new(),
-    };
-    futures::stream::unfold(Some(state), |state| async move {
-        let mut j = state?;
-        let item = j.next().await?;
-        let more = item.is_ok().then_some(j);
-        Some((item, more))
-    })
-    .boxed()
-}
-
-struct Journal {
-    child: tokio::process::Child,
-    out: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    err: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    err_open: bool,
-    err_text: String,
-}
-
-impl Journal {
-    async fn next(&mut self) -> Option<Result<RawLine, String>> {
-        loop {
-            tokio::select! {
-                l = self.out.next_line() => match l {
-                    Ok(Some(l)) => {
-                        if let Some(raw) = journal_line(&l) {
-                            return Some(Ok(raw));
-                        }
-                    }
-                    Ok(None) | Err(_) => return self.finish().await,
-                },
-                l = self.err.next_line(), if self.err_open => match l {
-                    Ok(Some(l)) => {
-                        // journalctl says so and then waits forever with --follow.
-                        if l.contains("No journal files") {
-                            return Some(Err(format!("the Engine's journal is not available on this host: {}", l.trim())));
-                        }
-                        self.note(&l);
-                    }
-                    Ok(None) | Err(_) => self.err_open = false,
-                },
-            }
-        }
-    }
-
-    fn note(&mut self, line: &str) {
-        if self.err_text.len() < 4096 {
-            if !self.err_text.is_empty() {
-                self.err_text.push(' ');
-            }
-            self.err_text.push_str(line.trim());
-        }
-    }
-
-    /// stdout is done: the process's exit decides between eof and an error.
-    async fn finish(&mut self) -> Option<Result<RawLine, String>> {
-        if self.err_open {
-            let mut rest = String::new();
-            let _ = self.err.get_mut().take(64 * 1024).read_to_string(&mut rest).await;
-            for l in rest.lines() {
-                self.note(l);
-            }
-            self.err_open = false;
-        }
-        match self.child.wait().await {
-            Ok(s) if s.success() => None,
-            Ok(s) => Some(Err(format!("journalctl exited with {s}: {}", self.err_text))),
-            Err(e) => Some(Err(format!("journalctl: {e}"))),
-        }
-    }
-}
-
-/// One entry of `journalctl -o json`: `__REALTIME_TIMESTAMP` is µs since the epoch;
-/// `MESSAGE` is a string, or an array of bytes when it is not UTF-8.
-pub fn journal_line(line: &str) -> Option<RawLine> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let us: i64 = v.get("__REALTIME_TIMESTAMP")?.as_str()?.parse().ok()?;
-    let text = match v.get("MESSAGE") {
-        Some(serde_json::Value::String(s)) => bounded_text(s.as_bytes()),
-        Some(serde_json::Value::Array(a)) => {
-            let bytes: Vec<u8> = a.iter().filter_map(|b| b.as_u64()).map(|b| b as u8).collect();
-            bounded_text(&bytes)
-        }
-        _ => String::new(),
-    };
-    let priority: u8 = v.get("PRIORITY").and_then(|p| p.as_str()).and_then(|p| p.parse().ok()).unwrap_or(6);
-    Some(RawLine {
-        unix_ns: us.saturating_mul(1000),
-        stream: if priority <= 3 { log_line::Stream::Stderr } else { log_line::Stream::Stdout },
-        text,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn stamps_strictly_increase_and_the_resume_point_is_exclusive() {
@@ -573,43 +404,9 @@ mod tests {
         assert_eq!(engine_since(5), 0);
     }
 
-    #[test]
-    fn engine_frames_split_into_timestamped_lines() {
-        let out = LogOutput::StdErr {
-            message: Bytes::from_static(
-                b"2024-05-01T12:00:00.000000001Z hello world\n2024-05-01T12:00:00.5Z second\r\n",
-            ),
-        };
-        let lines = engine_lines(out);
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].unix_ns, 1_714_564_800_000_000_001);
-        assert_eq!(lines[0].text, "hello world");
-        assert_eq!(lines[0].stream, log_line::Stream::Stderr);
-        assert_eq!(lines[1].unix_ns, 1_714_564_800_500_000_000);
-        assert_eq!(lines[1].text, "second");
-        let bare = engine_lines(LogOutput::StdOut { message: Bytes::from_static(b"no timestamp here\n") });
-        assert_eq!(bare[0].unix_ns, 0);
-        assert_eq!(bare[0].text, "no timestamp here");
-    }
-
-    #[test]
-    fn journal_entries_parse_with_microseconds_and_binary_messages() {
-        let l = journal_line(
-            r#"{"__REALTIME_TIMESTAMP":"1714564800000001","MESSAGE":"API listen on /run/docker.sock","PRIORITY":"6"}"#,
-        )
-        .expect("entry");
-        assert_eq!(l.unix_ns, 1_714_564_800_000_001_000);
-        assert_eq!(l.text, "API listen on /run/docker.sock");
-        assert_eq!(l.stream, log_line::Stream::Stdout);
-        let b = journal_line(r#"{"__REALTIME_TIMESTAMP":"2","MESSAGE":[104,105],"PRIORITY":"3"}"#).expect("entry");
-        assert_eq!(b.text, "hi");
-        assert_eq!(b.stream, log_line::Stream::Stderr);
-        assert!(journal_line("-- No entries --").is_none());
-    }
-
     #[tokio::test]
     async fn batches_are_bounded_and_the_end_is_sent() {
-        let lines: Vec<Result<RawLine, String>> = (1..=600)
+        let lines: Vec<Result<RawLine, SourceError>> = (1..=600)
             .map(|i| Ok(RawLine { unix_ns: i, stream: log_line::Stream::Stdout, text: format!("line {i}") }))
             .collect();
         let (tx, mut rx) = mpsc::channel(CHUNK_QUEUE);
@@ -630,7 +427,11 @@ mod tests {
     #[tokio::test]
     async fn a_failing_source_sends_its_error_and_ends() {
         let (tx, mut rx) = mpsc::channel(CHUNK_QUEUE);
-        let source = futures::stream::iter(vec![Err("No such container: nope".to_string())]).boxed();
+        let engine = bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: "No such container: nope".to_string(),
+        };
+        let source = futures::stream::iter(vec![Err(SourceError::Container(engine))]).boxed();
         assert!(pump(source, Stamper::new(0), tx).await);
         let c = rx.recv().await.expect("a chunk");
         assert_eq!(c.error, "No such container: nope");

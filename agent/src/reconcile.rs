@@ -76,19 +76,55 @@ pub fn validate(a: &v1::Assignment) -> Result<(), RoleError> {
     }
     let mut seen = Vec::new();
     for r in &a.roles {
-        let (name, res) = match &r.spec {
-            Some(Spec::Consul(s)) => ("consul", consul::validate(s)),
-            Some(Spec::Manager(s)) => ("manager", manager::validate(s)),
-            Some(Spec::Node(s)) => ("node", node::validate(s)),
-            None => return Err(RoleError::Spec("a role spec is empty".into())),
-        };
-        res?;
-        if seen.contains(&name) {
-            return Err(RoleError::Spec(format!("role {name} is assigned twice")));
+        let spec = r.spec.as_ref().ok_or_else(|| RoleError::Spec("a role spec is empty".into()))?;
+        match spec {
+            Spec::Consul(s) => consul::validate(s)?,
+            Spec::Manager(s) => manager::validate(s)?,
+            Spec::Node(s) => node::validate(s)?,
         }
-        seen.push(name);
+        let role = role_of(spec);
+        if seen.contains(&role) {
+            return Err(RoleError::Spec(format!("role {} is assigned twice", role.name())));
+        }
+        seen.push(role);
     }
     Ok(())
+}
+
+/// The role a spec is for.
+fn role_of(spec: &Spec) -> Role {
+    match spec {
+        Spec::Consul(_) => Role::Consul,
+        Spec::Manager(_) => Role::Manager,
+        Spec::Node(_) => Role::Node,
+    }
+}
+
+/// An assignment's spec of each role (`None`: the role is not assigned).
+struct Specs<'a> {
+    consul: Option<&'a v1::ConsulSpec>,
+    manager: Option<&'a v1::ManagerSpec>,
+    node: Option<&'a v1::NodeSpec>,
+}
+
+impl<'a> Specs<'a> {
+    fn of(a: &'a v1::Assignment) -> Self {
+        let specs = || a.roles.iter().filter_map(|r| r.spec.as_ref());
+        Self {
+            consul: specs().find_map(|s| match s {
+                Spec::Consul(s) => Some(s),
+                _ => None,
+            }),
+            manager: specs().find_map(|s| match s {
+                Spec::Manager(s) => Some(s),
+                _ => None,
+            }),
+            node: specs().find_map(|s| match s {
+                Spec::Node(s) => Some(s),
+                _ => None,
+            }),
+        }
+    }
 }
 
 impl Reconciler {
@@ -123,16 +159,7 @@ impl Reconciler {
 
     /// One reconcile pass over `a`; returns every desired role's status.
     pub async fn pass(&self, a: &v1::Assignment) -> Vec<RoleStatus> {
-        let wanted: Vec<Role> = a
-            .roles
-            .iter()
-            .filter_map(|r| match &r.spec {
-                Some(Spec::Consul(_)) => Some(Role::Consul),
-                Some(Spec::Manager(_)) => Some(Role::Manager),
-                Some(Spec::Node(_)) => Some(Role::Node),
-                None => None,
-            })
-            .collect();
+        let wanted: Vec<Role> = a.roles.iter().filter_map(|r| r.spec.as_ref().map(role_of)).collect();
         if let Err(e) = validate(a) {
             return failed_all(&wanted, &e.to_string());
         }
@@ -147,87 +174,90 @@ impl Reconciler {
             host_address: &a.host_address,
             progress: &self.statuses,
         };
-        let consul_spec = a.roles.iter().find_map(|r| match &r.spec {
-            Some(Spec::Consul(s)) => Some(s),
-            _ => None,
-        });
-        let manager_spec = a.roles.iter().find_map(|r| match &r.spec {
-            Some(Spec::Manager(s)) => Some(s),
-            _ => None,
-        });
-        let node_spec = a.roles.iter().find_map(|r| match &r.spec {
-            Some(Spec::Node(s)) => Some(s),
-            _ => None,
-        });
-        let mut out = Vec::new();
-
-        // Removals first, in reverse dependency order: node, manager (demoted first), consul.
-        let consul_addrs: Vec<String> = manager_spec
-            .map(|m| m.consul_http_addrs.clone())
-            .or_else(|| node_spec.map(|n| n.consul_http_addrs.clone()))
-            .unwrap_or_default();
-        if manager_spec.is_none() {
-            if let Err(e) = manager::remove(&ctx, &consul_addrs, node_spec.is_some()).await {
-                tracing::warn!(error = %e, "removing the manager role");
-            }
-        }
-        if manager_spec.is_none() && node_spec.is_none() {
-            match node::remove(&ctx).await {
-                Ok(true) => tracing::info!("left the swarm"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leaving the swarm"),
-            }
-        }
-        if consul_spec.is_none() {
-            match consul::remove(&ctx).await {
-                Ok(true) => tracing::info!("removed the consul role"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "removing the consul role"),
-            }
-        }
-
+        let specs = Specs::of(a);
+        remove_unassigned(&ctx, &specs).await;
         // The Engine's configuration comes first: a restart for it must not interrupt roles
         // that were just started.
-        if let Some(m) = manager_spec.filter(|m| !m.engine_tls_cert_pem.is_empty()) {
-            match crate::engine_tls::ensure(&ctx, m).await {
-                Ok(false) => {}
-                Ok(true) => {
-                    let mut st = vec![status(
-                        Role::Manager,
-                        RoleState::Starting,
-                        "Engine restarted with its TLS listener on 2376",
-                    )];
-                    if consul_spec.is_some() {
-                        st.insert(0, status(Role::Consul, RoleState::Pending, "waiting for the Engine's restart"));
-                    }
-                    if node_spec.is_some() {
-                        st.push(status(Role::Node, RoleState::Pending, "waiting for the Engine's restart"));
-                    }
-                    return st;
-                }
-                Err(e) => return failed_all(&wanted, &format!("configuring the Engine's TLS listener: {e}")),
-            }
+        if let Some(restarting) = configure_engine(&ctx, &specs, &wanted).await {
+            return restarting;
         }
-        let consul_hold = self.holds.borrow().remaining(Role::Consul);
-        match (consul_spec, consul_hold) {
-            (Some(_), Some(_)) => out.push(settle(Role::Consul, consul::hold_down(&ctx).await)),
-            (Some(s), None) => out.push(settle(Role::Consul, consul::ensure(&ctx, s).await)),
-            (None, _) => {}
-        }
-        if let Some(s) = manager_spec {
-            out.push(settle(Role::Manager, manager::ensure(&ctx, s).await));
-        }
-        if let Some(s) = node_spec {
-            out.push(settle(Role::Node, node::ensure(&ctx, s, manager_spec.is_some()).await));
-        }
-
+        let consul_held = self.holds.borrow().remaining(Role::Consul).is_some();
+        let out = ensure_assigned(&ctx, &specs, consul_held).await;
         let views = Views {
-            consul: if consul_spec.is_some() && consul_hold.is_none() { consul::view().await } else { None },
+            consul: if specs.consul.is_some() && !consul_held { consul::view().await } else { None },
             swarm: swarm::view(&self.docker).await,
         };
         self.views.send_replace(views);
         out
     }
+}
+
+/// Removes the roles `specs` does not assign, in reverse dependency order: node, manager
+/// (demoted first), consul. Failures are logged; the next pass tries again.
+async fn remove_unassigned(ctx: &RoleCtx<'_>, specs: &Specs<'_>) {
+    let consul_addrs: Vec<String> = specs
+        .manager
+        .map(|m| m.consul_http_addrs.clone())
+        .or_else(|| specs.node.map(|n| n.consul_http_addrs.clone()))
+        .unwrap_or_default();
+    if specs.manager.is_none()
+        && let Err(e) = manager::remove(ctx, &consul_addrs, specs.node.is_some()).await
+    {
+        tracing::warn!(error = %e, "removing the manager role");
+    }
+    if specs.manager.is_none() && specs.node.is_none() {
+        match node::remove(ctx).await {
+            Ok(true) => tracing::info!("left the swarm"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leaving the swarm"),
+        }
+    }
+    if specs.consul.is_none() {
+        match consul::remove(ctx).await {
+            Ok(true) => tracing::info!("removed the consul role"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "removing the consul role"),
+        }
+    }
+}
+
+/// Converges the Engine's TLS listener of a manager. `Some` ends the pass with these
+/// statuses: the Engine restarted for it, or it failed.
+async fn configure_engine(ctx: &RoleCtx<'_>, specs: &Specs<'_>, wanted: &[Role]) -> Option<Vec<RoleStatus>> {
+    let m = specs.manager.filter(|m| !m.engine_tls_cert_pem.is_empty())?;
+    match crate::engine_tls::ensure(ctx, m).await {
+        Ok(false) => None,
+        Ok(true) => {
+            let mut st =
+                vec![status(Role::Manager, RoleState::Starting, "Engine restarted with its TLS listener on 2376")];
+            if specs.consul.is_some() {
+                st.insert(0, status(Role::Consul, RoleState::Pending, "waiting for the Engine's restart"));
+            }
+            if specs.node.is_some() {
+                st.push(status(Role::Node, RoleState::Pending, "waiting for the Engine's restart"));
+            }
+            Some(st)
+        }
+        Err(e) => Some(failed_all(wanted, &format!("configuring the Engine's TLS listener: {e}"))),
+    }
+}
+
+/// Converges the assigned roles in dependency order — consul (or holds it down), manager,
+/// node — and returns their statuses.
+async fn ensure_assigned(ctx: &RoleCtx<'_>, specs: &Specs<'_>, consul_held: bool) -> Vec<RoleStatus> {
+    let mut out = Vec::new();
+    match (specs.consul, consul_held) {
+        (Some(_), true) => out.push(settle(Role::Consul, consul::hold_down(ctx).await)),
+        (Some(s), false) => out.push(settle(Role::Consul, consul::ensure(ctx, s).await)),
+        (None, _) => {}
+    }
+    if let Some(s) = specs.manager {
+        out.push(settle(Role::Manager, manager::ensure(ctx, s).await));
+    }
+    if let Some(s) = specs.node {
+        out.push(settle(Role::Node, node::ensure(ctx, s, specs.manager.is_some()).await));
+    }
+    out
 }
 
 fn settle(role: Role, r: Result<RoleStatus, RoleError>) -> RoleStatus {

@@ -46,30 +46,43 @@ pub enum RoleError {
     Pull { image: String, message: String },
     #[error("{0}")]
     Consul(#[from] crate::consul::ConsulError),
-    #[error("{0}")]
-    Conflict(String),
+    #[error("Consul at {addr} has no leader yet")]
+    NoConsulLeader { addr: String },
+    #[error("join data in Consul does not parse: {0}")]
+    JoinDataParse(serde_json::Error),
+    #[error("join data does not encode: {0}")]
+    JoinDataEncode(serde_json::Error),
+    /// A manager's Engine is in a swarm with another cluster id than the published one.
+    #[error(
+        "this Engine belongs to another swarm ({theirs}), not this cluster's ({ours}); not forcing it out — run `docker swarm leave --force` on the host if that is intended"
+    )]
+    ForeignSwarm { theirs: String, ours: String },
+    /// A worker's Engine knows managers this cluster did not publish.
+    #[error(
+        "this Engine belongs to another swarm (managers {managers:?}), not this cluster's ({ours}); not forcing it out — run `docker swarm leave --force` on the host if that is intended"
+    )]
+    ForeignSwarmWorker { managers: Vec<String>, ours: String },
     #[error("invalid spec: {0}")]
     Spec(String),
-    #[error("{0}")]
-    Io(String),
 }
 
 pub fn status(role: Role, state: RoleState, message: impl Into<String>) -> RoleStatus {
     RoleStatus { role: role as i32, state: state as i32, message: message.into(), progress_percent: 0 }
 }
 
-pub fn labels(ctx: &RoleCtx<'_>, role: &str, spec_hash: &str) -> HashMap<String, String> {
+/// The labels of an object `role` creates from a spec with `spec_hash`.
+pub fn labels(ctx: &RoleCtx<'_>, role: Role, spec_hash: &str) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_CLUSTER.to_string(), ctx.cluster.to_string()),
-        (LABEL_ROLE.to_string(), role.to_string()),
+        (LABEL_ROLE.to_string(), role.name().to_string()),
         (LABEL_HOST.to_string(), ctx.host.to_string()),
         (LABEL_SPEC.to_string(), spec_hash.to_string()),
     ])
 }
 
 /// Containers carrying `flotilla.role=<role>`, running or not.
-pub async fn find(docker: &Docker, role: &str) -> Result<Vec<bollard::models::ContainerSummary>, RoleError> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_ROLE}={role}")])]);
+pub async fn find(docker: &Docker, role: Role) -> Result<Vec<bollard::models::ContainerSummary>, RoleError> {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_ROLE}={}", role.name())])]);
     Ok(docker
         .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
         .await?)
@@ -109,10 +122,10 @@ pub async fn ensure_image(
         if let Some(err) = info.error_detail.and_then(|d| d.message) {
             return Err(RoleError::Pull { image: image.to_string(), message: err });
         }
-        if let (Some(id), Some(d)) = (info.id, info.progress_detail) {
-            if let (Some(c), Some(t)) = (d.current, d.total) {
-                layers.insert(id, (c, t));
-            }
+        if let (Some(id), Some(d)) = (info.id, info.progress_detail)
+            && let (Some(c), Some(t)) = (d.current, d.total)
+        {
+            layers.insert(id, (c, t));
         }
         let (c, t) = layers.values().fold((0i64, 0i64), |(a, b), (c, t)| (a + c, b + t));
         let pct = if t > 0 { ((c * 100) / t).clamp(0, 100) as u32 } else { 0 };
@@ -164,22 +177,6 @@ pub fn spec_hash(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split_reference;
-
-    #[test]
-    fn references_split_at_the_tag_not_the_registry_port() {
-        assert_eq!(split_reference("hashicorp/consul:1.20"), ("hashicorp/consul", "1.20"));
-        assert_eq!(
-            split_reference("10.213.0.2:5000/flotilla/consul:1.8.7"),
-            ("10.213.0.2:5000/flotilla/consul", "1.8.7")
-        );
-        assert_eq!(split_reference("10.213.0.2:5000/hello"), ("10.213.0.2:5000/hello", "latest"));
-        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
-    }
-}
-
 /// Runs a command in a container and returns its combined output (best effort).
 pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<String, RoleError> {
     use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -201,4 +198,20 @@ pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<Stri
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references_split_at_the_tag_not_the_registry_port() {
+        assert_eq!(split_reference("hashicorp/consul:1.20"), ("hashicorp/consul", "1.20"));
+        assert_eq!(
+            split_reference("10.213.0.2:5000/flotilla/consul:1.8.7"),
+            ("10.213.0.2:5000/flotilla/consul", "1.8.7")
+        );
+        assert_eq!(split_reference("10.213.0.2:5000/hello"), ("10.213.0.2:5000/hello", "latest"));
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+    }
 }

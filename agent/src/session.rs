@@ -11,8 +11,8 @@ use flotilla_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::ctx::{Ctx, Directive, VERSION};
 use crate::identity::PendingKey;
-use crate::{Ctx, Directive};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -54,23 +54,24 @@ pub enum Ended {
 pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result<Ended, SessionError> {
     let identity = ctx.identity.clone().ok_or_else(|| SessionError::Ended { addr: addr.into() })?;
     let config = tls::client_config(&ctx.ca, Some(&identity.tls))?;
-    let mut client = AgentServiceClient::new(tls::channel(addr, config)?);
+    let mut client = AgentServiceClient::with_interceptor(tls::channel(addr, config)?, flotilla_proto::protocol_header);
 
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(64);
     let facts = crate::facts::gather(ctx.docker.as_ref()).await;
     let hello = v1::Hello {
         host_name: ctx.config.host_name.clone(),
         facts: Some(facts),
-        agent_version: crate::VERSION.to_string(),
+        agent_version: VERSION.to_string(),
         protocol_version: flotilla_proto::PROTOCOL_VERSION,
         applied_generation: ctx.applied_generation,
         running: Vec::new(),
     };
     let _ = out_tx.try_send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) });
-    let mut req = tonic::Request::new(ReceiverStream::new(out_rx));
-    flotilla_proto::add_protocol_header(&mut req);
-    let mut inbound =
-        client.session(req).await.map_err(|status| SessionError::Rpc { addr: addr.into(), status })?.into_inner();
+    let mut inbound = client
+        .session(ReceiverStream::new(out_rx))
+        .await
+        .map_err(|status| SessionError::Rpc { addr: addr.into(), status })?
+        .into_inner();
 
     match inbound.message().await {
         Ok(Some(CoordinatorMessage { body: Some(coordinator_message::Body::Welcome(w)) })) => {
@@ -98,6 +99,8 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
     result
 }
 
+/// The open session's loop: the coordinator's messages, status reports when the roles
+/// change, a health sample every interval, a renewal when the certificate is due.
 async fn session_loop(
     ctx: &mut Ctx,
     addr: &str,
@@ -106,106 +109,141 @@ async fn session_loop(
 ) -> Result<Ended, SessionError> {
     let mut heartbeat = tokio::time::interval(ctx.config.heartbeat_interval());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending_renewal: Option<PendingKey> = None;
     let mut roles = ctx.roles.clone();
     roles.mark_changed();
-    let mut sent_at: Option<(u64, Instant)> = None;
     let shutdown = ctx.shutdown.clone();
+    let mut open = Open { ctx, addr, out: out_tx, pending_renewal: None, sent_at: None };
     loop {
-        let renew_in = match (&pending_renewal, &ctx.identity) {
+        let renew_in = open.renew_in();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => open.on_message(m)?,
+                Ok(None) => return Err(open.ended()),
+                Err(status) => return Err(SessionError::Closed { addr: addr.into(), status }),
+            },
+            Ok(()) = roles.changed() => {
+                let report = v1::StatusReport { generation: open.ctx.applied_generation, roles: roles.borrow_and_update().clone() };
+                open.send(agent_message::Body::Status(report)).await?;
+            }
+            _ = heartbeat.tick() => open.heartbeat().await?,
+            () = tokio::time::sleep(renew_in) => open.renew().await?,
+        }
+    }
+}
+
+/// What an open session keeps between two events of its loop.
+struct Open<'a> {
+    ctx: &'a mut Ctx,
+    addr: &'a str,
+    out: &'a mpsc::Sender<AgentMessage>,
+    /// The key of a renewal the coordinator has not answered yet.
+    pending_renewal: Option<PendingKey>,
+    /// The last health sample's seq and when it went out, until its ack gives the round trip.
+    sent_at: Option<(u64, Instant)>,
+}
+
+impl Open<'_> {
+    fn ended(&self) -> SessionError {
+        SessionError::Ended { addr: self.addr.into() }
+    }
+
+    /// When to renew the certificate.
+    fn renew_in(&self) -> Duration {
+        match (&self.pending_renewal, &self.ctx.identity) {
             (None, Some(id)) => id.renew_in(),
             // A renewal is in flight: wait for its answer (re-ask after a while).
             _ => Duration::from_secs(60),
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(Ended::Shutdown),
-            msg = inbound.message() => {
-                let msg = match msg {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return Err(SessionError::Ended { addr: addr.into() }),
-                    Err(status) => return Err(SessionError::Closed { addr: addr.into(), status }),
-                };
-                match msg.body {
-                    Some(coordinator_message::Body::HeartbeatAck(ack)) => {
-                        if let Some((seq, at)) = sent_at
-                            && seq == ack.seq
-                        {
-                            let rtt = at.elapsed();
-                            ctx.set_status(|s| s.last_rtt = Some(rtt));
-                            sent_at = None;
-                        }
-                    }
-                    Some(coordinator_message::Body::Renewed(r)) => {
-                        if let Some(p) = pending_renewal.take() {
-                            let id = p.into_stored(&r.certificate_pem)?;
-                            id.save(&ctx.config.state_dir)?;
-                            tracing::info!(serial = %id.facts.serial, not_after = id.facts.not_after_unix, "certificate renewed");
-                            ctx.set_status(|s| {
-                                s.renewals += 1;
-                                s.cert_serial = id.facts.serial.clone();
-                                s.cert_not_after_unix = id.facts.not_after_unix;
-                            });
-                            // [logs] New log connections present the renewed certificate.
-                            ctx.log_link.send_replace(Some(crate::logs::Link::new(addr, &ctx.ca, &id.tls)?));
-                            ctx.identity = Some(id);
-                        }
-                    }
-                    Some(coordinator_message::Body::Assignment(a)) => {
-                        if a.generation >= ctx.applied_generation {
-                            ctx.applied_generation = a.generation;
-                            let _ = ctx.directives.send(Directive::Assign(a));
-                        }
-                    }
-                    Some(coordinator_message::Body::OpenLogs(o)) => {
-                        let _ = ctx.directives.send(Directive::OpenLogs(o));
-                    }
-                    Some(coordinator_message::Body::CloseLogs(c)) => {
-                        let _ = ctx.directives.send(Directive::CloseLogs(c));
-                    }
-                    Some(coordinator_message::Body::EngineAction(e)) => {
-                        let _ = ctx.directives.send(Directive::Engine(e));
-                    }
-                    Some(coordinator_message::Body::Welcome(_)) | None => {}
-                }
-            }
-            Ok(()) = roles.changed() => {
-                let report = v1::StatusReport { generation: ctx.applied_generation, roles: roles.borrow_and_update().clone() };
-                if out_tx.send(AgentMessage { body: Some(agent_message::Body::Status(report)) }).await.is_err() {
-                    return Err(SessionError::Ended { addr: addr.into() });
-                }
-            }
-            _ = heartbeat.tick() => {
-                let mut sample = ctx.sampler.sample(ctx.docker.as_ref()).await;
-                sample.roles = ctx.roles.borrow().clone();
-                let views = ctx.views.borrow().clone();
-                sample.consul = views.consul;
-                // Swarm's view is read fresh (leadership changes between reconcile passes).
-                sample.swarm = match &ctx.docker {
-                    // Bounded: `info` blocks while a manager has no quorum.
-                    Some(d) if sample.engine_ok => tokio::time::timeout(
-                        Duration::from_secs(2),
-                        crate::roles::swarm::view(d),
-                    )
-                    .await
-                    .ok()
-                    .flatten()
-                    .or(views.swarm),
-                    _ => views.swarm,
-                };
-                sent_at = Some((sample.seq, Instant::now()));
-                if out_tx.send(AgentMessage { body: Some(agent_message::Body::Health(sample)) }).await.is_err() {
-                    return Err(SessionError::Ended { addr: addr.into() });
-                }
-            }
-            () = tokio::time::sleep(renew_in) => {
-                let p = PendingKey::generate(&ctx.config.host_name)?;
-                tracing::info!("renewing the client certificate");
-                let msg = AgentMessage { body: Some(agent_message::Body::Renew(v1::RenewRequest { csr_pem: p.csr_pem.clone() })) };
-                pending_renewal = Some(p);
-                if out_tx.send(msg).await.is_err() {
-                    return Err(SessionError::Ended { addr: addr.into() });
-                }
-            }
         }
+    }
+
+    /// Sends one message up the session; the session ended when it cannot.
+    async fn send(&self, body: agent_message::Body) -> Result<(), SessionError> {
+        self.out.send(AgentMessage { body: Some(body) }).await.map_err(|_| self.ended())
+    }
+
+    /// Acts on one message of the coordinator.
+    fn on_message(&mut self, msg: CoordinatorMessage) -> Result<(), SessionError> {
+        let ctx = &mut *self.ctx;
+        match msg.body {
+            Some(coordinator_message::Body::HeartbeatAck(ack)) => {
+                if let Some((seq, at)) = self.sent_at
+                    && seq == ack.seq
+                {
+                    let rtt = at.elapsed();
+                    ctx.set_status(|s| s.last_rtt = Some(rtt));
+                    self.sent_at = None;
+                }
+            }
+            Some(coordinator_message::Body::Renewed(r)) => {
+                if let Some(p) = self.pending_renewal.take() {
+                    self.renewed(p, &r.certificate_pem)?;
+                }
+            }
+            Some(coordinator_message::Body::Assignment(a)) => {
+                if a.generation >= ctx.applied_generation {
+                    ctx.applied_generation = a.generation;
+                    let _ = ctx.directives.send(Directive::Assign(a));
+                }
+            }
+            Some(coordinator_message::Body::OpenLogs(o)) => {
+                let _ = ctx.directives.send(Directive::OpenLogs(o));
+            }
+            Some(coordinator_message::Body::CloseLogs(c)) => {
+                let _ = ctx.directives.send(Directive::CloseLogs(c));
+            }
+            Some(coordinator_message::Body::EngineAction(e)) => {
+                let _ = ctx.directives.send(Directive::Engine(e));
+            }
+            Some(coordinator_message::Body::Welcome(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    /// The coordinator signed the renewal's CSR: store the new identity and use it.
+    fn renewed(&mut self, pending: PendingKey, certificate_pem: &str) -> Result<(), SessionError> {
+        let ctx = &mut *self.ctx;
+        let id = pending.into_stored(certificate_pem)?;
+        id.save(&ctx.config.state_dir)?;
+        tracing::info!(serial = %id.facts.serial, not_after = id.facts.not_after_unix, "certificate renewed");
+        ctx.set_status(|s| {
+            s.renewals += 1;
+            s.cert_serial = id.facts.serial.clone();
+            s.cert_not_after_unix = id.facts.not_after_unix;
+        });
+        // [logs] New log connections present the renewed certificate.
+        ctx.log_link.send_replace(Some(crate::logs::Link::new(self.addr, &ctx.ca, &id.tls)?));
+        ctx.identity = Some(id);
+        Ok(())
+    }
+
+    /// Sends a health sample with the roles' statuses and the Consul and Swarm views.
+    async fn heartbeat(&mut self) -> Result<(), SessionError> {
+        let ctx = &mut *self.ctx;
+        let mut sample = ctx.sampler.sample(ctx.docker.as_ref()).await;
+        sample.roles = ctx.roles.borrow().clone();
+        let views = ctx.views.borrow().clone();
+        sample.consul = views.consul;
+        // Swarm's view is read fresh (leadership changes between reconcile passes).
+        sample.swarm = match &ctx.docker {
+            // Bounded: `info` blocks while a manager has no quorum.
+            Some(d) if sample.engine_ok => tokio::time::timeout(Duration::from_secs(2), crate::roles::swarm::view(d))
+                .await
+                .ok()
+                .flatten()
+                .or(views.swarm),
+            _ => views.swarm,
+        };
+        self.sent_at = Some((sample.seq, Instant::now()));
+        self.send(agent_message::Body::Health(sample)).await
+    }
+
+    /// Asks the coordinator to sign a new key's CSR.
+    async fn renew(&mut self) -> Result<(), SessionError> {
+        let p = PendingKey::generate(&self.ctx.config.host_name)?;
+        tracing::info!("renewing the client certificate");
+        let body = agent_message::Body::Renew(v1::RenewRequest { csr_pem: p.csr_pem.clone() });
+        self.pending_renewal = Some(p);
+        self.send(body).await
     }
 }

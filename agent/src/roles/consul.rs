@@ -73,7 +73,7 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
     let cmd = command(ctx, spec);
     let hash = spec_hash(&[&image, &cmd.join(" ")]);
 
-    let existing = find(ctx.docker, "consul").await?;
+    let existing = find(ctx.docker, Role::Consul).await?;
     let mut current = None;
     for c in existing {
         let same = c.labels.as_ref().and_then(|l| l.get(super::LABEL_SPEC)).is_some_and(|h| *h == hash);
@@ -101,7 +101,7 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
             let body = ContainerCreateBody {
                 image: Some(image.clone()),
                 cmd: Some(cmd),
-                labels: Some(labels(ctx, "consul", &hash)),
+                labels: Some(labels(ctx, Role::Consul, &hash)),
                 host_config: Some(HostConfig {
                     network_mode: Some("host".into()),
                     binds: Some(vec![format!("{VOLUME}:/consul/data")]),
@@ -143,7 +143,7 @@ pub async fn hold_down(ctx: &RoleCtx<'_>) -> Result<RoleStatus, RoleError> {
 /// Kills the running Consul container (SIGKILL); whether one was running.
 pub async fn kill(docker: &bollard::Docker) -> Result<bool, RoleError> {
     let mut killed = false;
-    for c in find(docker, "consul").await? {
+    for c in find(docker, Role::Consul).await? {
         if c.state.map(|s| s.to_string()).unwrap_or_default() == "running" {
             let id = c.id.unwrap_or_default();
             docker
@@ -180,7 +180,7 @@ async fn health(expect: u32) -> RoleStatus {
 
 /// Removes the role: a graceful `consul leave`, then the container and its data.
 pub async fn remove(ctx: &RoleCtx<'_>) -> Result<bool, RoleError> {
-    let existing = find(ctx.docker, "consul").await?;
+    let existing = find(ctx.docker, Role::Consul).await?;
     if existing.is_empty() {
         return Ok(false);
     }

@@ -11,6 +11,7 @@ use flotilla_proto::v1::{ManagerSpec, Role, RoleState, RoleStatus};
 
 use super::swarm::{self, JoinData, SWARM_PORT};
 use super::{RoleCtx, RoleError, status};
+use crate::consul::Consul;
 
 pub fn validate(spec: &ManagerSpec) -> Result<(), RoleError> {
     if spec.consul_http_addrs.is_empty() {
@@ -23,6 +24,7 @@ pub fn validate(spec: &ManagerSpec) -> Result<(), RoleError> {
     Ok(())
 }
 
+/// Converges the manager role; returns its status.
 pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus, RoleError> {
     validate(spec)?;
     // The Engine's TLS listener was converged by the reconciler before any role ran.
@@ -36,88 +38,11 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus,
     };
     let join = swarm::read_join(&consul, ctx.cluster).await?;
     match local.state.as_str() {
-        "active" => {
-            if let Some(j) = &join
-                && j.cluster_id != local.cluster_id
-            {
-                return Err(RoleError::Conflict(format!(
-                    "this Engine belongs to another swarm ({}), not this cluster's ({}); not forcing it out — run `docker swarm leave --force` on the host if that is intended",
-                    local.cluster_id, j.cluster_id
-                )));
-            }
-            if !local.is_manager {
-                return Ok(status(
-                    Role::Manager,
-                    RoleState::Degraded,
-                    "this Engine is a worker of the swarm; promote it from a manager (`docker node promote`)",
-                ));
-            }
-            // Keep the join data and our address current (tokens can be rotated).
-            let sw = ctx.docker.inspect_swarm().await?;
-            let tokens = sw.join_tokens.unwrap_or_default();
-            let data = JoinData {
-                cluster_id: sw.id.unwrap_or_default(),
-                manager_token: tokens.manager.unwrap_or_default(),
-                worker_token: tokens.worker.unwrap_or_default(),
-            };
-            swarm::publish_join(&consul, ctx.cluster, &data).await?;
-            swarm::publish_manager(&consul, ctx.cluster, ctx.host, ctx.host_address).await?;
-            let v = swarm::view(ctx.docker).await.unwrap_or_default();
-            let what = if v.manager_status.is_empty() { "manager".to_string() } else { v.manager_status };
-            Ok(status(Role::Manager, RoleState::Running, what))
-        }
+        "active" => active(ctx, &consul, &local, join).await,
         "pending" => Ok(status(Role::Manager, RoleState::Starting, "joining the swarm")),
         "inactive" => match join {
-            Some(j) => {
-                let mut remotes = swarm::manager_addrs(&consul, ctx.cluster, ctx.host).await?;
-                if remotes.is_empty() {
-                    return Ok(status(
-                        Role::Manager,
-                        RoleState::Pending,
-                        "join data is published but no manager address is",
-                    ));
-                }
-                remotes.truncate(5);
-                join_swarm(ctx, remotes, &j.manager_token).await?;
-                swarm::publish_manager(&consul, ctx.cluster, ctx.host, ctx.host_address).await?;
-                Ok(status(Role::Manager, RoleState::Starting, "joined the swarm as a manager"))
-            }
-            None if spec.designated_initializer => {
-                let holder = swarm::take_init_lock(&consul, ctx.cluster, ctx.host).await?;
-                if holder != ctx.host {
-                    return Ok(status(
-                        Role::Manager,
-                        RoleState::Pending,
-                        format!("'{holder}' holds the init lock; waiting for its join data"),
-                    ));
-                }
-                ctx.docker
-                    .init_swarm(SwarmInitRequest {
-                        listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
-                        advertise_addr: Some(format!("{}:{SWARM_PORT}", ctx.host_address)),
-                        default_addr_pool: Some(vec![swarm::DEFAULT_ADDR_POOL.to_string()]),
-                        // Without it the Engine stores a zero size and its allocator stops
-                        // ("invalid pools size: 0"): services are never scheduled.
-                        subnet_size: Some(24),
-                        ..Default::default()
-                    })
-                    .await?;
-                tracing::info!(host = ctx.host, "initialised the swarm");
-                let sw = ctx.docker.inspect_swarm().await?;
-                let tokens = sw.join_tokens.unwrap_or_default();
-                swarm::publish_join(
-                    &consul,
-                    ctx.cluster,
-                    &JoinData {
-                        cluster_id: sw.id.unwrap_or_default(),
-                        manager_token: tokens.manager.unwrap_or_default(),
-                        worker_token: tokens.worker.unwrap_or_default(),
-                    },
-                )
-                .await?;
-                swarm::publish_manager(&consul, ctx.cluster, ctx.host, ctx.host_address).await?;
-                Ok(status(Role::Manager, RoleState::Starting, "initialised the swarm"))
-            }
+            Some(j) => join_as_manager(ctx, &consul, &j).await,
+            None if spec.designated_initializer => initialise(ctx, &consul).await,
             None => Ok(status(
                 Role::Manager,
                 RoleState::Pending,
@@ -126,6 +51,85 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus,
         },
         other => Ok(status(Role::Manager, RoleState::Failed, format!("swarm state '{other}': {}", local.error))),
     }
+}
+
+/// In a swarm already: ours, and as a manager? Then keep what it publishes current.
+async fn active(
+    ctx: &RoleCtx<'_>,
+    consul: &Consul,
+    local: &swarm::Local,
+    join: Option<JoinData>,
+) -> Result<RoleStatus, RoleError> {
+    if let Some(j) = join
+        && j.cluster_id != local.cluster_id
+    {
+        return Err(RoleError::ForeignSwarm { theirs: local.cluster_id.clone(), ours: j.cluster_id });
+    }
+    if !local.is_manager {
+        return Ok(status(
+            Role::Manager,
+            RoleState::Degraded,
+            "this Engine is a worker of the swarm; promote it from a manager (`docker node promote`)",
+        ));
+    }
+    // Keep the join data and our address current (tokens can be rotated).
+    publish(ctx, consul).await?;
+    let v = swarm::view(ctx.docker).await.unwrap_or_default();
+    let what = if v.manager_status.is_empty() { "manager".to_string() } else { v.manager_status };
+    Ok(status(Role::Manager, RoleState::Running, what))
+}
+
+/// Not in a swarm, and the cluster has one: join it through the published managers.
+async fn join_as_manager(ctx: &RoleCtx<'_>, consul: &Consul, join: &JoinData) -> Result<RoleStatus, RoleError> {
+    let mut remotes = swarm::manager_addrs(consul, ctx.cluster, ctx.host).await?;
+    if remotes.is_empty() {
+        return Ok(status(Role::Manager, RoleState::Pending, "join data is published but no manager address is"));
+    }
+    remotes.truncate(5);
+    join_swarm(ctx, remotes, &join.manager_token).await?;
+    swarm::publish_manager(consul, ctx.cluster, ctx.host, ctx.host_address).await?;
+    Ok(status(Role::Manager, RoleState::Starting, "joined the swarm as a manager"))
+}
+
+/// The designated first manager, no swarm anywhere: initialise it if this host wins the
+/// init lock, and publish how to join.
+async fn initialise(ctx: &RoleCtx<'_>, consul: &Consul) -> Result<RoleStatus, RoleError> {
+    let holder = swarm::take_init_lock(consul, ctx.cluster, ctx.host).await?;
+    if holder != ctx.host {
+        return Ok(status(
+            Role::Manager,
+            RoleState::Pending,
+            format!("'{holder}' holds the init lock; waiting for its join data"),
+        ));
+    }
+    ctx.docker
+        .init_swarm(SwarmInitRequest {
+            listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
+            advertise_addr: Some(format!("{}:{SWARM_PORT}", ctx.host_address)),
+            default_addr_pool: Some(vec![swarm::DEFAULT_ADDR_POOL.to_string()]),
+            // Without it the Engine stores a zero size and its allocator stops
+            // ("invalid pools size: 0"): services are never scheduled.
+            subnet_size: Some(24),
+            ..Default::default()
+        })
+        .await?;
+    tracing::info!(host = ctx.host, "initialised the swarm");
+    publish(ctx, consul).await?;
+    Ok(status(Role::Manager, RoleState::Starting, "initialised the swarm"))
+}
+
+/// Publishes the swarm's join data as this manager's Engine has it now, and this
+/// manager's address.
+async fn publish(ctx: &RoleCtx<'_>, consul: &Consul) -> Result<(), RoleError> {
+    let sw = ctx.docker.inspect_swarm().await?;
+    let tokens = sw.join_tokens.unwrap_or_default();
+    let data = JoinData {
+        cluster_id: sw.id.unwrap_or_default(),
+        manager_token: tokens.manager.unwrap_or_default(),
+        worker_token: tokens.worker.unwrap_or_default(),
+    };
+    swarm::publish_join(consul, ctx.cluster, &data).await?;
+    swarm::publish_manager(consul, ctx.cluster, ctx.host, ctx.host_address).await
 }
 
 pub async fn join_swarm(ctx: &RoleCtx<'_>, remotes: Vec<String>, token: &str) -> Result<(), RoleError> {

@@ -39,10 +39,9 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &NodeSpec, also_manager: bool) -> R
         Vec::new()
     };
     match (local.state.as_str(), join) {
-        ("active", Some(j)) if foreign(&j, &published) => Err(RoleError::Conflict(format!(
-            "this Engine belongs to another swarm (managers {:?}), not this cluster's ({}); not forcing it out — run `docker swarm leave --force` on the host if that is intended",
-            local.remote_managers, j.cluster_id
-        ))),
+        ("active", Some(j)) if foreign(&j, &published) => {
+            Err(RoleError::ForeignSwarmWorker { managers: local.remote_managers.clone(), ours: j.cluster_id })
+        }
         ("active", Some(_)) => Ok(status(
             Role::Node,
             RoleState::Running,

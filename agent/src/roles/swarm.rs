@@ -108,7 +108,7 @@ pub async fn consul(addrs: &[String]) -> Result<Consul, RoleError> {
         match c.leader().await {
             Ok(l) if !l.is_empty() => return Ok(c),
             Ok(_) => {
-                last = Some(RoleError::Conflict(format!("Consul at {a} has no leader yet")));
+                last = Some(RoleError::NoConsulLeader { addr: a.clone() });
             }
             Err(e) => last = Some(e.into()),
         }
@@ -119,9 +119,7 @@ pub async fn consul(addrs: &[String]) -> Result<Consul, RoleError> {
 pub async fn read_join(c: &Consul, cluster: &str) -> Result<Option<JoinData>, RoleError> {
     match c.get(&key(cluster, "join")).await? {
         None => Ok(None),
-        Some(e) => serde_json::from_slice(&e.value)
-            .map(Some)
-            .map_err(|e| RoleError::Conflict(format!("join data in Consul does not parse: {e}"))),
+        Some(e) => serde_json::from_slice(&e.value).map(Some).map_err(RoleError::JoinDataParse),
     }
 }
 
@@ -129,7 +127,7 @@ pub async fn read_join(c: &Consul, cluster: &str) -> Result<Option<JoinData>, Ro
 pub async fn publish_join(c: &Consul, cluster: &str, data: &JoinData) -> Result<(), RoleError> {
     let k = key(cluster, "join");
     let current = c.get(&k).await?;
-    let body = serde_json::to_vec(data).map_err(|e| RoleError::Io(e.to_string()))?;
+    let body = serde_json::to_vec(data).map_err(RoleError::JoinDataEncode)?;
     match current {
         Some(e) if e.value == body => Ok(()),
         Some(e) => {

@@ -107,14 +107,14 @@ async fn main() -> anyhow::Result<()> {
                 let host = format!("sim{i}");
                 let pending = flotilla_agent::identity::PendingKey::generate(&host).ok()?;
                 let ch = tls::channel(&endpoint, anon).ok()?;
-                let mut req = tonic::Request::new(v1::EnrollRequest {
+                let req = v1::EnrollRequest {
                     token,
                     host_name: host.clone(),
                     csr_pem: pending.csr_pem.clone(),
                     facts: Some(v1::HostFacts { hostname: host, ..Default::default() }),
-                });
-                flotilla_proto::add_protocol_header(&mut req);
-                let id = match AgentServiceClient::new(ch).enroll(req).await {
+                };
+                let mut client = AgentServiceClient::with_interceptor(ch, flotilla_proto::protocol_header);
+                let id = match client.enroll(req).await {
                     Ok(r) => pending.into_stored(&r.into_inner().certificate_pem).ok().map(|s| s.tls),
                     Err(e) => {
                         if errors.fetch_add(1, Ordering::Relaxed) < 3 {
@@ -174,9 +174,8 @@ async fn main() -> anyhow::Result<()> {
                     })),
                 })
                 .await;
-            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            flotilla_proto::add_protocol_header(&mut req);
-            let mut inbound = match AgentServiceClient::new(ch).session(req).await {
+            let mut client = AgentServiceClient::with_interceptor(ch, flotilla_proto::protocol_header);
+            let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
                 Ok(r) => r.into_inner(),
                 Err(e) => {
                     if errors.fetch_add(1, Ordering::Relaxed) < 3 {
