@@ -3,7 +3,7 @@
 //! the Swarm managers (`--component swarm`, the default) or of the Consul servers
 //! (`--component consul`).
 //!
-//! 1. **Pre-checks** on the control plane's status ([`precheck`], pure): at least 3 members
+//! 1. **Pre-checks** on the control plane's status ([`precheck`]): at least 3 members
 //!    of the drilled component (else the quorum table, unless `--force`), every host
 //!    connected, every role running; then a long-running hello service ([`HELLO_SERVICE`],
 //!    2 replicas on the workers) is made to run, to prove workloads survive.
@@ -317,10 +317,9 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
         deadline: fault_at + d.opts.bound,
     };
 
-    // 4. Measure, then the workload.
+    // 4. Measure, then the workload; then restore, and watch the target rejoin and the
+    //    cluster healthy again.
     measure(d, &s, &m, &mut r).await;
-
-    // 5. Restore, then watch the target rejoin and the cluster healthy again.
     let (restore_at, rejoin_deadline) = restore_and_rejoin(d, &s, &m, &mut r).await;
     wait_healthy(d, fault_at, restore_at, rejoin_deadline, &mut r).await;
 
@@ -329,7 +328,7 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
     let mut kept = logs.stop().await;
     let seen = cp.stop().await;
 
-    // 6. What was seen, what was not, and the verdict.
+    // 5. What was seen, what was not, and the verdict.
     kept.record_election(&mut r, &d.say, d.opts.component, &s.target, fault_unix_ns, m.target_is_leader);
     seen.record(&mut r, &s.target);
     kept.record_cuts(&mut r, &d.say);
@@ -426,8 +425,8 @@ async fn start_hello(d: &Drill, leader: &Docker, members: &[Member]) -> Result<V
     Ok(tasks_before)
 }
 
-/// Step 4: the component's own probes (`detect_s`, `elect_s`, `api_back_s`, `new_leader`),
-/// then its workload whole again.
+/// Step 4, measuring: the component's own probes (`detect_s`, `elect_s`, `api_back_s`,
+/// `new_leader`), then its workload whole again.
 async fn measure(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report) {
     match d.opts.component {
         Component::Swarm => {
@@ -446,8 +445,9 @@ async fn measure(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report) {
     }
 }
 
-/// Step 5: the target restored (`restore_s`), then back in the leader's view (`rejoin_s`,
-/// `rejoined_as`). Returns when the restore was issued and the rejoin's deadline.
+/// Step 4, restoring: the target restored (`restore_s`), then back in the leader's view
+/// (`rejoin_s`, `rejoined_as`). Returns when the restore was issued and the rejoin's
+/// deadline.
 async fn restore_and_rejoin(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report) -> (Instant, Instant) {
     let (say, fault_at) = (&d.say, m.fault_at);
     match fault::restore(d, &s.target, Instant::now() + d.opts.bound).await {

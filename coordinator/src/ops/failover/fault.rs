@@ -4,6 +4,7 @@
 //! ([`clean_up`], with [`left_over`] and a manual fix when it is cut short).
 
 use std::convert::Infallible;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -122,8 +123,8 @@ async fn restore_engine(d: &Drill, target: &str, deadline: Instant) -> Result<St
     let request =
         v1::EngineActionRequest { host_name: target.to_string(), kind: kind as i32, role: role as i32, hold_s: 0 };
     // When the drill started waiting, and the last refusal it waited through.
-    let waited: std::sync::Mutex<Option<Instant>> = Default::default();
-    let last: std::sync::Mutex<Option<tonic::Status>> = Default::default();
+    let waited: Mutex<Option<Instant>> = Default::default();
+    let last: Mutex<Option<tonic::Status>> = Default::default();
     let done = poll_until("the control plane to carry out the restore", deadline, Duration::from_millis(500), || {
         let (mut admin, request, waited, last) = (d.admin.clone(), request.clone(), &waited, &last);
         async move {

@@ -24,6 +24,7 @@ pub(super) async fn wait_until_fit(d: &Drill) -> Result<(Vec<Member>, Vec<Member
             match fit(&st, &d.opts).await {
                 Ok(m) => Ok(Attempt::Done((m, members(&st, v1::Role::Manager)))),
                 Err(FailoverError::Unhealthy { problems, .. }) => {
+                    // Only while the wait goes on: the time-out's error says it last.
                     if Instant::now() < deadline {
                         d.say.note(format!("waiting for a healthy cluster: {problems}"));
                     }

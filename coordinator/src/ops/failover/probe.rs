@@ -65,3 +65,38 @@ pub(super) async fn collect<S>(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sightings_are_taken_in_order_until_the_measure_is_complete() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (t, n) in [(1, 1), (2, 2), (3, 3), (4, 4)] {
+            tx.send((Duration::from_secs(t), n)).expect("open");
+        }
+        let mut taken = Vec::new();
+        collect("three sightings", Instant::now() + Duration::from_secs(60), rx, |at, n| {
+            taken.push((at.as_secs(), n));
+            n == 3
+        })
+        .await;
+        assert_eq!(taken, [(1, 1), (2, 2), (3, 3)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_an_incomplete_measure_even_once_the_probes_stopped() {
+        let (tx, rx) = mpsc::unbounded_channel::<Sighting<()>>();
+        drop(tx);
+        let start = tokio::time::Instant::now();
+        let mut looks = 0;
+        collect("nothing", Instant::now() + Duration::from_secs(5), rx, |_, ()| {
+            looks += 1;
+            false
+        })
+        .await;
+        assert_eq!(looks, 0);
+        assert!(start.elapsed() >= Duration::from_secs(5), "waited {:?}", start.elapsed());
+    }
+}
