@@ -1,8 +1,11 @@
 //! The Consul side of the drill: the Consul servers' HTTP APIs (`ip:8500`, as `verify`
-//! reads Consul), probed every [`PROBE_INTERVAL`]: the target's `/v1/status/leader`, the
-//! survivors' (who leads), a KV write through the new leader; then the swarm's join data
-//! read back, and the target back as a healthy voter in autopilot's view.
+//! reads Consul), probed every [`PROBE_INTERVAL`](super::PROBE_INTERVAL): the target's
+//! `/v1/status/leader`, the survivors' (who leads), a KV write through the new leader; then
+//! the swarm's join data read back, and the target back as a healthy voter in autopilot's
+//! view.
 
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,21 +14,44 @@ use flotilla_agent::consul::{Consul, ConsulError, ServerHealth};
 use flotilla_agent::roles::swarm::{self as agent_swarm, JoinData};
 use tokio::sync::mpsc;
 
-use super::{
-    CALL_TIMEOUT, Drill, HELLO_REPLICAS, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL, Report, kv_probe_key, lock,
-    swarm,
-};
+use super::probe::{self, Sighting};
+use super::report::Say;
+use super::{CALL_TIMEOUT, Drill, HELLO_REPLICAS, Measure, Member, PING_TIMEOUT, Report, kv_probe_key, lock, swarm};
+use crate::poll::{Attempt, poll_until};
+
+/// Why a call to Consul gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulCallError {
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("no Consul server is known")]
+    NoServer,
+}
+
+/// Why the swarm's join data could not be read (through the last server tried).
+#[derive(Debug, thiserror::Error)]
+pub enum JoinDataError {
+    #[error("no Consul server to read {key} through")]
+    NoServer { key: String },
+    #[error("{key} through {via}: no such key")]
+    Missing { key: String, via: String },
+    #[error("{key} through {via}: incomplete join data")]
+    Incomplete { key: String, via: String },
+    #[error("{key} through {via}: does not parse: {error}")]
+    Parse { key: String, via: String, error: serde_json::Error },
+    #[error("{key} through {via}: {error}")]
+    Call { key: String, via: String, error: ConsulCallError },
+}
 
 fn client(ip: &str) -> Consul {
     Consul::new(&format!("{ip}:{}", flotilla_agent::roles::consul::HTTP_PORT))
 }
 
 /// A Consul call, bounded.
-async fn timed<T>(bound: Duration, f: impl Future<Output = Result<T, ConsulError>>) -> Result<T, String> {
-    match tokio::time::timeout(bound, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {bound:?}")),
-    }
+async fn timed<T>(bound: Duration, f: impl Future<Output = Result<T, ConsulError>>) -> Result<T, ConsulCallError> {
+    Ok(tokio::time::timeout(bound, f).await.map_err(|_| ConsulCallError::NoAnswer(bound))??)
 }
 
 /// The member a Raft address (`ip:8300`) belongs to.
@@ -82,40 +108,43 @@ pub(super) async fn fault_tolerance_problems(servers: &[Member]) -> Vec<String> 
 /// The swarm's join data (`flotilla/<cluster>/swarm/join`), read through the first of
 /// `members` that answers (a follower forwards the read to the leader, so this needs one):
 /// the server read through and the swarm's cluster id.
-pub(super) async fn join_data(members: &[Member], cluster: &str) -> Result<(String, String), String> {
+pub(super) async fn join_data(members: &[Member], cluster: &str) -> Result<(String, String), JoinDataError> {
     let key = agent_swarm::key(cluster, "join");
-    let mut last = format!("no Consul server to read {key} through");
+    let mut last = JoinDataError::NoServer { key: key.clone() };
     for m in members {
-        match timed(CALL_TIMEOUT * 2, client(&m.ip).get(&key)).await {
+        let (key, via) = (key.clone(), m.name.clone());
+        last = match timed(CALL_TIMEOUT * 2, client(&m.ip).get(&key)).await {
             Ok(Some(e)) => match serde_json::from_slice::<JoinData>(&e.value) {
                 Ok(j) if !j.cluster_id.is_empty() && !j.manager_token.is_empty() && !j.worker_token.is_empty() => {
-                    return Ok((m.name.clone(), j.cluster_id));
+                    return Ok((via, j.cluster_id));
                 }
-                Ok(_) => last = format!("{key} through {}: incomplete join data", m.name),
-                Err(e) => last = format!("{key} through {}: does not parse: {e}", m.name),
+                Ok(_) => JoinDataError::Incomplete { key, via },
+                Err(error) => JoinDataError::Parse { key, via, error },
             },
-            Ok(None) => last = format!("{key} through {}: no such key", m.name),
-            Err(e) => last = format!("{key} through {}: {e}", m.name),
-        }
+            Ok(None) => JoinDataError::Missing { key, via },
+            Err(error) => JoinDataError::Call { key, via, error },
+        };
     }
     Err(last)
 }
 
-/// Deletes `key` through the first server that can, retried until `deadline`.
-pub(super) async fn delete_key(addrs: &[String], key: &str, deadline: Instant) -> Result<(), String> {
-    loop {
-        let mut last = String::from("no Consul server is known");
+/// Deletes `key` through the first server that can, retried every 500 ms until `deadline`.
+pub(super) async fn delete_key(addrs: &[String], key: &str, deadline: Instant) -> Result<(), ConsulCallError> {
+    let last = &Mutex::new(None);
+    let deleted = poll_until("the key deleted", deadline, Duration::from_millis(500), move || async move {
+        let mut error = ConsulCallError::NoServer;
         for a in addrs {
             match timed(CALL_TIMEOUT * 2, Consul::new(a).delete(key)).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
+                Ok(()) => return Ok(Attempt::Done(())),
+                Err(e) => error = e,
             }
         }
-        if Instant::now() > deadline {
-            return Err(last);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        let seen = error.to_string();
+        *lock(last) = Some(error);
+        Ok::<_, Infallible>(Attempt::NotYet(seen))
+    })
+    .await;
+    deleted.map_err(|_| lock(last).take().unwrap_or(ConsulCallError::NoServer))
 }
 
 /// What a probe saw.
@@ -123,7 +152,7 @@ enum Seen {
     /// The target's Consul answered `/v1/status/leader` (or did not).
     Ping(bool),
     /// A surviving server's answer to `/v1/status/leader`.
-    Leader { from: String, leader: Result<String, String> },
+    Leader { from: String, leader: Result<String, ConsulCallError> },
     /// A KV write through `via`.
     Kv { via: String, ok: bool },
 }
@@ -131,136 +160,162 @@ enum Seen {
 /// Probes until the loss is detected and Consul's KV accepts a write again (or the
 /// deadline): `detect_s`, `elect_s`, `api_back_s`. Returns the leader after the fault.
 pub(super) async fn measure(d: &Drill, m: &Measure<'_>, r: &mut Report) -> Option<String> {
-    let say = &d.say;
-    let (target, fault_at) = (m.target.to_string(), m.fault_at);
-    let survivors: Vec<Member> = m.members.iter().filter(|x| x.name != target).cloned().collect();
     // Where the KV probe writes: the leader, once one is named.
     let kv_via: Arc<Mutex<Option<Member>>> = Arc::default();
-    let key = kv_probe_key(&d.opts.cluster);
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Seen)>();
-    let probing = tokio_util::sync::CancellationToken::new();
-    let _stop = probing.clone().drop_guard();
-    {
-        let target_ip = m.target_ip.to_string();
-        let kv_via = kv_via.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROBE_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = probing.cancelled() => return,
-                }
-                let (tx1, ip) = (tx.clone(), target_ip.clone());
-                tokio::spawn(async move {
-                    let ok = timed(PING_TIMEOUT, client(&ip).leader()).await.is_ok();
-                    let _ = tx1.send((fault_at.elapsed(), Seen::Ping(ok)));
-                });
-                for s in &survivors {
-                    let (tx1, s) = (tx.clone(), s.clone());
-                    tokio::spawn(async move {
-                        let leader = timed(CALL_TIMEOUT, client(&s.ip).leader()).await;
-                        let _ = tx1.send((fault_at.elapsed(), Seen::Leader { from: s.name, leader }));
-                    });
-                }
-                let via = lock(&kv_via).clone();
-                if let Some(via) = via {
-                    let (tx1, key) = (tx.clone(), key.clone());
-                    tokio::spawn(async move {
-                        let value = format!("written {:.3} s after the fault", fault_at.elapsed().as_secs_f64());
-                        let ok = matches!(
-                            timed(CALL_TIMEOUT, client(&via.ip).put(&key, value.as_bytes(), None)).await,
-                            Ok(true)
-                        );
-                        let _ = tx1.send((fault_at.elapsed(), Seen::Kv { via: via.name, ok }));
-                    });
-                }
-            }
-        });
-    }
-    let mut new_leader: Option<String> = None;
-    loop {
-        if (r.detect_s.is_some() && r.api_back_s.is_some()) || Instant::now() > m.deadline {
-            break;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _probing = probe::every_interval(probe_round(m, kv_probe_key(&d.opts.cluster), kv_via.clone(), tx));
+    let mut new_leader = None;
+    probe::collect("Consul's failover measured", m.deadline, rx, |at, seen| {
+        if let Some(l) = take(&d.say, m, r, &mut new_leader, at, seen) {
+            lock(&d.pending).kv_probe = true;
+            *lock(&kv_via) = m.members.iter().find(|x| x.name == l).cloned();
         }
-        tokio::select! {
-            Some((at, seen)) = rx.recv() => match seen {
-                Seen::Ping(false) if r.detect_s.is_none() => {
-                    r.detect_s = Some(say.event(at, format!("detect: {target}'s Consul stopped answering ({}:8500)", m.target_ip)));
-                }
-                Seen::Ping(_) => {}
-                Seen::Leader { from, leader: Ok(addr) } => {
-                    let leader = name_of(m.members, &addr);
-                    if new_leader.is_none()
-                        && let Some(l) = &leader
-                        && (l != m.old_leader || (!m.target_is_leader && r.detect_s.is_some()))
-                    {
-                        new_leader = Some(l.clone());
-                        if m.target_is_leader {
-                            r.elect_s = Some(say.event(at, format!("elect: {from}'s Consul names {l} ({addr}) the new leader")));
-                        } else {
-                            say.event(at, format!("{from}'s Consul still names {l} the leader"));
-                        }
-                        lock(&d.pending).kv_probe = true;
-                        *lock(&kv_via) = m.members.iter().find(|x| &x.name == l).cloned();
-                    }
-                }
-                Seen::Leader { .. } => {}
-                Seen::Kv { via, ok: true } if r.api_back_s.is_none() => {
-                    r.api_back_s = Some(say.event(at, format!("api back: Consul's KV accepts a write through the leader {via}")));
-                }
-                Seen::Kv { .. } => {}
-            },
-            () = tokio::time::sleep_until(m.deadline.into()) => {}
-        }
-    }
+        r.detect_s.is_some() && r.api_back_s.is_some()
+    })
+    .await;
     new_leader
 }
 
-/// The workload after a Consul fault: the swarm's join data readable from the surviving
-/// servers, and the hello service's replicas running (through any surviving manager).
-pub(super) async fn workload(d: &Drill, m: &Measure<'_>, managers: &[Docker], tasks_before: &[String], r: &mut Report) {
+/// One round of probes, each its own task: the target's `/v1/status/leader`, every
+/// survivor's, and a write of `key` through `kv_via` once a leader is named.
+fn probe_round(
+    m: &Measure<'_>,
+    key: String,
+    kv_via: Arc<Mutex<Option<Member>>>,
+    tx: mpsc::UnboundedSender<Sighting<Seen>>,
+) -> impl FnMut() + Send + 'static {
+    let fault_at = m.fault_at;
     let survivors: Vec<Member> = m.members.iter().filter(|x| x.name != m.target).cloned().collect();
-    let mut join = None;
-    let mut last_join_error = String::new();
-    let mut tasks_after = Vec::new();
-    loop {
-        if join.is_none() {
-            match join_data(&survivors, &d.opts.cluster).await {
+    let target_ip = m.target_ip.to_string();
+    move || {
+        let (tx1, ip) = (tx.clone(), target_ip.clone());
+        tokio::spawn(async move {
+            let ok = timed(PING_TIMEOUT, client(&ip).leader()).await.is_ok();
+            let _ = tx1.send((fault_at.elapsed(), Seen::Ping(ok)));
+        });
+        for s in &survivors {
+            let (tx1, s) = (tx.clone(), s.clone());
+            tokio::spawn(async move {
+                let leader = timed(CALL_TIMEOUT, client(&s.ip).leader()).await;
+                let _ = tx1.send((fault_at.elapsed(), Seen::Leader { from: s.name, leader }));
+            });
+        }
+        let via = lock(&kv_via).clone();
+        if let Some(via) = via {
+            let (tx1, key) = (tx.clone(), key.clone());
+            tokio::spawn(async move {
+                let value = format!("written {:.3} s after the fault", fault_at.elapsed().as_secs_f64());
+                let ok =
+                    matches!(timed(CALL_TIMEOUT, client(&via.ip).put(&key, value.as_bytes(), None)).await, Ok(true));
+                let _ = tx1.send((fault_at.elapsed(), Seen::Kv { via: via.name, ok }));
+            });
+        }
+    }
+}
+
+/// What one sighting at `at` tells: the loss detected (the target's first failed look), the
+/// leader after the fault (a survivor names it: returned, for the KV probe to write
+/// through), Consul's KV back (a write accepted).
+fn take(
+    say: &Say,
+    m: &Measure<'_>,
+    r: &mut Report,
+    new_leader: &mut Option<String>,
+    at: Duration,
+    seen: Seen,
+) -> Option<String> {
+    let target = m.target;
+    match seen {
+        Seen::Ping(false) if r.detect_s.is_none() => {
+            r.detect_s =
+                Some(say.event(at, format!("detect: {target}'s Consul stopped answering ({}:8500)", m.target_ip)));
+        }
+        Seen::Ping(_) => {}
+        Seen::Leader { from, leader: Ok(addr) } => {
+            let leader = name_of(m.members, &addr);
+            if new_leader.is_none()
+                && let Some(l) = &leader
+                && (l != m.old_leader || (!m.target_is_leader && r.detect_s.is_some()))
+            {
+                *new_leader = Some(l.clone());
+                if m.target_is_leader {
+                    r.elect_s =
+                        Some(say.event(at, format!("elect: {from}'s Consul names {l} ({addr}) the new leader")));
+                } else {
+                    say.event(at, format!("{from}'s Consul still names {l} the leader"));
+                }
+                return Some(l.clone());
+            }
+        }
+        Seen::Leader { .. } => {}
+        Seen::Kv { via, ok: true } if r.api_back_s.is_none() => {
+            r.api_back_s =
+                Some(say.event(at, format!("api back: Consul's KV accepts a write through the leader {via}")));
+        }
+        Seen::Kv { .. } => {}
+    }
+    None
+}
+
+/// What the Consul workload check has seen so far.
+#[derive(Default)]
+struct WorkloadSeen {
+    /// The server the join data was read through.
+    join: Option<String>,
+    last_join_error: Option<JoinDataError>,
+    tasks_after: Vec<String>,
+}
+
+/// The workload after a Consul fault: the swarm's join data readable from the surviving
+/// servers, and the hello service's replicas running (through any surviving manager),
+/// looked at every 200 ms until the measure's deadline.
+pub(super) async fn workload(d: &Drill, m: &Measure<'_>, managers: &[Docker], tasks_before: &[String], r: &mut Report) {
+    let survivors = &m.members.iter().filter(|x| x.name != m.target).cloned().collect::<Vec<Member>>();
+    let seen = &Mutex::new(WorkloadSeen::default());
+    let whole = poll_until("the workload whole again", m.deadline, Duration::from_millis(200), move || async move {
+        if lock(seen).join.is_none() {
+            match join_data(survivors, &d.opts.cluster).await {
                 Ok((via, id)) => {
                     d.say.event(
                         m.fault_at.elapsed(),
                         format!("workload: the swarm's join data readable through {via} (cluster id {id})"),
                     );
-                    join = Some(via);
+                    lock(seen).join = Some(via);
                 }
-                Err(e) => last_join_error = e,
+                Err(e) => lock(seen).last_join_error = Some(e),
             }
         }
         for e in managers {
             if let Ok(t) = swarm::running_tasks(e).await {
-                tasks_after = t;
+                lock(seen).tasks_after = t;
                 break;
             }
         }
-        if join.is_some() && tasks_after.len() >= HELLO_REPLICAS {
-            r.workload_s = Some(d.say.event(
-                m.fault_at.elapsed(),
-                format!("workload: {} of {HELLO_REPLICAS} hello tasks running", tasks_after.len()),
-            ));
-            break;
+        let s = lock(seen);
+        let n = s.tasks_after.len();
+        Ok::<_, Infallible>(if s.join.is_some() && n >= HELLO_REPLICAS {
+            Attempt::Done(n)
+        } else {
+            Attempt::NotYet(format!("{n} of {HELLO_REPLICAS} hello tasks running"))
+        })
+    })
+    .await;
+    let s = std::mem::take(&mut *lock(seen));
+    match whole {
+        Ok(n) => {
+            r.workload_s = Some(
+                d.say.event(m.fault_at.elapsed(), format!("workload: {n} of {HELLO_REPLICAS} hello tasks running")),
+            );
         }
-        if Instant::now() > m.deadline {
-            if join.is_none() {
-                d.say.note(format!("the swarm's join data: {last_join_error}"));
-            }
-            break;
+        Err(_) if s.join.is_none() => {
+            let error = s.last_join_error.map(|e| e.to_string()).unwrap_or_default();
+            d.say.note(format!("the swarm's join data: {error}"));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(_) => {}
     }
-    r.join_data_ok = Some(join.is_some());
-    r.tasks_after = tasks_after.len();
-    r.tasks_rescheduled = tasks_after != tasks_before;
+    r.join_data_ok = Some(s.join.is_some());
+    r.tasks_after = s.tasks_after.len();
+    r.tasks_rescheduled = s.tasks_after != tasks_before;
     r.workload_ok = r.workload_s.is_some();
 }
 
@@ -278,54 +333,59 @@ fn rejoined_as(s: &ServerHealth) -> String {
 }
 
 /// After the restore: the target's Consul answering with a leader, and autopilot (on the
-/// leader) listing it as a healthy voter.
+/// leader) listing it as a healthy voter (`rejoin_s`, `rejoined_as`), looked at every
+/// 200 ms until `deadline`.
 pub(super) async fn rejoin(d: &Drill, m: &Measure<'_>, restore_at: Instant, deadline: Instant, r: &mut Report) {
     let target = m.target;
     // Ask the new leader; without one (the election failed), any server (they forward to
     // whoever leads by then).
-    let ask: Vec<Member> = m
+    let ask = &m
         .members
         .iter()
         .filter(|x| x.name == r.new_leader)
         .chain(m.members.iter().filter(|x| x.name != r.new_leader))
         .cloned()
-        .collect();
-    let mut target_back = false;
-    loop {
-        if !target_back
+        .collect::<Vec<Member>>();
+    let (target_back, listed_as) = (&AtomicBool::new(false), &Mutex::new(None::<String>));
+    let back = poll_until("the target rejoined", deadline, Duration::from_millis(200), move || async move {
+        if !target_back.load(Ordering::Relaxed)
             && let Ok(addr) = timed(CALL_TIMEOUT, client(m.target_ip).leader()).await
             && !addr.is_empty()
         {
-            target_back = true;
+            target_back.store(true, Ordering::Relaxed);
             let l = name_of(m.members, &addr).unwrap_or(addr);
             d.say.event(m.fault_at.elapsed(), format!("{target}'s Consul answers again and names {l} the leader"));
         }
-        let mut servers = None;
-        for x in &ask {
-            if let Ok(s) = timed(CALL_TIMEOUT * 2, client(&x.ip).autopilot_health()).await {
-                servers = Some(s);
-                break;
-            }
-        }
-        if let Some(servers) = servers
-            && let Some(s) = servers.iter().find(|s| s.name == target)
-        {
-            r.rejoined_as = rejoined_as(s);
-            if target_back && r.rejoined_as == "voter" {
-                let at = restore_at.elapsed().as_secs_f64();
-                r.rejoin_s = Some(at);
-                d.say.event(
-                    m.fault_at.elapsed(),
-                    format!("rejoin: {target} is back as a healthy voter ({at:.2} s after the restore)"),
-                );
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(status) = autopilot_view(ask, target).await else {
+            return Ok(Attempt::NotYet(format!("{target} not listed by autopilot")));
+        };
+        *lock(listed_as) = Some(status.clone());
+        let rejoined = target_back.load(Ordering::Relaxed) && status == "voter";
+        Ok::<_, Infallible>(if rejoined { Attempt::Done(()) } else { Attempt::NotYet(status) })
+    })
+    .await;
+    if let Some(status) = lock(listed_as).take() {
+        r.rejoined_as = status;
     }
+    if back.is_ok() {
+        let at = restore_at.elapsed().as_secs_f64();
+        r.rejoin_s = Some(at);
+        d.say.event(
+            m.fault_at.elapsed(),
+            format!("rejoin: {target} is back as a healthy voter ({at:.2} s after the restore)"),
+        );
+    }
+}
+
+/// How autopilot, asked through the first of `ask` that answers, lists `target`; `None`:
+/// no server answered, or autopilot does not list it.
+async fn autopilot_view(ask: &[Member], target: &str) -> Option<String> {
+    for x in ask {
+        if let Ok(servers) = timed(CALL_TIMEOUT * 2, client(&x.ip).autopilot_health()).await {
+            return servers.iter().find(|s| s.name == target).map(rejoined_as);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

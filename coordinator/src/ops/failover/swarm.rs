@@ -1,8 +1,11 @@
 //! The Swarm side of the drill: the managers' Engines (over mutual TLS, port 2376), probed
-//! every [`PROBE_INTERVAL`]: the target's ping, the survivors' node lists (who leads); the
-//! hello service's tasks; the target listed `reachable` again.
+//! every [`PROBE_INTERVAL`](super::PROBE_INTERVAL): the target's ping, the survivors' node
+//! lists (who leads); the hello service's tasks; the target listed `reachable` again.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -10,11 +13,42 @@ use bollard::models::{NodeSpecRoleEnum, TaskState};
 use bollard::query_parameters::{ListNodesOptions, ListTasksOptions};
 use tokio::sync::mpsc;
 
+use super::probe::{self, Sighting};
+use super::report::Say;
 use super::{
-    CALL_TIMEOUT, Drill, FailoverError, HELLO_REPLICAS, HELLO_SERVICE, Measure, Member, PING_TIMEOUT, PROBE_INTERVAL,
-    Report, WORKLOAD_TIMEOUT,
+    CALL_TIMEOUT, Drill, FailoverError, HELLO_REPLICAS, HELLO_SERVICE, Measure, Member, PING_TIMEOUT, Report,
+    WORKLOAD_TIMEOUT, lock,
 };
 use crate::ops::verify;
+use crate::poll::{Attempt, poll_until};
+
+/// Why a call to a manager's Engine gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum EngineCallError {
+    /// The Engine's own message.
+    #[error("{}", flotilla_agent::roles::engine_message(.0))]
+    Engine(#[from] bollard::errors::Error),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
+/// Why the hello service could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RemoveHelloError {
+    #[error("no manager's Engine is known")]
+    NoEngine,
+    /// The last manager tried, and what its Engine said.
+    #[error("{host}: {error}")]
+    Engine { host: String, error: EngineCallError },
+}
+
+/// A call to an Engine, bounded by `bound`.
+async fn bounded<T>(
+    bound: Duration,
+    call: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, EngineCallError> {
+    Ok(tokio::time::timeout(bound, call).await.map_err(|_| EngineCallError::NoAnswer(bound))??)
+}
 
 /// A node as a manager's Engine lists it.
 #[derive(Clone, Debug)]
@@ -44,12 +78,8 @@ fn node_views(nodes: Vec<bollard::models::Node>, managers: &[Member]) -> Vec<Nod
         .collect()
 }
 
-pub(super) async fn list_managers(d: &Docker, managers: &[Member]) -> Result<Vec<NodeView>, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, d.list_nodes(None::<ListNodesOptions>)).await {
-        Ok(Ok(n)) => Ok(node_views(n, managers)),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
-    }
+pub(super) async fn list_managers(d: &Docker, managers: &[Member]) -> Result<Vec<NodeView>, EngineCallError> {
+    Ok(node_views(bounded(CALL_TIMEOUT, d.list_nodes(None::<ListNodesOptions>)).await?, managers))
 }
 
 fn leader_of(nodes: &[NodeView]) -> Option<String> {
@@ -70,18 +100,17 @@ pub(super) async fn find_leader(engines: &HashMap<String, Docker>, managers: &[M
 }
 
 /// The ids of the hello service's running tasks.
-pub(super) async fn running_tasks(d: &Docker) -> Result<Vec<String>, String> {
-    let fut = d.list_tasks(Some(ListTasksOptions {
-        filters: Some(HashMap::from([
-            ("service".to_string(), vec![HELLO_SERVICE.to_string()]),
-            ("desired-state".to_string(), vec!["running".to_string()]),
-        ])),
-    }));
-    let tasks = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(format!("no answer within {CALL_TIMEOUT:?}")),
-    };
+pub(super) async fn running_tasks(d: &Docker) -> Result<Vec<String>, EngineCallError> {
+    let tasks = bounded(
+        CALL_TIMEOUT,
+        d.list_tasks(Some(ListTasksOptions {
+            filters: Some(HashMap::from([
+                ("service".to_string(), vec![HELLO_SERVICE.to_string()]),
+                ("desired-state".to_string(), vec!["running".to_string()]),
+            ])),
+        })),
+    )
+    .await?;
     let mut ids: Vec<String> = tasks
         .into_iter()
         .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
@@ -91,10 +120,10 @@ pub(super) async fn running_tasks(d: &Docker) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
-/// Creates the hello service (or keeps the one a previous drill left) and waits until its
-/// replicas run.
-pub(super) async fn ensure_hello(d: &Docker, image: &str) -> Result<Vec<String>, FailoverError> {
-    if d.inspect_service(HELLO_SERVICE, None).await.is_err() {
+/// Creates the hello service (or keeps the one a previous drill left) and waits (up to
+/// [`WORKLOAD_TIMEOUT`], looking every 300 ms) until its replicas run.
+pub(super) async fn ensure_hello(leader: &Docker, image: &str) -> Result<Vec<String>, FailoverError> {
+    if leader.inspect_service(HELLO_SERVICE, None).await.is_err() {
         let spec = verify::worker_service(
             HELLO_SERVICE,
             ("flotilla.drill", "1"),
@@ -103,49 +132,46 @@ pub(super) async fn ensure_hello(d: &Docker, image: &str) -> Result<Vec<String>,
             HELLO_REPLICAS,
             false,
         );
-        d.create_service(spec, None)
-            .await
-            .map_err(|e| FailoverError::Workload(format!("creating {HELLO_SERVICE}: {e}")))?;
+        leader.create_service(spec, None).await.map_err(FailoverError::CreateHello)?;
     }
+    let running = &AtomicUsize::new(0);
     let deadline = Instant::now() + WORKLOAD_TIMEOUT;
-    loop {
-        let running = running_tasks(d).await.unwrap_or_default();
-        if running.len() >= HELLO_REPLICAS {
-            return Ok(running);
-        }
-        if Instant::now() > deadline {
-            return Err(FailoverError::Workload(format!(
-                "{} of {HELLO_REPLICAS} tasks of {HELLO_SERVICE} running after {WORKLOAD_TIMEOUT:?}",
-                running.len()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    poll_until("the hello service's replicas", deadline, Duration::from_millis(300), move || async move {
+        let tasks = running_tasks(leader).await.unwrap_or_default();
+        running.store(tasks.len(), Ordering::Relaxed);
+        Ok::<_, Infallible>(if tasks.len() >= HELLO_REPLICAS {
+            Attempt::Done(tasks)
+        } else {
+            Attempt::NotYet(format!("{} of {HELLO_REPLICAS} running", tasks.len()))
+        })
+    })
+    .await
+    .map_err(|_| FailoverError::HelloNotRunning { running: running.load(Ordering::Relaxed), after: WORKLOAD_TIMEOUT })
 }
 
 /// Removes the hello service through the first manager whose Engine can (the swarm needs a
-/// leader for that: retried until `deadline`). `Ok(false)`: there was none.
-pub(super) async fn remove_hello(engines: &[(String, Docker)], deadline: Instant) -> Result<bool, String> {
+/// leader for that: retried every 500 ms until `deadline`). `Ok(false)`: there was none.
+pub(super) async fn remove_hello(engines: &[(String, Docker)], deadline: Instant) -> Result<bool, RemoveHelloError> {
     if engines.is_empty() {
-        return Err("no manager's Engine is known".into());
+        return Err(RemoveHelloError::NoEngine);
     }
-    loop {
-        let mut last = String::new();
+    let last = &Mutex::new(None);
+    let removed = poll_until("the hello service removed", deadline, Duration::from_millis(500), move || async move {
         for (name, e) in engines {
-            match tokio::time::timeout(CALL_TIMEOUT * 5, e.delete_service(HELLO_SERVICE)).await {
-                Ok(Ok(())) => return Ok(true),
-                Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
-                    return Ok(false);
-                }
-                Ok(Err(err)) => last = format!("{name}: {}", flotilla_agent::roles::engine_message(&err)),
-                Err(_) => last = format!("{name}: no answer within {:?}", CALL_TIMEOUT * 5),
+            match bounded(CALL_TIMEOUT * 5, e.delete_service(HELLO_SERVICE)).await {
+                Ok(()) => return Ok(Attempt::Done(true)),
+                Err(EngineCallError::Engine(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                })) => return Ok(Attempt::Done(false)),
+                Err(error) => *lock(last) = Some(RemoveHelloError::Engine { host: name.clone(), error }),
             }
         }
-        if Instant::now() > deadline {
-            return Err(last);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        let seen = lock(last).as_ref().map(ToString::to_string).unwrap_or_default();
+        Ok::<_, Infallible>(Attempt::NotYet(seen))
+    })
+    .await;
+    removed.map_err(|_| lock(last).take().unwrap_or(RemoveHelloError::NoEngine))
 }
 
 /// What a probe saw.
@@ -153,7 +179,7 @@ enum Seen {
     /// The target's Engine answered a ping (or did not).
     Ping(bool),
     /// A surviving manager's node list.
-    Nodes { from: String, nodes: Result<Vec<NodeView>, String> },
+    Nodes { from: String, nodes: Result<Vec<NodeView>, EngineCallError> },
 }
 
 /// Probes until the loss is detected and the leader's API answers (or the deadline):
@@ -164,76 +190,79 @@ pub(super) async fn measure(
     engines: &HashMap<String, Docker>,
     r: &mut Report,
 ) -> Option<String> {
-    let say = &d.say;
-    let (target, fault_at) = (m.target.to_string(), m.fault_at);
-    let survivors: Vec<(Member, Docker)> =
-        m.members.iter().filter(|x| x.name != target).map(|x| (x.clone(), engines[&x.name].clone())).collect();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Seen)>();
-    let probing = tokio_util::sync::CancellationToken::new();
-    let _stop = probing.clone().drop_guard();
-    {
-        let target_engine = engines[&target].clone();
-        let managers = m.members.to_vec();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROBE_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = probing.cancelled() => return,
-                }
-                let (tx1, e) = (tx.clone(), target_engine.clone());
-                tokio::spawn(async move {
-                    let ok = matches!(tokio::time::timeout(PING_TIMEOUT, e.ping()).await, Ok(Ok(_)));
-                    let _ = tx1.send((fault_at.elapsed(), Seen::Ping(ok)));
-                });
-                for (s, e) in &survivors {
-                    let (tx1, e, s, all) = (tx.clone(), e.clone(), s.clone(), managers.clone());
-                    tokio::spawn(async move {
-                        let nodes = list_managers(&e, &all).await;
-                        let _ = tx1.send((fault_at.elapsed(), Seen::Nodes { from: s.name, nodes }));
-                    });
-                }
-            }
-        });
-    }
-    let mut new_leader: Option<String> = None;
-    loop {
-        if (r.detect_s.is_some() && r.api_back_s.is_some()) || Instant::now() > m.deadline {
-            break;
-        }
-        tokio::select! {
-            Some((at, seen)) = rx.recv() => match seen {
-                Seen::Ping(false) if r.detect_s.is_none() => {
-                    r.detect_s = Some(say.event(at, format!("detect: {target}'s Engine stopped answering ({}:{})", m.target_ip, verify::ENGINE_TLS_PORT)));
-                }
-                Seen::Ping(_) => {}
-                Seen::Nodes { from, nodes: Ok(nodes) } => {
-                    let leader = leader_of(&nodes);
-                    if new_leader.is_none()
-                        && let Some(l) = &leader
-                        && (l != m.old_leader || (!m.target_is_leader && r.detect_s.is_some()))
-                    {
-                        new_leader = Some(l.clone());
-                        if m.target_is_leader {
-                            r.elect_s = Some(say.event(at, format!("elect: {from}'s node list names {l} the new leader")));
-                        } else {
-                            say.event(at, format!("{from}'s node list still names {l} the leader"));
-                        }
-                    }
-                    if r.api_back_s.is_none() && new_leader.as_deref() == Some(from.as_str()) {
-                        r.api_back_s = Some(say.event(at, format!("api back: the leader {from}'s API answers a node list")));
-                    }
-                }
-                Seen::Nodes { .. } => {}
-            },
-            () = tokio::time::sleep_until(m.deadline.into()) => {}
-        }
-    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _probing = probe::every_interval(probe_round(m, engines, tx));
+    let mut new_leader = None;
+    probe::collect("the swarm's failover measured", m.deadline, rx, |at, seen| {
+        take(&d.say, m, r, &mut new_leader, at, seen);
+        r.detect_s.is_some() && r.api_back_s.is_some()
+    })
+    .await;
     new_leader
 }
 
-/// The hello service's tasks through the new leader: all replicas running again.
+/// One round of probes, each its own task: the target's ping, every survivor's node list.
+fn probe_round(
+    m: &Measure<'_>,
+    engines: &HashMap<String, Docker>,
+    tx: mpsc::UnboundedSender<Sighting<Seen>>,
+) -> impl FnMut() + Send + 'static {
+    let fault_at = m.fault_at;
+    let survivors: Vec<(Member, Docker)> =
+        m.members.iter().filter(|x| x.name != m.target).map(|x| (x.clone(), engines[&x.name].clone())).collect();
+    let target_engine = engines[m.target].clone();
+    let managers = m.members.to_vec();
+    move || {
+        let (tx1, e) = (tx.clone(), target_engine.clone());
+        tokio::spawn(async move {
+            let ok = matches!(tokio::time::timeout(PING_TIMEOUT, e.ping()).await, Ok(Ok(_)));
+            let _ = tx1.send((fault_at.elapsed(), Seen::Ping(ok)));
+        });
+        for (s, e) in &survivors {
+            let (tx1, e, s, all) = (tx.clone(), e.clone(), s.clone(), managers.clone());
+            tokio::spawn(async move {
+                let nodes = list_managers(&e, &all).await;
+                let _ = tx1.send((fault_at.elapsed(), Seen::Nodes { from: s.name, nodes }));
+            });
+        }
+    }
+}
+
+/// What one sighting at `at` tells: the loss detected (the target's first failed ping), the
+/// leader after the fault (a survivor's node list names it), its API back (it answers).
+fn take(say: &Say, m: &Measure<'_>, r: &mut Report, new_leader: &mut Option<String>, at: Duration, seen: Seen) {
+    let target = m.target;
+    match seen {
+        Seen::Ping(false) if r.detect_s.is_none() => {
+            r.detect_s = Some(say.event(
+                at,
+                format!("detect: {target}'s Engine stopped answering ({}:{})", m.target_ip, verify::ENGINE_TLS_PORT),
+            ));
+        }
+        Seen::Ping(_) => {}
+        Seen::Nodes { from, nodes: Ok(nodes) } => {
+            let leader = leader_of(&nodes);
+            if new_leader.is_none()
+                && let Some(l) = &leader
+                && (l != m.old_leader || (!m.target_is_leader && r.detect_s.is_some()))
+            {
+                *new_leader = Some(l.clone());
+                if m.target_is_leader {
+                    r.elect_s = Some(say.event(at, format!("elect: {from}'s node list names {l} the new leader")));
+                } else {
+                    say.event(at, format!("{from}'s node list still names {l} the leader"));
+                }
+            }
+            if r.api_back_s.is_none() && new_leader.as_deref() == Some(from.as_str()) {
+                r.api_back_s = Some(say.event(at, format!("api back: the leader {from}'s API answers a node list")));
+            }
+        }
+        Seen::Nodes { .. } => {}
+    }
+}
+
+/// The hello service's tasks through the new leader: all replicas running again (looked at
+/// every 200 ms until the measure's deadline).
 pub(super) async fn workload(
     d: &Drill,
     m: &Measure<'_>,
@@ -242,25 +271,28 @@ pub(super) async fn workload(
     r: &mut Report,
 ) {
     let mut tasks_after = Vec::new();
-    if leader.is_none() {
-        r.unobserved.push("the hello tasks after the fault: no manager named a new leader to ask".into());
-    }
-    if let Some(e) = leader {
-        loop {
-            if let Ok(t) = running_tasks(e).await {
-                tasks_after = t;
-                if tasks_after.len() >= HELLO_REPLICAS {
-                    r.workload_s = Some(d.say.event(
-                        m.fault_at.elapsed(),
-                        format!("workload: {} of {HELLO_REPLICAS} hello tasks running", tasks_after.len()),
-                    ));
-                    break;
-                }
+    match leader {
+        None => r.unobserved.push("the hello tasks after the fault: no manager named a new leader to ask".into()),
+        Some(e) => {
+            let last = &Mutex::new(Vec::new());
+            let whole =
+                poll_until("the hello tasks running", m.deadline, Duration::from_millis(200), move || async move {
+                    if let Ok(t) = running_tasks(e).await {
+                        let n = t.len();
+                        *lock(last) = t;
+                        if n >= HELLO_REPLICAS {
+                            return Ok(Attempt::Done(n));
+                        }
+                    }
+                    Ok::<_, Infallible>(Attempt::NotYet(format!("{} of {HELLO_REPLICAS} running", lock(last).len())))
+                })
+                .await;
+            tasks_after = std::mem::take(&mut *lock(last));
+            if let Ok(n) = whole {
+                r.workload_s = Some(
+                    d.say.event(m.fault_at.elapsed(), format!("workload: {n} of {HELLO_REPLICAS} hello tasks running")),
+                );
             }
-            if Instant::now() > m.deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     r.tasks_after = tasks_after.len();
@@ -268,7 +300,8 @@ pub(super) async fn workload(
     r.workload_ok = r.workload_s.is_some();
 }
 
-/// After the restore: the target back as a `reachable` manager in the leader's node list.
+/// After the restore: the target back as a `reachable` manager in the leader's node list
+/// (`rejoin_s`, `rejoined_as`), looked at every 200 ms until `deadline`.
 pub(super) async fn rejoin(
     d: &Drill,
     m: &Measure<'_>,
@@ -284,29 +317,31 @@ pub(super) async fn rejoin(
     // before the fault: the rejoin counts only once the target's own Engine answers a node
     // list (it is a manager again, talking to the leader) and the leader lists it.
     let target_engine = &engines[target];
-    let mut target_back = false;
-    loop {
-        if !target_back && list_managers(target_engine, m.members).await.is_ok() {
-            target_back = true;
+    let (target_back, listed_as) = (&AtomicBool::new(false), &Mutex::new(None::<String>));
+    let back = poll_until("the target rejoined", deadline, Duration::from_millis(200), move || async move {
+        if !target_back.load(Ordering::Relaxed) && list_managers(target_engine, m.members).await.is_ok() {
+            target_back.store(true, Ordering::Relaxed);
             d.say.event(m.fault_at.elapsed(), format!("{target}'s Engine answers a node list again"));
         }
-        if let Ok(nodes) = list_managers(leader, m.members).await
-            && let Some(n) = nodes.iter().find(|n| n.name == target)
-        {
-            r.rejoined_as = n.manager_status.clone();
-            if target_back && (n.manager_status == "reachable" || n.manager_status == "leader") {
-                let at = restore_at.elapsed().as_secs_f64();
-                r.rejoin_s = Some(at);
-                d.say.event(
-                    m.fault_at.elapsed(),
-                    format!("rejoin: {target} is back as a {} manager ({at:.2} s after the restore)", n.manager_status),
-                );
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listed =
+            list_managers(leader, m.members).await.ok().and_then(|nodes| nodes.into_iter().find(|n| n.name == target));
+        let Some(status) = listed.map(|n| n.manager_status) else {
+            return Ok(Attempt::NotYet(format!("{target} not listed by the leader")));
+        };
+        *lock(listed_as) = Some(status.clone());
+        let rejoined = target_back.load(Ordering::Relaxed) && (status == "reachable" || status == "leader");
+        Ok::<_, Infallible>(if rejoined { Attempt::Done(status) } else { Attempt::NotYet(status) })
+    })
+    .await;
+    if let Some(status) = lock(listed_as).take() {
+        r.rejoined_as = status;
+    }
+    if let Ok(status) = back {
+        let at = restore_at.elapsed().as_secs_f64();
+        r.rejoin_s = Some(at);
+        d.say.event(
+            m.fault_at.elapsed(),
+            format!("rejoin: {target} is back as a {status} manager ({at:.2} s after the restore)"),
+        );
     }
 }
