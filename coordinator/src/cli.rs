@@ -181,9 +181,28 @@ pub enum Command {
 /// `source`), so `main`'s "caused by" chain does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// Bad usage or configuration.
-    #[error("{0}")]
-    Usage(String),
+    /// `--cluster` is no valid cluster name.
+    #[error("--cluster '{name}': use 1-63 of a-z, 0-9 and '-'")]
+    InvalidCluster { name: String },
+    /// `serve --listen` could not be bound.
+    #[error("--listen {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    /// `init` would overwrite a file.
+    #[error("{} exists; not overwriting it (remove it first)", path.display())]
+    WouldOverwrite { path: PathBuf },
+    /// `destroy --provider lab` of a cluster the state directory records as another provider's.
+    #[error(
+        "cluster '{cluster}' was deployed with the {} provider (recorded in {}); not destroying it as a lab cluster",
+        recorded.name(),
+        record.display()
+    )]
+    NotALabCluster { cluster: String, recorded: crate::providers::ProviderKind, record: PathBuf },
+    /// `destroy` without `--yes` and without a terminal to ask on.
+    #[error("destroying cluster '{cluster}' needs confirmation: pass --yes")]
+    NeedsConfirmation { cluster: String },
+    /// `destroy`'s confirmation was not the cluster's name.
+    #[error("not confirmed; nothing was removed")]
+    NotConfirmed,
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("{}", .0.message())]
@@ -231,7 +250,12 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => EXIT_USAGE,
+            CliError::InvalidCluster { .. }
+            | CliError::Listen { .. }
+            | CliError::WouldOverwrite { .. }
+            | CliError::NotALabCluster { .. }
+            | CliError::NeedsConfirmation { .. }
+            | CliError::NotConfirmed => EXIT_USAGE,
             CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
             CliError::Connect(ConnectError::NotRunning { .. }) => EXIT_UNAVAILABLE,
             CliError::Serve(crate::control_plane::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
@@ -256,7 +280,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     if let Some(c) = &g.cluster
         && !valid_name(c)
     {
-        return Err(CliError::Usage(format!("--cluster '{c}': use 1-63 of a-z, 0-9 and '-'")));
+        return Err(CliError::InvalidCluster { name: c.clone() });
     }
     match cli.command {
         Command::Serve(args) => serve::run(&g, args).await,

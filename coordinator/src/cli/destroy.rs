@@ -81,11 +81,11 @@ fn record(cluster: &str, state_dir: &Path, provider: Option<ProviderKind>) -> Re
         Some(ProviderKind::Aws) if record.provider != ProviderKind::Aws => {
             Ok(ProviderRecord { provider: ProviderKind::Aws, aws: None })
         }
-        Some(ProviderKind::Lab) if record.provider != ProviderKind::Lab => Err(CliError::Usage(format!(
-            "cluster '{cluster}' was deployed with the {} provider (recorded in {}); not destroying it as a lab cluster",
-            record.provider.name(),
-            ProviderRecord::path(state_dir).display()
-        ))),
+        Some(ProviderKind::Lab) if record.provider != ProviderKind::Lab => Err(CliError::NotALabCluster {
+            cluster: cluster.to_string(),
+            recorded: record.provider,
+            record: ProviderRecord::path(state_dir),
+        }),
         _ => Ok(record),
     }
 }
@@ -99,13 +99,13 @@ fn confirm(cluster: &str, provider: ProviderKind) -> Result<(), CliError> {
         "every host, its network, registry, volumes and its CA"
     };
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::Usage(format!("destroying cluster '{cluster}' needs confirmation: pass --yes")));
+        return Err(CliError::NeedsConfirmation { cluster: cluster.to_string() });
     }
     eprint!("destroy cluster '{cluster}' ({} provider) — {what}? type the cluster name: ", provider.name());
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).map_err(CliError::Confirmation)?;
     if line.trim() != cluster {
-        return Err(CliError::Usage("not confirmed; nothing was removed".into()));
+        return Err(CliError::NotConfirmed);
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ pub struct InitArgs {
 pub fn run(args: InitArgs) -> Result<(), CliError> {
     let file = args.file;
     if file.exists() {
-        return Err(CliError::Usage(format!("{} exists; not overwriting it (remove it first)", file.display())));
+        return Err(CliError::WouldOverwrite { path: file });
     }
     std::fs::write(&file, crate::ops::cluster_config::EXAMPLE)
         .map_err(|error| CliError::File { path: file.clone(), error })?;

@@ -32,7 +32,7 @@ pub struct ServeArgs {
 pub async fn run(g: &Global, args: ServeArgs) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .map_err(|e| CliError::Usage(format!("--listen {}: {e}", args.listen)))?;
+        .map_err(|error| CliError::Listen { addr: args.listen.clone(), error })?;
     let mut config = ServeConfig::new(&g.cluster(), g.state_dir());
     config.advertise = args.advertise;
     config.heartbeat_interval = args.heartbeat_interval;
