@@ -244,8 +244,8 @@ fn responses() -> Vec<v1::StatusResponse> {
         hosts: vec![manager("manager0", "leader"), manager("manager1", "reachable"), worker, never],
         heartbeat_interval_s: 5,
         agent_endpoint: "10.0.0.1:7443".into(),
-        agent_binary_sha256: "abc".into(),
         agent_version: "0.1.0".into(),
+        ..Default::default()
     };
     let troubled = v1::StatusResponse {
         cluster: "troubled".into(),
