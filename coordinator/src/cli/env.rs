@@ -1,0 +1,83 @@
+//! `coordinator env`: the environment that points the plain `docker` CLI at the swarm
+//! leader ([`EnvView`]), read from `status`'s view of the cluster.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use flotilla_proto::v1;
+use serde::{Serialize, Serializer};
+
+use super::status::StatusView;
+use super::{CliError, Global, Output, json_line};
+
+#[derive(Args, Debug)]
+pub struct EnvArgs {
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+/// `env --output json`: one object of the variables, `{"DOCKER_HOST": …, …}`.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct EnvView {
+    /// The variables in the order `export` lines print them.
+    #[serde(serialize_with = "as_map")]
+    pub vars: Vec<(String, String)>,
+    /// The leader's host name (the table's closing comment).
+    #[serde(skip)]
+    pub leader: String,
+    #[serde(skip)]
+    pub cluster: String,
+}
+
+fn as_map<S: Serializer>(vars: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(vars.iter().cloned().collect::<BTreeMap<_, _>>())
+}
+
+impl EnvView {
+    /// `export` lines for `eval`, and a comment naming the leader.
+    pub fn table(&self) -> String {
+        let mut out: String = self.vars.iter().map(|(k, val)| format!("export {k}={val}\n")).collect();
+        out.push_str(&format!(
+            "# leader: {} — run: eval \"$(coordinator --cluster {} env)\"",
+            self.leader, self.cluster
+        ));
+        out
+    }
+}
+
+pub async fn run(g: &Global, args: EnvArgs) -> Result<(), CliError> {
+    let mut admin = g.admin().await?;
+    let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+    let swarm = StatusView::from(&st).swarm;
+    if swarm.leader_addr.is_empty() {
+        return Err(CliError::NoLeader { cluster: g.cluster() });
+    }
+    let ip = swarm.leader_addr.split(':').next().unwrap_or_default();
+    let view = EnvView {
+        vars: crate::ops::verify::docker_env(ip, &g.state_dir().join("docker")),
+        leader: swarm.leader,
+        cluster: g.cluster(),
+    };
+    match args.output {
+        Output::Json => println!("{}", json_line(&view)),
+        Output::Table => println!("{}", view.table()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_one_object_of_the_variables_and_the_table_exports_them_in_order() {
+        let vars = crate::ops::verify::docker_env("10.0.0.5", std::path::Path::new("/state/docker"));
+        let old = serde_json::json!(vars.iter().cloned().collect::<BTreeMap<_, _>>());
+        let view = EnvView { vars: vars.clone(), leader: "manager0".into(), cluster: "demo".into() };
+        assert_eq!(json_line(&view), old.to_string());
+        let mut expected: Vec<String> = vars.iter().map(|(k, v)| format!("export {k}={v}")).collect();
+        expected.push("# leader: manager0 — run: eval \"$(coordinator --cluster demo env)\"".into());
+        assert_eq!(view.table(), expected.join("\n"));
+    }
+}

@@ -1,0 +1,39 @@
+//! `coordinator plan` (and `deploy --dry-run`): what `deploy` would create, change or delete,
+//! without doing it. A file of its own so the command is found by its name; it takes
+//! `deploy`'s flags ([`DeployArgs`]) because it answers "what would this deploy do".
+
+use super::deploy::{DeployArgs, load_config};
+use super::{CliError, Global, Output, json_pretty};
+
+pub async fn run(g: &Global, args: DeployArgs) -> Result<(), CliError> {
+    let (config, origin) = load_config(g, &args)?;
+    let ch = crate::ops::deploy::dry_run(&config, &origin, &g.state_root()).await?;
+    match args.output {
+        Output::Json => println!("{}", json_pretty(&ch)),
+        Output::Table => print_table(&ch),
+    }
+    Ok(())
+}
+
+fn print_table(ch: &crate::ops::deploy::Changes) {
+    println!("cluster '{}' on the {} provider (dry run: nothing was changed)", ch.cluster, ch.provider);
+    for (title, items) in [("create", &ch.create), ("change", &ch.change), ("delete", &ch.delete), ("keep", &ch.keep)] {
+        if !items.is_empty() {
+            println!("\n{title}:");
+            for i in items {
+                println!(
+                    "  {}{i}",
+                    match title {
+                        "create" => "+ ",
+                        "change" => "~ ",
+                        "delete" => "- ",
+                        _ => "  ",
+                    }
+                );
+            }
+        }
+    }
+    if ch.is_empty() {
+        println!("\nnothing to create, change or delete");
+    }
+}

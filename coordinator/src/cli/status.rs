@@ -1,0 +1,311 @@
+//! `coordinator status`: the hosts of the cluster as the control plane sees them. The
+//! admin API's answer becomes a [`StatusView`]; `--output json` prints that view and the
+//! table ([`StatusView::table`]) renders from it. `env` reads the swarm leader from it too.
+
+use std::time::Duration;
+
+use clap::Args;
+use flotilla_proto::v1;
+use serde::Serialize;
+
+use super::args::parse_duration;
+use super::{CliError, Global, Output, json_line};
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Redraw every interval until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+pub async fn run(g: &Global, args: StatusArgs) -> Result<(), CliError> {
+    let mut admin = g.admin().await?;
+    loop {
+        let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+        if args.watch && args.output == Output::Table {
+            print!("\x1b[2J\x1b[H");
+        }
+        let view = StatusView::from(&st);
+        match args.output {
+            Output::Json => println!("{}", json_line(&view)),
+            Output::Table => println!("{}", view.table()),
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(args.interval).await;
+    }
+}
+
+/// `status --output json` (what [`status_json`] returns): the cluster, its hosts, and the
+/// swarm's leader and managers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusView {
+    pub cluster: String,
+    pub agent_endpoint: String,
+    pub heartbeat_interval_s: u32,
+    pub hosts: Vec<HostView>,
+    pub swarm: SwarmSummary,
+}
+
+/// One host: its identity, session, facts, last health sample and roles.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostView {
+    pub name: String,
+    pub host_id: String,
+    /// The assigned roles' names (numbers this build does not know are left out).
+    pub roles: Vec<&'static str>,
+    pub connected: bool,
+    pub since_unix_ms: i64,
+    /// `None` (null) when no heartbeat was ever received.
+    pub last_heartbeat_age_s: Option<f64>,
+    pub unreachable: bool,
+    pub revoked: bool,
+    pub agent_version: String,
+    pub cert_not_after_unix_ms: i64,
+    pub addresses: Vec<String>,
+    pub instance_id: String,
+    pub engine_version: String,
+    pub health: Option<HealthView>,
+    pub generation: u64,
+    pub role_status: Vec<RoleStatusView>,
+    pub swarm: Option<HostSwarmView>,
+}
+
+/// The host's last health sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthView {
+    pub cpu_percent: f32,
+    pub load1: f64,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub uptime_s: u64,
+    pub engine_ok: bool,
+    pub engine_error: String,
+}
+
+/// One role's state as the agent last reported it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoleStatusView {
+    /// The role's name; `unspecified` for a number this build does not know.
+    pub role: &'static str,
+    pub state: String,
+    pub message: String,
+}
+
+/// The host's own view of its swarm membership.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostSwarmView {
+    pub state: String,
+    pub is_manager: bool,
+    pub manager_status: String,
+}
+
+/// Swarm's view, as the managers' agents last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SwarmSummary {
+    /// The leader's host name; empty when no manager reports itself leader.
+    pub leader: String,
+    /// The leader's address as it sees it (`ip:port`); empty without a leader.
+    pub leader_addr: String,
+    pub managers: Vec<ManagerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ManagerView {
+    pub name: String,
+    pub manager_status: String,
+}
+
+/// `status --output json`: an object with a `hosts` array.
+pub fn status_json(st: &v1::StatusResponse) -> serde_json::Value {
+    serde_json::to_value(StatusView::from(st)).unwrap_or_default()
+}
+
+impl From<&v1::StatusResponse> for StatusView {
+    fn from(st: &v1::StatusResponse) -> Self {
+        let mut swarm = SwarmSummary::default();
+        for h in &st.hosts {
+            if let Some(sw) = h.health.as_ref().and_then(|s| s.swarm.as_ref()) {
+                if sw.is_manager {
+                    swarm
+                        .managers
+                        .push(ManagerView { name: h.name.clone(), manager_status: sw.manager_status.clone() });
+                }
+                if sw.manager_status == "leader" {
+                    swarm.leader = h.name.clone();
+                    swarm.leader_addr = sw.leader_addr.clone();
+                }
+            }
+        }
+        StatusView {
+            cluster: st.cluster.clone(),
+            agent_endpoint: st.agent_endpoint.clone(),
+            heartbeat_interval_s: st.heartbeat_interval_s,
+            hosts: st.hosts.iter().map(HostView::from).collect(),
+            swarm,
+        }
+    }
+}
+
+impl From<&v1::HostStatus> for HostView {
+    fn from(h: &v1::HostStatus) -> Self {
+        let f = h.facts.clone().unwrap_or_default();
+        HostView {
+            name: h.name.clone(),
+            host_id: h.host_id.clone(),
+            roles: h.roles.iter().filter_map(|r| v1::Role::try_from(*r).ok()).map(v1::Role::name).collect(),
+            connected: h.connected,
+            since_unix_ms: h.since_unix_ms,
+            last_heartbeat_age_s: (h.last_heartbeat_age_s >= 0.0 || h.last_heartbeat_age_s.is_nan())
+                .then_some(h.last_heartbeat_age_s),
+            unreachable: h.unreachable,
+            revoked: h.revoked,
+            agent_version: h.agent_version.clone(),
+            cert_not_after_unix_ms: h.cert_not_after_unix_ms,
+            addresses: f.private_addresses,
+            instance_id: f.instance_id,
+            engine_version: f.engine_version,
+            health: h.health.as_ref().map(HealthView::from),
+            generation: h.generation,
+            role_status: h
+                .role_status
+                .iter()
+                .map(|s| RoleStatusView {
+                    role: v1::Role::try_from(s.role).map(v1::Role::name).unwrap_or("unspecified"),
+                    state: v1::RoleState::name_of(s.state),
+                    message: s.message.clone(),
+                })
+                .collect(),
+            swarm: h.health.as_ref().and_then(|s| s.swarm.as_ref()).map(|s| HostSwarmView {
+                state: s.local_state.clone(),
+                is_manager: s.is_manager,
+                manager_status: s.manager_status.clone(),
+            }),
+        }
+    }
+}
+
+impl From<&v1::HealthSample> for HealthView {
+    fn from(s: &v1::HealthSample) -> Self {
+        HealthView {
+            cpu_percent: s.cpu_percent,
+            load1: s.load1,
+            memory_used_bytes: s.memory_used_bytes,
+            memory_total_bytes: s.memory_total_bytes,
+            disk_used_bytes: s.disk_used_bytes,
+            disk_total_bytes: s.disk_total_bytes,
+            uptime_s: s.uptime_s,
+            engine_ok: s.engine_ok,
+            engine_error: s.engine_error.clone(),
+        }
+    }
+}
+
+impl StatusView {
+    /// The `status` table: a title line, then one row per host.
+    pub fn table(&self) -> String {
+        let mut t = comfy_table::Table::new();
+        t.load_style(comfy_table::presets::NOTHING);
+        t.set_header(["HOST", "ROLES", "SWARM", "SESSION", "HEARTBEAT", "CPU", "LOAD", "MEM", "DISK", "ENGINE"]);
+        for h in &self.hosts {
+            t.add_row(h.row());
+        }
+        format!("cluster {} — {} hosts\n{t}", self.cluster, self.hosts.len())
+    }
+}
+
+impl HostView {
+    /// The host's cells, in the order of [`StatusView::table`]'s header.
+    fn row(&self) -> [String; 10] {
+        let [cpu, load, mem, disk, engine] = match &self.health {
+            Some(s) => [
+                format!("{:.0}%", s.cpu_percent),
+                format!("{:.2}", s.load1),
+                pct(s.memory_used_bytes, s.memory_total_bytes),
+                pct(s.disk_used_bytes, s.disk_total_bytes),
+                if s.engine_ok { "ok".to_string() } else { "DOWN".to_string() },
+            ],
+            None => ["-".into(), "-".into(), "-".into(), "-".into(), "-".into()],
+        };
+        let roles = self.roles_cell();
+        [
+            self.name.clone(),
+            if roles.is_empty() { "-".into() } else { roles },
+            self.swarm_cell(),
+            self.session_cell(),
+            match self.last_heartbeat_age_s {
+                Some(age) => format!("{age:.1}s ago"),
+                None => "-".to_string(),
+            },
+            cpu,
+            load,
+            mem,
+            disk,
+            engine,
+        ]
+    }
+
+    fn session_cell(&self) -> String {
+        if self.revoked {
+            "revoked".to_string()
+        } else if self.connected && !self.unreachable {
+            format!("up {}", ago(self.since_unix_ms))
+        } else if self.connected {
+            "unreachable".to_string()
+        } else {
+            format!("down (seen {} ago)", ago(self.since_unix_ms))
+        }
+    }
+
+    /// Each role with its state as the agent last reported it (e.g. "manager:running").
+    fn roles_cell(&self) -> String {
+        self.roles
+            .iter()
+            .map(|r| {
+                let state = self
+                    .role_status
+                    .iter()
+                    .find(|s| s.role == *r)
+                    .map(|s| s.state.clone())
+                    .unwrap_or_else(|| "pending".into());
+                format!("{r}:{state}")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn swarm_cell(&self) -> String {
+        self.swarm
+            .as_ref()
+            .map(|s| match (s.state.as_str(), s.manager_status.as_str()) {
+                ("active", "") => "worker".to_string(),
+                ("active", m) => m.to_string(),
+                (other, _) => other.to_string(),
+            })
+            .unwrap_or_else(|| "-".into())
+    }
+}
+
+fn pct(used: u64, total: u64) -> String {
+    if total == 0 { "-".into() } else { format!("{:.0}%", used as f64 * 100.0 / total as f64) }
+}
+
+fn ago(unix_ms: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let s = ((now - unix_ms).max(0) / 1000) as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests;
