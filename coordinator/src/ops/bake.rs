@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 
 use crate::control_plane::agent_binary::{AgentBinary, AgentBinaryError};
 use crate::poll::{Attempt, PollError, poll_until};
+use crate::providers::ProviderError;
 use crate::providers::ProviderKind;
 use crate::providers::aws::{self, AwsSettings};
-use crate::providers::ProviderError;
 use crate::providers::bake::{Backend, BackendError, Base, BuilderState, CaptureError, Facts, Image, Recipe, Reported};
 use crate::providers::lab::{self, LabError};
 use crate::ui::Progress;
