@@ -46,7 +46,7 @@ use crate::ui::Progress;
 
 pub use crate::ops::plan::Changes;
 pub use control_plane::{ServeSpec, ensure_control_plane};
-pub use provider::{AWS_CONSUL_IMAGE, AWS_HELLO_IMAGE, Target, prepare_provider};
+pub use provider::{AWS_CONSUL_IMAGE, AWS_HELLO_IMAGE, Prepared, prepare_provider};
 pub use report::{Report, ReportHost};
 
 /// How long hosts get to boot and enroll.
@@ -133,7 +133,7 @@ pub struct DeployOptions {
 pub struct Run<'a> {
     pub config: &'a ClusterConfig,
     pub planned: &'a [PlannedHost],
-    pub target: &'a Target,
+    pub prepared: &'a Prepared,
     /// A client of the control plane (clones share its connection).
     pub admin: AdminClient<Channel>,
     pub state_dir: &'a Path,
@@ -174,19 +174,19 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     flotilla_proto::fs::private_dir(&state_dir).map_err(DeployError::state_dir(&state_dir))?;
 
     // 2. The provider; 3. the control plane.
-    let target = provider::prepare_provider(c, &state_dir, opts.quiet, &p).await?;
-    provider::record(c, &target, &state_dir)?;
+    let prepared = provider::prepare_provider(c, &state_dir, opts.quiet, &p).await?;
+    provider::record(c, &prepared, &state_dir)?;
     let serve = ServeSpec {
         cluster: &c.name,
         state_root: &opts.state_root,
         paths: &paths,
-        listen_ip: &target.listen,
-        advertise: &target.advertise,
+        listen_ip: &prepared.listen,
+        advertise: &prepared.advertise,
         port: c.coordinator.port,
     };
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(DeployError::state_dir(&paths.ca_pem()))?;
-    let run = Run { config: c, planned: &planned, target: &target, admin, state_dir: &state_dir, p: &p };
+    let run = Run { config: c, planned: &planned, prepared: &prepared, admin, state_dir: &state_dir, p: &p };
 
     // 4. Hosts; 5. enrollment; the addresses roles use; hosts no longer planned.
     let mut changed = launch::launch_missing(&run, &ca_pem).await?;
@@ -216,7 +216,7 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
 
 /// The hosts as the provider reports them now, and the address each host's roles use.
 async fn addresses(run: &Run<'_>) -> Result<(Vec<Host>, HashMap<String, String>), DeployError> {
-    let hosts = run.target.provider.describe().await?;
+    let hosts = run.prepared.provider.describe().await?;
     let st = run.admin.clone().status(v1::StatusRequest {}).await?.into_inner();
     let addresses = host_addresses(&hosts, &st);
     Ok((hosts, addresses))

@@ -20,7 +20,7 @@ pub async fn assign_in_dependency_order(
     let inputs = plan::SpecInputs {
         plan: run.planned,
         addresses,
-        consul_image: &run.target.consul_image,
+        consul_image: &run.prepared.consul_image,
         registry_auth: (
             c.images.registry_username.clone(),
             std::env::var(&c.images.registry_password_env).unwrap_or_default(),

@@ -11,7 +11,7 @@ use crate::providers::{HostState, LaunchSpec};
 /// Starts the stopped hosts of the plan and launches the missing ones; what it did.
 pub async fn launch_missing(run: &Run<'_>, ca_pem: &str) -> Result<Changed, DeployError> {
     let st = run.admin.clone().status(v1::StatusRequest {}).await?.into_inner();
-    let existing = run.target.provider.describe().await?;
+    let existing = run.prepared.provider.describe().await?;
     let mut changed = Changed::default();
     let mut launches = Vec::new();
     for h in run.planned {
@@ -20,7 +20,7 @@ pub async fn launch_missing(run: &Run<'_>, ca_pem: &str) -> Result<Changed, Depl
             Some(e) if e.state == HostState::Stopped => {
                 run.p.host(&h.name, "starting the stopped host");
                 changed.started = true;
-                run.target.provider.start(&h.name).await?;
+                run.prepared.provider.start(&h.name).await?;
             }
             Some(e) if e.state == HostState::Stopping => {
                 return Err(DeployError::HostBusy { host: h.name.clone(), state: "stopping".into() });
@@ -64,8 +64,8 @@ async fn launch_spec(
             sha256: st.agent_binary_sha256.clone(),
             version: st.agent_version.clone(),
         },
-        engine: run.target.engine,
-        insecure_registries: run.target.insecure_registries.clone(),
+        engine: run.prepared.engine,
+        insecure_registries: run.prepared.insecure_registries.clone(),
         heartbeat_interval_s: flotilla_cloud_init::DEFAULT_HEARTBEAT_INTERVAL_S,
     };
     let user_data = flotilla_cloud_init::render_host(&inputs)
@@ -85,7 +85,7 @@ async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize)]) -> Result<(
         return Ok(());
     }
     run.p.step("hosts", format!("launching {} host(s) in parallel", launches.len()));
-    let results = futures::future::join_all(launches.iter().map(|(s, i)| run.target.launch(s, *i))).await;
+    let results = futures::future::join_all(launches.iter().map(|(s, i)| run.prepared.launch(s, *i))).await;
     let mut first_err = None;
     for ((s, _), r) in launches.iter().zip(results) {
         match r {

@@ -1,6 +1,6 @@
 //! Step 2: the provider's side of the cluster, made to exist — the lab's images, network and
 //! registry, or EC2's VPC, security group and AMI — and what the rest of the deploy needs
-//! from it: a [`Target`] (where the control plane listens, what hosts dial, the role images,
+//! from it: a [`Prepared`] (where the control plane listens, what hosts dial, the role images,
 //! how user-data gets the Engine). The provider is recorded in the state directory so
 //! `destroy`, `status` and the failover drill find the hosts without flotilla.toml.
 
@@ -20,7 +20,7 @@ pub const AWS_HELLO_IMAGE: &str = "hello-world:latest";
 
 /// The provider, ready to launch: where the control plane listens and what hosts dial, the
 /// role images, and how user-data gets the Engine.
-pub struct Target {
+pub struct Prepared {
     pub provider: Provider,
     pub listen: String,
     pub advertise: String,
@@ -32,7 +32,7 @@ pub struct Target {
     pub aws: Option<aws::LaunchContext>,
 }
 
-impl Target {
+impl Prepared {
     /// Launches one host; `index` is its position among hosts of its role (AWS: its subnet).
     pub async fn launch(&self, spec: &LaunchSpec, index: usize) -> Result<Host, DeployError> {
         Ok(match (&self.provider, &self.aws) {
@@ -49,7 +49,7 @@ pub async fn prepare_provider(
     state_dir: &Path,
     quiet: bool,
     p: &Progress,
-) -> Result<Target, DeployError> {
+) -> Result<Prepared, DeployError> {
     match c.provider {
         ProviderKind::Lab => prepare_lab(c, state_dir, quiet, p).await,
         ProviderKind::Aws => prepare_aws(c, state_dir, p).await,
@@ -57,10 +57,10 @@ pub async fn prepare_provider(
 }
 
 /// Writes `<state>/provider.json`: which provider the cluster's hosts come from.
-pub fn record(c: &ClusterConfig, target: &Target, state_dir: &Path) -> Result<(), DeployError> {
+pub fn record(c: &ClusterConfig, prepared: &Prepared, state_dir: &Path) -> Result<(), DeployError> {
     ProviderRecord {
-        provider: target.provider.kind(),
-        aws: matches!(target.provider, Provider::Aws(_)).then(|| c.aws.clone()),
+        provider: prepared.provider.kind(),
+        aws: matches!(prepared.provider, Provider::Aws(_)).then(|| c.aws.clone()),
     }
     .save(state_dir)
     .map_err(DeployError::state_dir(state_dir))
@@ -73,7 +73,7 @@ fn pick(configured: &str, default: &str) -> String {
 
 /// The lab: its images (built once per recipe), its network and the registry preloaded with
 /// the role images.
-async fn prepare_lab(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progress) -> Result<Target, DeployError> {
+async fn prepare_lab(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progress) -> Result<Prepared, DeployError> {
     let docker = lab::connect_engine().await.map_err(LabError::NoEngine)?;
     p.step("lab", "lab images (built once per recipe; a no-op when present)");
     let images = lab::images::ensure(quiet).await.map_err(LabError::from)?;
@@ -95,7 +95,7 @@ async fn prepare_lab(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progr
     );
     let mut insecure: Vec<String> = network.registry.iter().cloned().collect();
     insecure.extend(c.images.insecure_registries.iter().cloned());
-    Ok(Target {
+    Ok(Prepared {
         listen: pick(&c.coordinator.listen, &gateway),
         advertise: pick(&c.coordinator.advertise, &gateway),
         consul_image: pick(&c.images.consul, &refs[0]),
@@ -109,7 +109,7 @@ async fn prepare_lab(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progr
 
 /// EC2: the VPC and subnets, the instance types and AMI checked, the security group made to
 /// match.
-async fn prepare_aws(c: &ClusterConfig, state_dir: &Path, p: &Progress) -> Result<Target, DeployError> {
+async fn prepare_aws(c: &ClusterConfig, state_dir: &Path, p: &Progress) -> Result<Prepared, DeployError> {
     let a = Aws::connect(&c.name, &c.aws, state_dir).await?;
     p.step("aws", format!("region {} via {}", a.region, a.endpoint));
     let image = (!c.images.host.is_empty()).then_some(c.images.host.as_str());
@@ -130,7 +130,7 @@ async fn prepare_aws(c: &ClusterConfig, state_dir: &Path, p: &Progress) -> Resul
             listed("revoked", &change.revoked),
         ),
     );
-    Ok(Target {
+    Ok(Prepared {
         listen: pick(&c.coordinator.listen, "0.0.0.0"),
         advertise: c.coordinator.advertise.clone(),
         consul_image: pick(&c.images.consul, AWS_CONSUL_IMAGE),

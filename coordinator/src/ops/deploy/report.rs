@@ -47,7 +47,7 @@ pub fn report(
     let docker_env = verify::docker_env(&swarm.leader_ip, docker_dir);
     Report {
         cluster: run.config.name.clone(),
-        provider: run.target.provider.kind(),
+        provider: run.prepared.provider.kind(),
         changed: changed.any(),
         hosts: run
             .planned

@@ -40,7 +40,7 @@ pub async fn scale_down(
         if r.is_ok() {
             wait_left_swarm(run, &h.name).await?;
         }
-        run.target.provider.terminate(&h.name).await?;
+        run.prepared.provider.terminate(&h.name).await?;
         // The swarm keeps a departed node as "down" until a manager removes it.
         if let Err(e) = verify::forget_node(manager_ips, docker_dir, &h.name).await {
             run.p.host(&h.name, format!("could not remove it from the swarm's node list: {e}"));

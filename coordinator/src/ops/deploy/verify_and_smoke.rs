@@ -49,7 +49,7 @@ pub async fn verify_and_smoke(
         ),
     );
     let smoke_test = if smoke {
-        let image = &run.target.hello_image;
+        let image = &run.prepared.hello_image;
         p.step("smoke", format!("hello service on the nodes ({image})"));
         let r = verify::smoke(&swarm.leader_ip, docker_dir, image, c.nodes as usize).await?;
         p.step("smoke", format!("{} task(s) ran on {:?}; output: {:?}", r.tasks, r.nodes, r.output.first()));
@@ -65,7 +65,7 @@ pub async fn verify_and_smoke(
 /// until they agree (their health arrives every few seconds).
 async fn consul(run: &Run<'_>, addresses: &HashMap<String, String>) -> Result<ConsulSummary, DeployError> {
     let servers: Vec<&PlannedHost> = run.planned.iter().filter(|h| h.has(RoleKind::Consul)).collect();
-    if let Provider::Lab(_) = run.target.provider {
+    if let Provider::Lab(_) = run.prepared.provider {
         let ips: Vec<String> = servers.iter().filter_map(|h| addresses.get(&h.name).cloned()).collect();
         return Ok(verify::consul(&ips, servers.len()).await?);
     }
