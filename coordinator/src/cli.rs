@@ -261,9 +261,9 @@ impl CliError {
             CliError::Serve(crate::control_plane::serve::ServeError::NoAdvertise(_)) => EXIT_USAGE,
             CliError::Deploy(crate::ops::deploy::DeployError::Config(_)) => EXIT_USAGE,
             CliError::Failover(crate::ops::failover::FailoverError::Refused(_)) => EXIT_USAGE,
-            CliError::Deploy(crate::ops::deploy::DeployError::Lab(crate::providers::lab::LabError::NoImage {
-                ..
-            })) => EXIT_USAGE,
+            CliError::Deploy(crate::ops::deploy::DeployError::Provider(crate::providers::ProviderError::Lab(
+                crate::providers::lab::LabError::NoImage { .. },
+            ))) => EXIT_USAGE,
             CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
             // The shell's convention: 128 + the signal's number.
             CliError::Failover(crate::ops::failover::FailoverError::Interrupted { signal, .. }) => {

@@ -5,9 +5,13 @@
 //! - [`aws`]: EC2 instances (any EC2-compatible endpoint).
 //!
 //! Both launch a host from the same rendered user-data, find hosts by the cluster's
-//! labels/tags (never by remembering), and can stop, start and terminate one.
+//! labels/tags (never by remembering), and can stop, start and terminate one. [`bake`] is
+//! what each of them does for `coordinator bake` (the flow itself is `ops::bake`).
+//!
+//! Providers know nothing of the operations that drive them (`ops`), nor of the CLI.
 
 pub mod aws;
+pub mod bake;
 pub mod lab;
 
 use std::net::IpAddr;
@@ -110,7 +114,7 @@ impl Provider {
             let settings = record.aws.clone().unwrap_or_default();
             return Ok(Provider::Aws(aws::Aws::connect(cluster, &settings, state_dir).await?));
         }
-        let docker = lab::connect_engine().await.map_err(lab::LabError::Engine)?;
+        let docker = lab::connect_engine().await.map_err(|e| lab::LabError::Engine(e.to_string()))?;
         Ok(Provider::Lab(lab::Lab::new(docker, cluster, state_dir, Default::default())))
     }
 
@@ -149,24 +153,27 @@ impl Provider {
     }
 
     pub async fn stop(&self, name: &str) -> Result<(), ProviderError> {
-        Ok(match self {
+        match self {
             Provider::Lab(l) => l.stop(name).await?,
             Provider::Aws(a) => a.stop(name).await?,
-        })
+        }
+        Ok(())
     }
 
     pub async fn start(&self, name: &str) -> Result<(), ProviderError> {
-        Ok(match self {
+        match self {
             Provider::Lab(l) => l.start(name).await?,
             Provider::Aws(a) => a.start(name).await?,
-        })
+        }
+        Ok(())
     }
 
     pub async fn terminate(&self, name: &str) -> Result<(), ProviderError> {
-        Ok(match self {
+        match self {
             Provider::Lab(l) => l.terminate(name).await?,
             Provider::Aws(a) => a.terminate(name).await?,
-        })
+        }
+        Ok(())
     }
 }
 
@@ -177,7 +184,7 @@ impl Provider {
 pub struct ProviderRecord {
     pub provider: ProviderKind,
     #[serde(default)]
-    pub aws: Option<crate::ops::cluster_config::AwsSettings>,
+    pub aws: Option<aws::AwsSettings>,
 }
 
 impl ProviderRecord {

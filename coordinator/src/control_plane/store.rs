@@ -47,6 +47,14 @@ macro_rules! db_err {
 }
 db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
+/// [`StoreError::Locked`] when another process holds the file, else [`StoreError::Open`].
+fn open_error(path: &Path, source: redb::DatabaseError) -> StoreError {
+    match source {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_path_buf(), source },
+        source => StoreError::Open { path: path.to_path_buf(), source },
+    }
+}
+
 /// A certificate issued to a host, still inside its validity.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IssuedCert {
@@ -110,10 +118,7 @@ impl Store {
     /// Opens (or creates) the state file. Fails with [`StoreError::Locked`] when another
     /// process holds it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_path_buf(), source },
-            source => StoreError::Open { path: path.to_path_buf(), source },
-        })?;
+        let db = Database::create(path).map_err(|source| open_error(path, source))?;
         let txn = db.begin_write()?;
         {
             txn.open_table(HOSTS)?;
@@ -127,6 +132,16 @@ impl Store {
         }
         txn.commit()?;
         Ok(Self { db })
+    }
+
+    /// Fails with [`StoreError::Locked`] while another process holds the state file (a
+    /// control plane running, or one still shutting down); a file that does not exist yet is
+    /// free. The look opens the file read-only for a moment and changes nothing.
+    pub fn check_free(path: &Path) -> Result<(), StoreError> {
+        if !path.exists() {
+            return Ok(());
+        }
+        redb::ReadOnlyDatabase::open(path).map(drop).map_err(|source| open_error(path, source))
     }
 
     pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
@@ -361,5 +376,18 @@ mod tests {
         let err = Store::open(&path).err().expect("second open must fail");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("already running"), "{err}");
+    }
+
+    #[test]
+    fn check_free_sees_the_lock_of_an_open_store_and_its_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        Store::check_free(&path).expect("a file that does not exist is free");
+        let first = Store::open(&path).expect("open");
+        let err = Store::check_free(&path).expect_err("held by the open store");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        drop(first);
+        Store::check_free(&path).expect("released");
+        Store::open(&path).expect("and open again");
     }
 }

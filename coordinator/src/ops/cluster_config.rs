@@ -1,10 +1,13 @@
 //! `flotilla.toml`: the cluster an operator wants. Typed, unknown keys refused, every error
 //! names the field and the file; flags override it. `coordinator init` writes [`EXAMPLE`].
 
-use crate::providers::ProviderKind;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::providers::ProviderKind;
+/// `[aws]` lives with the AWS provider, which reads it; this module only validates it.
+pub use crate::providers::aws::AwsSettings;
 
 /// The commented example `coordinator init` writes.
 pub const EXAMPLE: &str = r#"# flotilla.toml — the cluster `coordinator deploy` builds. Every key is optional.
@@ -164,37 +167,6 @@ impl Default for CoordinatorSettings {
     }
 }
 
-/// `[aws]`: where and how the AWS provider launches hosts.
-#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AwsSettings {
-    pub region: String,
-    pub profile: String,
-    pub endpoint_url: String,
-    pub vpc_id: String,
-    pub subnet_ids: Vec<String>,
-    pub admin_cidr: String,
-    pub ssh_cidr: String,
-    pub key_name: String,
-    pub root_volume_gib: i32,
-}
-
-impl Default for AwsSettings {
-    fn default() -> Self {
-        Self {
-            region: String::new(),
-            profile: String::new(),
-            endpoint_url: String::new(),
-            vpc_id: String::new(),
-            subnet_ids: vec![],
-            admin_cidr: String::new(),
-            ssh_cidr: String::new(),
-            key_name: String::new(),
-            root_volume_gib: 20,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -234,17 +206,28 @@ impl ClusterConfig {
         if !crate::control_plane::settings::valid_name(&self.name) {
             return Err(bad("name", format!("'{}': use 1-63 of a-z, 0-9 and '-'", self.name)));
         }
+        self.validate_topology().map_err(|(field, problem)| bad(field, problem))?;
+        self.validate_images().map_err(|(field, problem)| bad(field, problem))?;
+        self.validate_coordinator().map_err(|(field, problem)| bad(field, problem))?;
+        if self.provider == ProviderKind::Aws {
+            self.validate_aws().map_err(|(field, problem)| bad(field, problem))?;
+        }
+        Ok(())
+    }
+
+    /// Managers and nodes: counts that keep quorum (or `force`), room for the smoke test.
+    fn validate_topology(&self) -> Result<(), Invalid> {
         if self.managers == 0 {
-            return Err(bad("managers", "a swarm needs at least one manager".into()));
+            return Err(("managers", "a swarm needs at least one manager".into()));
         }
         if self.managers > 7 {
-            return Err(bad(
+            return Err((
                 "managers",
                 format!("{} managers: more than 7 slows Raft down without adding safety", self.managers),
             ));
         }
-        if !self.force && (self.managers == 1 || self.managers % 2 == 0) {
-            return Err(bad(
+        if !self.force && (self.managers == 1 || self.managers.is_multiple_of(2)) {
+            return Err((
                 "managers",
                 format!(
                     "{} manager{} cannot keep quorum through the loss of {} (set `force = true` or pass --force to accept that):\n{QUORUM_TABLE}",
@@ -255,78 +238,120 @@ impl ClusterConfig {
             ));
         }
         if self.smoke_test && self.nodes == 0 {
-            return Err(bad(
+            return Err((
                 "nodes",
                 "0 nodes: the smoke test schedules its hello service on the nodes; add a node or set `smoke_test = false`".into(),
             ));
         }
         if self.nodes > 100 {
-            return Err(bad("nodes", format!("{} nodes: at most 100 per deploy", self.nodes)));
+            return Err(("nodes", format!("{} nodes: at most 100 per deploy", self.nodes)));
         }
-        if !self.images.registry_username.is_empty() {
-            if self.images.registry_password_env.is_empty() {
-                return Err(bad(
-                    "images.registry_password_env",
-                    "set it to the name of the environment variable holding the registry password".into(),
-                ));
-            }
-            if std::env::var_os(&self.images.registry_password_env).is_none() {
-                return Err(bad(
-                    "images.registry_password_env",
-                    format!("the environment variable {} is not set", self.images.registry_password_env),
-                ));
-            }
+        Ok(())
+    }
+
+    /// `[images]`: a registry user comes with the name of a set variable holding its password.
+    fn validate_images(&self) -> Result<(), Invalid> {
+        if self.images.registry_username.is_empty() {
+            return Ok(());
         }
+        if self.images.registry_password_env.is_empty() {
+            return Err((
+                "images.registry_password_env",
+                "set it to the name of the environment variable holding the registry password".into(),
+            ));
+        }
+        if std::env::var_os(&self.images.registry_password_env).is_none() {
+            return Err((
+                "images.registry_password_env",
+                format!("the environment variable {} is not set", self.images.registry_password_env),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[coordinator]`: a port, an address hosts can dial, an IP to listen on.
+    fn validate_coordinator(&self) -> Result<(), Invalid> {
         if self.coordinator.port == 0 {
-            return Err(bad("coordinator.port", "must not be 0".into()));
+            return Err(("coordinator.port", "must not be 0".into()));
         }
         if !self.coordinator.advertise.is_empty() && !valid_address(&self.coordinator.advertise) {
-            return Err(bad(
+            return Err((
                 "coordinator.advertise",
                 format!("'{}' is neither an IP address nor a DNS name", self.coordinator.advertise),
             ));
         }
         if !self.coordinator.listen.is_empty() && self.coordinator.listen.parse::<std::net::IpAddr>().is_err() {
-            return Err(bad("coordinator.listen", format!("'{}' is not an IP address", self.coordinator.listen)));
+            return Err(("coordinator.listen", format!("'{}' is not an IP address", self.coordinator.listen)));
         }
-        if self.provider == ProviderKind::Aws {
-            if self.coordinator.advertise.is_empty() {
-                return Err(bad(
-                    "coordinator.advertise",
-                    "the aws provider needs the address instances dial to reach this coordinator (its IP in the VPC, or a DNS name)".into(),
-                ));
-            }
-            if self.aws.admin_cidr.is_empty() {
-                return Err(bad(
-                    "aws.admin_cidr",
-                    "the aws provider needs the address range allowed to reach the managers' Engine API on 2376 (e.g. this machine's address/32); \
-                     it is never opened to the world unless you write 0.0.0.0/0"
-                        .into(),
-                ));
-            }
-            crate::providers::aws::security_group::validate_cidr("aws.admin_cidr", &self.aws.admin_cidr)
-                .map_err(|m| bad("aws.admin_cidr", m))?;
-            if !self.aws.ssh_cidr.is_empty() {
-                crate::providers::aws::security_group::validate_cidr("aws.ssh_cidr", &self.aws.ssh_cidr)
-                    .map_err(|m| bad("aws.ssh_cidr", m))?;
-            }
-            let e = &self.aws.endpoint_url;
-            if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(bad("aws.endpoint_url", format!("'{}' is not an http(s) URL", self.aws.endpoint_url)));
-            }
-            if !(8..=16384).contains(&self.aws.root_volume_gib) {
-                return Err(bad("aws.root_volume_gib", format!("{} GiB: use 8 to 16384", self.aws.root_volume_gib)));
-            }
-            for (field, t) in [
-                ("instance_types.manager", &self.instance_types.manager),
-                ("instance_types.node", &self.instance_types.node),
-            ] {
-                if t.is_empty() || !t.contains('.') {
-                    return Err(bad(field, format!("'{t}' is not an EC2 instance type (e.g. t3.small)")));
-                }
+        Ok(())
+    }
+
+    /// What the aws provider needs: an address to advertise, the admin range (a CIDR), a
+    /// valid endpoint URL, root volume size and instance types.
+    fn validate_aws(&self) -> Result<(), Invalid> {
+        if self.coordinator.advertise.is_empty() {
+            return Err((
+                "coordinator.advertise",
+                "the aws provider needs the address instances dial to reach this coordinator (its IP in the VPC, or a DNS name)".into(),
+            ));
+        }
+        if self.aws.admin_cidr.is_empty() {
+            return Err((
+                "aws.admin_cidr",
+                "the aws provider needs the address range allowed to reach the managers' Engine API on 2376 (e.g. this machine's address/32); \
+                 it is never opened to the world unless you write 0.0.0.0/0"
+                    .into(),
+            ));
+        }
+        validate_cidr("aws.admin_cidr", &self.aws.admin_cidr).map_err(|e| ("aws.admin_cidr", e.to_string()))?;
+        if !self.aws.ssh_cidr.is_empty() {
+            validate_cidr("aws.ssh_cidr", &self.aws.ssh_cidr).map_err(|e| ("aws.ssh_cidr", e.to_string()))?;
+        }
+        let e = &self.aws.endpoint_url;
+        if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(("aws.endpoint_url", format!("'{}' is not an http(s) URL", self.aws.endpoint_url)));
+        }
+        if !(8..=16384).contains(&self.aws.root_volume_gib) {
+            return Err(("aws.root_volume_gib", format!("{} GiB: use 8 to 16384", self.aws.root_volume_gib)));
+        }
+        for (field, t) in [
+            ("instance_types.manager", &self.instance_types.manager),
+            ("instance_types.node", &self.instance_types.node),
+        ] {
+            if t.is_empty() || !t.contains('.') {
+                return Err((field, format!("'{t}' is not an EC2 instance type (e.g. t3.small)")));
             }
         }
         Ok(())
+    }
+}
+
+/// A refusal before it names the file: the field and the problem.
+type Invalid = (&'static str, String);
+
+/// Why a CIDR was refused (each names the field it came from).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error("`{field}`: '{cidr}' is not a CIDR (write e.g. 203.0.113.4/32)")]
+    NotCidr { field: String, cidr: String },
+    #[error("`{field}`: '{ip}' is not an IPv4 address")]
+    NotIpv4 { field: String, ip: String },
+    #[error("`{field}`: '/{len}' is not a prefix length (0-32)")]
+    Prefix { field: String, len: String },
+}
+
+/// Checks a CIDR given for `field`: IPv4 `a.b.c.d/n`.
+pub fn validate_cidr(field: &str, cidr: &str) -> Result<(), CidrError> {
+    let field = field.to_string();
+    let Some((ip, len)) = cidr.split_once('/') else {
+        return Err(CidrError::NotCidr { field, cidr: cidr.to_string() });
+    };
+    if ip.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(CidrError::NotIpv4 { field, ip: ip.to_string() });
+    }
+    match len.parse::<u8>() {
+        Ok(n) if n <= 32 => Ok(()),
+        _ => Err(CidrError::Prefix { field, len: len.to_string() }),
     }
 }
 
@@ -404,6 +429,15 @@ mod tests {
             };
             let m = c.validate("f").expect_err(a).to_string();
             assert!(m.contains("coordinator.advertise"), "{m}");
+        }
+    }
+
+    #[test]
+    fn cidrs_are_checked() {
+        assert!(validate_cidr("aws.admin_cidr", "203.0.113.4/32").is_ok());
+        for bad in ["203.0.113.4", "203.0.113.4/33", "x/8", "::1/128"] {
+            let e = validate_cidr("aws.admin_cidr", bad).expect_err(bad).to_string();
+            assert!(e.contains("aws.admin_cidr"), "{e}");
         }
     }
 }

@@ -1,12 +1,19 @@
-//! The planner: cluster config → hosts → roles. Pure.
+//! The planner: cluster config → hosts → roles ([`plan`], [`role_specs`]; pure), and what
+//! `coordinator plan` (`deploy --dry-run`) prints: the [`Changes`] a deploy would make,
+//! found by reading the provider only ([`dry_run`]).
 //!
 //! The seed's topology on Swarm mode: `manager0…` (each also a Consul server by default, a
 //! 3-server Consul cluster for the default 3 managers), `node0…`. `manager0` is designated to
 //! initialise the swarm.
 
+use std::path::Path;
+
 use flotilla_proto::v1;
 
-use crate::ops::cluster_config::{ClusterConfig, ConsulPlacement};
+use crate::ops::cluster_config::{ClusterConfig, ConfigError, ConsulPlacement};
+use crate::providers::aws::{self, Aws};
+use crate::providers::lab::{self, Lab, LabError};
+use crate::providers::{Host, HostState, ProviderError, ProviderKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RoleKind {
@@ -39,11 +46,23 @@ pub struct PlannedHost {
     pub roles: Vec<RoleKind>,
     /// The role it is launched for (tags, instance type).
     pub primary: RoleKind,
+    /// Its position among the hosts of its primary role (AWS: its subnet, round-robin).
+    pub index: usize,
 }
 
 impl PlannedHost {
     pub fn has(&self, r: RoleKind) -> bool {
         self.roles.contains(&r)
+    }
+
+    /// `consul + manager`: its roles, for messages.
+    pub fn roles_text(&self) -> String {
+        self.roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(" + ")
+    }
+
+    /// The instance type it is launched as.
+    pub fn instance_type<'a>(&self, c: &'a ClusterConfig) -> &'a str {
+        if self.has(RoleKind::Manager) { &c.instance_types.manager } else { &c.instance_types.node }
     }
 }
 
@@ -54,10 +73,15 @@ pub fn plan(c: &ClusterConfig) -> Vec<PlannedHost> {
         if c.consul == ConsulPlacement::Managers {
             roles.insert(0, RoleKind::Consul);
         }
-        out.push(PlannedHost { name: format!("manager{i}"), roles, primary: RoleKind::Manager });
+        out.push(PlannedHost { name: format!("manager{i}"), roles, primary: RoleKind::Manager, index: i as usize });
     }
     for i in 0..c.nodes {
-        out.push(PlannedHost { name: format!("node{i}"), roles: vec![RoleKind::Node], primary: RoleKind::Node });
+        out.push(PlannedHost {
+            name: format!("node{i}"),
+            roles: vec![RoleKind::Node],
+            primary: RoleKind::Node,
+            index: i as usize,
+        });
     }
     out
 }
@@ -110,6 +134,120 @@ pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec>
         out.push(v1::RoleSpec { spec: Some(spec) });
     }
     out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl From<LabError> for PlanError {
+    fn from(e: LabError) -> Self {
+        PlanError::Provider(e.into())
+    }
+}
+
+impl From<aws::AwsError> for PlanError {
+    fn from(e: aws::AwsError) -> Self {
+        PlanError::Provider(e.into())
+    }
+}
+
+/// What `deploy` would do (`coordinator plan`, `deploy --dry-run`): found out by reading
+/// only — nothing is created, changed or deleted, no control plane is started.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Changes {
+    pub cluster: String,
+    pub provider: ProviderKind,
+    pub create: Vec<String>,
+    pub change: Vec<String>,
+    pub delete: Vec<String>,
+    pub keep: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.change.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// The changes a deploy of `config` would make, from what the provider reports.
+pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) -> Result<Changes, PlanError> {
+    config.validate(origin)?;
+    let planned = plan(config);
+    let state_dir = state_root.join(&config.name);
+    let mut ch = Changes { cluster: config.name.clone(), provider: config.provider, ..Default::default() };
+    let hosts = match config.provider {
+        ProviderKind::Lab => lab_changes(config, &state_dir, &mut ch).await?,
+        ProviderKind::Aws => aws_changes(config, &planned, &state_dir, &mut ch).await?,
+    };
+    for h in &planned {
+        match hosts.iter().find(|x| x.name == h.name) {
+            Some(x) if x.state == HostState::Stopped => {
+                ch.change.push(format!("start stopped host {} ({})", h.name, x.instance_id))
+            }
+            Some(x) => ch.keep.push(format!("host {} ({}, {})", h.name, x.instance_id, h.roles_text())),
+            None if config.provider == ProviderKind::Lab => {
+                ch.create.push(format!("host {} ({})", h.name, h.roles_text()))
+            }
+            None => {}
+        }
+    }
+    for x in hosts.iter().filter(|x| !planned.iter().any(|h| h.name == x.name)) {
+        ch.delete.push(format!("host {} ({}): drained, removed from the swarm, terminated", x.name, x.instance_id));
+    }
+    Ok(ch)
+}
+
+/// The lab: its network and registry, if missing; the hosts it has.
+async fn lab_changes(config: &ClusterConfig, state_dir: &Path, ch: &mut Changes) -> Result<Vec<Host>, PlanError> {
+    let docker = lab::connect_engine().await.map_err(LabError::NoEngine)?;
+    let lab = Lab::new(docker, &config.name, state_dir, Default::default());
+    if lab.registry_addr().await?.is_none() {
+        ch.create.push(format!("lab network {} and its registry", lab.network_name()));
+    }
+    Ok(lab.describe().await?)
+}
+
+/// EC2: the VPC, instance types and AMI checked; the security group to create or change;
+/// the instances to launch (with their subnets); the hosts it has.
+async fn aws_changes(
+    config: &ClusterConfig,
+    planned: &[PlannedHost],
+    state_dir: &Path,
+    ch: &mut Changes,
+) -> Result<Vec<Host>, PlanError> {
+    let a = Aws::connect(&config.name, &config.aws, state_dir).await?;
+    let vpc = a.vpc().await?;
+    for t in [&config.instance_types.manager, &config.instance_types.node] {
+        a.check_instance_type(t).await?;
+    }
+    let ami = a.ami((!config.images.host.is_empty()).then_some(config.images.host.as_str())).await?;
+    let desired = aws::security_group::desired_rules(&config.aws.admin_cidr, &config.aws.ssh_cidr);
+    match a.find_security_group(&vpc.id).await? {
+        None => {
+            ch.create.push(format!("security group {} in {}", a.group_name(), vpc.id));
+            ch.create.extend(desired.iter().map(|r| format!("  rule {r}")));
+        }
+        Some(g) => {
+            let (add, revoke) = aws::security_group::diff(&g.rules, &desired);
+            ch.change.extend(add.iter().map(|r| format!("security group {}: add {r}", g.id)));
+            ch.change.extend(revoke.iter().map(|r| format!("security group {}: revoke {r}", g.id)));
+            if add.is_empty() && revoke.is_empty() {
+                ch.keep.push(format!("security group {} ({} rules)", g.id, g.rules.len()));
+            }
+        }
+    }
+    let hosts = a.describe().await?;
+    for h in planned.iter().filter(|h| !hosts.iter().any(|x| x.name == h.name)) {
+        let subnet = &vpc.subnets[h.index % vpc.subnets.len()];
+        let t = h.instance_type(config);
+        ch.create.push(format!("instance {} ({t}, {}, {} in {})", h.name, ami.id, subnet.id, subnet.zone));
+    }
+    Ok(hosts)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! `docker`), Consul's leader and peers — and the seed's smoke test: a hello-world service
 //! scheduled by the swarm onto the nodes, its output read back.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,11 @@ use bollard::models::{
 use bollard::query_parameters::{ListNodesOptions, ListTasksOptions, LogsOptions};
 use futures::StreamExt;
 
+use crate::poll::{Attempt, PollError, poll_until};
+
 pub const ENGINE_TLS_PORT: u16 = 2376;
+/// How often a refused call is retried.
+const RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -27,6 +33,12 @@ pub enum VerifyError {
     Consul(String),
     #[error("smoke test: {0}")]
     Smoke(String),
+    /// A manager's Engine did not answer on its TLS port.
+    #[error("{ip}: {source}")]
+    Engine { ip: String, source: bollard::errors::Error },
+    /// A manager's Engine answered, but refused or failed a call.
+    #[error("{source}")]
+    EngineCall { ip: String, source: bollard::errors::Error },
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -64,7 +76,8 @@ pub struct SmokeResult {
 }
 
 /// A TLS client for a manager's Engine.
-pub async fn engine(ip: &str, cert_dir: &Path) -> Result<Docker, String> {
+pub async fn engine(ip: &str, cert_dir: &Path) -> Result<Docker, VerifyError> {
+    let unreachable = |source| VerifyError::Engine { ip: ip.to_string(), source };
     let d = Docker::connect_with_ssl(
         &format!("tcp://{ip}:{ENGINE_TLS_PORT}"),
         &cert_dir.join("key.pem"),
@@ -73,8 +86,8 @@ pub async fn engine(ip: &str, cert_dir: &Path) -> Result<Docker, String> {
         20,
         bollard::API_DEFAULT_VERSION,
     )
-    .map_err(|e| format!("{ip}: {e}"))?;
-    d.negotiate_version().await.map_err(|e| format!("{ip}: {e}"))
+    .map_err(unreachable)?;
+    d.negotiate_version().await.map_err(unreachable)
 }
 
 /// The swarm's nodes as a manager sees them; checks the counts and that exactly one
@@ -90,7 +103,7 @@ pub async fn swarm(
         let d = match engine(ip, cert_dir).await {
             Ok(d) => d,
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 continue;
             }
         };
@@ -157,9 +170,9 @@ pub async fn swarm(
 }
 
 /// Removes the departed node `hostname` from the swarm's node list (it must be down or have
-/// left; a live node is not forced out).
-pub async fn forget_node(manager_ips: &[String], cert_dir: &Path, hostname: &str) -> Result<(), String> {
-    let mut last = String::from("no manager answered");
+/// left; a live node is not forced out). The first manager whose Engine answers decides.
+pub async fn forget_node(manager_ips: &[String], cert_dir: &Path, hostname: &str) -> Result<(), VerifyError> {
+    let mut last = VerifyError::NoManager("no manager answered".into());
     for ip in manager_ips {
         let d = match engine(ip, cert_dir).await {
             Ok(d) => d,
@@ -168,25 +181,42 @@ pub async fn forget_node(manager_ips: &[String], cert_dir: &Path, hostname: &str
                 continue;
             }
         };
-        let nodes = d.list_nodes(None::<ListNodesOptions>).await.map_err(|e| e.to_string())?;
+        let call = |source| VerifyError::EngineCall { ip: ip.clone(), source };
+        let nodes = d.list_nodes(None::<ListNodesOptions>).await.map_err(call)?;
         for n in nodes {
             if n.description.as_ref().and_then(|d| d.hostname.as_deref()) == Some(hostname)
                 && let Some(id) = n.id
             {
-                // It may still be "ready" for a moment after leaving; retry briefly.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    match d.delete_node(&id, None::<bollard::query_parameters::DeleteNodeOptions>).await {
-                        Ok(()) => break,
-                        Err(e) if Instant::now() > deadline => return Err(e.to_string()),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    }
-                }
+                delete_node(&d, &id).await.map_err(call)?;
             }
         }
         return Ok(());
     }
     Err(last)
+}
+
+/// Deletes a swarm node; it may still be "ready" for a moment after leaving, so a refusal
+/// is retried briefly (30 s) and the last one returned.
+async fn delete_node(d: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    let last: RefCell<Option<bollard::errors::Error>> = RefCell::new(None);
+    let deleted = poll_until("the node to be removable", Instant::now() + Duration::from_secs(30), RETRY, || {
+        let last = &last;
+        async move {
+            match d.delete_node(id, None::<bollard::query_parameters::DeleteNodeOptions>).await {
+                Ok(()) => Ok::<_, Infallible>(Attempt::Done(())),
+                Err(e) => {
+                    let seen = e.to_string();
+                    *last.borrow_mut() = Some(e);
+                    Ok(Attempt::NotYet(seen))
+                }
+            }
+        }
+    })
+    .await;
+    match (deleted, last.into_inner()) {
+        (Ok(()), _) | (Err(_), None) => Ok(()),
+        (Err(_), Some(e)) => Err(e),
+    }
 }
 
 /// Consul's leader and peers, as its servers report them.
@@ -294,7 +324,7 @@ pub fn worker_service(
 /// logs, removes the service.
 pub async fn smoke(leader_ip: &str, cert_dir: &Path, image: &str, replicas: usize) -> Result<SmokeResult, VerifyError> {
     let started = Instant::now();
-    let d = engine(leader_ip, cert_dir).await.map_err(VerifyError::Smoke)?;
+    let d = engine(leader_ip, cert_dir).await.map_err(|e| VerifyError::Smoke(e.to_string()))?;
     let suffix: u32 = rand::random::<u32>() % 100_000;
     let name = format!("flotilla-hello-{suffix}");
     let spec = worker_service(&name, ("flotilla.smoke", "1"), image, None, replicas, true);
@@ -313,7 +343,6 @@ async fn run_smoke(
     replicas: usize,
     started: Instant,
 ) -> Result<SmokeResult, VerifyError> {
-    let deadline = Instant::now() + Duration::from_secs(120);
     let node_names: HashMap<String, String> = d
         .list_nodes(None::<ListNodesOptions>)
         .await
@@ -321,52 +350,14 @@ async fn run_smoke(
         .into_iter()
         .filter_map(|n| Some((n.id?, n.description?.hostname?)))
         .collect();
-    let tasks = loop {
-        let tasks = d
-            .list_tasks(Some(ListTasksOptions {
-                filters: Some(HashMap::from([("service".to_string(), vec![name.to_string()])])),
-            }))
-            .await
-            .map_err(|e| VerifyError::Smoke(e.to_string()))?;
-        let done: Vec<_> =
-            tasks.iter().filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::COMPLETE)).collect();
-        if let Some(failed) = tasks
-            .iter()
-            .find(|t| matches!(t.status.as_ref().and_then(|s| s.state), Some(TaskState::FAILED | TaskState::REJECTED)))
-        {
-            let msg = failed.status.as_ref().and_then(|s| s.err.clone().or(s.message.clone())).unwrap_or_default();
-            return Err(VerifyError::Smoke(format!("a hello task failed: {msg}")));
-        }
-        if done.len() >= replicas {
-            break tasks;
-        }
-        if Instant::now() > deadline {
-            return Err(VerifyError::Smoke(format!("{} of {replicas} hello tasks completed within 120 s", done.len())));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let tasks = smoke_tasks(d, name, replicas).await?;
     let mut nodes: Vec<String> = tasks
         .iter()
         .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::COMPLETE))
         .filter_map(|t| t.node_id.as_ref().and_then(|n| node_names.get(n).cloned()))
         .collect();
     nodes.sort();
-    // The output comes back through the swarm's service logs (from the workers' Engines).
-    let mut output = Vec::new();
-    let logs_deadline = Instant::now() + Duration::from_secs(30);
-    while output.len() < replicas && Instant::now() < logs_deadline {
-        output.clear();
-        let mut s = d.service_logs(id, Some(LogsOptions { stdout: true, stderr: true, ..Default::default() }));
-        while let Some(Ok(line)) = s.next().await {
-            let l = line.to_string().trim().to_string();
-            if !l.is_empty() {
-                output.push(l);
-            }
-        }
-        if output.len() < replicas {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
+    let output = smoke_output(d, id, replicas).await;
     if output.is_empty() {
         return Err(VerifyError::Smoke("the hello tasks completed but their output did not come back".into()));
     }
@@ -377,6 +368,66 @@ async fn run_smoke(
         output,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Waits (120 s) until `replicas` tasks of the service completed; a failed or rejected task
+/// ends the wait at once.
+async fn smoke_tasks(d: &Docker, name: &str, replicas: usize) -> Result<Vec<bollard::models::Task>, VerifyError> {
+    let every = Duration::from_millis(300);
+    let waited = poll_until("the hello tasks", Instant::now() + Duration::from_secs(120), every, || async move {
+        let tasks = d
+            .list_tasks(Some(ListTasksOptions {
+                filters: Some(HashMap::from([("service".to_string(), vec![name.to_string()])])),
+            }))
+            .await
+            .map_err(|e| VerifyError::Smoke(e.to_string()))?;
+        let done =
+            tasks.iter().filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::COMPLETE)).count();
+        if let Some(failed) = tasks
+            .iter()
+            .find(|t| matches!(t.status.as_ref().and_then(|s| s.state), Some(TaskState::FAILED | TaskState::REJECTED)))
+        {
+            let msg = failed.status.as_ref().and_then(|s| s.err.clone().or(s.message.clone())).unwrap_or_default();
+            return Err(VerifyError::Smoke(format!("a hello task failed: {msg}")));
+        }
+        Ok(if done >= replicas {
+            Attempt::Done(tasks)
+        } else {
+            Attempt::NotYet(format!("{done} of {replicas} hello tasks completed"))
+        })
+    })
+    .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => VerifyError::Smoke(format!("{last} within 120 s")),
+    })
+}
+
+/// The tasks' output through the swarm's service logs (from the workers' Engines): read
+/// again (30 s at most) until every replica's line is there; what came back by then.
+async fn smoke_output(d: &Docker, id: &str, replicas: usize) -> Vec<String> {
+    let last: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    let every = Duration::from_millis(300);
+    // A time-out is no error here: what came back by then is the answer.
+    let _ = poll_until("the hello output", Instant::now() + Duration::from_secs(30), every, || {
+        let last = &last;
+        async move {
+            let mut output = Vec::new();
+            let mut s = d.service_logs(id, Some(LogsOptions { stdout: true, stderr: true, ..Default::default() }));
+            while let Some(Ok(line)) = s.next().await {
+                let l = line.to_string().trim().to_string();
+                if !l.is_empty() {
+                    output.push(l);
+                }
+            }
+            let seen = format!("{} of {replicas} lines", output.len());
+            let complete = output.len() >= replicas;
+            *last.borrow_mut() = output;
+            Ok::<_, Infallible>(if complete { Attempt::Done(()) } else { Attempt::NotYet(seen) })
+        }
+    })
+    .await;
+    last.into_inner()
 }
 
 /// Docker Machine's convention: what to export so the plain `docker` CLI talks to the

@@ -1,16 +1,17 @@
 //! The bake's short-lived HTTPS endpoint: the agent binary at
-//! [`crate::control_plane::agent_binary::PATH`] (and its digest), on an address of this machine the builder
-//! reaches, with a certificate from a CA that exists only in this process
-//! ([`crate::control_plane::pki::throwaway_server`]). There is no cluster during a bake, so no cluster CA to
-//! pin: the builder's user-data pins this one, and checks the binary's SHA-256 as well. It
-//! serves until it is dropped.
+//! [`crate::control_plane::agent_binary::PATH`] (and its digest), on an address of this
+//! machine the builder reaches, with a certificate from a CA that exists only in this process
+//! ([`crate::control_plane::pki::throwaway_server`]). There is no cluster during a bake, so no
+//! cluster CA to pin: the builder's user-data pins this one, and checks the binary's SHA-256
+//! as well. It serves until it is dropped.
 //!
 //! It also takes the builder's report at [`REPORT_PATH`] (a builder the baker cannot look
-//! into, an EC2 instance, says how its bake ended: `flotilla_cloud_init::BakeReport`): a POST
-//! whose `X-Flotilla-Bake-Nonce` header is this bake's random nonce, and whose body is
-//! `status=complete` + `engine=<version>` or `status=failed` + `reason=<text>`, a blank line,
-//! then the tail of the builder's cloud-init output. A wrong or missing nonce is refused
-//! (403), a body of another shape too (400); the last good report is kept.
+//! into, an EC2 instance, says how its bake ended: `flotilla_cloud_init::BakeReport`), kept as
+//! a [`Reported`] for the backend's `poll`: a POST whose `X-Flotilla-Bake-Nonce` header is
+//! this bake's random nonce, and whose body is `status=complete` + `engine=<version>` or
+//! `status=failed` + `reason=<text>`, a blank line, then the tail of the builder's cloud-init
+//! output. A wrong or missing nonce is refused (403), a body of another shape too (400); the
+//! last good report is kept.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::BakeError;
 use crate::control_plane::agent_binary::AgentBinary;
+use crate::providers::bake::{Outcome, Reported};
 
 /// The throwaway certificates' lifetime: longer than any bake, short if one ever leaked.
 const VALIDITY: Duration = Duration::from_secs(2 * 3600);
@@ -33,20 +35,6 @@ pub const REPORT_PATH: &str = "/v1/bake/report";
 pub const NONCE_HEADER: &str = "x-flotilla-bake-nonce";
 /// How much of a report is kept (the tail of a cloud-init output is far less).
 const REPORT_LIMIT: usize = 256 * 1024;
-
-/// How a builder said its bake ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Complete { engine_version: String },
-    Failed(String),
-}
-
-/// A builder's report: its outcome and the tail of its cloud-init output.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reported {
-    pub outcome: Outcome,
-    pub output: String,
-}
 
 type Slot = Arc<Mutex<Option<Reported>>>;
 
@@ -64,17 +52,11 @@ impl Endpoint {
     pub async fn start(ip: IpAddr, binary: Arc<AgentBinary>) -> Result<Self, BakeError> {
         tls::install_default_provider();
         let (ca_pem, identity) = crate::control_plane::pki::throwaway_server(ip, VALIDITY)?;
-        let err = |e: tls::TlsError| BakeError::Endpoint(e.to_string());
-        let ca = tls::certs_from_pem("bake CA", &ca_pem).map_err(err)?;
-        let config = tls::server_config(&identity, &ca).map_err(err)?;
-        let listener = tokio::net::TcpListener::bind((ip, 0))
-            .await
-            .map_err(|e| {
-                BakeError::Endpoint(format!(
-                    "cannot listen on {ip}: {e} (the bake listens where builders reach it: --advertise must be an address of this machine)"
-                ))
-            })?;
-        let port = listener.local_addr().map_err(|e| BakeError::Endpoint(e.to_string()))?.port();
+        let ca = tls::certs_from_pem("bake CA", &ca_pem).map_err(BakeError::EndpointTls)?;
+        let config = tls::server_config(&identity, &ca).map_err(BakeError::EndpointTls)?;
+        let listener =
+            tokio::net::TcpListener::bind((ip, 0)).await.map_err(|source| BakeError::Listen { ip, source })?;
+        let port = listener.local_addr().map_err(BakeError::LocalAddr)?.port();
         let nonce: String = rand::rng().sample_iter(&rand::distr::Alphanumeric).take(32).map(char::from).collect();
         let reported: Slot = Arc::default();
         let router = crate::control_plane::agent_binary::routes(report_routes(&nonce, reported.clone()), Some(binary));

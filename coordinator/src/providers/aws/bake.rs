@@ -1,11 +1,11 @@
-//! EC2's side of `coordinator bake` ([`crate::ops::bake::Backend`]): the builder is an instance
+//! EC2's side of `coordinator bake` ([`crate::providers::bake::Backend`]): the builder is an instance
 //! launched from the base AMI (Amazon Linux 2023 from SSM by default) with the bake user-data,
 //! IMDSv2 required with hop limit 1, an encrypted gp3 root volume; the image is a
 //! `CreateImage` of the stopped builder, tagged with what it holds.
 //!
 //! An instance cannot be looked into from outside, so the builder *reports*: its bake script
 //! POSTs how the bake ended, with the tail of its cloud-init output, to the bake's endpoint
-//! (`crate::ops::bake::endpoint`), which must be reachable from the builder at `--advertise`. The
+//! (served by `coordinator bake`), which must be reachable from the builder at `--advertise`. The
 //! builder cannot be cleaned from outside either: a successful bake starts a unit whose
 //! `ExecStop` — run at the shutdown `StopInstances` causes — cleans cloud-init's state and
 //! logs, empties `/etc/machine-id`, removes the Engine's identity, the bake CA and itself
@@ -28,8 +28,9 @@ use aws_sdk_ec2::types::{Filter, InstanceStateName, ResourceType, Tag, TagSpecif
 use sha2::Digest;
 
 use super::{Aws, AwsError, POLL, TAG_ROLE, WAIT};
-use crate::ops::bake::endpoint::{Outcome, Reported};
-use crate::ops::bake::{Backend, BakeError, Base, BuilderState, Facts, Image, Recipe};
+use crate::poll::{Attempt, poll_until};
+use crate::providers::ProviderKind;
+use crate::providers::bake::{Backend, BackendError, Base, BuilderState, Facts, Image, Outcome, Recipe, Reported};
 
 /// The bake scope (`--cluster`) of what a bake makes.
 pub const TAG_BAKE: &str = "flotilla:bake";
@@ -59,9 +60,9 @@ pub struct AwsBaker {
 }
 
 /// The address builders reach this machine at: `--advertise` (or `coordinator.advertise`).
-pub fn advertise(value: Option<&str>) -> Result<IpAddr, BakeError> {
+pub fn advertise(value: Option<&str>) -> Result<IpAddr, BackendError> {
     let v = value.map(str::trim).filter(|v| !v.is_empty()).ok_or_else(|| {
-        BakeError::Usage(
+        BackendError::Usage(
             "bake --provider aws needs --advertise ADDRESS (or `advertise` under [coordinator] in flotilla.toml): \
              the IP address of this machine the builder instance can reach; the bake serves the agent and takes \
              the builder's report there"
@@ -69,7 +70,7 @@ pub fn advertise(value: Option<&str>) -> Result<IpAddr, BakeError> {
         )
     })?;
     v.parse().map_err(|_| {
-        BakeError::Usage(format!(
+        BackendError::Usage(format!(
             "--advertise '{v}': bake --provider aws needs an IP address of this machine (it listens there), not a name"
         ))
     })
@@ -77,13 +78,13 @@ pub fn advertise(value: Option<&str>) -> Result<IpAddr, BakeError> {
 
 /// An AMI name is 3-128 of `A-Za-z0-9()[] ./'@_-`; the recipe tag (up to 77 characters) and
 /// a `-` are appended, so the name gets at most 50.
-pub fn check_name(name: &str) -> Result<(), BakeError> {
+pub fn check_name(name: &str) -> Result<(), BackendError> {
     let ok = (3..=50).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"()[] ./'@_-".contains(&b));
     if ok {
         return Ok(());
     }
-    Err(BakeError::Usage(format!(
+    Err(BackendError::Usage(format!(
         "--name '{name}': an AMI name here is 3 to 50 of A-Z, a-z, 0-9, '(', ')', '[', ']', ' ', '.', '/', \"'\", '@', '_', '-' \
          (the AMI is named <name>-<recipe tag>)"
     )))
@@ -162,51 +163,31 @@ impl AwsBaker {
             .map_err(self.aws.err("ec2:DescribeSecurityGroups"))?;
         for g in r.security_groups() {
             let Some(id) = g.group_id() else { continue };
-            let deadline = Instant::now() + WAIT;
-            loop {
-                match self.aws.ec2.delete_security_group().group_id(id).send().await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        let e = AwsError::from_sdk("ec2:DeleteSecurityGroup", &self.aws.endpoint, e);
-                        match e.code() {
-                            Some("InvalidGroup.NotFound") => break,
-                            Some("DependencyViolation") if Instant::now() < deadline => tokio::time::sleep(POLL).await,
-                            _ => return Err(e),
-                        }
-                    }
-                }
-            }
+            self.aws.delete_group(id).await?;
         }
         Ok(())
     }
 
     /// Waits (bounded) until the builder is `stopped`.
-    async fn wait_stopped(&self, id: &str) -> Result<(), BakeError> {
-        let deadline = Instant::now() + WAIT;
-        loop {
+    async fn wait_stopped(&self, id: &str) -> Result<(), AwsError> {
+        let what = format!("the builder {id} to stop (its seal runs at that shutdown)");
+        let stopped = poll_until(&what, Instant::now() + WAIT, POLL, || async move {
             match self.state(id).await? {
-                Some(InstanceStateName::Stopped) => return Ok(()),
+                Some(InstanceStateName::Stopped) => Ok(Attempt::Done(())),
                 Some(s @ (InstanceStateName::Terminated | InstanceStateName::ShuttingDown)) => {
-                    return Err(
-                        AwsError::State(format!("the builder {id} is {} instead of stopping", s.as_str())).into()
-                    );
+                    Err(AwsError::State(format!("the builder {id} is {} instead of stopping", s.as_str())))
                 }
-                _ if Instant::now() > deadline => {
-                    return Err(AwsError::Timeout {
-                        what: format!("the builder {id} to stop (its seal runs at that shutdown)"),
-                        after_s: WAIT.as_secs(),
-                    }
-                    .into());
-                }
-                _ => tokio::time::sleep(POLL).await,
+                s => Ok(Attempt::NotYet(s.map(|s| s.as_str().to_string()).unwrap_or_else(|| "not found".into()))),
             }
-        }
+        })
+        .await;
+        stopped.map_err(|e| e.into_failed().unwrap_or(AwsError::Timeout { what, after_s: WAIT.as_secs() }))
     }
 
     /// Waits (bounded) until the AMI is `available`; its snapshots.
-    async fn wait_available(&self, ami: &str) -> Result<Vec<String>, BakeError> {
-        let deadline = Instant::now() + IMAGE_WAIT;
-        loop {
+    async fn wait_available(&self, ami: &str) -> Result<Vec<String>, AwsError> {
+        let what = format!("the image {ami} to become available");
+        let available = poll_until(&what, Instant::now() + IMAGE_WAIT, POLL, || async move {
             let r = self
                 .aws
                 .ec2
@@ -217,33 +198,27 @@ impl AwsBaker {
                 .map_err(self.aws.err("ec2:DescribeImages"))?;
             let state = r.images().first().and_then(|i| i.state()).map(|s| s.as_str().to_string());
             match state.as_deref() {
-                Some("available") => {
-                    return Ok(r
-                        .images()
+                Some("available") => Ok(Attempt::Done(
+                    r.images()
                         .iter()
                         .flat_map(|i| i.block_device_mappings())
                         .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
-                        .collect());
-                }
+                        .collect(),
+                )),
                 Some(s @ ("failed" | "error" | "invalid" | "deregistered")) => {
-                    return Err(AwsError::State(format!("the image {ami} became {s} instead of available")).into());
+                    Err(AwsError::State(format!("the image {ami} became {s} instead of available")))
                 }
-                _ if Instant::now() > deadline => {
-                    return Err(AwsError::Timeout {
-                        what: format!("the image {ami} to become available"),
-                        after_s: IMAGE_WAIT.as_secs(),
-                    }
-                    .into());
-                }
-                _ => tokio::time::sleep(POLL).await,
+                s => Ok(Attempt::NotYet(s.unwrap_or("not found").to_string())),
             }
-        }
+        })
+        .await;
+        available.map_err(|e| e.into_failed().unwrap_or(AwsError::Timeout { what, after_s: IMAGE_WAIT.as_secs() }))
     }
 }
 
 impl Backend for AwsBaker {
-    fn provider(&self) -> crate::providers::ProviderKind {
-        crate::providers::ProviderKind::Aws
+    fn provider(&self) -> ProviderKind {
+        ProviderKind::Aws
     }
 
     fn engine(&self) -> flotilla_cloud_init::Engine {
@@ -254,11 +229,11 @@ impl Backend for AwsBaker {
         true
     }
 
-    fn check_name(&self, name: &str) -> Result<(), BakeError> {
+    fn check_name(&self, name: &str) -> Result<(), BackendError> {
         check_name(name)
     }
 
-    async fn base(&self, requested: Option<&str>) -> Result<Base, BakeError> {
+    async fn base(&self, requested: Option<&str>) -> Result<Base, BackendError> {
         let ami = self.aws.ami(requested).await?;
         *self.root_device.lock().unwrap_or_else(|p| p.into_inner()) = ami.root_device.clone();
         Ok(Base {
@@ -270,12 +245,12 @@ impl Backend for AwsBaker {
         })
     }
 
-    async fn engine_version(&self, _base: &Base) -> Result<Option<String>, BakeError> {
+    async fn engine_version(&self, _base: &Base) -> Result<Option<String>, BackendError> {
         // An AMI says nothing about what it holds; the builder reports what it installed.
         Ok(None)
     }
 
-    async fn find(&self, name: &str, recipe: &Recipe) -> Result<Option<Image>, BakeError> {
+    async fn find(&self, name: &str, recipe: &Recipe) -> Result<Option<Image>, BackendError> {
         let tag = |k: &str, v: &str| Filter::builder().name(format!("tag:{k}")).values(v).build();
         let mut req = self
             .aws
@@ -306,7 +281,7 @@ impl Backend for AwsBaker {
         }))
     }
 
-    async fn prepare(&self) -> Result<IpAddr, BakeError> {
+    async fn prepare(&self) -> Result<IpAddr, BackendError> {
         self.cleanup().await?;
         let vpc = self.aws.vpc().await?;
         let subnet = vpc.subnets.first().map(|s| s.id.clone()).unwrap_or_default();
@@ -339,7 +314,7 @@ impl Backend for AwsBaker {
         Ok(self.advertise)
     }
 
-    async fn launch(&self, base: &Base, user_data: &str) -> Result<String, BakeError> {
+    async fn launch(&self, base: &Base, user_data: &str) -> Result<String, BackendError> {
         let (group, subnet) = self
             .placement
             .lock()
@@ -370,7 +345,7 @@ impl Backend for AwsBaker {
         Ok(id)
     }
 
-    async fn poll(&self, reported: Option<&Reported>) -> Result<BuilderState, BakeError> {
+    async fn poll(&self, reported: Option<&Reported>) -> Result<BuilderState, BackendError> {
         if let Some(r) = reported {
             return Ok(match &r.outcome {
                 Outcome::Complete { engine_version } => {
@@ -401,7 +376,7 @@ impl Backend for AwsBaker {
         }
     }
 
-    async fn capture(&self, facts: &Facts) -> Result<Image, BakeError> {
+    async fn capture(&self, facts: &Facts) -> Result<Image, BackendError> {
         let id = self.builder_id().ok_or_else(|| AwsError::State("capture before launch".into()))?;
         self.aws.ec2.stop_instances().instance_ids(&id).send().await.map_err(self.aws.err("ec2:StopInstances"))?;
         self.wait_stopped(&id).await?;
@@ -464,7 +439,7 @@ impl Backend for AwsBaker {
         Ok(Image { reference: ami.clone(), id: ami, engine_version: facts.engine_version.clone() })
     }
 
-    async fn cleanup(&self) -> Result<(), BakeError> {
+    async fn cleanup(&self) -> Result<(), BackendError> {
         let mut ids = self.builders().await?;
         if let Some(id) = self.builder_id()
             && !ids.contains(&id)

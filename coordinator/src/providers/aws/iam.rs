@@ -28,6 +28,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
 ];
 
 /// The policy document (JSON).
+// One literal document (~85 lines): it reads best whole, as an operator will read it.
 pub fn policy() -> serde_json::Value {
     let tag_key = format!("aws:RequestTag/{TAG_CLUSTER}");
     let resource_tag = format!("ec2:ResourceTag/{TAG_CLUSTER}");

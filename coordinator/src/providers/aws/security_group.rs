@@ -14,8 +14,17 @@
 //! Agents dial out to the coordinator, so no inbound rule exists for it. `0.0.0.0/0` appears
 //! only when the operator passes it explicitly as `admin_cidr` or `ssh_cidr`. Egress stays
 //! EC2's default (hosts reach the coordinator, package mirrors and registries).
+//!
+//! The rule set and its diff are pure ([`desired_rules`], [`diff`]); the EC2 side finds,
+//! creates, reconciles and deletes the group.
 
 use std::collections::BTreeSet;
+use std::time::Instant;
+
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, UserIdGroupPair};
+
+use super::{Aws, AwsError, POLL, TAG_CLUSTER, Vpc, WAIT};
+use crate::poll::{Attempt, PollError, poll_until};
 
 /// One inbound rule: a protocol, a port range and a source.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -108,15 +117,178 @@ pub fn diff(current: &[Rule], desired: &[Rule]) -> (Vec<Rule>, Vec<Rule>) {
     (add, revoke)
 }
 
-/// Checks a CIDR given for `field`: IPv4 `a.b.c.d/n`.
-pub fn validate_cidr(field: &str, cidr: &str) -> Result<(), String> {
-    let (ip, len) =
-        cidr.split_once('/').ok_or_else(|| format!("`{field}`: '{cidr}' is not a CIDR (write e.g. 203.0.113.4/32)"))?;
-    ip.parse::<std::net::Ipv4Addr>().map_err(|_| format!("`{field}`: '{ip}' is not an IPv4 address"))?;
-    match len.parse::<u8>() {
-        Ok(n) if n <= 32 => Ok(()),
-        _ => Err(format!("`{field}`: '/{len}' is not a prefix length (0-32)")),
+/// The cluster's security group as found on EC2.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub id: String,
+    pub rules: Vec<Rule>,
+}
+
+/// What [`Aws::ensure_security_group`] did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GroupChange {
+    pub id: String,
+    pub created: bool,
+    pub added: Vec<String>,
+    pub revoked: Vec<String>,
+}
+
+impl Aws {
+    pub fn group_name(&self) -> String {
+        format!("flotilla-{}", self.cluster)
     }
+
+    /// The cluster's group in `vpc_id`, if it exists. A group of that name without the
+    /// cluster's tag is the user's: refused, never edited.
+    pub async fn find_security_group(&self, vpc_id: &str) -> Result<Option<Group>, AwsError> {
+        let r = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+            .filters(Filter::builder().name("group-name").values(self.group_name()).build())
+            .send()
+            .await
+            .map_err(self.err("ec2:DescribeSecurityGroups"))?;
+        let Some(g) = r.security_groups().first() else {
+            return Ok(None);
+        };
+        let id = g.group_id().unwrap_or_default().to_string();
+        let ours = g.tags().iter().any(|t| t.key() == Some(TAG_CLUSTER) && t.value() == Some(self.cluster.as_str()));
+        if !ours {
+            return Err(AwsError::Setup {
+                what: format!("security group {} ({id})", self.group_name()),
+                detail: format!(
+                    "exists in {vpc_id} but was not created by Flotilla for cluster '{}' (no {TAG_CLUSTER} tag); \
+                     Flotilla never edits a group it does not own: rename that group or pick another cluster name",
+                    self.cluster
+                ),
+            });
+        }
+        let rules = g.ip_permissions().iter().flat_map(|p| rules_of(p, &id)).collect();
+        Ok(Some(Group { id, rules }))
+    }
+
+    /// Creates the cluster's group if missing and brings its inbound rules to exactly
+    /// [`desired_rules`].
+    pub async fn ensure_security_group(&self, vpc: &Vpc) -> Result<GroupChange, AwsError> {
+        let desired = desired_rules(&self.settings.admin_cidr, &self.settings.ssh_cidr);
+        let (group, created) = match self.find_security_group(&vpc.id).await? {
+            Some(g) => (g, false),
+            None => {
+                let r = self
+                    .ec2
+                    .create_security_group()
+                    .group_name(self.group_name())
+                    .description(format!(
+                        "Flotilla cluster {}: swarm, consul and engine TLS; owned by Flotilla",
+                        self.cluster
+                    ))
+                    .vpc_id(&vpc.id)
+                    .tag_specifications(self.tags(ResourceType::SecurityGroup, &self.group_name(), &[]))
+                    .send()
+                    .await
+                    .map_err(self.err("ec2:CreateSecurityGroup"))?;
+                let id = r.group_id().unwrap_or_default().to_string();
+                (Group { id, rules: vec![] }, true)
+            }
+        };
+        let (add, revoke) = diff(&group.rules, &desired);
+        if !add.is_empty() {
+            let mut req = self.ec2.authorize_security_group_ingress().group_id(&group.id);
+            for r in &add {
+                req = req.ip_permissions(permission(r, &group.id));
+            }
+            req.send().await.map_err(self.err("ec2:AuthorizeSecurityGroupIngress"))?;
+        }
+        if !revoke.is_empty() {
+            let mut req = self.ec2.revoke_security_group_ingress().group_id(&group.id);
+            for r in &revoke {
+                req = req.ip_permissions(permission(r, &group.id));
+            }
+            req.send().await.map_err(self.err("ec2:RevokeSecurityGroupIngress"))?;
+        }
+        Ok(GroupChange {
+            id: group.id,
+            created,
+            added: add.iter().map(ToString::to_string).collect(),
+            revoked: revoke.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// Deletes the security group `id`, retrying (bounded) while EC2 still holds it for an
+    /// instance being terminated; one that is already gone is fine.
+    pub(super) async fn delete_group(&self, id: &str) -> Result<(), AwsError> {
+        // On a time-out the answer is EC2's own last refusal, as it was before the wait.
+        let last: std::cell::RefCell<Option<AwsError>> = std::cell::RefCell::new(None);
+        let what = format!("security group {id} to be released");
+        let deleted = poll_until(&what, Instant::now() + WAIT, POLL, || {
+            let last = &last;
+            async move {
+                let Err(e) = self.ec2.delete_security_group().group_id(id).send().await else {
+                    return Ok(Attempt::Done(()));
+                };
+                let e = AwsError::from_sdk("ec2:DeleteSecurityGroup", &self.endpoint, e);
+                match e.code() {
+                    Some("InvalidGroup.NotFound") => Ok(Attempt::Done(())),
+                    Some("DependencyViolation") => {
+                        let seen = e.to_string();
+                        *last.borrow_mut() = Some(e);
+                        Ok(Attempt::NotYet(seen))
+                    }
+                    _ => Err(e),
+                }
+            }
+        })
+        .await;
+        match deleted {
+            Ok(()) => Ok(()),
+            Err(PollError::Failed(e)) => Err(e),
+            Err(PollError::TimedOut { .. }) => {
+                Err(last.into_inner().unwrap_or(AwsError::Timeout { what, after_s: WAIT.as_secs() }))
+            }
+        }
+    }
+}
+
+/// The rules one EC2 permission holds (one per source).
+fn rules_of(p: &IpPermission, own_group: &str) -> Vec<Rule> {
+    let protocol = p.ip_protocol().unwrap_or("-1").to_string();
+    let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
+    let rule = |source: Source, description: Option<&str>| Rule {
+        protocol: protocol.clone(),
+        from_port: from,
+        to_port: to,
+        source,
+        description: description.unwrap_or_default().to_string(),
+    };
+    let mut out = Vec::new();
+    for g in p.user_id_group_pairs() {
+        let id = g.group_id().unwrap_or_default();
+        out.push(rule(if id == own_group { Source::OwnGroup } else { Source::Group(id.to_string()) }, g.description()));
+    }
+    for r in p.ip_ranges() {
+        out.push(rule(Source::Cidr(r.cidr_ip().unwrap_or_default().to_string()), r.description()));
+    }
+    for r in p.ipv6_ranges() {
+        out.push(rule(Source::Cidr(r.cidr_ipv6().unwrap_or_default().to_string()), r.description()));
+    }
+    out
+}
+
+/// The EC2 permission for one rule.
+fn permission(r: &Rule, own_group: &str) -> IpPermission {
+    let b = IpPermission::builder().ip_protocol(&r.protocol).from_port(r.from_port).to_port(r.to_port);
+    match &r.source {
+        Source::OwnGroup => {
+            b.user_id_group_pairs(UserIdGroupPair::builder().group_id(own_group).description(&r.description).build())
+        }
+        Source::Group(g) => b.user_id_group_pairs(UserIdGroupPair::builder().group_id(g).build()),
+        Source::Cidr(c) if c.contains(':') => {
+            b.ipv6_ranges(aws_sdk_ec2::types::Ipv6Range::builder().cidr_ipv6(c).build())
+        }
+        Source::Cidr(c) => b.ip_ranges(IpRange::builder().cidr_ip(c).description(&r.description).build()),
+    }
+    .build()
 }
 
 #[cfg(test)]
@@ -168,11 +340,11 @@ mod tests {
     }
 
     #[test]
-    fn cidrs_are_checked() {
-        assert!(validate_cidr("aws.admin_cidr", "203.0.113.4/32").is_ok());
-        for bad in ["203.0.113.4", "203.0.113.4/33", "x/8", "::1/128"] {
-            let e = validate_cidr("aws.admin_cidr", bad).expect_err(bad);
-            assert!(e.contains("aws.admin_cidr"), "{e}");
+    fn rules_read_back_from_ec2_round_trip() {
+        for r in desired_rules("198.51.100.7/32", "192.0.2.0/24") {
+            let back = rules_of(&permission(&r, "sg-1"), "sg-1");
+            assert_eq!(back.len(), 1);
+            assert_eq!(back[0].key(), r.key());
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The lab's side of `coordinator bake` ([`crate::ops::bake::Backend`]): the builder is a lab host
+//! The lab's side of `coordinator bake` ([`crate::providers::bake::Backend`]): the builder is a lab host
 //! container (the same flags, its own Engine volume, a NoCloud seed) on a network of its
 //! own, `flotilla-<scope>.bake` — the `.` keeps it apart from every cluster's names, which
 //! are DNS labels. The image is a `docker commit` of the stopped builder, labelled
@@ -14,7 +14,7 @@
 //! bind mounts), the seed (a bind mount). What the capture removes: cloud-init's state and
 //! logs (`cloud-init clean --logs`), `/etc/machine-id` (emptied), the Engine's identity
 //! (`/etc/docker/key.json`), D-Bus's machine-id link, systemd's random seed. Then the builder's
-//! changes (`docker diff`) are checked against [`crate::ops::bake::secret_path`] and
+//! changes (`docker diff`) are checked against [`crate::providers::bake::secret_path`] and
 //! `/etc/machine-id` is checked to be empty in the stopped container, before committing.
 
 use std::collections::HashMap;
@@ -29,9 +29,14 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
+use super::hosts::host_config;
 use super::images::LabImages;
-use super::{Lab, LabError, STOP_TIMEOUT_S, host_config, remove_container, with_last};
-use crate::ops::bake::{Backend, BakeError, Base, BuilderState, Facts, Image, Recipe, secret_path};
+use super::network::with_last;
+use super::{Lab, LabError, STOP_TIMEOUT_S, remove_container};
+use crate::providers::ProviderKind;
+use crate::providers::bake::{
+    Backend, BackendError, Base, BuilderState, CaptureError, Facts, Image, Recipe, Reported, secret_path,
+};
 use flotilla_cloud_init::paths::{BAKE_COMPLETE_PATH, BAKE_FAILED_PATH};
 
 /// Image labels of a baked image.
@@ -160,7 +165,7 @@ impl LabBaker {
 
 /// A lab image name is a repository (lower-case, `/`-separated parts); the tag is derived.
 /// Checked before anything else, so a bad name costs nothing.
-pub fn check_name(name: &str) -> Result<(), BakeError> {
+pub fn check_name(name: &str) -> Result<(), BackendError> {
     let ok_chars =
         name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'/'));
     let ok_shape = !name.is_empty()
@@ -173,14 +178,14 @@ pub fn check_name(name: &str) -> Result<(), BakeError> {
     if ok_chars && ok_shape {
         return Ok(());
     }
-    Err(BakeError::Usage(format!(
+    Err(BackendError::Usage(format!(
         "--name '{name}': a lab image name is a repository like flotilla/baked-host — lower-case letters, digits, '.', '_', '-', parts separated by '/', no tag (the tag is derived from what is baked in)"
     )))
 }
 
 impl Backend for LabBaker {
-    fn provider(&self) -> crate::providers::ProviderKind {
-        crate::providers::ProviderKind::Lab
+    fn provider(&self) -> ProviderKind {
+        ProviderKind::Lab
     }
 
     fn engine(&self) -> flotilla_cloud_init::Engine {
@@ -188,16 +193,16 @@ impl Backend for LabBaker {
         flotilla_cloud_init::Engine::Preinstalled
     }
 
-    fn check_name(&self, name: &str) -> Result<(), BakeError> {
+    fn check_name(&self, name: &str) -> Result<(), BackendError> {
         check_name(name)
     }
 
-    async fn base(&self, requested: Option<&str>) -> Result<Base, BakeError> {
+    async fn base(&self, requested: Option<&str>) -> Result<Base, BackendError> {
         let reference = requested.unwrap_or(&self.default_base).to_string();
         match self.docker().inspect_image(&reference).await {
             Ok(img) => Ok(Base { id: img.id.unwrap_or_else(|| reference.clone()), reference }),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Err(BakeError::Usage(format!(
+                Err(BackendError::Usage(format!(
                     "--base '{reference}': not an image on this machine's Engine, and the lab never pulls: pass an image `docker images` lists, or leave --base out for the lab host image"
                 )))
             }
@@ -205,7 +210,7 @@ impl Backend for LabBaker {
         }
     }
 
-    async fn engine_version(&self, base: &Base) -> Result<Option<String>, BakeError> {
+    async fn engine_version(&self, base: &Base) -> Result<Option<String>, BackendError> {
         // `dockerd --version` in a throwaway container of the base, without a network.
         let run = tokio::process::Command::new("docker")
             .args([
@@ -241,7 +246,7 @@ impl Backend for LabBaker {
             .flatten())
     }
 
-    async fn find(&self, name: &str, recipe: &Recipe) -> Result<Option<Image>, BakeError> {
+    async fn find(&self, name: &str, recipe: &Recipe) -> Result<Option<Image>, BackendError> {
         let mut labels = vec![
             format!("{LABEL_NAME}={name}"),
             format!("{LABEL_BASE}={}", recipe.base),
@@ -274,13 +279,13 @@ impl Backend for LabBaker {
         }))
     }
 
-    async fn prepare(&self) -> Result<IpAddr, BakeError> {
+    async fn prepare(&self) -> Result<IpAddr, BackendError> {
         self.cleanup().await?;
         let (_, base) = self.lab.ensure_network().await?;
         Ok(IpAddr::V4(with_last(base, 1)))
     }
 
-    async fn launch(&self, base: &Base, user_data: &str) -> Result<String, BakeError> {
+    async fn launch(&self, base: &Base, user_data: &str) -> Result<String, BackendError> {
         let name = self.builder();
         let seed = self.lab.write_seed(BUILDER, &name, user_data)?;
         let volume = format!("{name}-docker");
@@ -310,7 +315,7 @@ impl Backend for LabBaker {
         Ok(name)
     }
 
-    async fn poll(&self, _reported: Option<&crate::ops::bake::endpoint::Reported>) -> Result<BuilderState, BakeError> {
+    async fn poll(&self, _reported: Option<&Reported>) -> Result<BuilderState, BackendError> {
         if let Some(why) = self.stopped().await? {
             return Ok(BuilderState::Failed(why));
         }
@@ -335,7 +340,7 @@ impl Backend for LabBaker {
         }
     }
 
-    async fn output(&self, _reported: Option<&crate::ops::bake::endpoint::Reported>) -> String {
+    async fn output(&self, _reported: Option<&Reported>) -> String {
         const KEEP: usize = 120;
         match self.exec("cat /var/log/cloud-init-output.log", &[]).await {
             Ok((0, out)) => {
@@ -361,11 +366,11 @@ impl Backend for LabBaker {
         }
     }
 
-    async fn capture(&self, facts: &Facts) -> Result<Image, BakeError> {
+    async fn capture(&self, facts: &Facts) -> Result<Image, BackendError> {
         let builder = self.builder();
         let (code, out) = self.exec(CLEAN_SCRIPT, &[]).await?;
         if code != 0 {
-            return Err(BakeError::CleanFailed { builder, code, output: out.trim().to_string() });
+            return Err(CaptureError::CleanFailed { builder, code, output: out.trim().to_string() }.into());
         }
         self.lab.stop(BUILDER).await?;
         // What the builder changed, against the base: nothing secret may be among it.
@@ -382,7 +387,7 @@ impl Backend for LabBaker {
             found.push(format!("/etc/machine-id ({machine_id} bytes; it must be empty)"));
         }
         if !found.is_empty() {
-            return Err(BakeError::Unclean { builder, found });
+            return Err(CaptureError::Unclean { builder, found }.into());
         }
         let labels = HashMap::from([
             (LABEL_NAME.to_string(), facts.name.clone()),
@@ -420,7 +425,7 @@ impl Backend for LabBaker {
         })
     }
 
-    async fn cleanup(&self) -> Result<(), BakeError> {
+    async fn cleanup(&self) -> Result<(), BackendError> {
         remove_container(self.docker(), &self.builder()).await?;
         // The volume and the network (labelled with the bake's scope), and the seed.
         self.lab.destroy().await?;

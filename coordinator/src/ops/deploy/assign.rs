@@ -1,0 +1,70 @@
+//! Step 6: roles. Assignments go out in dependency order — Consul, the first manager, the
+//! other managers, the nodes — and each agent waits on what its roles depend on through
+//! Consul (join data appears only once the first manager initialised the swarm), so the
+//! steps overlap instead of waiting on one another. A re-run never takes a role away.
+
+use std::collections::HashMap;
+
+use flotilla_proto::v1;
+
+use super::{DeployError, Run};
+use crate::ops::plan::{self, PlannedHost, RoleKind};
+
+/// Assigns every planned host its roles, in [`dependency_order`]; whether any host's
+/// assignment changed (a new generation).
+pub async fn assign_in_dependency_order(
+    run: &Run<'_>,
+    addresses: &HashMap<String, String>,
+) -> Result<bool, DeployError> {
+    let c = run.config;
+    let inputs = plan::SpecInputs {
+        plan: run.planned,
+        addresses,
+        consul_image: &run.prepared.consul_image,
+        registry_auth: (
+            c.images.registry_username.clone(),
+            std::env::var(&c.images.registry_password_env).unwrap_or_default(),
+        ),
+        cluster: &c.name,
+    };
+    let mut admin = run.admin.clone();
+    let current = admin.status(v1::StatusRequest {}).await?.into_inner();
+    let mut changed = false;
+    for h in dependency_order(run.planned) {
+        let specs = plan::role_specs(h, &inputs);
+        let addr = addresses.get(&h.name).cloned().unwrap_or_default();
+        let r = admin
+            .assign(v1::AssignRequest { host_name: h.name.clone(), roles: specs, host_address: addr })
+            .await?
+            .into_inner();
+        let before = current.hosts.iter().find(|s| s.name == h.name).map(|s| s.generation).unwrap_or(0);
+        if r.generation != before {
+            changed = true;
+            run.p.host(&h.name, format!("assigned {} (generation {})", h.roles_text(), r.generation));
+        }
+    }
+    Ok(changed)
+}
+
+/// Consul servers that are not managers, the managers (the first one initialises the
+/// swarm), then everything else.
+pub fn dependency_order(planned: &[PlannedHost]) -> Vec<&PlannedHost> {
+    let mut order: Vec<&PlannedHost> = Vec::new();
+    order.extend(planned.iter().filter(|h| h.has(RoleKind::Consul) && !h.has(RoleKind::Manager)));
+    order.extend(planned.iter().filter(|h| h.has(RoleKind::Manager)));
+    order.extend(planned.iter().filter(|h| !h.has(RoleKind::Manager) && !h.has(RoleKind::Consul)));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::cluster_config::ClusterConfig;
+
+    #[test]
+    fn managers_come_before_nodes_and_the_first_manager_first() {
+        let planned = plan::plan(&ClusterConfig::default());
+        let names: Vec<_> = dependency_order(&planned).iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["manager0", "manager1", "manager2", "node0", "node1"]);
+    }
+}

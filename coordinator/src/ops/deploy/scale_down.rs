@@ -1,0 +1,76 @@
+//! Hosts that exist but are not in the plan: each is told to take no role (a manager is
+//! demoted, then leaves; a node drains and leaves), terminated at the provider, removed
+//! from the swarm's node list and forgotten by the control plane — nodes first, then
+//! managers, one at a time, so never more leave at once than quorum tolerates.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::v1;
+
+use super::{DeployError, Run};
+use crate::ops::verify;
+use crate::poll::{Attempt, poll_until};
+use crate::providers::Host;
+
+/// How long a leaving host's agent gets to report that it left the swarm.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Removes the hosts of `hosts` the plan does not name; returns their names.
+pub async fn scale_down(
+    run: &Run<'_>,
+    hosts: &[Host],
+    addresses: &HashMap<String, String>,
+    manager_ips: &[String],
+    docker_dir: &Path,
+) -> Result<Vec<String>, DeployError> {
+    let mut extra: Vec<&Host> = hosts.iter().filter(|h| !run.planned.iter().any(|x| x.name == h.name)).collect();
+    // Nodes first, then managers, one by one.
+    extra.sort_by_key(|h| (h.role == "manager", h.name.clone()));
+    let mut removed = Vec::new();
+    for h in extra {
+        run.p.host(&h.name, "not in the plan: draining and leaving the swarm");
+        let addr = addresses.get(&h.name).cloned().unwrap_or_default();
+        let r = run
+            .admin
+            .clone()
+            .assign(v1::AssignRequest { host_name: h.name.clone(), roles: vec![], host_address: addr })
+            .await;
+        if r.is_ok() {
+            wait_left_swarm(run, &h.name).await?;
+        }
+        run.prepared.provider.terminate(&h.name).await?;
+        // The swarm keeps a departed node as "down" until a manager removes it.
+        if let Err(e) = verify::forget_node(manager_ips, docker_dir, &h.name).await {
+            run.p.host(&h.name, format!("could not remove it from the swarm's node list: {e}"));
+        }
+        run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await?;
+        run.p.host(&h.name, "terminated");
+        removed.push(h.name.clone());
+    }
+    Ok(removed)
+}
+
+/// Waits (bounded; past it the host is terminated anyway) until the agent of `host` reports
+/// its Engine out of the swarm.
+async fn wait_left_swarm(run: &Run<'_>, host: &str) -> Result<(), DeployError> {
+    let every = Duration::from_millis(500);
+    let waited = poll_until("the host to leave the swarm", Instant::now() + LEAVE_TIMEOUT, every, || {
+        let mut admin = run.admin.clone();
+        async move {
+            let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+            let left = st
+                .hosts
+                .iter()
+                .find(|x| x.name == host)
+                .and_then(|x| x.health.as_ref())
+                .and_then(|s| s.swarm.as_ref())
+                .is_some_and(|s| s.local_state == "inactive");
+            Ok::<_, DeployError>(if left { Attempt::Done(()) } else { Attempt::NotYet("still in the swarm".into()) })
+        }
+    })
+    .await;
+    // A time-out is no error: the host is terminated next either way.
+    waited.or_else(|e| e.into_failed().map_or(Ok(()), Err))
+}

@@ -1,0 +1,95 @@
+//! Steps 5 and 6's waits: the control plane's status polled (bounded) until every planned
+//! host is enrolled and connected, or runs every role it was assigned. Each host's state is
+//! printed when it changes; a time-out names the hosts still pending and why.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::v1;
+
+use super::{DeployError, ENROLL_TIMEOUT, PHASE_TIMEOUT, Run};
+use crate::poll::{Attempt, PollError, poll_until};
+
+/// How often the status is asked.
+const EVERY: Duration = Duration::from_millis(250);
+
+/// Every planned host's agent enrolled, connected and reachable.
+pub async fn every_agent_connected(run: &Run<'_>) -> Result<(), DeployError> {
+    wait_hosts(run, "every agent to enroll and connect", ENROLL_TIMEOUT, |h| h.connected && !h.unreachable).await
+}
+
+/// Every planned host runs every role of its plan.
+pub async fn every_role_running(run: &Run<'_>) -> Result<(), DeployError> {
+    let by_name: HashMap<String, Vec<i32>> =
+        run.planned.iter().map(|h| (h.name.clone(), h.roles.iter().map(|r| r.proto() as i32).collect())).collect();
+    wait_hosts(run, "every role running (Consul, then the swarm)", PHASE_TIMEOUT, |h| {
+        by_name.get(&h.name).is_some_and(|want| {
+            want.iter().all(|w| h.role_status.iter().any(|s| s.role == *w && s.state == v1::RoleState::Running as i32))
+        })
+    })
+    .await
+}
+
+/// Polls status until `ok` holds for every planned host.
+async fn wait_hosts(
+    run: &Run<'_>,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&v1::HostStatus) -> bool,
+) -> Result<(), DeployError> {
+    let notes: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    run.p.step("wait", what);
+    let waited = poll_until(what, Instant::now() + timeout, EVERY, || {
+        let (notes, ok) = (&notes, &ok);
+        let mut admin = run.admin.clone();
+        async move {
+            let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+            let mut pending = Vec::new();
+            for h in run.planned {
+                let n = &h.name;
+                let note = match st.hosts.iter().find(|s| &s.name == n) {
+                    Some(s) if ok(s) => "ok".to_string(),
+                    other => host_note(other),
+                };
+                if notes.borrow().get(n) != Some(&note) && !note.is_empty() {
+                    run.p.host(n, if note == "ok" { "ready" } else { &note });
+                    notes.borrow_mut().insert(n.clone(), note.clone());
+                }
+                if note != "ok" {
+                    pending.push(format!("{n} ({note})"));
+                }
+            }
+            Ok::<_, DeployError>(if pending.is_empty() {
+                Attempt::Done(())
+            } else {
+                Attempt::NotYet(pending.join(", "))
+            })
+        }
+    })
+    .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => {
+            DeployError::Timeout { what: what.to_string(), after: timeout, pending: last }
+        }
+    })
+}
+
+/// Where a host that is not ready yet is: not enrolled, no session, or its roles' states.
+fn host_note(h: Option<&v1::HostStatus>) -> String {
+    match h {
+        None => "booting (not enrolled yet)".to_string(),
+        Some(h) if !h.connected => "enrolled; session not up".to_string(),
+        Some(h) => h
+            .role_status
+            .iter()
+            .map(|s| {
+                let state = v1::RoleState::name_of(s.state);
+                let role = v1::Role::try_from(s.role).map(v1::Role::name).unwrap_or("?");
+                format!("{role}: {state} {}", s.message)
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}

@@ -1,0 +1,187 @@
+//! Lab hosts: one container per host from the lab host image (or a baked one), with the
+//! capabilities systemd and an inner Engine need, its Engine's data in a volume and its
+//! NoCloud seed (the user-data rendered for EC2) bind-mounted; found again by label, stopped,
+//! started and terminated by name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
+use bollard::query_parameters::{StartContainerOptions, StopContainerOptions};
+
+use super::{
+    LABEL_HOST, LABEL_IP, LABEL_ROLE, Lab, LabError, STOP_TIMEOUT_S, ignore_not_modified, remove_container,
+    remove_volume,
+};
+use crate::providers::{Host, HostState, LaunchSpec};
+
+impl Lab {
+    /// Refuses a host image this machine's Engine does not have (`from` names where the
+    /// image came from, e.g. `--image`), before anything is launched from it.
+    pub async fn require_image(&self, image: &str, from: &'static str) -> Result<(), LabError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(LabError::NoImage { image: image.to_string(), from })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Launches a host, or returns it when it already exists (started if stopped).
+    pub async fn launch(&self, spec: &LaunchSpec) -> Result<Host, LabError> {
+        let name = self.container_name(&spec.name);
+        if let Ok(c) = self.docker.inspect_container(&name, None).await {
+            let never_ran =
+                c.state.and_then(|s| s.status).is_some_and(|s| s == bollard::models::ContainerStateStatusEnum::CREATED);
+            if !never_ran {
+                self.docker.start_container(&name, None::<StartContainerOptions>).await.or_else(ignore_not_modified)?;
+                return self.host(&spec.name).await;
+            }
+            // Created by an interrupted launch but never started: make it again (nothing on
+            // it can have run).
+            remove_container(&self.docker, &name).await?;
+        }
+        let (_, base) = self.ensure_network().await?;
+        let guard = self.create_lock.lock().await;
+        let ip = self.free_ip(base).await?;
+        let seed = self.write_seed(&spec.name, &name, &spec.user_data)?;
+        let volume = format!("{name}-docker");
+        let mut vlabels = self.labels("volume");
+        vlabels.insert(LABEL_HOST.into(), spec.name.clone());
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                labels: Some(vlabels),
+                ..Default::default()
+            })
+            .await?;
+        let mut labels = self.labels("host");
+        labels.insert(LABEL_HOST.into(), spec.name.clone());
+        labels.insert(LABEL_ROLE.into(), spec.role.clone());
+        labels.insert(LABEL_IP.into(), ip.to_string());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone().unwrap_or_else(|| self.images.host.clone())),
+            hostname: Some(spec.name.clone()),
+            labels: Some(labels),
+            env: Some(vec!["container=docker".into()]),
+            stop_timeout: Some(i64::from(STOP_TIMEOUT_S)),
+            host_config: Some(host_config(&seed, &volume)),
+            networking_config: Some(self.endpoint(ip)),
+            ..Default::default()
+        };
+        self.create_named(&name, body).await?;
+        drop(guard);
+        self.docker.start_container(&name, None::<StartContainerOptions>).await?;
+        tracing::info!(host = %spec.name, container = %name, %ip, "lab host launched");
+        self.host(&spec.name).await
+    }
+
+    /// Writes the NoCloud seed (0700 directory, 0600 files: the user-data holds a token).
+    pub(super) fn write_seed(&self, host: &str, instance_id: &str, user_data: &str) -> Result<PathBuf, LabError> {
+        let dir = self.dir.join("seeds").join(host);
+        let err = |source| LabError::Seed { path: dir.clone(), source };
+        flotilla_proto::fs::private_dir(&dir).map_err(err)?;
+        flotilla_proto::fs::write_private(&dir.join("user-data"), user_data.as_bytes()).map_err(err)?;
+        let meta = format!("instance-id: {instance_id}\nlocal-hostname: {host}\n");
+        flotilla_proto::fs::write_private(&dir.join("meta-data"), meta.as_bytes()).map_err(err)?;
+        Ok(dir)
+    }
+
+    /// Every host of the cluster, found by label.
+    pub async fn describe(&self) -> Result<Vec<Host>, LabError> {
+        let mut out: Vec<Host> = self
+            .containers(Some("host"))
+            .await?
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let state = match c.state.map(|s| s.to_string()).unwrap_or_default().as_str() {
+                    "running" => HostState::Running,
+                    "created" | "restarting" => HostState::Pending,
+                    "exited" | "dead" => HostState::Stopped,
+                    "removing" => HostState::Terminated,
+                    other => HostState::Other(other.to_string()),
+                };
+                Host {
+                    name: labels.get(LABEL_HOST).cloned().unwrap_or_default(),
+                    instance_id: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
+                    role: labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
+                    state,
+                    private_ip: labels.get(LABEL_IP).and_then(|ip| ip.parse().ok()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn host(&self, name: &str) -> Result<Host, LabError> {
+        self.describe().await?.into_iter().find(|h| h.name == name).ok_or_else(|| LabError::NoHost(name.to_string()))
+    }
+
+    /// Stops a host (systemd shuts down cleanly, then the container stops).
+    pub async fn stop(&self, name: &str) -> Result<(), LabError> {
+        self.docker
+            .stop_container(
+                &self.container_name(name),
+                Some(StopContainerOptions { t: Some(STOP_TIMEOUT_S), ..Default::default() }),
+            )
+            .await
+            .or_else(ignore_not_modified)?;
+        Ok(())
+    }
+
+    pub async fn start(&self, name: &str) -> Result<(), LabError> {
+        self.docker
+            .start_container(&self.container_name(name), None::<StartContainerOptions>)
+            .await
+            .or_else(ignore_not_modified)?;
+        Ok(())
+    }
+
+    /// Removes a host: its container, its Engine's volume, its seed. Idempotent.
+    pub async fn terminate(&self, name: &str) -> Result<(), LabError> {
+        let c = self.container_name(name);
+        remove_container(&self.docker, &c).await?;
+        remove_volume(&self.docker, &format!("{c}-docker")).await?;
+        let _ = std::fs::remove_dir_all(self.dir.join("seeds").join(name));
+        Ok(())
+    }
+}
+
+/// How a lab host runs: the capabilities systemd and an inner Engine need (not
+/// `--privileged`), its NoCloud seed, its Engine's data volume, tmpfs `/run` and `/tmp`.
+/// Hosts and the bake's builder run the same way.
+pub(super) fn host_config(seed: &Path, volume: &str) -> HostConfig {
+    HostConfig {
+        cap_add: Some(
+            ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD", "SYS_MODULE"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+        security_opt: Some(vec!["seccomp=unconfined".into(), "apparmor=unconfined".into()]),
+        // The CLI's `--security-opt systempaths=unconfined`, as the API spells it.
+        masked_paths: Some(vec![]),
+        readonly_paths: Some(vec![]),
+        // A private cgroup namespace, and no bind of the machine's /sys/fs/cgroup: the
+        // image's init makes its own cgroups writable (a shared bind lets a host
+        // remount the machine's cgroup tree and leak inner containers' cgroups).
+        cgroupns_mode: Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE),
+        binds: Some(vec![
+            format!("{}:/var/lib/cloud/seed/nocloud:ro", seed.display()),
+            format!("{volume}:/var/lib/docker"),
+        ]),
+        tmpfs: Some(HashMap::from([
+            ("/run".to_string(), String::new()),
+            ("/run/lock".to_string(), String::new()),
+            ("/tmp".to_string(), String::new()),
+        ])),
+        ..Default::default()
+    }
+}
