@@ -520,7 +520,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Deploy(args) => deploy(&g, args).await,
         Command::Plan(args) => plan(&g, args).await,
         Command::IamPolicy => {
-            println!("{}", serde_json::to_string_pretty(&crate::providers::aws::iam::policy()).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::providers::aws::iam::policy(&g.cluster())).unwrap_or_default()
+            );
             Ok(())
         }
         Command::Env { output } => env(&g, output).await,
