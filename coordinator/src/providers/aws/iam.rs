@@ -487,12 +487,18 @@ mod tests {
     #[test]
     fn every_tag_key_the_provider_defines_is_one_the_policy_allows_on_creation() {
         let all: Vec<&str> = Owner::ALL.into_iter().flat_map(tag_keys).collect();
-        for source in [include_str!("../aws.rs"), include_str!("bake.rs")] {
-            for line in source.lines().filter(|l| l.starts_with("pub const TAG_")) {
+        let mut files = Vec::new();
+        rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/providers"), &mut files);
+        let mut seen = 0;
+        for f in files {
+            let source = std::fs::read_to_string(&f).expect("read source");
+            for line in source.lines().map(str::trim_start).filter(|l| l.starts_with("pub const TAG_")) {
                 let value = line.split('"').nth(1).expect("a string constant");
-                assert!(all.contains(&value), "tag key {value} is written but not in iam::CALLS");
+                assert!(all.contains(&value), "tag key {value} ({}) is written but not in iam::CALLS", f.display());
+                seen += 1;
             }
         }
+        assert!(seen >= 10, "found only {seen} TAG_ constants under src/providers");
         assert!(all.contains(&"Name"));
         assert_eq!(creating_actions(), ["CreateImage", "CreateSecurityGroup", "RunInstances"]);
     }

@@ -330,7 +330,13 @@ pub fn check(policy: &Value, cluster: &str) -> Vec<Violation> {
                     .filter(|(_, t, _)| k == "*" || *t == k)
                     .map(|(o, _, u)| (o, u))
                     .collect();
-                used[i] |= !uses.is_empty();
+                // CreateTags also covers what the creating calls tag (their `Made` resources).
+                let tagged_when_made = action == "ec2:CreateTags"
+                    && CALLS
+                        .iter()
+                        .flat_map(|c| c.resources.iter())
+                        .any(|(t, u)| (k == "*" || *t == k) && matches!(u, Use::Made(_)));
+                used[i] |= !uses.is_empty() || tagged_when_made;
                 let owners = |f: fn(&Use) -> bool| -> Vec<Owner> {
                     uses.iter().filter(|(_, u)| f(u)).map(|(o, _)| *o).collect()
                 };
