@@ -131,7 +131,8 @@ fn parliament_finds_nothing_above_low_in_the_policy() {
     println!("{}", if findings.is_empty() { "(no finding)".to_string() } else { show(&findings) });
     assert!(
         above_low(&findings).is_empty(),
-        "parliament finds more than LOW in the policy:\n{}\nfix the policy (tests/parliament.yaml is for parliament's known noise only)",
+        "parliament finds more than LOW in the policy:\n{}\n\
+         fix the policy (tests/parliament.yaml is for parliament's known noise only)",
         show(&findings)
     );
     // The lowered noise is on exactly the statements tests/parliament.yaml excuses.

@@ -263,69 +263,70 @@ fn tag_on_create(owner: Owner, cluster: &str, actions: &[&str]) -> Option<Value>
 /// The policy document for `cluster` (JSON).
 pub fn policy(cluster: &str) -> Value {
     use Owner::{Bake, Cluster};
+    let describe = [
+        "ec2:DescribeVpcs",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeSecurityGroups",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeImages",
+    ];
     let parameter = format!("arn:aws:ssm:*::parameter{AL2023_PARAMETER}");
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "FlotillaDescribe",
-                "Effect": "Allow",
-                "Action": [
-                    "ec2:DescribeVpcs", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
-                    "ec2:DescribeInstances", "ec2:DescribeInstanceTypes", "ec2:DescribeImages"
-                ],
-                "Resource": "*"
-            },
-            { "Sid": "FlotillaAmiParameter", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": parameter },
-            statement("FlotillaReadUserData", &["ec2:DescribeInstanceAttribute"], &["instance"], owned(Cluster, cluster)),
-            // The cluster's group, hosts and volumes: made tagged, changed only by that tag.
-            statement("FlotillaCreateGroup", &["ec2:CreateSecurityGroup"], &["security-group"], made(Cluster, cluster, CLUSTER_GROUP_KEYS)),
-            statement("FlotillaGroupInVpc", &["ec2:CreateSecurityGroup"], &["vpc"], None),
-            statement("FlotillaLaunchHosts", &["ec2:RunInstances"], &["instance", "volume"], made(Cluster, cluster, HOST_KEYS)),
-            statement("FlotillaLaunchInGroup", &["ec2:RunInstances"], &["security-group"], owned(Cluster, cluster)),
-            statement("FlotillaLaunchFrom", &["ec2:RunInstances"], &["subnet", "network-interface", "image", "key-pair"], None),
-            statement(
-                "FlotillaTagOnCreate",
-                &["ec2:CreateTags"],
-                &["instance", "volume", "security-group"],
-                tag_on_create(Cluster, cluster, &["RunInstances", "CreateSecurityGroup"]),
-            ),
-            statement(
-                "FlotillaChangeGroup",
-                &["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
-                &["security-group"],
-                owned(Cluster, cluster),
-            ),
-            statement(
-                "FlotillaChangeHosts",
-                &["ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"],
-                &["instance"],
-                owned(Cluster, cluster),
-            ),
-            // `coordinator bake --provider aws`: its group, builder and image carry
-            // `flotilla:bake=<cluster>`, never a cluster's tag.
-            statement("FlotillaBakeCreateGroup", &["ec2:CreateSecurityGroup"], &["security-group"], made(Bake, cluster, BAKE_GROUP_KEYS)),
-            statement("FlotillaBakeLaunchBuilder", &["ec2:RunInstances"], &["instance", "volume"], made(Bake, cluster, BUILDER_KEYS)),
-            statement("FlotillaBakeLaunchInGroup", &["ec2:RunInstances"], &["security-group"], owned(Bake, cluster)),
-            statement(
-                "FlotillaBakeTagOnCreate",
-                &["ec2:CreateTags"],
-                &["instance", "volume", "security-group", "image"],
-                tag_on_create(Bake, cluster, &["RunInstances", "CreateSecurityGroup", "CreateImage"]),
-            ),
-            statement(
-                "FlotillaBakeBuilder",
-                &["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
-                &["instance"],
-                owned(Bake, cluster),
-            ),
-            statement("FlotillaBakeImage", &["ec2:CreateImage"], &["image"], made(Bake, cluster, IMAGE_KEYS)),
-            statement("FlotillaBakeImageSnapshots", &["ec2:CreateImage"], &["snapshot"], None),
-            statement("FlotillaBakeTagSnapshots", &["ec2:CreateTags"], &["snapshot"], made(Bake, cluster, IMAGE_KEYS)),
-            statement("FlotillaBakeDeleteGroup", &["ec2:DeleteSecurityGroup"], &["security-group"], owned(Bake, cluster)),
-        ]
-    })
+    let change_group =
+        ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup"];
+    let statements = vec![
+        json!({ "Sid": "FlotillaDescribe", "Effect": "Allow", "Action": describe, "Resource": "*" }),
+        json!({ "Sid": "FlotillaAmiParameter", "Effect": "Allow", "Action": ["ssm:GetParameter"],
+                "Resource": parameter }),
+        statement("FlotillaReadUserData", &["ec2:DescribeInstanceAttribute"], &["instance"], owned(Cluster, cluster)),
+        // The cluster's group, hosts and volumes: made tagged, changed only by that tag.
+        statement("FlotillaCreateGroup", CREATE_GROUP, &["security-group"], made(Cluster, cluster, CLUSTER_GROUP_KEYS)),
+        statement("FlotillaGroupInVpc", CREATE_GROUP, &["vpc"], None),
+        statement("FlotillaLaunchHosts", RUN, &["instance", "volume"], made(Cluster, cluster, HOST_KEYS)),
+        statement("FlotillaLaunchInGroup", RUN, &["security-group"], owned(Cluster, cluster)),
+        statement("FlotillaLaunchFrom", RUN, &["subnet", "network-interface", "image", "key-pair"], None),
+        statement(
+            "FlotillaTagOnCreate",
+            CREATE_TAGS,
+            &["instance", "volume", "security-group"],
+            tag_on_create(Cluster, cluster, &["RunInstances", "CreateSecurityGroup"]),
+        ),
+        statement("FlotillaChangeGroup", &change_group, &["security-group"], owned(Cluster, cluster)),
+        statement(
+            "FlotillaChangeHosts",
+            &["ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"],
+            &["instance"],
+            owned(Cluster, cluster),
+        ),
+        // `coordinator bake --provider aws`: its group, builder and image carry
+        // `flotilla:bake=<cluster>`, never a cluster's tag.
+        statement("FlotillaBakeCreateGroup", CREATE_GROUP, &["security-group"], made(Bake, cluster, BAKE_GROUP_KEYS)),
+        statement("FlotillaBakeLaunchBuilder", RUN, &["instance", "volume"], made(Bake, cluster, BUILDER_KEYS)),
+        statement("FlotillaBakeLaunchInGroup", RUN, &["security-group"], owned(Bake, cluster)),
+        statement(
+            "FlotillaBakeTagOnCreate",
+            CREATE_TAGS,
+            &["instance", "volume", "security-group", "image"],
+            tag_on_create(Bake, cluster, &["RunInstances", "CreateSecurityGroup", "CreateImage"]),
+        ),
+        statement(
+            "FlotillaBakeBuilder",
+            &["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
+            &["instance"],
+            owned(Bake, cluster),
+        ),
+        statement("FlotillaBakeImage", CREATE_IMAGE, &["image"], made(Bake, cluster, IMAGE_KEYS)),
+        statement("FlotillaBakeImageSnapshots", CREATE_IMAGE, &["snapshot"], None),
+        statement("FlotillaBakeTagSnapshots", CREATE_TAGS, &["snapshot"], made(Bake, cluster, IMAGE_KEYS)),
+        statement("FlotillaBakeDeleteGroup", &["ec2:DeleteSecurityGroup"], &["security-group"], owned(Bake, cluster)),
+    ];
+    json!({ "Version": "2012-10-17", "Statement": statements })
 }
+
+const RUN: &[&str] = &["ec2:RunInstances"];
+const CREATE_GROUP: &[&str] = &["ec2:CreateSecurityGroup"];
+const CREATE_IMAGE: &[&str] = &["ec2:CreateImage"];
+const CREATE_TAGS: &[&str] = &["ec2:CreateTags"];
 
 #[cfg(test)]
 mod tests {

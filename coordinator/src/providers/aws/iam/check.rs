@@ -208,7 +208,8 @@ pub fn allows(policy: &Value, r: &Request) -> Result<bool, Unsupported> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     #[error(
-        "{sid}: {action} on existing {kind} without `StringEquals` aws:ResourceTag/<owner tag> = exactly the cluster's name"
+        "{sid}: {action} on existing {kind} without `StringEquals` aws:ResourceTag/<owner tag> = exactly the \
+         cluster's name"
     )]
     Unscoped { sid: String, action: String, kind: String },
     #[error(
@@ -233,6 +234,8 @@ pub enum Violation {
     UnknownAction { sid: String, action: String },
     #[error("{sid}: {resource} is not a resource any of the statement's actions uses")]
     UnusedResource { sid: String, resource: String },
+    #[error("{sid}: {element} grants everything but what it names; list what is allowed instead")]
+    Inverted { sid: String, element: String },
 }
 
 /// The ARN resource type: `instance` of `arn:aws:ec2:*:*:instance/*`; `parameter` for SSM; `*`.
@@ -311,6 +314,9 @@ pub fn check(policy: &Value, cluster: &str) -> Vec<Violation> {
     let mut out = Vec::new();
     for s in allow {
         out.extend(wrong_scopes(s, cluster));
+        for element in ["NotAction", "NotResource"].into_iter().filter(|e| s.get(*e).is_some()) {
+            out.push(Violation::Inverted { sid: sid(s), element: element.into() });
+        }
         let resources = strings(&s["Resource"]);
         let mut used = vec![false; resources.len()];
         for action in strings(&s["Action"]) {
@@ -410,7 +416,10 @@ mod tests {
 
     #[test]
     fn conditions_follow_iams_semantics_for_missing_keys() {
-        let stmt = |cond: Value| json!({"Statement": [{"Effect": "Allow", "Action": "ec2:CreateTags", "Resource": "*", "Condition": cond}]});
+        let stmt = |cond: Value| {
+            let s = json!({"Effect": "Allow", "Action": "ec2:CreateTags", "Resource": "*", "Condition": cond});
+            json!({ "Statement": [s] })
+        };
         let bare = Request { action: "ec2:CreateTags".into(), resource: "x".into(), ..Default::default() };
         let tagged = Request { request_tags: [("Name".into(), "n".into())].into(), ..bare.clone() };
         let keys = stmt(json!({"ForAllValues:StringEquals": {"aws:TagKeys": ["Name"]}}));
@@ -436,6 +445,41 @@ mod tests {
             {"Effect": "Deny", "Action": "ec2:CreateTags", "Resource": "*"}
         ]});
         assert_eq!(allows(&deny, &bare), Ok(false));
+    }
+
+    #[test]
+    fn the_structural_check_names_each_kind_of_overreach() {
+        let cluster = "prod";
+        let cases = [
+            (json!({"Action": "ec2:TerminateInstances", "Resource": "*"}), "Unscoped"),
+            (
+                json!({"Action": "ec2:StopInstances", "Resource": "arn:aws:ec2:*:*:instance/*",
+                       "Condition": {"StringEquals": {"aws:ResourceTag/flotilla:cluster": "staging"}}}),
+                "WrongScope",
+            ),
+            (
+                json!({"Action": "ec2:RunInstances", "Resource": "arn:aws:ec2:*:*:instance/*",
+                       "Condition": {"StringEquals": {"aws:RequestTag/flotilla:cluster": "prod"}}}),
+                "UntaggedCreate",
+            ),
+            (
+                json!({"Action": "ec2:CreateTags", "Resource": "*",
+                       "Condition": {"StringEquals": {"ec2:CreateAction": "CreateVolume",
+                                                       "aws:RequestTag/flotilla:cluster": "prod"},
+                                     "ForAllValues:StringEquals": {"aws:TagKeys": ["Name", "flotilla:cluster"]}}}),
+                "ForeignCreateAction",
+            ),
+            (json!({"Action": "ec2:CreateTags", "Resource": "arn:aws:ec2:*::snapshot/*"}), "UnlimitedTags"),
+            (json!({"Action": "ec2:DeleteVolume", "Resource": "*"}), "UnknownAction"),
+            (json!({"Action": "ec2:DescribeImages", "Resource": "arn:aws:ec2:*::image/*"}), "UnusedResource"),
+            (json!({"NotAction": "iam:*", "Resource": "*"}), "Inverted"),
+        ];
+        for (mut statement, kind) in cases {
+            statement["Sid"] = json!("S");
+            statement["Effect"] = json!("Allow");
+            let found = check(&json!({ "Statement": [statement] }), cluster);
+            assert!(found.iter().any(|v| format!("{v:?}").starts_with(kind)), "{kind}: {found:#?}");
+        }
     }
 
     #[test]
