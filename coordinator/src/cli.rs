@@ -294,7 +294,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Deploy(args) if args.dry_run => plan::run(&g, args).await,
         Command::Deploy(args) => deploy::run(&g, args).await,
         Command::Plan(args) => plan::run(&g, args).await,
-        Command::IamPolicy => iam_policy::run(),
+        Command::IamPolicy => iam_policy::run(&g),
         Command::Env(args) => env::run(&g, args).await,
         Command::LabImages => lab_images::run().await,
         Command::Destroy(args) => destroy::run(&g, args).await,

@@ -1,8 +1,9 @@
-//! `coordinator iam-policy`: the least IAM policy the AWS provider needs, as JSON.
+//! `coordinator iam-policy`: the least IAM policy the AWS provider needs for this cluster, as
+//! JSON (every owner-tag condition names the cluster).
 
-use super::CliError;
+use super::{CliError, Global};
 
-pub fn run() -> Result<(), CliError> {
-    println!("{}", super::json_pretty(&crate::providers::aws::iam::policy()));
+pub fn run(g: &Global) -> Result<(), CliError> {
+    println!("{}", super::json_pretty(&crate::providers::aws::iam::policy(&g.cluster())));
     Ok(())
 }
