@@ -14,7 +14,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flotilla_proto::v1;
+use flotilla_coordinator::control_plane::settings::RateLimit;
+use flotilla_proto::tls;
+use flotilla_proto::v1::{self, agent_service_client::AgentServiceClient};
+use flotilla_tests::Coord;
 use flotilla_tests::serve_process::ServeProcess;
 use tokio::io::AsyncBufReadExt;
 
@@ -92,7 +95,8 @@ fn sample_descriptors(pid: u32) -> (Arc<std::sync::atomic::AtomicU64>, tokio::ta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent_out() {
-    let coord = ServeProcess::start(env!("CARGO_BIN_EXE_flotilla-serve").as_ref(), "hostile", &["--heartbeat-s", "1"]).await;
+    let coord =
+        ServeProcess::start(env!("CARGO_BIN_EXE_flotilla-serve").as_ref(), "hostile", &["--heartbeat-s", "1"]).await;
     let (_, limit) = coord.descriptors();
     let (max_open, sampler) = sample_descriptors(coord.pid());
     // The agent's join token, minted before the attack.
@@ -110,7 +114,8 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
 
     // The flood: every connection tried, the ones the control plane kept held open.
     let started = Instant::now();
-    let mut floods: Vec<Flood> = FLOOD.iter().map(|&(src, n, conns)| Flood::start(&coord, &ca, src, n, conns)).collect();
+    let mut floods: Vec<Flood> =
+        FLOOD.iter().map(|&(src, n, conns)| Flood::start(&coord, &ca, src, n, conns)).collect();
     for f in &mut floods {
         let ramped = matches!(tokio::time::timeout(RAMP, f.ramped.wait_for(|r| *r)).await, Ok(Ok(_)));
         assert!(ramped, "a flood process did not finish its ramp in {RAMP:?}: {}", f.report());
@@ -129,6 +134,10 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
     .await;
     let status_took = t.elapsed();
     let status_ok = matches!(status, Ok(Ok(_)));
+    let port = match &status {
+        Ok(Ok(r)) => r.get_ref().port,
+        _ => None,
+    };
 
     // ... and a real agent enrolls, opens its session, and has its heartbeats acked.
     let t = Instant::now();
@@ -162,7 +171,9 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
          agent: enrolled {} in {enroll_took:.1?}, session with heartbeats acked {} in {session_took:.1?}; \
          5 s later: connected {}, sessions opened {}, last error '{}'\n\
          coordinator's view of the agent: {:?}\n\
-         control plane log: {} lines",
+         control plane's port status during the flood: {port:?}\n\
+         control plane log: {} lines\n\
+         flood processes' last reports:\n{}",
         floods.len(),
         match &status {
             Ok(Ok(_)) => "ok".to_string(),
@@ -176,6 +187,7 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
         after.last_error,
         host.as_ref().map(|h| (h.connected, h.last_heartbeat_age_s)),
         log.lines().count(),
+        floods.iter().map(|f| f.report().to_string()).collect::<Vec<_>>().join("\n"),
     );
     let tail: Vec<&str> = log.lines().rev().take(20).collect();
     let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
@@ -189,8 +201,151 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
     assert!(host.connected && host.last_heartbeat_age_s < 3.0, "no recent heartbeat: {host:?}");
     // Refusals are counted and summarised, never one log line per connection.
     assert!(log.lines().count() < 200, "the flood was logged line by line:\n{tail}");
+    // The control plane knows its limit and where it stands: the flood ran into the caps,
+    // far below the limit.
+    let port = port.expect("status reports the agent port");
+    assert_eq!(port.descriptor_limit, limit);
+    assert!(port.descriptors_in_use > 0 && port.descriptors_in_use < limit, "{port:?}");
+    assert!(port.connections <= port.max_connections && port.max_connections < limit, "{port:?}");
+    assert!(port.anonymous_connections <= port.max_anonymous_connections, "{port:?}");
+    assert!(port.evicted_connections > 0, "the flood never reached a cap: {port:?}");
 
     agent.stop().await;
     drop(floods);
     coord.stop().await;
+}
+
+// ---- each limit on its own, in-process (`Coord`), with the limit made small ----------------
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A raw TLS connection without a client certificate, handshake done.
+async fn anonymous_tls(coord: &Coord) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let ca = tls::certs_from_pem("ca", &coord.ca_pem()).expect("ca");
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config(&ca, None).expect("client config"));
+    let tcp = tokio::net::TcpStream::connect(coord.addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::IpAddress(coord.addr.ip().into());
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// Whether the server closes `conn` within `within` (whatever it sent before).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(conn: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn port_status(coord: &Coord) -> v1::PortStatus {
+    coord.admin().await.status(v1::StatusRequest {}).await.expect("status").into_inner().port.expect("port status")
+}
+
+fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    flotilla_proto::add_protocol_header(&mut req);
+    req
+}
+
+fn anonymous_channel(coord: &Coord) -> tonic::transport::Channel {
+    let ca = tls::certs_from_pem("ca", &coord.ca_pem()).expect("ca");
+    tls::channel(&coord.endpoint(), tls::client_config(&ca, None).expect("client config")).expect("channel")
+}
+
+async fn enroll(coord: &Coord, token: &str, host: &str) -> Result<v1::EnrollResponse, tonic::Status> {
+    let pending = flotilla_agent::identity::PendingKey::generate(host).expect("key");
+    AgentServiceClient::new(anonymous_channel(coord))
+        .enroll(with_header(v1::EnrollRequest {
+            token: token.into(),
+            host_name: host.into(),
+            csr_pem: pending.csr_pem.clone(),
+            facts: None,
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn issue_14_a_connection_without_a_certificate_is_closed_when_idle_and_may_only_enroll() {
+    let coord = Coord::start(|c| c.limits.anonymous_idle = Duration::from_millis(500)).await;
+    // Idle: closed by the server, and counted.
+    let mut idle = anonymous_tls(&coord).await;
+    let t = std::time::Instant::now();
+    assert!(closed_within(&mut idle, WAIT).await, "an idle connection without a certificate stays open");
+    assert!(t.elapsed() >= Duration::from_millis(400), "closed before its idle timeout: {:?}", t.elapsed());
+    assert_eq!(port_status(&coord).await.expired_connections, 1);
+
+    // Only Enroll: a session, or the admin API, is refused before any handler runs, and
+    // leaves nothing in the audit trail.
+    let ch = anonymous_channel(&coord);
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::AgentMessage>(1);
+    let e = AgentServiceClient::new(ch.clone())
+        .session(with_header(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await
+        .expect_err("a session without a certificate");
+    drop(tx);
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("client certificate"), "{}", e.message());
+    let e = v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest {}).await.expect_err("admin");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let audit = coord.admin().await.audit(v1::AuditRequest { limit: 0 }).await.expect("audit").into_inner();
+    assert!(!audit.events.iter().any(|e| e.kind.contains("refused")), "{:?}", audit.events);
+
+    // A host with a certificate is not subject to the idle timeout: its session holds.
+    let mut agent = flotilla_agent::start(coord.agent_config("node0").await).await.expect("agent");
+    let s = agent.wait_for(WAIT, |s| s.connected).await.expect("session opens");
+    assert_eq!(s.sessions_opened, 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = agent.status.borrow().clone();
+    assert!(s.connected && s.sessions_opened == 1, "the session did not hold: {s:?}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn issue_14_a_source_at_its_cap_loses_its_oldest_connection_without_a_certificate() {
+    let coord = Coord::start(|c| c.limits.max_anonymous_per_source = 2).await;
+    let mut first = anonymous_tls(&coord).await;
+    let mut second = anonymous_tls(&coord).await;
+    let mut third = anonymous_tls(&coord).await;
+    assert!(closed_within(&mut first, WAIT).await, "the oldest made room");
+    assert!(!closed_within(&mut second, Duration::from_millis(300)).await);
+    assert!(!closed_within(&mut third, Duration::from_millis(300)).await);
+    let port = port_status(&coord).await;
+    assert_eq!((port.evicted_connections, port.anonymous_connections), (1, 2), "{port:?}");
+
+    // An agent from the same address still enrolls (making room again) and holds its session.
+    let mut agent = flotilla_agent::start(coord.agent_config("node0").await).await.expect("agent");
+    agent.wait_for(WAIT, |s| s.connected).await.expect("enrolls and opens its session");
+    let port = port_status(&coord).await;
+    assert!(port.connections <= port.max_connections && port.anonymous_connections <= 2, "{port:?}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn issue_14_enroll_messages_are_capped_at_64_kib_and_attempts_are_rate_limited() {
+    let coord = Coord::start(|c| {
+        c.limits.enroll_per_source = RateLimit { burst: 3, per_second: 0.0 };
+    })
+    .await;
+    // A successful enrollment gives its token back ...
+    let token = coord.token("node0").await;
+    enroll(&coord, &token, "node0").await.expect("enrolls");
+    // ... an oversized one is refused before it is decoded, and refusals spend the burst.
+    let big = "x".repeat(100 * 1024);
+    let e = enroll(&coord, &big, "node1").await.expect_err("100 KiB");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    for _ in 0..2 {
+        let e = enroll(&coord, "0123456789abcdef", "node1").await.expect_err("bad token");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    }
+    let token = coord.token("node1").await;
+    let e = enroll(&coord, &token, "node1").await.expect_err("throttled");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("too many enrollment attempts"), "{}", e.message());
+    assert_eq!(port_status(&coord).await.throttled_enrollments, 1);
 }
