@@ -12,6 +12,7 @@ mod accept;
 mod admission;
 
 pub use accept::{AcceptCounts, AcceptLimits, HANDSHAKE_TIMEOUT, PeerInfo, Port, TlsConn, incoming, incoming_with};
+pub use admission::source_of;
 
 use std::io;
 use std::sync::Arc;

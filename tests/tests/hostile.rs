@@ -61,10 +61,11 @@ impl Flood {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let Ok(report) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-                if report["phase"] == "ramped" {
+                let ramped = report["phase"] == "ramped";
+                *seen.lock().expect("flood report") = report;
+                if ramped {
                     let _ = ramped_tx.send(true);
                 }
-                *seen.lock().expect("flood report") = report;
             }
         });
         Self { _child: child, last, ramped }

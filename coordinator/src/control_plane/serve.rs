@@ -207,7 +207,8 @@ fn spawn_agent_server(
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // tonic's defaults lift hyper's bounds (`None`: no limit); put them back.
+        // tonic's defaults (`None`) lift hyper's bounds on concurrent streams and on resets
+        // a client can provoke; put them back, and pin h2's bound on rapid resets.
         .max_concurrent_streams(cp.config.limits.max_concurrent_streams)
         .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_RESETS))
