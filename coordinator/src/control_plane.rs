@@ -9,7 +9,10 @@
 //! - [`enroll`]: where an agent's enrollment is checked (token + CSR → certificate).
 //! - [`session`]: one agent session's life; [`session::registry`]: the live ones.
 //! - [`log_router`]: routing agents' log streams to followers.
-//! - [`agent_api`]: the `AgentService` gRPC edge (authentication).
+//! - [`agent_api`]: the `AgentService` gRPC edge (authentication; what a connection without
+//!   a certificate may call, enrollment's rate limit from [`enroll_limit`]).
+//! - [`descriptors`]: the descriptor limit (raised at start) and the agent port's connection
+//!   caps derived from it.
 //! - [`admin_api`]: the `Admin` gRPC service (operators and the CLI).
 //! - [`status`]: every error of the control plane → `tonic::Status`, in one place.
 //! - [`agent_binary`]: serving the agent binary over HTTPS for user-data to fetch.
@@ -21,7 +24,9 @@ pub mod agent_api;
 pub mod agent_binary;
 pub mod clock;
 pub mod core;
+pub mod descriptors;
 pub mod enroll;
+pub mod enroll_limit;
 pub mod log_router;
 pub mod pki;
 pub mod serve;

@@ -4,7 +4,8 @@
 //!   (`AgentService`: Enroll, Session, Logs; `Admin`: the operator's API). The `.proto`
 //!   files are the documentation of the protocol.
 //! - [`tls`]: the one TLS configuration both ends speak — TLS 1.3 only, the aws-lc-rs
-//!   crypto provider everywhere, the cluster CA as the only root — plus the accept loop and
+//!   crypto provider everywhere, the cluster CA as the only root — plus the accept loop (and
+//!   the caps and timeouts it keeps on connections, [`tls::AcceptLimits`]) and
 //!   the client connector that carry tonic over it, and [`tls::PeerIdentity`], who is on the
 //!   other end of a connection.
 //! - [`fs`]: secret files (atomic, 0600 from the first byte) and private directories.

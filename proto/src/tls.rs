@@ -4,13 +4,18 @@
 //! The server side accepts TLS itself (rather than through tonic's TLS feature) so that one
 //! port can serve `Enroll` to hosts that have no certificate yet and require one for every
 //! other RPC: client certificates are *verified* by rustls when presented and *required* per
-//! RPC by the service, which reads [`PeerInfo`] from the request.
+//! RPC by the service, which reads [`PeerInfo`] from the request. `tls/accept.rs` is that accept
+//! loop and the limits it keeps (caps on connections, timeouts for connections without a
+//! certificate); `tls/admission.rs` decides who gets a place on a full port.
+
+mod accept;
+mod admission;
+
+pub use accept::{AcceptCounts, AcceptLimits, HANDSHAKE_TIMEOUT, PeerInfo, Port, TlsConn, incoming, incoming_with};
+pub use admission::source_of;
 
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -19,14 +24,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tonic::transport::server::Connected;
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
-
-/// How long a TLS handshake may take before the connection is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -132,97 +131,6 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// What the server knows about the other end of a connection; a request extension.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    pub remote_addr: Option<SocketAddr>,
-    /// The verified client certificate chain, leaf first; `None` when none was presented.
-    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-}
-
-/// An accepted TLS connection, carrying [`PeerInfo`] into tonic.
-pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    info: PeerInfo,
-}
-
-impl Connected for TlsConn {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// Accepts TCP connections on `listener` and completes TLS handshakes concurrently (a slow
-/// or hostile client never blocks the accept loop); yields only completed handshakes. The
-/// accept loop ends when the returned stream is dropped.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
-    let (tx, rx) = mpsc::channel(1024);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off a little instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = tx.closed() => return,
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let certs = stream.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
-                        let conn = TlsConn { inner: stream, info: PeerInfo { remote_addr: Some(remote), certs } };
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(peer = %remote, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(peer = %remote, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// A lazily connecting gRPC channel to `addr` (`host:port`) over TLS with `config`. The

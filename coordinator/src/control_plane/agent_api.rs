@@ -1,10 +1,16 @@
 //! The `AgentService` gRPC edge: who is calling (certificate checks), protocol version
 //! checks. Errors become `tonic::Status` in [`crate::control_plane::status`].
+//!
+//! In front of it, [`gate`] (issue 14), before routing and before any body is read: a
+//! connection without a client certificate may only call `Enroll` and download the agent
+//! binary, and every `Enroll` takes a token from [`crate::control_plane::enroll_limit`].
+//! `Enroll` messages are capped at [`MAX_ENROLL_MESSAGE`], the session's and log streams' at
+//! [`MAX_AGENT_MESSAGE`].
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use flotilla_proto::tls::{PeerInfo, identity_of};
+use flotilla_proto::tls::{self, PeerInfo, identity_of};
 use flotilla_proto::v1::{self, agent_service_server::AgentService};
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +23,42 @@ use crate::control_plane::status::IntoStatus;
 
 pub struct AgentApi {
     pub cp: Arc<ControlPlane>,
+}
+
+/// The gRPC path of `Enroll`, the one RPC a connection without a client certificate may call.
+pub const ENROLL_PATH: &str = "/flotilla.v1.AgentService/Enroll";
+/// The largest `EnrollRequest` decoded: a token, a name, a CSR and host facts are a few KiB.
+pub const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
+/// The largest session or log stream message decoded. The largest legitimate one is a
+/// `LogChunk`: sent once its text passes 64 KiB (the agent's `logs::MAX_BYTES`), of at most
+/// 256 lines cut at 64 KiB each — under 130 KiB; a session's messages are smaller.
+pub const MAX_AGENT_MESSAGE: usize = 1024 * 1024;
+
+/// The agent port's front door (an axum middleware over every route).
+pub async fn gate(
+    axum::extract::State(cp): axum::extract::State<Arc<ControlPlane>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = req.extensions().get::<PeerInfo>();
+    let path = req.uri().path();
+    if path == ENROLL_PATH {
+        if let Some(source) = peer.and_then(|p| p.remote_addr).map(|a| tls::source_of(a.ip()))
+            && let Err(throttled) = cp.enroll_limit.take(source)
+        {
+            return Status::resource_exhausted(throttled.to_string()).into_http();
+        }
+    } else if peer.is_none_or(|p| p.certs.is_none()) && !is_download(path) {
+        // Refused here, without an audit record: an unauthenticated client cannot make the
+        // control plane write.
+        return AuthError::NoCertificate.into_status().into_http();
+    }
+    next.run(req).await
+}
+
+fn is_download(path: &str) -> bool {
+    let bin = crate::control_plane::agent_binary::PATH;
+    path == bin || path.strip_prefix(bin) == Some(".sha256")
 }
 
 /// Why a caller was refused before reaching a handler.
@@ -107,6 +149,7 @@ impl AgentService for AgentApi {
     async fn enroll(&self, req: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
         check_protocol(&req).map_err(IntoStatus::into_status)?;
         let peer = peer_of(&req);
+        let source = req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr).map(|a| tls::source_of(a.ip()));
         let cp = Arc::clone(&self.cp);
         let body = req.into_inner();
         // Signing and the fsync'd commit are blocking work: keep them off the reactor.
@@ -114,6 +157,10 @@ impl AgentService for AgentApi {
             .await
             .map_err(|e| Status::internal(format!("enrollment task failed: {e}")))?
             .map_err(IntoStatus::into_status)?;
+        // Enrolled: the attempt's token goes back to its buckets (see `enroll_limit`).
+        if let Some(source) = source {
+            self.cp.enroll_limit.give_back(source);
+        }
         Ok(Response::new(resp))
     }
 

@@ -53,6 +53,11 @@ pub struct ControlPlane {
     pub agent_binary: Option<Arc<crate::control_plane::agent_binary::AgentBinary>>,
     /// Cancelled to stop the control plane (`coordinator stop`).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The agent port's caps and counters.
+    pub port: flotilla_proto::tls::Port,
+    /// The descriptor limit in force (raised to the hard limit at start).
+    pub descriptor_limit: u64,
+    pub enroll_limit: crate::control_plane::enroll_limit::EnrollLimit,
 }
 
 impl ControlPlane {
@@ -335,7 +340,27 @@ impl ControlPlane {
             agent_endpoint: self.agent_endpoint.clone(),
             agent_binary_sha256: self.agent_binary.as_ref().map(|b| b.sha256.clone()).unwrap_or_default(),
             agent_version: flotilla_agent::VERSION.to_string(),
+            port: Some(self.port_status()),
         })
+    }
+
+    /// The agent port's resources, for `status`.
+    pub fn port_status(&self) -> v1::PortStatus {
+        let c = self.port.counts();
+        let limits = self.port.limits();
+        v1::PortStatus {
+            descriptor_limit: self.descriptor_limit,
+            descriptors_in_use: crate::control_plane::descriptors::in_use().unwrap_or(0),
+            max_connections: limits.max_connections as u64,
+            max_anonymous_connections: limits.max_anonymous as u64,
+            connections: c.connections,
+            anonymous_connections: c.anonymous,
+            refused_connections: c.refused,
+            evicted_connections: c.evicted,
+            failed_handshakes: c.handshakes_failed + c.handshakes_timed_out,
+            expired_connections: c.expired,
+            throttled_enrollments: self.enroll_limit.throttled(),
+        }
     }
 }
 

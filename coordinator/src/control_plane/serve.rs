@@ -14,10 +14,12 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 
 use crate::control_plane::admin_api::AdminApi;
-use crate::control_plane::agent_api::AgentApi;
+use crate::control_plane::agent_api::{self, AgentApi};
 use crate::control_plane::agent_binary::{AgentBinary, AgentBinaryError};
 use crate::control_plane::clock::Clock;
 use crate::control_plane::core::ControlPlane;
+use crate::control_plane::descriptors;
+use crate::control_plane::enroll_limit::EnrollLimit;
 use crate::control_plane::pki::{Pki, PkiError};
 use crate::control_plane::settings::{ServeConfig, StatePaths};
 use crate::control_plane::store::{Store, StoreError};
@@ -89,6 +91,8 @@ pub async fn start(config: ServeConfig, listener: TcpListener) -> Result<Running
 /// [`start`] with a given clock (tests move it forward to expire tokens).
 pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock: Clock) -> Result<Running, ServeError> {
     tls::install_default_provider();
+    // First, before the store and the listeners count against it.
+    let descriptor_limit = descriptors::raise_limit();
     let paths = StatePaths::new(&config.state_dir);
     flotilla_proto::fs::private_dir(&paths.dir)
         .map_err(|source| ServeError::StateDir { path: paths.dir.clone(), source })?;
@@ -99,6 +103,8 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
     let server_tls = tls::server_config(pki.server_identity(), &pki.ca_certs()?)?;
     let agent_endpoint = endpoint_of(&advertise[0], addr.port());
     let agent_binary = load_agent_binary(&config).await?;
+    let port = tls::Port::new(descriptors::accept_limits(&config.limits, descriptor_limit));
+    let enroll_limit = EnrollLimit::new(config.limits.enroll_per_source, config.limits.enroll_total);
 
     let cp = Arc::new(ControlPlane {
         config: config.clone(),
@@ -110,6 +116,9 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         agent_endpoint: agent_endpoint.clone(),
         agent_binary: agent_binary.clone(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        port,
+        descriptor_limit,
+        enroll_limit,
     });
 
     let unix = bind_admin_socket(&paths)?;
@@ -117,8 +126,10 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         .map_err(|source| ServeError::StateDir { path: paths.endpoint_file(), source })?;
     let agent_server = spawn_agent_server(&cp, listener, server_tls, agent_binary);
     let admin_server = spawn_admin_server(&cp, unix);
+    let limits = cp.port.limits();
     tracing::info!(
         cluster = %config.cluster, %addr, endpoint = %agent_endpoint, socket = %paths.admin_socket().display(),
+        descriptor_limit, max_connections = limits.max_connections, max_anonymous = limits.max_anonymous,
         "control plane serving"
     );
     let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
@@ -171,27 +182,49 @@ fn bind_admin_socket(paths: &StatePaths) -> Result<UnixListener, ServeError> {
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// The agent port: `AgentService` (and `Admin` for operator certificates when remote admin
-/// is on) plus the agent binary's HTTPS route, over TLS 1.3.
+/// is on) plus the agent binary's HTTPS route, over TLS 1.3, behind [`agent_api::gate`] and
+/// within the port's limits (`tls/accept.rs`).
 fn spawn_agent_server(
     cp: &Arc<ControlPlane>,
     listener: TcpListener,
     server_tls: Arc<rustls::ServerConfig>,
     agent_binary: Option<Arc<AgentBinary>>,
 ) -> ServerTask {
-    let mut routes = tonic::service::Routes::new(AgentServiceServer::new(AgentApi { cp: Arc::clone(cp) }));
+    use tower::ServiceExt;
+    let api = Arc::new(AgentApi { cp: Arc::clone(cp) });
+    let agent = AgentServiceServer::from_arc(Arc::clone(&api)).max_decoding_message_size(agent_api::MAX_AGENT_MESSAGE);
+    // `Enroll` on its own route, for its own message cap (tonic's is per service).
+    let enroll = AgentServiceServer::from_arc(api)
+        .max_decoding_message_size(agent_api::MAX_ENROLL_MESSAGE)
+        .map_request(|req: axum::http::Request<axum::body::Body>| req.map(tonic::body::Body::new));
+    let mut routes = tonic::service::Routes::new(agent);
     if cp.config.remote_admin {
         routes = routes.add_service(AdminServer::new(AdminApi { cp: Arc::clone(cp) }));
     }
-    let axum_router = crate::control_plane::agent_binary::routes(routes.into_axum_router(), agent_binary);
+    let axum_router = routes.into_axum_router().route_service(agent_api::ENROLL_PATH, enroll);
+    let axum_router = crate::control_plane::agent_binary::routes(axum_router, agent_binary)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(cp), agent_api::gate));
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // tonic's defaults (`None`) lift hyper's bounds on concurrent streams and on resets
+        // a client can provoke; put them back, and pin h2's bound on rapid resets.
+        .max_concurrent_streams(cp.config.limits.max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_RESETS))
         .tcp_nodelay(true)
         .add_routes(tonic::service::Routes::from(axum_router));
-    let incoming = tls::incoming(listener, server_tls);
+    let incoming = tls::incoming_with(listener, server_tls, cp.port.clone());
     let shutdown = cp.shutdown.clone();
     tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })
 }
+
+/// Streams a client may open and reset before the server accepts them (the "rapid reset"
+/// attack): h2's default.
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may have to reset for a client's protocol errors before it sends
+/// GOAWAY: hyper's default.
+const HTTP2_MAX_LOCAL_RESETS: usize = 1024;
 
 /// The operator's `Admin` API on the unix socket.
 fn spawn_admin_server(cp: &Arc<ControlPlane>, unix: UnixListener) -> ServerTask {

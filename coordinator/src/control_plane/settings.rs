@@ -20,6 +20,8 @@ pub struct ServeConfig {
     /// The agent binary served at `/v1/agent/flotilla-agent` (see `agent_binary`); `None`
     /// serves none.
     pub agent_binary: Option<PathBuf>,
+    /// What the agent port lets clients use (issue 14).
+    pub limits: PortLimits,
 }
 
 impl ServeConfig {
@@ -32,8 +34,62 @@ impl ServeConfig {
             host_cert_validity: crate::control_plane::pki::HOST_CERT_VALIDITY,
             remote_admin: true,
             agent_binary: None,
+            limits: PortLimits::default(),
         }
     }
+}
+
+/// What the agent port lets clients use. The connection caps left `None` are derived at start
+/// from the descriptor limit (see [`crate::control_plane::descriptors`]), so the control plane
+/// never runs out of descriptors.
+#[derive(Clone, Debug)]
+pub struct PortLimits {
+    /// Connections at once, all kinds.
+    pub max_connections: Option<usize>,
+    /// Of which without a client certificate (enrolling hosts, agent binary downloads,
+    /// handshakes in progress).
+    pub max_anonymous: Option<usize>,
+    /// Of which from one source address (an IPv6 /64). Enrolling hosts use one connection
+    /// each; `benches/sessions.sh` enrolls 64 at a time from one address.
+    pub max_anonymous_per_source: usize,
+    pub handshake_timeout: Duration,
+    /// A connection without a client certificate is closed after this long without a byte
+    /// either way (twice the keep-alive PING interval of every Flotilla client channel, so an
+    /// enrollment waiting on a slow commit is not cut) ...
+    pub anonymous_idle: Duration,
+    /// ... and this long after it was accepted (an enrollment takes one round trip; the agent
+    /// binary's download is the longest legitimate use).
+    pub anonymous_lifetime: Duration,
+    /// HTTP/2 streams per connection: an agent's session and one `Logs` stream per source
+    /// followed share one or two connections.
+    pub max_concurrent_streams: u32,
+    /// Enrollment attempts: per source address, and in total. A successful enrollment gives
+    /// its token back (a valid join token is the operator's say-so); refusals spend them.
+    pub enroll_per_source: RateLimit,
+    pub enroll_total: RateLimit,
+}
+
+impl Default for PortLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_anonymous: None,
+            max_anonymous_per_source: 128,
+            handshake_timeout: Duration::from_secs(5),
+            anonymous_idle: Duration::from_secs(20),
+            anonymous_lifetime: Duration::from_secs(600),
+            max_concurrent_streams: 128,
+            enroll_per_source: RateLimit { burst: 64, per_second: 4.0 },
+            enroll_total: RateLimit { burst: 256, per_second: 32.0 },
+        }
+    }
+}
+
+/// A token bucket: `burst` at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub per_second: f64,
 }
 
 /// The files of a cluster's state directory.
