@@ -50,6 +50,63 @@ pub struct StatusView {
     pub heartbeat_interval_s: u32,
     pub hosts: Vec<HostView>,
     pub swarm: SwarmSummary,
+    /// The agent port's limits and use (absent from control planes older than the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortView>,
+}
+
+/// What the agent port may use and uses: descriptors, connection caps, refusals.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PortView {
+    pub descriptor_limit: u64,
+    pub descriptors_in_use: u64,
+    pub max_connections: u64,
+    pub max_anonymous_connections: u64,
+    pub connections: u64,
+    pub anonymous_connections: u64,
+    pub refused_connections: u64,
+    pub evicted_connections: u64,
+    pub failed_handshakes: u64,
+    pub expired_connections: u64,
+    pub throttled_enrollments: u64,
+}
+
+impl From<&v1::PortStatus> for PortView {
+    fn from(p: &v1::PortStatus) -> Self {
+        PortView {
+            descriptor_limit: p.descriptor_limit,
+            descriptors_in_use: p.descriptors_in_use,
+            max_connections: p.max_connections,
+            max_anonymous_connections: p.max_anonymous_connections,
+            connections: p.connections,
+            anonymous_connections: p.anonymous_connections,
+            refused_connections: p.refused_connections,
+            evicted_connections: p.evicted_connections,
+            failed_handshakes: p.failed_handshakes,
+            expired_connections: p.expired_connections,
+            throttled_enrollments: p.throttled_enrollments,
+        }
+    }
+}
+
+impl PortView {
+    /// One line under the table.
+    fn line(&self) -> String {
+        format!(
+            "agent port: {}/{} connections ({}/{} without a certificate), descriptors {}/{}; since start: {} refused, {} evicted, {} failed handshakes, {} idle-closed, {} enrollments throttled",
+            self.connections,
+            self.max_connections,
+            self.anonymous_connections,
+            self.max_anonymous_connections,
+            self.descriptors_in_use,
+            self.descriptor_limit,
+            self.refused_connections,
+            self.evicted_connections,
+            self.failed_handshakes,
+            self.expired_connections,
+            self.throttled_enrollments,
+        )
+    }
 }
 
 /// One host: its identity, session, facts, last health sample and roles.
@@ -149,6 +206,7 @@ impl From<&v1::StatusResponse> for StatusView {
             agent_endpoint: st.agent_endpoint.clone(),
             heartbeat_interval_s: st.heartbeat_interval_s,
             hosts: st.hosts.iter().map(HostView::from).collect(),
+            port: st.port.as_ref().map(PortView::from),
             swarm,
         }
     }
@@ -217,7 +275,8 @@ impl StatusView {
         for h in &self.hosts {
             t.add_row(h.row());
         }
-        format!("cluster {} — {} hosts\n{t}", self.cluster, self.hosts.len())
+        let port = self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default();
+        format!("cluster {} — {} hosts\n{t}{port}", self.cluster, self.hosts.len())
     }
 }
 
