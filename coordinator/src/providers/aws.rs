@@ -12,11 +12,10 @@
 //! - **Image** ([`image`]): the Amazon Linux 2023 x86_64 AMI from its public SSM parameter (or
 //!   `images.host`), checked with the instance types before anything is launched.
 //! - **Instances** ([`instances`]): where a host is launched on EC2 — IMDSv2 required with
-//!   hop limit 1, an encrypted gp3 root volume, tags
-//!   (`Name`, `flotilla:cluster`, `flotilla:role`, `flotilla:host`) and the rendered
-//!   user-data. Hosts are found by tag before anything is launched, and every RunInstances
-//!   carries a ClientToken derived from cluster, host and launch generation, so a retried
-//!   call never makes a second instance on EC2.
+//!   hop limit 1, an encrypted gp3 root volume, tags (`Name`, `flotilla:cluster`,
+//!   `flotilla:role`, `flotilla:host`) and the rendered user-data. Hosts are found by tag
+//!   before anything is launched, and every RunInstances carries a ClientToken derived from
+//!   cluster, host and launch generation, so a retried call never makes a second instance.
 //! - **Faults**: the SDK retries throttling and 5xx with back-off (standard mode, 6
 //!   attempts); every wait is bounded; errors name the fix ([`errors`]).
 //! - **Baking** ([`bake`]): an AMI with the Engine and the agent installed.
