@@ -16,7 +16,7 @@
 //! - SIGINT during a drill restores the target and removes the drill's service before it
 //!   exits non-zero saying so.
 //!
-//! (The 2-manager refusal is a unit test of the pre-check in `coordinator/src/failover.rs`:
+//! (The 2-manager refusal is a unit test of the pre-check in `coordinator/src/ops/failover/precheck.rs`:
 //! deploying a second, 2-manager cluster here would cost another minute for a pure check.)
 
 use std::path::PathBuf;

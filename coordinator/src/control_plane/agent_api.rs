@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::control_plane::core::ControlPlane;
 use crate::control_plane::log_router::LogEvent;
-use crate::control_plane::session::AuthenticatedHost;
+use crate::control_plane::session::{AuthError, AuthenticatedHost};
 use crate::control_plane::status::IntoStatus;
 
 pub struct AgentApi {
@@ -59,25 +59,6 @@ pub async fn gate(
 fn is_download(path: &str) -> bool {
     let bin = crate::control_plane::agent_binary::PATH;
     path == bin || path.strip_prefix(bin) == Some(".sha256")
-}
-
-/// Why a caller was refused before reaching a handler.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("this RPC requires a client certificate issued by the cluster CA; enroll first")]
-    NoCertificate,
-    #[error("client certificate is not a host certificate (OU '{0}')")]
-    NotAHost(String),
-    #[error("client certificate does not parse")]
-    Unparseable,
-    #[error("host '{0}' is not enrolled in this cluster")]
-    UnknownHost(String),
-    #[error("host '{0}' was revoked by the operator")]
-    Revoked(String),
-    #[error("certificate serial {serial} is no longer valid for host '{host}' (superseded by a re-enrollment)")]
-    Superseded { host: String, serial: String },
-    #[error("{0}")]
-    Protocol(String),
 }
 
 fn peer_of<T>(req: &Request<T>) -> String {

@@ -1,6 +1,8 @@
 //! The control plane's shared state — store, PKI, live sessions, clock, settings — and the
 //! operations the admin API exposes on it (tokens, revocation, status).
 
+mod follow_logs;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -18,6 +18,25 @@ use registry::{OUTBOUND_CAPACITY, Outbound, Registration};
 /// How long an agent has to say Hello after opening a session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a caller was refused before reaching a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("this RPC requires a client certificate issued by the cluster CA; enroll first")]
+    NoCertificate,
+    #[error("client certificate is not a host certificate (OU '{0}')")]
+    NotAHost(String),
+    #[error("client certificate does not parse")]
+    Unparseable,
+    #[error("host '{0}' is not enrolled in this cluster")]
+    UnknownHost(String),
+    #[error("host '{0}' was revoked by the operator")]
+    Revoked(String),
+    #[error("certificate serial {serial} is no longer valid for host '{host}' (superseded by a re-enrollment)")]
+    Superseded { host: String, serial: String },
+    #[error("{0}")]
+    Protocol(String),
+}
+
 /// A caller whose client certificate passed every check (see `agent_api::authenticate`).
 #[derive(Clone, Debug)]
 pub struct AuthenticatedHost {

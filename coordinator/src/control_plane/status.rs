@@ -3,11 +3,10 @@
 
 use tonic::Status;
 
-use crate::control_plane::agent_api::AuthError;
 use crate::control_plane::core::ControlError;
 use crate::control_plane::enroll::EnrollError;
 use crate::control_plane::log_router::LogsError;
-use crate::control_plane::session::SessionError;
+use crate::control_plane::session::{AuthError, SessionError};
 use crate::control_plane::tokens::TokenRefusal;
 
 /// The single mapping from the control plane's errors to gRPC statuses.
