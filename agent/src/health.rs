@@ -29,11 +29,7 @@ impl Sampler {
 
     pub async fn sample(&mut self, docker: Option<&bollard::Docker>) -> HealthSample {
         self.seq += 1;
-        let mut out = HealthSample {
-            seq: self.seq,
-            unix_ms: now_unix_ms(),
-            ..Default::default()
-        };
+        let mut out = HealthSample { seq: self.seq, unix_ms: now_unix_ms(), ..Default::default() };
         if let Some(s) = self.sys.as_mut() {
             s.refresh_cpu_usage();
             s.refresh_memory();

@@ -35,8 +35,12 @@ pub fn changed(old: Option<&SwarmView>, new: &SwarmView) -> bool {
 
 /// Reads the view with `read` every `interval` until `shutdown`, and keeps the latest in
 /// `out`; receivers are notified only when it [`changed`].
-pub async fn run<F, Fut>(mut read: F, out: watch::Sender<Option<SwarmView>>, interval: Duration, shutdown: CancellationToken)
-where
+pub async fn run<F, Fut>(
+    mut read: F,
+    out: watch::Sender<Option<SwarmView>>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<SwarmView>>,
 {
