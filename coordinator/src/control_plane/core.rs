@@ -454,8 +454,8 @@ mod tests {
         // Read with the sample, received 1.5 s ago.
         assert_eq!(swarm_age_s(10_000, &sample(5_000, Some(5_002)), 11_500), Some(1.5));
         // The Engine did not answer: the sample carried a view read 4 s before it (the agent's
-        // clock is 1 h behind ours; only differences of one clock are used).
-        let skewed = sample(5_000 - 3_600_000, Some(1_000 - 3_600_000));
+        // clock is 1 h ahead of ours; only differences of one clock are used).
+        let skewed = sample(5_000 + 3_600_000, Some(1_000 + 3_600_000));
         assert_eq!(swarm_age_s(10_000, &skewed, 11_000), Some(5.0));
         // An older agent stamps nothing: as old as its sample.
         assert_eq!(swarm_age_s(10_000, &sample(5_000, Some(0)), 12_000), Some(2.0));
