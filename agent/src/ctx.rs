@@ -56,6 +56,8 @@ pub struct Ctx {
     /// Role statuses and Consul/Swarm views, published by the reconciler.
     pub roles: watch::Receiver<Vec<v1::RoleStatus>>,
     pub views: watch::Receiver<reconcile::Views>,
+    /// The swarm view as last read by [`crate::swarm_watch`]; notified when it changed.
+    pub swarm: watch::Receiver<Option<v1::SwarmView>>,
     /// Where log streams dial; the session publishes it (see [`logs::Link`]).
     pub log_link: watch::Sender<Option<logs::Link>>,
     pub shutdown: CancellationToken,

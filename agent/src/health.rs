@@ -29,14 +29,7 @@ impl Sampler {
 
     pub async fn sample(&mut self, docker: Option<&bollard::Docker>) -> HealthSample {
         self.seq += 1;
-        let mut out = HealthSample {
-            seq: self.seq,
-            unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or_default(),
-            ..Default::default()
-        };
+        let mut out = HealthSample { seq: self.seq, unix_ms: now_unix_ms(), ..Default::default() };
         if let Some(s) = self.sys.as_mut() {
             s.refresh_cpu_usage();
             s.refresh_memory();
@@ -69,6 +62,11 @@ impl Sampler {
         }
         out
     }
+}
+
+/// The wall clock, milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 /// (total, available) bytes of the file system whose mount point is the longest prefix

@@ -11,7 +11,8 @@
 //! - [`session`]: one session: Hello, heartbeats, renewal, the coordinator's messages.
 //! - [`backoff`]: exponential back-off with full jitter.
 //! - [`cli`]: the binary's main (shared with the multi-call `coordinator` binary).
-//! - [`facts`], [`health`]: what the host is and how it is doing.
+//! - [`facts`], [`health`]: what the host is and how it is doing; [`swarm_watch`]: the swarm
+//!   view read every second, so a change is reported at once.
 //! - [`engine`]: the local Docker Engine client; [`engine_tls`]: its TLS listener (managers).
 //! - [`reconcile`]: the controller converging the Engine to the assignment, through
 //!   [`roles`] (consul, manager, node); [`consul`]: the Consul HTTP client they use.
@@ -40,6 +41,7 @@ pub mod logs;
 pub mod reconcile;
 pub mod roles;
 pub mod session;
+pub mod swarm_watch;
 
 use std::time::Duration;
 
@@ -124,8 +126,15 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let (views_tx, views_rx) = watch::channel(reconcile::Views::default());
     let (passes_tx, passes_rx) = watch::channel(0u64);
     let (holds_tx, holds_rx) = watch::channel(reconcile::Holds::default());
+    let (swarm_tx, swarm_rx) = watch::channel(None);
     let mut workers = Vec::new();
     if let Some(docker) = docker.clone() {
+        let d = docker.clone();
+        let read = move || {
+            let d = d.clone();
+            async move { roles::swarm::view(&d).await }
+        };
+        workers.push(tokio::spawn(swarm_watch::run(read, swarm_tx, swarm_watch::INTERVAL, shutdown.clone())));
         let r = reconcile::Reconciler {
             docker,
             host: config.host_name.clone(),
@@ -152,6 +161,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         directives: dir_tx,
         roles: roles_rx.clone(),
         views: views_rx,
+        swarm: swarm_rx,
         log_link: link_tx,
         shutdown: shutdown.clone(),
     };

@@ -1,11 +1,12 @@
-//! One session with the coordinator: Hello, then health every interval, status reports,
-//! certificate renewal before two thirds of its life — and whatever the coordinator says.
+//! One session with the coordinator: Hello, then health every interval (and at once when the
+//! swarm view changes or the coordinator asks), status reports, certificate renewal before
+//! two thirds of its life — and whatever the coordinator says.
 
 use std::time::{Duration, Instant};
 
 use flotilla_proto::tls;
 use flotilla_proto::v1::{
-    self, AgentMessage, CoordinatorMessage, agent_message, agent_service_client::AgentServiceClient,
+    self, AgentMessage, CoordinatorMessage, SampleTrigger, agent_message, agent_service_client::AgentServiceClient,
     coordinator_message,
 };
 use tokio::sync::mpsc;
@@ -100,7 +101,8 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
 }
 
 /// The open session's loop: the coordinator's messages, status reports when the roles
-/// change, a health sample every interval, a renewal when the certificate is due.
+/// change, a health sample every interval and when the swarm view changes, a renewal when
+/// the certificate is due.
 async fn session_loop(
     ctx: &mut Ctx,
     addr: &str,
@@ -111,6 +113,9 @@ async fn session_loop(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut roles = ctx.roles.clone();
     roles.mark_changed();
+    // The interval's first tick samples at once; later swarm changes wake the loop.
+    let mut swarm = ctx.swarm.clone();
+    swarm.borrow_and_update();
     let shutdown = ctx.shutdown.clone();
     let mut open = Open { ctx, addr, out: out_tx, pending_renewal: None, sent_at: None };
     loop {
@@ -118,7 +123,7 @@ async fn session_loop(
         tokio::select! {
             () = shutdown.cancelled() => return Ok(Ended::Shutdown),
             msg = inbound.message() => match msg {
-                Ok(Some(m)) => open.on_message(m)?,
+                Ok(Some(m)) => open.on_message(m).await?,
                 Ok(None) => return Err(open.ended()),
                 Err(status) => return Err(SessionError::Closed { addr: addr.into(), status }),
             },
@@ -126,7 +131,11 @@ async fn session_loop(
                 let report = v1::StatusReport { generation: open.ctx.applied_generation, roles: roles.borrow_and_update().clone() };
                 open.send(agent_message::Body::Status(report)).await?;
             }
-            _ = heartbeat.tick() => open.heartbeat().await?,
+            _ = heartbeat.tick() => open.heartbeat(SampleTrigger::Interval, 0).await?,
+            Ok(()) = swarm.changed() => {
+                swarm.borrow_and_update();
+                open.heartbeat(SampleTrigger::SwarmChanged, 0).await?;
+            }
             () = tokio::time::sleep(renew_in) => open.renew().await?,
         }
     }
@@ -163,7 +172,7 @@ impl Open<'_> {
     }
 
     /// Acts on one message of the coordinator.
-    fn on_message(&mut self, msg: CoordinatorMessage) -> Result<(), SessionError> {
+    async fn on_message(&mut self, msg: CoordinatorMessage) -> Result<(), SessionError> {
         let ctx = &mut *self.ctx;
         match msg.body {
             Some(coordinator_message::Body::HeartbeatAck(ack)) => {
@@ -195,6 +204,9 @@ impl Open<'_> {
             Some(coordinator_message::Body::EngineAction(e)) => {
                 let _ = ctx.directives.send(Directive::Engine(e));
             }
+            Some(coordinator_message::Body::SampleNow(now)) => {
+                self.heartbeat(SampleTrigger::Requested, now.id).await?;
+            }
             Some(coordinator_message::Body::Welcome(_)) | None => {}
         }
         Ok(())
@@ -217,22 +229,31 @@ impl Open<'_> {
         Ok(())
     }
 
-    /// Sends a health sample with the roles' statuses and the Consul and Swarm views.
-    async fn heartbeat(&mut self) -> Result<(), SessionError> {
+    /// Sends a health sample with the roles' statuses and the Consul and Swarm views; says
+    /// why it is sent now (`trigger`) and, when the coordinator asked, which request it answers.
+    async fn heartbeat(&mut self, trigger: SampleTrigger, sample_now_id: u64) -> Result<(), SessionError> {
         let ctx = &mut *self.ctx;
         let mut sample = ctx.sampler.sample(ctx.docker.as_ref()).await;
+        sample.trigger = trigger as i32;
+        sample.sample_now_id = sample_now_id;
         sample.roles = ctx.roles.borrow().clone();
         let views = ctx.views.borrow().clone();
         sample.consul = views.consul;
-        // Swarm's view is read fresh (leadership changes between reconcile passes).
+        // Swarm's view is read fresh (leadership changes between reconcile passes); when the
+        // Engine does not answer in time, the newest earlier read (its time says how old).
+        let earlier = || {
+            [ctx.swarm.borrow().clone(), views.swarm.clone()].into_iter().flatten().max_by_key(|v| v.observed_unix_ms)
+        };
         sample.swarm = match &ctx.docker {
             // Bounded: `info` blocks while a manager has no quorum.
-            Some(d) if sample.engine_ok => tokio::time::timeout(Duration::from_secs(2), crate::roles::swarm::view(d))
-                .await
-                .ok()
-                .flatten()
-                .or(views.swarm),
-            _ => views.swarm,
+            Some(d) if sample.engine_ok => {
+                tokio::time::timeout(crate::swarm_watch::READ_TIMEOUT, crate::roles::swarm::view(d))
+                    .await
+                    .ok()
+                    .flatten()
+                    .or_else(earlier)
+            }
+            _ => earlier(),
         };
         self.sent_at = Some((sample.seq, Instant::now()));
         self.send(agent_message::Body::Health(sample)).await

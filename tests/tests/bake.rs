@@ -374,7 +374,7 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
     let mut coord =
         flotilla_tests::Coord::start_on(&format!("{gateway}:0"), |c| c.agent_binary = Some(agent.clone())).await;
     let mut admin = coord.admin().await;
-    let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+    let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
     assert_ne!(st.agent_binary_sha256, other_sha);
     let user_data = flotilla_cloud_init::render_host(&flotilla_cloud_init::HostInputs {
         cluster: "baked".into(),
@@ -403,7 +403,7 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
     .expect("launch");
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
         if st.hosts.iter().any(|h| h.name == "node0" && h.connected) {
             break;
         }

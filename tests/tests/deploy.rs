@@ -171,7 +171,14 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
         smoke["output"].as_array().expect("output").iter().any(|l| l.as_str().unwrap_or("").contains("Hello from")),
         "{smoke}"
     );
-    let st = status();
+    // `status` shows the swarm as the agents' samples say; they report a change at once, but
+    // one may still be on its way when the deploy returns (issue 13): wait for it, bounded.
+    let st = wait_status("3 managers, one of them the leader, in status", Duration::from_secs(30), |st| {
+        let managers = st["swarm"]["managers"].as_array().map(Vec::as_slice).unwrap_or_default();
+        managers.len() == 3
+            && managers.iter().filter(|m| m["manager_status"] == "leader").count() == 1
+            && st["swarm"]["leader"].as_str().unwrap_or("").starts_with("manager")
+    });
     let hosts = st["hosts"].as_array().expect("hosts");
     assert_eq!(hosts.len(), 5);
     assert!(hosts.iter().all(|h| h["connected"] == true));
@@ -322,7 +329,7 @@ fn bad_assignments(any_manager_ip: &str) {
     rt.block_on(async {
         let sock = state_root().join(CLUSTER).join("admin.sock");
         let mut admin = flotilla_coordinator::admin_client::connect_local(CLUSTER, &sock).await.expect("admin socket");
-        let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
         let node1 = st.hosts.iter().find(|h| h.name == "node1").expect("node1");
         let gen_before = node1.generation;
         let addr = node1.facts.as_ref().and_then(|f| f.private_addresses.first().cloned()).expect("address");
@@ -349,7 +356,7 @@ fn bad_assignments(any_manager_ip: &str) {
             .expect_err("malformed spec");
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains("bootstrap_expect"), "{}", e.message());
-        let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
         assert_eq!(st.hosts.iter().find(|h| h.name == "node1").map(|h| h.generation), Some(gen_before));
 
         // A missing image: the role fails with the registry's own message, the node role
@@ -372,7 +379,7 @@ fn bad_assignments(any_manager_ip: &str) {
             .expect("a well-formed assignment is accepted");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+            let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
             let h = st.hosts.iter().find(|h| h.name == "node1").expect("node1");
             let consul = h.role_status.iter().find(|r| r.role == v1::Role::Consul as i32);
             let node = h.role_status.iter().find(|r| r.role == v1::Role::Node as i32);
@@ -398,7 +405,7 @@ fn bad_assignments(any_manager_ip: &str) {
             .expect("restore");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+            let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
             let h = st.hosts.iter().find(|h| h.name == "node1").expect("node1");
             if h.role_status.len() == 1 && h.role_status[0].state == v1::RoleState::Running as i32 {
                 break;

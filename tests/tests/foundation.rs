@@ -49,7 +49,7 @@ async fn host_names(coord: &Coord) -> Vec<String> {
     coord
         .admin()
         .await
-        .status(v1::StatusRequest {})
+        .status(v1::StatusRequest::default())
         .await
         .expect("status")
         .into_inner()
@@ -279,7 +279,7 @@ async fn an_agent_enrolls_once_deletes_its_token_and_reconnects_with_its_certifi
 
     // Status shows it with a fresh heartbeat and its health figures.
     let json = eventually(WAIT, "a heartbeat in status", || async {
-        let st = coord.admin().await.status(v1::StatusRequest {}).await.ok()?.into_inner();
+        let st = coord.admin().await.status(v1::StatusRequest::default()).await.ok()?.into_inner();
         let v = flotilla_coordinator::cli::status_json(&st);
         (v["hosts"][0]["last_heartbeat_age_s"].as_f64()? >= 0.0).then_some(v)
     })
@@ -297,7 +297,7 @@ async fn an_agent_enrolls_once_deletes_its_token_and_reconnects_with_its_certifi
     let mut seen_unreachable = false;
     for _ in 0..3 {
         coord.clock.advance(Duration::from_secs(4));
-        let st = coord.admin().await.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        let st = coord.admin().await.status(v1::StatusRequest::default()).await.expect("status").into_inner();
         if st.hosts[0].unreachable {
             assert!(st.hosts[0].last_heartbeat_age_s > 3.0, "{:?}", st.hosts[0]);
             seen_unreachable = true;
@@ -307,7 +307,7 @@ async fn an_agent_enrolls_once_deletes_its_token_and_reconnects_with_its_certifi
     assert!(seen_unreachable, "a host 3 heartbeats late must show as unreachable");
     // The next heartbeat makes it reachable again.
     eventually(WAIT, "reachable again after a heartbeat", || async {
-        let st = coord.admin().await.status(v1::StatusRequest {}).await.ok()?.into_inner();
+        let st = coord.admin().await.status(v1::StatusRequest::default()).await.ok()?.into_inner();
         (!st.hosts[0].unreachable).then_some(())
     })
     .await;
@@ -338,7 +338,7 @@ async fn revoking_a_host_closes_its_session_and_refuses_its_next_call() {
     let st = agent.wait_for(WAIT, |s| s.failures >= 2).await.expect("refused again");
     assert!(!st.connected);
     assert!(st.last_error.contains("revoked"), "{}", st.last_error);
-    let status = coord.admin().await.status(v1::StatusRequest {}).await.expect("status").into_inner();
+    let status = coord.admin().await.status(v1::StatusRequest::default()).await.expect("status").into_inner();
     assert!(status.hosts[0].revoked);
     agent.stop().await;
 }
@@ -366,7 +366,7 @@ async fn a_coordinator_restart_under_twenty_agents_loses_nothing_and_all_reconne
     assert!(took < Duration::from_secs(6), "all 20 reconnected in {took:?}");
     let names = host_names(&coord).await;
     assert_eq!(names.len(), 20, "{names:?}");
-    let st = coord.admin().await.status(v1::StatusRequest {}).await.expect("status").into_inner();
+    let st = coord.admin().await.status(v1::StatusRequest::default()).await.expect("status").into_inner();
     assert!(st.hosts.iter().all(|h| h.connected), "{:?}", st.hosts);
     for a in agents {
         a.stop().await;
@@ -424,17 +424,21 @@ async fn the_admin_socket_and_keys_are_private_and_operator_certificates_work_re
     std::fs::write(bundle.join("key.pem"), key.serialize_pem()).expect("key");
     std::fs::write(bundle.join("endpoint"), coord.endpoint()).expect("endpoint");
     let mut remote = flotilla_coordinator::admin_client::connect_remote(&bundle).expect("remote");
-    remote.status(v1::StatusRequest {}).await.expect("operator may call Status");
+    remote.status(v1::StatusRequest::default()).await.expect("operator may call Status");
 
     // A host certificate may not use the admin API.
     let host = enrolled_identity(&coord, "node0").await;
     let ca = tls::certs_from_pem("ca", &coord.ca_pem()).expect("ca");
     let ch = tls::channel(&coord.endpoint(), tls::client_config(&ca, Some(&host)).expect("cfg")).expect("ch");
-    let e = v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest {}).await.expect_err("host cert on admin");
+    let e = v1::admin_client::AdminClient::new(ch)
+        .status(v1::StatusRequest::default())
+        .await
+        .expect_err("host cert on admin");
     assert_eq!(e.code(), Code::PermissionDenied);
     // And no certificate at all is refused too.
     let ch = tls::channel(&coord.endpoint(), tls::client_config(&ca, None).expect("cfg")).expect("ch");
-    let e = v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest {}).await.expect_err("anonymous admin");
+    let e =
+        v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest::default()).await.expect_err("anonymous admin");
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 

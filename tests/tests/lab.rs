@@ -124,7 +124,7 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
     let bin = agent_binary_path();
     let coord = Coord::start_on(&format!("{gateway}:0"), |c| c.agent_binary = Some(bin.clone())).await;
     let mut admin = coord.admin().await;
-    let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+    let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
 
     let mut specs = Vec::new();
     for (host, tamper) in [("lab0", false), ("lab1", false), ("labbad", true)] {
@@ -162,7 +162,7 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
     // The two good hosts enroll over mTLS and hold sessions.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let st = admin.status(v1::StatusRequest {}).await.expect("status").into_inner();
+        let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
         let up = st.hosts.iter().filter(|h| h.connected).map(|h| h.name.clone()).collect::<Vec<_>>();
         if up.contains(&"lab0".to_string()) && up.contains(&"lab1".to_string()) {
             break;
@@ -212,7 +212,7 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
     assert_ne!(out(&exec(&bad, &["systemctl", "is-active", "flotilla-agent"])).trim(), "active");
     assert!(!exec(&bad, &["test", "-e", "/usr/local/bin/flotilla-agent"]).status.success());
     let names: Vec<String> = admin
-        .status(v1::StatusRequest {})
+        .status(v1::StatusRequest::default())
         .await
         .expect("status")
         .into_inner()

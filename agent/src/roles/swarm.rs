@@ -64,32 +64,36 @@ pub async fn local(docker: &Docker) -> Result<Local, RoleError> {
     })
 }
 
-/// Swarm's own view for health samples: state, manager status, leader.
+/// Swarm's own view for health samples: state, manager status, leader. One `info` call, and
+/// on a manager one `nodes` call (this node's status and the leader's address both come from
+/// it). Stamped with the time the read began.
 pub async fn view(docker: &Docker) -> Option<SwarmView> {
+    let observed_unix_ms = crate::health::now_unix_ms();
     let l = local(docker).await.ok()?;
     let mut v = SwarmView {
         local_state: l.state.clone(),
         node_id: l.node_id.clone(),
         is_manager: l.is_manager,
+        observed_unix_ms,
         ..Default::default()
     };
-    if l.is_manager && !l.node_id.is_empty() {
-        if let Ok(node) = docker.inspect_node(&l.node_id).await
-            && let Some(ms) = node.manager_status
-        {
-            v.manager_status = match (ms.leader, ms.reachability) {
-                (Some(true), _) => "leader".into(),
-                (_, Some(r)) => r.to_string(),
-                _ => String::new(),
-            };
-        }
-        if let Ok(nodes) = docker.list_nodes(None::<bollard::query_parameters::ListNodesOptions>).await {
-            v.leader_addr = nodes
-                .into_iter()
-                .filter_map(|n| n.manager_status)
-                .find(|m| m.leader == Some(true))
-                .and_then(|m| m.addr)
-                .unwrap_or_default();
+    if l.is_manager
+        && !l.node_id.is_empty()
+        && let Ok(nodes) = docker.list_nodes(None::<bollard::query_parameters::ListNodesOptions>).await
+    {
+        for n in nodes {
+            let own = n.id.as_deref() == Some(l.node_id.as_str());
+            let Some(ms) = n.manager_status else { continue };
+            if own {
+                v.manager_status = match (ms.leader, ms.reachability) {
+                    (Some(true), _) => "leader".into(),
+                    (_, Some(r)) => r.to_string(),
+                    _ => String::new(),
+                };
+            }
+            if ms.leader == Some(true) {
+                v.leader_addr = ms.addr.unwrap_or_default();
+            }
         }
     }
     Some(v)

@@ -114,7 +114,7 @@ fn confirm(cluster: &str, provider: ProviderKind) -> Result<(), CliError> {
 async fn stop_control_plane(cluster: &str, state_dir: &Path) {
     let socket = StatePaths::new(state_dir).admin_socket();
     if let Ok(mut c) = admin_client::connect_local(cluster, &socket).await {
-        if let Ok(st) = c.status(v1::StatusRequest {}).await {
+        if let Ok(st) = c.status(v1::StatusRequest::default()).await {
             for h in st.into_inner().hosts.iter().filter(|h| !h.revoked) {
                 let _ = c.revoke_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await;
             }

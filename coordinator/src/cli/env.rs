@@ -48,7 +48,7 @@ impl EnvView {
 
 pub async fn run(g: &Global, args: EnvArgs) -> Result<(), CliError> {
     let mut admin = g.admin().await?;
-    let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+    let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let swarm = StatusView::from(&st).swarm;
     if swarm.leader_addr.is_empty() {
         return Err(CliError::NoLeader { cluster: g.cluster() });

@@ -25,7 +25,7 @@ pub struct StatusArgs {
 pub async fn run(g: &Global, args: StatusArgs) -> Result<(), CliError> {
     let mut admin = g.admin().await?;
     loop {
-        let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+        let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
         if args.watch && args.output == Output::Table {
             print!("\x1b[2J\x1b[H");
         }

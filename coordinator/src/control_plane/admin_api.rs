@@ -44,7 +44,12 @@ fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
 impl Admin for AdminApi {
     async fn status(&self, req: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
         authorize(&req)?;
-        Ok(Response::new(self.cp.status().map_err(IntoStatus::into_status)?))
+        let st = if req.into_inner().fresh {
+            self.cp.fresh_status(crate::control_plane::core::FRESH_SAMPLE_WAIT).await
+        } else {
+            self.cp.status()
+        };
+        Ok(Response::new(st.map_err(IntoStatus::into_status)?))
     }
 
     async fn create_token(

@@ -1,8 +1,10 @@
 //! The control plane's shared state — store, PKI, live sessions, clock, settings — and the
-//! operations the admin API exposes on it (tokens, revocation, status).
+//! operations the admin API exposes on it (tokens, revocation, status — from the agents'
+//! last samples, or fresh ones asked for).
 
 mod follow_logs;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +43,9 @@ pub enum ControlError {
 
 /// How long a role stays held down when `EngineActionRequest.hold_s` is 0.
 pub const DEFAULT_ROLE_HOLD_S: u32 = 600;
+
+/// How long a `StatusRequest { fresh: true }` waits for the agents' samples.
+pub const FRESH_SAMPLE_WAIT: Duration = Duration::from_secs(3);
 
 pub struct ControlPlane {
     pub config: ServeConfig,
@@ -293,6 +298,29 @@ impl ControlPlane {
         Ok(closed)
     }
 
+    /// [`ControlPlane::status`] after asking every connected agent for a sample now and
+    /// waiting (at most `wait`) for their answers; `HostStatus.fresh` says who answered.
+    pub async fn fresh_status(&self, wait: Duration) -> Result<v1::StatusResponse, ControlError> {
+        let answered = self.fresh_samples(wait).await;
+        let mut st = self.status()?;
+        for h in &mut st.hosts {
+            h.fresh = answered.contains(&h.name);
+        }
+        Ok(st)
+    }
+
+    /// Asks every connected agent for a sample now; returns the hosts that answered before
+    /// `wait` passed (an older agent ignores the request and is simply not among them).
+    async fn fresh_samples(&self, wait: Duration) -> HashSet<String> {
+        let (id, asked) = self.sessions.request_samples();
+        let deadline = tokio::time::Instant::now() + wait;
+        let answers = asked.into_iter().map(|(host, mut answered)| async move {
+            let ok = matches!(tokio::time::timeout_at(deadline, answered.wait_for(|a| *a >= id)).await, Ok(Ok(_)));
+            ok.then_some(host)
+        });
+        futures::future::join_all(answers).await.into_iter().flatten().collect()
+    }
+
     /// Every known host, merged with what its live session (if any) last reported.
     pub fn status(&self) -> Result<v1::StatusResponse, ControlError> {
         let now = self.clock.now_ms();
@@ -332,6 +360,11 @@ impl ControlPlane {
                 agent_version: rec.agent_version.clone(),
                 role_status: live.as_ref().map(|l| l.status.clone()).unwrap_or_default(),
                 generation: self.assignment_of(&rec.name)?.map(|a| a.generation).unwrap_or(0),
+                swarm_age_s: live
+                    .as_ref()
+                    .and_then(|l| swarm_age_s(l.last_heartbeat_ms?, l.health.as_ref()?, now))
+                    .unwrap_or(-1.0),
+                fresh: false,
             });
         }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
@@ -364,6 +397,17 @@ impl ControlPlane {
             throttled_enrollments: self.enroll_limit.throttled(),
         }
     }
+}
+
+/// How old the swarm view carried by `sample` is at `now_ms`, seconds: the time since the
+/// sample arrived (`received_ms`, the control plane's clock) plus how old the view already was
+/// when the sample was taken (the agent's clock on both ends, so the clocks' skew cancels
+/// out). None when the sample has no swarm view.
+pub fn swarm_age_s(received_ms: i64, sample: &v1::HealthSample, now_ms: i64) -> Option<f64> {
+    let view = sample.swarm.as_ref()?;
+    // An older agent does not stamp its view: it is as old as the sample.
+    let before_sample = if view.observed_unix_ms > 0 { (sample.unix_ms - view.observed_unix_ms).max(0) } else { 0 };
+    Some(((now_ms - received_ms).max(0) + before_sample) as f64 / 1000.0)
 }
 
 /// The stored roles with what [`ControlPlane::complete`] filled in removed again, where the
@@ -419,3 +463,29 @@ pub fn facts_to_proto(f: &crate::control_plane::store::Facts) -> v1::HostFacts {
 }
 
 pub type Shared = Arc<ControlPlane>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(unix_ms: i64, observed_unix_ms: Option<i64>) -> v1::HealthSample {
+        v1::HealthSample {
+            unix_ms,
+            swarm: observed_unix_ms.map(|o| v1::SwarmView { observed_unix_ms: o, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_swarm_views_age_counts_from_its_read_and_ignores_the_clocks_skew() {
+        // Read with the sample, received 1.5 s ago.
+        assert_eq!(swarm_age_s(10_000, &sample(5_000, Some(5_002)), 11_500), Some(1.5));
+        // The Engine did not answer: the sample carried a view read 4 s before it (the agent's
+        // clock is 1 h ahead of ours; only differences of one clock are used).
+        let skewed = sample(5_000 + 3_600_000, Some(1_000 + 3_600_000));
+        assert_eq!(swarm_age_s(10_000, &skewed, 11_000), Some(5.0));
+        // An older agent stamps nothing: as old as its sample.
+        assert_eq!(swarm_age_s(10_000, &sample(5_000, Some(0)), 12_000), Some(2.0));
+        assert_eq!(swarm_age_s(10_000, &sample(5_000, None), 12_000), None);
+    }
+}

@@ -217,7 +217,7 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
 /// The hosts as the provider reports them now, and the address each host's roles use.
 async fn addresses(run: &Run<'_>) -> Result<(Vec<Host>, HashMap<String, String>), DeployError> {
     let hosts = run.prepared.provider.describe().await?;
-    let st = run.admin.clone().status(v1::StatusRequest {}).await?.into_inner();
+    let st = run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
     let addresses = host_addresses(&hosts, &st);
     Ok((hosts, addresses))
 }

@@ -477,12 +477,12 @@ async fn wait_healthy(d: &Drill, fault_at: Instant, restore_at: Instant, deadlin
     let healthy = poll_until("every host connected, every role running", deadline, Duration::from_millis(500), || {
         let mut admin = admin.clone();
         async move {
-            let problems = match tokio::time::timeout(Duration::from_secs(2), admin.status(v1::StatusRequest {})).await
-            {
-                Ok(Ok(st)) => precheck::health_problems(&st.into_inner()),
-                Ok(Err(e)) => vec![format!("control plane: {}", e.message())],
-                Err(_) => vec!["control plane: no answer within 2 s".to_string()],
-            };
+            let problems =
+                match tokio::time::timeout(Duration::from_secs(2), admin.status(v1::StatusRequest::default())).await {
+                    Ok(Ok(st)) => precheck::health_problems(&st.into_inner()),
+                    Ok(Err(e)) => vec![format!("control plane: {}", e.message())],
+                    Err(_) => vec!["control plane: no answer within 2 s".to_string()],
+                };
             Ok::<_, std::convert::Infallible>(if problems.is_empty() {
                 Attempt::Done(())
             } else {

@@ -191,6 +191,7 @@ fn manager(name: &str, status: &str) -> v1::HostStatus {
             is_manager: true,
             manager_status: status.into(),
             leader_addr: "10.0.0.5:2377".into(),
+            ..Default::default()
         }))),
         role_status: vec![
             v1::RoleStatus {

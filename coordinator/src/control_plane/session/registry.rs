@@ -1,13 +1,14 @@
 //! The registry of live agent sessions: at most one per host. It is how the rest of the
 //! control plane talks to an agent ([`Sessions::send`]), closes one ([`Sessions::close`]),
-//! and reads what agents last said (health, status) for `coordinator status`.
+//! and reads what agents last said (health, status) for `coordinator status` — or asks them
+//! for a sample now ([`Sessions::request_samples`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flotilla_proto::v1::{CoordinatorMessage, HealthSample, RoleStatus};
-use tokio::sync::mpsc;
+use flotilla_proto::v1::{CoordinatorMessage, HealthSample, RoleStatus, SampleNow, coordinator_message};
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 /// What goes down a session's outbound stream.
@@ -26,6 +27,8 @@ struct Live {
     health: Option<HealthSample>,
     status: Vec<RoleStatus>,
     cert_not_after_unix: i64,
+    /// The highest `SampleNow` id this session's agent has answered.
+    answered: watch::Sender<u64>,
 }
 
 /// A snapshot of one live session.
@@ -48,6 +51,8 @@ pub struct Registration {
 pub struct Sessions {
     live: Mutex<HashMap<String, Live>>,
     next_id: AtomicU64,
+    /// The last `SampleNow` id handed out.
+    sample_now_id: AtomicU64,
 }
 
 impl Sessions {
@@ -79,6 +84,7 @@ impl Sessions {
                 health: None,
                 status: Vec::new(),
                 cert_not_after_unix,
+                answered: watch::Sender::new(0),
             },
         );
         if let Some(old) = old {
@@ -126,13 +132,35 @@ impl Sessions {
         }
     }
 
+    /// Asks every live session's agent for a health sample now (`SampleNow`). Returns the
+    /// request's id and, for each host asked, a receiver of the highest id its session has
+    /// answered: the host answered this request once that is at least the id (ids only grow,
+    /// so a later request's answer is newer still). A receiver whose session ends errs.
+    pub fn request_samples(&self) -> (u64, Vec<(String, watch::Receiver<u64>)>) {
+        let id = self.sample_now_id.fetch_add(1, Ordering::Relaxed) + 1;
+        // Subscribed before asking, so an answer cannot slip in between.
+        let subscribed: Vec<_> = self.lock().iter().map(|(h, l)| (h.clone(), l.answered.subscribe())).collect();
+        let msg = CoordinatorMessage { body: Some(coordinator_message::Body::SampleNow(SampleNow { id })) };
+        let asked = subscribed.into_iter().filter(|(h, _)| self.send(h, msg.clone())).collect();
+        (id, asked)
+    }
+
     pub fn record_health(&self, host: &str, session_id: u64, sample: HealthSample, now_ms: i64) {
         if let Some(l) = self.lock().get_mut(host).filter(|l| l.session_id == session_id) {
             l.last_heartbeat_ms = Some(now_ms);
             if !sample.roles.is_empty() {
                 l.status = sample.roles.clone();
             }
+            let answers = sample.sample_now_id;
             l.health = Some(sample);
+            // After the sample is stored: whoever waits for the answer reads it next.
+            l.answered.send_if_modified(|a| {
+                let newer = answers > *a;
+                if newer {
+                    *a = answers;
+                }
+                newer
+            });
         }
     }
 

@@ -28,7 +28,7 @@ pub async fn assign_in_dependency_order(
         cluster: &c.name,
     };
     let mut admin = run.admin.clone();
-    let current = admin.status(v1::StatusRequest {}).await?.into_inner();
+    let current = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let mut changed = false;
     for h in dependency_order(run.planned) {
         let specs = plan::role_specs(h, &inputs);

@@ -10,7 +10,7 @@ use crate::providers::{HostState, LaunchSpec};
 
 /// Starts the stopped hosts of the plan and launches the missing ones; what it did.
 pub async fn launch_missing(run: &Run<'_>, ca_pem: &str) -> Result<Changed, DeployError> {
-    let st = run.admin.clone().status(v1::StatusRequest {}).await?.into_inner();
+    let st = run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
     let existing = run.prepared.provider.describe().await?;
     let mut changed = Changed::default();
     let mut launches = Vec::new();

@@ -59,7 +59,7 @@ async fn wait_left_swarm(run: &Run<'_>, host: &str) -> Result<(), DeployError> {
     let waited = poll_until("the host to leave the swarm", Instant::now() + LEAVE_TIMEOUT, every, || {
         let mut admin = run.admin.clone();
         async move {
-            let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+            let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
             let left = st
                 .hosts
                 .iter()

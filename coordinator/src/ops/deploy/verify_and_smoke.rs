@@ -76,7 +76,7 @@ async fn consul(run: &Run<'_>, addresses: &HashMap<String, String>) -> Result<Co
         let (last, names) = (&last, &names);
         let mut admin = run.admin.clone();
         async move {
-            let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+            let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
             Ok::<_, DeployError>(match verify::consul_from_agents(&st, names, names.len()) {
                 Ok(s) => Attempt::Done(s),
                 Err(e) => {

@@ -44,7 +44,7 @@ async fn wait_hosts(
         let (notes, ok) = (&notes, &ok);
         let mut admin = run.admin.clone();
         async move {
-            let st = admin.status(v1::StatusRequest {}).await?.into_inner();
+            let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
             let mut pending = Vec::new();
             for h in run.planned {
                 let n = &h.name;

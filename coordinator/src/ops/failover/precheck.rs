@@ -20,7 +20,7 @@ pub(super) async fn wait_until_fit(d: &Drill) -> Result<(Vec<Member>, Vec<Member
     let fit = poll_until("a cluster fit for the drill", deadline, Duration::from_secs(2), || {
         let mut admin = d.admin.clone();
         async move {
-            let st = admin.status(v1::StatusRequest {}).await.map_err(FailoverError::from)?.into_inner();
+            let st = admin.status(v1::StatusRequest::default()).await.map_err(FailoverError::from)?.into_inner();
             match fit(&st, &d.opts).await {
                 Ok(m) => Ok(Attempt::Done((m, members(&st, v1::Role::Manager)))),
                 Err(FailoverError::Unhealthy { problems, .. }) => {

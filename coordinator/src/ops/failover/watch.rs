@@ -302,7 +302,8 @@ impl CpWatch {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
-                let res = tokio::time::timeout(Duration::from_secs(2), admin.status(v1::StatusRequest {})).await;
+                let res =
+                    tokio::time::timeout(Duration::from_secs(2), admin.status(v1::StatusRequest::default())).await;
                 let at = say.now_s();
                 match res {
                     Ok(Ok(st)) => cp_answered(&s, &say, at, &st.into_inner(), &target, component),
