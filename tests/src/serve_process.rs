@@ -59,7 +59,7 @@ impl ServeProcess {
         let mut me = Self { dir, cluster: cluster.to_string(), state_dir, endpoint, log, child };
         eventually(START, "the control plane's admin socket", || {
             let me = &me;
-            async move { me.admin().await.ok()?.status(v1::StatusRequest {}).await.ok().map(|_| ()) }
+            async move { me.admin().await.ok()?.status(v1::StatusRequest::default()).await.ok().map(|_| ()) }
         })
         .await;
         assert!(me.child.try_wait().expect("wait").is_none(), "the control plane exited:\n{}", me.log_text());

@@ -130,7 +130,13 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
     // While it holds: the operator's status answers ...
     let t = Instant::now();
     let status = tokio::time::timeout(STATUS, async {
-        coord.admin().await.map_err(|e| e.to_string())?.status(v1::StatusRequest {}).await.map_err(|e| e.to_string())
+        coord
+            .admin()
+            .await
+            .map_err(|e| e.to_string())?
+            .status(v1::StatusRequest::default())
+            .await
+            .map_err(|e| e.to_string())
     })
     .await;
     let status_took = t.elapsed();
@@ -152,7 +158,7 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
     let after = agent.status.borrow().clone();
     let host = tokio::time::timeout(STATUS, async {
         let mut admin = coord.admin().await.ok()?;
-        let st = admin.status(v1::StatusRequest {}).await.ok()?.into_inner();
+        let st = admin.status(v1::StatusRequest::default()).await.ok()?.into_inner();
         st.hosts.into_iter().find(|h| h.name == "survivor")
     })
     .await
@@ -244,7 +250,15 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(conn: &mut S, within: Du
 }
 
 async fn port_status(coord: &Coord) -> v1::PortStatus {
-    coord.admin().await.status(v1::StatusRequest {}).await.expect("status").into_inner().port.expect("port status")
+    coord
+        .admin()
+        .await
+        .status(v1::StatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner()
+        .port
+        .expect("port status")
 }
 
 fn with_header<T>(msg: T) -> tonic::Request<T> {
@@ -292,7 +306,7 @@ async fn issue_14_a_connection_without_a_certificate_is_closed_when_idle_and_may
     drop(tx);
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("client certificate"), "{}", e.message());
-    let e = v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest {}).await.expect_err("admin");
+    let e = v1::admin_client::AdminClient::new(ch).status(v1::StatusRequest::default()).await.expect_err("admin");
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let audit = coord.admin().await.audit(v1::AuditRequest { limit: 0 }).await.expect("audit").into_inner();
     assert!(!audit.events.iter().any(|e| e.kind.contains("refused")), "{:?}", audit.events);

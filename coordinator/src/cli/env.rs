@@ -49,7 +49,13 @@ impl EnvView {
 pub async fn run(g: &Global, args: EnvArgs) -> Result<(), CliError> {
     let mut admin = g.admin().await?;
     let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
-    let swarm = StatusView::from(&st).swarm;
+    let mut swarm = StatusView::from(&st).swarm;
+    if swarm.leader_addr.is_empty() {
+        // The last samples may predate the swarm's last change (right after a deploy, or an
+        // election): ask the agents for fresh ones before giving up.
+        let st = admin.status(v1::StatusRequest { fresh: true }).await?.into_inner();
+        swarm = StatusView::from(&st).swarm;
+    }
     if swarm.leader_addr.is_empty() {
         return Err(CliError::NoLeader { cluster: g.cluster() });
     }

@@ -20,12 +20,16 @@ pub struct StatusArgs {
     pub watch: bool,
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// Ask every connected agent for a sample now (waits up to 3 s) instead of showing the
+    /// last ones (taken every heartbeat, and at once when a host's swarm view changes).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 pub async fn run(g: &Global, args: StatusArgs) -> Result<(), CliError> {
     let mut admin = g.admin().await?;
     loop {
-        let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
+        let st = admin.status(v1::StatusRequest { fresh: args.fresh }).await?.into_inner();
         if args.watch && args.output == Output::Table {
             print!("\x1b[2J\x1b[H");
         }
@@ -121,6 +125,9 @@ pub struct HostView {
     /// `None` (null) when no heartbeat was ever received.
     pub last_heartbeat_age_s: Option<f64>,
     pub unreachable: bool,
+    /// How old the host's swarm view is, seconds (`None`: it reported none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm_age_s: Option<f64>,
     pub revoked: bool,
     pub agent_version: String,
     pub cert_not_after_unix_ms: i64,
@@ -224,6 +231,7 @@ impl From<&v1::HostStatus> for HostView {
             last_heartbeat_age_s: (h.last_heartbeat_age_s >= 0.0 || h.last_heartbeat_age_s.is_nan())
                 .then_some(h.last_heartbeat_age_s),
             unreachable: h.unreachable,
+            swarm_age_s: (h.swarm_age_s > 0.0).then_some(h.swarm_age_s),
             revoked: h.revoked,
             agent_version: h.agent_version.clone(),
             cert_not_after_unix_ms: h.cert_not_after_unix_ms,
@@ -275,7 +283,10 @@ impl StatusView {
         for h in &self.hosts {
             t.add_row(h.row());
         }
-        let port = self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default();
+        let mut port = self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default();
+        if let Some(age) = self.hosts.iter().filter_map(|h| h.swarm_age_s).reduce(f64::max) {
+            port.push_str(&format!("\nswarm view: at most {age:.1} s old (`status --fresh` asks the agents now)"));
+        }
         format!("cluster {} — {} hosts\n{t}{port}", self.cluster, self.hosts.len())
     }
 }
