@@ -144,6 +144,30 @@ fn bad_configs_exit_64_with_the_problem_named_and_create_nothing() {
 }
 
 #[test]
+fn a_cluster_name_from_flotilla_toml_is_checked_before_it_becomes_a_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // A name that would leave the state root, and a file that does not parse (falling back
+    // to the default cluster would act on another cluster).
+    for (toml, want) in [("name = \"../../escape\"\n", "`name`"), ("name = \"x\"\nmanagers = [\n", "flotilla.toml")] {
+        std::fs::write(dir.path().join("flotilla.toml"), toml).expect("write");
+        for args in [&["status"][..], &["destroy", "--yes"], &["stop"]] {
+            let out = coordinator()
+                .current_dir(dir.path())
+                .env("FLOTILLA_STATE_DIR", &state)
+                .env_remove("FLOTILLA_CLUSTER")
+                .args(args)
+                .output()
+                .expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{args:?} with {toml:?}: {err}");
+            assert!(err.contains(want) && err.contains("flotilla.toml"), "{args:?} with {toml:?}: {err}");
+        }
+    }
+    assert!(!dir.path().join("escape").exists() && !state.exists(), "nothing was created");
+}
+
+#[test]
 fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     // A previous failed run may have left its cluster: start clean.
     let _ = run(&["--cluster", CLUSTER, "destroy", "--yes"]);
