@@ -120,7 +120,7 @@ impl Pki {
             }
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
+        let mut params = leaf_params();
         params.distinguished_name = dn(&format!("coordinator.{cluster}"), flotilla_proto::OU_COORDINATOR);
         params.subject_alt_names = wanted.iter().map(|a| san(a)).collect::<Result<_, _>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -159,7 +159,7 @@ impl Pki {
     /// listener: SANs are the host's address and name. Returns (certificate, key) PEMs.
     pub fn issue_engine_server(&self, host: &str, address: &str) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
+        let mut params = leaf_params();
         params.distinguished_name = dn(host, "flotilla-engine");
         params.subject_alt_names = vec![san(address)?, san(host)?, SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -187,7 +187,7 @@ impl Pki {
         let der = check_csr(csr_pem, name)?;
         let mut csr = CertificateSigningRequestParams::from_der(&der.into())
             .map_err(|e| PkiError::BadCsr(format!("does not verify: {e}")))?;
-        let mut params = CertificateParams::default();
+        let mut params = leaf_params();
         params.distinguished_name = dn(name, ou);
         params.subject_alt_names = vec![SanType::DnsName(
             name.try_into().map_err(|_| PkiError::BadCsr(format!("'{name}' is not a valid DNS name")))?,
@@ -273,7 +273,7 @@ pub fn throwaway_server(address: IpAddr, validity: Duration) -> Result<(String, 
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
+    let mut params = leaf_params();
     params.distinguished_name = dn("bake", "flotilla-bake");
     params.subject_alt_names = vec![SanType::IpAddress(address)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -294,6 +294,14 @@ pub fn new_key_and_csr(cn: &str) -> Result<(KeyPair, String), PkiError> {
     params.distinguished_name.push(DnType::CommonName, cn);
     let csr = params.serialize_request(&key)?;
     Ok((key, csr.pem()?))
+}
+
+/// Parameters for a certificate that is not a CA: basicConstraints `CA:FALSE` stated
+/// explicitly, so no verifier has to assume it from a missing extension.
+fn leaf_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params
 }
 
 fn ca_params(cluster: &str) -> CertificateParams {
@@ -426,6 +434,43 @@ mod tests {
         assert_eq!(san.value.general_names, vec![x509_parser::extensions::GeneralName::IPAddress(&[10, 213, 7, 1])]);
         let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert!(life <= 3600 + 300, "short-lived: {life} s");
+    }
+
+    /// Every leaf states `CA:FALSE` (basicConstraints present, critical not required).
+    #[test]
+    fn every_leaf_says_it_is_not_a_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = pki(dir.path());
+        let (_, csr) = new_key_and_csr("node0").expect("csr");
+        let host = p.sign_host_csr("node0", &csr, Duration::from_secs(3600)).expect("host").certificate_pem;
+        let (_, csr) = new_key_and_csr("alice").expect("csr");
+        let operator = p.sign_operator_csr("alice", &csr, Duration::from_secs(3600)).expect("op").certificate_pem;
+        let (engine, _) = p.issue_engine_server("manager0", "10.0.0.5").expect("engine");
+        let (_, bake) = throwaway_server(IpAddr::from([127, 0, 0, 1]), Duration::from_secs(60)).expect("bake");
+        let bake_pem = pem_of(bake.chain[0].as_ref());
+        for (what, pem) in [
+            ("host", host),
+            ("operator", operator),
+            ("engine", engine),
+            ("server", p.server_pem().to_string()),
+            ("bake", bake_pem),
+        ] {
+            let der = rustls_pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+                .expect("pem");
+            let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).expect("parse");
+            let bc =
+                cert.basic_constraints().expect("well-formed").unwrap_or_else(|| panic!("{what}: no basicConstraints"));
+            assert!(!bc.value.ca, "{what} must not be a CA");
+        }
+    }
+
+    fn pem_of(der: &[u8]) -> String {
+        use base64::Engine as _;
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        )
     }
 
     #[test]
