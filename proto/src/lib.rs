@@ -81,3 +81,5 @@ pub const OU_HOST: &str = "flotilla-host";
 pub const OU_OPERATOR: &str = "flotilla-operator";
 /// The organizational unit of the coordinator's server certificate.
 pub const OU_COORDINATOR: &str = "flotilla-coordinator";
+/// OU of an Engine client certificate (signed by the Engine client CA, not the cluster CA).
+pub const OU_ENGINE_CLIENT: &str = "flotilla-engine-client";

@@ -112,6 +112,41 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn issue_engine_client_certificate(
+        &self,
+        req: Request<v1::IssueEngineClientCertificateRequest>,
+    ) -> Result<Response<v1::IssueEngineClientCertificateResponse>, Status> {
+        authorize(&req)?;
+        if req.extensions().get::<PeerInfo>().is_some() {
+            return Err(Status::permission_denied(
+                "Engine client certificates are issued only over the local admin socket",
+            ));
+        }
+        let r = req.into_inner();
+        if !crate::control_plane::settings::valid_name(&r.client_name) {
+            return Err(Status::invalid_argument(format!(
+                "'{}' is not a valid Engine client name (1-63 of a-z, 0-9, '-')",
+                r.client_name
+            )));
+        }
+        let issued = self
+            .cp
+            .pki
+            .sign_engine_client_csr(&r.client_name, &r.csr_pem, crate::control_plane::pki::OPERATOR_CERT_VALIDITY)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.cp.audit(
+            "engine.client.cert.issued",
+            "",
+            format!("Engine client {} (serial {})", r.client_name, issued.serial),
+            "local socket",
+        );
+        Ok(Response::new(v1::IssueEngineClientCertificateResponse {
+            certificate_pem: issued.certificate_pem,
+            server_ca_pem: self.cp.pki.ca_pem().to_string(),
+            client_ca_pem: self.cp.pki.engine_client_ca_pem().to_string(),
+        }))
+    }
+
     async fn audit(&self, req: Request<v1::AuditRequest>) -> Result<Response<v1::AuditResponse>, Status> {
         authorize(&req)?;
         let limit = req.into_inner().limit as usize;
