@@ -201,8 +201,11 @@ async fn issue_13_after_eval_env_redeploy_is_a_no_op_an_aws_cluster_runs_alongsi
     let env = env_of(&lab_cli);
     let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(vars.len(), 3, "{env:?}");
-    let nodes = Command::new("docker").args(["node", "ls", "--format", "{{.Hostname}}"]).envs(vars.iter().copied());
-    let nodes = nodes.output().expect("docker node ls");
+    let nodes = Command::new("docker")
+        .args(["node", "ls", "--format", "{{.Hostname}}"])
+        .envs(vars.iter().copied())
+        .output()
+        .expect("docker node ls");
     assert_eq!(String::from_utf8_lossy(&nodes.stdout).lines().count(), 2, "{}", text(&nodes));
 
     // The same shell: a re-deploy is a no-op on the lab, and says DOCKER_HOST is ignored.
@@ -238,8 +241,8 @@ async fn aws_cluster_alongside(lab_cli: &Cli, docker_env: &[(&str, &str)]) {
     let lab_state = tempfile::tempdir().expect("tempdir");
     let lab = Lab::new(engine, c.cluster, lab_state.path(), images);
     lab.destroy().await.expect("clean lab");
-    let hosts = [(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")];
-    let (network, refs) = lab.ensure(&hosts).await.expect("lab network and registry");
+    let push = [(lab.images.consul.as_str(), "flotilla/consul:1.8.7"), (lab.images.hello.as_str(), "flotilla/hello:1")];
+    let (network, refs) = lab.ensure(&push).await.expect("lab network and registry");
     let gateway = network.coordinator_ip.expect("gateway").to_string();
     let moto = Moto::start(&[]);
     let ec2 = moto::ec2(&moto.endpoint()).await;

@@ -165,7 +165,7 @@ impl Default for InstanceTypes {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorSettings {
     /// The agent port; `None`: the cluster's recorded one, else a free one from 7443
@@ -173,12 +173,6 @@ pub struct CoordinatorSettings {
     pub port: Option<u16>,
     pub advertise: String,
     pub listen: String,
-}
-
-impl Default for CoordinatorSettings {
-    fn default() -> Self {
-        Self { port: None, advertise: String::new(), listen: String::new() }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@
 //! `flotilla.cluster=<cluster>`, so it can be listed and removed completely.
 //!
 //! Not like EC2: no security group is enforced between lab hosts (documented), and hosts run
-//! with the capability set `shared/LAB.md` found to work (`--privileged` fails here).
+//! with the capability set `images/NOTES.md` records (`--privileged` fails here).
 //!
 //! This file holds the provider itself (its errors, its settings, the cluster's labels and
 //! `destroy`); [`engine`] is this machine's Engine (never `DOCKER_HOST`), [`network`] picks

@@ -147,7 +147,7 @@ impl Lab {
             ) {
                 continue;
             }
-            let mut d = HostDown::new(host, format!("lab container {container}"), &status.to_string());
+            let mut d = HostDown::new(host, format!("lab container {container}"), status.as_ref());
             d.exit_code = state.exit_code.filter(|_| status != ContainerStateStatusEnum::CREATED);
             d.error = state.error.unwrap_or_default();
             d.last_lines = self.console_tail(&container).await;
