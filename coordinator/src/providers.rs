@@ -83,7 +83,7 @@ impl HostDown {
 
 impl std::fmt::Display for HostDown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}) is {}", self.host, self.what, self.state)?;
+        write!(f, "\n  {} ({}) is {}", self.host, self.what, self.state)?;
         if let Some(code) = self.exit_code {
             write!(f, ", exit code {code}")?;
         }
@@ -92,7 +92,7 @@ impl std::fmt::Display for HostDown {
         }
         match self.last_lines.as_slice() {
             [] => write!(f, "; it printed nothing"),
-            lines => write!(f, "; its last lines:\n    {}", lines.join("\n    ")),
+            lines => write!(f, "; its last lines:\n      {}", lines.join("\n      ")),
         }
     }
 }
@@ -187,8 +187,10 @@ impl Provider {
     /// What points the provider elsewhere, for messages.
     pub fn pointed_by(&self) -> &'static str {
         match self {
-            Provider::Lab(_) => "FLOTILLA_LAB_DOCKER_HOST (DOCKER_HOST is never used for the lab)",
-            Provider::Aws(_) => "--region, --endpoint-url or the AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, …)",
+            Provider::Lab(_) => "with FLOTILLA_LAB_DOCKER_HOST; DOCKER_HOST is never used for the lab",
+            Provider::Aws(_) => {
+                "with --region, --endpoint-url or other AWS credentials: AWS_PROFILE, AWS_ACCESS_KEY_ID, …"
+            }
         }
     }
 
@@ -285,5 +287,27 @@ impl ProviderRecord {
 
     pub fn save(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
         flotilla_proto::fs::write_private(&Self::path(state_dir), &serde_json::to_vec_pretty(self).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostDown;
+
+    #[test]
+    fn a_host_that_is_down_is_named_with_its_state_the_providers_error_and_its_last_lines() {
+        let mut never = HostDown::new("node2", "lab container flotilla-x-node2".into(), "created");
+        never.error = "failed to create shim task: no space left on device".into();
+        assert_eq!(
+            never.to_string(),
+            "\n  node2 (lab container flotilla-x-node2) is created; the provider says: failed to create shim task: no space left on device; it printed nothing"
+        );
+        let mut exited = HostDown::new("node0", "lab container flotilla-x-node0".into(), "exited");
+        exited.exit_code = Some(137);
+        exited.last_lines = vec!["Reached target Power-Off.".into(), "System is powering down.".into()];
+        assert_eq!(
+            exited.to_string(),
+            "\n  node0 (lab container flotilla-x-node0) is exited, exit code 137; its last lines:\n      Reached target Power-Off.\n      System is powering down."
+        );
     }
 }

@@ -95,8 +95,8 @@ pub enum DeployError {
     Port(#[from] port::PortError),
     /// Hosts the deploy waits for are down and will not come up by themselves.
     #[error(
-        "while waiting for {what}: {}. Look at the host (lab: `docker logs`, and free disk space: `df -h`, `docker system df`), then re-run `coordinator deploy`: it starts a stopped host and re-creates one that never ran",
-        down.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        "while waiting for {what}, host(s) went down and will not come up by themselves:{}\nLook at them (lab: `docker logs CONTAINER`, and free disk space: `df -h`, `docker system df`), then re-run `coordinator deploy`: it starts a stopped host and re-creates one that never ran",
+        down.iter().map(ToString::to_string).collect::<String>()
     )]
     HostDown { what: String, down: Vec<crate::providers::HostDown> },
 }

@@ -148,7 +148,7 @@ impl LabEngine {
         }
         let what = match self.lab_host_at(&set).await {
             Some((host, cluster)) => {
-                format!("it points at {host} of lab cluster '{cluster}' (as `coordinator env` sets it)")
+                format!("it points at {host} of lab cluster '{cluster}', as `coordinator env` sets it")
             }
             None => "it is not one of this Engine's lab hosts".to_string(),
         };
