@@ -51,8 +51,8 @@ pub async fn run(g: &Global, args: AuditArgs) -> Result<(), CliError> {
     let events = admin.audit(v1::AuditRequest { limit: args.limit }).await?.into_inner().events;
     for e in events.into_iter().map(AuditEventView::from) {
         match args.output {
-            Output::Json => println!("{}", json_line(&e)),
-            Output::Table => println!("{}", e.row()),
+            Output::Json => outln!("{}", json_line(&e)),
+            Output::Table => outln!("{}", e.row()),
         }
     }
     Ok(())

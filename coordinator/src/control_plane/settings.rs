@@ -115,6 +115,11 @@ impl StatePaths {
     pub fn endpoint_file(&self) -> PathBuf {
         self.dir.join("endpoint")
     }
+    /// Written by `deploy` when it starts the control plane: the agent port's listen address
+    /// (`ip:port`), reused by every later deploy of the cluster.
+    pub fn listen_file(&self) -> PathBuf {
+        self.dir.join("listen")
+    }
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("coordinator.log")
     }

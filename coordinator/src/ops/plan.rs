@@ -204,8 +204,8 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
 
 /// The lab: its network and registry, if missing; the hosts it has.
 async fn lab_changes(config: &ClusterConfig, state_dir: &Path, ch: &mut Changes) -> Result<Vec<Host>, PlanError> {
-    let docker = lab::connect_engine().await.map_err(LabError::NoEngine)?;
-    let lab = Lab::new(docker, &config.name, state_dir, Default::default());
+    let engine = lab::engine::LabEngine::connect(config.lab.engine()).await?;
+    let lab = Lab::new(engine, &config.name, state_dir, Default::default());
     if lab.registry_addr().await?.is_none() {
         ch.create.push(format!("lab network {} and its registry", lab.network_name()));
     }
