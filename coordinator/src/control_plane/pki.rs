@@ -1,6 +1,12 @@
 //! The cluster's PKI: a CA created on first use, the coordinator's server certificate,
 //! host and operator client certificates signed from CSRs.
 //!
+//! Client certificates say what they are for in their OU, and the services check it: a
+//! host's (`flotilla-host`) may call the agent API as that host; an operator's
+//! (`flotilla-operator`) may call the admin API while its serial is on record and not
+//! revoked (`operators.rs`); an Engine client's (`flotilla-engine-client`, what `docker` uses
+//! against the managers' Engines) may call neither. Every leaf says `CA:FALSE` explicitly.
+//!
 //! Files under `<state>/pki/`: `ca.pem`, `ca.key` (0600, never leaves this directory),
 //! `server.pem`, `server.key` (0600). All keys are ECDSA P-256 made with aws-lc-rs.
 //! The server certificate is re-issued when the advertised addresses change or a third of
@@ -58,6 +64,7 @@ pub struct Pki {
 pub struct Issued {
     pub certificate_pem: String,
     pub serial: String,
+    pub not_before_unix: i64,
     pub not_after_unix: i64,
 }
 
@@ -125,6 +132,7 @@ impl Pki {
         params.subject_alt_names = wanted.iter().map(|a| san(a)).collect::<Result<_, _>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.is_ca = IsCa::ExplicitNoCa;
         set_validity(&mut params, SERVER_VALIDITY);
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -164,6 +172,7 @@ impl Pki {
         params.subject_alt_names = vec![san(address)?, san(host)?, SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.is_ca = IsCa::ExplicitNoCa;
         set_validity(&mut params, SERVER_VALIDITY);
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -183,6 +192,12 @@ impl Pki {
         self.sign_client_csr(name, flotilla_proto::OU_OPERATOR, csr_pem, validity)
     }
 
+    /// Signs the CSR of a client of the managers' Docker Engines
+    /// (`CN=<name>, OU=flotilla-engine-client`): not an operator certificate.
+    pub fn sign_engine_client_csr(&self, name: &str, csr_pem: &str, validity: Duration) -> Result<Issued, PkiError> {
+        self.sign_client_csr(name, flotilla_proto::OU_ENGINE_CLIENT, csr_pem, validity)
+    }
+
     fn sign_client_csr(&self, name: &str, ou: &str, csr_pem: &str, validity: Duration) -> Result<Issued, PkiError> {
         let der = check_csr(csr_pem, name)?;
         let mut csr = CertificateSigningRequestParams::from_der(&der.into())
@@ -194,14 +209,20 @@ impl Pki {
         )];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, validity);
         let serial = random_serial();
         params.serial_number = Some(serial.clone());
-        let not_after = params.not_after.unix_timestamp();
+        let (not_before, not_after) = (params.not_before.unix_timestamp(), params.not_after.unix_timestamp());
         csr.params = params;
         let cert = csr.signed_by(&self.issuer)?;
-        Ok(Issued { certificate_pem: cert.pem(), serial: hex::encode(serial.to_bytes()), not_after_unix: not_after })
+        Ok(Issued {
+            certificate_pem: cert.pem(),
+            serial: hex::encode(serial.to_bytes()),
+            not_before_unix: not_before,
+            not_after_unix: not_after,
+        })
     }
 }
 
@@ -441,6 +462,35 @@ mod tests {
         assert_eq!(id.serial, issued.serial);
         let days = (id.not_after_unix - OffsetDateTime::now_utc().unix_timestamp()) / 86400;
         assert!((29..=30).contains(&days), "validity {days} days");
+    }
+
+    /// Issue 14: each client certificate says what it is for; no leaf can act as a CA.
+    #[test]
+    fn client_certificates_carry_their_purpose_and_no_leaf_is_a_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki(dir.path());
+        let (_key, csr) = new_key_and_csr("docker").expect("csr");
+        let engine = pki.sign_engine_client_csr("docker", &csr, OPERATOR_CERT_VALIDITY).expect("sign");
+        let (_key, csr) = new_key_and_csr("alice").expect("csr");
+        let operator = pki.sign_operator_csr("alice", &csr, OPERATOR_CERT_VALIDITY).expect("sign");
+        let (_key, csr) = new_key_and_csr("node0").expect("csr");
+        let host = pki.sign_host_csr("node0", &csr, HOST_CERT_VALIDITY).expect("sign");
+        let (engine_server, _) = pki.issue_engine_server("manager0", "10.0.0.5").expect("engine server");
+        for (pem, ou) in [
+            (&engine.certificate_pem, Some(flotilla_proto::OU_ENGINE_CLIENT)),
+            (&operator.certificate_pem, Some(flotilla_proto::OU_OPERATOR)),
+            (&host.certificate_pem, Some(flotilla_proto::OU_HOST)),
+            (&engine_server, None),
+            (&pki.server_pem().to_string(), None),
+        ] {
+            let der = tls::certs_from_pem("leaf", pem).expect("pem");
+            if let Some(ou) = ou {
+                assert_eq!(tls::identity_of(&der[0]).expect("identity").organizational_unit, ou);
+            }
+            let (_, x509) = x509_parser::parse_x509_certificate(der[0].as_ref()).expect("x509");
+            let bc = x509.basic_constraints().expect("one extension").expect("basicConstraints present");
+            assert!(!bc.value.ca, "a leaf must say CA:FALSE");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Step 3: the cluster's control plane — connected to when one runs, else started in the
 //! background as `coordinator serve` (it outlives the deploy, logs to
-//! `<state>/coordinator.log`) — and the operator certificate `docker` and `coordinator env`
-//! use against the managers' Engines.
+//! `<state>/coordinator.log`, rotated past 10 MiB; what it prints before logging starts goes to
+//! `<state>/coordinator.out`) — and the Engine client certificate `docker` and
+//! `coordinator env` use against the managers' Engines (not an admin credential).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -73,12 +74,9 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminCli
     let spawn = |what: String| move |source| DeployError::Spawn { what, source };
     let exe = std::env::current_exe().map_err(spawn("the path of this program".into()))?;
     let log_path = paths.log_file();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(spawn(log_path.display().to_string()))?;
-    let log2 = log.try_clone().map_err(spawn(log_path.display().to_string()))?;
+    let out_path = paths.output_file();
+    let out = std::fs::File::create(&out_path).map_err(spawn(out_path.display().to_string()))?;
+    let out2 = out.try_clone().map_err(spawn(out_path.display().to_string()))?;
     p.step("control", format!("starting the control plane on {listen_ip}:{port} (log: {})", log_path.display()));
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(exe);
@@ -91,9 +89,11 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminCli
         .arg(format!("{listen_ip}:{port}"))
         .arg("--advertise")
         .arg(advertise)
+        .arg("--log-file")
+        .arg(&log_path)
         .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2)
+        .stdout(out)
+        .stderr(out2)
         .process_group(0);
     let child = cmd.spawn().map_err(spawn("cannot start `coordinator serve`".into()))?;
     let client = wait_for_answer(child, cluster, paths).await?;
@@ -114,7 +114,8 @@ async fn wait_for_answer(
         let (child, socket) = (&child, &socket);
         async move {
             if let Ok(Some(status)) = child.borrow_mut().try_wait() {
-                return Err(DeployError::ServeExited { status, tail: log_tail(&paths.log_file(), 5) });
+                let tail = [log_tail(&paths.output_file(), 5), log_tail(&paths.log_file(), 5)].join("\n");
+                return Err(DeployError::ServeExited { status, tail: tail.trim().to_string() });
             }
             Ok(match admin_client::connect_local(cluster, socket).await {
                 Ok(c) => Attempt::Done(c),
@@ -141,19 +142,20 @@ fn log_tail(path: &Path, n: usize) -> String {
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
-/// The operator certificate `docker` and `coordinator env` use against managers' Engines:
-/// `<state>/docker/{ca,cert,key}.pem`, issued once by the control plane.
+/// The Engine client certificate `docker` and `coordinator env` use against managers'
+/// Engines: `<state>/docker/{ca,cert,key}.pem`, issued once by the control plane (again when
+/// the one there is an older deploy's operator certificate, which the admin API now refuses).
 pub async fn ensure_docker_certs(run: &Run<'_>) -> Result<PathBuf, DeployError> {
     let dir = run.state_dir.join("docker");
-    let fresh = ["ca.pem", "cert.pem", "key.pem"].iter().all(|f| dir.join(f).is_file());
-    if fresh {
+    let present = ["ca.pem", "cert.pem", "key.pem"].iter().all(|f| dir.join(f).is_file());
+    if present && is_engine_client(&dir.join("cert.pem")) {
         return Ok(dir);
     }
     let (key, csr) = crate::control_plane::pki::new_key_and_csr("docker").map_err(DeployError::OperatorKey)?;
     let r = run
         .admin
         .clone()
-        .issue_operator_certificate(v1::IssueOperatorCertificateRequest {
+        .issue_engine_client_certificate(v1::IssueOperatorCertificateRequest {
             operator_name: "docker".into(),
             csr_pem: csr,
         })
@@ -165,4 +167,14 @@ pub async fn ensure_docker_certs(run: &Run<'_>) -> Result<PathBuf, DeployError> 
     flotilla_proto::fs::write_public(&dir.join("cert.pem"), r.certificate_pem.as_bytes()).map_err(io(&dir))?;
     flotilla_proto::fs::write_public(&dir.join("ca.pem"), r.ca_chain_pem.join("").as_bytes()).map_err(io(&dir))?;
     Ok(dir)
+}
+
+/// Whether the certificate at `path` is an Engine client certificate (OU
+/// `flotilla-engine-client`).
+fn is_engine_client(path: &Path) -> bool {
+    let Ok(pem) = std::fs::read_to_string(path) else { return false };
+    flotilla_proto::tls::certs_from_pem("docker cert", &pem)
+        .ok()
+        .and_then(|c| c.first().and_then(flotilla_proto::tls::identity_of))
+        .is_some_and(|id| id.organizational_unit == flotilla_proto::OU_ENGINE_CLIENT)
 }
