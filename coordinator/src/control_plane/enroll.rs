@@ -85,7 +85,7 @@ impl ControlPlane {
     fn enroll_inner(&self, req: &v1::EnrollRequest) -> Result<v1::EnrollResponse, EnrollError> {
         let host = req.host_name.as_str();
         if !crate::control_plane::settings::valid_name(host) {
-            return Err(EnrollError::BadHostName(host.to_string()));
+            return Err(EnrollError::BadHostName(clean(host, NAME_MAX)));
         }
         let now = self.clock.now_ms();
         // Token first (a read: no commit, no fsync): a stranger learns nothing about CSR

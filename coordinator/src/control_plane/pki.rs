@@ -277,7 +277,12 @@ fn check_csr(csr_pem: &str, expected_cn: &str) -> Result<Vec<u8>, PkiError> {
     csr.verify_signature().map_err(|_| PkiError::BadCsr("signature does not verify".into()))?;
     let cn = info.subject.iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or_default();
     if cn != expected_cn {
-        return Err(PkiError::BadCsr(format!("names '{cn}' but was presented for '{expected_cn}'")));
+        use crate::control_plane::untrusted::{NAME_MAX, clean};
+        return Err(PkiError::BadCsr(format!(
+            "names '{}' but was presented for '{}'",
+            clean(cn, NAME_MAX),
+            clean(expected_cn, NAME_MAX)
+        )));
     }
     Ok(pem.contents)
 }
