@@ -19,6 +19,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Its stderr is a file the tests read: no colour codes in it.
+        .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
     let (mut cluster, mut state_dir, mut listen, mut heartbeat) =
