@@ -267,10 +267,24 @@ async fn issue_14_ten_thousand_bad_enrollments_with_megabyte_host_names_leave_th
     )
     .await;
     // The real events: a host enrolls and holds its session, an operator mints a token.
-    let token = coord.admin().await.expect("admin").create_token(v1::CreateTokenRequest { host_name: "real0".into(), ttl_s: 0 }).await.expect("token").into_inner().token;
+    let token = coord
+        .admin()
+        .await
+        .expect("admin")
+        .create_token(v1::CreateTokenRequest { host_name: "real0".into(), ttl_s: 0 })
+        .await
+        .expect("token")
+        .into_inner()
+        .token;
     let mut agent = flotilla_agent::start(coord.agent_config("real0", &token)).await.expect("agent");
     agent.wait_for(WAIT, |s| s.connected).await.expect("the real host enrolls");
-    coord.admin().await.expect("admin").create_token(v1::CreateTokenRequest { host_name: "spare".into(), ttl_s: 0 }).await.expect("token");
+    coord
+        .admin()
+        .await
+        .expect("admin")
+        .create_token(v1::CreateTokenRequest { host_name: "spare".into(), ttl_s: 0 })
+        .await
+        .expect("token");
     let state = coord.state_dir.join("state.redb");
     let size_before = std::fs::metadata(&state).expect("state file").len();
 
@@ -301,10 +315,13 @@ async fn issue_14_ten_thousand_bad_enrollments_with_megabyte_host_names_leave_th
     // The state file first (the flood is over; the audit read below flushes what is counted).
     let growth = std::fs::metadata(&state).expect("state file").len().saturating_sub(size_before);
     assert!(growth < STATE_GROWTH_BOUND, "the state file grew by {growth} bytes during the flood");
-    let audit = coord.admin().await.expect("admin").audit(v1::AuditRequest { limit: 0 }).await.expect("audit").into_inner();
+    let audit =
+        coord.admin().await.expect("admin").audit(v1::AuditRequest { limit: 0 }).await.expect("audit").into_inner();
     let size_after = std::fs::metadata(&state).expect("state file").len();
     let kinds: Vec<(&str, &str)> = audit.events.iter().map(|e| (e.kind.as_str(), e.host_name.as_str())).collect();
-    for real in [("token.created", "real0"), ("enroll.ok", "real0"), ("cert.issued", "real0"), ("token.created", "spare")] {
+    for real in
+        [("token.created", "real0"), ("enroll.ok", "real0"), ("cert.issued", "real0"), ("token.created", "spare")]
+    {
         assert!(kinds.contains(&real), "the real event {real:?} is missing from the audit: {kinds:?}");
     }
     let refused = |kind: &str| audit.refusals.iter().find(|r| r.kind == kind && r.source == "127.0.0.1");
@@ -313,11 +330,20 @@ async fn issue_14_ten_thousand_bad_enrollments_with_megabyte_host_names_leave_th
     assert!(names.first_unix_ms <= names.last_unix_ms && names.last_unix_ms > 0, "{names:?}");
     assert!(names.last_host_name.len() <= 128 && names.last_host_name.contains("\\u{1b}[2J"), "{names:?}");
     assert_eq!(refused("enroll.refused.unknown").map(|r| r.count), Some((BAD_ENROLLMENTS / 4) as u64));
-    for text in audit.events.iter().flat_map(|e| [&e.host_name, &e.detail]).chain(audit.refusals.iter().flat_map(|r| [&r.last_host_name, &r.last_detail])) {
+    for text in audit
+        .events
+        .iter()
+        .flat_map(|e| [&e.host_name, &e.detail])
+        .chain(audit.refusals.iter().flat_map(|r| [&r.last_host_name, &r.last_detail]))
+    {
         assert!(text.len() <= 512 && !text.chars().any(char::is_control), "stored raw: {text:.200?}");
     }
     let growth = size_after.saturating_sub(size_before);
-    eprintln!("state file: {size_before} bytes before, {size_after} after (+{growth}); {} events, {} refusal rows", audit.events.len(), audit.refusals.len());
+    eprintln!(
+        "state file: {size_before} bytes before, {size_after} after (+{growth}); {} events, {} refusal rows",
+        audit.events.len(),
+        audit.refusals.len()
+    );
     assert!(growth < STATE_GROWTH_BOUND, "the state file grew by {growth} bytes during the flood");
 
     // `coordinator audit`, as the operator runs it: answers, shows the real events and the
@@ -343,7 +369,8 @@ async fn issue_14_ten_thousand_bad_enrollments_with_megabyte_host_names_leave_th
     let log = coord.log_text();
     assert!(!log.contains('\u{1b}') && !log.contains('\u{9b}'), "the attacker's escapes reached the log");
     assert!(log.lines().count() < 100, "{} log lines for the flood", log.lines().count());
-    let st = coord.admin().await.expect("admin").status(v1::StatusRequest::default()).await.expect("status").into_inner();
+    let st =
+        coord.admin().await.expect("admin").status(v1::StatusRequest::default()).await.expect("status").into_inner();
     assert!(st.port.expect("port").refused_calls >= (3 * BAD_ENROLLMENTS / 4) as u64);
     agent.stop().await;
     coord.stop().await;

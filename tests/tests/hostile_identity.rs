@@ -69,11 +69,8 @@ struct RawSession {
 
 async fn open_session(coord: &Coord, id: &tls::Identity, host: &str) -> Result<RawSession, tonic::Status> {
     let (tx, out) = mpsc::channel(8);
-    let hello = v1::Hello {
-        host_name: host.into(),
-        protocol_version: flotilla_proto::PROTOCOL_VERSION,
-        ..Default::default()
-    };
+    let hello =
+        v1::Hello { host_name: host.into(), protocol_version: flotilla_proto::PROTOCOL_VERSION, ..Default::default() };
     tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await.expect("queue hello");
     let mut rx = agent_client(coord, Some(id))
         .session(with_header(tokio_stream::wrappers::ReceiverStream::new(out)))
@@ -345,7 +342,9 @@ async fn issue_14_a_revoked_operator_certificate_is_refused_at_its_next_call_and
     let list = admin.list_operator_certificates(v1::ListOperatorCertificatesRequest {}).await.expect("list");
     let certs = list.into_inner().certificates;
     assert_eq!(certs.len(), 1);
-    assert!(certs[0].revoked_unix_ms > 0 && certs[0].serial == serial && certs[0].issued_by.starts_with("local socket"));
+    assert!(
+        certs[0].revoked_unix_ms > 0 && certs[0].serial == serial && certs[0].issued_by.starts_with("local socket")
+    );
     let audit = admin.audit(v1::AuditRequest { limit: 0 }).await.expect("audit").into_inner();
     let by = |kind: &str, host: &str| {
         audit.events.iter().find(|e| e.kind == kind && e.host_name == host).map(|e| e.actor.clone()).unwrap_or_default()

@@ -153,8 +153,10 @@ mod tests {
         for _ in 0..10_000 {
             rotating.write_all(line.as_bytes()).expect("write");
         }
-        let total: u64 =
-            std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").metadata().expect("meta").len()).sum();
+        let total: u64 = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").metadata().expect("meta").len())
+            .sum();
         let files = std::fs::read_dir(dir.path()).expect("dir").count();
         assert_eq!(files, LOG_FILES_KEPT + 1);
         assert!(total <= ((LOG_FILES_KEPT + 1) * (64 * 1024 + 200)) as u64, "{total} bytes for 2 MB written");

@@ -131,8 +131,7 @@ impl Admin for AdminApi {
         req: Request<v1::RevokeOperatorCertificateRequest>,
     ) -> Result<Response<v1::RevokeOperatorCertificateResponse>, Status> {
         let by = self.caller(&req)?;
-        let serials =
-            self.cp.revoke_operator(&req.into_inner().operator_name, &by).map_err(IntoStatus::into_status)?;
+        let serials = self.cp.revoke_operator(&req.into_inner().operator_name, &by).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::RevokeOperatorCertificateResponse { serials }))
     }
 

@@ -120,10 +120,9 @@ impl ControlPlane {
         let calls: u64 = batch.iter().map(|r| r.count).sum();
         let rows = batch.len();
         let cp = Arc::clone(self);
-        let written = tokio::task::spawn_blocking(move || {
-            cp.store.write(|tx| batch.iter().try_for_each(|r| tx.add_refusals(r)))
-        })
-        .await;
+        let written =
+            tokio::task::spawn_blocking(move || cp.store.write(|tx| batch.iter().try_for_each(|r| tx.add_refusals(r))))
+                .await;
         match written {
             Ok(Ok(())) => tracing::info!(calls, sources = rows, "refused calls recorded (see `coordinator audit`)"),
             Ok(Err(e)) => tracing::error!(error = %e, calls, "could not record refused calls"),

@@ -176,7 +176,10 @@ impl ControlPlane {
             tx.put_operator(&rec)?;
             Ok(revoked)
         })?;
-        let detail = format!("operator {name}: serials {}", if revoked.is_empty() { "none new".into() } else { revoked.join(",") });
+        let detail = format!(
+            "operator {name}: serials {}",
+            if revoked.is_empty() { "none new".into() } else { revoked.join(",") }
+        );
         self.audit_by("operator.cert.revoked", "", detail, "", &by.to_string());
         Ok(revoked)
     }

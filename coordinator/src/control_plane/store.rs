@@ -330,7 +330,7 @@ impl Store {
             let (k, v) = entry?;
             out.push(decode("refusals", k.value(), v.value())?);
         }
-        out.sort_by(|a, b| b.last_unix_ms.cmp(&a.last_unix_ms));
+        out.sort_by_key(|r| std::cmp::Reverse(r.last_unix_ms));
         Ok(out)
     }
 
