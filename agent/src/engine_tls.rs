@@ -1,6 +1,7 @@
 //! The Engine's TLS listener on managers: `tcp://<private ip>:2376` with `--tlsverify`, a
-//! server certificate from the cluster CA, and client certificates required — never a plain
-//! TCP port. Written as a systemd drop-in that extends the distribution's own `ExecStart`,
+//! server certificate from the cluster CA, and client certificates required and checked
+//! against the CA the spec names (the cluster's Engine client CA, which signs no host
+//! identity) — never a plain TCP port. Written as a systemd drop-in that extends the distribution's own `ExecStart`,
 //! so it works with Debian's and Amazon Linux's units alike; the Engine is restarted only
 //! when the drop-in or the certificates change.
 
@@ -56,7 +57,7 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<bool, Engin
         addr = ctx.host_address
     );
     let drop_in = format!(
-        "# Written by flotilla-agent: the Engine's API on {PORT} with mutual TLS (cluster CA).\n[Service]\nExecStart=\nExecStart={base} {flags}\n"
+        "# Written by flotilla-agent: the Engine's API on {PORT} with mutual TLS (clients: the Engine client CA only).\n[Service]\nExecStart=\nExecStart={base} {flags}\n"
     );
     if std::fs::read_to_string(DROP_IN).ok().as_deref() != Some(drop_in.as_str()) {
         let p = Path::new(DROP_IN);

@@ -49,6 +49,8 @@ pub use status::status_json;
 
 /// Exit code for bad usage or configuration (sysexits' EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
+/// The cluster file commands read when no `-f` names another.
+pub const CONFIG_FILE: &str = "flotilla.toml";
 /// Exit code when the control plane cannot be reached (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: i32 = 69;
 
@@ -76,6 +78,9 @@ pub struct Global {
     /// Use a remote control plane through an operator bundle (see `operator-cert create`).
     #[arg(long, global = true, env = "FLOTILLA_REMOTE")]
     pub remote: Option<PathBuf>,
+    /// The name [`Global::resolve`] settled on.
+    #[arg(skip)]
+    resolved: Option<String>,
 }
 
 impl Global {
@@ -85,14 +90,35 @@ impl Global {
     pub fn state_dir(&self) -> PathBuf {
         self.state_root().join(self.cluster())
     }
-    /// `--cluster`, else the name in ./flotilla.toml, else "flotilla".
+    /// The cluster [`Global::resolve`] settled on (`--cluster`, else the name in
+    /// ./flotilla.toml, else "flotilla").
     pub fn cluster(&self) -> String {
-        if let Some(c) = &self.cluster {
-            return c.clone();
-        }
-        crate::ops::cluster_config::ClusterConfig::load(std::path::Path::new("flotilla.toml"), false)
-            .map(|c| c.name)
-            .unwrap_or_else(|_| "flotilla".into())
+        self.resolved.clone().or_else(|| self.cluster.clone()).unwrap_or_else(|| "flotilla".into())
+    }
+
+    /// Settles the cluster's name once, before any command runs, and checks it: a name is
+    /// joined into the state path, so `..`, `/` or anything but a-z, 0-9 and '-' is refused
+    /// (from `--cluster` or from ./flotilla.toml). A ./flotilla.toml that does not parse is an
+    /// error here too: falling back to the default name would act on another cluster.
+    pub fn resolve(mut self) -> Result<Self, CliError> {
+        let name = match &self.cluster {
+            Some(c) if valid_name(c) => c.clone(),
+            Some(c) => return Err(CliError::InvalidCluster { name: c.clone() }),
+            None => {
+                let path = std::path::Path::new(CONFIG_FILE);
+                let config = crate::ops::cluster_config::ClusterConfig::load(path, false)?;
+                if !valid_name(&config.name) {
+                    return Err(CliError::Config(crate::ops::cluster_config::ConfigError::Invalid {
+                        path: CONFIG_FILE.into(),
+                        field: "name",
+                        problem: format!("'{}': use 1-63 of a-z, 0-9 and '-'", config.name),
+                    }));
+                }
+                config.name
+            }
+        };
+        self.resolved = Some(name);
+        Ok(self)
     }
 
     /// The admin API of the cluster's control plane: the local one, or `--remote`'s.
@@ -184,6 +210,9 @@ pub enum CliError {
     /// `--cluster` is no valid cluster name.
     #[error("--cluster '{name}': use 1-63 of a-z, 0-9 and '-'")]
     InvalidCluster { name: String },
+    /// ./flotilla.toml does not parse, or names no valid cluster.
+    #[error("{0}")]
+    Config(#[from] crate::ops::cluster_config::ConfigError),
     /// `serve --listen` could not be bound.
     #[error("--listen {addr}: {error}")]
     Listen { addr: String, error: std::io::Error },
@@ -251,6 +280,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::InvalidCluster { .. }
+            | CliError::Config(_)
             | CliError::Listen { .. }
             | CliError::WouldOverwrite { .. }
             | CliError::NotALabCluster { .. }
@@ -276,12 +306,11 @@ impl CliError {
 
 /// Runs one command: checks `--cluster`, then hands the command to its file.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let g = cli.global;
-    if let Some(c) = &g.cluster
-        && !valid_name(c)
-    {
-        return Err(CliError::InvalidCluster { name: c.clone() });
-    }
+    let g = match &cli.command {
+        // Commands that act on no cluster do not read ./flotilla.toml for its name.
+        Command::Init(_) | Command::LabImages => cli.global,
+        _ => cli.global.resolve()?,
+    };
     match cli.command {
         Command::Serve(args) => serve::run(&g, args).await,
         Command::Status(args) => status::run(&g, args).await,

@@ -1,7 +1,7 @@
 //! Files both ends keep secrets in: written atomically, mode 0600 from the first byte.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Writes `data` to `path` atomically (temp file + rename in the same directory) with mode
@@ -16,15 +16,15 @@ pub fn write_public(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // A fresh, randomly named temp file opened with O_CREAT|O_EXCL (tempfile's default): a
+    // file or symlink planted at a guessable name cannot be written through, and the file
+    // is 0600 from its creation whatever `mode` ends up being.
+    let mut tmp = tempfile::Builder::new().prefix(".flotilla-").suffix(".tmp").tempfile_in(dir)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -37,4 +37,38 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 /// The permission bits of `path`.
 pub fn mode_of(path: &Path) -> std::io::Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_0600_and_replace_the_old_file_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key.pem");
+        write_private(&p, b"one").unwrap();
+        assert_eq!(mode_of(&p).unwrap(), 0o600);
+        write_public(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(mode_of(&p).unwrap(), 0o644);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("key.pem")], "no temp file is left behind");
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_guessable_temp_name_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        // The name a writer with a predictable temp file would use (this process's id).
+        let planted = dir.path().join(format!(".token.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let p = dir.path().join("token");
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        write_private(&p, b"secret").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(!std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&p).unwrap(), b"secret");
+    }
 }

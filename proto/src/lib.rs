@@ -79,8 +79,7 @@ impl v1::RoleState {
 pub const OU_HOST: &str = "flotilla-host";
 /// The organizational unit of an operator's client certificate.
 pub const OU_OPERATOR: &str = "flotilla-operator";
-/// The organizational unit of the client certificate `docker` uses against the managers'
-/// Engines (`coordinator env`): the Engines accept it, the admin API does not.
-pub const OU_ENGINE_CLIENT: &str = "flotilla-engine-client";
 /// The organizational unit of the coordinator's server certificate.
 pub const OU_COORDINATOR: &str = "flotilla-coordinator";
+/// OU of an Engine client certificate (signed by the Engine client CA, not the cluster CA).
+pub const OU_ENGINE_CLIENT: &str = "flotilla-engine-client";

@@ -144,6 +144,30 @@ fn bad_configs_exit_64_with_the_problem_named_and_create_nothing() {
 }
 
 #[test]
+fn a_cluster_name_from_flotilla_toml_is_checked_before_it_becomes_a_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // A name that would leave the state root, and a file that does not parse (falling back
+    // to the default cluster would act on another cluster).
+    for (toml, want) in [("name = \"../../escape\"\n", "`name`"), ("name = \"x\"\nmanagers = [\n", "flotilla.toml")] {
+        std::fs::write(dir.path().join("flotilla.toml"), toml).expect("write");
+        for args in [&["status"][..], &["destroy", "--yes"], &["stop"]] {
+            let out = coordinator()
+                .current_dir(dir.path())
+                .env("FLOTILLA_STATE_DIR", &state)
+                .env_remove("FLOTILLA_CLUSTER")
+                .args(args)
+                .output()
+                .expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{args:?} with {toml:?}: {err}");
+            assert!(err.contains(want) && err.contains("flotilla.toml"), "{args:?} with {toml:?}: {err}");
+        }
+    }
+    assert!(!dir.path().join("escape").exists() && !state.exists(), "nothing was created");
+}
+
+#[test]
 fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     // A previous failed run may have left its cluster: start clean.
     let _ = run(&["--cluster", CLUSTER, "destroy", "--yes"]);
@@ -215,6 +239,45 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
         !no_cert.status.success() || stdout(&no_cert) != "200",
         "the Engine must refuse a client without a certificate"
     );
+    // A host's own identity (cluster CA) is no Engine client: every manager's 2376 trusts
+    // only the Engine client CA (issue 14). The docker certificate is good on each of them.
+    let identity = stdout(&in_host("node0", &["cat", "/var/lib/flotilla/identity.pem"]));
+    let stolen = tempfile::tempdir().expect("tempdir");
+    let pem_of = |label: &str| -> String {
+        let at = identity.find(&format!("-----BEGIN {label}")).unwrap_or_else(|| panic!("no {label} in identity.pem"));
+        let end_marker = format!("-----END {label}-----");
+        let end = identity[at..].find(&end_marker).expect("end") + at + end_marker.len();
+        identity[at..end].to_string() + "\n"
+    };
+    std::fs::write(stolen.path().join("cert.pem"), pem_of("CERTIFICATE")).expect("write");
+    std::fs::write(stolen.path().join("key.pem"), pem_of("PRIVATE KEY")).expect("write");
+    let cert_path = PathBuf::from(env["DOCKER_CERT_PATH"].as_str().expect("cert path"));
+    let manager_ips: Vec<String> = st["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .filter(|h| h["roles"].as_array().is_some_and(|r| r.iter().any(|r| r == "manager")))
+        .filter_map(|h| h["addresses"][0].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(manager_ips.len(), 3, "{st}");
+    let engine_version = |dir: &std::path::Path, ip: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(cert_path.join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"))
+            .arg(format!("https://{ip}:2376/version"))
+            .output()
+            .expect("curl");
+        stdout(&out)
+    };
+    for ip in &manager_ips {
+        assert_eq!(engine_version(&cert_path, ip), "200", "the docker certificate is good on {ip}:2376");
+        assert_ne!(engine_version(stolen.path(), ip), "200", "{ip}:2376 must refuse a host identity");
+    }
+
     let plain = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{leader_ip}:2375/version")])
         .output()

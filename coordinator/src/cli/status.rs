@@ -285,7 +285,9 @@ impl StatusView {
         t.load_style(comfy_table::presets::NOTHING);
         t.set_header(["HOST", "ROLES", "SWARM", "SESSION", "HEARTBEAT", "CPU", "LOAD", "MEM", "DISK", "ENGINE"]);
         for h in &self.hosts {
-            t.add_row(h.row());
+            // Cells carry what agents reported (swarm state, roles): a compromised host
+            // must not reach the operator's terminal with escape sequences.
+            t.add_row(h.row().map(|cell| crate::ui::printable(&cell).into_owned()));
         }
         let mut port = self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default();
         if let Some(age) = self.hosts.iter().filter_map(|h| h.swarm_age_s).reduce(f64::max) {

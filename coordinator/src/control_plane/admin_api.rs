@@ -117,13 +117,17 @@ impl Admin for AdminApi {
 
     async fn issue_engine_client_certificate(
         &self,
-        req: Request<v1::IssueOperatorCertificateRequest>,
-    ) -> Result<Response<v1::IssueOperatorCertificateResponse>, Status> {
+        req: Request<v1::IssueEngineClientCertificateRequest>,
+    ) -> Result<Response<v1::IssueEngineClientCertificateResponse>, Status> {
         let by = self.caller(&req)?;
         let r = req.into_inner();
         let issued =
-            self.cp.issue_engine_client_cert(&r.operator_name, &r.csr_pem, &by).map_err(IntoStatus::into_status)?;
-        Ok(Response::new(issued_response(&self.cp, issued)))
+            self.cp.issue_engine_client_cert(&r.client_name, &r.csr_pem, &by).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::IssueEngineClientCertificateResponse {
+            certificate_pem: issued.certificate_pem,
+            server_ca_pem: self.cp.pki.ca_pem().to_string(),
+            client_ca_pem: self.cp.pki.engine_client_ca_pem().to_string(),
+        }))
     }
 
     async fn revoke_operator_certificate(

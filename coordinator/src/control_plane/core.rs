@@ -173,6 +173,7 @@ impl ControlPlane {
             // Same request as the one in force: keep it and its generation (re-running
             // deploy is a no-op; no new certificate is issued).
             if let Some(p) = &prev
+                && completions_current(p, self.pki.engine_client_ca_pem())
                 && strip_completions(p, &requested) == requested.roles
                 && p.host_address == requested.host_address
                 && p.cluster == requested.cluster
@@ -224,7 +225,8 @@ impl ControlPlane {
                     let (cert, key) = self.pki.issue_engine_server(host, &a.host_address)?;
                     m.engine_tls_cert_pem = cert;
                     m.engine_tls_key_pem = key;
-                    m.engine_tls_ca_pem = self.pki.ca_pem().to_string();
+                    // What the Engine trusts for its clients: the Engine client CA only.
+                    m.engine_tls_ca_pem = self.pki.engine_client_ca_pem().to_string();
                 }
                 _ => {}
             }
@@ -414,6 +416,18 @@ pub fn swarm_age_s(received_ms: i64, sample: &v1::HealthSample, now_ms: i64) -> 
     // An older agent does not stamp its view: it is as old as the sample.
     let before_sample = if view.observed_unix_ms > 0 { (sample.unix_ms - view.observed_unix_ms).max(0) } else { 0 };
     Some(((now_ms - received_ms).max(0) + before_sample) as f64 / 1000.0)
+}
+
+/// Whether what [`ControlPlane::complete`] filled in is still what it would fill in: an
+/// assignment from before the Engine client CA (whose Engines trust the cluster CA, so
+/// every host identity) is re-issued by the next identical request.
+fn completions_current(stored: &v1::Assignment, engine_client_ca_pem: &str) -> bool {
+    stored.roles.iter().all(|r| match &r.spec {
+        Some(v1::role_spec::Spec::Manager(m)) => {
+            m.engine_tls_ca_pem.is_empty() || m.engine_tls_ca_pem == engine_client_ca_pem
+        }
+        _ => true,
+    })
 }
 
 /// The stored roles with what [`ControlPlane::complete`] filled in removed again, where the

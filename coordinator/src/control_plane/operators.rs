@@ -10,8 +10,9 @@
 //!   admin API checks the caller's serial against the record on every call
 //!   ([`ControlPlane::check_operator`]): unknown, revoked or expired serials are refused at
 //!   their next call.
-//! - The Engine client certificate (OU `flotilla-engine-client`) is for the managers'
-//!   Engines; the admin API refuses it like a host's.
+//! - The Engine client certificate (OU `flotilla-engine-client`, signed by the Engine client
+//!   CA the control plane does not trust) is for the managers' Engines: its TLS handshake with
+//!   the agent port already fails; should one chain to the cluster CA, its OU is refused here.
 //! - Every admin mutation's audit event names its [`Caller`].
 
 use std::fmt;
@@ -147,15 +148,15 @@ impl ControlPlane {
     }
 
     /// Signs the CSR of an Engine client certificate (`docker`, `coordinator env`, the
-    /// failover drill). Local socket only; not an admin credential.
+    /// failover drill) with the Engine client CA. Local socket only; not an admin credential.
     pub fn issue_engine_client_cert(&self, name: &str, csr_pem: &str, by: &Caller) -> Result<Issued, OperatorError> {
         only_local(by, "issuing an Engine client certificate")?;
         if !valid_name(name) {
             return Err(OperatorError::BadName(name.to_string()));
         }
         let issued = self.pki.sign_engine_client_csr(name, csr_pem, pki::OPERATOR_CERT_VALIDITY)?;
-        let detail = format!("engine client {name}: serial {} until {}", issued.serial, issued.not_after_unix);
-        self.audit_by("engine-client.cert.issued", "", detail, "", &by.to_string());
+        let detail = format!("Engine client {name} (serial {}) until {}", issued.serial, issued.not_after_unix);
+        self.audit_by("engine.client.cert.issued", "", detail, "", &by.to_string());
         Ok(issued)
     }
 

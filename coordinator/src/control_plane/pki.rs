@@ -4,11 +4,16 @@
 //! Client certificates say what they are for in their OU, and the services check it: a
 //! host's (`flotilla-host`) may call the agent API as that host; an operator's
 //! (`flotilla-operator`) may call the admin API while its serial is on record and not
-//! revoked (`operators.rs`); an Engine client's (`flotilla-engine-client`, what `docker` uses
-//! against the managers' Engines) may call neither. Every leaf says `CA:FALSE` explicitly.
+//! revoked (`operators.rs`); an Engine client's (`flotilla-engine-client`, from the second CA
+//! below) may call neither.
 //!
 //! Files under `<state>/pki/`: `ca.pem`, `ca.key` (0600, never leaves this directory),
-//! `server.pem`, `server.key` (0600). All keys are ECDSA P-256 made with aws-lc-rs.
+//! `server.pem`, `server.key` (0600), and a second CA, `engine-client-ca.{pem,key}`, that
+//! signs only the certificates of the managers' Engine clients (`docker`, the coordinator's
+//! own Engine calls): the Engines on 2376 trust that CA alone, so no host identity and no
+//! operator certificate drives an Engine, and an Engine client certificate cannot call the
+//! control plane (which trusts only the cluster CA). All keys are ECDSA P-256 made with
+//! aws-lc-rs.
 //! The server certificate is re-issued when the advertised addresses change or a third of
 //! its life is left; hosts keep trusting it because they trust the CA.
 
@@ -55,6 +60,8 @@ pub struct Pki {
     dir: PathBuf,
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
+    engine_clients: Issuer<'static, KeyPair>,
+    engine_client_ca_pem: String,
     server: Identity,
     server_pem: String,
 }
@@ -74,28 +81,16 @@ impl Pki {
     pub fn load_or_create(state_dir: &Path, cluster: &str, advertised: &[String]) -> Result<Self, PkiError> {
         let dir = state_dir.join("pki");
         flotilla_proto::fs::private_dir(&dir).map_err(|source| PkiError::Io { path: dir.clone(), source })?;
-        let ca_pem_path = dir.join("ca.pem");
-        let ca_key_path = dir.join("ca.key");
-        let (ca_key, ca_pem) = if ca_key_path.exists() {
-            let key_pem = read(&ca_key_path)?;
-            let key = KeyPair::from_pem(&key_pem)
-                .map_err(|e| PkiError::Corrupt { path: ca_key_path.clone(), detail: e.to_string() })?;
-            (key, read(&ca_pem_path)?)
-        } else {
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-            let params = ca_params(cluster);
-            let cert = params.self_signed(&key)?;
-            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            write_public(&ca_pem_path, cert.pem().as_bytes())?;
-            (key, cert.pem())
-        };
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-            .map_err(|e| PkiError::Corrupt { path: ca_pem_path.clone(), detail: e.to_string() })?;
+        let (issuer, ca_pem) = load_or_create_ca(&dir, "ca", || ca_params(cluster))?;
+        let (engine_clients, engine_client_ca_pem) =
+            load_or_create_ca(&dir, "engine-client-ca", || engine_client_ca_params(cluster))?;
 
         let mut pki = Self {
             dir,
             issuer,
             ca_pem,
+            engine_clients,
+            engine_client_ca_pem,
             server: Identity {
                 chain: Vec::new(),
                 key: std::sync::Arc::new(rustls_pki_types::PrivateKeyDer::Pkcs8(Vec::new().into())),
@@ -127,12 +122,11 @@ impl Pki {
             }
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
+        let mut params = leaf_params();
         params.distinguished_name = dn(&format!("coordinator.{cluster}"), flotilla_proto::OU_COORDINATOR);
         params.subject_alt_names = wanted.iter().map(|a| san(a)).collect::<Result<_, _>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.is_ca = IsCa::ExplicitNoCa;
         set_validity(&mut params, SERVER_VALIDITY);
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -145,6 +139,11 @@ impl Pki {
 
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The CA the managers' Engines trust for their clients (and nothing else does).
+    pub fn engine_client_ca_pem(&self) -> &str {
+        &self.engine_client_ca_pem
     }
 
     pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
@@ -167,12 +166,11 @@ impl Pki {
     /// listener: SANs are the host's address and name. Returns (certificate, key) PEMs.
     pub fn issue_engine_server(&self, host: &str, address: &str) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
+        let mut params = leaf_params();
         params.distinguished_name = dn(host, "flotilla-engine");
         params.subject_alt_names = vec![san(address)?, san(host)?, SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.is_ca = IsCa::ExplicitNoCa;
         set_validity(&mut params, SERVER_VALIDITY);
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -192,31 +190,41 @@ impl Pki {
         self.sign_client_csr(name, flotilla_proto::OU_OPERATOR, csr_pem, validity)
     }
 
-    /// Signs the CSR of a client of the managers' Docker Engines
-    /// (`CN=<name>, OU=flotilla-engine-client`): not an operator certificate.
+    /// Signs the CSR of an Engine client (`CN=<name>, OU=flotilla-engine-client`) with the
+    /// Engine client CA: good on the managers' 2376, refused by the control plane.
     pub fn sign_engine_client_csr(&self, name: &str, csr_pem: &str, validity: Duration) -> Result<Issued, PkiError> {
-        self.sign_client_csr(name, flotilla_proto::OU_ENGINE_CLIENT, csr_pem, validity)
+        self.sign_client_csr_with(&self.engine_clients, name, flotilla_proto::OU_ENGINE_CLIENT, csr_pem, validity)
     }
 
     fn sign_client_csr(&self, name: &str, ou: &str, csr_pem: &str, validity: Duration) -> Result<Issued, PkiError> {
+        self.sign_client_csr_with(&self.issuer, name, ou, csr_pem, validity)
+    }
+
+    fn sign_client_csr_with(
+        &self,
+        issuer: &Issuer<'static, KeyPair>,
+        name: &str,
+        ou: &str,
+        csr_pem: &str,
+        validity: Duration,
+    ) -> Result<Issued, PkiError> {
         let der = check_csr(csr_pem, name)?;
         let mut csr = CertificateSigningRequestParams::from_der(&der.into())
             .map_err(|e| PkiError::BadCsr(format!("does not verify: {e}")))?;
-        let mut params = CertificateParams::default();
+        let mut params = leaf_params();
         params.distinguished_name = dn(name, ou);
         params.subject_alt_names = vec![SanType::DnsName(
             name.try_into().map_err(|_| PkiError::BadCsr(format!("'{name}' is not a valid DNS name")))?,
         )];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, validity);
         let serial = random_serial();
         params.serial_number = Some(serial.clone());
         let (not_before, not_after) = (params.not_before.unix_timestamp(), params.not_after.unix_timestamp());
         csr.params = params;
-        let cert = csr.signed_by(&self.issuer)?;
+        let cert = csr.signed_by(issuer)?;
         Ok(Issued {
             certificate_pem: cert.pem(),
             serial: hex::encode(serial.to_bytes()),
@@ -299,7 +307,7 @@ pub fn throwaway_server(address: IpAddr, validity: Duration) -> Result<(String, 
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
+    let mut params = leaf_params();
     params.distinguished_name = dn("bake", "flotilla-bake");
     params.subject_alt_names = vec![SanType::IpAddress(address)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -320,6 +328,46 @@ pub fn new_key_and_csr(cn: &str) -> Result<(KeyPair, String), PkiError> {
     params.distinguished_name.push(DnType::CommonName, cn);
     let csr = params.serialize_request(&key)?;
     Ok((key, csr.pem()?))
+}
+
+/// Parameters for a certificate that is not a CA: basicConstraints `CA:FALSE` stated
+/// explicitly, so no verifier has to assume it from a missing extension.
+fn leaf_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params
+}
+
+/// Loads the CA `<dir>/<stem>.{pem,key}`, or creates it from `params` on first use.
+fn load_or_create_ca(
+    dir: &Path,
+    stem: &str,
+    params: impl FnOnce() -> CertificateParams,
+) -> Result<(Issuer<'static, KeyPair>, String), PkiError> {
+    let pem_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    let (key, pem) = if key_path.exists() {
+        let key_pem = read(&key_path)?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| PkiError::Corrupt { path: key_path.clone(), detail: e.to_string() })?;
+        (key, read(&pem_path)?)
+    } else {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = params().self_signed(&key)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        write_public(&pem_path, cert.pem().as_bytes())?;
+        (key, cert.pem())
+    };
+    let issuer =
+        Issuer::from_ca_cert_pem(&pem, key).map_err(|e| PkiError::Corrupt { path: pem_path, detail: e.to_string() })?;
+    Ok((issuer, pem))
+}
+
+/// The Engine client CA: a CA of its own so the Engines can trust it alone.
+fn engine_client_ca_params(cluster: &str) -> CertificateParams {
+    let mut params = ca_params(cluster);
+    params.distinguished_name = dn(&format!("Flotilla Engine client CA {cluster}"), "flotilla-engine-client-ca");
+    params
 }
 
 fn ca_params(cluster: &str) -> CertificateParams {
@@ -454,6 +502,78 @@ mod tests {
         assert!(life <= 3600 + 300, "short-lived: {life} s");
     }
 
+    /// Issue 14: Engine clients chain to a CA of their own; nothing the cluster CA signs
+    /// (host identities, operators) chains to it, and an Engine client does not chain to
+    /// the cluster CA (so the control plane refuses it).
+    #[test]
+    fn engine_clients_have_a_ca_of_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = pki(dir.path());
+        assert_ne!(p.engine_client_ca_pem(), p.ca_pem());
+        let parse = |pem: &str| {
+            let der = rustls_pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+                .expect("pem");
+            der[0].clone()
+        };
+        let (ca, engine_ca) = (parse(p.ca_pem()), parse(p.engine_client_ca_pem()));
+        let (_, ca) = x509_parser::parse_x509_certificate(ca.as_ref()).expect("ca");
+        let (_, engine_ca) = x509_parser::parse_x509_certificate(engine_ca.as_ref()).expect("engine ca");
+        let (_, csr) = new_key_and_csr("docker").expect("csr");
+        let client =
+            parse(&p.sign_engine_client_csr("docker", &csr, Duration::from_secs(3600)).expect("sign").certificate_pem);
+        let (_, client) = x509_parser::parse_x509_certificate(client.as_ref()).expect("client");
+        client.verify_signature(Some(engine_ca.public_key())).expect("signed by the Engine client CA");
+        assert!(client.verify_signature(Some(ca.public_key())).is_err(), "not by the cluster CA");
+        let ou: Vec<_> = client.subject().iter_organizational_unit().filter_map(|o| o.as_str().ok()).collect();
+        assert_eq!(ou, vec![flotilla_proto::OU_ENGINE_CLIENT]);
+        let (_, csr) = new_key_and_csr("node0").expect("csr");
+        let host = parse(&p.sign_host_csr("node0", &csr, Duration::from_secs(3600)).expect("sign").certificate_pem);
+        let (_, host) = x509_parser::parse_x509_certificate(host.as_ref()).expect("host");
+        assert!(host.verify_signature(Some(engine_ca.public_key())).is_err(), "a host identity is no Engine client");
+        // The CA survives a restart.
+        assert_eq!(pki(dir.path()).engine_client_ca_pem(), p.engine_client_ca_pem());
+        let mode = flotilla_proto::fs::mode_of(&dir.path().join("pki").join("engine-client-ca.key")).expect("mode");
+        assert_eq!(mode, 0o600);
+    }
+
+    /// Every leaf states `CA:FALSE` (basicConstraints present, critical not required).
+    #[test]
+    fn every_leaf_says_it_is_not_a_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = pki(dir.path());
+        let (_, csr) = new_key_and_csr("node0").expect("csr");
+        let host = p.sign_host_csr("node0", &csr, Duration::from_secs(3600)).expect("host").certificate_pem;
+        let (_, csr) = new_key_and_csr("alice").expect("csr");
+        let operator = p.sign_operator_csr("alice", &csr, Duration::from_secs(3600)).expect("op").certificate_pem;
+        let (engine, _) = p.issue_engine_server("manager0", "10.0.0.5").expect("engine");
+        let (_, bake) = throwaway_server(IpAddr::from([127, 0, 0, 1]), Duration::from_secs(60)).expect("bake");
+        let bake_pem = pem_of(bake.chain[0].as_ref());
+        for (what, pem) in [
+            ("host", host),
+            ("operator", operator),
+            ("engine", engine),
+            ("server", p.server_pem().to_string()),
+            ("bake", bake_pem),
+        ] {
+            let der = rustls_pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+                .expect("pem");
+            let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).expect("parse");
+            let bc =
+                cert.basic_constraints().expect("well-formed").unwrap_or_else(|| panic!("{what}: no basicConstraints"));
+            assert!(!bc.value.ca, "{what} must not be a CA");
+        }
+    }
+
+    fn pem_of(der: &[u8]) -> String {
+        use base64::Engine as _;
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        )
+    }
+
     #[test]
     fn host_csr_is_signed_with_the_host_identity() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -467,35 +587,6 @@ mod tests {
         assert_eq!(id.serial, issued.serial);
         let days = (id.not_after_unix - OffsetDateTime::now_utc().unix_timestamp()) / 86400;
         assert!((29..=30).contains(&days), "validity {days} days");
-    }
-
-    /// Issue 14: each client certificate says what it is for; no leaf can act as a CA.
-    #[test]
-    fn client_certificates_carry_their_purpose_and_no_leaf_is_a_ca() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pki = pki(dir.path());
-        let (_key, csr) = new_key_and_csr("docker").expect("csr");
-        let engine = pki.sign_engine_client_csr("docker", &csr, OPERATOR_CERT_VALIDITY).expect("sign");
-        let (_key, csr) = new_key_and_csr("alice").expect("csr");
-        let operator = pki.sign_operator_csr("alice", &csr, OPERATOR_CERT_VALIDITY).expect("sign");
-        let (_key, csr) = new_key_and_csr("node0").expect("csr");
-        let host = pki.sign_host_csr("node0", &csr, HOST_CERT_VALIDITY).expect("sign");
-        let (engine_server, _) = pki.issue_engine_server("manager0", "10.0.0.5").expect("engine server");
-        for (pem, ou) in [
-            (&engine.certificate_pem, Some(flotilla_proto::OU_ENGINE_CLIENT)),
-            (&operator.certificate_pem, Some(flotilla_proto::OU_OPERATOR)),
-            (&host.certificate_pem, Some(flotilla_proto::OU_HOST)),
-            (&engine_server, None),
-            (&pki.server_pem().to_string(), None),
-        ] {
-            let der = tls::certs_from_pem("leaf", pem).expect("pem");
-            if let Some(ou) = ou {
-                assert_eq!(tls::identity_of(&der[0]).expect("identity").organizational_unit, ou);
-            }
-            let (_, x509) = x509_parser::parse_x509_certificate(der[0].as_ref()).expect("x509");
-            let bc = x509.basic_constraints().expect("one extension").expect("basicConstraints present");
-            assert!(!bc.value.ca, "a leaf must say CA:FALSE");
-        }
     }
 
     #[test]

@@ -282,3 +282,15 @@ fn the_leader_and_its_address_come_from_the_manager_that_leads() {
     assert_eq!(v.swarm.managers.len(), 2);
     assert_eq!(v.hosts[3].last_heartbeat_age_s, None);
 }
+
+#[test]
+fn what_a_host_reports_reaches_the_table_without_terminal_escapes() {
+    let mut hostile = manager("manager0", "leader");
+    if let Some(sw) = hostile.health.as_mut().and_then(|h| h.swarm.as_mut()) {
+        sw.local_state = "\x1b]0;pwned\x07\x1b[2J".into();
+    }
+    let st = v1::StatusResponse { cluster: "c".into(), hosts: vec![hostile], ..Default::default() };
+    let table = StatusView::from(&st).table();
+    assert!(!table.contains('\x1b') && !table.contains('\x07'), "{table:?}");
+    assert!(table.contains("\\u{1b}]0;pwned"), "the state is shown, escaped: {table}");
+}

@@ -128,7 +128,10 @@ fn report_routes(nonce: &str, slot: Slot) -> axum::Router {
                 let slot = slot.clone();
                 async move {
                     let given = headers.get(NONCE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    if given.is_empty() || given != nonce {
+                    // Compared in constant time: the report URL is reachable by anything
+                    // that reaches this machine while the bake runs.
+                    let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), nonce.as_bytes()).into();
+                    if given.is_empty() || !same {
                         tracing::warn!("refused a bake report without this bake's nonce");
                         return (StatusCode::FORBIDDEN, "not this bake's nonce\n");
                     }

@@ -142,21 +142,22 @@ fn log_tail(path: &Path, n: usize) -> String {
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
-/// The Engine client certificate `docker` and `coordinator env` use against managers'
-/// Engines: `<state>/docker/{ca,cert,key}.pem`, issued once by the control plane (again when
-/// the one there is an older deploy's operator certificate, which the admin API now refuses).
+/// The Engine client certificate `docker`, `coordinator env` and the coordinator's own
+/// Engine calls use against the managers' 2376: `<state>/docker/{ca,cert,key}.pem`, signed
+/// by the cluster's Engine client CA (the only CA the Engines trust for clients; `ca.pem` is
+/// the cluster CA, which signed the Engines' server certificates). Issued once; a
+/// certificate from before the Engine client CA (signed by the cluster CA) is replaced.
 pub async fn ensure_docker_certs(run: &Run<'_>) -> Result<PathBuf, DeployError> {
     let dir = run.state_dir.join("docker");
-    let present = ["ca.pem", "cert.pem", "key.pem"].iter().all(|f| dir.join(f).is_file());
-    if present && is_engine_client(&dir.join("cert.pem")) {
+    if ["ca.pem", "key.pem"].iter().all(|f| dir.join(f).is_file()) && is_engine_client_cert(&dir.join("cert.pem")) {
         return Ok(dir);
     }
     let (key, csr) = crate::control_plane::pki::new_key_and_csr("docker").map_err(DeployError::OperatorKey)?;
     let r = run
         .admin
         .clone()
-        .issue_engine_client_certificate(v1::IssueOperatorCertificateRequest {
-            operator_name: "docker".into(),
+        .issue_engine_client_certificate(v1::IssueEngineClientCertificateRequest {
+            client_name: "docker".into(),
             csr_pem: csr,
         })
         .await?
@@ -165,16 +166,17 @@ pub async fn ensure_docker_certs(run: &Run<'_>) -> Result<PathBuf, DeployError> 
     flotilla_proto::fs::private_dir(&dir).map_err(io(&dir))?;
     flotilla_proto::fs::write_private(&dir.join("key.pem"), key.serialize_pem().as_bytes()).map_err(io(&dir))?;
     flotilla_proto::fs::write_public(&dir.join("cert.pem"), r.certificate_pem.as_bytes()).map_err(io(&dir))?;
-    flotilla_proto::fs::write_public(&dir.join("ca.pem"), r.ca_chain_pem.join("").as_bytes()).map_err(io(&dir))?;
+    flotilla_proto::fs::write_public(&dir.join("ca.pem"), r.server_ca_pem.as_bytes()).map_err(io(&dir))?;
     Ok(dir)
 }
 
-/// Whether the certificate at `path` is an Engine client certificate (OU
-/// `flotilla-engine-client`).
-fn is_engine_client(path: &Path) -> bool {
-    let Ok(pem) = std::fs::read_to_string(path) else { return false };
-    flotilla_proto::tls::certs_from_pem("docker cert", &pem)
-        .ok()
-        .and_then(|c| c.first().and_then(flotilla_proto::tls::identity_of))
-        .is_some_and(|id| id.organizational_unit == flotilla_proto::OU_ENGINE_CLIENT)
+/// Whether `path` holds a certificate with the Engine client OU.
+fn is_engine_client_cert(path: &Path) -> bool {
+    let Ok(pem) = std::fs::read(path) else { return false };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else { return false };
+    let Ok(cert) = pem.parse_x509() else { return false };
+    cert.subject()
+        .iter_organizational_unit()
+        .filter_map(|ou| ou.as_str().ok())
+        .any(|ou| ou == flotilla_proto::OU_ENGINE_CLIENT)
 }
