@@ -8,6 +8,10 @@ use flotilla_proto::v1::admin_client::AdminClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
+/// The largest admin answer the CLI decodes: an audit read of its most events (10,000, each
+/// under 1 KiB once its fields are cut) fits; tonic's default of 4 MiB would not.
+pub const MAX_ADMIN_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// Errors reaching a control plane from the CLI.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -44,7 +48,7 @@ pub async fn connect_local(cluster: &str, socket: &Path) -> Result<AdminClient<C
         }))
         .await
         .map_err(|e| ConnectError::Socket { socket: socket.to_path_buf(), source: std::io::Error::other(e) })?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_ADMIN_MESSAGE))
 }
 
 /// Dials a remote control plane's agent port with an operator certificate bundle (a
@@ -60,7 +64,7 @@ pub fn connect_remote(bundle: &Path) -> Result<AdminClient<Channel>, ConnectErro
     let endpoint = read("endpoint")?.trim().to_string();
     let config = tls::client_config(&ca, Some(&id)).map_err(|e| ConnectError::Remote(e.to_string()))?;
     let channel = tls::channel(&endpoint, config).map_err(|e| ConnectError::Remote(e.to_string()))?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_ADMIN_MESSAGE))
 }
 
 /// Waits (bounded: in-flight RPCs get 5 s, lingering sessions 5 s more) until a control

@@ -12,7 +12,7 @@
 //! - [`serve`]: `serve`, the control plane in the foreground.
 //! - [`status`]: `status` — the host table and its JSON ([`status::StatusView`]).
 //! - [`tokens`], [`hosts`], [`operator`], [`audit`]: `token create`, `host revoke`,
-//!   `operator-cert create`, `audit`.
+//!   `operator-cert create | list | revoke`, `audit`.
 //! - [`stop`], [`init`], [`iam_policy`], [`lab_images`], [`env`], [`completions`]: the small
 //!   commands.
 //! - [`deploy`] (with the flags `plan` shares), [`plan`], [`destroy`], [`logs`],
@@ -185,7 +185,7 @@ pub enum Command {
         #[command(subcommand)]
         command: operator::OperatorCommand,
     },
-    /// The audit trail: enrollments, refusals, renewals, revocations.
+    /// The audit trail: enrollments, renewals, revocations, who did what; refusals counted.
     Audit(audit::AuditArgs),
     /// Stop the control plane (agents keep their containers running and reconnect later).
     Stop,

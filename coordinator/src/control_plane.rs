@@ -3,11 +3,18 @@
 //!
 //! - [`serve`]: starts it — the agent port (TLS 1.3) and the admin unix socket.
 //! - [`core`]: the [`core::ControlPlane`] every handler shares, and the admin operations.
-//! - [`store`]: the durable state (redb): hosts, join-token hashes, the audit trail.
+//! - [`store`]: the durable state (redb): hosts, join-token hashes, the audit trail, counted
+//!   refusals, operator certificates.
+//! - [`audit`]: recording events, and counting refused calls instead of writing each.
+//! - [`untrusted`]: text from outside, cut and escaped before it is stored, logged or printed.
+//! - [`operators`]: who may call the admin API (the local socket; operator certificates
+//!   checked per call), minting and revoking operator and Engine client certificates.
 //! - [`pki`]: the cluster CA, the server certificate, signing host and operator CSRs.
 //! - [`tokens`]: one-time join tokens (mint, check, consume).
 //! - [`enroll`]: where an agent's enrollment is checked (token + CSR → certificate).
-//! - [`session`]: one agent session's life; [`session::registry`]: the live ones.
+//! - [`session`]: one agent session's life and its certificate's renewal;
+//!   [`session::registry`]: the live ones; [`session::grants`]: what each certificate holds
+//!   open, ended when it stops being valid.
 //! - [`log_router`]: routing agents' log streams to followers.
 //! - [`agent_api`]: the `AgentService` gRPC edge (authentication; what a connection without
 //!   a certificate may call, enrollment's rate limit from [`enroll_limit`]).
@@ -22,12 +29,14 @@
 pub mod admin_api;
 pub mod agent_api;
 pub mod agent_binary;
+pub mod audit;
 pub mod clock;
 pub mod core;
 pub mod descriptors;
 pub mod enroll;
 pub mod enroll_limit;
 pub mod log_router;
+pub mod operators;
 pub mod pki;
 pub mod serve;
 pub mod session;
@@ -35,3 +44,4 @@ pub mod settings;
 pub mod status;
 pub mod store;
 pub mod tokens;
+pub mod untrusted;

@@ -24,13 +24,27 @@ fn main() {
     // warnings (FLOTILLA_LOG overrides both).
     // The AWS SDK warns on every credential provider it tries; its final error says it all.
     let default = if matches!(cli.command, cli::Command::Serve(_)) { "info" } else { "warn,aws_config=error" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // `serve --log-file`: a size-capped file, written from its own thread; held until exit.
+    let log_file = match &cli.command {
+        cli::Command::Serve(args) => args.log_file.as_deref(),
+        _ => None,
+    };
+    let log_guard = match log_file.map(|p| (p, cli::serve::LogFile::open(p))) {
+        Some((_, Ok(file))) => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(file.writer).init();
+            Some(file.guard)
+        }
+        Some((path, Err(e))) => {
+            eprintln!("error: --log-file {}: {e}", path.display());
+            std::process::exit(cli::EXIT_USAGE);
+        }
+        None => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            None
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -45,7 +59,11 @@ fn main() {
             msg.push_str(&format!("\n  caused by: {s}"));
             source = s.source();
         }
+        if log_guard.is_some() {
+            tracing::error!("{msg}");
+        }
         eprintln!("{msg}");
+        drop(log_guard);
         std::process::exit(e.exit_code());
     }
 }

@@ -10,6 +10,12 @@
 //! certificate (in total and per source) and closes the oldest of them to make room: while
 //! the flood holds, a real agent enrolls and keeps its session, `status` answers, and the
 //! control plane's descriptors stay under its limit.
+//!
+//! Audit flooding: every refused `Enroll` was an fsync'd audit event with the attacker's host
+//! name stored verbatim, terminal escapes and all: 10,000 of them grew the state file by
+//! hundreds of megabytes, pushed real events out, broke `coordinator audit` (past its 4 MiB
+//! answer) and printed escapes to the operator's terminal. Now refusals are counted per source
+//! and kind and written in batches, and every stored or printed field is cut and escaped.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +25,7 @@ use flotilla_proto::tls;
 use flotilla_proto::v1::{self, agent_service_client::AgentServiceClient};
 use flotilla_tests::Coord;
 use flotilla_tests::serve_process::ServeProcess;
+use futures::StreamExt;
 use tokio::io::AsyncBufReadExt;
 
 /// The flood: (first source address, how many addresses, connections).
@@ -222,6 +229,153 @@ async fn issue_14_twenty_thousand_idle_unauthenticated_connections_lock_no_agent
     coord.stop().await;
 }
 
+/// The attacker's host names: terminal escapes (clear screen, set the window title, a C1 CSI)
+/// and bidirectional overrides, repeated.
+const HOSTILE: &str = "\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m\u{202e}evil";
+/// The flood: attempts, and how many are in flight at once.
+const BAD_ENROLLMENTS: usize = 10_000;
+const IN_FLIGHT: usize = 64;
+/// The state file may grow by less than this during the flood (it grew by hundreds of MiB).
+const STATE_GROWTH_BOUND: u64 = 1024 * 1024;
+
+/// One bad enrollment of the flood: a quarter with a 1 MiB host name (refused by the 64 KiB
+/// message cap before it is decoded), half with a 60 KiB one under the cap (refused as no
+/// valid host name), a quarter with a valid name and an unknown token. Returns the code (the
+/// refusals' own count is the audit's, below).
+async fn bad_enrollment(ch: tonic::transport::Channel, i: usize) -> tonic::Code {
+    let name = |bytes: usize| HOSTILE.repeat(bytes / HOSTILE.len());
+    let (host_name, token) = match i % 4 {
+        0 => (name(1 << 20), "00".repeat(32)),
+        1 | 3 => (name(60 * 1024), "00".repeat(32)),
+        _ => (format!("ghost{i}"), format!("{:064x}", i)),
+    };
+    let req = v1::EnrollRequest { token, host_name, csr_pem: String::new(), facts: None };
+    match AgentServiceClient::new(ch).enroll(with_header(req)).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_ten_thousand_bad_enrollments_with_megabyte_host_names_leave_the_audit_usable() {
+    // The enrollment rate limit lifted: every attempt reaches enrollment and its audit, as it
+    // would from many sources (the limit is per source, and generous in total).
+    let coord = ServeProcess::start(
+        env!("CARGO_BIN_EXE_flotilla-serve").as_ref(),
+        "audit-flood",
+        &["--heartbeat-s", "1", "--enroll-burst", "100000", "--enroll-rate", "100000"],
+    )
+    .await;
+    // The real events: a host enrolls and holds its session, an operator mints a token.
+    let token = coord
+        .admin()
+        .await
+        .expect("admin")
+        .create_token(v1::CreateTokenRequest { host_name: "real0".into(), ttl_s: 0 })
+        .await
+        .expect("token")
+        .into_inner()
+        .token;
+    let mut agent = flotilla_agent::start(coord.agent_config("real0", &token)).await.expect("agent");
+    agent.wait_for(WAIT, |s| s.connected).await.expect("the real host enrolls");
+    coord
+        .admin()
+        .await
+        .expect("admin")
+        .create_token(v1::CreateTokenRequest { host_name: "spare".into(), ttl_s: 0 })
+        .await
+        .expect("token");
+    let state = coord.state_dir.join("state.redb");
+    let size_before = std::fs::metadata(&state).expect("state file").len();
+
+    let ca = tls::certs_from_pem("ca", &coord.ca_pem()).expect("ca");
+    let channels: Vec<_> = (0..4)
+        .map(|_| tls::channel(&coord.endpoint, tls::client_config(&ca, None).expect("config")).expect("channel"))
+        .collect();
+    let t = Instant::now();
+    let codes: Vec<tonic::Code> = futures::stream::iter(0..BAD_ENROLLMENTS)
+        .map(|i| bad_enrollment(channels[i % channels.len()].clone(), i))
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let flood_took = t.elapsed();
+    let count = |c: tonic::Code| codes.iter().filter(|x| **x == c).count();
+    let (too_big, bad_name, bad_token) =
+        (count(tonic::Code::OutOfRange), count(tonic::Code::InvalidArgument), count(tonic::Code::Unauthenticated));
+    eprintln!(
+        "flood: {BAD_ENROLLMENTS} bad enrollments in {flood_took:.1?}: {too_big} over the message cap, {bad_name} bad host names, {bad_token} unknown tokens, {} other",
+        BAD_ENROLLMENTS - too_big - bad_name - bad_token
+    );
+    assert_eq!(count(tonic::Code::Ok), 0, "a bad enrollment succeeded");
+    assert_eq!(too_big, BAD_ENROLLMENTS / 4, "1 MiB host names are refused before they are decoded");
+
+    // The operator's view, over the admin API: the real events are there, the refusals are
+    // counted (count, first and last seen, per source and kind), and every field is short and
+    // printable.
+    // The state file first (the flood is over; the audit read below flushes what is counted).
+    let growth = std::fs::metadata(&state).expect("state file").len().saturating_sub(size_before);
+    assert!(growth < STATE_GROWTH_BOUND, "the state file grew by {growth} bytes during the flood");
+    let audit =
+        coord.admin().await.expect("admin").audit(v1::AuditRequest { limit: 0 }).await.expect("audit").into_inner();
+    let size_after = std::fs::metadata(&state).expect("state file").len();
+    let kinds: Vec<(&str, &str)> = audit.events.iter().map(|e| (e.kind.as_str(), e.host_name.as_str())).collect();
+    for real in
+        [("token.created", "real0"), ("enroll.ok", "real0"), ("cert.issued", "real0"), ("token.created", "spare")]
+    {
+        assert!(kinds.contains(&real), "the real event {real:?} is missing from the audit: {kinds:?}");
+    }
+    let refused = |kind: &str| audit.refusals.iter().find(|r| r.kind == kind && r.source == "127.0.0.1");
+    let names = refused("enroll.refused.host-name").expect("bad host names counted");
+    assert_eq!(names.count, (BAD_ENROLLMENTS / 2) as u64, "{names:?}");
+    assert!(names.first_unix_ms <= names.last_unix_ms && names.last_unix_ms > 0, "{names:?}");
+    assert!(names.last_host_name.len() <= 128 && names.last_host_name.contains("\\u{1b}[2J"), "{names:?}");
+    assert_eq!(refused("enroll.refused.unknown").map(|r| r.count), Some((BAD_ENROLLMENTS / 4) as u64));
+    for text in audit
+        .events
+        .iter()
+        .flat_map(|e| [&e.host_name, &e.detail])
+        .chain(audit.refusals.iter().flat_map(|r| [&r.last_host_name, &r.last_detail]))
+    {
+        assert!(text.len() <= 512 && !text.chars().any(char::is_control), "stored raw: {text:.200?}");
+    }
+    let growth = size_after.saturating_sub(size_before);
+    eprintln!(
+        "state file: {size_before} bytes before, {size_after} after (+{growth}); {} events, {} refusal rows",
+        audit.events.len(),
+        audit.refusals.len()
+    );
+    assert!(growth < STATE_GROWTH_BOUND, "the state file grew by {growth} bytes during the flood");
+
+    // `coordinator audit`, as the operator runs it: answers, shows the real events and the
+    // counts, and prints no escape sequence.
+    let cli = std::process::Command::new(flotilla_tests::target_dir().join("coordinator"))
+        .env("FLOTILLA_STATE_DIR", coord.state_dir.parent().expect("state root"))
+        .env("FLOTILLA_LOG", "warn")
+        .args(["--cluster", "audit-flood", "audit", "--limit", "0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run coordinator audit");
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "coordinator audit failed: {}", String::from_utf8_lossy(&cli.stderr));
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "an escape reached the terminal:\n{out:.2000}");
+    assert!(out.lines().any(|l| l.contains("enroll.ok") && l.contains("real0")), "{out:.2000}");
+    assert!(out.lines().any(|l| l.contains("5000×") && l.contains("enroll.refused.host-name")), "{out:.2000}");
+    assert!(out.lines().all(|l| l.len() < 1024), "a line of {} bytes", out.lines().map(str::len).max().unwrap_or(0));
+
+    // The real host kept its session; the control plane logged the flood in a few lines,
+    // without the attacker's bytes, and counts it in `status`.
+    let s = agent.status.borrow().clone();
+    assert!(s.connected && s.sessions_opened == 1, "the real host's session did not hold: {s:?}");
+    let log = coord.log_text();
+    assert!(!log.contains('\u{1b}') && !log.contains('\u{9b}'), "the attacker's escapes reached the log");
+    assert!(log.lines().count() < 100, "{} log lines for the flood", log.lines().count());
+    let st =
+        coord.admin().await.expect("admin").status(v1::StatusRequest::default()).await.expect("status").into_inner();
+    assert!(st.port.expect("port").refused_calls >= (3 * BAD_ENROLLMENTS / 4) as u64);
+    agent.stop().await;
+    coord.stop().await;
+}
+
 // ---- each limit on its own, in-process (`Coord`), with the limit made small ----------------
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -310,6 +464,7 @@ async fn issue_14_a_connection_without_a_certificate_is_closed_when_idle_and_may
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let audit = coord.admin().await.audit(v1::AuditRequest { limit: 0 }).await.expect("audit").into_inner();
     assert!(!audit.events.iter().any(|e| e.kind.contains("refused")), "{:?}", audit.events);
+    assert!(audit.refusals.is_empty(), "{:?}", audit.refusals);
 
     // A host with a certificate is not subject to the idle timeout: its session holds.
     let mut agent = flotilla_agent::start(coord.agent_config("node0").await).await.expect("agent");

@@ -73,6 +73,8 @@ pub struct PortView {
     pub failed_handshakes: u64,
     pub expired_connections: u64,
     pub throttled_enrollments: u64,
+    /// Calls refused by the control plane, counted in `coordinator audit`.
+    pub refused_calls: u64,
 }
 
 impl From<&v1::PortStatus> for PortView {
@@ -89,6 +91,7 @@ impl From<&v1::PortStatus> for PortView {
             failed_handshakes: p.failed_handshakes,
             expired_connections: p.expired_connections,
             throttled_enrollments: p.throttled_enrollments,
+            refused_calls: p.refused_calls,
         }
     }
 }
@@ -97,7 +100,7 @@ impl PortView {
     /// One line under the table.
     fn line(&self) -> String {
         format!(
-            "agent port: {}/{} connections ({}/{} without a certificate), descriptors {}/{}; since start: {} refused, {} evicted, {} failed handshakes, {} idle-closed, {} enrollments throttled",
+            "agent port: {}/{} connections ({}/{} without a certificate), descriptors {}/{}; since start: {} refused, {} evicted, {} failed handshakes, {} idle-closed, {} enrollments throttled, {} calls refused (see `coordinator audit`)",
             self.connections,
             self.max_connections,
             self.anonymous_connections,
@@ -109,6 +112,7 @@ impl PortView {
             self.failed_handshakes,
             self.expired_connections,
             self.throttled_enrollments,
+            self.refused_calls,
         )
     }
 }

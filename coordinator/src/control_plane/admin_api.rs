@@ -1,6 +1,8 @@
 //! The operator's API (`Admin` in `admin.proto`): served on the state directory's unix
-//! socket (0600) and, to operator certificates, on the agent port. The CLI's side — how a
-//! command finds and dials the running control plane — is [`crate::admin_client`].
+//! socket (0600) and, to operator certificates, on the agent port. Every RPC starts by asking
+//! who is calling ([`AdminApi::caller`]); mutations record that caller in the audit. The
+//! CLI's side — how a command finds and dials the running control plane — is
+//! [`crate::admin_client`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,9 +11,12 @@ use std::time::Duration;
 use flotilla_proto::tls::{PeerInfo, identity_of};
 use flotilla_proto::v1::{self, admin_server::Admin};
 use futures::{Stream, StreamExt};
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::control_plane::core::ControlPlane;
+use crate::control_plane::operators::{Caller, OperatorError};
+use crate::control_plane::pki::Issued;
 use crate::control_plane::status::IntoStatus;
 use crate::control_plane::tokens;
 
@@ -19,31 +24,44 @@ pub struct AdminApi {
     pub cp: Arc<ControlPlane>,
 }
 
-/// Unix-socket callers are the operator (the socket is 0600 in a 0700 directory). TLS
-/// callers must present an operator certificate; host certificates are refused.
-fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
-    let Some(peer) = req.extensions().get::<PeerInfo>() else {
-        return Ok(());
-    };
-    let id = peer
-        .certs
-        .as_ref()
-        .and_then(|c| c.first())
-        .and_then(identity_of)
-        .ok_or_else(|| Status::unauthenticated("the admin API requires an operator certificate"))?;
-    if id.organizational_unit != flotilla_proto::OU_OPERATOR {
-        return Err(Status::permission_denied(format!(
-            "certificate of '{}' is not an operator certificate",
-            id.common_name
-        )));
+impl AdminApi {
+    /// Who is calling, checked on every RPC: the unix socket (0600 in a 0700 directory) is
+    /// the operator; on the agent port, an operator certificate this control plane issued and
+    /// has not revoked (`operators.rs`). A request with neither is refused.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        if let Some(uds) = req.extensions().get::<UdsConnectInfo>() {
+            return Ok(Caller::LocalSocket { uid: uds.peer_cred.map(|c| c.uid()) });
+        }
+        let Some(peer) = req.extensions().get::<PeerInfo>() else {
+            return Err(OperatorError::NoCertificate.into_status());
+        };
+        let id = peer
+            .certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .and_then(identity_of)
+            .ok_or_else(|| OperatorError::NoCertificate.into_status())?;
+        let from = peer.remote_addr.map(|a| a.to_string()).unwrap_or_default();
+        self.cp.check_operator(&id, &from).map_err(|e| {
+            self.cp.refused("admin.refused", &id.common_name, &e.to_string(), peer.remote_addr);
+            e.into_status()
+        })
     }
-    Ok(())
+}
+
+/// An operator certificate's response.
+fn issued_response(cp: &ControlPlane, issued: Issued) -> v1::IssueOperatorCertificateResponse {
+    v1::IssueOperatorCertificateResponse {
+        certificate_pem: issued.certificate_pem,
+        ca_chain_pem: vec![cp.pki.ca_pem().to_string()],
+        endpoints: vec![cp.agent_endpoint.clone()],
+    }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
     async fn status(&self, req: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
-        authorize(&req)?;
+        self.caller(&req)?;
         let st = if req.into_inner().fresh {
             self.cp.fresh_status(crate::control_plane::core::FRESH_SAMPLE_WAIT).await
         } else {
@@ -56,13 +74,13 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::CreateTokenRequest>,
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
-        authorize(&req)?;
+        let by = self.caller(&req)?;
         let r = req.into_inner();
         let ttl = match r.ttl_s {
             0 => tokens::DEFAULT_TTL,
             s => Duration::from_secs(u64::from(s)),
         };
-        let minted = self.cp.create_token(&r.host_name, ttl).map_err(IntoStatus::into_status)?;
+        let minted = self.cp.create_token(&r.host_name, ttl, &by).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::CreateTokenResponse {
             token: minted.token,
             expires_unix_ms: minted.record.expires_unix_ms,
@@ -73,8 +91,8 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::RevokeHostRequest>,
     ) -> Result<Response<v1::RevokeHostResponse>, Status> {
-        authorize(&req)?;
-        let closed = self.cp.revoke_host(&req.into_inner().host_name).map_err(IntoStatus::into_status)?;
+        let by = self.caller(&req)?;
+        let closed = self.cp.revoke_host(&req.into_inner().host_name, &by).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::RevokeHostResponse { session_closed: closed }))
     }
 
@@ -82,8 +100,8 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::RevokeHostRequest>,
     ) -> Result<Response<v1::RevokeHostResponse>, Status> {
-        authorize(&req)?;
-        let closed = self.cp.remove_host(&req.into_inner().host_name).map_err(IntoStatus::into_status)?;
+        let by = self.caller(&req)?;
+        let closed = self.cp.remove_host(&req.into_inner().host_name, &by).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::RevokeHostResponse { session_closed: closed }))
     }
 
@@ -91,55 +109,20 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::IssueOperatorCertificateRequest>,
     ) -> Result<Response<v1::IssueOperatorCertificateResponse>, Status> {
-        authorize(&req)?;
+        let by = self.caller(&req)?;
         let r = req.into_inner();
-        if !crate::control_plane::settings::valid_name(&r.operator_name) {
-            return Err(Status::invalid_argument(format!(
-                "'{}' is not a valid operator name (1-63 of a-z, 0-9, '-')",
-                r.operator_name
-            )));
-        }
-        let issued = self
-            .cp
-            .pki
-            .sign_operator_csr(&r.operator_name, &r.csr_pem, crate::control_plane::pki::OPERATOR_CERT_VALIDITY)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.cp.audit("operator.cert.issued", "", format!("operator {}", r.operator_name), "");
-        Ok(Response::new(v1::IssueOperatorCertificateResponse {
-            certificate_pem: issued.certificate_pem,
-            ca_chain_pem: vec![self.cp.pki.ca_pem().to_string()],
-            endpoints: vec![self.cp.agent_endpoint.clone()],
-        }))
+        let issued = self.cp.issue_operator_cert(&r.operator_name, &r.csr_pem, &by).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(issued_response(&self.cp, issued)))
     }
 
     async fn issue_engine_client_certificate(
         &self,
         req: Request<v1::IssueEngineClientCertificateRequest>,
     ) -> Result<Response<v1::IssueEngineClientCertificateResponse>, Status> {
-        authorize(&req)?;
-        if req.extensions().get::<PeerInfo>().is_some() {
-            return Err(Status::permission_denied(
-                "Engine client certificates are issued only over the local admin socket",
-            ));
-        }
+        let by = self.caller(&req)?;
         let r = req.into_inner();
-        if !crate::control_plane::settings::valid_name(&r.client_name) {
-            return Err(Status::invalid_argument(format!(
-                "'{}' is not a valid Engine client name (1-63 of a-z, 0-9, '-')",
-                r.client_name
-            )));
-        }
-        let issued = self
-            .cp
-            .pki
-            .sign_engine_client_csr(&r.client_name, &r.csr_pem, crate::control_plane::pki::OPERATOR_CERT_VALIDITY)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.cp.audit(
-            "engine.client.cert.issued",
-            "",
-            format!("Engine client {} (serial {})", r.client_name, issued.serial),
-            "local socket",
-        );
+        let issued =
+            self.cp.issue_engine_client_cert(&r.client_name, &r.csr_pem, &by).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::IssueEngineClientCertificateResponse {
             certificate_pem: issued.certificate_pem,
             server_ca_pem: self.cp.pki.ca_pem().to_string(),
@@ -147,9 +130,42 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn revoke_operator_certificate(
+        &self,
+        req: Request<v1::RevokeOperatorCertificateRequest>,
+    ) -> Result<Response<v1::RevokeOperatorCertificateResponse>, Status> {
+        let by = self.caller(&req)?;
+        let serials = self.cp.revoke_operator(&req.into_inner().operator_name, &by).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::RevokeOperatorCertificateResponse { serials }))
+    }
+
+    async fn list_operator_certificates(
+        &self,
+        req: Request<v1::ListOperatorCertificatesRequest>,
+    ) -> Result<Response<v1::ListOperatorCertificatesResponse>, Status> {
+        self.caller(&req)?;
+        let certificates = self
+            .cp
+            .operator_certs()
+            .map_err(IntoStatus::into_status)?
+            .into_iter()
+            .map(|v| v1::OperatorCertificate {
+                operator_name: v.name,
+                serial: v.cert.serial,
+                issued_unix_ms: v.cert.issued_unix_ms,
+                not_after_unix_ms: v.cert.not_after_unix * 1000,
+                revoked_unix_ms: v.cert.revoked_unix_ms.unwrap_or(0),
+                issued_by: v.cert.issued_by,
+            })
+            .collect();
+        Ok(Response::new(v1::ListOperatorCertificatesResponse { certificates }))
+    }
+
     async fn audit(&self, req: Request<v1::AuditRequest>) -> Result<Response<v1::AuditResponse>, Status> {
-        authorize(&req)?;
+        self.caller(&req)?;
         let limit = req.into_inner().limit as usize;
+        // What was counted since the last flush is part of the answer.
+        self.cp.flush_refusals_now().await;
         let events = self
             .cp
             .store
@@ -162,21 +178,39 @@ impl Admin for AdminApi {
                 host_name: e.host_name,
                 detail: e.detail,
                 peer: e.peer,
+                actor: e.actor,
             })
             .collect();
-        Ok(Response::new(v1::AuditResponse { events }))
+        let refusals = self
+            .cp
+            .store
+            .refusals()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .map(|r| v1::RefusalSummary {
+                kind: r.kind,
+                source: r.source,
+                count: r.count,
+                first_unix_ms: r.first_unix_ms,
+                last_unix_ms: r.last_unix_ms,
+                last_host_name: r.last_host_name,
+                last_detail: r.last_detail,
+            })
+            .collect();
+        Ok(Response::new(v1::AuditResponse { events, refusals }))
     }
 
     async fn assign(&self, req: Request<v1::AssignRequest>) -> Result<Response<v1::AssignResponse>, Status> {
-        authorize(&req)?;
+        let by = self.caller(&req)?;
         let r = req.into_inner();
         let (generation, delivered) =
-            self.cp.assign(&r.host_name, r.roles, &r.host_address).map_err(IntoStatus::into_status)?;
+            self.cp.assign(&r.host_name, r.roles, &r.host_address, &by).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::AssignResponse { generation, delivered }))
     }
 
     async fn shutdown(&self, req: Request<v1::ShutdownRequest>) -> Result<Response<v1::ShutdownResponse>, Status> {
-        authorize(&req)?;
+        let by = self.caller(&req)?;
+        self.cp.audit_by("control-plane.shutdown", "", "", "", &by.to_string());
         self.cp.shutdown.cancel();
         Ok(Response::new(v1::ShutdownResponse {}))
     }
@@ -185,10 +219,10 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::EngineActionRequest>,
     ) -> Result<Response<v1::EngineActionResponse>, Status> {
-        authorize(&req)?;
+        let by = self.caller(&req)?;
         let r = req.into_inner();
         let action = v1::EngineAction { kind: r.kind, role: r.role, hold_s: r.hold_s };
-        self.cp.engine_action(&r.host_name, action).map_err(IntoStatus::into_status)?;
+        self.cp.engine_action(&r.host_name, action, &by).map_err(IntoStatus::into_status)?;
         Ok(Response::new(v1::EngineActionResponse {}))
     }
 
@@ -198,7 +232,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::FollowLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
-        authorize(&req)?;
+        self.caller(&req)?;
         let lines = self.cp.follow_logs(req.into_inner()).map_err(IntoStatus::into_status)?;
         // Cut by a shutdown: end with UNAVAILABLE, not OK, so the client knows to resume.
         let shutdown = self.cp.shutdown.clone();

@@ -6,6 +6,10 @@
 //! binary, and every `Enroll` takes a token from [`crate::control_plane::enroll_limit`].
 //! `Enroll` messages are capped at [`MAX_ENROLL_MESSAGE`], the session's and log streams' at
 //! [`MAX_AGENT_MESSAGE`].
+//!
+//! Refused calls are counted, not written one by one (`ControlPlane::refused`). A `Logs`
+//! stream, like a session, ends when its certificate stops being valid for its host or
+//! expires (`session::grants`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,8 +65,12 @@ fn is_download(path: &str) -> bool {
     path == bin || path.strip_prefix(bin) == Some(".sha256")
 }
 
+fn remote_of<T>(req: &Request<T>) -> Option<std::net::SocketAddr> {
+    req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr)
+}
+
 fn peer_of<T>(req: &Request<T>) -> String {
-    req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr).map(|a| a.to_string()).unwrap_or_default()
+    remote_of(req).map(|a| a.to_string()).unwrap_or_default()
 }
 
 /// The protocol version a request declares; an agent that declares none is older than v1's
@@ -88,15 +96,16 @@ fn check_protocol<T>(req: &Request<T>) -> Result<(), AuthError> {
 
 impl AgentApi {
     /// Requires a host certificate from the cluster CA (rustls verified the chain), for an
-    /// enrolled, unrevoked host, with a serial the host still holds.
+    /// enrolled, unrevoked host, with a serial the host still holds, not expired. The grant
+    /// token is taken before the store is read (see `session::grants`).
     fn authenticate<T>(&self, req: &Request<T>) -> Result<AuthenticatedHost, AuthError> {
-        let peer = peer_of(req);
         let certs = req.extensions().get::<PeerInfo>().and_then(|p| p.certs.clone()).ok_or(AuthError::NoCertificate)?;
         let leaf = certs.first().ok_or(AuthError::NoCertificate)?;
         let id = identity_of(leaf).ok_or(AuthError::Unparseable)?;
         if id.organizational_unit != flotilla_proto::OU_HOST {
             return Err(AuthError::NotAHost(id.organizational_unit));
         }
+        let grant = self.cp.grants.token(&id.common_name, &id.serial);
         let rec = self
             .cp
             .store
@@ -109,16 +118,28 @@ impl AgentApi {
         if !rec.certs.iter().any(|c| c.serial == id.serial) {
             return Err(AuthError::Superseded { host: id.common_name, serial: id.serial });
         }
-        Ok(AuthenticatedHost { name: id.common_name, serial: id.serial, not_after_unix: id.not_after_unix, peer })
+        if self.cp.clock.now_ms() / 1000 >= id.not_after_unix {
+            return Err(AuthError::Expired { host: id.common_name, serial: id.serial });
+        }
+        Ok(AuthenticatedHost {
+            name: id.common_name,
+            serial: id.serial,
+            not_before_unix: id.not_before_unix,
+            not_after_unix: id.not_after_unix,
+            peer: peer_of(req),
+            remote: remote_of(req),
+            grant,
+        })
     }
 
-    fn refuse(&self, kind: &str, req_peer: &str, err: AuthError) -> Status {
+    /// Counts the refusal (no write per call: `ControlPlane::refused`) and answers it.
+    fn refuse(&self, kind: &str, remote: Option<std::net::SocketAddr>, err: AuthError) -> Status {
         let host = match &err {
             AuthError::UnknownHost(h) | AuthError::Revoked(h) => h.clone(),
-            AuthError::Superseded { host, .. } => host.clone(),
+            AuthError::Superseded { host, .. } | AuthError::Expired { host, .. } => host.clone(),
             _ => String::new(),
         };
-        self.cp.audit(kind, &host, err.to_string(), req_peer);
+        self.cp.refused(kind, &host, &err.to_string(), remote);
         err.into_status()
     }
 }
@@ -129,12 +150,12 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl AgentService for AgentApi {
     async fn enroll(&self, req: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
         check_protocol(&req).map_err(IntoStatus::into_status)?;
-        let peer = peer_of(&req);
-        let source = req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr).map(|a| tls::source_of(a.ip()));
+        let remote = remote_of(&req);
+        let source = remote.map(|a| tls::source_of(a.ip()));
         let cp = Arc::clone(&self.cp);
         let body = req.into_inner();
         // Signing and the fsync'd commit are blocking work: keep them off the reactor.
-        let resp = tokio::task::spawn_blocking(move || cp.enroll(&body, &peer))
+        let resp = tokio::task::spawn_blocking(move || cp.enroll(&body, remote))
             .await
             .map_err(|e| Status::internal(format!("enrollment task failed: {e}")))?
             .map_err(IntoStatus::into_status)?;
@@ -151,9 +172,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = peer_of(&req);
-        check_protocol(&req).map_err(|e| self.refuse("session.refused.protocol", &peer, e))?;
-        let who = self.authenticate(&req).map_err(|e| self.refuse("session.refused", &peer, e))?;
+        let remote = remote_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("session.refused.protocol", remote, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("session.refused", remote, e))?;
         let rx = self.cp.open_session(who, req.into_inner()).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -161,9 +182,9 @@ impl AgentService for AgentApi {
     type LogsStream = BoxStream<v1::LogAck>;
 
     async fn logs(&self, req: Request<Streaming<v1::LogChunk>>) -> Result<Response<Self::LogsStream>, Status> {
-        let peer = peer_of(&req);
-        check_protocol(&req).map_err(|e| self.refuse("logs.refused.protocol", &peer, e))?;
-        let who = self.authenticate(&req).map_err(|e| self.refuse("logs.refused", &peer, e))?;
+        let remote = remote_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("logs.refused.protocol", remote, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("logs.refused", remote, e))?;
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty log stream"))?;
         let Some(route) = self.cp.logs.route(&first.stream_id, &who.name) else {
@@ -173,36 +194,84 @@ impl AgentService for AgentApi {
             )));
         };
         let (ack_tx, ack_rx) = tokio::sync::mpsc::channel::<Result<v1::LogAck, Status>>(16);
-        let shutdown = self.cp.shutdown.clone();
-        tokio::spawn(async move {
-            let mut chunk = Some(first);
-            loop {
-                let c = match chunk.take() {
-                    Some(c) => c,
-                    None => tokio::select! {
-                        m = inbound.next() => match m {
-                            Some(Ok(c)) => c,
-                            _ => break,
-                        },
-                        () = shutdown.cancelled() => break,
-                    },
-                };
-                let last = c.lines.last().map(|l| l.unix_ns);
-                if !c.lines.is_empty() && route.send(LogEvent::Lines(c.lines)).await.is_err() {
-                    let _ = ack_tx.send(Err(Status::cancelled("the follower went away"))).await;
-                    break;
-                }
-                if c.eof || !c.error.is_empty() {
-                    let error = (!c.error.is_empty()).then_some(c.error);
-                    let _ = route.send(LogEvent::End { error }).await;
-                }
-                if let Some(ns) = last
-                    && ack_tx.send(Ok(v1::LogAck { unix_ns: ns })).await.is_err()
-                {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(Arc::clone(&self.cp).relay_logs(who, first, inbound, route, ack_tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+    }
+}
+
+/// Why a `Logs` stream was cut by the control plane.
+fn cut_status(who: &AuthenticatedHost, expired: bool) -> Status {
+    if expired {
+        Status::unauthenticated(format!(
+            "the certificate this log stream holds (serial {}) expired at {} (unix)",
+            who.serial, who.not_after_unix
+        ))
+    } else {
+        Status::permission_denied(format!(
+            "the certificate this log stream holds (serial {}) is no longer valid for host '{}': it was revoked, or the host enrolled again",
+            who.serial, who.name
+        ))
+    }
+}
+
+impl ControlPlane {
+    /// Passes one `Logs` stream's chunks to its follower and acknowledges them, until the
+    /// agent or the follower goes away, the control plane shuts down, or the stream's
+    /// certificate stops being valid or expires (then the follower is told why).
+    async fn relay_logs(
+        self: Arc<Self>,
+        who: AuthenticatedHost,
+        first: v1::LogChunk,
+        mut inbound: Streaming<v1::LogChunk>,
+        route: tokio::sync::mpsc::Sender<LogEvent>,
+        ack_tx: tokio::sync::mpsc::Sender<Result<v1::LogAck, Status>>,
+    ) {
+        let shutdown = self.shutdown.clone();
+        let expiry = self.until_expiry(who.not_after_unix);
+        tokio::pin!(expiry);
+        let mut chunk = Some(first);
+        loop {
+            let c = match chunk.take() {
+                Some(c) => c,
+                None => tokio::select! {
+                    m = inbound.next() => match m {
+                        Some(Ok(c)) => c,
+                        _ => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                    () = who.grant.cancelled() => return self.cut_logs(&who, false, &route, &ack_tx).await,
+                    () = &mut expiry => return self.cut_logs(&who, true, &route, &ack_tx).await,
+                },
+            };
+            let last = c.lines.last().map(|l| l.unix_ns);
+            if !c.lines.is_empty() && route.send(LogEvent::Lines(c.lines)).await.is_err() {
+                let _ = ack_tx.send(Err(Status::cancelled("the follower went away"))).await;
+                break;
+            }
+            if c.eof || !c.error.is_empty() {
+                let error = (!c.error.is_empty()).then_some(c.error);
+                let _ = route.send(LogEvent::End { error }).await;
+            }
+            if let Some(ns) = last
+                && ack_tx.send(Ok(v1::LogAck { unix_ns: ns })).await.is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    /// Ends a `Logs` stream the control plane cut: the follower's source ends with the reason,
+    /// the agent's RPC with its status.
+    async fn cut_logs(
+        &self,
+        who: &AuthenticatedHost,
+        expired: bool,
+        route: &tokio::sync::mpsc::Sender<LogEvent>,
+        ack_tx: &tokio::sync::mpsc::Sender<Result<v1::LogAck, Status>>,
+    ) {
+        let status = cut_status(who, expired);
+        tracing::info!(host = %who.name, serial = %who.serial, reason = status.message(), "log stream cut");
+        let _ = route.send(LogEvent::End { error: Some(status.message().to_string()) }).await;
+        let _ = ack_tx.send(Err(status)).await;
     }
 }

@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use flotilla_proto::v1;
 
+use crate::control_plane::audit::Refusals;
 use crate::control_plane::clock::Clock;
+use crate::control_plane::operators::Caller;
 use crate::control_plane::pki::{Pki, PkiError};
+use crate::control_plane::session::Renewing;
+use crate::control_plane::session::grants::Grants;
 use crate::control_plane::session::registry::Sessions;
 use crate::control_plane::settings::{ServeConfig, valid_name};
 use crate::control_plane::store::{AuditEvent, Store, StoreError};
@@ -65,25 +69,17 @@ pub struct ControlPlane {
     /// The descriptor limit in force (raised to the hard limit at start).
     pub descriptor_limit: u64,
     pub enroll_limit: crate::control_plane::enroll_limit::EnrollLimit,
+    /// What each host certificate holds open, to end it when the certificate stops counting.
+    pub grants: Grants,
+    /// Hosts with a certificate renewal in progress.
+    pub renewing: Renewing,
+    /// Refused calls counted since the last flush to the store.
+    pub refusals: Refusals,
 }
 
 impl ControlPlane {
-    pub fn audit(&self, kind: &str, host: &str, detail: impl Into<String>, peer: &str) {
-        let event = AuditEvent {
-            unix_ms: self.clock.now_ms(),
-            kind: kind.to_string(),
-            host_name: host.to_string(),
-            detail: detail.into(),
-            peer: peer.to_string(),
-        };
-        tracing::info!(kind, host, detail = %event.detail, peer, "audit");
-        if let Err(e) = self.store.audit(event) {
-            tracing::error!(error = %e, "could not record an audit event");
-        }
-    }
-
     /// Mints a one-time join token for `host`.
-    pub fn create_token(&self, host: &str, ttl: Duration) -> Result<tokens::Minted, ControlError> {
+    pub fn create_token(&self, host: &str, ttl: Duration, by: &Caller) -> Result<tokens::Minted, ControlError> {
         if !valid_name(host) {
             return Err(ControlError::BadHostName(host.to_string()));
         }
@@ -101,15 +97,16 @@ impl ControlPlane {
                 host_name: host.into(),
                 detail: format!("ttl {} s", ttl.as_secs()),
                 peer: String::new(),
+                actor: by.to_string(),
             })?;
             Ok::<_, ControlError>(())
         })?;
         Ok(minted)
     }
 
-    /// Revokes `host`: its certificates stop working at its next call, its open session is
-    /// closed now, and its outstanding join tokens are deleted.
-    pub fn revoke_host(&self, host: &str) -> Result<bool, ControlError> {
+    /// Revokes `host`: its certificates stop working at its next call, its open session and
+    /// log streams are closed now, and its outstanding join tokens are deleted.
+    pub fn revoke_host(&self, host: &str, by: &Caller) -> Result<bool, ControlError> {
         let now = self.clock.now_ms();
         self.store.write(|tx| {
             let Some(mut rec) = tx.host(host)? else {
@@ -124,12 +121,17 @@ impl ControlPlane {
                 host_name: host.into(),
                 detail: String::new(),
                 peer: String::new(),
+                actor: by.to_string(),
             })?;
             Ok(())
         })?;
-        Ok(self
+        // After the commit (see `session::grants`): the session hears why, then every stream
+        // a certificate of the host holds ends.
+        let closed = self
             .sessions
-            .close(host, tonic::Status::permission_denied(format!("host '{host}' was revoked by the operator"))))
+            .close(host, tonic::Status::permission_denied(format!("host '{host}' was revoked by the operator")));
+        self.grants.cancel_host(host);
+        Ok(closed)
     }
 
     /// Sets `host`'s desired roles as a new generation, stores it, and sends it to the
@@ -139,6 +141,7 @@ impl ControlPlane {
         host: &str,
         roles: Vec<v1::RoleSpec>,
         host_address: &str,
+        by: &Caller,
     ) -> Result<(u64, bool), ControlError> {
         use prost::Message;
         let requested = v1::Assignment {
@@ -187,6 +190,7 @@ impl ControlPlane {
                 host_name: host.into(),
                 detail: format!("generation {}: {}", a.generation, names.join(",")),
                 peer: String::new(),
+                actor: by.to_string(),
             })?;
             Ok(a)
         })?;
@@ -233,7 +237,7 @@ impl ControlPlane {
     /// Asks `host`'s agent to stop or start its Docker Engine, or to hold a role's container
     /// down and release it (the failover drill's fault and repair; see `EngineAction` in
     /// `agent.proto`). Returns once the action is queued on the host's session.
-    pub fn engine_action(&self, host: &str, action: v1::EngineAction) -> Result<(), ControlError> {
+    pub fn engine_action(&self, host: &str, action: v1::EngineAction, by: &Caller) -> Result<(), ControlError> {
         use v1::engine_action::Kind;
         let kind = Kind::try_from(action.kind).unwrap_or(Kind::Unspecified);
         if kind == Kind::Unspecified {
@@ -267,7 +271,7 @@ impl ControlPlane {
         if !sent {
             return Err(ControlError::NotConnected(host.to_string()));
         }
-        self.audit("engine.action", host, detail, "");
+        self.audit_by("engine.action", host, detail, "", &by.to_string());
         Ok(())
     }
 
@@ -279,8 +283,8 @@ impl ControlPlane {
 
     /// Revokes `host` and deletes its record and assignment (scale-down, after the host
     /// was terminated).
-    pub fn remove_host(&self, host: &str) -> Result<bool, ControlError> {
-        let closed = match self.revoke_host(host) {
+    pub fn remove_host(&self, host: &str, by: &Caller) -> Result<bool, ControlError> {
+        let closed = match self.revoke_host(host, by) {
             Ok(c) => c,
             Err(ControlError::UnknownHost(_)) => return Ok(false),
             Err(e) => return Err(e),
@@ -294,6 +298,7 @@ impl ControlPlane {
                 host_name: host.into(),
                 detail: String::new(),
                 peer: String::new(),
+                actor: by.to_string(),
             })?;
             Ok::<_, ControlError>(())
         })?;
@@ -397,6 +402,7 @@ impl ControlPlane {
             failed_handshakes: c.handshakes_failed + c.handshakes_timed_out,
             expired_connections: c.expired,
             throttled_enrollments: self.enroll_limit.throttled(),
+            refused_calls: self.refusals.total(),
         }
     }
 }

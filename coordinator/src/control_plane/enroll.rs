@@ -2,7 +2,12 @@
 //!
 //! The token is checked first (read-only), then the CSR; only when both are good is the
 //! token consumed, the certificate issued and the host recorded — in one transaction. A bad
-//! CSR therefore does not burn the token, and a refused token stores nothing.
+//! CSR therefore does not burn the token, and a refused token stores nothing: refusals are
+//! only counted ([`ControlPlane::refused`]), the claimed host name cut and escaped.
+//!
+//! A (re-)enrollment ends whatever the host's earlier certificates hold open — its session
+//! and its log streams (`session::grants`) — so an identity stolen before it loses its live
+//! session the moment the real host enrolls again.
 
 use flotilla_proto::v1;
 
@@ -10,6 +15,7 @@ use crate::control_plane::core::{ControlPlane, facts_from_proto};
 use crate::control_plane::pki::PkiError;
 use crate::control_plane::store::{AuditEvent, HostRecord, IssuedCert, StoreError};
 use crate::control_plane::tokens::{self, TokenRefusal};
+use crate::control_plane::untrusted::{NAME_MAX, clean};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -35,25 +41,51 @@ impl From<PkiError> for EnrollError {
 }
 
 impl ControlPlane {
-    pub fn enroll(&self, req: &v1::EnrollRequest, peer: &str) -> Result<v1::EnrollResponse, EnrollError> {
+    /// Enrolls a host (blocking: signs and commits; the gRPC edge runs it off the reactor).
+    pub fn enroll(
+        &self,
+        req: &v1::EnrollRequest,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Result<v1::EnrollResponse, EnrollError> {
         let host = req.host_name.as_str();
         let result = self.enroll_inner(req);
         match &result {
-            Ok(_) => self.audit("enroll.ok", host, "", peer),
-            Err(EnrollError::Token(r)) => {
-                self.audit(&format!("enroll.refused.{}", r.reason()), host, r.to_string(), peer)
+            Ok(_) => {
+                let peer = remote.map(|a| a.to_string()).unwrap_or_default();
+                self.audit("enroll.ok", host, "", &peer);
+                self.end_earlier_identity(host);
             }
-            Err(EnrollError::Csr(m)) => self.audit("enroll.refused.csr", host, m.clone(), peer),
-            Err(EnrollError::BadHostName(_)) => self.audit("enroll.refused.host-name", host, "invalid host name", peer),
-            Err(e) => tracing::error!(host, error = %e, "enrollment failed"),
+            Err(EnrollError::Token(r)) => {
+                self.refused(&format!("enroll.refused.{}", r.reason()), host, &r.to_string(), remote)
+            }
+            Err(EnrollError::Csr(m)) => self.refused("enroll.refused.csr", host, m, remote),
+            Err(EnrollError::BadHostName(_)) => {
+                self.refused("enroll.refused.host-name", host, "invalid host name", remote)
+            }
+            Err(e) => tracing::error!(host = %clean(host, NAME_MAX), error = %e, "enrollment failed"),
         }
         result
+    }
+
+    /// After `host` enrolled (again): its open session and log streams, all held by earlier
+    /// certificates, end now.
+    fn end_earlier_identity(&self, host: &str) {
+        let closed = self.sessions.close(
+            host,
+            tonic::Status::permission_denied(format!(
+                "host '{host}' enrolled again: the certificate this session holds is no longer valid"
+            )),
+        );
+        let certs = self.grants.cancel_host(host);
+        if closed || certs > 0 {
+            tracing::info!(host, session_closed = closed, "re-enrolled: the earlier identity's streams were ended");
+        }
     }
 
     fn enroll_inner(&self, req: &v1::EnrollRequest) -> Result<v1::EnrollResponse, EnrollError> {
         let host = req.host_name.as_str();
         if !crate::control_plane::settings::valid_name(host) {
-            return Err(EnrollError::BadHostName(host.to_string()));
+            return Err(EnrollError::BadHostName(clean(host, NAME_MAX)));
         }
         let now = self.clock.now_ms();
         // Token first (a read: no commit, no fsync): a stranger learns nothing about CSR
@@ -85,6 +117,7 @@ impl ControlPlane {
                 host_name: host.into(),
                 detail: format!("serial {} until {}", issued.serial, issued.not_after_unix),
                 peer: String::new(),
+                actor: String::new(),
             })?;
             Ok::<_, EnrollError>(rec.host_id)
         })?;

@@ -1,6 +1,12 @@
 //! The cluster's PKI: a CA created on first use, the coordinator's server certificate,
 //! host and operator client certificates signed from CSRs.
 //!
+//! Client certificates say what they are for in their OU, and the services check it: a
+//! host's (`flotilla-host`) may call the agent API as that host; an operator's
+//! (`flotilla-operator`) may call the admin API while its serial is on record and not
+//! revoked (`operators.rs`); an Engine client's (`flotilla-engine-client`, from the second CA
+//! below) may call neither.
+//!
 //! Files under `<state>/pki/`: `ca.pem`, `ca.key` (0600, never leaves this directory),
 //! `server.pem`, `server.key` (0600), and a second CA, `engine-client-ca.{pem,key}`, that
 //! signs only the certificates of the managers' Engine clients (`docker`, the coordinator's
@@ -65,6 +71,7 @@ pub struct Pki {
 pub struct Issued {
     pub certificate_pem: String,
     pub serial: String,
+    pub not_before_unix: i64,
     pub not_after_unix: i64,
 }
 
@@ -215,10 +222,15 @@ impl Pki {
         set_validity(&mut params, validity);
         let serial = random_serial();
         params.serial_number = Some(serial.clone());
-        let not_after = params.not_after.unix_timestamp();
+        let (not_before, not_after) = (params.not_before.unix_timestamp(), params.not_after.unix_timestamp());
         csr.params = params;
         let cert = csr.signed_by(issuer)?;
-        Ok(Issued { certificate_pem: cert.pem(), serial: hex::encode(serial.to_bytes()), not_after_unix: not_after })
+        Ok(Issued {
+            certificate_pem: cert.pem(),
+            serial: hex::encode(serial.to_bytes()),
+            not_before_unix: not_before,
+            not_after_unix: not_after,
+        })
     }
 }
 
@@ -273,7 +285,12 @@ fn check_csr(csr_pem: &str, expected_cn: &str) -> Result<Vec<u8>, PkiError> {
     csr.verify_signature().map_err(|_| PkiError::BadCsr("signature does not verify".into()))?;
     let cn = info.subject.iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or_default();
     if cn != expected_cn {
-        return Err(PkiError::BadCsr(format!("names '{cn}' but was presented for '{expected_cn}'")));
+        use crate::control_plane::untrusted::{NAME_MAX, clean};
+        return Err(PkiError::BadCsr(format!(
+            "names '{}' but was presented for '{}'",
+            clean(cn, NAME_MAX),
+            clean(expected_cn, NAME_MAX)
+        )));
     }
     Ok(pem.contents)
 }

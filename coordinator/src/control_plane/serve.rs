@@ -119,6 +119,9 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         port,
         descriptor_limit,
         enroll_limit,
+        grants: Default::default(),
+        renewing: Default::default(),
+        refusals: Default::default(),
     });
 
     let unix = bind_admin_socket(&paths)?;
@@ -132,6 +135,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         descriptor_limit, max_connections = limits.max_connections, max_anonymous = limits.max_anonymous,
         "control plane serving"
     );
+    tokio::spawn(crate::control_plane::audit::flush_refusals(Arc::clone(&cp)));
     let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
     Ok(Running { cp, addr, paths, task })
 }

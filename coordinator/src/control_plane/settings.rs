@@ -4,6 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The shortest validity `coordinator serve --host-cert-validity` accepts: agents renew at
+/// two thirds of it, over their session.
+pub const HOST_CERT_VALIDITY_MIN: Duration = Duration::from_secs(10 * 60);
+/// The longest: a stolen host key is good at most this long (renewal is automatic).
+pub const HOST_CERT_VALIDITY_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Settings for one control plane.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -120,8 +126,13 @@ impl StatePaths {
     pub fn listen_file(&self) -> PathBuf {
         self.dir.join("listen")
     }
+    /// `serve --log-file` as `deploy` starts it: rotated past 10 MiB (`coordinator.log.1`, …).
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("coordinator.log")
+    }
+    /// What a `serve` that `deploy` started printed before its log began (and a fatal error).
+    pub fn output_file(&self) -> PathBuf {
+        self.dir.join("coordinator.out")
     }
 }
 

@@ -6,6 +6,7 @@ use tonic::Status;
 use crate::control_plane::core::ControlError;
 use crate::control_plane::enroll::EnrollError;
 use crate::control_plane::log_router::LogsError;
+use crate::control_plane::operators::OperatorError;
 use crate::control_plane::session::{AuthError, SessionError};
 use crate::control_plane::tokens::TokenRefusal;
 
@@ -45,7 +46,8 @@ impl IntoStatus for SessionError {
             SessionError::IdentityMismatch { .. } => Status::permission_denied(self.to_string()),
             SessionError::Protocol { .. } => Status::failed_precondition(self.to_string()),
             SessionError::Stream(s) => s.clone(),
-            SessionError::Store(_) => Status::internal(self.to_string()),
+            SessionError::Invalidated(_) => Status::permission_denied(self.to_string()),
+            SessionError::Store(_) | SessionError::Task(_) => Status::internal(self.to_string()),
         }
     }
 }
@@ -71,6 +73,23 @@ impl IntoStatus for LogsError {
             LogsError::NotConnected(_) => Status::unavailable(self.to_string()),
             LogsError::Nothing(_) => Status::invalid_argument(self.to_string()),
             LogsError::Store(_) => Status::internal(self.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for OperatorError {
+    fn into_status(self) -> Status {
+        match &self {
+            OperatorError::NoCertificate => Status::unauthenticated(self.to_string()),
+            OperatorError::EngineClient { .. }
+            | OperatorError::NotAnOperator { .. }
+            | OperatorError::Unknown { .. }
+            | OperatorError::Revoked { .. }
+            | OperatorError::Expired { .. }
+            | OperatorError::LocalOnly { .. } => Status::permission_denied(self.to_string()),
+            OperatorError::BadName(_) | OperatorError::Csr(_) => Status::invalid_argument(self.to_string()),
+            OperatorError::UnknownName(_) => Status::not_found(self.to_string()),
+            OperatorError::Pki(_) | OperatorError::Store(_) => Status::internal(self.to_string()),
         }
     }
 }

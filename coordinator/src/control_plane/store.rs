@@ -3,7 +3,11 @@
 //! Tables hold JSON values so records can grow fields without a migration:
 //! - `hosts`: host name → [`HostRecord`] (identity, facts, roles, certificate serials).
 //! - `tokens`: sha256(token) hex → [`TokenRecord`]; the token itself is never stored.
-//! - `audit`: sequence → [`AuditEvent`].
+//! - `audit`: sequence → [`AuditEvent`], its text fields cleaned ([`super::untrusted`]).
+//! - `refusals`: `<kind> <source>` → [`RefusalRecord`]: refused calls counted, not one event
+//!   each (at most [`MAX_REFUSAL_SOURCES`] sources, then `other`).
+//! - `operators`: operator name → [`OperatorRecord`]: the operator certificates issued, and
+//!   which are revoked.
 //! - `assignments`: host name → its current `Assignment` (protobuf bytes).
 //! - `meta`: small cluster-wide values (schema version, Consul's gossip key, …).
 //!
@@ -11,18 +15,26 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const REFUSALS: TableDefinition<&str, &[u8]> = TableDefinition::new("refusals");
+const OPERATORS: TableDefinition<&str, &[u8]> = TableDefinition::new("operators");
 /// host name → the host's current `Assignment`, protobuf-encoded.
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 
 /// How many audit events are kept; older ones are dropped as new ones arrive.
 pub const AUDIT_RETENTION: u64 = 100_000;
+/// The most audit events one read returns (and what a limit of 0 means).
+pub const MAX_AUDIT_READ: usize = 10_000;
+/// The most `(kind, source)` rows of refusals kept; past it, new sources count as `other`.
+pub const MAX_REFUSAL_SOURCES: usize = 1024;
+/// The source refusals from sources past [`MAX_REFUSAL_SOURCES`] are counted under.
+pub const OTHER_SOURCE: &str = "other";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,13 +112,76 @@ pub struct TokenRecord {
     pub used_unix_ms: Option<i64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEvent {
     pub unix_ms: i64,
     pub kind: String,
     pub host_name: String,
     pub detail: String,
     pub peer: String,
+    /// Who made an admin mutation (see `operators::Caller`); empty for an agent's doing.
+    #[serde(default)]
+    pub actor: String,
+}
+
+impl AuditEvent {
+    /// The event with every text field cleaned and cut to its budget.
+    pub fn cleaned(&self) -> Self {
+        use crate::control_plane::untrusted::{DETAIL_MAX, KIND_MAX, NAME_MAX, clean};
+        AuditEvent {
+            unix_ms: self.unix_ms,
+            kind: clean(&self.kind, KIND_MAX),
+            host_name: clean(&self.host_name, NAME_MAX),
+            detail: clean(&self.detail, DETAIL_MAX),
+            peer: clean(&self.peer, KIND_MAX),
+            actor: clean(&self.actor, NAME_MAX * 2),
+        }
+    }
+}
+
+/// Refused calls of one kind from one source, counted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusalRecord {
+    pub kind: String,
+    pub source: String,
+    pub count: u64,
+    pub first_unix_ms: i64,
+    pub last_unix_ms: i64,
+    pub last_host_name: String,
+    pub last_detail: String,
+}
+
+impl RefusalRecord {
+    fn key(&self) -> String {
+        format!("{} {}", self.kind, self.source)
+    }
+
+    /// Adds `later` (refusals of the same kind and source, after these) to these.
+    pub fn absorb(&mut self, later: &RefusalRecord) {
+        self.count += later.count;
+        self.first_unix_ms = self.first_unix_ms.min(later.first_unix_ms);
+        if later.last_unix_ms >= self.last_unix_ms {
+            self.last_unix_ms = later.last_unix_ms;
+            self.last_host_name.clone_from(&later.last_host_name);
+            self.last_detail.clone_from(&later.last_detail);
+        }
+    }
+}
+
+/// The operator certificates issued to one name.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorRecord {
+    pub name: String,
+    pub certs: Vec<OperatorCert>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorCert {
+    pub serial: String,
+    pub issued_unix_ms: i64,
+    pub not_after_unix: i64,
+    pub revoked_unix_ms: Option<i64>,
+    pub issued_by: String,
 }
 
 /// The store. Cheap to share behind an `Arc`; redb serialises writers internally.
@@ -125,6 +200,8 @@ impl Store {
             txn.open_table(TOKENS)?;
             txn.open_table(AUDIT)?;
             txn.open_table(ASSIGNMENTS)?;
+            txn.open_table(REFUSALS)?;
+            txn.open_table(OPERATORS)?;
             let mut meta = txn.open_table(META)?;
             if meta.get("schema")?.is_none() {
                 meta.insert("schema", b"1".as_slice())?;
@@ -201,6 +278,8 @@ impl Store {
                 hosts: txn.open_table(HOSTS).map_err(StoreError::from)?,
                 tokens: txn.open_table(TOKENS).map_err(StoreError::from)?,
                 audit: txn.open_table(AUDIT).map_err(StoreError::from)?,
+                refusals: txn.open_table(REFUSALS).map_err(StoreError::from)?,
+                operators: txn.open_table(OPERATORS).map_err(StoreError::from)?,
             };
             f(&mut tx)?
         };
@@ -245,19 +324,51 @@ impl Store {
         self.write(|tx| tx.audit(&event))
     }
 
-    /// The newest `limit` audit events (all when 0), oldest first.
+    /// The newest `limit` audit events (0, or more than [`MAX_AUDIT_READ`]: that many), oldest
+    /// first.
     pub fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = if limit == 0 { MAX_AUDIT_READ } else { limit.min(MAX_AUDIT_READ) };
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut out = Vec::new();
         for entry in table.iter()?.rev() {
-            if limit != 0 && out.len() >= limit {
+            if out.len() >= limit {
                 break;
             }
             let (k, v) = entry?;
             out.push(decode("audit", &k.value().to_string(), v.value())?);
         }
         out.reverse();
+        Ok(out)
+    }
+
+    /// Every row of refused calls, the most recent first.
+    pub fn refusals(&self) -> Result<Vec<RefusalRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REFUSALS)?;
+        let mut out: Vec<RefusalRecord> = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(decode("refusals", k.value(), v.value())?);
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.last_unix_ms));
+        Ok(out)
+    }
+
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OPERATORS)?;
+        get_json(&table, "operators", name)
+    }
+
+    pub fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OPERATORS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(decode("operators", k.value(), v.value())?);
+        }
         Ok(out)
     }
 }
@@ -268,6 +379,8 @@ pub struct Tx<'t> {
     hosts: redb::Table<'t, &'static str, &'static [u8]>,
     tokens: redb::Table<'t, &'static str, &'static [u8]>,
     audit: redb::Table<'t, u64, &'static [u8]>,
+    refusals: redb::Table<'t, &'static str, &'static [u8]>,
+    operators: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 impl Tx<'_> {
@@ -330,12 +443,14 @@ impl Tx<'_> {
         Ok(doomed.len())
     }
 
+    /// Appends `event`, its text cleaned ([`AuditEvent::cleaned`]), dropping the oldest past
+    /// [`AUDIT_RETENTION`].
     pub fn audit(&mut self, event: &AuditEvent) -> Result<(), StoreError> {
         let next = match self.audit.last()? {
             Some((k, _)) => k.value() + 1,
             None => 1,
         };
-        let bytes = serde_json::to_vec(event).map_err(|source| StoreError::Corrupt {
+        let bytes = serde_json::to_vec(&event.cleaned()).map_err(|source| StoreError::Corrupt {
             table: "audit",
             key: next.to_string(),
             source,
@@ -344,6 +459,55 @@ impl Tx<'_> {
         if next > AUDIT_RETENTION {
             self.audit.remove(next - AUDIT_RETENTION)?;
         }
+        Ok(())
+    }
+}
+
+impl Tx<'_> {
+    /// Adds counted refusals to their row (text cleaned); a new source past
+    /// [`MAX_REFUSAL_SOURCES`] rows is counted under [`OTHER_SOURCE`].
+    pub fn add_refusals(&mut self, batch: &RefusalRecord) -> Result<(), StoreError> {
+        use crate::control_plane::untrusted::{DETAIL_MAX, KIND_MAX, NAME_MAX, clean};
+        let mut r = RefusalRecord {
+            kind: clean(&batch.kind, KIND_MAX),
+            source: clean(&batch.source, KIND_MAX),
+            last_host_name: clean(&batch.last_host_name, NAME_MAX),
+            last_detail: clean(&batch.last_detail, DETAIL_MAX),
+            ..batch.clone()
+        };
+        if get_json::<RefusalRecord>(&self.refusals, "refusals", &r.key())?.is_none()
+            && self.refusals.len()? as usize >= MAX_REFUSAL_SOURCES
+        {
+            r.source = OTHER_SOURCE.to_string();
+        }
+        let key = r.key();
+        let row = match get_json::<RefusalRecord>(&self.refusals, "refusals", &key)? {
+            Some(mut old) => {
+                old.absorb(&r);
+                old
+            }
+            None => r,
+        };
+        let bytes = serde_json::to_vec(&row).map_err(|source| StoreError::Corrupt {
+            table: "refusals",
+            key: key.clone(),
+            source,
+        })?;
+        self.refusals.insert(key.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        get_json(&self.operators, "operators", name)
+    }
+
+    pub fn put_operator(&mut self, op: &OperatorRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(op).map_err(|source| StoreError::Corrupt {
+            table: "operators",
+            key: op.name.clone(),
+            source,
+        })?;
+        self.operators.insert(op.name.as_str(), bytes.as_slice())?;
         Ok(())
     }
 }
@@ -387,6 +551,43 @@ mod tests {
         let store = Store::open(&path).expect("reopen");
         let names: Vec<_> = store.hosts().expect("hosts").into_iter().map(|h| h.name).collect();
         assert_eq!(names, vec!["node0".to_string()]);
+    }
+
+    /// Issue 14: an attacker's megabyte of text is stored cut and escaped, and refusals past
+    /// the row cap land in `other` instead of growing the table.
+    #[test]
+    fn audit_text_is_cleaned_and_refusal_rows_are_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let huge = format!("\u{1b}[31m{}", "h".repeat(1 << 20));
+        store
+            .audit(AuditEvent { kind: "enroll.ok".into(), host_name: huge.clone(), detail: huge, ..Default::default() })
+            .expect("audit");
+        let e = &store.audit_events(0).expect("events")[0];
+        assert!(e.host_name.len() <= 128 && e.detail.len() <= 512, "{e:?}");
+        assert!(e.host_name.starts_with("\\u{1b}[31m") && !e.host_name.contains('\u{1b}'), "{e:?}");
+        let refusal = |source: String| RefusalRecord {
+            kind: "enroll.refused.unknown".into(),
+            source,
+            count: 2,
+            first_unix_ms: 1,
+            last_unix_ms: 2,
+            ..Default::default()
+        };
+        store
+            .write(|tx| {
+                for i in 0..MAX_REFUSAL_SOURCES + 10 {
+                    tx.add_refusals(&refusal(format!("10.0.{}.{}", i / 256, i % 256)))?;
+                }
+                tx.add_refusals(&refusal("10.0.0.0".into()))
+            })
+            .expect("refusals");
+        let rows = store.refusals().expect("rows");
+        assert_eq!(rows.len(), MAX_REFUSAL_SOURCES + 1, "capped rows plus 'other'");
+        let other = rows.iter().find(|r| r.source == OTHER_SOURCE).expect("other");
+        assert_eq!(other.count, 2 * 10);
+        let first = rows.iter().find(|r| r.source == "10.0.0.0").expect("first source");
+        assert_eq!(first.count, 4, "a known source keeps counting in its own row");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Step 3: the cluster's control plane — connected to when one runs, else started in the
 //! background as `coordinator serve` on the cluster's own port ([`super::port`]; it outlives
-//! the deploy, logs to `<state>/coordinator.log`) — and the operator certificate `docker` and
-//! `coordinator env` use against the managers' Engines.
+//! the deploy, logs to `<state>/coordinator.log`, rotated past 10 MiB; what it prints before
+//! logging starts goes to `<state>/coordinator.out`) — and the Engine client certificate
+//! `docker` and `coordinator env` use against the managers' Engines (not an admin credential).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -79,12 +80,9 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, port: u16, p: &Progress) -> Resu
     let spawn = |what: String| move |source| DeployError::Spawn { what, source };
     let exe = std::env::current_exe().map_err(spawn("the path of this program".into()))?;
     let log_path = paths.log_file();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(spawn(log_path.display().to_string()))?;
-    let log2 = log.try_clone().map_err(spawn(log_path.display().to_string()))?;
+    let out_path = paths.output_file();
+    let out = std::fs::File::create(&out_path).map_err(spawn(out_path.display().to_string()))?;
+    let out2 = out.try_clone().map_err(spawn(out_path.display().to_string()))?;
     p.step("control", format!("starting the control plane on {listen_ip}:{port} (log: {})", log_path.display()));
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(exe);
@@ -97,9 +95,11 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, port: u16, p: &Progress) -> Resu
         .arg(format!("{listen_ip}:{port}"))
         .arg("--advertise")
         .arg(advertise)
+        .arg("--log-file")
+        .arg(&log_path)
         .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2)
+        .stdout(out)
+        .stderr(out2)
         .process_group(0);
     let child = cmd.spawn().map_err(spawn("cannot start `coordinator serve`".into()))?;
     let client = wait_for_answer(child, cluster, paths).await?;
@@ -120,7 +120,8 @@ async fn wait_for_answer(
         let (child, socket) = (&child, &socket);
         async move {
             if let Ok(Some(status)) = child.borrow_mut().try_wait() {
-                return Err(DeployError::ServeExited { status, tail: log_tail(&paths.log_file(), 5) });
+                let tail = [log_tail(&paths.output_file(), 5), log_tail(&paths.log_file(), 5)].join("\n");
+                return Err(DeployError::ServeExited { status, tail: tail.trim().to_string() });
             }
             Ok(match admin_client::connect_local(cluster, socket).await {
                 Ok(c) => Attempt::Done(c),
