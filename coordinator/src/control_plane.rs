@@ -5,6 +5,8 @@
 //! - [`core`]: the [`core::ControlPlane`] every handler shares, and the admin operations.
 //! - [`store`]: the durable state (redb): hosts, join-token hashes, the audit trail.
 //! - [`pki`]: the cluster CA, the server certificate, signing host and operator CSRs.
+//! - [`consul`]: what Consul gets: the management (operator) token, per-host ACL tokens,
+//!   the Consul CA and its server certificates.
 //! - [`tokens`]: one-time join tokens (mint, check, consume).
 //! - [`enroll`]: where an agent's enrollment is checked (token + CSR → certificate).
 //! - [`session`]: one agent session's life; [`session::registry`]: the live ones.
@@ -23,6 +25,7 @@ pub mod admin_api;
 pub mod agent_api;
 pub mod agent_binary;
 pub mod clock;
+pub mod consul;
 pub mod core;
 pub mod descriptors;
 pub mod enroll;

@@ -18,8 +18,8 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub(crate) const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default validity of a host's client certificate.
 pub const HOST_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default validity of an operator certificate.
@@ -296,7 +296,7 @@ pub fn new_key_and_csr(cn: &str) -> Result<(KeyPair, String), PkiError> {
     Ok((key, csr.pem()?))
 }
 
-fn ca_params(cluster: &str) -> CertificateParams {
+pub(crate) fn ca_params(cluster: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&format!("Flotilla cluster CA {cluster}"), "flotilla-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -306,7 +306,7 @@ fn ca_params(cluster: &str) -> CertificateParams {
     params
 }
 
-fn dn(cn: &str, ou: &str) -> DistinguishedName {
+pub(crate) fn dn(cn: &str, ou: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Flotilla");
     dn.push(DnType::OrganizationalUnitName, ou);
@@ -314,7 +314,7 @@ fn dn(cn: &str, ou: &str) -> DistinguishedName {
     dn
 }
 
-fn san(addr: &str) -> Result<SanType, PkiError> {
+pub(crate) fn san(addr: &str) -> Result<SanType, PkiError> {
     Ok(match addr.parse::<IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
         Err(_) => {
@@ -325,13 +325,13 @@ fn san(addr: &str) -> Result<SanType, PkiError> {
     })
 }
 
-fn set_validity(params: &mut CertificateParams, validity: Duration) {
+pub(crate) fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE.min(validity / 10);
     params.not_after = now + validity;
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // no leading zero byte
@@ -358,15 +358,15 @@ fn server_cert_facts(pem: &str) -> Option<(Vec<String>, i64, i64)> {
     Some((sans, x509.validity().not_before.timestamp(), x509.validity().not_after.timestamp()))
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
+pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     flotilla_proto::fs::write_private(path, data).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
-fn write_public(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+pub(crate) fn write_public(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     flotilla_proto::fs::write_public(path, data).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
