@@ -238,8 +238,8 @@ fn probe_round(
             let (tx1, key, token) = (tx.clone(), key.clone(), token.clone());
             tokio::spawn(async move {
                 let value = format!("written {:.3} s after the fault", fault_at.elapsed().as_secs_f64());
-                let put = client(&via.ip, &token).put(&key, value.as_bytes(), None);
-                let ok = matches!(timed(CALL_TIMEOUT, put).await, Ok(true));
+                let c = client(&via.ip, &token);
+                let ok = matches!(timed(CALL_TIMEOUT, c.put(&key, value.as_bytes(), None)).await, Ok(true));
                 let _ = tx1.send((fault_at.elapsed(), Seen::Kv { via: via.name, ok }));
             });
         }
