@@ -71,7 +71,13 @@ impl Consul {
         })
     }
 
-    async fn send_json(&self, method: http::Method, path: &str, what: &str, body: Vec<u8>) -> Result<Bytes, ConsulError> {
+    async fn send_json(
+        &self,
+        method: http::Method,
+        path: &str,
+        what: &str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, ConsulError> {
         let (status, reply) = self.call(method, path, Some(body)).await?;
         self.expect_ok(what, status, &reply)?;
         Ok(reply)

@@ -184,7 +184,10 @@ async fn create(
         ..Default::default()
     };
     ctx.docker
-        .create_container(Some(CreateContainerOptions { name: Some(CONTAINER.to_string()), ..Default::default() }), body)
+        .create_container(
+            Some(CreateContainerOptions { name: Some(CONTAINER.to_string()), ..Default::default() }),
+            body,
+        )
         .await?;
     ctx.docker.start_container(CONTAINER, None::<StartContainerOptions>).await?;
     Ok(())

@@ -31,7 +31,11 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &NodeSpec, also_manager: bool) -> R
     let join = match swarm::read_worker_join(&consul, ctx.cluster).await {
         // The Consul servers create this host's token soon after they elect a leader.
         Err(RoleError::Consul(e @ ConsulError::Denied { .. })) if !local.active() => {
-            return Ok(status(Role::Node, RoleState::Pending, format!("waiting for Consul to know this host's token: {e}")));
+            return Ok(status(
+                Role::Node,
+                RoleState::Pending,
+                format!("waiting for Consul to know this host's token: {e}"),
+            ));
         }
         other => other?,
     };

@@ -149,7 +149,12 @@ pub async fn read_worker_join(c: &Consul, cluster: &str) -> Result<Option<Worker
 }
 
 /// Publishes both join records (each replaced only when it differs).
-pub async fn publish_join(c: &Consul, cluster: &str, manager: &ManagerJoin, worker: &WorkerJoin) -> Result<(), RoleError> {
+pub async fn publish_join(
+    c: &Consul,
+    cluster: &str,
+    manager: &ManagerJoin,
+    worker: &WorkerJoin,
+) -> Result<(), RoleError> {
     publish_record(c, &key(cluster, "join"), manager).await?;
     publish_record(c, &key(cluster, "worker"), worker).await
 }

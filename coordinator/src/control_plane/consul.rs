@@ -218,7 +218,10 @@ mod tests {
         s.complete("manager0", "10.0.0.10", &mut spec).expect("complete");
         assert_eq!(spec.management_token, s.management_token());
         assert_eq!(spec.agent_token, s.token("manager0", v1::Role::Consul).1);
-        assert_eq!((spec.tokens[0].accessor_id.clone(), spec.tokens[0].secret_id.clone()), s.token("node0", v1::Role::Node));
+        assert_eq!(
+            (spec.tokens[0].accessor_id.clone(), spec.tokens[0].secret_id.clone()),
+            s.token("node0", v1::Role::Node)
+        );
         let der = flotilla_proto::tls::certs_from_pem("consul", &spec.tls_cert_pem).expect("pem");
         let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).expect("x509");
         let sans = format!("{:?}", cert.subject_alternative_name().ok().flatten().expect("SANs").value.general_names);

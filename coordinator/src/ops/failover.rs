@@ -442,10 +442,9 @@ async fn start_hello(d: &Drill, leader: &Docker, members: &[Member]) -> Result<V
     let tasks_before = swarm::ensure_hello(leader, &image).await?;
     d.say.note(format!("hello workload: {} tasks running", tasks_before.len()));
     if d.opts.component == Component::Consul {
-        let (via, cluster_id) =
-            consul::join_data(members, &d.opts.cluster, &d.consul_token)
-                .await
-                .map_err(|e| FailoverError::JoinData(Box::new(e)))?;
+        let (via, cluster_id) = consul::join_data(members, &d.opts.cluster, &d.consul_token)
+            .await
+            .map_err(|e| FailoverError::JoinData(Box::new(e)))?;
         d.say.note(format!("swarm join data readable through {via} (cluster id {cluster_id})"));
     }
     Ok(tasks_before)

@@ -131,10 +131,9 @@ pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec>
                 consul_http_addrs: consul_http.clone(),
                 ..Default::default()
             }),
-            RoleKind::Node => v1::role_spec::Spec::Node(v1::NodeSpec {
-                consul_http_addrs: consul_http.clone(),
-                ..Default::default()
-            }),
+            RoleKind::Node => {
+                v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone(), ..Default::default() })
+            }
         };
         out.push(v1::RoleSpec { spec: Some(spec) });
     }

@@ -73,8 +73,7 @@ pub fn desired(cluster: &str, datacenter: &str, t: &ConsulToken) -> Option<AclTo
     };
     match role {
         Role::Consul => {
-            token.node_identities =
-                vec![NodeIdentity { node_name: t.host.clone(), datacenter: datacenter.to_string() }]
+            token.node_identities = vec![NodeIdentity { node_name: t.host.clone(), datacenter: datacenter.to_string() }]
         }
         Role::Manager | Role::Node => token.policies = vec![PolicyLink { name: policy_name(cluster, role) }],
         Role::Unspecified => return None,
