@@ -74,6 +74,23 @@ fn from_a_workload_on(host: &str, image: &str, servers: &[String], requests: &[R
     replies
 }
 
+/// A reply with the KV values it carries decoded (Consul sends them base64-encoded), so a
+/// secret inside one is found by a plain search.
+fn decoded(reply: &str) -> String {
+    use base64::Engine as _;
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or(reply);
+    let mut out = reply.to_string();
+    if let Ok(Value::Array(entries)) = serde_json::from_str::<Value>(body.trim()) {
+        for v in entries.iter().filter_map(|e| e["Value"].as_str()) {
+            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v) {
+                out.push('\n');
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    out
+}
+
 /// The HTTP status of a raw reply (`HTTP/1.0 403 Forbidden` → 403; 0 when none).
 fn status_of(reply: &str) -> u16 {
     reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
@@ -166,8 +183,9 @@ fn issue_14_a_workload_on_a_worker_gets_nothing_from_consul_and_no_secret_is_in_
     ];
     let replies = from_a_workload_on("node0", &hello, &servers, &requests);
     for (what, reply) in &replies {
-        assert!(!reply.contains(&manager_join), "{what} yielded the manager join token:\n{reply}");
-        assert!(!reply.contains(&worker_join), "{what} yielded the worker join token:\n{reply}");
+        let seen = decoded(reply);
+        assert!(!seen.contains(&manager_join), "{what} yielded the manager join token:\n{seen}");
+        assert!(!seen.contains(&worker_join), "{what} yielded the worker join token:\n{seen}");
         let code = status_of(reply);
         assert!(code != 0, "{what}: no HTTP reply:\n{reply}");
         if what.starts_with("PUT") || what.contains("/join") || what.contains("/worker") {
