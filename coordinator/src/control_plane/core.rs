@@ -151,6 +151,9 @@ impl ControlPlane {
             cluster: self.config.cluster.clone(),
         };
         let mut a = requested.clone();
+        if let Some(prev) = self.assignment_of(host)? {
+            carry_over(&prev, &mut a);
+        }
         self.complete(host, &mut a)?;
         flotilla_agent::reconcile::validate(&a)
             .map_err(|e| ControlError::BadAssignment { host: host.to_string(), message: e.to_string() })?;
@@ -427,6 +430,40 @@ pub fn swarm_age_s(received_ms: i64, sample: &v1::HealthSample, now_ms: i64) -> 
     // An older agent does not stamp its view: it is as old as the sample.
     let before_sample = if view.observed_unix_ms > 0 { (sample.unix_ms - view.observed_unix_ms).max(0) } else { 0 };
     Some(((now_ms - received_ms).max(0) + before_sample) as f64 / 1000.0)
+}
+
+/// Certificates the assignment in force (`prev`) already gave this host, copied into `a`
+/// where it leaves them empty and the host's address is unchanged: a new generation for
+/// another reason (a Consul server's token list changes when nodes are added or removed)
+/// must not issue new ones, which would restart the Engine and recreate the Consul container.
+fn carry_over(prev: &v1::Assignment, a: &mut v1::Assignment) {
+    use v1::role_spec::Spec;
+    if prev.host_address != a.host_address {
+        return;
+    }
+    let prev_consul = prev.roles.iter().find_map(|r| match &r.spec {
+        Some(Spec::Consul(c)) => Some(c),
+        _ => None,
+    });
+    let prev_manager = prev.roles.iter().find_map(|r| match &r.spec {
+        Some(Spec::Manager(m)) => Some(m),
+        _ => None,
+    });
+    for r in &mut a.roles {
+        match (&mut r.spec, prev_consul, prev_manager) {
+            (Some(Spec::Consul(c)), Some(p), _) if c.tls_cert_pem.is_empty() && p.datacenter == c.datacenter => {
+                c.tls_cert_pem = p.tls_cert_pem.clone();
+                c.tls_key_pem = p.tls_key_pem.clone();
+                c.tls_ca_pem = p.tls_ca_pem.clone();
+            }
+            (Some(Spec::Manager(m)), _, Some(p)) if m.engine_tls_cert_pem.is_empty() => {
+                m.engine_tls_cert_pem = p.engine_tls_cert_pem.clone();
+                m.engine_tls_key_pem = p.engine_tls_key_pem.clone();
+                m.engine_tls_ca_pem = p.engine_tls_ca_pem.clone();
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The stored roles with what [`ControlPlane::complete`] filled in removed again, where the
