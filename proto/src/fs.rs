@@ -45,30 +45,31 @@ mod tests {
 
     #[test]
     fn secrets_are_0600_and_replace_the_old_file_atomically() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test io");
         let p = dir.path().join("key.pem");
-        write_private(&p, b"one").unwrap();
-        assert_eq!(mode_of(&p).unwrap(), 0o600);
-        write_public(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(mode_of(&p).unwrap(), 0o644);
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        write_private(&p, b"one").expect("test io");
+        assert_eq!(mode_of(&p).expect("test io"), 0o600);
+        write_public(&p, b"two").expect("test io");
+        assert_eq!(std::fs::read(&p).expect("test io"), b"two");
+        assert_eq!(mode_of(&p).expect("test io"), 0o644);
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("test io").map(|e| e.expect("test io").file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("key.pem")], "no temp file is left behind");
     }
 
     #[test]
     fn a_symlink_planted_at_a_guessable_temp_name_is_not_written_through() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test io");
         let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"untouched").unwrap();
+        std::fs::write(&victim, b"untouched").expect("test io");
         // The name a writer with a predictable temp file would use (this process's id).
         let planted = dir.path().join(format!(".token.tmp.{}", std::process::id()));
-        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        std::os::unix::fs::symlink(&victim, &planted).expect("test io");
         let p = dir.path().join("token");
-        std::os::unix::fs::symlink(&victim, &p).unwrap();
-        write_private(&p, b"secret").unwrap();
-        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
-        assert!(!std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
-        assert_eq!(std::fs::read(&p).unwrap(), b"secret");
+        std::os::unix::fs::symlink(&victim, &p).expect("test io");
+        write_private(&p, b"secret").expect("test io");
+        assert_eq!(std::fs::read(&victim).expect("test io"), b"untouched");
+        assert!(!std::fs::symlink_metadata(&p).expect("test io").file_type().is_symlink());
+        assert_eq!(std::fs::read(&p).expect("test io"), b"secret");
     }
 }
