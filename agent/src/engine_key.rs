@@ -76,7 +76,11 @@ mod tests {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(&again.csr_pem).expect("csr parses");
         let key = KeyPair::from_pem(&first.key_pem).expect("key");
         use rcgen::PublicKeyData as _;
-        assert_eq!(csr.public_key.subject_public_key_info(), key.subject_public_key_info(), "the CSR is for the kept key");
+        assert_eq!(
+            csr.public_key.subject_public_key_info(),
+            key.subject_public_key_info(),
+            "the CSR is for the kept key"
+        );
         assert!(!again.csr_pem.contains("PRIVATE KEY"));
         std::fs::write(EngineKey::path(&state), "garbage").expect("write");
         let err = EngineKey::load_or_create(&state, "manager0").expect_err("corrupt");

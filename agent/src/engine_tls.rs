@@ -47,7 +47,11 @@ pub fn tls_files<'a>(spec: &'a ManagerSpec, own_key_pem: &'a str) -> Result<[Tls
     flotilla_proto::tls::Identity::from_pem("Engine certificate", &spec.engine_tls_cert_pem, key)
         .and_then(|id| id.check_keys_match())
         .map_err(|e| EngineTlsError::KeyMismatch(e.to_string()))?;
-    Ok([("ca.pem", &spec.engine_tls_ca_pem, false), ("cert.pem", &spec.engine_tls_cert_pem, false), ("key.pem", key, true)])
+    Ok([
+        ("ca.pem", &spec.engine_tls_ca_pem, false),
+        ("cert.pem", &spec.engine_tls_cert_pem, false),
+        ("key.pem", key, true),
+    ])
 }
 
 /// Writes each of `files` into `dir` (created if missing) where its contents differ.

@@ -474,13 +474,13 @@ fn completions_current(
 }
 
 /// Whether a manager's stored Engine certificate fits a host whose facts carry
-/// `engine_csr_pem`: it must certify that CSR's key, and no key of the coordinator's may
-/// travel with it (a host whose agent now sends a CSR gets its key off the coordinator at
-/// the next deploy). Without a CSR (an older agent) the coordinator's key stays.
+/// `engine_csr_pem`: it must certify that CSR's key. That also moves a host whose agent now
+/// sends a CSR off the key the coordinator made for it (whose certificate certifies that
+/// key, not the host's) at the next deploy. Without a CSR (an older agent) the coordinator's
+/// key stays.
 fn engine_cert_fits(stored: &v1::ManagerSpec, engine_csr_pem: &str) -> bool {
     engine_csr_pem.is_empty()
-        || (stored.engine_tls_key_pem.is_empty()
-            && crate::control_plane::pki::certifies_csr_key(&stored.engine_tls_cert_pem, engine_csr_pem))
+        || crate::control_plane::pki::certifies_csr_key(&stored.engine_tls_cert_pem, engine_csr_pem)
 }
 
 /// The stored roles with what [`ControlPlane::complete`] filled in removed again, where the
