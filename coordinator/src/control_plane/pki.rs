@@ -1,5 +1,6 @@
 //! The cluster's PKI: a CA created on first use, the coordinator's server certificate,
-//! host and operator client certificates signed from CSRs.
+//! host and operator client certificates signed from CSRs, and managers' Engine server
+//! certificates signed from the CSR each agent sends for the key it keeps for its Engine.
 //!
 //! Files under `<state>/pki/`: `ca.pem`, `ca.key` (0600, never leaves this directory),
 //! `server.pem`, `server.key` (0600), and a second CA, `engine-client-ca.{pem,key}`, that
