@@ -48,6 +48,8 @@ pub struct Ctx {
     pub config: AgentConfig,
     pub ca: Vec<CertificateDer<'static>>,
     pub identity: Option<StoredIdentity>,
+    /// The CSR for the Engine's key ([`crate::engine_key`]), sent in every `HostFacts`.
+    pub engine_csr_pem: String,
     pub docker: Option<bollard::Docker>,
     pub sampler: health::Sampler,
     pub applied_generation: u64,

@@ -1,9 +1,11 @@
 //! The Engine's TLS listener on managers: `tcp://<private ip>:2376` with `--tlsverify`, a
-//! server certificate from the cluster CA, and client certificates required and checked
-//! against the CA the spec names (the cluster's Engine client CA, which signs no host
-//! identity) — never a plain TCP port. Written as a systemd drop-in that extends the distribution's own `ExecStart`,
-//! so it works with Debian's and Amazon Linux's units alike; the Engine is restarted only
-//! when the drop-in or the certificates change.
+//! server certificate from the cluster CA for the host's own key ([`crate::engine_key`]; the
+//! spec carries a key only when the coordinator made one for an agent that sent no CSR),
+//! and client certificates required and checked against the CA the spec names (the
+//! cluster's Engine client CA, which signs no host identity) — never a plain TCP port.
+//! Written as a systemd drop-in that extends the distribution's own `ExecStart`, so it works
+//! with Debian's and Amazon Linux's units alike; the Engine is restarted only when the
+//! drop-in, the CA, the certificate or the key change.
 
 use std::path::Path;
 
@@ -23,34 +25,61 @@ pub enum EngineTlsError {
     SystemctlFailed { command: String, stderr: String },
     #[error("docker.service has no ExecStart (is the Engine managed by systemd?)")]
     NoExecStart,
+    /// The certificate does not parse, or is not for the key the Engine would get.
+    #[error(
+        "the Engine's certificate in the assignment does not fit its key ({0}); if engine-key.pem in the agent's state directory was replaced, re-run deploy to have the new key's CSR signed"
+    )]
+    KeyMismatch(String),
 }
 
 pub const TLS_DIR: &str = "/etc/docker/flotilla-tls";
 pub const DROP_IN: &str = "/etc/systemd/system/docker.service.d/flotilla-tls.conf";
 pub const PORT: u16 = 2376;
 
-/// Converges the Engine's TLS configuration. Returns true when it restarted the Engine.
-pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<bool, EngineTlsError> {
-    let io = |what: &str, source: std::io::Error| EngineTlsError::Write { what: what.to_string(), source };
-    let dir = Path::new(TLS_DIR);
-    std::fs::create_dir_all(dir).map_err(|e| io(TLS_DIR, e))?;
-    let mut changed = false;
-    for (name, body, private) in [
+/// One file of the TLS directory: its name, its contents, whether it is private (0600).
+pub type TlsFile<'a> = (&'static str, &'a str, bool);
+
+/// The TLS directory's files for `spec`: the CA, the certificate, and the key — the spec's
+/// when the coordinator sent one, else the host's own `own_key_pem`. Refuses a certificate
+/// that is not for that key, so a mismatch never reaches the Engine (it would not start).
+pub fn tls_files<'a>(spec: &'a ManagerSpec, own_key_pem: &'a str) -> Result<[TlsFile<'a>; 3], EngineTlsError> {
+    let key = if spec.engine_tls_key_pem.is_empty() { own_key_pem } else { spec.engine_tls_key_pem.as_str() };
+    flotilla_proto::tls::Identity::from_pem("Engine certificate", &spec.engine_tls_cert_pem, key)
+        .and_then(|id| id.check_keys_match())
+        .map_err(|e| EngineTlsError::KeyMismatch(e.to_string()))?;
+    Ok([
         ("ca.pem", &spec.engine_tls_ca_pem, false),
         ("cert.pem", &spec.engine_tls_cert_pem, false),
-        ("key.pem", &spec.engine_tls_key_pem, true),
-    ] {
+        ("key.pem", key, true),
+    ])
+}
+
+/// Writes each of `files` into `dir` (created if missing) where its contents differ.
+/// Returns whether any file changed.
+pub fn write_changed(dir: &Path, files: &[TlsFile<'_>]) -> Result<bool, EngineTlsError> {
+    let io = |what: &Path, source: std::io::Error| EngineTlsError::Write { what: what.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut changed = false;
+    for &(name, body, private) in files {
         let path = dir.join(name);
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(body.as_str()) {
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(body) {
             let w = if private {
                 flotilla_proto::fs::write_private(&path, body.as_bytes())
             } else {
                 flotilla_proto::fs::write_public(&path, body.as_bytes())
             };
-            w.map_err(|e| io(&path.display().to_string(), e))?;
+            w.map_err(|e| io(&path, e))?;
             changed = true;
         }
     }
+    Ok(changed)
+}
+
+/// Converges the Engine's TLS configuration; `own_key_pem` is the host's Engine key
+/// ([`crate::engine_key`]). Returns true when it restarted the Engine.
+pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec, own_key_pem: &str) -> Result<bool, EngineTlsError> {
+    let io = |what: &str, source: std::io::Error| EngineTlsError::Write { what: what.to_string(), source };
+    let mut changed = write_changed(Path::new(TLS_DIR), &tls_files(spec, own_key_pem)?)?;
     let base = base_exec_start().await?;
     let flags = format!(
         "-H tcp://{addr}:{PORT} --tlsverify --tlscacert={TLS_DIR}/ca.pem --tlscert={TLS_DIR}/cert.pem --tlskey={TLS_DIR}/key.pem",
@@ -119,4 +148,60 @@ async fn systemctl(args: &[&str]) -> Result<(), EngineTlsError> {
         return Err(EngineTlsError::SystemctlFailed { command, stderr });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn key() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key")
+    }
+
+    fn cert_for(key: &KeyPair) -> String {
+        CertificateParams::new(vec!["manager0".to_string()]).expect("params").self_signed(key).expect("cert").pem()
+    }
+
+    fn spec(cert: &str, key: &str) -> ManagerSpec {
+        ManagerSpec {
+            engine_tls_cert_pem: cert.into(),
+            engine_tls_key_pem: key.into(),
+            engine_tls_ca_pem: "the Engine client CA".into(),
+            ..Default::default()
+        }
+    }
+
+    /// The host's own key goes to the TLS directory when the spec has none; a second pass
+    /// changes nothing (no Engine restart); a new certificate is a change.
+    #[test]
+    fn the_hosts_own_key_is_written_and_only_changes_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = dir.path().join("flotilla-tls");
+        let own = key();
+        let own_pem = own.serialize_pem();
+        let s = spec(&cert_for(&own), "");
+        assert!(write_changed(&tls, &tls_files(&s, &own_pem).expect("files")).expect("write"));
+        assert_eq!(std::fs::read_to_string(tls.join("key.pem")).expect("key"), own_pem);
+        assert_eq!(flotilla_proto::fs::mode_of(&tls.join("key.pem")).expect("mode"), 0o600);
+        assert!(!write_changed(&tls, &tls_files(&s, &own_pem).expect("files")).expect("again"), "nothing changed");
+        let renewed = spec(&cert_for(&own), "");
+        assert!(write_changed(&tls, &tls_files(&renewed, &own_pem).expect("files")).expect("renewed"));
+        assert_eq!(std::fs::read_to_string(tls.join("key.pem")).expect("key"), own_pem, "the key stays");
+    }
+
+    /// A key the coordinator made (an assignment from before the agent sent a CSR) is used
+    /// as given; a certificate for another key is refused before anything is written.
+    #[test]
+    fn a_spec_key_wins_and_a_certificate_for_another_key_is_refused() {
+        let (own, theirs) = (key(), key());
+        let (own_pem, their_pem) = (own.serialize_pem(), theirs.serialize_pem());
+        let s = spec(&cert_for(&theirs), &their_pem);
+        let files = tls_files(&s, &own_pem).expect("files");
+        assert_eq!(files[2].1, their_pem);
+        let stale = spec(&cert_for(&theirs), "");
+        let err = tls_files(&stale, &own_pem).expect_err("another key's certificate");
+        assert!(matches!(err, EngineTlsError::KeyMismatch(_)), "{err}");
+        assert!(err.to_string().contains("re-run deploy"), "{err}");
+    }
 }

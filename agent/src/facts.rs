@@ -4,8 +4,9 @@ use flotilla_proto::v1::HostFacts;
 use sysinfo::{Networks, System};
 
 /// Gathers facts. `instance_id` comes from cloud-init's instance data when present (EC2's
-/// `i-…`, the lab container's name), never from the metadata service directly.
-pub async fn gather(docker: Option<&bollard::Docker>) -> HostFacts {
+/// `i-…`, the lab container's name), never from the metadata service directly;
+/// `engine_csr_pem` is the CSR for the Engine's key ([`crate::engine_key`]).
+pub async fn gather(docker: Option<&bollard::Docker>, engine_csr_pem: &str) -> HostFacts {
     let engine_version = match docker {
         Some(d) => crate::engine::version(d).await.unwrap_or_default(),
         None => String::new(),
@@ -24,6 +25,7 @@ pub async fn gather(docker: Option<&bollard::Docker>) -> HostFacts {
         cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
         memory_bytes: sys.map(|s| s.total_memory()).unwrap_or_default(),
         engine_version,
+        engine_csr_pem: engine_csr_pem.to_string(),
     }
 }
 

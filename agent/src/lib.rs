@@ -13,7 +13,8 @@
 //! - [`cli`]: the binary's main (shared with the multi-call `coordinator` binary).
 //! - [`facts`], [`health`]: what the host is and how it is doing; [`swarm_watch`]: the swarm
 //!   view read every second, so a change is reported at once.
-//! - [`engine`]: the local Docker Engine client; [`engine_tls`]: its TLS listener (managers).
+//! - [`engine`]: the local Docker Engine client; [`engine_tls`]: its TLS listener (managers),
+//!   whose key [`engine_key`] makes once and keeps (the coordinator only gets a CSR).
 //! - [`reconcile`]: the controller converging the Engine to the assignment, through
 //!   [`roles`] (consul, manager, node); [`consul`]: the Consul HTTP client they use.
 //! - [`logs`]: the log streams the coordinator opens, pushed on their own `Logs` RPC and
@@ -32,6 +33,7 @@ pub mod config;
 pub mod consul;
 pub mod ctx;
 pub mod engine;
+pub mod engine_key;
 pub mod engine_tls;
 pub mod enroll;
 pub mod facts;
@@ -66,6 +68,8 @@ pub enum AgentError {
     CaParse { path: std::path::PathBuf, source: tls::TlsError },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    EngineKey(#[from] engine_key::EngineKeyError),
 }
 
 /// A running agent.
@@ -112,6 +116,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let ca = tls::certs_from_pem("cluster CA", &ca_pem)
         .map_err(|source| AgentError::CaParse { path: config.ca_file.clone(), source })?;
     let identity = StoredIdentity::load(&config.state_dir)?;
+    let engine_key = engine_key::EngineKey::load_or_create(&config.state_dir, &config.host_name)?;
     let docker = engine::connect().await.ok();
     let (status_tx, status_rx) = watch::channel(AgentStatus {
         enrolled: identity.is_some(),
@@ -138,6 +143,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         let r = reconcile::Reconciler {
             docker,
             host: config.host_name.clone(),
+            engine_key_pem: engine_key.key_pem.clone(),
             desired: desired_rx,
             holds: holds_rx,
             statuses: roles_tx,
@@ -154,6 +160,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         config,
         ca,
         identity,
+        engine_csr_pem: engine_key.csr_pem,
         docker,
         sampler: health::Sampler::new(),
         applied_generation: 0,
@@ -214,7 +221,7 @@ async fn run_loop(mut ctx: Ctx) {
         }
 
         let error = if ctx.identity.is_none() {
-            let facts = facts::gather(ctx.docker.as_ref()).await;
+            let facts = facts::gather(ctx.docker.as_ref(), &ctx.engine_csr_pem).await;
             match enroll::enroll(&ctx.config, &ctx.ca, &addr, facts).await {
                 Ok((id, host_id)) => {
                     ctx.set_status(|s| {

@@ -57,6 +57,8 @@ impl Holds {
 pub struct Reconciler {
     pub docker: Docker,
     pub host: String,
+    /// The Engine's own key ([`crate::engine_key`]), for a manager's TLS listener.
+    pub engine_key_pem: String,
     pub desired: watch::Receiver<Option<v1::Assignment>>,
     /// Roles held down (see [`Holds`]); a change triggers a pass at once.
     pub holds: watch::Receiver<Holds>,
@@ -178,7 +180,7 @@ impl Reconciler {
         remove_unassigned(&ctx, &specs).await;
         // The Engine's configuration comes first: a restart for it must not interrupt roles
         // that were just started.
-        if let Some(restarting) = configure_engine(&ctx, &specs, &wanted).await {
+        if let Some(restarting) = configure_engine(&ctx, &specs, &wanted, &self.engine_key_pem).await {
             return restarting;
         }
         let consul_held = self.holds.borrow().remaining(Role::Consul).is_some();
@@ -218,9 +220,14 @@ async fn remove_unassigned(ctx: &RoleCtx<'_>, specs: &Specs<'_>) {
 
 /// Converges the Engine's TLS listener of a manager. `Some` ends the pass with these
 /// statuses: the Engine restarted for it, or it failed.
-async fn configure_engine(ctx: &RoleCtx<'_>, specs: &Specs<'_>, wanted: &[Role]) -> Option<Vec<RoleStatus>> {
+async fn configure_engine(
+    ctx: &RoleCtx<'_>,
+    specs: &Specs<'_>,
+    wanted: &[Role],
+    own_key_pem: &str,
+) -> Option<Vec<RoleStatus>> {
     let m = specs.manager.filter(|m| !m.engine_tls_cert_pem.is_empty())?;
-    match crate::engine_tls::ensure(ctx, m).await {
+    match crate::engine_tls::ensure(ctx, m, own_key_pem).await {
         Ok(false) => None,
         Ok(true) => {
             let mut st =

@@ -58,7 +58,7 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
     let mut client = AgentServiceClient::with_interceptor(tls::channel(addr, config)?, flotilla_proto::protocol_header);
 
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(64);
-    let facts = crate::facts::gather(ctx.docker.as_ref()).await;
+    let facts = crate::facts::gather(ctx.docker.as_ref(), &ctx.engine_csr_pem).await;
     let hello = v1::Hello {
         host_name: ctx.config.host_name.clone(),
         facts: Some(facts),

@@ -91,6 +91,13 @@ impl Identity {
     pub fn from_pem(what: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         Ok(Self { chain: certs_from_pem(what, cert_pem)?, key: Arc::new(key_from_pem(what, key_pem)?) })
     }
+
+    /// Checks that the key is the one the first certificate certifies (their public keys
+    /// compared): a server given a certificate for another key would not start.
+    pub fn check_keys_match(&self) -> Result<(), TlsError> {
+        let key = provider().key_provider.load_private_key(self.key.clone_key())?;
+        Ok(rustls::sign::CertifiedKey::new(self.chain.clone(), key).keys_match()?)
+    }
 }
 
 impl std::fmt::Debug for Identity {

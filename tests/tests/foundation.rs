@@ -79,11 +79,22 @@ async fn open_session(
     identity: Option<&tls::Identity>,
     claimed: &str,
 ) -> Result<tonic::Streaming<v1::CoordinatorMessage>, tonic::Status> {
+    open_session_with_facts(coord, identity, claimed, None).await
+}
+
+/// [`open_session`] with `facts` in the Hello.
+async fn open_session_with_facts(
+    coord: &Coord,
+    identity: Option<&tls::Identity>,
+    claimed: &str,
+    facts: Option<v1::HostFacts>,
+) -> Result<tonic::Streaming<v1::CoordinatorMessage>, tonic::Status> {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tx.send(AgentMessage {
         body: Some(agent_message::Body::Hello(v1::Hello {
             host_name: claimed.into(),
             protocol_version: flotilla_proto::PROTOCOL_VERSION,
+            facts,
             ..Default::default()
         })),
     })
@@ -567,4 +578,126 @@ async fn issue_14_a_new_generation_keeps_the_certificates_and_tokens_in_force() 
 
     let g3 = admin.assign(assign(roles(&["node0", "node1"]))).await.expect("assign").into_inner().generation;
     assert_eq!(g3, g2, "the same request again changes nothing");
+}
+
+/// The next `Assignment` the coordinator sends on `session` (other messages skipped).
+async fn next_assignment(session: &mut tonic::Streaming<v1::CoordinatorMessage>) -> v1::Assignment {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(v1::coordinator_message::Body::Assignment(a)) =
+                session.message().await.expect("session message").expect("session open").body
+            {
+                return a;
+            }
+        }
+    })
+    .await
+    .expect("an assignment reaches the session")
+}
+
+/// The manager spec in `a`.
+fn manager_spec(a: &v1::Assignment) -> v1::ManagerSpec {
+    a.roles
+        .iter()
+        .find_map(|r| match &r.spec {
+            Some(v1::role_spec::Spec::Manager(m)) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a manager spec")
+}
+
+/// Whether `cert_pem` certifies `key`.
+fn certifies(cert_pem: &str, key: &KeyPair) -> bool {
+    tls::Identity::from_pem("engine", cert_pem, &key.serialize_pem()).expect("pem").check_keys_match().is_ok()
+}
+
+/// Issue 14 — the managers' Engine key never leaves the host: a host whose facts carry a CSR
+/// for its Engine's key gets a certificate for that key and no private key in any
+/// assignment; a repeated identical request keeps the stored assignment (same generation,
+/// same certificate); a host whose agent sends no CSR (an older agent) still gets a key made
+/// by the coordinator, until its facts carry a CSR; a new key's CSR is signed at the next
+/// request.
+#[tokio::test]
+async fn engine_certificates_are_signed_from_the_hosts_csr_and_no_private_key_is_sent() {
+    let coord = Coord::start(|_| {}).await;
+    let facts =
+        |csr: &str| v1::HostFacts { hostname: "manager0".into(), engine_csr_pem: csr.into(), ..Default::default() };
+    let (engine_key, engine_csr) = csr_for("manager0");
+    let token = coord.token("manager0").await;
+    let (key, csr) = csr_for("manager0");
+    let resp = client(&coord, None)
+        .enroll(with_header(EnrollRequest {
+            token,
+            host_name: "manager0".into(),
+            csr_pem: csr,
+            facts: Some(facts(&engine_csr)),
+        }))
+        .await
+        .expect("enroll")
+        .into_inner();
+    let id0 = tls::Identity::from_pem("manager0", &resp.certificate_pem, &key.serialize_pem()).expect("identity");
+    let mut s0 = open_session(&coord, Some(&id0), "manager0").await.expect("session");
+    let mut admin = coord.admin().await;
+    let manager = v1::RoleSpec {
+        spec: Some(v1::role_spec::Spec::Manager(v1::ManagerSpec {
+            consul_http_addrs: vec!["10.0.0.9:8500".into()],
+            ..Default::default()
+        })),
+    };
+    let assign = |host: &str, address: &str| v1::AssignRequest {
+        host_name: host.into(),
+        roles: vec![manager.clone()],
+        host_address: address.into(),
+    };
+
+    let generation = admin.assign(assign("manager0", "10.0.0.5")).await.expect("assign").into_inner().generation;
+    let a0 = next_assignment(&mut s0).await;
+    assert_eq!(a0.generation, generation);
+    let m0 = manager_spec(&a0);
+    assert!(m0.engine_tls_key_pem.is_empty(), "no key travels to a host that sent a CSR");
+    assert!(!format!("{a0:?}").contains("PRIVATE KEY"), "no private key anywhere in the assignment");
+    assert!(certifies(&m0.engine_tls_cert_pem, &engine_key), "the certificate is for the host's own key");
+
+    // The same request again: the same generation and certificate, nothing re-signed.
+    let again = admin.assign(assign("manager0", "10.0.0.5")).await.expect("again").into_inner();
+    assert_eq!(again.generation, generation, "a repeated request is a no-op");
+    assert_eq!(next_assignment(&mut s0).await, a0, "the stored assignment, as it was");
+
+    // An older agent sends no CSR: the coordinator makes its Engine key, as before.
+    let id1 = enrolled_identity(&coord, "manager1").await;
+    let mut s1 = open_session(&coord, Some(&id1), "manager1").await.expect("session");
+    admin.assign(assign("manager1", "10.0.0.6")).await.expect("assign");
+    let m1 = manager_spec(&next_assignment(&mut s1).await);
+    assert!(m1.engine_tls_key_pem.contains("PRIVATE KEY"), "an agent without a CSR gets a key");
+    drop(s1);
+    // Upgraded, it sends a CSR: the next identical request signs it and sends no key.
+    let (key1, csr1) = csr_for("manager1");
+    let mut s1 = open_session_with_facts(&coord, Some(&id1), "manager1", Some(facts(&csr1))).await.expect("session");
+    next_assignment(&mut s1).await;
+    admin.assign(assign("manager1", "10.0.0.6")).await.expect("assign");
+    let a1 = next_assignment(&mut s1).await;
+    let m1 = manager_spec(&a1);
+    assert!(m1.engine_tls_key_pem.is_empty() && !format!("{a1:?}").contains("PRIVATE KEY"), "{m1:?}");
+    assert!(certifies(&m1.engine_tls_cert_pem, &key1));
+
+    // manager0 made a new Engine key: the next identical request signs its CSR.
+    drop(s0);
+    let (engine_key2, engine_csr2) = csr_for("manager0");
+    let mut s0 =
+        open_session_with_facts(&coord, Some(&id0), "manager0", Some(facts(&engine_csr2))).await.expect("session");
+    next_assignment(&mut s0).await;
+    let renewed = admin.assign(assign("manager0", "10.0.0.5")).await.expect("assign").into_inner();
+    assert_eq!(renewed.generation, generation + 1);
+    let m0 = manager_spec(&next_assignment(&mut s0).await);
+    assert!(m0.engine_tls_key_pem.is_empty());
+    assert!(certifies(&m0.engine_tls_cert_pem, &engine_key2) && !certifies(&m0.engine_tls_cert_pem, &engine_key));
+
+    // A CSR that names another host is refused, naming the host and the fix.
+    let (_, foreign) = csr_for("manager9");
+    drop(s0);
+    let mut s0 = open_session_with_facts(&coord, Some(&id0), "manager0", Some(facts(&foreign))).await.expect("session");
+    next_assignment(&mut s0).await;
+    let e = admin.assign(assign("manager0", "10.0.0.5")).await.expect_err("a foreign CSR");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("manager0") && e.message().contains("engine-key.pem"), "{}", e.message());
 }

@@ -21,9 +21,12 @@ pub fn validate(spec: &ManagerSpec) -> Result<(), RoleError> {
     if !super::consul::is_uuid(&spec.consul_token) {
         return Err(RoleError::Spec("manager.consul_token must be a UUID (the control plane fills it)".into()));
     }
-    let tls = [&spec.engine_tls_cert_pem, &spec.engine_tls_key_pem, &spec.engine_tls_ca_pem];
-    if tls.iter().any(|p| p.is_empty()) && tls.iter().any(|p| !p.is_empty()) {
-        return Err(RoleError::Spec("manager.engine_tls_*: give all three (certificate, key, CA) or none".into()));
+    // The key may be absent with a certificate: the agent then uses its own (engine_key.rs).
+    let (cert, key, ca) = (&spec.engine_tls_cert_pem, &spec.engine_tls_key_pem, &spec.engine_tls_ca_pem);
+    if cert.is_empty() != ca.is_empty() || (cert.is_empty() && !key.is_empty()) {
+        return Err(RoleError::Spec(
+            "manager.engine_tls_*: give the certificate and the CA (and the key only when it is not this host's own) or none".into(),
+        ));
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::control_plane::session::Renewing;
 use crate::control_plane::session::grants::Grants;
 use crate::control_plane::session::registry::Sessions;
 use crate::control_plane::settings::{ServeConfig, valid_name};
-use crate::control_plane::store::{AuditEvent, Store, StoreError};
+use crate::control_plane::store::{AuditEvent, Facts, Store, StoreError};
 use crate::control_plane::tokens;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,10 @@ pub enum ControlError {
     UnknownHost(String),
     #[error("invalid assignment for host '{host}': {message}")]
     BadAssignment { host: String, message: String },
+    #[error(
+        "host '{host}' sent a CSR for its Engine's key that cannot be signed: {source}; remove engine-key.pem from its agent's state directory and restart the agent to make a new one"
+    )]
+    EngineCsr { host: String, source: PkiError },
     #[error("host '{0}' has no open session; its agent cannot be asked now")]
     NotConnected(String),
     #[error("an engine action needs a kind (stop or start the Engine, stop or start a role)")]
@@ -146,18 +150,51 @@ impl ControlPlane {
         host_address: &str,
         by: &Caller,
     ) -> Result<(u64, bool), ControlError> {
-        use prost::Message;
         let requested = v1::Assignment {
             generation: 0,
             roles,
             host_address: host_address.to_string(),
             cluster: self.config.cluster.clone(),
         };
+        let Some(rec) = self.store.host(host)? else {
+            return Err(ControlError::UnknownHost(host.to_string()));
+        };
+        // Same request as the one in force: keep it and its generation (re-running deploy is
+        // a no-op; nothing is signed).
+        let a = match self.assignment_of(host)?.filter(|p| self.in_force(p, &requested, &rec.facts)) {
+            Some(p) => p,
+            None => self.store_assignment(host, &requested, &rec.facts, by)?,
+        };
+        let generation = a.generation;
+        let delivered = self
+            .sessions
+            .send(host, v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::Assignment(a)) });
+        Ok((generation, delivered))
+    }
+
+    /// Whether `stored` is what `requested` would make now, for a host with `facts`.
+    fn in_force(&self, stored: &v1::Assignment, requested: &v1::Assignment, facts: &Facts) -> bool {
+        completions_current(stored, requested, self.pki.engine_client_ca_pem(), &facts.engine_csr_pem)
+            && strip_completions(stored, requested) == requested.roles
+            && stored.host_address == requested.host_address
+            && stored.cluster == requested.cluster
+    }
+
+    /// Completes `requested` (see [`ControlPlane::complete`]), checks it and stores it as the
+    /// next generation — unless an identical request got there first. Returns what is in force.
+    fn store_assignment(
+        &self,
+        host: &str,
+        requested: &v1::Assignment,
+        facts: &Facts,
+        by: &Caller,
+    ) -> Result<v1::Assignment, ControlError> {
+        use prost::Message;
         let mut a = requested.clone();
         if let Some(prev) = self.assignment_of(host)? {
             carry_over(&prev, &mut a);
         }
-        self.complete(host, &mut a)?;
+        self.complete(host, facts, &mut a)?;
         flotilla_agent::reconcile::validate(&a)
             .map_err(|e| ControlError::BadAssignment { host: host.to_string(), message: e.to_string() })?;
         let names: Vec<String> = a
@@ -171,18 +208,13 @@ impl ControlPlane {
             })
             .collect();
         let now = self.clock.now_ms();
-        let a = self.store.write(|tx| {
+        self.store.write(|tx| {
             let Some(mut rec) = tx.host(host)? else {
                 return Err(ControlError::UnknownHost(host.to_string()));
             };
             let prev = tx.assignment(host)?.and_then(|b| v1::Assignment::decode(b.as_slice()).ok());
-            // Same request as the one in force: keep it and its generation (re-running
-            // deploy is a no-op; no new certificate is issued).
             if let Some(p) = &prev
-                && completions_current(p, self.pki.engine_client_ca_pem())
-                && strip_completions(p, &requested) == requested.roles
-                && p.host_address == requested.host_address
-                && p.cluster == requested.cluster
+                && self.in_force(p, requested, &rec.facts)
             {
                 return Ok(p.clone());
             }
@@ -199,18 +231,14 @@ impl ControlPlane {
                 actor: by.to_string(),
             })?;
             Ok(a)
-        })?;
-        let generation = a.generation;
-        let delivered = self
-            .sessions
-            .send(host, v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::Assignment(a)) });
-        Ok((generation, delivered))
+        })
     }
 
     /// Fills what only the control plane can, where the request left it empty: Consul's
     /// gossip key (made once per cluster), its tokens and TLS material, each host's Consul
-    /// token, and a manager's Engine TLS server certificate from the cluster CA.
-    fn complete(&self, host: &str, a: &mut v1::Assignment) -> Result<(), ControlError> {
+    /// token, and a manager's Engine TLS server certificate from the cluster CA (signed from
+    /// the host's CSR when its facts carry one).
+    fn complete(&self, host: &str, facts: &Facts, a: &mut v1::Assignment) -> Result<(), ControlError> {
         use base64::Engine as _;
         let needs_address = a.roles.iter().any(|r| {
             matches!(&r.spec, Some(v1::role_spec::Spec::Consul(c)) if c.tls_cert_pem.is_empty())
@@ -239,11 +267,14 @@ impl ControlPlane {
                     if m.consul_token.is_empty() {
                         m.consul_token = self.consul.token(host, v1::Role::Manager).1;
                     }
-                    // Issued anew also when the one carried over predates the Engine client CA.
-                    if m.engine_tls_cert_pem.is_empty() || m.engine_tls_ca_pem != self.pki.engine_client_ca_pem() {
-                        let (cert, key) = self.pki.issue_engine_server(host, &a.host_address)?;
-                        m.engine_tls_cert_pem = cert;
-                        m.engine_tls_key_pem = key;
+                    // Issued anew also when the one carried over predates the Engine client CA
+                    // or no longer certifies the key of the host's CSR.
+                    if m.engine_tls_cert_pem.is_empty()
+                        || m.engine_tls_ca_pem != self.pki.engine_client_ca_pem()
+                        || !engine_cert_fits(m, &facts.engine_csr_pem)
+                    {
+                        (m.engine_tls_cert_pem, m.engine_tls_key_pem) =
+                            self.engine_server_cert(host, &a.host_address, facts)?;
                         // What the Engine trusts for its clients: the Engine client CA only.
                         m.engine_tls_ca_pem = self.pki.engine_client_ca_pem().to_string();
                     }
@@ -255,6 +286,27 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// The server certificate for a manager's Engine on 2376, and the key to send with it:
+    /// none when the host sent a CSR (its key never leaves it). An older agent sends no CSR;
+    /// for it the key is made here, as before `HostFacts.engine_csr_pem` existed, and travels
+    /// in the assignment (over the mTLS session) and stays in the store with it.
+    fn engine_server_cert(&self, host: &str, address: &str, facts: &Facts) -> Result<(String, String), ControlError> {
+        if address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ControlError::BadAssignment {
+                host: host.to_string(),
+                message: format!("host_address '{address}' is not an IP address"),
+            });
+        }
+        if facts.engine_csr_pem.is_empty() {
+            return Ok(self.pki.issue_engine_server(host, address)?);
+        }
+        let cert = self
+            .pki
+            .sign_engine_server_csr(host, address, &facts.engine_csr_pem)
+            .map_err(|source| ControlError::EngineCsr { host: host.to_string(), source })?;
+        Ok((cert, String::new()))
     }
 
     /// Asks `host`'s agent to stop or start its Docker Engine, or to hold a role's container
@@ -441,16 +493,35 @@ pub fn swarm_age_s(received_ms: i64, sample: &v1::HealthSample, now_ms: i64) -> 
     Some(((now_ms - received_ms).max(0) + before_sample) as f64 / 1000.0)
 }
 
-/// Whether what [`ControlPlane::complete`] filled in is still what it would fill in: an
-/// assignment from before the Engine client CA (whose Engines trust the cluster CA, so
-/// every host identity) is re-issued by the next identical request.
-fn completions_current(stored: &v1::Assignment, engine_client_ca_pem: &str) -> bool {
-    stored.roles.iter().all(|r| match &r.spec {
-        Some(v1::role_spec::Spec::Manager(m)) => {
-            m.engine_tls_ca_pem.is_empty() || m.engine_tls_ca_pem == engine_client_ca_pem
+/// Whether what [`ControlPlane::complete`] filled in for `requested` is still what it would
+/// fill in: an assignment from before the Engine client CA (whose Engines trust the cluster
+/// CA, so every host identity) is re-issued by the next identical request, and so is an
+/// Engine certificate that no longer fits the host's CSR (see [`engine_cert_fits`]).
+fn completions_current(
+    stored: &v1::Assignment,
+    requested: &v1::Assignment,
+    engine_client_ca_pem: &str,
+    engine_csr_pem: &str,
+) -> bool {
+    stored.roles.iter().zip(&requested.roles).all(|(s, r)| match (&s.spec, &r.spec) {
+        (Some(v1::role_spec::Spec::Manager(s)), Some(v1::role_spec::Spec::Manager(r)))
+            if r.engine_tls_cert_pem.is_empty() =>
+        {
+            (s.engine_tls_ca_pem.is_empty() || s.engine_tls_ca_pem == engine_client_ca_pem)
+                && engine_cert_fits(s, engine_csr_pem)
         }
         _ => true,
     })
+}
+
+/// Whether a manager's stored Engine certificate fits a host whose facts carry
+/// `engine_csr_pem`: it must certify that CSR's key. That also moves a host whose agent now
+/// sends a CSR off the key the coordinator made for it (whose certificate certifies that
+/// key, not the host's) at the next deploy. Without a CSR (an older agent) the coordinator's
+/// key stays.
+fn engine_cert_fits(stored: &v1::ManagerSpec, engine_csr_pem: &str) -> bool {
+    engine_csr_pem.is_empty()
+        || crate::control_plane::pki::certifies_csr_key(&stored.engine_tls_cert_pem, engine_csr_pem)
 }
 
 /// Certificates the assignment in force (`prev`) already gave this host, copied into `a`
@@ -547,9 +618,11 @@ pub fn facts_from_proto(f: &v1::HostFacts) -> crate::control_plane::store::Facts
         cpus: f.cpus,
         memory_bytes: f.memory_bytes,
         engine_version: f.engine_version.clone(),
+        engine_csr_pem: f.engine_csr_pem.clone(),
     }
 }
 
+/// The facts as `status` shows them: without the Engine's CSR, which is for signing only.
 pub fn facts_to_proto(f: &crate::control_plane::store::Facts) -> v1::HostFacts {
     v1::HostFacts {
         hostname: f.hostname.clone(),
@@ -561,6 +634,7 @@ pub fn facts_to_proto(f: &crate::control_plane::store::Facts) -> v1::HostFacts {
         cpus: f.cpus,
         memory_bytes: f.memory_bytes,
         engine_version: f.engine_version.clone(),
+        engine_csr_pem: String::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The cluster's PKI: a CA created on first use, the coordinator's server certificate,
-//! host and operator client certificates signed from CSRs.
+//! host and operator client certificates signed from CSRs, and managers' Engine server
+//! certificates signed from the CSR each agent sends for the key it keeps for its Engine.
 //!
 //! Client certificates say what they are for in their OU, and the services check it: a
 //! host's (`flotilla-host`) may call the agent API as that host; an operator's
@@ -162,18 +163,25 @@ impl Pki {
         self.dir.join("ca.pem")
     }
 
-    /// Issues a server certificate (and its new key) for a host's Docker Engine TLS
-    /// listener: SANs are the host's address and name. Returns (certificate, key) PEMs.
+    /// Signs the CSR a host's agent sent for its Docker Engine's TLS listener (the key never
+    /// leaves the host). Everything but the public key is the coordinator's choice: subject
+    /// `CN=<host>, OU=flotilla-engine`, SANs the host's `address`, its name and 127.0.0.1
+    /// (whatever the CSR asks for is ignored), server authentication only, `CA:FALSE`. The
+    /// CSR is vetted like a host's (key algorithm, signature, CN = `host`). Returns the PEM.
+    pub fn sign_engine_server_csr(&self, host: &str, address: &str, csr_pem: &str) -> Result<String, PkiError> {
+        let der = check_csr(csr_pem, host)?;
+        let mut csr = CertificateSigningRequestParams::from_der(&der.into())
+            .map_err(|e| PkiError::BadCsr(format!("does not verify: {e}")))?;
+        csr.params = engine_server_params(host, address)?;
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+
+    /// Issues a server certificate and a new key for a host's Docker Engine TLS listener, for
+    /// an older agent that sends no CSR (see [`Pki::sign_engine_server_csr`]). Returns
+    /// (certificate, key) PEMs.
     pub fn issue_engine_server(&self, host: &str, address: &str) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = leaf_params();
-        params.distinguished_name = dn(host, "flotilla-engine");
-        params.subject_alt_names = vec![san(address)?, san(host)?, SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        set_validity(&mut params, SERVER_VALIDITY);
-        params.serial_number = Some(random_serial());
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = engine_server_params(host, address)?.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
@@ -328,6 +336,38 @@ pub fn new_key_and_csr(cn: &str) -> Result<(KeyPair, String), PkiError> {
     params.distinguished_name.push(DnType::CommonName, cn);
     let csr = params.serialize_request(&key)?;
     Ok((key, csr.pem()?))
+}
+
+/// An Engine server certificate's parameters: SANs `address`, `host`, 127.0.0.1 (the
+/// coordinator's choice, never the CSR's), server authentication only.
+fn engine_server_params(host: &str, address: &str) -> Result<CertificateParams, PkiError> {
+    let mut params = leaf_params();
+    params.distinguished_name = dn(host, "flotilla-engine");
+    params.subject_alt_names = vec![san(address)?, san(host)?, SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, SERVER_VALIDITY);
+    params.serial_number = Some(random_serial());
+    Ok(params)
+}
+
+/// Whether the certificate `cert_pem` certifies the public key of the CSR `csr_pem` (false
+/// when either does not parse): an Engine certificate signed from an older CSR does not fit
+/// the key the agent holds now.
+pub fn certifies_csr_key(cert_pem: &str, csr_pem: &str) -> bool {
+    use x509_parser::prelude::FromDer;
+    let spki_of_cert = || -> Option<Vec<u8>> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
+        Some(cert.public_key().raw.to_vec())
+    };
+    let spki_of_csr = || -> Option<Vec<u8>> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).ok()?;
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents).ok()?;
+        Some(csr.certification_request_info.subject_pki.raw.to_vec())
+    };
+    matches!((spki_of_cert(), spki_of_csr()), (Some(a), Some(b)) if a == b)
 }
 
 /// Parameters for a certificate that is not a CA: basicConstraints `CA:FALSE` stated
@@ -547,12 +587,15 @@ mod tests {
         let (_, csr) = new_key_and_csr("alice").expect("csr");
         let operator = p.sign_operator_csr("alice", &csr, Duration::from_secs(3600)).expect("op").certificate_pem;
         let (engine, _) = p.issue_engine_server("manager0", "10.0.0.5").expect("engine");
+        let (_, csr) = new_key_and_csr("manager1").expect("csr");
+        let engine_csr = p.sign_engine_server_csr("manager1", "10.0.0.6", &csr).expect("engine csr");
         let (_, bake) = throwaway_server(IpAddr::from([127, 0, 0, 1]), Duration::from_secs(60)).expect("bake");
         let bake_pem = pem_of(bake.chain[0].as_ref());
         for (what, pem) in [
             ("host", host),
             ("operator", operator),
             ("engine", engine),
+            ("engine from a CSR", engine_csr),
             ("server", p.server_pem().to_string()),
             ("bake", bake_pem),
         ] {
@@ -598,5 +641,67 @@ mod tests {
         let (_key, csr) = new_key_and_csr("node1").expect("csr");
         let err = pki.sign_host_csr("node0", &csr, HOST_CERT_VALIDITY).expect_err("other host");
         assert!(err.to_string().contains("names 'node1'"), "{err}");
+    }
+
+    /// A CSR that asks for names of its own (and a CN-less subject would be refused anyway).
+    fn engine_csr_asking_for(cn: &str, sans: &[&str]) -> (KeyPair, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("sans");
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        (key, csr)
+    }
+
+    #[test]
+    fn engine_csrs_are_signed_with_the_coordinators_names_for_the_hosts_own_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = pki(dir.path());
+        let (key, csr) = engine_csr_asking_for("manager0", &["evil.example", "10.9.9.9"]);
+        let pem = p.sign_engine_server_csr("manager0", "10.0.0.5", &csr).expect("sign");
+        let (mut sans, _, _) = server_cert_facts(&pem).expect("facts");
+        sans.sort();
+        assert_eq!(sans, ["10.0.0.5", "127.0.0.1", "manager0"], "the coordinator's SANs, not the CSR's");
+        assert!(certifies_csr_key(&pem, &csr), "the certificate is for the host's own key");
+        let id = tls::Identity::from_pem("engine", &pem, &key.serialize_pem()).expect("pem");
+        id.check_keys_match().expect("the certificate is for the host's key");
+        let (_, other) = new_key_and_csr("manager0").expect("csr");
+        assert!(!certifies_csr_key(&pem, &other), "another key's CSR is not certified");
+
+        let der = tls::certs_from_pem("engine", &pem).expect("pem");
+        let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).expect("parse");
+        let ca_der = tls::certs_from_pem("ca", p.ca_pem()).expect("ca");
+        let (_, ca) = x509_parser::parse_x509_certificate(ca_der[0].as_ref()).expect("ca");
+        cert.verify_signature(Some(ca.public_key())).expect("signed by the cluster CA");
+        let eku = cert.extended_key_usage().expect("well-formed").expect("EKU").value;
+        assert!(eku.server_auth && !eku.client_auth, "server authentication only: {eku:?}");
+        let bc = cert.basic_constraints().expect("well-formed").expect("basicConstraints").value;
+        assert!(!bc.ca, "the CSR asked for CA:TRUE; the certificate must say CA:FALSE");
+        let id = tls::identity_of(&der[0]).expect("identity");
+        assert_eq!((id.common_name.as_str(), id.organizational_unit.as_str()), ("manager0", "flotilla-engine"));
+    }
+
+    #[test]
+    fn bad_engine_csrs_are_refused_with_the_reason() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = pki(dir.path());
+        let err = p.sign_engine_server_csr("manager0", "10.0.0.5", "garbage").expect_err("garbage");
+        assert!(err.to_string().contains("not a PEM"), "{err}");
+        let (_, csr) = new_key_and_csr("manager1").expect("csr");
+        let err = p.sign_engine_server_csr("manager0", "10.0.0.5", &csr).expect_err("another host's");
+        assert!(err.to_string().contains("names 'manager1'"), "{err}");
+        // The same CSR with its signature's last byte flipped.
+        let (_, csr) = new_key_and_csr("manager0").expect("csr");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(csr.as_bytes()).expect("pem");
+        let mut der = pem.contents.clone();
+        *der.last_mut().expect("bytes") ^= 0x01;
+        let forged = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&der)
+        );
+        let err = p.sign_engine_server_csr("manager0", "10.0.0.5", &forged).expect_err("bad signature");
+        assert!(err.to_string().contains("signature does not verify"), "{err}");
     }
 }

@@ -61,6 +61,7 @@ impl IntoStatus for ControlError {
                 Status::invalid_argument(self.to_string())
             }
             ControlError::NotConnected(_) => Status::unavailable(self.to_string()),
+            ControlError::EngineCsr { .. } => Status::failed_precondition(self.to_string()),
             ControlError::Store(_) | ControlError::Pki(_) => Status::internal(self.to_string()),
         }
     }

@@ -102,6 +102,10 @@ pub struct Facts {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub engine_version: String,
+    /// The CSR for the key the host keeps for its Engine's TLS listener (`HostFacts.
+    /// engine_csr_pem`); empty from an older agent, and in records stored before it existed.
+    #[serde(default)]
+    pub engine_csr_pem: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -530,6 +534,18 @@ fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host record as stored before facts carried the Engine's CSR still decodes.
+    #[test]
+    fn host_records_from_before_the_engine_csr_decode() {
+        let old = r#"{"name":"manager0","host_id":"h-1","enrolled_unix_ms":1,"last_seen_unix_ms":2,"roles":["manager"],
+            "certs":[],"revoked":false,"agent_version":"0.1.0","facts":{"hostname":"manager0","instance_id":"",
+            "private_addresses":["10.0.0.5"],"os":"Debian","kernel":"6","arch":"x86_64","cpus":2,"memory_bytes":1,
+            "engine_version":"20.10"}}"#;
+        let rec: HostRecord = decode("hosts", "manager0", old.as_bytes()).expect("old record decodes");
+        assert_eq!(rec.facts.private_addresses, ["10.0.0.5"]);
+        assert_eq!(rec.facts.engine_csr_pem, "");
+    }
 
     #[test]
     fn records_survive_reopen_and_failed_transactions_write_nothing() {
