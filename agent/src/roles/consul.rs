@@ -149,8 +149,12 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
             return Ok(status(Role::Consul, RoleState::Starting, "container started"));
         }
     }
-    let health = health(spec.bootstrap_expect).await;
-    Ok(keep_acl(ctx, spec, health).await)
+    let view = view().await;
+    let health = health(view.as_ref(), spec.bootstrap_expect);
+    Ok(match view {
+        Some(v) if v.leader == format!("{}:{RPC_PORT}", ctx.host_address) => keep_acl(ctx, spec, health).await,
+        _ => health,
+    })
 }
 
 async fn create(
@@ -196,10 +200,6 @@ async fn create(
 /// On the host whose Consul leads: converges the cluster's ACL objects ([`acl`]) and says
 /// so in `health`'s message; a failure degrades the role with Consul's own answer.
 async fn keep_acl(ctx: &RoleCtx<'_>, spec: &ConsulSpec, health: RoleStatus) -> RoleStatus {
-    let Some(view) = view().await else { return health };
-    if view.leader != format!("{}:{RPC_PORT}", ctx.host_address) {
-        return health;
-    }
     let c = Consul::new(&format!("127.0.0.1:{HTTP_PORT}")).with_token(&spec.management_token);
     let dc = if spec.datacenter.is_empty() { "dc1" } else { spec.datacenter.as_str() };
     match acl::ensure(&c, ctx.cluster, dc, &spec.tokens).await {
@@ -252,8 +252,8 @@ pub async fn view() -> Option<ConsulView> {
     Some(ConsulView { leader, peers })
 }
 
-async fn health(expect: u32) -> RoleStatus {
-    match view().await {
+fn health(view: Option<&ConsulView>, expect: u32) -> RoleStatus {
+    match view {
         None => status(Role::Consul, RoleState::Starting, "Consul's HTTP API does not answer yet"),
         Some(v) if v.leader.is_empty() => {
             status(Role::Consul, RoleState::Starting, format!("no leader yet ({} of {expect} servers)", v.peers.len()))

@@ -115,42 +115,38 @@ pub(super) async fn join_data(
     cluster: &str,
     token: &str,
 ) -> Result<(String, String), JoinDataError> {
-    let key = agent_swarm::key(cluster, "join");
-    let mut last = JoinDataError::NoServer { key: key.clone() };
+    let mut last = JoinDataError::NoServer { key: agent_swarm::key(cluster, "join") };
     for m in members {
-        last = match join_records(&client(&m.ip, token), cluster).await {
+        match join_records(&client(&m.ip, token), cluster, &m.name).await {
             Ok(cluster_id) => return Ok((m.name.clone(), cluster_id)),
-            Err(e) => e(m.name.clone()),
-        };
+            Err(e) => last = e,
+        }
     }
     Err(last)
 }
 
-type ViaError = Box<dyn FnOnce(String) -> JoinDataError + Send>;
-
-/// Both join records through `c`, complete and naming the same swarm: its cluster id.
-async fn join_records(c: &Consul, cluster: &str) -> Result<String, ViaError> {
-    let manager: ManagerJoin = record(c, &agent_swarm::key(cluster, "join")).await?;
-    let worker: WorkerJoin = record(c, &agent_swarm::key(cluster, "worker")).await?;
+/// Both join records through `c` (the server `via`), complete and naming the same swarm:
+/// its cluster id.
+async fn join_records(c: &Consul, cluster: &str, via: &str) -> Result<String, JoinDataError> {
+    let manager: ManagerJoin = record(c, &agent_swarm::key(cluster, "join"), via).await?;
+    let worker: WorkerJoin = record(c, &agent_swarm::key(cluster, "worker"), via).await?;
     let complete = !manager.cluster_id.is_empty()
         && !manager.manager_token.is_empty()
         && !worker.worker_token.is_empty()
         && worker.cluster_id == manager.cluster_id;
     if !complete {
-        let key = agent_swarm::key(cluster, "join");
-        return Err(Box::new(move |via| JoinDataError::Incomplete { key, via }));
+        return Err(JoinDataError::Incomplete { key: agent_swarm::key(cluster, "join"), via: via.to_string() });
     }
     Ok(manager.cluster_id)
 }
 
-/// One record, parsed; the error still needs the server's name.
-async fn record<T: serde::de::DeserializeOwned>(c: &Consul, key: &str) -> Result<T, ViaError> {
-    let key = key.to_string();
+/// One join record through `c` (the server `via`), parsed.
+async fn record<T: serde::de::DeserializeOwned>(c: &Consul, key: &str, via: &str) -> Result<T, JoinDataError> {
+    let (key, via) = (key.to_string(), via.to_string());
     match timed(CALL_TIMEOUT * 2, c.get(&key)).await {
-        Ok(Some(e)) => serde_json::from_slice::<T>(&e.value)
-            .map_err(|error| -> ViaError { Box::new(move |via| JoinDataError::Parse { key, via, error }) }),
-        Ok(None) => Err(Box::new(move |via| JoinDataError::Missing { key, via })),
-        Err(error) => Err(Box::new(move |via| JoinDataError::Call { key, via, error })),
+        Ok(Some(e)) => serde_json::from_slice::<T>(&e.value).map_err(|error| JoinDataError::Parse { key, via, error }),
+        Ok(None) => Err(JoinDataError::Missing { key, via }),
+        Err(error) => Err(JoinDataError::Call { key, via, error }),
     }
 }
 
