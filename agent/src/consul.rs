@@ -1,6 +1,12 @@
 //! A small client for the Consul HTTP API (the discovery backend): leader and peers for
-//! health, and KV with check-and-set for the swarm's join data. Plain HTTP to the local
-//! Consul server or one on the cluster's private network (see `roles::consul`).
+//! health, KV with check-and-set for the swarm's join data, and the ACL objects the Consul
+//! servers keep (`consul/acl.rs`). Plain HTTP to the local Consul server or one on the
+//! cluster's private network (see `roles::consul`), every call with the client's ACL token
+//! (`X-Consul-Token`): Consul runs with ACLs on and the default policy deny.
+
+mod acl;
+
+pub use acl::{AclPolicy, AclToken, NodeIdentity, PolicyLink};
 
 use std::time::Duration;
 
@@ -18,6 +24,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ConsulError {
     #[error("Consul at {addr}: {detail}")]
     Unreachable { addr: String, detail: String },
+    /// 403: the token does not allow the call (or Consul does not know the token yet).
+    #[error(
+        "Consul at {addr} refused {what} ({body}): the ACL token lacks the permission, or Consul does not know it (yet)"
+    )]
+    Denied { addr: String, what: String, body: String },
     #[error("Consul at {addr} answered {status} to {what}: {body}")]
     Status { addr: String, what: String, status: u16, body: String },
     #[error("Consul at {addr}: unexpected answer to {what}: {detail}")]
@@ -27,7 +38,15 @@ pub enum ConsulError {
 #[derive(Clone)]
 pub struct Consul {
     addr: String,
+    /// The ACL token sent with every call (empty: none, Consul's anonymous token).
+    token: String,
     client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Consul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consul").field("addr", &self.addr).field("token", &!self.token.is_empty()).finish()
+    }
 }
 
 /// One server in autopilot's health report.
@@ -58,11 +77,22 @@ pub struct KvEntry {
 }
 
 impl Consul {
-    /// `addr` is `host:port` of a Consul HTTP API.
+    /// `addr` is `host:port` of a Consul HTTP API. Calls carry no token (Consul's anonymous
+    /// token: enough for `/v1/status/*` only); see [`Consul::with_token`].
     pub fn new(addr: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        Self { addr: addr.to_string(), client: Client::builder(TokioExecutor::new()).build(connector) }
+        Self {
+            addr: addr.to_string(),
+            token: String::new(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// The same client, its calls made with the ACL token `token`.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = token.to_string();
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -71,9 +101,11 @@ impl Consul {
 
     async fn call(&self, method: http::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), ConsulError> {
         let uri = format!("http://{}{}", self.addr, path);
-        let req = http::Request::builder()
-            .method(method)
-            .uri(&uri)
+        let mut req = http::Request::builder().method(method).uri(&uri);
+        if !self.token.is_empty() {
+            req = req.header("X-Consul-Token", &self.token);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ConsulError::Unreachable { addr: self.addr.clone(), detail: e.to_string() })?;
         let fut = async {
@@ -100,6 +132,12 @@ impl Consul {
     fn expect_ok(&self, what: &str, status: u16, body: &Bytes) -> Result<(), ConsulError> {
         if (200..300).contains(&status) {
             Ok(())
+        } else if status == 403 {
+            Err(ConsulError::Denied {
+                addr: self.addr.clone(),
+                what: what.to_string(),
+                body: String::from_utf8_lossy(body).trim().to_string(),
+            })
         } else {
             Err(ConsulError::Status {
                 addr: self.addr.clone(),
@@ -147,6 +185,12 @@ impl Consul {
             servers: Vec<ServerHealth>,
         }
         Ok(self.decode::<Raw>(what, &body)?.servers)
+    }
+
+    /// Asks the agent to leave the cluster gracefully (`consul leave`; needs `agent:write`).
+    pub async fn leave(&self) -> Result<(), ConsulError> {
+        let (status, body) = self.call(http::Method::PUT, "/v1/agent/leave", None).await?;
+        self.expect_ok("PUT agent/leave", status, &body)
     }
 
     /// Reads a key; `None` when it does not exist.

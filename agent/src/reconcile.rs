@@ -195,13 +195,8 @@ impl Reconciler {
 /// Removes the roles `specs` does not assign, in reverse dependency order: node, manager
 /// (demoted first), consul. Failures are logged; the next pass tries again.
 async fn remove_unassigned(ctx: &RoleCtx<'_>, specs: &Specs<'_>) {
-    let consul_addrs: Vec<String> = specs
-        .manager
-        .map(|m| m.consul_http_addrs.clone())
-        .or_else(|| specs.node.map(|n| n.consul_http_addrs.clone()))
-        .unwrap_or_default();
     if specs.manager.is_none()
-        && let Err(e) = manager::remove(ctx, &consul_addrs, specs.node.is_some()).await
+        && let Err(e) = manager::remove(ctx, specs.node.is_some()).await
     {
         tracing::warn!(error = %e, "removing the manager role");
     }

@@ -64,6 +64,17 @@ pub enum RoleError {
     ForeignSwarmWorker { managers: Vec<String>, ours: String },
     #[error("invalid spec: {0}")]
     Spec(String),
+    #[error(transparent)]
+    ConsulConfig(#[from] consul::config::ConfigError),
+}
+
+/// A host name as the cluster uses them (a DNS label).
+pub fn valid_host(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 pub fn status(role: Role, state: RoleState, message: impl Into<String>) -> RoleStatus {

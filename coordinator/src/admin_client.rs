@@ -66,3 +66,23 @@ pub fn connect_remote(bundle: &Path) -> Result<AdminClient<Channel>, ConnectErro
     let channel = tls::channel(&endpoint, config).map_err(|e| ConnectError::Remote(e.to_string()))?;
     Ok(AdminClient::new(channel).max_decoding_message_size(MAX_ADMIN_MESSAGE))
 }
+
+/// Waits (bounded: in-flight RPCs get 5 s, lingering sessions 5 s more) until a control
+/// plane that was told to shut down removed its socket, which it does last, after closing the
+/// store. Past the bound the caller goes on as if it were gone (`stop`, `destroy`).
+pub async fn wait_gone(socket: &Path) {
+    use crate::poll::{Attempt, poll_until};
+    let _ = poll_until(
+        "the control plane to remove its admin socket",
+        std::time::Instant::now() + std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(25),
+        || async {
+            Ok::<_, std::convert::Infallible>(if socket.exists() {
+                Attempt::NotYet(format!("{} is still there", socket.display()))
+            } else {
+                Attempt::Done(())
+            })
+        },
+    )
+    .await;
+}

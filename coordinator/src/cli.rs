@@ -13,13 +13,26 @@
 //! - [`status`]: `status` — the host table and its JSON ([`status::StatusView`]).
 //! - [`tokens`], [`hosts`], [`operator`], [`audit`]: `token create`, `host revoke`,
 //!   `operator-cert create | list | revoke`, `audit`.
-//! - [`stop`], [`init`], [`iam_policy`], [`lab_images`], [`env`]: the small commands.
+//! - [`stop`], [`init`], [`iam_policy`], [`lab_images`], [`env`], [`completions`]: the small
+//!   commands.
 //! - [`deploy`] (with the flags `plan` shares), [`plan`], [`destroy`], [`logs`],
 //!   [`failover_test`], [`bake`].
+
+/// `println!` that ends the process quietly when stdout is a closed pipe ([`crate::ui::out`]).
+macro_rules! outln {
+    () => { $crate::ui::out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::ui::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!`, the same way.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::ui::out(format_args!($($arg)*)) };
+}
 
 pub mod args;
 pub mod audit;
 pub mod bake;
+pub mod completions;
 pub mod deploy;
 pub mod destroy;
 pub mod env;
@@ -200,6 +213,8 @@ pub enum Command {
     /// Bake a host image with Docker Engine and the agent installed (lab: a local image; aws:
     /// an AMI), for `deploy --image`: hosts booted from it skip both installations.
     Bake(bake::BakeArgs),
+    /// Print a completion script for your shell (bash, zsh, fish, …).
+    Completions(completions::CompletionsArgs),
 }
 
 /// An error with the exit code it deserves. A variant wrapping an error whose message
@@ -253,12 +268,8 @@ pub enum CliError {
     /// Building the lab's images failed (`lab-images`).
     #[error("{0}")]
     LabImages(crate::providers::lab::images::ImageError),
-    /// The provider failed while `destroy` removed the cluster.
-    #[error("{0}")]
-    Provider(crate::providers::ProviderError),
-    /// AWS failed while `destroy` removed the cluster; its state is kept for a re-run.
-    #[error("{0}; the cluster's state is kept: re-run `coordinator destroy` once fixed")]
-    DestroyKept(crate::providers::ProviderError),
+    #[error(transparent)]
+    Destroy(#[from] crate::ops::destroy::DestroyError),
     /// A file or directory the command writes or removes.
     #[error("{}: {error}", path.display())]
     File { path: PathBuf, error: std::io::Error },
@@ -295,6 +306,8 @@ impl CliError {
                 crate::providers::lab::LabError::NoImage { .. },
             ))) => EXIT_USAGE,
             CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
+            // A refusal, as the failover drill's: nothing was done.
+            CliError::Destroy(crate::ops::destroy::DestroyError::NothingFound { .. }) => EXIT_USAGE,
             // The shell's convention: 128 + the signal's number.
             CliError::Failover(crate::ops::failover::FailoverError::Interrupted { signal, .. }) => {
                 if *signal == "SIGTERM" { 143 } else { 130 }
@@ -308,7 +321,7 @@ impl CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let g = match &cli.command {
         // Commands that act on no cluster do not read ./flotilla.toml for its name.
-        Command::Init(_) | Command::LabImages => cli.global,
+        Command::Init(_) | Command::LabImages | Command::Completions(_) => cli.global,
         _ => cli.global.resolve()?,
     };
     match cli.command {
@@ -330,5 +343,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logs(args) => logs::run(&g, args).await,
         Command::FailoverTest(args) => failover_test::run(&g, args).await,
         Command::Bake(args) => bake::run(&g, args).await,
+        Command::Completions(args) => completions::run(args),
     }
 }

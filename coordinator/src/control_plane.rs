@@ -12,6 +12,8 @@
 //!   an operator certificate checked per call), minting and revoking operator certificates,
 //!   minting Engine client certificates.
 //! - [`pki`]: the cluster CA, the server certificate, signing host and operator CSRs.
+//! - [`consul`]: what Consul gets: the management (operator) token, per-host ACL tokens,
+//!   the Consul CA and its server certificates.
 //! - [`tokens`]: one-time join tokens (mint, check, consume).
 //! - [`enroll`]: where an agent's enrollment is checked (token + CSR → certificate).
 //! - [`session`]: one agent session's life and its certificate's renewal;
@@ -33,6 +35,7 @@ pub mod agent_api;
 pub mod agent_binary;
 pub mod audit;
 pub mod clock;
+pub mod consul;
 pub mod core;
 pub mod descriptors;
 pub mod enroll;

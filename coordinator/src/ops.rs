@@ -6,12 +6,15 @@
 //! - [`plan`]: config → hosts → roles; what `plan` / `deploy --dry-run` prints.
 //! - [`deploy`]: converge a cluster to its plan (launch, enroll, assign, verify, scale down).
 //! - [`verify`]: Swarm's and Consul's own views of the cluster, and the smoke test.
+//! - [`destroy`]: remove a cluster — refused when its state records hosts the provider
+//!   cannot find.
 //! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
 //! - [`bake`]: a host image with the Engine and the agent installed.
 
 pub mod bake;
 pub mod cluster_config;
 pub mod deploy;
+pub mod destroy;
 pub mod failover;
 pub mod plan;
 pub mod verify;

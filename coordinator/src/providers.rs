@@ -52,6 +52,51 @@ pub struct Host {
     pub private_ip: Option<IpAddr>,
 }
 
+/// A host that is down and will not come up by itself (a deploy waiting for it fails at
+/// once, naming it): what the provider says of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostDown {
+    pub host: String,
+    /// What it is at the provider (`lab container flotilla-x-node0`, `instance i-…`).
+    pub what: String,
+    /// The provider's state (`exited`, `created`, `dead`, `stopped`, …).
+    pub state: String,
+    pub exit_code: Option<i64>,
+    /// The provider's own error for it (the Engine's, when a start failed).
+    pub error: String,
+    /// Its last console lines, oldest first.
+    pub last_lines: Vec<String>,
+}
+
+impl HostDown {
+    pub fn new(host: &str, what: String, state: &str) -> Self {
+        Self {
+            host: host.to_string(),
+            what,
+            state: state.to_string(),
+            exit_code: None,
+            error: String::new(),
+            last_lines: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for HostDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\n  {} ({}) is {}", self.host, self.what, self.state)?;
+        if let Some(code) = self.exit_code {
+            write!(f, ", exit code {code}")?;
+        }
+        if !self.error.is_empty() {
+            write!(f, "; the provider says: {}", self.error)?;
+        }
+        match self.last_lines.as_slice() {
+            [] => write!(f, "; it printed nothing"),
+            lines => write!(f, "; its last lines:\n      {}", lines.join("\n      ")),
+        }
+    }
+}
+
 /// The cluster's network as the provider set it up.
 #[derive(Clone, Debug)]
 pub struct Network {
@@ -114,8 +159,8 @@ impl Provider {
             let settings = record.aws.clone().unwrap_or_default();
             return Ok(Provider::Aws(aws::Aws::connect(cluster, &settings, state_dir).await?));
         }
-        let docker = lab::connect_engine().await.map_err(|e| lab::LabError::Engine(e.to_string()))?;
-        Ok(Provider::Lab(lab::Lab::new(docker, cluster, state_dir, Default::default())))
+        let engine = lab::engine::LabEngine::connect(record.lab.clone().unwrap_or_default().engine()).await?;
+        Ok(Provider::Lab(lab::Lab::new(engine, cluster, state_dir, Default::default())))
     }
 
     /// Removes everything the cluster owns at the provider; idempotent. Returns what it
@@ -130,6 +175,25 @@ impl Provider {
         })
     }
 
+    /// Where the provider looks for the cluster's hosts, for messages: the lab's Engine, or
+    /// AWS's region and endpoint.
+    pub fn location(&self) -> String {
+        match self {
+            Provider::Lab(l) => format!("on the Docker Engine at {}", l.engine),
+            Provider::Aws(a) => format!("in AWS region {} at {}", a.region, a.endpoint),
+        }
+    }
+
+    /// What points the provider elsewhere, for messages.
+    pub fn pointed_by(&self) -> &'static str {
+        match self {
+            Provider::Lab(_) => "with FLOTILLA_LAB_DOCKER_HOST; DOCKER_HOST is never used for the lab",
+            Provider::Aws(_) => {
+                "with --region, --endpoint-url or other AWS credentials: AWS_PROFILE, AWS_ACCESS_KEY_ID, …"
+            }
+        }
+    }
+
     pub fn kind(&self) -> ProviderKind {
         match self {
             Provider::Lab(_) => ProviderKind::Lab,
@@ -142,6 +206,24 @@ impl Provider {
         Ok(match self {
             Provider::Lab(l) => l.describe().await?,
             Provider::Aws(a) => a.describe().await?,
+        })
+    }
+
+    /// Of `names`, the hosts that are down and will not come up by themselves (lab: a
+    /// container never started, exited, dead or gone; EC2: an instance stopping or stopped).
+    pub async fn not_running(&self, names: &[String]) -> Result<Vec<HostDown>, ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => l.not_running(names).await?,
+            Provider::Aws(a) => a
+                .describe()
+                .await?
+                .into_iter()
+                .filter(|h| names.contains(&h.name) && matches!(h.state, HostState::Stopping | HostState::Stopped))
+                .map(|h| {
+                    let state = format!("{:?}", h.state).to_lowercase();
+                    HostDown::new(&h.name, format!("instance {}", h.instance_id), &state)
+                })
+                .collect(),
         })
     }
 
@@ -185,6 +267,9 @@ pub struct ProviderRecord {
     pub provider: ProviderKind,
     #[serde(default)]
     pub aws: Option<aws::AwsSettings>,
+    /// The lab's Engine as `deploy` reached it (`[lab]`).
+    #[serde(default)]
+    pub lab: Option<lab::LabSettings>,
 }
 
 impl ProviderRecord {
@@ -197,10 +282,32 @@ impl ProviderRecord {
         std::fs::read(Self::path(state_dir))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(ProviderRecord { provider: ProviderKind::Lab, aws: None })
+            .unwrap_or(ProviderRecord { provider: ProviderKind::Lab, aws: None, lab: None })
     }
 
     pub fn save(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
         flotilla_proto::fs::write_private(&Self::path(state_dir), &serde_json::to_vec_pretty(self).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostDown;
+
+    #[test]
+    fn a_host_that_is_down_is_named_with_its_state_the_providers_error_and_its_last_lines() {
+        let mut never = HostDown::new("node2", "lab container flotilla-x-node2".into(), "created");
+        never.error = "failed to create shim task: no space left on device".into();
+        assert_eq!(
+            never.to_string(),
+            "\n  node2 (lab container flotilla-x-node2) is created; the provider says: failed to create shim task: no space left on device; it printed nothing"
+        );
+        let mut exited = HostDown::new("node0", "lab container flotilla-x-node0".into(), "exited");
+        exited.exit_code = Some(137);
+        exited.last_lines = vec!["Reached target Power-Off.".into(), "System is powering down.".into()];
+        assert_eq!(
+            exited.to_string(),
+            "\n  node0 (lab container flotilla-x-node0) is exited, exit code 137; its last lines:\n      Reached target Power-Off.\n      System is powering down."
+        );
     }
 }

@@ -133,3 +133,77 @@ mod tests {
         );
     }
 }
+
+/// The exit code when stdout is a closed pipe (`coordinator status | head -1`): 128 + SIGPIPE,
+/// what a shell reports for other CLIs in that place.
+pub const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Writes to stdout, as `print!` does, except that a closed pipe ends the process quietly
+/// ([`EXIT_BROKEN_PIPE`]) instead of panicking; any other write error is named on stderr
+/// (exit 1). The CLI prints through `outln!`/`out!`, which call this.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(EXIT_BROKEN_PIPE),
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// How to run this program in a hint: `coordinator` when that name on `PATH` is this very
+/// executable (after `cargo install --path coordinator`), else this executable's path (e.g.
+/// `target/release/coordinator` after `cargo run`), so the hint works when pasted.
+pub fn self_command() -> String {
+    command_for(std::env::current_exe().ok().as_deref(), std::env::var_os("PATH").as_deref())
+}
+
+fn command_for(exe: Option<&std::path::Path>, path: Option<&std::ffi::OsStr>) -> String {
+    let Some(exe) = exe else {
+        return "coordinator".into();
+    };
+    let real = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let first_on_path =
+        path.into_iter().flat_map(std::env::split_paths).map(|d| d.join("coordinator")).find(|c| c.is_file());
+    match first_on_path {
+        Some(c) if real(&c) == real(exe) => "coordinator".into(),
+        _ => shell_word(&exe.display().to_string()),
+    }
+}
+
+/// `s` as one shell word: as it is when plain, else single-quoted.
+fn shell_word(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod self_command_tests {
+    use super::command_for;
+
+    #[test]
+    fn the_hint_names_coordinator_only_when_path_finds_this_executable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        let build = dir.path().join("my build/release");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::fs::create_dir_all(&build).expect("build");
+        let installed = bin.join("coordinator");
+        std::fs::write(&installed, b"x").expect("write");
+        let built = build.join("coordinator");
+        std::fs::write(&built, b"y").expect("write");
+        let path = std::env::join_paths([&bin]).expect("PATH");
+        assert_eq!(command_for(Some(&installed), Some(&path)), "coordinator");
+        // Another `coordinator` on PATH is not this one: the path, quoted for the shell.
+        let quoted = format!("'{}'", built.display());
+        assert_eq!(command_for(Some(&built), Some(&path)), quoted);
+        assert_eq!(command_for(Some(&built), None), quoted);
+    }
+}

@@ -148,6 +148,14 @@ async fn bind_retry(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
     panic!("could not rebind {addr}: {last:?}");
 }
 
+/// The lab's Engine as the lab provider finds it (`FLOTILLA_LAB_DOCKER_HOST`, else the local
+/// socket; never `DOCKER_HOST`). Fails loudly when it does not answer: these tests need it.
+pub async fn lab_engine() -> flotilla_coordinator::providers::lab::engine::LabEngine {
+    flotilla_coordinator::providers::lab::engine::LabEngine::local()
+        .await
+        .unwrap_or_else(|e| panic!("the lab's Docker Engine must answer: these tests need it: {e}"))
+}
+
 /// Polls `f` until it returns `Some`, every 20 ms, for at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

@@ -498,11 +498,10 @@ async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_th
     // What a failed earlier run left: its control plane, its state, its lab hosts.
     let _ = c.command().args(["--cluster", CLUSTER, "stop"]).output();
     let _ = std::fs::remove_dir_all(&c.state_root);
-    let docker = bollard::Docker::connect_with_defaults().expect("the local Docker Engine (the lab needs it)");
-    let docker = docker.negotiate_version().await.expect("the local Docker Engine answers");
-    let images = flotilla_coordinator::providers::lab::images::ensure(true).await.expect("lab images");
+    let engine = flotilla_tests::lab_engine().await;
+    let images = flotilla_coordinator::providers::lab::images::ensure(true, &engine.address).await.expect("lab images");
     let lab_state = tempfile::tempdir().expect("tempdir");
-    let lab = flotilla_coordinator::providers::lab::Lab::new(docker, CLUSTER, lab_state.path(), images);
+    let lab = flotilla_coordinator::providers::lab::Lab::new(engine, CLUSTER, lab_state.path(), images);
     lab.destroy().await.expect("clean lab");
     let (network, refs) = lab
         .ensure(&[(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")])

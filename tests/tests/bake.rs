@@ -360,13 +360,10 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
 
     // One host of the lab cluster `baked`, booted from that image, against a control plane on
     // the lab network that serves this build's agent.
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .expect("the machine's Docker Engine")
-        .negotiate_version()
-        .await
-        .expect("the Docker Engine must answer");
+    let engine = flotilla_tests::lab_engine().await;
+    let images = lab::images::ensure(true, &engine.address).await.expect("images");
     let state = tempfile::tempdir().expect("tempdir");
-    let lab = Lab::new(docker, "baked", state.path(), lab::images::ensure(true).await.expect("images"));
+    let lab = Lab::new(engine, "baked", state.path(), images);
     lab.destroy().await.expect("clean start");
     let (_, base) = lab.ensure_network().await.expect("network");
     let gateway = std::net::Ipv4Addr::from(u32::from(base) | 1);

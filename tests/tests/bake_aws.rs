@@ -232,11 +232,10 @@ async fn bake_with_lab_builder(
 async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_ami_then_reuses_it() {
     let c = Cli::new("bakeaws");
     let cwd = tempfile::tempdir().expect("tempdir");
-    let docker_api = bollard::Docker::connect_with_defaults().expect("the local Docker Engine (the lab needs it)");
-    let docker_api = docker_api.negotiate_version().await.expect("the local Docker Engine answers");
-    let images = flotilla_coordinator::providers::lab::images::ensure(true).await.expect("lab images");
+    let engine = flotilla_tests::lab_engine().await;
+    let images = flotilla_coordinator::providers::lab::images::ensure(true, &engine.address).await.expect("lab images");
     let lab_state = tempfile::tempdir().expect("tempdir");
-    let lab = flotilla_coordinator::providers::lab::Lab::new(docker_api, c.cluster, lab_state.path(), images);
+    let lab = flotilla_coordinator::providers::lab::Lab::new(engine, c.cluster, lab_state.path(), images);
     lab.destroy().await.expect("clean lab");
     let (_, base) = lab.ensure_network().await.expect("lab network");
     let o = base.octets();

@@ -208,15 +208,22 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert!(hosts.iter().all(|h| h["connected"] == true));
     assert!(st["swarm"]["leader"].as_str().unwrap_or("").starts_with("manager"), "{}", st["swarm"]);
 
-    // Join data is in Consul's KV, where managers and nodes found each other.
+    // Join data is in Consul's KV, where managers and nodes found each other: listed with
+    // the operator's Consul token, and not at all without a token (issue 14).
     let leader_ip = r["swarm"]["leader_ip"].as_str().expect("leader ip").to_string();
+    let operator_token = std::fs::read_to_string(state_root().join(CLUSTER).join("consul-operator.token"))
+        .expect("the operator's Consul token");
+    let keys_url = format!("http://{leader_ip}:8500/v1/kv/flotilla/{CLUSTER}/swarm/?keys");
     let kv = Command::new("curl")
-        .args(["-sf", &format!("http://{leader_ip}:8500/v1/kv/flotilla/{CLUSTER}/swarm/?keys")])
+        .args(["-sf", "-H", &format!("X-Consul-Token: {}", operator_token.trim()), &keys_url])
         .output()
         .expect("curl");
     let keys = stdout(&kv);
     assert!(keys.contains(&format!("flotilla/{CLUSTER}/swarm/join")), "{keys}");
+    assert!(keys.contains(&format!("flotilla/{CLUSTER}/swarm/worker")), "{keys}");
     assert_eq!(keys.matches("/swarm/managers/").count(), 3, "{keys}");
+    let anonymous = Command::new("curl").args(["-s", &keys_url]).output().expect("curl");
+    assert!(!stdout(&anonymous).contains("/swarm/"), "an anonymous client lists no key: {}", stdout(&anonymous));
 
     // 2. The plain docker CLI with what `coordinator env` prints lists the nodes; without
     //    the client certificate the Engine refuses.
@@ -398,7 +405,10 @@ fn bad_assignments(any_manager_ip: &str) {
         let addr = node1.facts.as_ref().and_then(|f| f.private_addresses.first().cloned()).expect("address");
         let consul_http = vec![format!("{any_manager_ip}:8500")];
         let node_spec = v1::RoleSpec {
-            spec: Some(v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone() })),
+            spec: Some(v1::role_spec::Spec::Node(v1::NodeSpec {
+                consul_http_addrs: consul_http.clone(),
+                ..Default::default()
+            })),
         };
 
         // Malformed: a Consul server expecting 0 servers.

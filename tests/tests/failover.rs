@@ -292,13 +292,17 @@ fn interrupted_drill_is_undone() {
     assert!(drill_service_left(other).is_empty(), "the drill's hello service was left behind");
 }
 
-/// Consul's key `flotilla/<cluster>/<rest>`, as the HTTP status of a GET through `ip`.
-fn consul_key_status(ip: &str, rest: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
-        .arg(format!("http://{ip}:8500/v1/kv/flotilla/{CLUSTER}/{rest}"))
-        .output()
-        .expect("curl");
+/// Consul's key `flotilla/<cluster>/<rest>`, as the HTTP status of a GET through `ip` with
+/// the operator's Consul token (`with_token`) or none.
+fn consul_key_status(ip: &str, rest: &str, with_token: bool) -> String {
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"]);
+    if with_token {
+        let token = std::fs::read_to_string(cli().state_root.join(CLUSTER).join("consul-operator.token"))
+            .expect("the operator's Consul token");
+        curl.args(["-H", &format!("X-Consul-Token: {}", token.trim())]);
+    }
+    let out = curl.arg(format!("http://{ip}:8500/v1/kv/flotilla/{CLUSTER}/{rest}")).output().expect("curl");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -341,8 +345,11 @@ fn issue_7_failover_drills_elect_a_new_leader_keep_the_workload_and_rejoin_the_o
         hosts.iter().find(|h| h["name"] == name).and_then(|h| h["addresses"][0].as_str()).expect("address").to_string()
     };
     let new_ip = ip_of(r["new_leader"].as_str().unwrap_or(""));
-    assert_eq!(consul_key_status(&new_ip, "swarm/join"), "200", "the swarm's join data is readable after the drill");
-    assert_eq!(consul_key_status(&new_ip, "drill/kv-probe"), "404", "the drill's KV probe key was removed");
+    for record in ["swarm/join", "swarm/worker"] {
+        assert_eq!(consul_key_status(&new_ip, record, true), "200", "{record} is readable after the drill");
+        assert_eq!(consul_key_status(&new_ip, record, false), "403", "{record} without a token (issue 14)");
+    }
+    assert_eq!(consul_key_status(&new_ip, "drill/kv-probe", true), "404", "the drill's KV probe key was removed");
     let names = strings(&r, "election_lines");
     assert!(
         names.iter().all(|l| !l.contains("/engine |")),

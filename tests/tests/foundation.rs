@@ -494,3 +494,77 @@ async fn issue_7_role_actions_reach_the_agent_with_their_role_and_lease_and_bad_
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(audit_kinds(&coord).await.iter().filter(|k| *k == "engine.action").count() >= 3);
 }
+
+/// Issue 14: a Consul server's spec lists every host's Consul token, so adding a node gives
+/// the managers a new generation. What the control plane filled in before must carry over —
+/// new certificates would restart the manager's Engine (its 2376 listener) and recreate its
+/// Consul container — and the tokens it derives stay the same.
+#[tokio::test]
+async fn issue_14_a_new_generation_keeps_the_certificates_and_tokens_in_force() {
+    let coord = Coord::start(|_| {}).await;
+    let token = coord.token("manager0").await;
+    let (_key, csr) = csr_for("manager0");
+    enroll(&coord, &token, "manager0", &csr).await.expect("enroll");
+    let roles = |nodes: &[&str]| {
+        let mut tokens = vec![
+            v1::ConsulToken { host: "manager0".into(), role: v1::Role::Consul as i32, ..Default::default() },
+            v1::ConsulToken { host: "manager0".into(), role: v1::Role::Manager as i32, ..Default::default() },
+        ];
+        tokens.extend(nodes.iter().map(|n| v1::ConsulToken {
+            host: n.to_string(),
+            role: v1::Role::Node as i32,
+            ..Default::default()
+        }));
+        let consul = v1::ConsulSpec {
+            image: Some(v1::ImageRef { reference: "consul:1".into(), ..Default::default() }),
+            bootstrap_expect: 1,
+            datacenter: "test".into(),
+            tokens,
+            ..Default::default()
+        };
+        let manager = v1::ManagerSpec {
+            designated_initializer: true,
+            consul_http_addrs: vec!["127.0.0.1:8500".into()],
+            ..Default::default()
+        };
+        vec![
+            v1::RoleSpec { spec: Some(v1::role_spec::Spec::Consul(consul)) },
+            v1::RoleSpec { spec: Some(v1::role_spec::Spec::Manager(manager)) },
+        ]
+    };
+    let mut admin = coord.admin().await;
+    let assign = |roles| v1::AssignRequest { host_name: "manager0".into(), roles, host_address: "10.0.0.10".into() };
+    let specs = |a: &v1::Assignment| {
+        let consul = a.roles.iter().find_map(|r| match &r.spec {
+            Some(v1::role_spec::Spec::Consul(c)) => Some(c.clone()),
+            _ => None,
+        });
+        let manager = a.roles.iter().find_map(|r| match &r.spec {
+            Some(v1::role_spec::Spec::Manager(m)) => Some(m.clone()),
+            _ => None,
+        });
+        (consul.expect("consul spec"), manager.expect("manager spec"))
+    };
+    let stored = || coord.running().cp.assignment_of("manager0").expect("store").expect("assignment");
+
+    let g1 = admin.assign(assign(roles(&["node0"]))).await.expect("assign").into_inner().generation;
+    let (c1, m1) = specs(&stored());
+    assert!(!c1.tls_cert_pem.is_empty() && !m1.engine_tls_cert_pem.is_empty() && !m1.consul_token.is_empty());
+    assert!(c1.tokens.iter().all(|t| !t.accessor_id.is_empty() && !t.secret_id.is_empty()));
+
+    let g2 = admin.assign(assign(roles(&["node0", "node1"]))).await.expect("assign").into_inner().generation;
+    assert_eq!(g2, g1 + 1, "a node more is a new generation for the Consul server");
+    let (c2, m2) = specs(&stored());
+    assert_eq!(c2.tls_cert_pem, c1.tls_cert_pem, "the Consul server certificate carries over");
+    assert_eq!(c2.tls_key_pem, c1.tls_key_pem);
+    assert_eq!(m2.engine_tls_cert_pem, m1.engine_tls_cert_pem, "the Engine certificate carries over");
+    assert_eq!(
+        (&c2.management_token, &c2.agent_token, &m2.consul_token),
+        (&c1.management_token, &c1.agent_token, &m1.consul_token)
+    );
+    assert_eq!(c2.tokens[..3], c1.tokens[..3], "the tokens in force stay the same");
+    assert!(!c2.tokens[3].secret_id.is_empty() && c2.tokens[3].secret_id != c2.tokens[2].secret_id);
+
+    let g3 = admin.assign(assign(roles(&["node0", "node1"]))).await.expect("assign").into_inner().generation;
+    assert_eq!(g3, g2, "the same request again changes nothing");
+}

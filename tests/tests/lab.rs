@@ -19,12 +19,9 @@ fn out(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-async fn local_engine() -> bollard::Docker {
-    bollard::Docker::connect_with_local_defaults()
-        .expect("the machine's Docker Engine")
-        .negotiate_version()
-        .await
-        .expect("the Docker Engine must answer: these tests need it")
+/// The lab's images on the lab's Engine.
+async fn images() -> lab::images::LabImages {
+    lab::images::ensure(true, &flotilla_tests::lab_engine().await.address).await.expect("images")
 }
 
 fn labelled(cluster: &str) -> usize {
@@ -41,9 +38,9 @@ fn labelled(cluster: &str) -> usize {
 
 #[tokio::test]
 async fn rebuilding_unchanged_lab_images_is_a_no_op() {
-    let first = lab::images::ensure(true).await.expect("images build");
+    let first = images().await;
     let t = Instant::now();
-    let second = lab::images::ensure(true).await.expect("images again");
+    let second = images().await;
     let took = t.elapsed();
     assert_eq!(first.host, second.host);
     assert_eq!(first.consul, second.consul);
@@ -59,7 +56,7 @@ async fn rebuilding_unchanged_lab_images_is_a_no_op() {
 
 #[tokio::test]
 async fn every_rendered_user_data_passes_cloud_init_schema_in_the_lab_host_image() {
-    let images = lab::images::ensure(true).await.expect("images");
+    let images = images().await;
     let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-init/tests/golden");
     let golden = golden.canonicalize().expect("golden dir");
     let mut checked = 0;
@@ -111,9 +108,9 @@ async fn every_rendered_user_data_passes_cloud_init_schema_in_the_lab_host_image
 #[tokio::test]
 async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_refused() {
     const CLUSTER: &str = "t-lab";
-    let images = lab::images::ensure(true).await.expect("images");
+    let images = images().await;
     let state = tempfile::tempdir().expect("tempdir");
-    let lab = Lab::new(local_engine().await, CLUSTER, state.path(), images);
+    let lab = Lab::new(flotilla_tests::lab_engine().await, CLUSTER, state.path(), images);
     lab.destroy().await.expect("clean start");
     let (net, refs) =
         lab.ensure(&[(&lab.images.hello.clone(), "flotilla/hello:1")]).await.expect("lab network and registry");

@@ -1,9 +1,22 @@
 //! The `consul` role: one Consul server container on the host network, data in a named
-//! volume, bound and advertised on the host's private address, gossip encrypted with the
-//! cluster's key, the UI on. Healthy when it sees a leader and every expected server.
+//! volume, bound and advertised on the host's private address, the UI on. Healthy when it
+//! sees a leader and every expected server.
 //!
-//! Its HTTP API (8500) listens on loopback and the private address only; on AWS the
-//! cluster's security group admits the cluster's own hosts alone.
+//! Locked down (issue 14): ACLs on with the default policy deny, gossip encrypted with the
+//! cluster's key, server RPC over mutual TLS with a certificate from the cluster's Consul CA
+//! (`verify_server_hostname`: only a holder of a `server.<datacenter>.consul` certificate
+//! from that CA can act as a server). The secrets are in 0600 files ([`config`]), never in
+//! the container's argv or environment. The agent whose Consul leads keeps the cluster's
+//! policies and tokens ([`acl`]).
+//!
+//! Its HTTP API (8500) listens on loopback and the private address only, plain HTTP: every
+//! KV read and write needs a token (on AWS the cluster's security group admits the cluster's
+//! own hosts alone; the managers, which hold the write token, use the server on loopback).
+
+pub mod acl;
+pub mod config;
+
+use std::path::Path;
 
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
@@ -17,6 +30,8 @@ use crate::consul::Consul;
 pub const CONTAINER: &str = "flotilla-consul";
 pub const VOLUME: &str = "flotilla-consul-data";
 pub const HTTP_PORT: u16 = 8500;
+/// Consul's server RPC port (the Raft leader's address is `<ip>:8300`).
+pub const RPC_PORT: u16 = 8300;
 
 pub fn validate(spec: &ConsulSpec) -> Result<(), RoleError> {
     let image = spec.image.as_ref().map(|i| i.reference.as_str()).unwrap_or_default();
@@ -34,9 +49,35 @@ pub fn validate(spec: &ConsulSpec) -> Result<(), RoleError> {
             return Err(RoleError::Spec(format!("consul.retry_join: '{j}' is not an IP address")));
         }
     }
+    if !is_uuid(&spec.management_token) || !is_uuid(&spec.agent_token) {
+        return Err(RoleError::Spec(
+            "consul.management_token and consul.agent_token must be UUIDs (the control plane fills them)".into(),
+        ));
+    }
+    let tls = [&spec.tls_cert_pem, &spec.tls_key_pem, &spec.tls_ca_pem];
+    if tls.iter().any(|p| p.is_empty()) && tls.iter().any(|p| !p.is_empty()) {
+        return Err(RoleError::Spec("consul.tls_*: give all three (certificate, key, CA) or none".into()));
+    }
+    for t in &spec.tokens {
+        let role_ok = matches!(Role::try_from(t.role), Ok(Role::Consul | Role::Manager | Role::Node));
+        if !role_ok || !super::valid_host(&t.host) || !is_uuid(&t.accessor_id) || !is_uuid(&t.secret_id) {
+            return Err(RoleError::Spec(format!(
+                "consul.tokens: the token of '{}' needs a role (consul, manager or node), a host name and UUID ids",
+                t.host
+            )));
+        }
+    }
     Ok(())
 }
 
+/// `8-4-4-4-12` hex digits, the form Consul wants for token ids.
+pub fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The container's argv: no secret in it (they are in [`config`]'s files).
 fn command(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Vec<String> {
     let mut cmd = vec![
         "agent".to_string(),
@@ -45,9 +86,9 @@ fn command(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Vec<String> {
         format!("-bind={}", ctx.host_address),
         format!("-advertise={}", ctx.host_address),
         format!("-client=127.0.0.1 {}", ctx.host_address),
-        format!("-encrypt={}", spec.encrypt_key),
         format!("-node={}", ctx.host),
         "-data-dir=/consul/data".into(),
+        format!("-config-dir={}", config::CONTAINER_DIR),
         "-ui".into(),
         // Servers start together; retry joining every 2 s rather than Consul's 30 s.
         "-retry-interval=2s".into(),
@@ -71,7 +112,14 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
     validate(spec)?;
     let image = spec.image.as_ref().map(|i| i.reference.clone()).unwrap_or_default();
     let cmd = command(ctx, spec);
-    let hash = spec_hash(&[&image, &cmd.join(" ")]);
+    let files = config::files(spec);
+    // The secrets' files count: a new key, token or certificate recreates the container.
+    let cmd_line = cmd.join(" ");
+    let mut parts = vec![image.as_str(), cmd_line.as_str()];
+    for (name, body) in &files {
+        parts.extend([*name, body.as_str()]);
+    }
+    let hash = spec_hash(&parts);
 
     let existing = find(ctx.docker, Role::Consul).await?;
     let mut current = None;
@@ -87,6 +135,7 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
                 .await?;
         }
     }
+    config::write(Path::new(config::HOST_DIR), &files)?;
     match current {
         Some(c) => {
             let running = c.state.map(|s| s.to_string()).unwrap_or_default() == "running";
@@ -96,34 +145,74 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, 
             }
         }
         None => {
-            let reference = spec.image.clone().unwrap_or_default();
-            ensure_image(ctx, Role::Consul, &reference).await?;
-            let body = ContainerCreateBody {
-                image: Some(image.clone()),
-                cmd: Some(cmd),
-                labels: Some(labels(ctx, Role::Consul, &hash)),
-                host_config: Some(HostConfig {
-                    network_mode: Some("host".into()),
-                    binds: Some(vec![format!("{VOLUME}:/consul/data")]),
-                    restart_policy: Some(RestartPolicy {
-                        name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                        maximum_retry_count: None,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            ctx.docker
-                .create_container(
-                    Some(CreateContainerOptions { name: Some(CONTAINER.to_string()), ..Default::default() }),
-                    body,
-                )
-                .await?;
-            ctx.docker.start_container(CONTAINER, None::<StartContainerOptions>).await?;
+            create(ctx, spec, &image, cmd, &hash).await?;
             return Ok(status(Role::Consul, RoleState::Starting, "container started"));
         }
     }
-    Ok(health(spec.bootstrap_expect).await)
+    let health = health(spec.bootstrap_expect).await;
+    Ok(keep_acl(ctx, spec, health).await)
+}
+
+async fn create(
+    ctx: &RoleCtx<'_>,
+    spec: &ConsulSpec,
+    image: &str,
+    cmd: Vec<String>,
+    hash: &str,
+) -> Result<(), RoleError> {
+    let reference = spec.image.clone().unwrap_or_default();
+    ensure_image(ctx, Role::Consul, &reference).await?;
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(cmd),
+        // HashiCorp's image drops to its `consul` user unless told not to; the config files
+        // are root's, 0600. (Flotilla's lab image runs Consul directly; the variable is inert.)
+        env: Some(vec!["CONSUL_DISABLE_PERM_MGMT=1".to_string()]),
+        labels: Some(labels(ctx, Role::Consul, hash)),
+        host_config: Some(HostConfig {
+            network_mode: Some("host".into()),
+            binds: Some(vec![
+                format!("{VOLUME}:/consul/data"),
+                format!("{}:{}:ro", config::HOST_DIR, config::CONTAINER_DIR),
+            ]),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ctx.docker
+        .create_container(
+            Some(CreateContainerOptions { name: Some(CONTAINER.to_string()), ..Default::default() }),
+            body,
+        )
+        .await?;
+    ctx.docker.start_container(CONTAINER, None::<StartContainerOptions>).await?;
+    Ok(())
+}
+
+/// On the host whose Consul leads: converges the cluster's ACL objects ([`acl`]) and says
+/// so in `health`'s message; a failure degrades the role with Consul's own answer.
+async fn keep_acl(ctx: &RoleCtx<'_>, spec: &ConsulSpec, health: RoleStatus) -> RoleStatus {
+    let Some(view) = view().await else { return health };
+    if view.leader != format!("{}:{RPC_PORT}", ctx.host_address) {
+        return health;
+    }
+    let c = Consul::new(&format!("127.0.0.1:{HTTP_PORT}")).with_token(&spec.management_token);
+    let dc = if spec.datacenter.is_empty() { "dc1" } else { spec.datacenter.as_str() };
+    match acl::ensure(&c, ctx.cluster, dc, &spec.tokens).await {
+        Ok(changes) => {
+            if changes.any() {
+                tracing::info!(?changes, "converged Consul's ACL policies and tokens");
+            }
+            let mut h = health;
+            h.message = format!("{}; leads, keeps {} ACL tokens", h.message, spec.tokens.len());
+            h
+        }
+        Err(e) => status(Role::Consul, RoleState::Degraded, format!("keeping Consul's ACL tokens: {e}")),
+    }
 }
 
 /// Keeps the Consul container stopped while the coordinator holds the role down (the
@@ -178,7 +267,8 @@ async fn health(expect: u32) -> RoleStatus {
     }
 }
 
-/// Removes the role: a graceful `consul leave`, then the container and its data.
+/// Removes the role: a graceful `consul leave` (with the management token of the last
+/// spec, from its configuration file), then the container, its data and its configuration.
 pub async fn remove(ctx: &RoleCtx<'_>) -> Result<bool, RoleError> {
     let existing = find(ctx.docker, Role::Consul).await?;
     if existing.is_empty() {
@@ -187,10 +277,17 @@ pub async fn remove(ctx: &RoleCtx<'_>) -> Result<bool, RoleError> {
     for c in existing {
         let id = c.id.unwrap_or_default();
         if c.state.map(|s| s.to_string()).unwrap_or_default() == "running" {
-            let _ = super::exec(ctx.docker, &id, &["consul", "leave"]).await;
+            // A graceful leave needs `agent:write`: the management token, over the API (a
+            // `consul leave -token=…` would show it in `ps`).
+            let token = config::management_token(Path::new(config::HOST_DIR)).unwrap_or_default();
+            let local = Consul::new(&format!("127.0.0.1:{HTTP_PORT}")).with_token(&token);
+            if let Err(e) = local.leave().await {
+                tracing::warn!(error = %e, "consul leave");
+            }
         }
         ctx.docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await?;
     }
     let _ = ctx.docker.remove_volume(VOLUME, None::<RemoveVolumeOptions>).await;
+    config::remove(Path::new(config::HOST_DIR))?;
     Ok(true)
 }

@@ -2,20 +2,24 @@
 //!
 //! The designated first manager initialises the swarm — only after finding no swarm on its
 //! Engine and no join data in Consul, and only after winning a check-and-set lock there — and
-//! publishes the join tokens. Every other manager reads them from Consul and joins. Each
-//! manager publishes its own address, so later joiners can reach any of them.
+//! publishes the join tokens: the manager token where only managers' Consul tokens read it,
+//! the worker token where nodes' do. Every other manager reads them from Consul and joins.
+//! Each manager publishes its own address, so later joiners can reach any of them.
 
 use bollard::models::{NodeSpec, NodeSpecRoleEnum, SwarmInitRequest, SwarmJoinRequest};
 use bollard::query_parameters::{LeaveSwarmOptions, UpdateNodeOptions};
 use flotilla_proto::v1::{ManagerSpec, Role, RoleState, RoleStatus};
 
-use super::swarm::{self, JoinData, SWARM_PORT};
+use super::swarm::{self, ManagerJoin, SWARM_PORT, WorkerJoin};
 use super::{RoleCtx, RoleError, status};
-use crate::consul::Consul;
+use crate::consul::{Consul, ConsulError};
 
 pub fn validate(spec: &ManagerSpec) -> Result<(), RoleError> {
     if spec.consul_http_addrs.is_empty() {
         return Err(RoleError::Spec("manager.consul_http_addrs is empty".into()));
+    }
+    if !super::consul::is_uuid(&spec.consul_token) {
+        return Err(RoleError::Spec("manager.consul_token must be a UUID (the control plane fills it)".into()));
     }
     let tls = [&spec.engine_tls_cert_pem, &spec.engine_tls_key_pem, &spec.engine_tls_ca_pem];
     if tls.iter().any(|p| p.is_empty()) && tls.iter().any(|p| !p.is_empty()) {
@@ -29,14 +33,24 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec) -> Result<RoleStatus,
     validate(spec)?;
     // The Engine's TLS listener was converged by the reconciler before any role ran.
     let local = swarm::local(ctx.docker).await?;
-    let consul = match swarm::consul(&spec.consul_http_addrs).await {
+    let consul = match swarm::consul(&spec.consul_http_addrs, &spec.consul_token).await {
         Ok(c) => c,
         Err(e) if !local.active() => {
             return Ok(status(Role::Manager, RoleState::Pending, format!("waiting for Consul: {e}")));
         }
         Err(e) => return Ok(status(Role::Manager, RoleState::Degraded, format!("Consul: {e}"))),
     };
-    let join = swarm::read_join(&consul, ctx.cluster).await?;
+    let join = match swarm::read_join(&consul, ctx.cluster).await {
+        // The Consul servers create this host's token soon after they elect a leader.
+        Err(RoleError::Consul(e @ ConsulError::Denied { .. })) if !local.active() => {
+            return Ok(status(
+                Role::Manager,
+                RoleState::Pending,
+                format!("waiting for Consul to know this host's token: {e}"),
+            ));
+        }
+        other => other?,
+    };
     match local.state.as_str() {
         "active" => active(ctx, &consul, &local, join).await,
         "pending" => Ok(status(Role::Manager, RoleState::Starting, "joining the swarm")),
@@ -58,7 +72,7 @@ async fn active(
     ctx: &RoleCtx<'_>,
     consul: &Consul,
     local: &swarm::Local,
-    join: Option<JoinData>,
+    join: Option<ManagerJoin>,
 ) -> Result<RoleStatus, RoleError> {
     if let Some(j) = join
         && j.cluster_id != local.cluster_id
@@ -75,12 +89,15 @@ async fn active(
     // Keep the join data and our address current (tokens can be rotated).
     publish(ctx, consul).await?;
     let v = swarm::view(ctx.docker).await.unwrap_or_default();
+    if v.manager_status == "leader" {
+        swarm::prune_managers(ctx.docker, consul, ctx.cluster).await?;
+    }
     let what = if v.manager_status.is_empty() { "manager".to_string() } else { v.manager_status };
     Ok(status(Role::Manager, RoleState::Running, what))
 }
 
 /// Not in a swarm, and the cluster has one: join it through the published managers.
-async fn join_as_manager(ctx: &RoleCtx<'_>, consul: &Consul, join: &JoinData) -> Result<RoleStatus, RoleError> {
+async fn join_as_manager(ctx: &RoleCtx<'_>, consul: &Consul, join: &ManagerJoin) -> Result<RoleStatus, RoleError> {
     let mut remotes = swarm::manager_addrs(consul, ctx.cluster, ctx.host).await?;
     if remotes.is_empty() {
         return Ok(status(Role::Manager, RoleState::Pending, "join data is published but no manager address is"));
@@ -123,12 +140,10 @@ async fn initialise(ctx: &RoleCtx<'_>, consul: &Consul) -> Result<RoleStatus, Ro
 async fn publish(ctx: &RoleCtx<'_>, consul: &Consul) -> Result<(), RoleError> {
     let sw = ctx.docker.inspect_swarm().await?;
     let tokens = sw.join_tokens.unwrap_or_default();
-    let data = JoinData {
-        cluster_id: sw.id.unwrap_or_default(),
-        manager_token: tokens.manager.unwrap_or_default(),
-        worker_token: tokens.worker.unwrap_or_default(),
-    };
-    swarm::publish_join(consul, ctx.cluster, &data).await?;
+    let cluster_id = sw.id.unwrap_or_default();
+    let manager = ManagerJoin { cluster_id: cluster_id.clone(), manager_token: tokens.manager.unwrap_or_default() };
+    let worker = WorkerJoin { cluster_id, worker_token: tokens.worker.unwrap_or_default() };
+    swarm::publish_join(consul, ctx.cluster, &manager, &worker).await?;
     swarm::publish_manager(consul, ctx.cluster, ctx.host, ctx.host_address).await
 }
 
@@ -145,8 +160,10 @@ pub async fn join_swarm(ctx: &RoleCtx<'_>, remotes: Vec<String>, token: &str) ->
     Ok(())
 }
 
-/// Removes the role: demote this manager first, then leave (unless it stays as a node).
-pub async fn remove(ctx: &RoleCtx<'_>, consul_addrs: &[String], keep_as_node: bool) -> Result<bool, RoleError> {
+/// Removes the role: demote this manager first, then leave (unless it stays as a node). Its
+/// published address is left for the swarm's leader to prune (the spec, and with it the
+/// token that may delete it, is gone).
+pub async fn remove(ctx: &RoleCtx<'_>, keep_as_node: bool) -> Result<bool, RoleError> {
     let local = swarm::local(ctx.docker).await?;
     if !local.active() || !local.is_manager {
         return Ok(false);
@@ -157,9 +174,6 @@ pub async fn remove(ctx: &RoleCtx<'_>, consul_addrs: &[String], keep_as_node: bo
     spec.role = Some(NodeSpecRoleEnum::WORKER);
     ctx.docker.update_node(&local.node_id, spec, UpdateNodeOptions { version: version as i64 }).await?;
     tracing::info!(host = ctx.host, "demoted this manager");
-    if let Ok(c) = swarm::consul(consul_addrs).await {
-        let _ = swarm::unpublish_manager(&c, ctx.cluster, ctx.host).await;
-    }
     if !keep_as_node {
         ctx.docker.leave_swarm(Some(LeaveSwarmOptions { force: false })).await?;
     }

@@ -1,14 +1,19 @@
-//! The `node` role: a Swarm worker that finds the swarm through the join data in Consul.
+//! The `node` role: a Swarm worker that finds the swarm through the worker join record in
+//! Consul (its token reads that record and the managers' addresses, nothing else).
 //! An Engine that already belongs to another swarm is reported, never forced out.
 
 use bollard::query_parameters::LeaveSwarmOptions;
 use flotilla_proto::v1::{NodeSpec, Role, RoleState, RoleStatus};
 
 use super::{RoleCtx, RoleError, status, swarm};
+use crate::consul::ConsulError;
 
 pub fn validate(spec: &NodeSpec) -> Result<(), RoleError> {
     if spec.consul_http_addrs.is_empty() {
         return Err(RoleError::Spec("node.consul_http_addrs is empty".into()));
+    }
+    if !super::consul::is_uuid(&spec.consul_token) {
+        return Err(RoleError::Spec("node.consul_token must be a UUID (the control plane fills it)".into()));
     }
     Ok(())
 }
@@ -16,17 +21,27 @@ pub fn validate(spec: &NodeSpec) -> Result<(), RoleError> {
 pub async fn ensure(ctx: &RoleCtx<'_>, spec: &NodeSpec, also_manager: bool) -> Result<RoleStatus, RoleError> {
     validate(spec)?;
     let local = swarm::local(ctx.docker).await?;
-    let consul = match swarm::consul(&spec.consul_http_addrs).await {
+    let consul = match swarm::consul(&spec.consul_http_addrs, &spec.consul_token).await {
         Ok(c) => c,
         Err(e) if !local.active() => {
             return Ok(status(Role::Node, RoleState::Pending, format!("waiting for Consul: {e}")));
         }
         Err(e) => return Ok(status(Role::Node, RoleState::Degraded, format!("Consul: {e}"))),
     };
-    let join = swarm::read_join(&consul, ctx.cluster).await?;
+    let join = match swarm::read_worker_join(&consul, ctx.cluster).await {
+        // The Consul servers create this host's token soon after they elect a leader.
+        Err(RoleError::Consul(e @ ConsulError::Denied { .. })) if !local.active() => {
+            return Ok(status(
+                Role::Node,
+                RoleState::Pending,
+                format!("waiting for Consul to know this host's token: {e}"),
+            ));
+        }
+        other => other?,
+    };
     // Which swarm is this Engine in? Managers know the cluster id; a worker only knows its
     // managers' addresses, which must be among the ones this cluster published.
-    let foreign = |j: &swarm::JoinData, published: &[String]| {
+    let foreign = |j: &swarm::WorkerJoin, published: &[String]| {
         if !local.cluster_id.is_empty() {
             local.cluster_id != j.cluster_id
         } else {

@@ -1,10 +1,13 @@
 //! The swarm as this Engine sees it, and the join data managers publish in Consul's KV:
 //!
-//! - `flotilla/<cluster>/swarm/join`: `{cluster_id, manager_token, worker_token}`
+//! - `flotilla/<cluster>/swarm/join`: `{cluster_id, manager_token}` — managers' tokens only
+//! - `flotilla/<cluster>/swarm/worker`: `{cluster_id, worker_token}` — nodes' tokens may read it
 //! - `flotilla/<cluster>/swarm/managers/<host>`: `<ip>:2377`, one key per manager
 //! - `flotilla/<cluster>/swarm/init-lock`: the host that may initialise (check-and-set)
 //!
-//! Consul is how managers and nodes find each other, as in the seed's guide.
+//! Consul is how managers and nodes find each other, as in the seed's guide. Every call
+//! carries the host's own ACL token from its role spec: the anonymous token reads nothing
+//! here, and the manager join token is readable with a manager's token alone (issue 14).
 
 use bollard::Docker;
 use bollard::models::LocalNodeState;
@@ -18,10 +21,17 @@ pub const SWARM_PORT: u16 = 2377;
 /// Overlay subnets come from here, away from the lab's and a VPC's usual ranges.
 pub const DEFAULT_ADDR_POOL: &str = "10.214.0.0/16";
 
+/// How to join as a manager (`swarm/join`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct JoinData {
+pub struct ManagerJoin {
     pub cluster_id: String,
     pub manager_token: String,
+}
+
+/// How to join as a worker (`swarm/worker`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerJoin {
+    pub cluster_id: String,
     pub worker_token: String,
 }
 
@@ -104,11 +114,12 @@ pub fn key(cluster: &str, rest: &str) -> String {
     format!("flotilla/{cluster}/swarm/{rest}")
 }
 
-/// The first Consul of `addrs` that answers.
-pub async fn consul(addrs: &[String]) -> Result<Consul, RoleError> {
+/// The first Consul of `addrs` that answers (and has a leader), its calls made with
+/// `token`.
+pub async fn consul(addrs: &[String], token: &str) -> Result<Consul, RoleError> {
     let mut last = None;
     for a in addrs {
-        let c = Consul::new(a);
+        let c = Consul::new(a).with_token(token);
         match c.leader().await {
             Ok(l) if !l.is_empty() => return Ok(c),
             Ok(_) => {
@@ -120,26 +131,44 @@ pub async fn consul(addrs: &[String]) -> Result<Consul, RoleError> {
     Err(last.unwrap_or_else(|| RoleError::Spec("no Consul address in the spec".into())))
 }
 
-pub async fn read_join(c: &Consul, cluster: &str) -> Result<Option<JoinData>, RoleError> {
-    match c.get(&key(cluster, "join")).await? {
+async fn read_record<T: serde::de::DeserializeOwned>(c: &Consul, key: &str) -> Result<Option<T>, RoleError> {
+    match c.get(key).await? {
         None => Ok(None),
         Some(e) => serde_json::from_slice(&e.value).map(Some).map_err(RoleError::JoinDataParse),
     }
 }
 
-/// Publishes join data (replacing it only when it differs).
-pub async fn publish_join(c: &Consul, cluster: &str, data: &JoinData) -> Result<(), RoleError> {
-    let k = key(cluster, "join");
-    let current = c.get(&k).await?;
+/// The manager join record (a manager's token only).
+pub async fn read_join(c: &Consul, cluster: &str) -> Result<Option<ManagerJoin>, RoleError> {
+    read_record(c, &key(cluster, "join")).await
+}
+
+/// The worker join record.
+pub async fn read_worker_join(c: &Consul, cluster: &str) -> Result<Option<WorkerJoin>, RoleError> {
+    read_record(c, &key(cluster, "worker")).await
+}
+
+/// Publishes both join records (each replaced only when it differs).
+pub async fn publish_join(
+    c: &Consul,
+    cluster: &str,
+    manager: &ManagerJoin,
+    worker: &WorkerJoin,
+) -> Result<(), RoleError> {
+    publish_record(c, &key(cluster, "join"), manager).await?;
+    publish_record(c, &key(cluster, "worker"), worker).await
+}
+
+async fn publish_record<T: Serialize>(c: &Consul, k: &str, data: &T) -> Result<(), RoleError> {
     let body = serde_json::to_vec(data).map_err(RoleError::JoinDataEncode)?;
-    match current {
+    match c.get(k).await? {
         Some(e) if e.value == body => Ok(()),
         Some(e) => {
-            c.put(&k, &body, Some(e.modify_index)).await?;
+            c.put(k, &body, Some(e.modify_index)).await?;
             Ok(())
         }
         None => {
-            c.put(&k, &body, Some(0)).await?;
+            c.put(k, &body, Some(0)).await?;
             Ok(())
         }
     }
@@ -155,8 +184,21 @@ pub async fn publish_manager(c: &Consul, cluster: &str, host: &str, addr: &str) 
     Ok(())
 }
 
-pub async fn unpublish_manager(c: &Consul, cluster: &str, host: &str) -> Result<(), RoleError> {
-    c.delete(&key(cluster, &format!("managers/{host}"))).await?;
+/// Deletes the published manager addresses that are no manager's in the swarm's node list
+/// (a manager demoted or gone). Run by the swarm's leader, whose node list is current.
+pub async fn prune_managers(docker: &Docker, c: &Consul, cluster: &str) -> Result<(), RoleError> {
+    let nodes = docker.list_nodes(None::<bollard::query_parameters::ListNodesOptions>).await?;
+    let managers: Vec<String> = nodes.into_iter().filter_map(|n| n.manager_status?.addr).collect();
+    if managers.is_empty() {
+        return Ok(());
+    }
+    let prefix = key(cluster, "managers/");
+    for (k, v) in c.list(&prefix).await? {
+        if !managers.iter().any(|m| m.as_bytes() == v.as_slice()) {
+            tracing::info!(key = %k, addr = %String::from_utf8_lossy(&v), "pruning a published address that is no manager's");
+            c.delete(&k).await?;
+        }
+    }
     Ok(())
 }
 

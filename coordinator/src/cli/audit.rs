@@ -109,8 +109,8 @@ pub async fn run(g: &Global, args: AuditArgs) -> Result<(), CliError> {
     let r = admin.audit(v1::AuditRequest { limit: args.limit }).await?.into_inner();
     for e in r.events.into_iter().map(AuditEventView::from) {
         match args.output {
-            Output::Json => println!("{}", json_line(&e)),
-            Output::Table => println!("{}", e.row()),
+            Output::Json => outln!("{}", json_line(&e)),
+            Output::Table => outln!("{}", e.row()),
         }
     }
     let shown = if args.limit == 0 { r.refusals.len() } else { args.limit as usize };

@@ -34,7 +34,7 @@ pub struct BakeArgs {
     /// endpoint (an unreachable one makes the bake fail).
     #[arg(long, hide = true)]
     pub agent_url: Option<String>,
-    /// aws: flotilla.toml, for its [aws] section (region, endpoint_url, vpc_id, subnet_ids,
+    /// flotilla.toml, for its [lab] section (docker_host) and, on aws, its [aws] section (region, endpoint_url, vpc_id, subnet_ids,
     /// key_name, root_volume_gib), `coordinator.advertise` and `instance_types.node` (the
     /// builder's type). Optional unless given.
     #[arg(long, short = 'f', default_value = "flotilla.toml")]
@@ -78,6 +78,7 @@ pub async fn run(g: &Global, args: BakeArgs) -> Result<(), CliError> {
         agent_binary,
         agent_url: args.agent_url,
         aws,
+        lab: config.lab.clone(),
         advertise,
         instance_type: config.instance_types.node.clone(),
         // Progress goes to stderr either way; with --output json stdout holds only the JSON.
@@ -85,7 +86,7 @@ pub async fn run(g: &Global, args: BakeArgs) -> Result<(), CliError> {
     })
     .await?;
     match args.output {
-        Output::Json => println!("{}", json_pretty(&report)),
+        Output::Json => outln!("{}", json_pretty(&report)),
         Output::Table => print_table(&report),
     }
     Ok(())
@@ -93,7 +94,7 @@ pub async fn run(g: &Global, args: BakeArgs) -> Result<(), CliError> {
 
 /// What was baked (or reused) from what, and how to boot hosts from it.
 fn print_table(report: &crate::ops::bake::Report) {
-    println!(
+    outln!(
         "\n{} {} in {:.1} s\n  agent {} (sha256 {}), Docker Engine {}\n  from {} ({})\n  image id {}",
         if report.reused { "reused" } else { "baked" },
         report.image,
@@ -105,8 +106,10 @@ fn print_table(report: &crate::ops::bake::Report) {
         report.base_id,
         report.image_id,
     );
-    println!(
-        "\nboot hosts from it:\n  coordinator deploy --image {}\n  (or `host = \"{}\"` under [images] in flotilla.toml)",
-        report.image, report.image
+    outln!(
+        "\nboot hosts from it:\n  {} deploy --image {}\n  (or `host = \"{}\"` under [images] in flotilla.toml)",
+        crate::ui::self_command(),
+        report.image,
+        report.image
     );
 }

@@ -48,6 +48,10 @@ pub struct DeployArgs {
     /// The address instances dial to reach this coordinator (overrides `coordinator.advertise`).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// The control plane's agent port (overrides `coordinator.port`; default: the cluster's
+    /// recorded port, else the first free one from 7443).
+    #[arg(long)]
+    pub port: Option<u16>,
     /// Print what would be created, changed or deleted, and stop (same as `coordinator plan`).
     #[arg(long)]
     pub dry_run: bool,
@@ -75,6 +79,9 @@ pub fn load_config(g: &Global, args: &DeployArgs) -> Result<(ClusterConfig, Stri
     }
     if args.no_smoke_test {
         config.smoke_test = false;
+    }
+    if let Some(port) = args.port {
+        config.coordinator.port = Some(port);
     }
     if let Some(i) = &args.image {
         config.images.host = i.clone();
@@ -108,7 +115,7 @@ pub async fn run(g: &Global, args: DeployArgs) -> Result<(), CliError> {
     })
     .await?;
     match args.output {
-        Output::Json => println!("{}", json_pretty(&report)),
+        Output::Json => outln!("{}", json_pretty(&report)),
         Output::Table => print_table(&report),
     }
     Ok(())
@@ -131,26 +138,29 @@ fn print_table(report: &crate::ops::deploy::Report) {
             .unwrap_or_default();
         t.add_row([h.name.clone(), h.roles.join("+"), h.address.clone(), sw]);
     }
-    println!(
+    outln!(
         "\ncluster '{}' {} in {:.1} s\n{t}",
         report.cluster,
         if report.changed { "deployed" } else { "unchanged" },
         report.duration_s
     );
-    println!(
+    outln!(
         "\nswarm leader: {} ({}); consul leader: {}",
-        report.swarm.leader, report.swarm.leader_ip, report.consul.leader
+        report.swarm.leader,
+        report.swarm.leader_ip,
+        report.consul.leader
     );
     if let Some(s) = &report.smoke_test {
-        println!(
+        outln!(
             "smoke test: {} hello task(s) on {} — \"{}\"",
             s.tasks,
             s.nodes.join(", "),
             s.output.first().cloned().unwrap_or_default()
         );
     }
-    println!(
-        "\npoint docker at the cluster:\n  eval \"$(coordinator --cluster {} env)\"\n  docker node ls",
+    let me = crate::ui::self_command();
+    outln!(
+        "\npoint docker at the cluster (and back: eval \"$({me} env --unset)\"):\n  eval \"$({me} --cluster {} env)\"\n  docker node ls",
         report.cluster
     );
 }

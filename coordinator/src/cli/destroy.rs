@@ -1,17 +1,14 @@
 //! `coordinator destroy`: remove everything a cluster owns. It asks for the cluster's name
-//! (or `--yes`), revokes every host and stops the control plane, has the provider recorded in
-//! the state directory remove the hosts, then removes the state.
+//! (or `--yes`), then runs [`crate::ops::destroy`]: refused when the state records hosts the
+//! provider cannot find (unless `--force`); else every host is revoked, the control plane
+//! stopped, the provider recorded in the state directory removes the hosts, and the state goes.
 
 use std::path::Path;
 
 use clap::Args;
-use flotilla_proto::v1;
 
-use super::stop::wait_gone;
 use super::{CliError, Global};
-use crate::admin_client;
-use crate::control_plane::settings::StatePaths;
-use crate::providers::{Provider, ProviderError, ProviderKind, ProviderRecord};
+use crate::providers::{ProviderKind, ProviderRecord};
 
 #[derive(Args, Debug)]
 pub struct DestroyArgs {
@@ -28,6 +25,10 @@ pub struct DestroyArgs {
     /// Override the recorded AWS region.
     #[arg(long)]
     pub region: Option<String>,
+    /// Go on when the state records hosts but the provider finds none of them (they are gone
+    /// for good): the state and its CA are removed all the same.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub async fn run(g: &Global, args: DestroyArgs) -> Result<(), CliError> {
@@ -37,9 +38,6 @@ pub async fn run(g: &Global, args: DestroyArgs) -> Result<(), CliError> {
     if !args.yes {
         confirm(&cluster, record.provider)?;
     }
-    // Revoke every host (their sessions close, their certificates are refused from now on),
-    // then stop the control plane, so no agent is told anything mid-way.
-    stop_control_plane(&cluster, &state_dir).await;
     if record.provider == ProviderKind::Aws {
         let mut settings = record.aws.clone().unwrap_or_default();
         if let Some(e) = args.endpoint_url {
@@ -50,25 +48,29 @@ pub async fn run(g: &Global, args: DestroyArgs) -> Result<(), CliError> {
         }
         record.aws = Some(settings);
     }
-    let kept = |e: ProviderError| match e {
-        e @ ProviderError::Aws(_) => CliError::DestroyKept(e),
-        other => CliError::Provider(other),
-    };
-    let provider = Provider::from_record(&cluster, &state_dir, &record).await.map_err(kept)?;
-    let removed = provider.destroy().await.map_err(kept)?;
-    for r in &removed {
+    let done = crate::ops::destroy::destroy(crate::ops::destroy::DestroyOptions {
+        cluster: &cluster,
+        state_dir: &state_dir,
+        record: &record,
+        force: args.force,
+    })
+    .await?;
+    for r in &done.removed {
         eprintln!("removed {r}");
     }
-    if state_dir.exists() {
-        std::fs::remove_dir_all(&state_dir).map_err(|error| CliError::File { path: state_dir.clone(), error })?;
+    if !done.unaccounted.is_empty() {
+        eprintln!(
+            "--force: the provider did not find {}; their state is removed all the same",
+            done.unaccounted.join(", ")
+        );
     }
     if record.provider == ProviderKind::Aws {
-        println!(
+        outln!(
             "cluster '{cluster}' destroyed: no instance or security group tagged {}={cluster} is left, its CA and state are gone",
             crate::providers::aws::TAG_CLUSTER
         );
     } else {
-        println!("cluster '{cluster}' destroyed: no container, network, volume or state of it is left");
+        outln!("cluster '{cluster}' destroyed: no container, network, volume or state of it is left");
     }
     Ok(())
 }
@@ -79,7 +81,7 @@ fn record(cluster: &str, state_dir: &Path, provider: Option<ProviderKind>) -> Re
     let record = ProviderRecord::load(state_dir);
     match provider {
         Some(ProviderKind::Aws) if record.provider != ProviderKind::Aws => {
-            Ok(ProviderRecord { provider: ProviderKind::Aws, aws: None })
+            Ok(ProviderRecord { provider: ProviderKind::Aws, aws: None, lab: None })
         }
         Some(ProviderKind::Lab) if record.provider != ProviderKind::Lab => Err(CliError::NotALabCluster {
             cluster: cluster.to_string(),
@@ -108,18 +110,4 @@ fn confirm(cluster: &str, provider: ProviderKind) -> Result<(), CliError> {
         return Err(CliError::NotConfirmed);
     }
     Ok(())
-}
-
-/// Revokes every host the local control plane knows and stops it, if one is running.
-async fn stop_control_plane(cluster: &str, state_dir: &Path) {
-    let socket = StatePaths::new(state_dir).admin_socket();
-    if let Ok(mut c) = admin_client::connect_local(cluster, &socket).await {
-        if let Ok(st) = c.status(v1::StatusRequest::default()).await {
-            for h in st.into_inner().hosts.iter().filter(|h| !h.revoked) {
-                let _ = c.revoke_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await;
-            }
-        }
-        let _ = c.shutdown(v1::ShutdownRequest {}).await;
-        wait_gone(&socket).await;
-    }
 }

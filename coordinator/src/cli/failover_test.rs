@@ -54,7 +54,7 @@ pub async fn run(g: &Global, args: FailoverArgs) -> Result<(), CliError> {
     )
     .await?;
     match args.output {
-        Output::Json => println!("{}", json_pretty(&report)),
+        Output::Json => outln!("{}", json_pretty(&report)),
         Output::Table => print_table(&report),
     }
     if report.passed { Ok(()) } else { Err(FailoverError::NotPassed(report.verdict).into()) }
@@ -90,7 +90,7 @@ fn secs(v: Option<f64>) -> String {
 /// and the verdict.
 fn print_table(report: &failover::Report) {
     let consul = report.component == "consul";
-    println!(
+    outln!(
         "\nfailover drill of {} on cluster '{}' ({} mode): {} → {}",
         if consul { "Consul" } else { "the swarm" },
         report.cluster,
@@ -98,58 +98,53 @@ fn print_table(report: &failover::Report) {
         report.old_leader,
         if report.new_leader.is_empty() { "?" } else { &report.new_leader }
     );
-    println!("\ntimeline (from the fault):");
+    outln!("\ntimeline (from the fault):");
     for e in &report.timeline {
-        println!("  {:>+8.2} s  {}", e.t_s, e.what);
+        outln!("  {:>+8.2} s  {}", e.t_s, e.what);
     }
     print_measurements(report, consul);
-    println!("\nelection lines from the members' logs ({} log lines streamed):", report.log_lines);
+    outln!("\nelection lines from the members' logs ({} log lines streamed):", report.log_lines);
     for l in &report.election_lines {
-        println!("  {l}");
+        outln!("  {l}");
     }
     for e in &report.log_errors {
-        println!("  (could not stream {e})");
+        outln!("  (could not stream {e})");
     }
     if !report.unobserved.is_empty() {
-        println!("\nnot observed:");
+        outln!("\nnot observed:");
         for u in &report.unobserved {
-            println!("  - {u}");
+            outln!("  - {u}");
         }
     }
     for c in &report.cleanup {
-        println!("clean-up: {c}");
+        outln!("clean-up: {c}");
     }
-    println!("\n{}", report.verdict);
+    outln!("\n{}", report.verdict);
 }
 
 /// detect, elect, api back, join data, workload, rejoin, healthy.
 fn print_measurements(report: &failover::Report, consul: bool) {
-    println!("\n  detect    {}  (control plane: {})", secs(report.detect_s), secs(report.control_plane_detect_s));
+    outln!("\n  detect    {}  (control plane: {})", secs(report.detect_s), secs(report.control_plane_detect_s));
     let (own, logged) = if consul {
         ("Consul's own election, from the new leader's log", report.consul_elected_s)
     } else {
         ("Swarm's own election, from the new leader's journal", report.swarm_elected_s)
     };
-    println!(
-        "  elect     {}  ({own}: {}; seen {} later)",
-        secs(report.elect_s),
-        secs(logged),
-        secs(report.report_lag_s)
-    );
-    println!("  api back  {}{}", secs(report.api_back_s), if consul { "  (a KV write accepted)" } else { "" });
+    outln!("  elect     {}  ({own}: {}; seen {} later)", secs(report.elect_s), secs(logged), secs(report.report_lag_s));
+    outln!("  api back  {}{}", secs(report.api_back_s), if consul { "  (a KV write accepted)" } else { "" });
     if let Some(ok) = report.join_data_ok {
-        println!("  join data {}", if ok { "readable from the surviving servers" } else { "NOT readable" });
+        outln!("  join data {}", if ok { "readable from the surviving servers" } else { "NOT readable" });
     }
-    println!(
+    outln!(
         "  workload  {} of {} hello tasks running{}",
         report.tasks_after,
         failover::HELLO_REPLICAS,
         if report.tasks_rescheduled { " (rescheduled)" } else { " (kept running)" }
     );
-    println!(
+    outln!(
         "  rejoin    {} after the restore, as {}",
         secs(report.rejoin_s),
         if report.rejoined_as.is_empty() { "-" } else { &report.rejoined_as }
     );
-    println!("  healthy   {} after the restore", secs(report.healthy_s));
+    outln!("  healthy   {} after the restore", secs(report.healthy_s));
 }

@@ -15,6 +15,6 @@ pub async fn run(g: &Global, command: HostCommand) -> Result<(), CliError> {
     let HostCommand::Revoke { name } = command;
     let mut admin = g.admin().await?;
     let r = admin.revoke_host(v1::RevokeHostRequest { host_name: name.clone() }).await?.into_inner();
-    println!("host '{name}' revoked{}", if r.session_closed { "; its session was closed" } else { "" });
+    outln!("host '{name}' revoked{}", if r.session_closed { "; its session was closed" } else { "" });
     Ok(())
 }

@@ -4,6 +4,6 @@
 use super::{CliError, Global};
 
 pub fn run(g: &Global) -> Result<(), CliError> {
-    println!("{}", super::json_pretty(&crate::providers::aws::iam::policy(&g.cluster())));
+    outln!("{}", super::json_pretty(&crate::providers::aws::iam::policy(&g.cluster())));
     Ok(())
 }

@@ -19,6 +19,6 @@ pub fn run(args: InitArgs) -> Result<(), CliError> {
     }
     std::fs::write(&file, crate::ops::cluster_config::EXAMPLE)
         .map_err(|error| CliError::File { path: file.clone(), error })?;
-    println!("wrote {} — edit it, then `coordinator deploy`", file.display());
+    outln!("wrote {} — edit it, then `{} deploy`", file.display(), crate::ui::self_command());
     Ok(())
 }

@@ -95,7 +95,7 @@ async fn create(g: &Global, name: &str, out: &Path) -> Result<(), CliError> {
         r.endpoints.first().cloned().unwrap_or_default().as_bytes(),
     )
     .map_err(io)?;
-    println!(
+    outln!(
         "operator bundle written to {} (key.pem is 0600); use it with `coordinator --remote {} status`",
         out.display(),
         out.display()

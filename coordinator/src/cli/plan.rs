@@ -9,19 +9,19 @@ pub async fn run(g: &Global, args: DeployArgs) -> Result<(), CliError> {
     let (config, origin) = load_config(g, &args)?;
     let ch = crate::ops::deploy::dry_run(&config, &origin, &g.state_root()).await?;
     match args.output {
-        Output::Json => println!("{}", json_pretty(&ch)),
+        Output::Json => outln!("{}", json_pretty(&ch)),
         Output::Table => print_table(&ch),
     }
     Ok(())
 }
 
 fn print_table(ch: &crate::ops::deploy::Changes) {
-    println!("cluster '{}' on the {} provider (dry run: nothing was changed)", ch.cluster, ch.provider);
+    outln!("cluster '{}' on the {} provider (dry run: nothing was changed)", ch.cluster, ch.provider);
     for (title, items) in [("create", &ch.create), ("change", &ch.change), ("delete", &ch.delete), ("keep", &ch.keep)] {
         if !items.is_empty() {
-            println!("\n{title}:");
+            outln!("\n{title}:");
             for i in items {
-                println!(
+                outln!(
                     "  {}{i}",
                     match title {
                         "create" => "+ ",
@@ -34,6 +34,6 @@ fn print_table(ch: &crate::ops::deploy::Changes) {
         }
     }
     if ch.is_empty() {
-        println!("\nnothing to create, change or delete");
+        outln!("\nnothing to create, change or delete");
     }
 }

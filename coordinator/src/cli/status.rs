@@ -31,12 +31,12 @@ pub async fn run(g: &Global, args: StatusArgs) -> Result<(), CliError> {
     loop {
         let st = admin.status(v1::StatusRequest { fresh: args.fresh }).await?.into_inner();
         if args.watch && args.output == Output::Table {
-            print!("\x1b[2J\x1b[H");
+            out!("\x1b[2J\x1b[H");
         }
         let view = StatusView::from(&st);
         match args.output {
-            Output::Json => println!("{}", json_line(&view)),
-            Output::Table => println!("{}", view.table()),
+            Output::Json => outln!("{}", json_line(&view)),
+            Output::Table => outln!("{}", view.table()),
         }
         if !args.watch {
             return Ok(());
@@ -289,11 +289,22 @@ impl StatusView {
             // must not reach the operator's terminal with escape sequences.
             t.add_row(h.row().map(|cell| crate::ui::printable(&cell).into_owned()));
         }
-        let mut port = self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default();
+        let mut port = self.endpoint_line();
+        port.push_str(&self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default());
         if let Some(age) = self.hosts.iter().filter_map(|h| h.swarm_age_s).reduce(f64::max) {
             port.push_str(&format!("\nswarm view: at most {age:.1} s old (`status --fresh` asks the agents now)"));
         }
         format!("cluster {} — {} hosts\n{t}{port}", self.cluster, self.hosts.len())
+    }
+}
+
+impl StatusView {
+    /// Where hosts reach the control plane: its own port on this machine (issue 13).
+    fn endpoint_line(&self) -> String {
+        if self.agent_endpoint.is_empty() {
+            return String::new();
+        }
+        format!("\ncontrol plane: hosts dial {} (this cluster's own port)", self.agent_endpoint)
     }
 }
 

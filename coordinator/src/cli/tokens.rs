@@ -42,10 +42,10 @@ pub async fn run(g: &Global, command: TokenCommand) -> Result<(), CliError> {
         .into_inner();
     let view = TokenView { host, token: r.token, expires_unix_ms: r.expires_unix_ms };
     match output {
-        Output::Json => println!("{}", json_line(&view)),
+        Output::Json => outln!("{}", json_line(&view)),
         Output::Table => {
             eprintln!("join token for host '{}' (single use, expires in {} s):", view.host, ttl.as_secs());
-            println!("{}", view.token);
+            outln!("{}", view.token);
         }
     }
     Ok(())

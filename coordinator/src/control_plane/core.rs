@@ -12,6 +12,7 @@ use flotilla_proto::v1;
 
 use crate::control_plane::audit::refusals::Refusals;
 use crate::control_plane::clock::Clock;
+use crate::control_plane::consul::ConsulSecrets;
 use crate::control_plane::operators::caller::Caller;
 use crate::control_plane::pki::{Pki, PkiError};
 use crate::control_plane::session::grants::Grants;
@@ -55,6 +56,8 @@ pub struct ControlPlane {
     pub config: ServeConfig,
     pub store: Store,
     pub pki: Pki,
+    /// The Consul management token, the per-host Consul tokens, the Consul CA.
+    pub consul: ConsulSecrets,
     pub sessions: Sessions,
     pub logs: crate::control_plane::log_router::LogRouter,
     pub clock: Clock,
@@ -151,6 +154,9 @@ impl ControlPlane {
             cluster: self.config.cluster.clone(),
         };
         let mut a = requested.clone();
+        if let Some(prev) = self.assignment_of(host)? {
+            carry_over(&prev, &mut a);
+        }
         self.complete(host, &mut a)?;
         flotilla_agent::reconcile::validate(&a)
             .map_err(|e| ControlError::BadAssignment { host: host.to_string(), message: e.to_string() })?;
@@ -201,32 +207,49 @@ impl ControlPlane {
         Ok((generation, delivered))
     }
 
-    /// Fills what only the control plane can: Consul's gossip key (made once per cluster)
-    /// and, for a manager, its Engine's TLS server certificate from the cluster CA.
+    /// Fills what only the control plane can, where the request left it empty: Consul's
+    /// gossip key (made once per cluster), its tokens and TLS material, each host's Consul
+    /// token, and a manager's Engine TLS server certificate from the cluster CA.
     fn complete(&self, host: &str, a: &mut v1::Assignment) -> Result<(), ControlError> {
         use base64::Engine as _;
+        let needs_address = a.roles.iter().any(|r| {
+            matches!(&r.spec, Some(v1::role_spec::Spec::Consul(c)) if c.tls_cert_pem.is_empty())
+                || matches!(&r.spec, Some(v1::role_spec::Spec::Manager(m)) if m.engine_tls_cert_pem.is_empty())
+        });
+        if needs_address && a.host_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ControlError::BadAssignment {
+                host: host.to_string(),
+                message: format!("host_address '{}' is not an IP address", a.host_address),
+            });
+        }
         for r in &mut a.roles {
             match &mut r.spec {
-                Some(v1::role_spec::Spec::Consul(c)) if c.encrypt_key.is_empty() => {
-                    let fresh: [u8; 32] = rand::random();
-                    let key = self.store.meta_get_or_insert(
-                        "consul_encrypt_key",
-                        base64::engine::general_purpose::STANDARD.encode(fresh).as_bytes(),
-                    )?;
-                    c.encrypt_key = String::from_utf8_lossy(&key).to_string();
-                }
-                Some(v1::role_spec::Spec::Manager(m)) if m.engine_tls_cert_pem.is_empty() => {
-                    if a.host_address.parse::<std::net::IpAddr>().is_err() {
-                        return Err(ControlError::BadAssignment {
-                            host: host.to_string(),
-                            message: format!("host_address '{}' is not an IP address", a.host_address),
-                        });
+                Some(v1::role_spec::Spec::Consul(c)) => {
+                    if c.encrypt_key.is_empty() {
+                        let fresh: [u8; 32] = rand::random();
+                        let key = self.store.meta_get_or_insert(
+                            "consul_encrypt_key",
+                            base64::engine::general_purpose::STANDARD.encode(fresh).as_bytes(),
+                        )?;
+                        c.encrypt_key = String::from_utf8_lossy(&key).to_string();
                     }
-                    let (cert, key) = self.pki.issue_engine_server(host, &a.host_address)?;
-                    m.engine_tls_cert_pem = cert;
-                    m.engine_tls_key_pem = key;
-                    // What the Engine trusts for its clients: the Engine client CA only.
-                    m.engine_tls_ca_pem = self.pki.engine_client_ca_pem().to_string();
+                    self.consul.complete(host, &a.host_address, c)?;
+                }
+                Some(v1::role_spec::Spec::Manager(m)) => {
+                    if m.consul_token.is_empty() {
+                        m.consul_token = self.consul.token(host, v1::Role::Manager).1;
+                    }
+                    // Issued anew also when the one carried over predates the Engine client CA.
+                    if m.engine_tls_cert_pem.is_empty() || m.engine_tls_ca_pem != self.pki.engine_client_ca_pem() {
+                        let (cert, key) = self.pki.issue_engine_server(host, &a.host_address)?;
+                        m.engine_tls_cert_pem = cert;
+                        m.engine_tls_key_pem = key;
+                        // What the Engine trusts for its clients: the Engine client CA only.
+                        m.engine_tls_ca_pem = self.pki.engine_client_ca_pem().to_string();
+                    }
+                }
+                Some(v1::role_spec::Spec::Node(n)) if n.consul_token.is_empty() => {
+                    n.consul_token = self.consul.token(host, v1::Role::Node).1;
                 }
                 _ => {}
             }
@@ -430,28 +453,87 @@ fn completions_current(stored: &v1::Assignment, engine_client_ca_pem: &str) -> b
     })
 }
 
-/// The stored roles with what [`ControlPlane::complete`] filled in removed again, where the
-/// request left it empty — so a repeated request compares equal to what is in force.
-fn strip_completions(stored: &v1::Assignment, requested: &v1::Assignment) -> Vec<v1::RoleSpec> {
-    let mut roles = stored.roles.clone();
-    for (s, r) in roles.iter_mut().zip(&requested.roles) {
-        match (&mut s.spec, &r.spec) {
-            (Some(v1::role_spec::Spec::Consul(s)), Some(v1::role_spec::Spec::Consul(r)))
-                if r.encrypt_key.is_empty() =>
-            {
-                s.encrypt_key.clear();
+/// Certificates the assignment in force (`prev`) already gave this host, copied into `a`
+/// where it leaves them empty and the host's address is unchanged: a new generation for
+/// another reason (a Consul server's token list changes when nodes are added or removed)
+/// must not issue new ones, which would restart the Engine and recreate the Consul container.
+fn carry_over(prev: &v1::Assignment, a: &mut v1::Assignment) {
+    use v1::role_spec::Spec;
+    if prev.host_address != a.host_address {
+        return;
+    }
+    let prev_consul = prev.roles.iter().find_map(|r| match &r.spec {
+        Some(Spec::Consul(c)) => Some(c),
+        _ => None,
+    });
+    let prev_manager = prev.roles.iter().find_map(|r| match &r.spec {
+        Some(Spec::Manager(m)) => Some(m),
+        _ => None,
+    });
+    for r in &mut a.roles {
+        match (&mut r.spec, prev_consul, prev_manager) {
+            (Some(Spec::Consul(c)), Some(p), _) if c.tls_cert_pem.is_empty() && p.datacenter == c.datacenter => {
+                c.tls_cert_pem = p.tls_cert_pem.clone();
+                c.tls_key_pem = p.tls_key_pem.clone();
+                c.tls_ca_pem = p.tls_ca_pem.clone();
             }
-            (Some(v1::role_spec::Spec::Manager(s)), Some(v1::role_spec::Spec::Manager(r)))
-                if r.engine_tls_cert_pem.is_empty() =>
-            {
-                s.engine_tls_cert_pem.clear();
-                s.engine_tls_key_pem.clear();
-                s.engine_tls_ca_pem.clear();
+            (Some(Spec::Manager(m)), _, Some(p)) if m.engine_tls_cert_pem.is_empty() => {
+                m.engine_tls_cert_pem = p.engine_tls_cert_pem.clone();
+                m.engine_tls_key_pem = p.engine_tls_key_pem.clone();
+                m.engine_tls_ca_pem = p.engine_tls_ca_pem.clone();
             }
             _ => {}
         }
     }
+}
+
+/// The stored roles with what [`ControlPlane::complete`] filled in removed again, where the
+/// request left it empty — so a repeated request compares equal to what is in force.
+fn strip_completions(stored: &v1::Assignment, requested: &v1::Assignment) -> Vec<v1::RoleSpec> {
+    use v1::role_spec::Spec;
+    let mut roles = stored.roles.clone();
+    for (s, r) in roles.iter_mut().zip(&requested.roles) {
+        match (&mut s.spec, &r.spec) {
+            (Some(Spec::Consul(s)), Some(Spec::Consul(r))) => strip_consul(s, r),
+            (Some(Spec::Manager(s)), Some(Spec::Manager(r))) => {
+                if r.engine_tls_cert_pem.is_empty() {
+                    s.engine_tls_cert_pem.clear();
+                    s.engine_tls_key_pem.clear();
+                    s.engine_tls_ca_pem.clear();
+                }
+                if r.consul_token.is_empty() {
+                    s.consul_token.clear();
+                }
+            }
+            (Some(Spec::Node(s)), Some(Spec::Node(r))) if r.consul_token.is_empty() => s.consul_token.clear(),
+            _ => {}
+        }
+    }
     roles
+}
+
+/// [`strip_completions`] of a Consul server's spec.
+fn strip_consul(s: &mut v1::ConsulSpec, r: &v1::ConsulSpec) {
+    if r.encrypt_key.is_empty() {
+        s.encrypt_key.clear();
+    }
+    if r.management_token.is_empty() {
+        s.management_token.clear();
+    }
+    if r.agent_token.is_empty() {
+        s.agent_token.clear();
+    }
+    if r.tls_cert_pem.is_empty() {
+        s.tls_cert_pem.clear();
+        s.tls_key_pem.clear();
+        s.tls_ca_pem.clear();
+    }
+    for (st, rt) in s.tokens.iter_mut().zip(&r.tokens) {
+        if rt.accessor_id.is_empty() {
+            st.accessor_id.clear();
+            st.secret_id.clear();
+        }
+    }
 }
 
 pub fn facts_from_proto(f: &v1::HostFacts) -> crate::control_plane::store::Facts {

@@ -29,8 +29,8 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub(crate) const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default validity of a host's client certificate.
 pub const HOST_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default validity of an operator certificate.
@@ -332,14 +332,14 @@ pub fn new_key_and_csr(cn: &str) -> Result<(KeyPair, String), PkiError> {
 
 /// Parameters for a certificate that is not a CA: basicConstraints `CA:FALSE` stated
 /// explicitly, so no verifier has to assume it from a missing extension.
-fn leaf_params() -> CertificateParams {
+pub(crate) fn leaf_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::ExplicitNoCa;
     params
 }
 
 /// Loads the CA `<dir>/<stem>.{pem,key}`, or creates it from `params` on first use.
-fn load_or_create_ca(
+pub(crate) fn load_or_create_ca(
     dir: &Path,
     stem: &str,
     params: impl FnOnce() -> CertificateParams,
@@ -370,7 +370,7 @@ fn engine_client_ca_params(cluster: &str) -> CertificateParams {
     params
 }
 
-fn ca_params(cluster: &str) -> CertificateParams {
+pub(crate) fn ca_params(cluster: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&format!("Flotilla cluster CA {cluster}"), "flotilla-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -380,7 +380,7 @@ fn ca_params(cluster: &str) -> CertificateParams {
     params
 }
 
-fn dn(cn: &str, ou: &str) -> DistinguishedName {
+pub(crate) fn dn(cn: &str, ou: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Flotilla");
     dn.push(DnType::OrganizationalUnitName, ou);
@@ -388,7 +388,7 @@ fn dn(cn: &str, ou: &str) -> DistinguishedName {
     dn
 }
 
-fn san(addr: &str) -> Result<SanType, PkiError> {
+pub(crate) fn san(addr: &str) -> Result<SanType, PkiError> {
     Ok(match addr.parse::<IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
         Err(_) => {
@@ -399,13 +399,13 @@ fn san(addr: &str) -> Result<SanType, PkiError> {
     })
 }
 
-fn set_validity(params: &mut CertificateParams, validity: Duration) {
+pub(crate) fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE.min(validity / 10);
     params.not_after = now + validity;
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // no leading zero byte
@@ -432,15 +432,15 @@ fn server_cert_facts(pem: &str) -> Option<(Vec<String>, i64, i64)> {
     Some((sans, x509.validity().not_before.timestamp(), x509.validity().not_after.timestamp()))
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
+pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     flotilla_proto::fs::write_private(path, data).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
-fn write_public(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+pub(crate) fn write_public(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     flotilla_proto::fs::write_public(path, data).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 

@@ -17,6 +17,7 @@ use crate::control_plane::admin_api::AdminApi;
 use crate::control_plane::agent_api::{self, AgentApi};
 use crate::control_plane::agent_binary::{AgentBinary, AgentBinaryError};
 use crate::control_plane::clock::Clock;
+use crate::control_plane::consul::{ConsulSecrets, ConsulSecretsError};
 use crate::control_plane::core::ControlPlane;
 use crate::control_plane::descriptors;
 use crate::control_plane::enroll_limit::EnrollLimit;
@@ -35,6 +36,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Consul(#[from] ConsulSecretsError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error(
@@ -100,6 +103,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let advertise = advertised_addresses(&config, addr)?;
     let pki = Pki::load_or_create(&paths.dir, &config.cluster, &advertise)?;
+    let consul = ConsulSecrets::load_or_create(&paths.dir, &store, &config.cluster)?;
     let server_tls = tls::server_config(pki.server_identity(), &pki.ca_certs()?)?;
     let agent_endpoint = endpoint_of(&advertise[0], addr.port());
     let agent_binary = load_agent_binary(&config).await?;
@@ -110,6 +114,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         config: config.clone(),
         store,
         pki,
+        consul,
         sessions: Default::default(),
         logs: Default::default(),
         clock,

@@ -121,6 +121,11 @@ impl StatePaths {
     pub fn endpoint_file(&self) -> PathBuf {
         self.dir.join("endpoint")
     }
+    /// Written by `deploy` when it starts the control plane: the agent port's listen address
+    /// (`ip:port`), reused by every later deploy of the cluster.
+    pub fn listen_file(&self) -> PathBuf {
+        self.dir.join("listen")
+    }
     /// `serve --log-file` as `deploy` starts it: rotated past 10 MiB (`coordinator.log.1`, …).
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("coordinator.log")

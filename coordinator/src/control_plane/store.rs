@@ -221,6 +221,27 @@ impl Store {
         redb::ReadOnlyDatabase::open(path).map(drop).map_err(|source| open_error(path, source))
     }
 
+    /// The names of the hosts a state file records, read without holding it (no control
+    /// plane may run on it: [`StoreError::Locked`] then); a file that does not exist records
+    /// none. `destroy` checks them against what the provider finds.
+    pub fn recorded_host_names(path: &Path) -> Result<Vec<String>, StoreError> {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let db = redb::ReadOnlyDatabase::open(path).map_err(|source| open_error(path, source))?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(HOSTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(entry?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
     pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(HOSTS)?;

@@ -129,6 +129,8 @@ pub struct BakeOptions {
     pub agent_url: Option<String>,
     /// aws: region, endpoint, VPC, subnets, key pair, root volume size (`[aws]`).
     pub aws: AwsSettings,
+    /// lab: this machine's Engine (`[lab]`).
+    pub lab: lab::LabSettings,
     /// aws: the address of this machine the builder reaches (`--advertise`).
     pub advertise: Option<String>,
     /// aws: the builder's instance type.
@@ -172,14 +174,14 @@ pub async fn bake(opts: BakeOptions) -> Result<Report, BakeError> {
         }
         ProviderKind::Lab => {
             lab::bake::check_name(&opts.name)?;
-            let docker = lab::connect_engine().await.map_err(LabError::NoEngine)?;
+            let engine = lab::engine::LabEngine::connect(opts.lab.engine()).await?;
             let images = if opts.base.is_none() {
                 p.step("bake", "lab images (built once per recipe; a no-op when present)");
-                lab::images::ensure(opts.quiet).await.map_err(LabError::from)?
+                lab::images::ensure(opts.quiet, &engine.address).await.map_err(LabError::from)?
             } else {
                 lab::images::LabImages::default()
             };
-            let backend = lab::bake::LabBaker::new(docker, &opts.scope, images)?;
+            let backend = lab::bake::LabBaker::new(engine, &opts.scope, images)?;
             run(&backend, &opts, &p).await
         }
     };

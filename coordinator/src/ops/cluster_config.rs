@@ -8,6 +8,8 @@ use serde::Deserialize;
 use crate::providers::ProviderKind;
 /// `[aws]` lives with the AWS provider, which reads it; this module only validates it.
 pub use crate::providers::aws::AwsSettings;
+/// `[lab]` lives with the lab provider.
+pub use crate::providers::lab::LabSettings;
 
 /// The commented example `coordinator init` writes.
 pub const EXAMPLE: &str = r#"# flotilla.toml — the cluster `coordinator deploy` builds. Every key is optional.
@@ -57,13 +59,21 @@ manager = "t3.small"
 node = "t3.small"
 
 [coordinator]
-# The agent port. On the lab it listens on the lab network's gateway address.
-port = 7443
+# The agent port (on the lab it listens on the lab network's gateway address). Unset: each
+# cluster on this machine gets its own, the first free one from 7443, recorded in its state
+# (`<state>/listen`) and kept by every later deploy; `coordinator status` shows it.
+# port = 7443
 # The address hosts dial (AWS: this machine's address as the instances reach it, e.g. its
 # private IP in the same VPC, or a public DNS name); the lab uses its gateway address.
 advertise = ""
 # The address the agent port listens on; empty: the lab gateway (lab), 0.0.0.0 (aws).
 listen = ""
+
+[lab]
+# This machine's Docker Engine, where lab hosts run (FLOTILLA_LAB_DOCKER_HOST overrides it).
+# DOCKER_HOST is never used for the lab: `eval "$(coordinator env)"` points it at a cluster.
+# Empty: unix:///var/run/docker.sock.
+docker_host = ""
 
 [aws]
 # Region and credentials come from the standard chain (AWS_REGION, AWS_PROFILE, SSO,
@@ -98,6 +108,7 @@ pub struct ClusterConfig {
     pub images: Images,
     pub instance_types: InstanceTypes,
     pub coordinator: CoordinatorSettings,
+    pub lab: LabSettings,
     pub aws: AwsSettings,
 }
 
@@ -114,6 +125,7 @@ impl Default for ClusterConfig {
             images: Images::default(),
             instance_types: InstanceTypes::default(),
             coordinator: CoordinatorSettings::default(),
+            lab: LabSettings::default(),
             aws: AwsSettings::default(),
         }
     }
@@ -153,18 +165,14 @@ impl Default for InstanceTypes {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorSettings {
-    pub port: u16,
+    /// The agent port; `None`: the cluster's recorded one, else a free one from 7443
+    /// (`ops::deploy::port`).
+    pub port: Option<u16>,
     pub advertise: String,
     pub listen: String,
-}
-
-impl Default for CoordinatorSettings {
-    fn default() -> Self {
-        Self { port: 7443, advertise: String::new(), listen: String::new() }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +279,7 @@ impl ClusterConfig {
 
     /// `[coordinator]`: a port, an address hosts can dial, an IP to listen on.
     fn validate_coordinator(&self) -> Result<(), Invalid> {
-        if self.coordinator.port == 0 {
+        if self.coordinator.port == Some(0) {
             return Err(("coordinator.port", "must not be 0".into()));
         }
         if !self.coordinator.advertise.is_empty() && !valid_address(&self.coordinator.advertise) {
@@ -424,7 +432,7 @@ mod tests {
         assert!(m.contains("`nodes`"), "{m}");
         for a in ["10.0.0.300", "not an address", "-bad.example"] {
             let c = ClusterConfig {
-                coordinator: CoordinatorSettings { port: 7443, advertise: a.into(), listen: String::new() },
+                coordinator: CoordinatorSettings { port: None, advertise: a.into(), listen: String::new() },
                 ..Default::default()
             };
             let m = c.validate("f").expect_err(a).to_string();

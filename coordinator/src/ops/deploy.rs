@@ -5,7 +5,7 @@
 //! 2. The provider's side ([`provider`]; lab: images, network, registry preloaded with role
 //!    images; EC2: VPC, security group, AMI).
 //! 3. The control plane ([`control_plane`]): started in the background if none runs (it
-//!    holds the PKI).
+//!    holds the PKI), on the cluster's own port ([`port`]).
 //! 4. Hosts ([`launch`]): found by label; only missing ones are launched (in parallel), each
 //!    with its own user-data and a fresh one-time token. Hosts no longer in the plan are
 //!    drained, demoted, removed from the swarm and terminated — managers one at a time
@@ -23,6 +23,7 @@
 pub mod assign;
 pub mod control_plane;
 pub mod launch;
+pub mod port;
 pub mod provider;
 pub mod report;
 pub mod scale_down;
@@ -90,6 +91,14 @@ pub enum DeployError {
     Timeout { what: String, after: Duration, pending: String },
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
+    #[error("control plane: {0}")]
+    Port(#[from] port::PortError),
+    /// Hosts the deploy waits for are down and will not come up by themselves.
+    #[error(
+        "while waiting for {what}, host(s) went down and will not come up by themselves:{}\nLook at them (lab: `docker logs CONTAINER`, and free disk space: `df -h`, `docker system df`), then re-run `coordinator deploy`: it starts a stopped host and re-creates one that never ran",
+        down.iter().map(ToString::to_string).collect::<String>()
+    )]
+    HostDown { what: String, down: Vec<crate::providers::HostDown> },
 }
 
 impl From<PlanError> for DeployError {

@@ -93,6 +93,16 @@ pub const AWS_DRILL_IMAGE: &str = "busybox:1.36";
 /// How long a manager's Engine gets to answer before the fault.
 const ENGINE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The operator's Consul token (management), as the control plane wrote it in the cluster's
+/// state directory.
+fn operator_consul_token(state_dir: &std::path::Path) -> Result<String, FailoverError> {
+    let path = crate::control_plane::consul::operator_token_path(state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t.trim().to_string()),
+        Err(source) => Err(FailoverError::ConsulToken { path, source }),
+    }
+}
+
 /// The key the Consul drill writes to prove Consul's KV answers again (removed afterwards).
 pub fn kv_probe_key(cluster: &str) -> String {
     format!("flotilla/{cluster}/drill/kv-probe")
@@ -185,6 +195,10 @@ pub enum FailoverError {
     Provider(#[from] ProviderError),
     #[error("the drill did not pass: {0}")]
     NotPassed(String),
+    #[error(
+        "the operator's Consul token {path}: {source} (the control plane writes it at start; run the drill where the cluster was deployed)"
+    )]
+    ConsulToken { path: PathBuf, source: std::io::Error },
     #[error("interrupted by {signal}; {cleanup}")]
     Interrupted { signal: &'static str, cleanup: String },
 }
@@ -208,6 +222,8 @@ struct Drill {
     say: Arc<Say>,
     /// The cluster's provider, as its state directory records it (lab or AWS).
     provider: Arc<Provider>,
+    /// The operator's Consul token (`<state>/consul-operator.token`).
+    consul_token: String,
     pending: Mutex<Pending>,
 }
 
@@ -246,7 +262,15 @@ pub async fn run(
 ) -> Result<Report, FailoverError> {
     let record = ProviderRecord::load(&opts.state_dir);
     let provider = Arc::new(Provider::from_record(&opts.cluster, &opts.state_dir, &record).await?);
-    let d = Drill { opts, admin, say: Arc::new(Say::new()), provider, pending: Mutex::new(Pending::default()) };
+    let consul_token = operator_consul_token(&opts.state_dir)?;
+    let d = Drill {
+        opts,
+        admin,
+        say: Arc::new(Say::new()),
+        provider,
+        consul_token,
+        pending: Mutex::new(Pending::default()),
+    };
     let outcome = tokio::select! {
         r = drill(&d) => Ok(r),
         Some(sig) = signals.recv() => Err(sig),
@@ -418,8 +442,9 @@ async fn start_hello(d: &Drill, leader: &Docker, members: &[Member]) -> Result<V
     let tasks_before = swarm::ensure_hello(leader, &image).await?;
     d.say.note(format!("hello workload: {} tasks running", tasks_before.len()));
     if d.opts.component == Component::Consul {
-        let (via, cluster_id) =
-            consul::join_data(members, &d.opts.cluster).await.map_err(|e| FailoverError::JoinData(Box::new(e)))?;
+        let (via, cluster_id) = consul::join_data(members, &d.opts.cluster, &d.consul_token)
+            .await
+            .map_err(|e| FailoverError::JoinData(Box::new(e)))?;
         d.say.note(format!("swarm join data readable through {via} (cluster id {cluster_id})"));
     }
     Ok(tasks_before)

@@ -98,7 +98,8 @@ pub struct SpecInputs<'a> {
 }
 
 /// The role specs of one host. The control plane fills in secrets (Consul's gossip key,
-/// the Engine's TLS certificate) when it stores the assignment.
+/// tokens and certificates, each host's Consul token, the Engine's TLS certificate) when it
+/// stores the assignment.
 pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec> {
     let consul_hosts: Vec<&PlannedHost> = inp.plan.iter().filter(|h| h.has(RoleKind::Consul)).collect();
     let consul_ips: Vec<String> = consul_hosts.iter().filter_map(|h| inp.addresses.get(&h.name).cloned()).collect();
@@ -121,19 +122,36 @@ pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec>
                 }),
                 bootstrap_expect: consul_hosts.len() as u32,
                 retry_join: consul_ips.clone(),
-                encrypt_key: String::new(),
                 datacenter: inp.cluster.to_string(),
+                tokens: consul_tokens(inp.plan),
+                ..Default::default()
             }),
             RoleKind::Manager => v1::role_spec::Spec::Manager(v1::ManagerSpec {
                 designated_initializer: first_manager == Some(host.name.as_str()),
                 consul_http_addrs: consul_http.clone(),
                 ..Default::default()
             }),
-            RoleKind::Node => v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone() }),
+            RoleKind::Node => {
+                v1::role_spec::Spec::Node(v1::NodeSpec { consul_http_addrs: consul_http.clone(), ..Default::default() })
+            }
         };
         out.push(v1::RoleSpec { spec: Some(spec) });
     }
     out
+}
+
+/// The Consul ACL tokens the cluster's agents use — one per host and role — which the
+/// Consul servers keep in Consul (the control plane fills in their ids).
+fn consul_tokens(plan: &[PlannedHost]) -> Vec<v1::ConsulToken> {
+    plan.iter()
+        .flat_map(|h| {
+            h.roles.iter().map(|r| v1::ConsulToken {
+                host: h.name.clone(),
+                role: r.proto() as i32,
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,8 +222,8 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
 
 /// The lab: its network and registry, if missing; the hosts it has.
 async fn lab_changes(config: &ClusterConfig, state_dir: &Path, ch: &mut Changes) -> Result<Vec<Host>, PlanError> {
-    let docker = lab::connect_engine().await.map_err(LabError::NoEngine)?;
-    let lab = Lab::new(docker, &config.name, state_dir, Default::default());
+    let engine = lab::engine::LabEngine::connect(config.lab.engine()).await?;
+    let lab = Lab::new(engine, &config.name, state_dir, Default::default());
     if lab.registry_addr().await?.is_none() {
         ch.create.push(format!("lab network {} and its registry", lab.network_name()));
     }
@@ -289,5 +307,13 @@ mod tests {
         assert_eq!(n.consul_http_addrs, ["10.0.0.10:8500", "10.0.0.11:8500", "10.0.0.12:8500"]);
         let Some(v1::role_spec::Spec::Consul(c)) = &role_specs(&p[0], &inp)[0].spec else { panic!("consul") };
         assert_eq!(c.bootstrap_expect, 3);
+        // Issue 14: the Consul servers keep one token per host and role, and no secret is
+        // in the plan (the control plane fills the ids).
+        let tokens: Vec<(String, i32)> = c.tokens.iter().map(|t| (t.host.clone(), t.role)).collect();
+        assert_eq!(tokens.len(), 3 * 2 + 2, "{tokens:?}");
+        assert!(tokens.contains(&("node1".into(), v1::Role::Node as i32)));
+        assert!(tokens.contains(&("manager2".into(), v1::Role::Consul as i32)));
+        assert!(c.tokens.iter().all(|t| t.accessor_id.is_empty() && t.secret_id.is_empty()));
+        assert!(c.management_token.is_empty() && n.consul_token.is_empty());
     }
 }

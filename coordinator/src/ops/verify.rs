@@ -75,6 +75,18 @@ pub struct SmokeResult {
     pub seconds: f64,
 }
 
+impl SmokeResult {
+    /// The progress line: `2 task(s) ran on node0, node1; output: "Hello from …"` (no Rust
+    /// debug formatting).
+    pub fn line(&self) -> String {
+        let output = match self.output.first() {
+            Some(o) => format!("\"{o}\""),
+            None => "none".to_string(),
+        };
+        format!("{} task(s) ran on {}; output: {output}", self.tasks, self.nodes.join(", "))
+    }
+}
+
 /// A TLS client for a manager's Engine.
 pub async fn engine(ip: &str, cert_dir: &Path) -> Result<Docker, VerifyError> {
     let unreachable = |source| VerifyError::Engine { ip: ip.to_string(), source };
@@ -430,12 +442,37 @@ async fn smoke_output(d: &Docker, id: &str, replicas: usize) -> Vec<String> {
     last.into_inner()
 }
 
+/// The variables [`docker_env`] sets (`coordinator env --unset` unsets them).
+pub const DOCKER_ENV_VARS: [&str; 3] = ["DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"];
+
 /// Docker Machine's convention: what to export so the plain `docker` CLI talks to the
 /// cluster's leader with the operator certificate.
 pub fn docker_env(leader_ip: &str, cert_dir: &Path) -> Vec<(String, String)> {
+    let [host, verify, certs] = DOCKER_ENV_VARS.map(String::from);
     vec![
-        ("DOCKER_HOST".into(), format!("tcp://{leader_ip}:{ENGINE_TLS_PORT}")),
-        ("DOCKER_TLS_VERIFY".into(), "1".into()),
-        ("DOCKER_CERT_PATH".into(), cert_dir.display().to_string()),
+        (host, format!("tcp://{leader_ip}:{ENGINE_TLS_PORT}")),
+        (verify, "1".into()),
+        (certs, cert_dir.display().to_string()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SmokeResult;
+
+    #[test]
+    fn the_smoke_line_reads_as_text_not_as_rust_debug_output() {
+        let r = SmokeResult {
+            tasks: 2,
+            nodes: vec!["node0".into(), "node1".into()],
+            output: vec!["Hello from flotilla/lab-hello on 5df517cc1f25".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            r.line(),
+            "2 task(s) ran on node0, node1; output: \"Hello from flotilla/lab-hello on 5df517cc1f25\""
+        );
+        let none = SmokeResult { tasks: 1, nodes: vec!["node0".into()], ..Default::default() };
+        assert_eq!(none.line(), "1 task(s) ran on node0; output: none");
+    }
 }

@@ -10,14 +10,16 @@
 //! `flotilla.cluster=<cluster>`, so it can be listed and removed completely.
 //!
 //! Not like EC2: no security group is enforced between lab hosts (documented), and hosts run
-//! with the capability set `shared/LAB.md` found to work (`--privileged` fails here).
+//! with the capability set `images/NOTES.md` records (`--privileged` fails here).
 //!
-//! This file holds the provider itself (its errors, the Engine connection, the cluster's
-//! labels and `destroy`); [`network`] picks the /24 and the addresses, [`registry`] runs the
-//! lab registry, [`hosts`] launches and finds hosts, [`images`] builds the lab's images and
-//! [`bake`] is the lab's side of `coordinator bake`.
+//! This file holds the provider itself (its errors, its settings, the cluster's labels and
+//! `destroy`); [`engine`] is this machine's Engine (never `DOCKER_HOST`), [`network`] picks
+//! the /24 and the addresses, [`registry`] runs the lab registry, [`hosts`] launches and finds
+//! hosts, [`images`] builds the lab's images and [`bake`] is the lab's side of
+//! `coordinator bake`.
 
 pub mod bake;
+pub mod engine;
 pub mod hosts;
 pub mod images;
 pub mod network;
@@ -45,8 +47,15 @@ pub const STOP_TIMEOUT_S: i32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("the local Docker Engine does not answer ({0}); the lab needs it: start dockerd and retry")]
-    NoEngine(#[source] bollard::errors::Error),
+    #[error(
+        "this machine's Docker Engine at {address} does not answer ({error}); the lab needs it: start dockerd, or point {} (or [lab] docker_host in flotilla.toml) at it",
+        engine::ENV
+    )]
+    NoEngine { address: String, error: bollard::errors::Error },
+    #[error(
+        "the lab's Engine address {address} is not one the lab can use: write unix:///path/to/docker.sock or tcp://HOST:PORT (no TLS)"
+    )]
+    EngineAddress { address: String },
     #[error("the local Docker Engine: {0}")]
     Engine(String),
     #[error("no free /24 left under {}.{}.0.0/16 for the lab network", SUBNET_BASE[0], SUBNET_BASE[1])]
@@ -76,15 +85,26 @@ impl From<bollard::errors::Error> for LabError {
     }
 }
 
-/// The machine's Docker Engine (the lab's hosts run on it), with the API version
-/// negotiated; the error is the Engine's own, for the caller to frame
-/// ([`LabError::NoEngine`] where the lab is being set up).
-pub async fn connect_engine() -> Result<Docker, bollard::errors::Error> {
-    Docker::connect_with_defaults()?.negotiate_version().await
+/// `[lab]` in flotilla.toml (recorded in the cluster's provider.json).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabSettings {
+    /// This machine's Engine (`unix:///var/run/docker.sock` when empty); `DOCKER_HOST` is
+    /// never used for the lab, and `FLOTILLA_LAB_DOCKER_HOST` overrides this.
+    pub docker_host: String,
+}
+
+impl LabSettings {
+    /// Where the lab's Engine is, by [`engine::EngineAddress::resolve`].
+    pub fn engine(&self) -> engine::EngineAddress {
+        engine::EngineAddress::resolve(&self.docker_host)
+    }
 }
 
 pub struct Lab {
     pub docker: Docker,
+    /// Where `docker` is (`docker` commands the lab runs are aimed there too).
+    pub engine: engine::EngineAddress,
     pub cluster: String,
     /// `<cluster state>/lab`: NoCloud seeds (0700; user-data holds a join token).
     pub dir: PathBuf,
@@ -94,9 +114,10 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn new(docker: Docker, cluster: &str, state_dir: &Path, images: images::LabImages) -> Self {
+    pub fn new(engine: engine::LabEngine, cluster: &str, state_dir: &Path, images: images::LabImages) -> Self {
         Self {
-            docker,
+            docker: engine.docker,
+            engine: engine.address,
             cluster: cluster.to_string(),
             dir: lab_dir(state_dir),
             images,

@@ -270,7 +270,11 @@ fn the_typed_view_prints_the_json_the_hand_built_one_did() {
 #[test]
 fn the_table_renders_from_the_view_as_it_did_from_the_response() {
     for st in responses() {
-        assert_eq!(StatusView::from(&st).table(), legacy_status_table(&st), "{}", st.cluster);
+        let endpoint = match st.agent_endpoint.as_str() {
+            "" => String::new(),
+            e => format!("\ncontrol plane: hosts dial {e} (this cluster's own port)"),
+        };
+        assert_eq!(StatusView::from(&st).table(), legacy_status_table(&st) + &endpoint, "{}", st.cluster);
     }
 }
 

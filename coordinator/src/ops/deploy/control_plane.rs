@@ -1,8 +1,8 @@
 //! Step 3: the cluster's control plane — connected to when one runs, else started in the
-//! background as `coordinator serve` (it outlives the deploy, logs to
-//! `<state>/coordinator.log`, rotated past 10 MiB; what it prints before logging starts goes to
-//! `<state>/coordinator.out`) — and the Engine client certificate `docker` and
-//! `coordinator env` use against the managers' Engines (not an admin credential).
+//! background as `coordinator serve` on the cluster's own port ([`super::port`]; it outlives
+//! the deploy, logs to `<state>/coordinator.log`, rotated past 10 MiB; what it prints before
+//! logging starts goes to `<state>/coordinator.out`) — and the Engine client certificate
+//! `docker` and `coordinator env` use against the managers' Engines (not an admin credential).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use flotilla_proto::v1::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
-use super::{DeployError, Run};
+use super::{DeployError, Run, port};
 use crate::admin_client::{self, ConnectError};
 use crate::control_plane::settings::StatePaths;
 use crate::control_plane::store::{Store, StoreError};
@@ -32,20 +32,26 @@ pub struct ServeSpec<'a> {
     pub listen_ip: &'a str,
     /// Hosts dial this (the server certificate's name).
     pub advertise: &'a str,
-    pub port: u16,
+    /// The port asked for (`--port`, `coordinator.port`); `None`: the cluster's recorded one,
+    /// else a free one ([`super::port::choose`]).
+    pub port: Option<u16>,
 }
 
 /// Connects to the cluster's control plane, starting one in the background when none
-/// runs: it listens on `listen_ip:port` (the lab's gateway) and logs to
+/// runs: it listens on `listen_ip` (the lab's gateway) and the cluster's port, and logs to
 /// `<state>/coordinator.log`.
 pub async fn ensure_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminClient<Channel>, DeployError> {
+    port::check_unchanged(&s.paths.dir, s.port)?;
     match admin_client::connect_local(s.cluster, &s.paths.admin_socket()).await {
         Ok(c) => return Ok(c),
         Err(ConnectError::NotRunning { .. }) => {}
         Err(e) => return Err(DeployError::AdminSocket(e)),
     }
     wait_for_store_release(s.paths).await;
-    spawn_control_plane(s, p).await
+    // Another deploy may be picking a port right now: one at a time, until ours listens.
+    let _lock = port::lock(s.state_root)?;
+    let chosen = port::choose(&s.paths.dir, s.listen_ip, s.port)?;
+    spawn_control_plane(s, chosen, p).await
 }
 
 /// A control plane that is just stopping has closed its socket but still holds the store
@@ -69,8 +75,8 @@ async fn wait_for_store_release(paths: &StatePaths) {
 
 /// Starts `coordinator serve` detached (its own process group) and waits until its admin
 /// socket answers.
-async fn spawn_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<AdminClient<Channel>, DeployError> {
-    let ServeSpec { cluster, state_root, paths, listen_ip, advertise, port } = *s;
+async fn spawn_control_plane(s: &ServeSpec<'_>, port: u16, p: &Progress) -> Result<AdminClient<Channel>, DeployError> {
+    let ServeSpec { cluster, state_root, paths, listen_ip, advertise, .. } = *s;
     let spawn = |what: String| move |source| DeployError::Spawn { what, source };
     let exe = std::env::current_exe().map_err(spawn("the path of this program".into()))?;
     let log_path = paths.log_file();

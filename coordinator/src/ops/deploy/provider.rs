@@ -9,6 +9,7 @@ use std::path::Path;
 use super::DeployError;
 use crate::ops::cluster_config::ClusterConfig;
 use crate::providers::aws::{self, Aws};
+use crate::providers::lab::engine::LabEngine;
 use crate::providers::lab::{self, Lab, LabError};
 use crate::providers::{Host, LaunchSpec, Provider, ProviderKind, ProviderRecord};
 use crate::ui::Progress;
@@ -61,6 +62,7 @@ pub fn record(c: &ClusterConfig, prepared: &Prepared, state_dir: &Path) -> Resul
     ProviderRecord {
         provider: prepared.provider.kind(),
         aws: matches!(prepared.provider, Provider::Aws(_)).then(|| c.aws.clone()),
+        lab: matches!(prepared.provider, Provider::Lab(_)).then(|| c.lab.clone()),
     }
     .save(state_dir)
     .map_err(DeployError::state_dir(state_dir))
@@ -74,10 +76,10 @@ fn pick(configured: &str, default: &str) -> String {
 /// The lab: its images (built once per recipe), its network and the registry preloaded with
 /// the role images.
 async fn prepare_lab(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progress) -> Result<Prepared, DeployError> {
-    let docker = lab::connect_engine().await.map_err(LabError::NoEngine)?;
+    let engine = LabEngine::connect(c.lab.engine()).await?;
     p.step("lab", "lab images (built once per recipe; a no-op when present)");
-    let images = lab::images::ensure(quiet).await.map_err(LabError::from)?;
-    let lab = Lab::new(docker, &c.name, state_dir, images);
+    let images = lab::images::ensure(quiet, &engine.address).await.map_err(LabError::from)?;
+    let lab = Lab::new(engine, &c.name, state_dir, images);
     if !c.images.host.is_empty() {
         lab.require_image(&c.images.host, "images.host in flotilla.toml, or --image").await?;
         p.step("lab", format!("hosts boot from {}", c.images.host));

@@ -52,7 +52,7 @@ pub async fn verify_and_smoke(
         let image = &run.prepared.hello_image;
         p.step("smoke", format!("hello service on the nodes ({image})"));
         let r = verify::smoke(&swarm.leader_ip, docker_dir, image, c.nodes as usize).await?;
-        p.step("smoke", format!("{} task(s) ran on {:?}; output: {:?}", r.tasks, r.nodes, r.output.first()));
+        p.step("smoke", r.line());
         Some(r)
     } else {
         None

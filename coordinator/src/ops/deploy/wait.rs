@@ -1,6 +1,9 @@
 //! Steps 5 and 6's waits: the control plane's status polled (bounded) until every planned
 //! host is enrolled and connected, or runs every role it was assigned. Each host's state is
-//! printed when it changes; a time-out names the hosts still pending and why.
+//! printed when it changes; a time-out names the hosts still pending and why. Every
+//! [`PROVIDER_EVERY`] the provider is asked about the pending hosts: one that is down and
+//! will not come up by itself (a lab container that never started, exited or died) ends the
+//! wait at once with its state, exit code and last lines ([`DeployError::HostDown`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,6 +16,8 @@ use crate::poll::{Attempt, PollError, poll_until};
 
 /// How often the status is asked.
 const EVERY: Duration = Duration::from_millis(250);
+/// How often the provider is asked whether a pending host is down.
+const PROVIDER_EVERY: Duration = Duration::from_secs(2);
 
 /// Every planned host's agent enrolled, connected and reachable.
 pub async fn every_agent_connected(run: &Run<'_>) -> Result<(), DeployError> {
@@ -39,13 +44,15 @@ async fn wait_hosts(
     ok: impl Fn(&v1::HostStatus) -> bool,
 ) -> Result<(), DeployError> {
     let notes: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    let asked = RefCell::new(Instant::now());
     run.p.step("wait", what);
     let waited = poll_until(what, Instant::now() + timeout, EVERY, || {
-        let (notes, ok) = (&notes, &ok);
+        let (notes, ok, asked) = (&notes, &ok, &asked);
         let mut admin = run.admin.clone();
         async move {
             let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
             let mut pending = Vec::new();
+            let mut pending_names = Vec::new();
             for h in run.planned {
                 let n = &h.name;
                 let note = match st.hosts.iter().find(|s| &s.name == n) {
@@ -58,6 +65,14 @@ async fn wait_hosts(
                 }
                 if note != "ok" {
                     pending.push(format!("{n} ({note})"));
+                    pending_names.push(n.clone());
+                }
+            }
+            if !pending_names.is_empty() && asked.borrow().elapsed() >= PROVIDER_EVERY {
+                *asked.borrow_mut() = Instant::now();
+                let down = run.prepared.provider.not_running(&pending_names).await?;
+                if !down.is_empty() {
+                    return Err(DeployError::HostDown { what: what.to_string(), down });
                 }
             }
             Ok::<_, DeployError>(if pending.is_empty() {

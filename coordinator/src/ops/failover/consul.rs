@@ -2,7 +2,8 @@
 //! reads Consul), probed every [`PROBE_INTERVAL`](super::PROBE_INTERVAL): the target's
 //! `/v1/status/leader`, the survivors' (who leads), a KV write through the new leader; then
 //! the swarm's join data read back, and the target back as a healthy voter in autopilot's
-//! view.
+//! view. Every call but `/v1/status/*` carries the operator's Consul token
+//! (`<state>/consul-operator.token`): Consul denies anything else to an anonymous client.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use flotilla_agent::consul::{Consul, ConsulError, ServerHealth};
-use flotilla_agent::roles::swarm::{self as agent_swarm, JoinData};
+use flotilla_agent::roles::swarm::{self as agent_swarm, ManagerJoin, WorkerJoin};
 use tokio::sync::mpsc;
 
 use super::probe::{self, Sighting};
@@ -45,8 +46,9 @@ pub enum JoinDataError {
     Call { key: String, via: String, error: ConsulCallError },
 }
 
-fn client(ip: &str) -> Consul {
-    Consul::new(&format!("{ip}:{}", flotilla_agent::roles::consul::HTTP_PORT))
+/// A client of the Consul server at `ip`, its calls made with `token`.
+fn client(ip: &str, token: &str) -> Consul {
+    Consul::new(&format!("{ip}:{}", flotilla_agent::roles::consul::HTTP_PORT)).with_token(token)
 }
 
 /// A Consul call, bounded.
@@ -63,7 +65,7 @@ fn name_of(members: &[Member], addr: &str) -> Option<String> {
 /// Consul's leader, as the first server that answers names it.
 pub(super) async fn find_leader(members: &[Member]) -> Option<String> {
     for m in members {
-        if let Ok(addr) = timed(CALL_TIMEOUT * 2, client(&m.ip).leader()).await
+        if let Ok(addr) = timed(CALL_TIMEOUT * 2, client(&m.ip, "").leader()).await
             && !addr.is_empty()
         {
             return name_of(members, &addr);
@@ -76,10 +78,10 @@ pub(super) async fn find_leader(members: &[Member]) -> Option<String> {
 /// the leader through the first server that answers): every server alive, voting and
 /// healthy, and a failure tolerance of at least one. A server that rejoined moments ago is
 /// a non-voter until autopilot promotes it; drilling then would lose the quorum.
-pub(super) async fn fault_tolerance_problems(servers: &[Member]) -> Vec<String> {
+pub(super) async fn fault_tolerance_problems(servers: &[Member], token: &str) -> Vec<String> {
     let mut last = String::from("no Consul server is known");
     for m in servers {
-        let c = client(&m.ip);
+        let c = client(&m.ip, token);
         let health = match timed(CALL_TIMEOUT * 2, c.autopilot_health()).await {
             Ok(h) => h,
             Err(e) => {
@@ -105,36 +107,65 @@ pub(super) async fn fault_tolerance_problems(servers: &[Member]) -> Vec<String> 
     vec![last]
 }
 
-/// The swarm's join data (`flotilla/<cluster>/swarm/join`), read through the first of
-/// `members` that answers (a follower forwards the read to the leader, so this needs one):
-/// the server read through and the swarm's cluster id.
-pub(super) async fn join_data(members: &[Member], cluster: &str) -> Result<(String, String), JoinDataError> {
+/// The swarm's join records (`flotilla/<cluster>/swarm/join` and `.../swarm/worker`), read
+/// with `token` through the first of `members` that answers (a follower forwards the read
+/// to the leader, so this needs one): the server read through and the swarm's cluster id.
+pub(super) async fn join_data(
+    members: &[Member],
+    cluster: &str,
+    token: &str,
+) -> Result<(String, String), JoinDataError> {
     let key = agent_swarm::key(cluster, "join");
     let mut last = JoinDataError::NoServer { key: key.clone() };
     for m in members {
-        let (key, via) = (key.clone(), m.name.clone());
-        last = match timed(CALL_TIMEOUT * 2, client(&m.ip).get(&key)).await {
-            Ok(Some(e)) => match serde_json::from_slice::<JoinData>(&e.value) {
-                Ok(j) if !j.cluster_id.is_empty() && !j.manager_token.is_empty() && !j.worker_token.is_empty() => {
-                    return Ok((via, j.cluster_id));
-                }
-                Ok(_) => JoinDataError::Incomplete { key, via },
-                Err(error) => JoinDataError::Parse { key, via, error },
-            },
-            Ok(None) => JoinDataError::Missing { key, via },
-            Err(error) => JoinDataError::Call { key, via, error },
+        last = match join_records(&client(&m.ip, token), cluster).await {
+            Ok(cluster_id) => return Ok((m.name.clone(), cluster_id)),
+            Err(e) => e(m.name.clone()),
         };
     }
     Err(last)
 }
 
+type ViaError = Box<dyn FnOnce(String) -> JoinDataError + Send>;
+
+/// Both join records through `c`, complete and naming the same swarm: its cluster id.
+async fn join_records(c: &Consul, cluster: &str) -> Result<String, ViaError> {
+    let manager: ManagerJoin = record(c, &agent_swarm::key(cluster, "join")).await?;
+    let worker: WorkerJoin = record(c, &agent_swarm::key(cluster, "worker")).await?;
+    let complete = !manager.cluster_id.is_empty()
+        && !manager.manager_token.is_empty()
+        && !worker.worker_token.is_empty()
+        && worker.cluster_id == manager.cluster_id;
+    if !complete {
+        let key = agent_swarm::key(cluster, "join");
+        return Err(Box::new(move |via| JoinDataError::Incomplete { key, via }));
+    }
+    Ok(manager.cluster_id)
+}
+
+/// One record, parsed; the error still needs the server's name.
+async fn record<T: serde::de::DeserializeOwned>(c: &Consul, key: &str) -> Result<T, ViaError> {
+    let key = key.to_string();
+    match timed(CALL_TIMEOUT * 2, c.get(&key)).await {
+        Ok(Some(e)) => serde_json::from_slice::<T>(&e.value)
+            .map_err(|error| -> ViaError { Box::new(move |via| JoinDataError::Parse { key, via, error }) }),
+        Ok(None) => Err(Box::new(move |via| JoinDataError::Missing { key, via })),
+        Err(error) => Err(Box::new(move |via| JoinDataError::Call { key, via, error })),
+    }
+}
+
 /// Deletes `key` through the first server that can, retried every 500 ms until `deadline`.
-pub(super) async fn delete_key(addrs: &[String], key: &str, deadline: Instant) -> Result<(), ConsulCallError> {
+pub(super) async fn delete_key(
+    addrs: &[String],
+    key: &str,
+    token: &str,
+    deadline: Instant,
+) -> Result<(), ConsulCallError> {
     let last = &Mutex::new(None);
     let deleted = poll_until("the key deleted", deadline, Duration::from_millis(500), move || async move {
         let mut error = ConsulCallError::NoServer;
         for a in addrs {
-            match timed(CALL_TIMEOUT * 2, Consul::new(a).delete(key)).await {
+            match timed(CALL_TIMEOUT * 2, Consul::new(a).with_token(token).delete(key)).await {
                 Ok(()) => return Ok(Attempt::Done(())),
                 Err(e) => error = e,
             }
@@ -163,7 +194,8 @@ pub(super) async fn measure(d: &Drill, m: &Measure<'_>, r: &mut Report) -> Optio
     // Where the KV probe writes: the leader, once one is named.
     let kv_via: Arc<Mutex<Option<Member>>> = Arc::default();
     let (tx, rx) = mpsc::unbounded_channel();
-    let _probing = probe::every_interval(probe_round(m, kv_probe_key(&d.opts.cluster), kv_via.clone(), tx));
+    let key = kv_probe_key(&d.opts.cluster);
+    let _probing = probe::every_interval(probe_round(m, key, d.consul_token.clone(), kv_via.clone(), tx));
     let mut new_leader = None;
     probe::collect("Consul's failover measured", m.deadline, rx, |at, seen| {
         if let Some(l) = take(&d.say, m, r, &mut new_leader, at, seen) {
@@ -181,6 +213,7 @@ pub(super) async fn measure(d: &Drill, m: &Measure<'_>, r: &mut Report) -> Optio
 fn probe_round(
     m: &Measure<'_>,
     key: String,
+    token: String,
     kv_via: Arc<Mutex<Option<Member>>>,
     tx: mpsc::UnboundedSender<Sighting<Seen>>,
 ) -> impl FnMut() + Send + 'static {
@@ -190,23 +223,23 @@ fn probe_round(
     move || {
         let (tx1, ip) = (tx.clone(), target_ip.clone());
         tokio::spawn(async move {
-            let ok = timed(PING_TIMEOUT, client(&ip).leader()).await.is_ok();
+            let ok = timed(PING_TIMEOUT, client(&ip, "").leader()).await.is_ok();
             let _ = tx1.send((fault_at.elapsed(), Seen::Ping(ok)));
         });
         for s in &survivors {
             let (tx1, s) = (tx.clone(), s.clone());
             tokio::spawn(async move {
-                let leader = timed(CALL_TIMEOUT, client(&s.ip).leader()).await;
+                let leader = timed(CALL_TIMEOUT, client(&s.ip, "").leader()).await;
                 let _ = tx1.send((fault_at.elapsed(), Seen::Leader { from: s.name, leader }));
             });
         }
         let via = lock(&kv_via).clone();
         if let Some(via) = via {
-            let (tx1, key) = (tx.clone(), key.clone());
+            let (tx1, key, token) = (tx.clone(), key.clone(), token.clone());
             tokio::spawn(async move {
                 let value = format!("written {:.3} s after the fault", fault_at.elapsed().as_secs_f64());
-                let ok =
-                    matches!(timed(CALL_TIMEOUT, client(&via.ip).put(&key, value.as_bytes(), None)).await, Ok(true));
+                let c = client(&via.ip, &token);
+                let ok = matches!(timed(CALL_TIMEOUT, c.put(&key, value.as_bytes(), None)).await, Ok(true));
                 let _ = tx1.send((fault_at.elapsed(), Seen::Kv { via: via.name, ok }));
             });
         }
@@ -274,7 +307,7 @@ pub(super) async fn workload(d: &Drill, m: &Measure<'_>, managers: &[Docker], ta
     let seen = &Mutex::new(WorkloadSeen::default());
     let whole = poll_until("the workload whole again", m.deadline, Duration::from_millis(200), move || async move {
         if lock(seen).join.is_none() {
-            match join_data(survivors, &d.opts.cluster).await {
+            match join_data(survivors, &d.opts.cluster, &d.consul_token).await {
                 Ok((via, id)) => {
                     d.say.event(
                         m.fault_at.elapsed(),
@@ -349,14 +382,14 @@ pub(super) async fn rejoin(d: &Drill, m: &Measure<'_>, restore_at: Instant, dead
     let (target_back, listed_as) = (&AtomicBool::new(false), &Mutex::new(None::<String>));
     let back = poll_until("the target rejoined", deadline, Duration::from_millis(200), move || async move {
         if !target_back.load(Ordering::Relaxed)
-            && let Ok(addr) = timed(CALL_TIMEOUT, client(m.target_ip).leader()).await
+            && let Ok(addr) = timed(CALL_TIMEOUT, client(m.target_ip, "").leader()).await
             && !addr.is_empty()
         {
             target_back.store(true, Ordering::Relaxed);
             let l = name_of(m.members, &addr).unwrap_or(addr);
             d.say.event(m.fault_at.elapsed(), format!("{target}'s Consul answers again and names {l} the leader"));
         }
-        let Some(status) = autopilot_view(ask, target).await else {
+        let Some(status) = autopilot_view(ask, target, &d.consul_token).await else {
             return Ok(Attempt::NotYet(format!("{target} not listed by autopilot")));
         };
         *lock(listed_as) = Some(status.clone());
@@ -379,9 +412,9 @@ pub(super) async fn rejoin(d: &Drill, m: &Measure<'_>, restore_at: Instant, dead
 
 /// How autopilot, asked through the first of `ask` that answers, lists `target`; `None`:
 /// no server answered, or autopilot does not list it.
-async fn autopilot_view(ask: &[Member], target: &str) -> Option<String> {
+async fn autopilot_view(ask: &[Member], target: &str, token: &str) -> Option<String> {
     for x in ask {
-        if let Ok(servers) = timed(CALL_TIMEOUT * 2, client(&x.ip).autopilot_health()).await {
+        if let Ok(servers) = timed(CALL_TIMEOUT * 2, client(&x.ip, token).autopilot_health()).await {
             return servers.iter().find(|s| s.name == target).map(rejoined_as);
         }
     }

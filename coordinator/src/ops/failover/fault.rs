@@ -239,7 +239,7 @@ pub(super) async fn clean_up(d: &Drill) -> Vec<String> {
     };
     if kv {
         let key = kv_probe_key(&d.opts.cluster);
-        match consul::delete_key(&addrs, &key, Instant::now() + patience).await {
+        match consul::delete_key(&addrs, &key, &d.consul_token, Instant::now() + patience).await {
             Ok(()) => lock(&d.pending).kv_probe = false,
             Err(e) => notes.push(format!("could not remove the Consul key {key} ({e})")),
         }

@@ -21,7 +21,7 @@ pub(super) async fn wait_until_fit(d: &Drill) -> Result<(Vec<Member>, Vec<Member
         let mut admin = d.admin.clone();
         async move {
             let st = admin.status(v1::StatusRequest::default()).await.map_err(FailoverError::from)?.into_inner();
-            match fit(&st, &d.opts).await {
+            match fit(&st, &d.opts, &d.consul_token).await {
                 Ok(m) => Ok(Attempt::Done((m, members(&st, v1::Role::Manager)))),
                 Err(FailoverError::Unhealthy { problems, .. }) => {
                     // Only while the wait goes on: the time-out's error says it last.
@@ -44,13 +44,13 @@ pub(super) async fn wait_until_fit(d: &Drill) -> Result<(Vec<Member>, Vec<Member
 /// One look: [`check`] on `st`, then (unless `--force`) Consul's own view — a server that
 /// just came back (from a drill before this one) may not vote yet, and then the cluster
 /// cannot lose another.
-async fn fit(st: &v1::StatusResponse, opts: &Options) -> Result<Vec<Member>, FailoverError> {
+async fn fit(st: &v1::StatusResponse, opts: &Options, consul_token: &str) -> Result<Vec<Member>, FailoverError> {
     let members = check(st, opts.component, opts.target.as_deref(), opts.force)?;
     let servers = self::members(st, v1::Role::Consul);
     if opts.force || servers.is_empty() {
         return Ok(members);
     }
-    let problems = consul::fault_tolerance_problems(&servers).await;
+    let problems = consul::fault_tolerance_problems(&servers, consul_token).await;
     if problems.is_empty() {
         Ok(members)
     } else {

@@ -78,13 +78,13 @@ pub struct LabBaker {
 }
 
 impl LabBaker {
-    pub fn new(docker: Docker, scope: &str, images: LabImages) -> Result<Self, LabError> {
+    pub fn new(engine: super::engine::LabEngine, scope: &str, images: LabImages) -> Result<Self, LabError> {
         let seeds = tempfile::Builder::new()
             .prefix("flotilla-bake-")
             .tempdir()
             .map_err(|source| LabError::Seed { path: std::env::temp_dir(), source })?;
         let default_base = images.host.clone();
-        Ok(Self { lab: Lab::new(docker, &format!("{scope}.bake"), seeds.path(), images), default_base, _seeds: seeds })
+        Ok(Self { lab: Lab::new(engine, &format!("{scope}.bake"), seeds.path(), images), default_base, _seeds: seeds })
     }
 
     fn builder(&self) -> String {
@@ -212,7 +212,10 @@ impl Backend for LabBaker {
 
     async fn engine_version(&self, base: &Base) -> Result<Option<String>, BackendError> {
         // `dockerd --version` in a throwaway container of the base, without a network.
-        let run = tokio::process::Command::new("docker")
+        let run = self
+            .lab
+            .engine
+            .docker_cli()
             .args([
                 "run",
                 "--rm",
@@ -225,7 +228,6 @@ impl Backend for LabBaker {
                 &base.id,
                 "--version",
             ])
-            .env_remove("DOCKER_HOST")
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(EXEC_TIMEOUT, run)

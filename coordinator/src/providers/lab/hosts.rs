@@ -6,14 +6,18 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
-use bollard::query_parameters::{StartContainerOptions, StopContainerOptions};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, VolumeCreateRequest};
+use bollard::query_parameters::{LogsOptions, StartContainerOptions, StopContainerOptions};
+use futures::StreamExt;
 
 use super::{
     LABEL_HOST, LABEL_IP, LABEL_ROLE, Lab, LabError, STOP_TIMEOUT_S, ignore_not_modified, remove_container,
     remove_volume,
 };
-use crate::providers::{Host, HostState, LaunchSpec};
+use crate::providers::{Host, HostDown, HostState, LaunchSpec};
+
+/// How many of a host container's last console lines a [`HostDown`] quotes.
+const DOWN_LINES: usize = 10;
 
 impl Lab {
     /// Refuses a host image this machine's Engine does not have (`from` names where the
@@ -118,6 +122,49 @@ impl Lab {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// Of `names`, the hosts whose container is not running and will not come up by itself:
+    /// never started (`created`), stopped (`exited`), `dead`, or gone — each with its Docker
+    /// state, exit code, the Engine's error and its last console lines. A deploy waiting for
+    /// them to enroll fails at once instead of waiting out its time-out.
+    pub async fn not_running(&self, names: &[String]) -> Result<Vec<HostDown>, LabError> {
+        let mut down = Vec::new();
+        for host in names {
+            let container = self.container_name(host);
+            let state = match self.docker.inspect_container(&container, None).await {
+                Ok(c) => c.state.unwrap_or_default(),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                    down.push(HostDown::new(host, format!("lab container {container}"), "gone (no such container)"));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let status = state.status.unwrap_or(ContainerStateStatusEnum::EMPTY);
+            if !matches!(
+                status,
+                ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD
+            ) {
+                continue;
+            }
+            let mut d = HostDown::new(host, format!("lab container {container}"), status.as_ref());
+            d.exit_code = state.exit_code.filter(|_| status != ContainerStateStatusEnum::CREATED);
+            d.error = state.error.unwrap_or_default();
+            d.last_lines = self.console_tail(&container).await;
+            down.push(d);
+        }
+        Ok(down)
+    }
+
+    /// The last [`DOWN_LINES`] lines a container printed (its systemd console).
+    async fn console_tail(&self, container: &str) -> Vec<String> {
+        let opts = LogsOptions { stdout: true, stderr: true, tail: DOWN_LINES.to_string(), ..Default::default() };
+        let mut logs = self.docker.logs(container, Some(opts));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            text.push_str(&chunk.to_string());
+        }
+        text.lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect()
     }
 
     pub async fn host(&self, name: &str) -> Result<Host, LabError> {

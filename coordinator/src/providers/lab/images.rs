@@ -13,6 +13,8 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::engine::EngineAddress;
+
 const COMMON: &str = include_str!("images/common.sh");
 const RECIPES: [(&str, &str); 4] = [
     ("registry", include_str!("images/registry.sh")),
@@ -40,11 +42,11 @@ pub struct LabImages {
     pub registry: String,
 }
 
-/// Builds every lab image that is missing (a no-op for those whose recipe is unchanged).
-/// With `quiet`, progress lines are collected and shown only on failure.
-pub async fn ensure(quiet: bool) -> Result<LabImages, ImageError> {
+/// Builds every lab image that is missing on `engine` (a no-op for those whose recipe is
+/// unchanged). With `quiet`, progress lines are collected and shown only on failure.
+pub async fn ensure(quiet: bool, engine: &EngineAddress) -> Result<LabImages, ImageError> {
     // Fast path: every image already exists under its recipe's tag (no bash, no temp dir).
-    if let Some(images) = present().await {
+    if let Some(images) = present(engine).await {
         return Ok(images);
     }
     let dir = tempfile::tempdir()?;
@@ -54,7 +56,7 @@ pub async fn ensure(quiet: bool) -> Result<LabImages, ImageError> {
     }
     let mut out = LabImages::default();
     for (name, _) in RECIPES {
-        let tag = build(dir.path(), name, quiet).await?;
+        let tag = build(dir.path(), name, quiet, engine).await?;
         match name {
             "host" => out.host = tag,
             "consul" => out.consul = tag,
@@ -76,8 +78,9 @@ pub fn tag(name: &str, recipe: &str) -> String {
 }
 
 /// All four images, when each exists under its recipe's tag.
-async fn present() -> Option<LabImages> {
-    let out = tokio::process::Command::new("docker")
+async fn present(engine: &EngineAddress) -> Option<LabImages> {
+    let out = engine
+        .docker_cli()
         .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "label=flotilla.recipe-hash"])
         .output()
         .await
@@ -99,8 +102,10 @@ async fn present() -> Option<LabImages> {
     Some(images)
 }
 
-async fn build(dir: &Path, name: &str, quiet: bool) -> Result<String, ImageError> {
-    let mut child = tokio::process::Command::new("bash")
+async fn build(dir: &Path, name: &str, quiet: bool, engine: &EngineAddress) -> Result<String, ImageError> {
+    let mut bash = tokio::process::Command::new("bash");
+    engine.aim(&mut bash);
+    let mut child = bash
         .arg(dir.join(format!("{name}.sh")))
         .env("FLOTILLA_IMAGES_DIR", dir)
         .stdin(Stdio::null())
