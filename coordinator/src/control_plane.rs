@@ -5,10 +5,12 @@
 //! - [`core`]: the [`core::ControlPlane`] every handler shares, and the admin operations.
 //! - [`store`]: the durable state (redb): hosts, join-token hashes, the audit trail, counted
 //!   refusals, operator certificates.
-//! - [`audit`]: recording events, and counting refused calls instead of writing each.
+//! - [`audit`]: recording events, and counting refused calls instead of writing each
+//!   ([`audit::refusals`]).
 //! - [`untrusted`]: text from outside, cut and escaped before it is stored, logged or printed.
-//! - [`operators`]: who may call the admin API (the local socket; operator certificates
-//!   checked per call), minting and revoking operator and Engine client certificates.
+//! - [`operators`]: who may call the admin API ([`operators::caller`]: the local socket, or
+//!   an operator certificate checked per call), minting and revoking operator certificates,
+//!   minting Engine client certificates.
 //! - [`pki`]: the cluster CA, the server certificate, signing host and operator CSRs.
 //! - [`consul`]: what Consul gets: the management (operator) token, per-host ACL tokens,
 //!   the Consul CA and its server certificates.
@@ -16,7 +18,7 @@
 //! - [`enroll`]: where an agent's enrollment is checked (token + CSR → certificate).
 //! - [`session`]: one agent session's life and its certificate's renewal;
 //!   [`session::registry`]: the live ones; [`session::grants`]: what each certificate holds
-//!   open, ended when it stops being valid.
+//!   open, ended when it stops being valid; [`session::renewing`]: one renewal per host.
 //! - [`log_router`]: routing agents' log streams to followers.
 //! - [`agent_api`]: the `AgentService` gRPC edge (authentication; what a connection without
 //!   a certificate may call, enrollment's rate limit from [`enroll_limit`]).

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use flotilla_proto::v1;
 
-use crate::control_plane::audit::Refusals;
+use crate::control_plane::audit::refusals::Refusals;
 use crate::control_plane::clock::Clock;
 use crate::control_plane::consul::ConsulSecrets;
-use crate::control_plane::operators::Caller;
+use crate::control_plane::operators::caller::Caller;
 use crate::control_plane::pki::{Pki, PkiError};
-use crate::control_plane::session::Renewing;
 use crate::control_plane::session::grants::Grants;
 use crate::control_plane::session::registry::Sessions;
+use crate::control_plane::session::renewing::Renewing;
 use crate::control_plane::settings::{ServeConfig, valid_name};
 use crate::control_plane::store::{AuditEvent, Facts, Store, StoreError};
 use crate::control_plane::tokens;

@@ -15,7 +15,7 @@
 //!   the agent port already fails; should one chain to the cluster CA, its OU is refused here.
 //! - Every admin mutation's audit event names its [`Caller`].
 
-use std::fmt;
+pub mod caller;
 
 use flotilla_proto::tls::PeerIdentity;
 
@@ -23,31 +23,7 @@ use crate::control_plane::core::ControlPlane;
 use crate::control_plane::pki::{self, Issued, PkiError};
 use crate::control_plane::settings::valid_name;
 use crate::control_plane::store::{OperatorCert, OperatorRecord, StoreError};
-
-/// Who is calling the admin API.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Caller {
-    /// The state directory's unix socket; the peer's uid when the kernel said.
-    LocalSocket { uid: Option<u32> },
-    /// An operator certificate on the agent port, checked against the store.
-    Operator { name: String, serial: String, peer: String },
-}
-
-impl Caller {
-    pub fn is_local(&self) -> bool {
-        matches!(self, Caller::LocalSocket { .. })
-    }
-}
-
-impl fmt::Display for Caller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Caller::LocalSocket { uid: Some(uid) } => write!(f, "local socket (uid {uid})"),
-            Caller::LocalSocket { uid: None } => write!(f, "local socket"),
-            Caller::Operator { name, serial, peer } => write!(f, "operator {name} (serial {serial}) from {peer}"),
-        }
-    }
-}
+pub use caller::Caller;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {

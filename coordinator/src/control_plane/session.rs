@@ -6,16 +6,16 @@
 //! host — revoked, superseded by a re-enrollment, or dropped from the kept set by renewals
 //! ([`grants`]) — and when that certificate (or the one it renewed to) expires, by a timer on
 //! its notAfter. `Renew` is answered only for the host's newest, unrevoked certificate, only
-//! past half its validity, one at a time per host ([`Renewing`]); the host keeps at most
+//! past half its validity, one at a time per host ([`renewing::Renewing`]); the host keeps at most
 //! [`KEPT_CERTS`] certificates (the one the session holds and the new one); signing and the
 //! store's commit run on a blocking thread.
 
 pub mod grants;
 pub mod registry;
+pub mod renewing;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::v1::{self, agent_message, coordinator_message};
@@ -113,35 +113,6 @@ pub enum RenewError {
     Store(#[from] StoreError),
     #[error("the renewal task failed: {0}")]
     Task(String),
-}
-
-/// Hosts with a renewal in progress: at most one each.
-#[derive(Default)]
-pub struct Renewing {
-    hosts: Mutex<HashSet<String>>,
-}
-
-/// A host's place in [`Renewing`], given back when dropped.
-pub struct RenewSlot<'a> {
-    renewing: &'a Renewing,
-    host: String,
-}
-
-impl Renewing {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The host's slot, or `None` while another renewal of it is in progress.
-    pub fn begin(&self, host: &str) -> Option<RenewSlot<'_>> {
-        self.lock().insert(host.to_string()).then(|| RenewSlot { renewing: self, host: host.to_string() })
-    }
-}
-
-impl Drop for RenewSlot<'_> {
-    fn drop(&mut self) {
-        self.renewing.lock().remove(&self.host);
-    }
 }
 
 /// The certificate a session holds now: the one it was opened with, then each one it renewed
