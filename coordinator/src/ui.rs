@@ -80,23 +80,6 @@ impl Progress {
     }
 }
 
-/// `text` with every control character (C0, DEL, C1 — terminal escapes among them) shown as
-/// a Rust escape (`\u{1b}`), for printing what a host or a client supplied.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 /// `host/source`, coloured by host (the same host always gets the same colour) when
 /// `colour` is set.
 pub fn log_prefix(host: &str, source: &str, colour: bool) -> String {
@@ -112,13 +95,7 @@ pub fn log_prefix(host: &str, source: &str, colour: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{log_prefix, printable};
-
-    #[test]
-    fn control_characters_are_escaped_and_plain_text_is_kept() {
-        assert!(matches!(printable("manager0 ✓"), std::borrow::Cow::Borrowed("manager0 ✓")));
-        assert_eq!(printable("a\x1b[31mb\r\n\u{9b}c"), "a\\u{1b}[31mb\\r\\n\\u{9b}c");
-    }
+    use super::log_prefix;
 
     #[test]
     fn log_prefixes_are_plain_off_a_terminal_and_coloured_per_host_on_one() {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::args::parse_duration;
 use super::{CliError, Global, Output, json_line};
+use crate::control_plane::untrusted::clean;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -287,7 +288,7 @@ impl StatusView {
         for h in &self.hosts {
             // Cells carry what agents reported (swarm state, roles): a compromised host
             // must not reach the operator's terminal with escape sequences.
-            t.add_row(h.row().map(|cell| crate::ui::printable(&cell).into_owned()));
+            t.add_row(h.row().map(|cell| clean(&cell, usize::MAX)));
         }
         let mut port = self.endpoint_line();
         port.push_str(&self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default());
