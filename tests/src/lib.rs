@@ -77,6 +77,11 @@ impl Coord {
             .expect("admin socket")
     }
 
+    /// The control plane's status, over the admin socket.
+    pub async fn status(&self) -> flotilla_proto::v1::StatusResponse {
+        self.admin().await.status(flotilla_proto::v1::StatusRequest::default()).await.expect("status").into_inner()
+    }
+
     pub async fn token(&self, host: &str) -> String {
         self.admin()
             .await

@@ -46,17 +46,7 @@ async fn enroll(coord: &Coord, token: &str, host: &str, csr: &str) -> Result<v1:
 }
 
 async fn host_names(coord: &Coord) -> Vec<String> {
-    coord
-        .admin()
-        .await
-        .status(v1::StatusRequest::default())
-        .await
-        .expect("status")
-        .into_inner()
-        .hosts
-        .into_iter()
-        .map(|h| h.name)
-        .collect()
+    coord.status().await.hosts.into_iter().map(|h| h.name).collect()
 }
 
 /// The kinds in the audit: its events', then its counted refusals'.

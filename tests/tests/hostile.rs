@@ -404,15 +404,7 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(conn: &mut S, within: Du
 }
 
 async fn port_status(coord: &Coord) -> v1::PortStatus {
-    coord
-        .admin()
-        .await
-        .status(v1::StatusRequest::default())
-        .await
-        .expect("status")
-        .into_inner()
-        .port
-        .expect("port status")
+    coord.status().await.port.expect("port status")
 }
 
 fn with_header<T>(msg: T) -> tonic::Request<T> {
