@@ -161,9 +161,9 @@ impl ControlPlane {
         };
         // Same request as the one in force: keep it and its generation (re-running deploy is
         // a no-op; nothing is signed).
-        let a = match self.assignment_of(host)?.filter(|p| self.in_force(p, &requested, &rec.facts)) {
-            Some(p) => p,
-            None => self.store_assignment(host, &requested, &rec.facts, by)?,
+        let a = match self.assignment_of(host)? {
+            Some(p) if self.in_force(&p, &requested, &rec.facts) => p,
+            prev => self.store_assignment(host, &requested, prev.as_ref(), &rec.facts, by)?,
         };
         let generation = a.generation;
         let delivered = self
@@ -180,19 +180,21 @@ impl ControlPlane {
             && stored.cluster == requested.cluster
     }
 
-    /// Completes `requested` (see [`ControlPlane::complete`]), checks it and stores it as the
-    /// next generation — unless an identical request got there first. Returns what is in force.
+    /// Completes `requested` (see [`ControlPlane::complete`], carrying over what the assignment
+    /// `in_force` was given), checks it and stores it as the next generation — unless an
+    /// identical request got there first. Returns what is in force.
     fn store_assignment(
         &self,
         host: &str,
         requested: &v1::Assignment,
+        in_force: Option<&v1::Assignment>,
         facts: &Facts,
         by: &Caller,
     ) -> Result<v1::Assignment, ControlError> {
         use prost::Message;
         let mut a = requested.clone();
-        if let Some(prev) = self.assignment_of(host)? {
-            carry_over(&prev, &mut a);
+        if let Some(prev) = in_force {
+            carry_over(prev, &mut a);
         }
         self.complete(host, facts, &mut a)?;
         flotilla_agent::reconcile::validate(&a)
