@@ -178,11 +178,10 @@ pub async fn ensure_docker_certs(run: &Run<'_>) -> Result<PathBuf, DeployError> 
 
 /// Whether `path` holds a certificate with the Engine client OU.
 fn is_engine_client_cert(path: &Path) -> bool {
-    let Ok(pem) = std::fs::read(path) else { return false };
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else { return false };
-    let Ok(cert) = pem.parse_x509() else { return false };
-    cert.subject()
-        .iter_organizational_unit()
-        .filter_map(|ou| ou.as_str().ok())
-        .any(|ou| ou == flotilla_proto::OU_ENGINE_CLIENT)
+    let Ok(pem) = std::fs::read_to_string(path) else { return false };
+    let Ok(certs) = flotilla_proto::tls::certs_from_pem("docker certificate", &pem) else { return false };
+    certs
+        .first()
+        .and_then(flotilla_proto::tls::identity_of)
+        .is_some_and(|id| id.organizational_unit == flotilla_proto::OU_ENGINE_CLIENT)
 }
