@@ -82,6 +82,8 @@ pub struct ControlPlane {
     pub renewing: Renewing,
     /// Refused calls counted since the last flush to the store.
     pub refusals: Refusals,
+    /// Auto-heal's policy and progress.
+    pub healer: crate::control_plane::healer::Healer,
 }
 
 impl ControlPlane {
@@ -452,7 +454,7 @@ impl ControlPlane {
             });
         }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(v1::StatusResponse {
+        let mut st = v1::StatusResponse {
             cluster: self.config.cluster.clone(),
             hosts,
             heartbeat_interval_s: self.config.heartbeat_interval.as_secs() as u32,
@@ -460,7 +462,10 @@ impl ControlPlane {
             agent_binary_sha256: self.agent_binary.as_ref().map(|b| b.sha256.clone()).unwrap_or_default(),
             agent_version: flotilla_agent::VERSION.to_string(),
             port: Some(self.port_status()),
-        })
+            heal: None,
+        };
+        st.heal = Some(self.heal_status(&st));
+        Ok(st)
     }
 
     /// The agent port's resources, for `status`.

@@ -127,7 +127,9 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         grants: Default::default(),
         renewing: Default::default(),
         refusals: Default::default(),
+        healer: Default::default(),
     });
+    cp.load_heal_policy()?;
 
     let unix = bind_admin_socket(&paths)?;
     flotilla_proto::fs::write_public(&paths.endpoint_file(), agent_endpoint.as_bytes())
@@ -141,6 +143,9 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         "control plane serving"
     );
     tokio::spawn(crate::control_plane::audit::flush_refusals(Arc::clone(&cp)));
+    if let Some(command) = config.heal_command.clone() {
+        tokio::spawn(crate::control_plane::healer::supervise(Arc::clone(&cp), command));
+    }
     let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
     Ok(Running { cp, addr, paths, task })
 }

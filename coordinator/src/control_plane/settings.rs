@@ -28,6 +28,9 @@ pub struct ServeConfig {
     pub agent_binary: Option<PathBuf>,
     /// What the agent port lets clients use (issue 14).
     pub limits: PortLimits,
+    /// The command auto-heal runs (`coordinator … heal --auto`), argv; `None`: auto-heal is
+    /// unavailable (a control plane embedded in tests).
+    pub heal_command: Option<Vec<std::ffi::OsString>>,
 }
 
 impl ServeConfig {
@@ -41,6 +44,7 @@ impl ServeConfig {
             remote_admin: true,
             agent_binary: None,
             limits: PortLimits::default(),
+            heal_command: None,
         }
     }
 }
@@ -131,6 +135,11 @@ impl StatePaths {
         self.dir.join("coordinator.log")
     }
     /// What a `serve` that `deploy` started printed before its log began (and a fatal error).
+    /// What auto-heal's runs print (appended).
+    pub fn heal_log(&self) -> PathBuf {
+        self.dir.join("heal.log")
+    }
+
     pub fn output_file(&self) -> PathBuf {
         self.dir.join("coordinator.out")
     }
