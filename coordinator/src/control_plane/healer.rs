@@ -158,6 +158,10 @@ impl ControlPlane {
                 s.current_host.clear();
                 if p.failed {
                     s.failed += 1;
+                } else if s.phase == "healing" {
+                    // Done now, not at the supervisor's next look at the exited run.
+                    s.phase = "idle".into();
+                    s.since_ms = now;
                 }
             } else if s.phase != "healing" {
                 s.phase = "healing".into();

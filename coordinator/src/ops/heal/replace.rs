@@ -112,7 +112,9 @@ async fn addresses(h: &Heal<'_>) -> Result<(Vec<crate::providers::Host>, HashMap
     Ok((hosts, addresses))
 }
 
-/// Ends the lost host's memberships, removes it at the provider, forgets its identity.
+/// Ends the lost host's memberships, removes it at the provider, forgets its identity. The
+/// Consul `force-leave` (Serf waits out its broadcast, about 5 s) runs beside the rest: the
+/// replacement's Consul server joins only after its host booted and enrolled.
 async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealError> {
     let name = &planned.name;
     let managers = addresses_of(h, RoleKind::Manager, name).await?;
@@ -120,20 +122,28 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
     h.say(name, format!("removing it from the swarm through {via}")).await;
     let did = membership::leave_swarm(&d, &via, name).await?;
     h.say(name, format!("swarm: {did}")).await;
-    if planned.has(RoleKind::Consul) {
-        let servers = addresses_of(h, RoleKind::Consul, name).await?;
+    let servers = if planned.has(RoleKind::Consul) { addresses_of(h, RoleKind::Consul, name).await? } else { vec![] };
+    let consul = async {
+        if servers.is_empty() {
+            return Ok(());
+        }
         match membership::leave_consul(&servers, &h.consul_token, name).await? {
             Some(via) => h.say(name, format!("consul: force-left (pruned) through {via}")).await,
             None => {
                 h.say(name, "consul: no server answered a force-leave; autopilot removes the dead server when the replacement joins").await
             }
         }
-    }
-    h.say(name, "removing what is left of it at the provider").await;
-    h.run.prepared.provider.terminate(name).await?;
-    h.run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: name.clone() }).await?;
-    h.say(name, "its certificates revoked and its record forgotten").await;
-    Ok(())
+        Ok::<_, HealError>(())
+    };
+    let provider = async {
+        h.say(name, "removing what is left of it at the provider").await;
+        h.run.prepared.provider.terminate(name).await?;
+        h.run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: name.clone() }).await?;
+        h.say(name, "its certificates revoked and its record forgotten").await;
+        Ok::<_, HealError>(())
+    };
+    let (c, p) = tokio::join!(consul, provider);
+    c.and(p)
 }
 
 /// Launches a replacement unless the provider has one (an interrupted heal launched it);
