@@ -27,6 +27,9 @@ use crate::poll::{Attempt, PollError, poll_until};
 /// worker's tasks.
 const SWARM_SETTLE: Duration = Duration::from_secs(90);
 const EVERY: Duration = Duration::from_millis(500);
+/// How long the swarm gets to mark a gone host's node down (its dispatcher's heartbeat
+/// period times its grace multiplier: 15 s by default).
+const SWARM_DOWN_WAIT: Duration = Duration::from_secs(45);
 
 /// The first of `manager_ips` whose Engine answers.
 pub async fn a_manager(manager_ips: &[String], cert_dir: &Path) -> Result<(String, Docker), HealError> {
@@ -59,14 +62,9 @@ async fn nodes_of(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, b
 /// Ends `host`'s membership of the swarm (see the module's doc); what it did, for the log.
 pub async fn leave_swarm(d: &Docker, via: &str, host: &str) -> Result<String, HealError> {
     let call = |e: bollard::errors::Error| HealError::Swarm(format!("{via}: {e}"));
-    let nodes = nodes_of(d, host).await.map_err(call)?;
+    let nodes = wait_not_ready(d, host).await?;
     if nodes.is_empty() {
         return Ok("not in the swarm's node list".into());
-    }
-    if nodes.iter().any(|(_, _, ready)| *ready) {
-        return Err(HealError::Swarm(format!(
-            "the swarm still sees {host} ready: it is not lost; nothing was removed"
-        )));
     }
     let mut done = Vec::new();
     for (id, manager, _) in nodes {
@@ -80,6 +78,26 @@ pub async fn leave_swarm(d: &Docker, via: &str, host: &str) -> Result<String, He
         done.push(format!("removed node {id}"));
     }
     Ok(done.join(", "))
+}
+
+/// The swarm's nodes for `host` once none of them is `ready` any more. The provider says the
+/// host is gone, but the swarm marks a node down only after missing its heartbeats (about
+/// 15 s): that is waited for, bounded; a node still ready then is not touched.
+async fn wait_not_ready(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, HealError> {
+    let waited = poll_until("the swarm to see the node down", Instant::now() + SWARM_DOWN_WAIT, EVERY, || async move {
+        let nodes = nodes_of(d, host).await.map_err(|e| HealError::Swarm(e.to_string()))?;
+        Ok::<_, HealError>(match nodes.iter().any(|(_, _, ready)| *ready) {
+            false => Attempt::Done(nodes),
+            true => Attempt::NotYet("ready".into()),
+        })
+    })
+    .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { .. } => HealError::Swarm(format!(
+            "the swarm still sees {host} ready after {SWARM_DOWN_WAIT:?}: it is not lost; nothing was removed"
+        )),
+    })
 }
 
 /// Demotes a manager node (unreachable or not); swarmkit refuses it when quorum would not
