@@ -119,3 +119,40 @@ async fn an_agent_unreachable_past_the_grace_period_makes_the_control_plane_run_
     assert_eq!(std::fs::read_to_string(&marker).expect("ran").lines().count(), 1, "ran again while backing off");
     coord.stop().await;
 }
+
+#[tokio::test]
+async fn a_heal_run_without_provider_credentials_stops_auto_heal_until_the_policy_is_set_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    // What `heal --auto` reports and exits with when the provider refuses its credentials.
+    let script = format!("echo ran >> {}; exit 78", marker.display());
+    let mut coord = Coord::start(|c| c.heal_command = Some(vec!["/bin/sh".into(), "-c".into(), script.into()])).await;
+    let policy = v1::HealPolicy { auto: true, grace_s: 30 };
+    coord.admin().await.set_heal_policy(policy).await.expect("policy");
+    let mut agent = flotilla_agent::start(coord.agent_config("node0").await).await.expect("agent");
+    agent.wait_for(WAIT, |s| s.connected).await.expect("connected");
+    agent.stop().await;
+    eventually(WAIT, "node0 unreachable", || async {
+        heal(&coord).await.unreachable_s.contains_key("node0").then_some(())
+    })
+    .await;
+    coord.clock.advance(Duration::from_secs(31));
+    let h = eventually(WAIT, "auto-heal refused", || async {
+        let h = heal(&coord).await;
+        (h.state == "refused").then_some(h)
+    })
+    .await;
+    assert!(h.message.contains("refused until the next deploy"), "{}", h.message);
+    // Refused: it does not try again, however long the host stays unreachable ...
+    coord.clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(std::fs::read_to_string(&marker).expect("ran").lines().count(), 1, "ran again while refused");
+    // ... until a deploy sets the policy again.
+    coord.admin().await.set_heal_policy(policy).await.expect("policy again");
+    eventually(WAIT, "a second run after the policy was set again", || async {
+        let runs = std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
+        (runs == 2).then_some(())
+    })
+    .await;
+    coord.stop().await;
+}
