@@ -5,9 +5,10 @@
 //!   quorum, and its role manager then removes it from Raft — and its node removed once
 //!   that is done; a worker's node is removed once its tasks were rescheduled elsewhere.
 //!   A node the swarm still sees `ready` is never touched: it is not lost.
-//! - Consul: `force-leave -prune` of its server, through a surviving server, so the
-//!   replacement (same node name, new node ID) joins without a clash and the dead server
-//!   leaves the Raft peers at once.
+//! - Consul: `force-leave` of its server through a surviving server: it goes to `left`, as
+//!   autopilot's dead-server clean-up does, so the leader drops it from the Raft peers and
+//!   the replacement (same node name, new node ID) joins as a new member. Not `-prune`
+//!   (see `Consul::force_leave`).
 //!
 //! Every step is idempotent: a node or member already gone is success.
 
@@ -165,7 +166,7 @@ async fn remove_node(d: &Docker, id: &str) -> Result<(), HealError> {
     }
 }
 
-/// `force-leave -prune` of `host` through the first of `consul_ips` that answers, with the
+/// `force-leave` of `host` through the first of `consul_ips` that answers, with the
 /// operator's token. `Ok(None)` when no server answered (on AWS the coordinator may not reach
 /// 8500): Consul's autopilot then removes the dead server once its replacement joins.
 pub async fn leave_consul(consul_ips: &[String], token: &str, host: &str) -> Result<Option<String>, HealError> {

@@ -128,7 +128,7 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
             return Ok(());
         }
         match membership::leave_consul(&servers, &h.consul_token, name).await? {
-            Some(via) => h.say(name, format!("consul: force-left (pruned) through {via}")).await,
+            Some(via) => h.say(name, format!("consul: force-left through {via}")).await,
             None => {
                 h.say(name, "consul: no server answered a force-leave; autopilot removes the dead server when the replacement joins").await
             }
