@@ -82,6 +82,8 @@ pub struct ControlPlane {
     pub renewing: Renewing,
     /// Refused calls counted since the last flush to the store.
     pub refusals: Refusals,
+    /// Backups being taken (issue 16).
+    pub backups: crate::control_plane::backup::Backups,
 }
 
 impl ControlPlane {

@@ -127,6 +127,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         grants: Default::default(),
         renewing: Default::default(),
         refusals: Default::default(),
+        backups: Default::default(),
     });
 
     let unix = bind_admin_socket(&paths)?;
@@ -141,6 +142,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         "control plane serving"
     );
     tokio::spawn(crate::control_plane::audit::flush_refusals(Arc::clone(&cp)));
+    tokio::spawn(crate::control_plane::backup::policy::run(Arc::clone(&cp)));
     let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
     Ok(Running { cp, addr, paths, task })
 }

@@ -194,6 +194,10 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         port: c.coordinator.port,
     };
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
+    // The backup schedule the control plane reads at every tick (validated above).
+    if let Ok(policy) = c.backup.policy() {
+        policy.save(&state_dir).map_err(DeployError::state_dir(&state_dir.join("backup-policy.json")))?;
+    }
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(DeployError::state_dir(&paths.ca_pem()))?;
     let run = Run { config: c, planned: &planned, prepared: &prepared, admin, state_dir: &state_dir, p: &p };
 
