@@ -287,9 +287,12 @@ fn issue_16_backups_while_serving_and_the_state_moved_to_another_root() {
     wait_status(None, "5 hosts connected with a leader", Duration::from_secs(60), |st| all_connected(st, 5));
 
     // A long-running service of 2 replicas on the workers, from the lab's hello image.
-    let image =
-        text(&in_host("node0", "docker image ls --format '{{.Repository}}:{{.Tag}}' | grep lab-hello | head -1"));
-    assert!(image.contains("lab-hello"), "the hello image is on node0: '{image}'");
+    let image = text(&in_host(
+        "node0",
+        "docker image ls --format '{{.Repository}}:{{.Tag}}' | grep /flotilla/hello: | head -1",
+    ));
+    // (The smoke test pulled it there: the lab registry's `flotilla/hello`, busybox inside.)
+    assert!(image.contains("/flotilla/hello:"), "the hello image is on node0: '{image}'");
     let create = format!(
         "docker service create -d --name backup-web --replicas 2 --constraint node.role==worker {image} sh -c 'while true; do sleep 1; done'"
     );
