@@ -10,8 +10,9 @@
 //!    key: the check means something); one byte changed is refused by its digest.
 //! 3. `state export` (passphrase file) holds no secret in the clear; the control plane is
 //!    stopped, the original state directory deleted; `state import` into another state root
-//!    starts it again: every host reconnects, the backups verify there, `failover-test`
-//!    passes, and `destroy` removes the cluster.
+//!    starts it again: every host reconnects, the backups verify there, the schedule takes
+//!    new ones and prunes the old (`every` 60 s, `keep` 1), `failover-test` passes, and
+//!    `destroy` removes the cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -275,7 +276,31 @@ fn export_delete_import(state_dir: &Path, scratch: &Path) -> PathBuf {
     eprintln!("every host reconnected {:?} after the import", started.elapsed());
     let listed = json_lines(&ok(Some(&new_root), &["backups", "--verify", "--output", "json"]));
     assert_eq!(listed.len(), 2, "the backups came along and verify with the key that came along");
+    scheduled(&new_root, &listed);
     new_root
+}
+
+/// The schedule: with `every` 60 s and `keep` 1 (as `deploy` records `[backup]`), the
+/// control plane takes a backup of each kind by itself — the newest is older than a minute —
+/// and prunes the older ones; then the schedule is turned off again.
+fn scheduled(root: &Path, before: &[Value]) {
+    let policy = root.join(CLUSTER).join("backup-policy.json");
+    std::fs::write(&policy, r#"{"every_s": 60, "keep": 1}"#).expect("write the policy");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let after = loop {
+        let now = json_lines(&ok(Some(root), &["backups", "--output", "json"]));
+        let newer = |b: &Value| before.iter().all(|o| o["id"] != b["id"]);
+        if now.len() == 2 && now.iter().all(newer) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "no scheduled backup of each kind (pruned to 1) within 120 s: {now:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    std::fs::write(&policy, r#"{"every_s": 0, "keep": 1}"#).expect("turn the schedule off");
+    let kinds: Vec<&str> = after.iter().filter_map(|b| b["kind"].as_str()).collect();
+    assert!(kinds.contains(&"swarm") && kinds.contains(&"consul"), "{after:?}");
+    let audit = ok(Some(root), &["audit", "--output", "json"]);
+    assert!(audit.contains("backup.taken") && audit.contains("schedule"), "the scheduled backups are audited");
 }
 
 #[test]
