@@ -108,7 +108,7 @@ async fn swarm(docker: Option<&Docker>, max: u64) -> Result<Taken, BackupError> 
     systemctl("stop", "docker.service").await?;
     let archived = tokio::task::spawn_blocking(move || archive_dir(&dir, max)).await;
     // Started again whatever happened to the archive.
-    systemctl("start", "docker.service").await?;
+    start_engine().await?;
     let data = archived.map_err(|e| BackupError::Task(e.to_string()))??;
     wait_reachable(d).await?;
     Ok(Taken { data, engine_version, consul_version: String::new() })
@@ -147,6 +147,28 @@ async fn wait_reachable(d: &Docker) -> Result<(), BackupError> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Starts the Engine again. systemd refuses a unit started more often than its start limit
+/// (docker.service: 3 in 60 s — a deploy's TLS restart and two backups in a row are enough),
+/// which would leave this manager down: the limit's counter is reset first, and a failed
+/// start is tried again (3 times, 2 s apart).
+async fn start_engine() -> Result<(), BackupError> {
+    let mut last = None;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let _ = systemctl("reset-failed", "docker.service").await;
+        match systemctl("start", "docker.service").await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, attempt, "starting the Engine again after the backup");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or(BackupError::NoEngine))
 }
 
 async fn systemctl(verb: &'static str, unit: &'static str) -> Result<(), BackupError> {
