@@ -19,6 +19,8 @@ use hyper_util::rt::TokioExecutor;
 
 /// How long one Consul call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a snapshot (`GET /v1/snapshot`) may take: the leader writes its whole state.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
@@ -100,6 +102,16 @@ impl Consul {
     }
 
     async fn call(&self, method: http::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), ConsulError> {
+        self.call_within(CALL_TIMEOUT, method, path, body).await
+    }
+
+    async fn call_within(
+        &self,
+        timeout: Duration,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), ConsulError> {
         let uri = format!("http://{}{}", self.addr, path);
         let mut req = http::Request::builder().method(method).uri(&uri);
         if !self.token.is_empty() {
@@ -123,9 +135,9 @@ impl Consul {
                 .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| ConsulError::Unreachable {
+        tokio::time::timeout(timeout, fut).await.map_err(|_| ConsulError::Unreachable {
             addr: self.addr.clone(),
-            detail: format!("no answer within {CALL_TIMEOUT:?}"),
+            detail: format!("no answer within {timeout:?}"),
         })?
     }
 
@@ -185,6 +197,22 @@ impl Consul {
             servers: Vec<ServerHealth>,
         }
         Ok(self.decode::<Raw>(what, &body)?.servers)
+    }
+
+    /// A snapshot of the servers' state (`GET /v1/snapshot`, Consul's own backup: a gzipped
+    /// tar of the Raft snapshot and its metadata; needs `management`). Answered by the leader.
+    pub async fn snapshot(&self) -> Result<Bytes, ConsulError> {
+        let (status, body) = self.call_within(SNAPSHOT_TIMEOUT, http::Method::GET, "/v1/snapshot", None).await?;
+        self.expect_ok("GET snapshot", status, &body)?;
+        Ok(body)
+    }
+
+    /// The version of the Consul agent answering (`/v1/agent/self`'s `Config.Version`).
+    pub async fn version(&self) -> Result<String, ConsulError> {
+        let (status, body) = self.call(http::Method::GET, "/v1/agent/self", None).await?;
+        self.expect_ok("agent/self", status, &body)?;
+        let v: serde_json::Value = self.decode("agent/self", &body)?;
+        Ok(v["Config"]["Version"].as_str().unwrap_or_default().to_string())
     }
 
     /// Asks the agent to leave the cluster gracefully (`consul leave`; needs `agent:write`).

@@ -41,6 +41,7 @@ pub enum Directive {
     OpenLogs(v1::OpenLogStream),
     CloseLogs(v1::CloseLogStream),
     Engine(v1::EngineAction),
+    Backup(v1::TakeBackup),
 }
 
 /// The state one agent carries across sessions.

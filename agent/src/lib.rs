@@ -17,6 +17,8 @@
 //!   whose key [`engine_key`] makes once and keeps (the coordinator only gets a CSR).
 //! - [`reconcile`]: the controller converging the Engine to the assignment, through
 //!   [`roles`] (consul, manager, node); [`consul`]: the Consul HTTP client they use.
+//! - [`backup`]: the backups the coordinator asks for (Swarm's state with the Engine stopped,
+//!   a Consul snapshot), uploaded on their own `UploadBackup` call.
 //! - [`logs`]: the log streams the coordinator opens, pushed on their own `Logs` RPC and
 //!   resumed after a cut; one file per source ([`logs::container`], [`logs::journal`]).
 //!
@@ -28,6 +30,7 @@
 //! can be watched (tests await it instead of sleeping); [`run`] is the binary's loop.
 
 pub mod backoff;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod consul;
@@ -154,8 +157,9 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         workers.push(tokio::spawn(r.run()));
     }
     let (link_tx, link_rx) = watch::channel(None);
-    let log_streams = logs::LogStreams::new(docker.clone(), link_rx, shutdown.clone());
-    workers.push(tokio::spawn(dispatch(dir_rx, desired_tx, holds_tx, docker.clone(), log_streams, shutdown.clone())));
+    let log_streams = logs::LogStreams::new(docker.clone(), link_rx.clone(), shutdown.clone());
+    let acts = Acts { desired: desired_tx, holds: holds_tx, docker: docker.clone(), link: link_rx };
+    workers.push(tokio::spawn(dispatch(dir_rx, acts, log_streams, shutdown.clone())));
     let ctx = Ctx {
         config,
         ca,
@@ -176,15 +180,23 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     Ok(AgentHandle { status: status_rx, roles: roles_rx, passes: passes_rx, shutdown, task, workers })
 }
 
-/// Routes the coordinator's directives to the parts that act on them.
-async fn dispatch(
-    mut rx: mpsc::UnboundedReceiver<Directive>,
+/// What the directives act through.
+struct Acts {
     desired: watch::Sender<Option<v1::Assignment>>,
     holds: watch::Sender<reconcile::Holds>,
     docker: Option<bollard::Docker>,
+    /// Where uploads dial (the session's coordinator, as this identity).
+    link: watch::Receiver<Option<logs::Link>>,
+}
+
+/// Routes the coordinator's directives to the parts that act on them.
+async fn dispatch(
+    mut rx: mpsc::UnboundedReceiver<Directive>,
+    acts: Acts,
     mut log_streams: logs::LogStreams,
     shutdown: CancellationToken,
 ) {
+    let Acts { desired, holds, docker, link } = acts;
     loop {
         let d = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => return },
@@ -198,6 +210,10 @@ async fn dispatch(
             Directive::Engine(action) => engine::act(docker.as_ref(), action, &holds).await,
             Directive::OpenLogs(open) => log_streams.open(open),
             Directive::CloseLogs(close) => log_streams.close(&close.stream_id),
+            Directive::Backup(req) => {
+                let assignment = desired.borrow().clone();
+                tokio::spawn(backup::take(req, docker.clone(), assignment, link.clone()));
+            }
         }
     }
 }

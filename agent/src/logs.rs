@@ -82,6 +82,11 @@ impl Link {
         let config = tls::client_config(ca, Some(identity))?;
         Ok(Self { addr: addr.to_string(), channel: tls::channel(addr, config)? })
     }
+
+    /// The channel to the coordinator (mutual TLS, this identity): backups upload on it too.
+    pub fn channel(&self) -> tonic::transport::Channel {
+        self.channel.clone()
+    }
 }
 
 /// The open streams of this agent, by stream id.

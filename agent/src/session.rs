@@ -204,6 +204,9 @@ impl Open<'_> {
             Some(coordinator_message::Body::EngineAction(e)) => {
                 let _ = ctx.directives.send(Directive::Engine(e));
             }
+            Some(coordinator_message::Body::TakeBackup(b)) => {
+                let _ = ctx.directives.send(Directive::Backup(b));
+            }
             Some(coordinator_message::Body::SampleNow(now)) => {
                 self.heartbeat(SampleTrigger::Requested, now.id).await?;
             }

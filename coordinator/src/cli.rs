@@ -15,6 +15,8 @@
 //!   `operator-cert create | list | revoke`, `audit`.
 //! - [`stop`], [`init`], [`iam_policy`], [`lab_images`], [`env`], [`completions`]: the small
 //!   commands.
+//! - [`backup`]: `backup` (take one now) and `backups` (the stored ones, `--verify`);
+//!   [`state`]: `state export | import`, the coordinator's own state carried elsewhere.
 //! - [`deploy`] (with the flags `plan` shares), [`plan`], [`destroy`], [`logs`],
 //!   [`failover_test`], [`bake`].
 
@@ -31,6 +33,7 @@ macro_rules! out {
 
 pub mod args;
 pub mod audit;
+pub mod backup;
 pub mod bake;
 pub mod completions;
 pub mod deploy;
@@ -46,6 +49,7 @@ pub mod logs;
 pub mod operator;
 pub mod plan;
 pub mod serve;
+pub mod state;
 pub mod status;
 pub mod stop;
 pub mod tokens;
@@ -219,6 +223,16 @@ pub enum Command {
     Bake(bake::BakeArgs),
     /// Print a completion script for your shell (bash, zsh, fish, …).
     Completions(completions::CompletionsArgs),
+    /// Take a backup now: Swarm's Raft state (from a manager that does not lead, its Engine
+    /// stopped meanwhile) and a Consul snapshot, stored encrypted in the state directory.
+    Backup(backup::BackupArgs),
+    /// List the stored backups; `--verify` checks each one's digests and decryption.
+    Backups(backup::BackupsArgs),
+    /// The coordinator's own state: export it (encrypted), import it elsewhere.
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
+    },
 }
 
 /// An error with the exit code it deserves. A variant wrapping an error whose message
@@ -288,6 +302,14 @@ pub enum CliError {
     /// `env` needs a swarm leader to point at.
     #[error("cluster '{cluster}' has no swarm leader right now (see `coordinator status`)")]
     NoLeader { cluster: String },
+    /// A stored backup could not be listed or read (`backups`).
+    #[error("{0}")]
+    Backup(crate::control_plane::backup::archive::ArchiveError),
+    /// `backups --verify` refused some backups (each is printed with its reason).
+    #[error("{refused} of {total} backups refused by verification (see above); restore from one that verifies")]
+    BackupsRefused { refused: usize, total: usize },
+    #[error(transparent)]
+    State(#[from] crate::ops::state::StateError),
     /// `logs` could not read some of the sources (the others were printed).
     #[error("could not read the logs of {}", .sources.join(", "))]
     LogsUnread { sources: Vec<String> },
@@ -313,6 +335,11 @@ impl CliError {
             ))) => EXIT_USAGE,
             CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
             CliError::Heal(e) => e.exit_code(),
+            CliError::State(
+                crate::ops::state::StateError::NoSecret
+                | crate::ops::state::StateError::ShortPassphrase(_)
+                | crate::ops::state::StateError::Exists { .. },
+            ) => EXIT_USAGE,
             // A refusal, as the failover drill's: nothing was done.
             CliError::Destroy(crate::ops::destroy::DestroyError::NothingFound { .. }) => EXIT_USAGE,
             // The shell's convention: 128 + the signal's number.
@@ -352,5 +379,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Heal(args) => heal::run(&g, args).await,
         Command::Bake(args) => bake::run(&g, args).await,
         Command::Completions(args) => completions::run(args),
+        Command::Backup(args) => backup::backup(&g, args).await,
+        Command::Backups(args) => backup::backups(&g, args).await,
+        Command::State { command } => state::run(&g, command).await,
     }
 }

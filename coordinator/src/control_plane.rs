@@ -27,6 +27,9 @@
 //! - [`admin_api`]: the `Admin` gRPC service (operators and the CLI).
 //! - [`status`]: every error of the control plane → `tonic::Status`, in one place.
 //! - [`agent_binary`]: serving the agent binary over HTTPS for user-data to fetch.
+//! - [`backup`]: backups taken by the agents (Swarm with the Engine stopped on a manager that
+//!   does not lead, Consul snapshots), uploaded over their sessions, kept encrypted
+//!   ([`backup::archive`]), pruned and scheduled ([`backup::policy`]).
 //! - [`clock`]: the control plane's clock (movable in tests).
 //! - [`settings`]: `serve` settings and the state directory's layout.
 
@@ -34,6 +37,7 @@ pub mod admin_api;
 pub mod agent_api;
 pub mod agent_binary;
 pub mod audit;
+pub mod backup;
 pub mod clock;
 pub mod consul;
 pub mod core;

@@ -9,6 +9,7 @@
 //! - [`destroy`]: remove a cluster — refused when its state records hosts the provider
 //!   cannot find.
 //! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
+//! - [`state`]: `state export | import`, the coordinator's own state sealed and carried.
 //! - [`bake`]: a host image with the Engine and the agent installed.
 
 pub mod bake;
@@ -19,4 +20,5 @@ pub mod failover;
 pub mod heal;
 pub mod lock;
 pub mod plan;
+pub mod state;
 pub mod verify;

@@ -215,6 +215,20 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ShutdownResponse {}))
     }
 
+    async fn take_backup(
+        &self,
+        req: Request<v1::TakeBackupRequest>,
+    ) -> Result<Response<v1::TakeBackupResponse>, Status> {
+        let by = self.caller(&req)?;
+        let kinds: Vec<v1::BackupKind> =
+            req.into_inner().kinds.into_iter().filter_map(|k| v1::BackupKind::try_from(k).ok()).collect();
+        let taken = self.cp.take_backups(&kinds, &by.to_string()).await.map_err(IntoStatus::into_status)?;
+        let dir = &self.cp.config.state_dir;
+        Ok(Response::new(v1::TakeBackupResponse {
+            backups: taken.iter().map(|m| crate::control_plane::backup::record_of(dir, m)).collect(),
+        }))
+    }
+
     async fn engine_action(
         &self,
         req: Request<v1::EngineActionRequest>,

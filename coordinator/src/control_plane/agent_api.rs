@@ -197,6 +197,17 @@ impl AgentService for AgentApi {
         tokio::spawn(Arc::clone(&self.cp).relay_logs(who, first, inbound, route, ack_tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
+
+    async fn upload_backup(
+        &self,
+        req: Request<Streaming<v1::BackupChunk>>,
+    ) -> Result<Response<v1::UploadBackupResponse>, Status> {
+        let remote = remote_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("backup.refused.protocol", remote, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("backup.refused", remote, e))?;
+        let resp = self.cp.receive_backup(&who, req.into_inner()).await.map_err(IntoStatus::into_status)?;
+        Ok(Response::new(resp))
+    }
 }
 
 /// Why a `Logs` stream was cut by the control plane.

@@ -84,6 +84,8 @@ pub struct ControlPlane {
     pub refusals: Refusals,
     /// Auto-heal's policy and progress.
     pub healer: crate::control_plane::healer::Healer,
+    /// Backups being taken (issue 16).
+    pub backups: crate::control_plane::backup::Backups,
 }
 
 impl ControlPlane {

@@ -128,6 +128,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         renewing: Default::default(),
         refusals: Default::default(),
         healer: Default::default(),
+        backups: Default::default(),
     });
     cp.load_heal_policy()?;
 
@@ -146,6 +147,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
     if let Some(command) = config.heal_command.clone() {
         tokio::spawn(crate::control_plane::healer::supervise(Arc::clone(&cp), command));
     }
+    tokio::spawn(crate::control_plane::backup::policy::run(Arc::clone(&cp)));
     let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
     Ok(Running { cp, addr, paths, task })
 }

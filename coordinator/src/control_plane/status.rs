@@ -3,6 +3,7 @@
 
 use tonic::Status;
 
+use crate::control_plane::backup::{BackupError, UploadError};
 use crate::control_plane::core::ControlError;
 use crate::control_plane::enroll::EnrollError;
 use crate::control_plane::log_router::LogsError;
@@ -91,6 +92,32 @@ impl IntoStatus for OperatorError {
             OperatorError::BadName(_) | OperatorError::Csr(_) => Status::invalid_argument(self.to_string()),
             OperatorError::UnknownName(_) => Status::not_found(self.to_string()),
             OperatorError::Pki(_) | OperatorError::Store(_) => Status::internal(self.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for BackupError {
+    fn into_status(self) -> Status {
+        match &self {
+            BackupError::Busy => Status::aborted(self.to_string()),
+            BackupError::Unsafe(_) | BackupError::NoConsul(_) => Status::failed_precondition(self.to_string()),
+            BackupError::NotConnected(_) => Status::unavailable(self.to_string()),
+            BackupError::Agent { .. } => Status::failed_precondition(self.to_string()),
+            BackupError::TimedOut { .. } => Status::deadline_exceeded(self.to_string()),
+            BackupError::Control(_) | BackupError::Archive(_) | BackupError::Task(_) => {
+                Status::internal(self.to_string())
+            }
+        }
+    }
+}
+
+impl IntoStatus for UploadError {
+    fn into_status(self) -> Status {
+        match &self {
+            UploadError::Empty | UploadError::Truncated { .. } => Status::invalid_argument(self.to_string()),
+            UploadError::Unknown { .. } => Status::not_found(self.to_string()),
+            UploadError::TooLarge { .. } => Status::resource_exhausted(self.to_string()),
+            UploadError::Digest { .. } => Status::data_loss(self.to_string()),
         }
     }
 }

@@ -77,6 +77,12 @@ listen = ""
 mode = "auto"
 grace = 60
 
+[backup]
+# How often the control plane takes a backup (Swarm's Raft state from a manager that does
+# not lead, and a Consul snapshot), e.g. "6h", "90m", "off"; and how many of each it keeps.
+every = "6h"
+keep = 8
+
 [lab]
 # This machine's Docker Engine, where lab hosts run (FLOTILLA_LAB_DOCKER_HOST overrides it).
 # DOCKER_HOST is never used for the lab: `eval "$(coordinator env)"` points it at a cluster.
@@ -117,6 +123,7 @@ pub struct ClusterConfig {
     pub instance_types: InstanceTypes,
     pub coordinator: CoordinatorSettings,
     pub heal: HealSettings,
+    pub backup: BackupSettings,
     pub lab: LabSettings,
     pub aws: AwsSettings,
 }
@@ -135,6 +142,7 @@ impl Default for ClusterConfig {
             instance_types: InstanceTypes::default(),
             coordinator: CoordinatorSettings::default(),
             heal: HealSettings::default(),
+            backup: BackupSettings::default(),
             lab: LabSettings::default(),
             aws: AwsSettings::default(),
         }
@@ -210,6 +218,54 @@ pub struct CoordinatorSettings {
     pub listen: String,
 }
 
+/// `[backup]`: the control plane's backup schedule and retention (issue 16).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSettings {
+    /// "6h", "90m", "3600s", "1d" or "off".
+    pub every: String,
+    /// Backups kept per kind (Swarm, Consul), the newest.
+    pub keep: usize,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self { every: "6h".into(), keep: crate::control_plane::backup::policy::DEFAULT_KEEP }
+    }
+}
+
+impl BackupSettings {
+    /// The policy the control plane follows (`<state>/backup-policy.json`).
+    pub fn policy(&self) -> Result<crate::control_plane::backup::policy::Policy, Invalid> {
+        let every = self.every.trim();
+        let every_s = if every == "off" {
+            0
+        } else {
+            let (n, unit) = every.split_at(every.find(|c: char| !c.is_ascii_digit()).unwrap_or(every.len()));
+            let n: u64 =
+                n.parse().map_err(|_| ("backup.every", format!("'{every}': use e.g. \"6h\", \"90m\" or \"off\"")))?;
+            let mult = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86400,
+                _ => return Err(("backup.every", format!("'{every}': the unit is s, m, h or d (e.g. \"6h\")"))),
+            };
+            n * mult
+        };
+        if every_s != 0 && every_s < 60 {
+            return Err((
+                "backup.every",
+                format!("'{every}': at least 1 minute (a Swarm backup stops a manager's Engine)"),
+            ));
+        }
+        if self.keep == 0 {
+            return Err(("backup.keep", "keep at least 1 backup of each kind".into()));
+        }
+        Ok(crate::control_plane::backup::policy::Policy { every_s, keep: self.keep })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -281,6 +337,7 @@ impl ClusterConfig {
                 ),
             ));
         }
+        self.backup.policy().map_err(|(field, problem)| bad(field, problem))?;
         if self.provider == ProviderKind::Aws {
             self.validate_aws().map_err(|(field, problem)| bad(field, problem))?;
         }
@@ -535,5 +592,21 @@ mod tests {
             let e = validate_cidr("aws.admin_cidr", bad).expect_err(bad).to_string();
             assert!(e.contains("aws.admin_cidr"), "{e}");
         }
+    }
+
+    #[test]
+    fn issue_16_backup_every_and_keep_become_the_policy_or_are_refused_by_name() {
+        use crate::control_plane::backup::policy::Policy;
+        let p = |every: &str, keep| BackupSettings { every: every.into(), keep }.policy();
+        assert_eq!(BackupSettings::default().policy().expect("default"), Policy::default());
+        assert_eq!(p("90m", 2).expect("90m"), Policy { every_s: 5400, keep: 2 });
+        assert_eq!(p("1d", 1).expect("1d"), Policy { every_s: 86400, keep: 1 });
+        assert_eq!(p("off", 3).expect("off"), Policy { every_s: 0, keep: 3 });
+        for bad in ["6", "6 hours", "h", "30s"] {
+            assert_eq!(p(bad, 1).expect_err(bad).0, "backup.every", "{bad}");
+        }
+        assert_eq!(p("6h", 0).expect_err("keep 0").0, "backup.keep");
+        let c = parse("[backup]\nevery = \"2h\"\nkeep = 4\n").expect("parses");
+        assert_eq!(c.backup.policy().expect("valid"), Policy { every_s: 7200, keep: 4 });
     }
 }

@@ -200,6 +200,10 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
     let policy = v1::HealPolicy { auto: c.heal.mode == HealMode::Auto, grace_s: c.heal.grace };
     admin.clone().set_heal_policy(policy).await?;
+    // The backup schedule the control plane reads at every tick (validated above).
+    if let Ok(policy) = c.backup.policy() {
+        policy.save(&state_dir).map_err(DeployError::state_dir(&state_dir.join("backup-policy.json")))?;
+    }
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(DeployError::state_dir(&paths.ca_pem()))?;
     let run = Run { config: c, planned: &planned, prepared: &prepared, admin, state_dir: &state_dir, p: &p };
 

@@ -57,7 +57,7 @@ pub async fn ensure_control_plane(s: &ServeSpec<'_>, p: &Progress) -> Result<Adm
 /// A control plane that is just stopping has closed its socket but still holds the store
 /// for a moment ([`StoreError::Locked`]): wait (bounded) until it lets go. Past the wait, the
 /// new control plane's own error says who holds it.
-async fn wait_for_store_release(paths: &StatePaths) {
+pub async fn wait_for_store_release(paths: &StatePaths) {
     let store = paths.store();
     let every = Duration::from_secs(1);
     let _ = poll_until("the cluster state to be released", Instant::now() + RELEASE_TIMEOUT, every, || {
