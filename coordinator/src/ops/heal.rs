@@ -9,9 +9,9 @@
 //!    An unreachable host that still runs is reported, never replaced.
 //! 3. Refuse when acting could cost quorum (a majority of managers not healthy): that is
 //!    `recover`'s job. Nothing is removed or launched then.
-//! 4. One host at a time ([`replace`]): its memberships ended from the survivors' side
-//!    ([`membership`]: demoted and removed from Raft and the node list, `force-leave` from
-//!    Consul), its remains removed at the provider, its identity revoked and forgotten; a
+//! 4. One host at a time ([`replace`]): its swarm membership ended from the survivors' side
+//!    ([`membership`]: demoted and removed from Raft and the node list; Consul's dead server
+//!    is autopilot's to remove), its remains removed at the provider, its identity revoked and forgotten; a
 //!    replacement of the same name launched (AWS: a new launch generation, so a new
 //!    ClientToken), enrolled, assigned its roles, and waited for until it is a ready node /
 //!    reachable manager and its Consul server a voter.
@@ -69,8 +69,6 @@ pub enum HealError {
     Rpc(#[from] tonic::Status),
     #[error("swarm: {0}")]
     Swarm(String),
-    #[error("consul: {0}")]
-    Consul(String),
     #[error("{}: {source}", path.display())]
     State { path: PathBuf, source: std::io::Error },
     #[error("after replacing {host}: {problem}")]
@@ -133,7 +131,6 @@ pub struct Heal<'a> {
     pub run: Run<'a>,
     pub automatic: bool,
     pub docker_dir: PathBuf,
-    pub consul_token: String,
     pub started: Instant,
 }
 

@@ -36,14 +36,9 @@ pub async fn every_lost(
     let prepared = deploy::prepare_provider(config, &state_dir, opts.quiet, p).await?;
     let run = Run { config, planned, prepared: &prepared, admin: admin.clone(), state_dir: &state_dir, p };
     let docker_dir = deploy::control_plane::ensure_docker_certs(&run).await?;
-    let token_path = crate::control_plane::consul::operator_token_path(&state_dir);
-    let consul_token = std::fs::read_to_string(&token_path)
-        .map_err(|source| HealError::State { path: token_path.clone(), source })?
-        .trim()
-        .to_string();
     let ca_path = StatePaths::new(&state_dir).ca_pem();
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| HealError::State { path: ca_path, source })?;
-    let h = Heal { run, automatic: opts.automatic, docker_dir, consul_token, started: Instant::now() };
+    let h = Heal { run, automatic: opts.automatic, docker_dir, started: Instant::now() };
     let mut done = Vec::new();
     loop {
         let a = assess_now(admin, &prepared.provider, planned).await?;
@@ -112,9 +107,8 @@ async fn addresses(h: &Heal<'_>) -> Result<(Vec<crate::providers::Host>, HashMap
     Ok((hosts, addresses))
 }
 
-/// Ends the lost host's memberships, removes it at the provider, forgets its identity. The
-/// Consul `force-leave` (Serf waits out its broadcast, about 5 s) runs beside the rest: the
-/// replacement's Consul server joins only after its host booted and enrolled.
+/// Ends the lost host's swarm membership, removes it at the provider, forgets its identity
+/// (Consul's side is autopilot's: see `membership`).
 async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealError> {
     let name = &planned.name;
     let managers = addresses_of(h, RoleKind::Manager, name).await?;
@@ -122,28 +116,11 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
     h.say(name, format!("removing it from the swarm through {via}")).await;
     let did = membership::leave_swarm(&d, &via, name).await?;
     h.say(name, format!("swarm: {did}")).await;
-    let servers = if planned.has(RoleKind::Consul) { addresses_of(h, RoleKind::Consul, name).await? } else { vec![] };
-    let consul = async {
-        if servers.is_empty() {
-            return Ok(());
-        }
-        match membership::leave_consul(&servers, &h.consul_token, name).await? {
-            Some(via) => h.say(name, format!("consul: force-left through {via}")).await,
-            None => {
-                h.say(name, "consul: no server answered a force-leave; autopilot removes the dead server when the replacement joins").await
-            }
-        }
-        Ok::<_, HealError>(())
-    };
-    let provider = async {
-        h.say(name, "removing what is left of it at the provider").await;
-        h.run.prepared.provider.terminate(name).await?;
-        h.run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: name.clone() }).await?;
-        h.say(name, "its certificates revoked and its record forgotten").await;
-        Ok::<_, HealError>(())
-    };
-    let (c, p) = tokio::join!(consul, provider);
-    c.and(p)
+    h.say(name, "removing what is left of it at the provider").await;
+    h.run.prepared.provider.terminate(name).await?;
+    h.run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: name.clone() }).await?;
+    h.say(name, "its certificates revoked and its record forgotten").await;
+    Ok(())
 }
 
 /// Launches a replacement unless the provider has one (an interrupted heal launched it);
