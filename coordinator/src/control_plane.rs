@@ -27,6 +27,9 @@
 //! - [`admin_api`]: the `Admin` gRPC service (operators and the CLI).
 //! - [`status`]: every error of the control plane → `tonic::Status`, in one place.
 //! - [`agent_binary`]: serving the agent binary over HTTPS for user-data to fetch.
+//! - [`metrics`]: Prometheus series, counted as things happen or read live at scrape time
+//!   ([`metrics::live`]); [`web`]: their listener, with `/metrics` and the read-only status
+//!   page (`/`, a live log tail over server-sent events).
 //! - [`clock`]: the control plane's clock (movable in tests).
 //! - [`settings`]: `serve` settings and the state directory's layout.
 
@@ -41,6 +44,7 @@ pub mod descriptors;
 pub mod enroll;
 pub mod enroll_limit;
 pub mod log_router;
+pub mod metrics;
 pub mod operators;
 pub mod pki;
 pub mod serve;
@@ -50,3 +54,4 @@ pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod untrusted;
+pub mod web;

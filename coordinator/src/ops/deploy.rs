@@ -192,6 +192,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         listen_ip: &prepared.listen,
         advertise: &prepared.advertise,
         port: c.coordinator.port,
+        metrics_listen: &c.coordinator.metrics_listen,
     };
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(DeployError::state_dir(&paths.ca_pem()))?;
