@@ -49,7 +49,10 @@ fn in_host(host: &str, args: &[&str]) -> Output {
 fn tool(name: &str) -> PathBuf {
     let out = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().expect("sh");
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!path.is_empty(), "`{name}` is missing: `bash tests/run` installs it (apt-get install -y prometheus chromium)");
+    assert!(
+        !path.is_empty(),
+        "`{name}` is missing: `bash tests/run` installs it (apt-get install -y prometheus chromium)"
+    );
     PathBuf::from(path)
 }
 
@@ -194,7 +197,8 @@ fn check_metrics_with_promtool(raw: &str) {
 /// None of the cluster's secrets, nor anything shaped like one, is in any output.
 fn assert_no_secret(outputs: &[&str]) {
     let state = cli().state_root.join(CLUSTER);
-    let operator_token = std::fs::read_to_string(state.join("consul-operator.token")).expect("the Consul operator token");
+    let operator_token =
+        std::fs::read_to_string(state.join("consul-operator.token")).expect("the Consul operator token");
     let mut secrets = vec![operator_token.trim().to_string()];
     for kind in ["worker", "manager"] {
         let t = in_host("manager0", &["docker", "swarm", "join-token", "-q", kind]);
@@ -327,6 +331,14 @@ struct Tab {
 impl Tab {
     /// One DevTools call: its result.
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// One DevTools call: its result, or the error it answered.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
@@ -340,17 +352,22 @@ impl Tab {
             if let Message::Text(t) = m {
                 let v: Value = serde_json::from_str(&t).expect("JSON");
                 if v["id"] == id {
-                    assert!(v.get("error").is_none(), "{method}: {v}");
-                    return v["result"].clone();
+                    return match v.get("error") {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(v["result"].clone()),
+                    };
                 }
             }
         }
     }
 
-    /// Evaluates `js` in the page: its value.
+    /// Evaluates `js` in the page: its value (null while the page has no context yet, e.g.
+    /// mid-navigation).
     async fn eval(&mut self, js: &str) -> Value {
-        let r = self.call("Runtime.evaluate", json!({ "expression": js, "returnByValue": true })).await;
-        r["result"]["value"].clone()
+        match self.try_call("Runtime.evaluate", json!({ "expression": js, "returnByValue": true })).await {
+            Ok(r) => r["result"]["value"].clone(),
+            Err(_) => Value::Null,
+        }
     }
 
     /// Evaluates `js` until it is true (bounded).
@@ -367,15 +384,31 @@ async fn browser_sees_the_cluster(base: &str) {
     let chromium = Chromium::start();
     let mut tab = chromium.open(&format!("{base}/?host=node0")).await;
     tab.until("the page loaded", Duration::from_secs(30), "document.readyState === 'complete'").await;
-    let hosts = tab.eval("Array.from(document.querySelectorAll('#hosts tbody tr')).map(r => r.dataset.host).join(' ')").await;
+    let hosts =
+        tab.eval("Array.from(document.querySelectorAll('#hosts tbody tr')).map(r => r.dataset.host).join(' ')").await;
     let hosts = hosts.as_str().unwrap_or_default().to_string();
     for h in ["manager0", "manager1", "manager2", "node0", "node1"] {
         assert!(hosts.split(' ').any(|x| x == h), "the page lists {h}: {hosts}");
     }
     assert_eq!(hosts.split(' ').count(), 5, "{hosts}");
-    tab.until("the Swarm leader named", Duration::from_secs(30), "document.getElementById('swarm-leader').textContent.startsWith('manager')").await;
-    tab.until("the Consul leader named", Duration::from_secs(30), "/:8300$/.test(document.getElementById('consul-leader').textContent)").await;
-    tab.until("the log tail open", Duration::from_secs(30), "document.getElementById('log-state').textContent === 'live'").await;
+    tab.until(
+        "the Swarm leader named",
+        Duration::from_secs(30),
+        "document.getElementById('swarm-leader').textContent.startsWith('manager')",
+    )
+    .await;
+    tab.until(
+        "the Consul leader named",
+        Duration::from_secs(30),
+        "/:8300$/.test(document.getElementById('consul-leader').textContent)",
+    )
+    .await;
+    tab.until(
+        "the log tail open",
+        Duration::from_secs(30),
+        "document.getElementById('log-state').textContent === 'live'",
+    )
+    .await;
 
     // A line in node0's Engine journal (what `journalctl -u docker` shows; the tail follows
     // it) reaches the page within 2 s.
@@ -401,7 +434,8 @@ async fn browser_sees_the_cluster(base: &str) {
 
     let shot = tab.call("Page.captureScreenshot", json!({ "format": "png" })).await;
     use base64::Engine as _;
-    let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().expect("PNG data")).expect("base64");
+    let png =
+        base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().expect("PNG data")).expect("base64");
     let dir = flotilla_tests::target_dir().join("artifacts");
     std::fs::create_dir_all(&dir).expect("artifacts dir");
     let path = dir.join("status-page.png");
@@ -434,18 +468,30 @@ fn the_alert_rules_fire_on_the_series_they_watch() {
 
 #[test]
 fn the_dashboard_is_json_over_series_the_control_plane_exports() {
-    let text = std::fs::read_to_string(repo_root().join("docs/observability/grafana-dashboard.json")).expect("dashboard");
+    let text =
+        std::fs::read_to_string(repo_root().join("docs/observability/grafana-dashboard.json")).expect("dashboard");
     let v: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let panels = v["panels"].as_array().expect("panels");
     assert!(panels.len() >= 6, "{} panels", panels.len());
-    let src = std::fs::read_to_string(repo_root().join("coordinator/src/control_plane/metrics/live.rs")).expect("live.rs")
+    let src = std::fs::read_to_string(repo_root().join("coordinator/src/control_plane/metrics/live.rs"))
+        .expect("live.rs")
         + &std::fs::read_to_string(repo_root().join("coordinator/src/control_plane/metrics.rs")).expect("metrics.rs");
     for p in panels {
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().expect("expr");
-            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("flotilla_")) {
-                let base = name.trim_end_matches("_total").trim_end_matches("_bucket").trim_end_matches("_count").trim_end_matches("_sum");
-                assert!(src.contains(&format!("\"{base}\"")), "panel '{}' uses {name}, which is not exported", p["title"]);
+            for name in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("flotilla_"))
+            {
+                let base = name
+                    .trim_end_matches("_total")
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_count")
+                    .trim_end_matches("_sum");
+                assert!(
+                    src.contains(&format!("\"{base}\"")),
+                    "panel '{}' uses {name}, which is not exported",
+                    p["title"]
+                );
             }
         }
     }

@@ -161,6 +161,12 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ListOperatorCertificatesResponse { certificates }))
     }
 
+    async fn record_drill(&self, req: Request<v1::DrillReport>) -> Result<Response<v1::DrillReportAck>, Status> {
+        self.caller(&req)?;
+        self.cp.record_drill(req.into_inner());
+        Ok(Response::new(v1::DrillReportAck {}))
+    }
+
     async fn audit(&self, req: Request<v1::AuditRequest>) -> Result<Response<v1::AuditResponse>, Status> {
         self.caller(&req)?;
         let limit = req.into_inner().limit as usize;

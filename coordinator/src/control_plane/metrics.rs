@@ -231,5 +231,42 @@ pub fn to_classic_text(openmetrics: &str) -> String {
     out
 }
 
+/// The most timings one drill report keeps.
+const DRILL_TIMINGS_MAX: usize = 32;
+
+impl ControlPlane {
+    /// A failover drill's report (`RecordDrill`): a start replaces the last drill's record;
+    /// events are appended; the end sets the verdict and timings. Text is cleaned and cut.
+    pub fn record_drill(&self, r: flotilla_proto::v1::DrillReport) {
+        use crate::control_plane::untrusted::{DETAIL_MAX, KIND_MAX, clean};
+        let now = self.clock.now_ms();
+        self.metrics.drill_update(|d| {
+            if r.started || d.is_none() {
+                *d = Some(DrillRecord { started_unix_ms: now, ..Default::default() });
+            }
+            let Some(d) = d.as_mut() else { return };
+            if !r.component.is_empty() {
+                d.component = clean(&r.component, KIND_MAX);
+            }
+            let fresh = r.events.iter().rev().take(DRILL_TIMELINE_MAX).rev();
+            d.timeline.extend(fresh.map(|e| (e.t_s, clean(&e.what, DETAIL_MAX))));
+            if r.finished {
+                d.finished_unix_ms = now;
+                d.passed = r.passed;
+                d.verdict = clean(&r.verdict, DETAIL_MAX);
+                let mut timings: Vec<(String, f64)> = r
+                    .timings_s
+                    .iter()
+                    .filter(|(_, s)| s.is_finite())
+                    .map(|(k, s)| (clean(k, KIND_MAX), *s))
+                    .take(DRILL_TIMINGS_MAX)
+                    .collect();
+                timings.sort_by(|a, b| a.1.total_cmp(&b.1));
+                d.timings = timings;
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests;
