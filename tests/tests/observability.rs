@@ -383,7 +383,12 @@ impl Tab {
 async fn browser_sees_the_cluster(base: &str) {
     let chromium = Chromium::start();
     let mut tab = chromium.open(&format!("{base}/?host=node0")).await;
-    tab.until("the page loaded", Duration::from_secs(30), "document.readyState === 'complete'").await;
+    tab.until(
+        "the page loaded with its host table",
+        Duration::from_secs(30),
+        "location.pathname === '/' && document.readyState === 'complete' && document.querySelectorAll('#hosts tbody tr').length > 0",
+    )
+    .await;
     let hosts =
         tab.eval("Array.from(document.querySelectorAll('#hosts tbody tr')).map(r => r.dataset.host).join(' ')").await;
     let hosts = hosts.as_str().unwrap_or_default().to_string();
