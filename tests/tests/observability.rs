@@ -7,7 +7,7 @@
 //! series the control plane exports.
 //!
 //! Prometheus and Chromium talk to loopback only: Chromium runs with its background
-//! networking off and every host name mapped to nothing.
+//! networking off and every host name but 127.0.0.1 mapped to nothing.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -291,7 +291,7 @@ impl Chromium {
                 "--disable-breakpad",
                 "--disable-client-side-phishing-detection",
                 "--metrics-recording-only",
-                "--host-resolver-rules=MAP * ~NOTFOUND",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                 "--window-size=1400,1000",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
