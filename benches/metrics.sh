@@ -5,7 +5,8 @@
 # CPU over a window without scrapes and over a window scraped every 15 s. Loopback only.
 #
 #   bash benches/metrics.sh [AGENTS] [WINDOW_SECONDS]        (defaults: 10000 60)
-#   FLOTILLA_BENCH_PROFILE=debug bash benches/metrics.sh ...  (skip the release build)
+#   FLOTILLA_BENCH_PROFILE=debug bash benches/metrics.sh ...  (a debug build: an upper bound)
+#   FLOTILLA_BENCH_NO_BUILD=1 ...                              (use the binaries already built)
 #
 # Prints one JSON object; copy it into docs/BENCHMARKS.md with the machine and its load.
 set -euo pipefail
@@ -17,7 +18,9 @@ PORT=${FLOTILLA_BENCH_PORT:-17443}
 MPORT=${FLOTILLA_BENCH_METRICS_PORT:-17464}
 PROFILE=${FLOTILLA_BENCH_PROFILE:-release}
 TARGET=${CARGO_TARGET_DIR:-target}
-if [ "$PROFILE" = release ]; then
+if [ -n "${FLOTILLA_BENCH_NO_BUILD:-}" ]; then
+  :   # built already (e.g. under a shared build lock)
+elif [ "$PROFILE" = release ]; then
   cargo build --release -q --bin coordinator --bin flotilla-loadgen
 else
   cargo build -q --bin coordinator --bin flotilla-loadgen

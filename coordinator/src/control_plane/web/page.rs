@@ -61,8 +61,10 @@ impl View {
     pub fn new(snapshot: Snapshot, audit: Vec<AuditEvent>) -> Self {
         let swarm_leaders = snapshot.swarm_leaders().into_iter().map(|(h, a)| (h.to_string(), a.to_string())).collect();
         let consul_leader = snapshot.consul_leader().map(|(l, v)| (l.to_string(), v));
+        // Newest first.
         let audit = audit
             .into_iter()
+            .rev()
             .map(|e| AuditRow {
                 unix_ms: e.unix_ms,
                 kind: clean(&e.kind, KIND_MAX),
@@ -111,8 +113,8 @@ pub fn render(v: &View) -> String {
     out.push_str(&leaders(v));
     out.push_str(&hosts(&v.snapshot.hosts));
     out.push_str(&drill(v));
-    out.push_str(&audit(&v.audit));
     out.push_str(&log_tail(&v.snapshot.hosts));
+    out.push_str(&audit(&v.audit));
     out.push_str("<script src=\"/assets/page.js\"></script>\n</body></html>\n");
     out
 }
