@@ -193,6 +193,19 @@ impl Consul {
         self.expect_ok("PUT agent/leave", status, &body)
     }
 
+    /// Removes a failed member for good (`consul force-leave -prune NODE`; needs
+    /// `operator:write`): its Raft peer and Serf entry go, so a replacement of the same name
+    /// joins without a clash. A node Consul does not know is no error (already gone).
+    pub async fn force_leave(&self, node: &str) -> Result<(), ConsulError> {
+        let what = format!("PUT agent/force-leave/{node}");
+        let (status, body) =
+            self.call(http::Method::PUT, &format!("/v1/agent/force-leave/{node}?prune=1"), None).await?;
+        if status == 500 && String::from_utf8_lossy(&body).contains("No node found") {
+            return Ok(());
+        }
+        self.expect_ok(&what, status, &body)
+    }
+
     /// Reads a key; `None` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<KvEntry>, ConsulError> {
         let what = format!("GET kv/{key}");

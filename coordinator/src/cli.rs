@@ -37,6 +37,7 @@ pub mod deploy;
 pub mod destroy;
 pub mod env;
 pub mod failover_test;
+pub mod heal;
 pub mod hosts;
 pub mod iam_policy;
 pub mod init;
@@ -210,6 +211,9 @@ pub enum Command {
     /// Take the swarm's (or Consul's) leader down, watch a replica take over (live, in the
     /// members' logs), measure it, restore the old leader and judge the recovery.
     FailoverTest(failover_test::FailoverArgs),
+    /// Replace lost hosts (agent unreachable past the grace period and the host gone at the
+    /// provider), one at a time, never at the cost of quorum.
+    Heal(heal::HealArgs),
     /// Bake a host image with Docker Engine and the agent installed (lab: a local image; aws:
     /// an AMI), for `deploy --image`: hosts booted from it skip both installations.
     Bake(bake::BakeArgs),
@@ -259,6 +263,8 @@ pub enum CliError {
     Failover(#[from] crate::ops::failover::FailoverError),
     #[error(transparent)]
     Bake(#[from] crate::ops::bake::BakeError),
+    #[error(transparent)]
+    Heal(#[from] crate::ops::heal::HealError),
     /// No agent binary to serve or bake in (`serve`, `bake` without `--agent-binary`).
     #[error("{0}")]
     AgentBinary(crate::control_plane::agent_binary::AgentBinaryError),
@@ -306,6 +312,7 @@ impl CliError {
                 crate::providers::lab::LabError::NoImage { .. },
             ))) => EXIT_USAGE,
             CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
+            CliError::Heal(e) => e.exit_code(),
             // A refusal, as the failover drill's: nothing was done.
             CliError::Destroy(crate::ops::destroy::DestroyError::NothingFound { .. }) => EXIT_USAGE,
             // The shell's convention: 128 + the signal's number.
@@ -342,6 +349,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Destroy(args) => destroy::run(&g, args).await,
         Command::Logs(args) => logs::run(&g, args).await,
         Command::FailoverTest(args) => failover_test::run(&g, args).await,
+        Command::Heal(args) => heal::run(&g, args).await,
         Command::Bake(args) => bake::run(&g, args).await,
         Command::Completions(args) => completions::run(args),
     }

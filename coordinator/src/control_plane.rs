@@ -43,6 +43,7 @@ pub mod core;
 pub mod descriptors;
 pub mod enroll;
 pub mod enroll_limit;
+pub mod healer;
 pub mod log_router;
 pub mod metrics;
 pub mod operators;

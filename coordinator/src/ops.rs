@@ -16,5 +16,7 @@ pub mod cluster_config;
 pub mod deploy;
 pub mod destroy;
 pub mod failover;
+pub mod heal;
+pub mod lock;
 pub mod plan;
 pub mod verify;

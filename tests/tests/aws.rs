@@ -491,9 +491,75 @@ async fn boot_instances_as_lab_hosts(
     }
 }
 
+/// Issue 15 on the AWS path: node1's instance terminated through the EC2 API (and its lab
+/// host removed with it): `heal` finds it lost through DescribeInstances, launches a
+/// replacement (a new instance, a new ClientToken) that boots and joins, and a re-run
+/// launches nothing.
+async fn heal_a_terminated_instance(
+    c: &Cli,
+    ec2: &aws_sdk_ec2::Client,
+    lab: &flotilla_coordinator::providers::lab::Lab,
+    booted: &mut BTreeSet<String>,
+) {
+    let old = live_instances(ec2, CLUSTER_E2E).await.into_iter().find(|i| tag(i, "Name") == "node1").expect("node1");
+    let old_id = old.instance_id().unwrap_or_default().to_string();
+    ec2.terminate_instances().instance_ids(&old_id).send().await.expect("terminate node1");
+    lab.terminate("node1").await.expect("remove node1's lab host");
+    booted.remove("node1");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = c.command().envs(AWS_ENV).args(["--cluster", CLUSTER_E2E, "status", "--output", "json"]).output();
+        let st: Value = st.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null);
+        if st["heal"]["unreachable_s"]["node1"].as_f64().is_some_and(|s| s > 11.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node1 never unreachable past the grace period: {}", st["heal"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut child = c
+        .command()
+        .envs(AWS_ENV)
+        .args(["--cluster", CLUSTER_E2E, "heal", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start heal");
+    let deadline = Instant::now() + Duration::from_secs(400);
+    let status = loop {
+        boot_instances_as_lab_hosts(ec2, lab, CLUSTER_E2E, booted).await;
+        if let Some(s) = child.try_wait().expect("wait heal") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "heal did not finish within 400 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    eprintln!("heal (aws):\n{out}\n{err}");
+    assert!(status.success(), "heal failed: {err}");
+    let r: Value = serde_json::from_str(&out).expect("heal json");
+    assert_eq!(r["replaced"][0]["host"], "node1", "{r}");
+    let new =
+        live_instances(ec2, CLUSTER_E2E).await.into_iter().find(|i| tag(i, "Name") == "node1").expect("new node1");
+    assert_ne!(new.instance_id().unwrap_or_default(), old_id, "no new instance");
+    assert_eq!(r["replaced"][0]["instance_id"], new.instance_id().unwrap_or_default());
+    if let (Some(a), Some(b)) = (old.client_token(), new.client_token()) {
+        assert_ne!(a, b, "the replacement reused the lost instance's ClientToken");
+    }
+    assert!(r["verified"].as_str().is_some_and(|v| v.contains("2 workers ready")), "{r}");
+    let again = run_aws(c, &["heal", "--output", "json"]);
+    assert!(again.status.success());
+    let again: Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(again["replaced"], Value::Array(vec![]), "a re-run replaced something: {again}");
+    assert_eq!(live_instances(ec2, CLUSTER_E2E).await.len(), 5);
+}
+
+const CLUSTER_E2E: &str = "awse2e";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_the_verified_cluster() {
-    const CLUSTER: &str = "awse2e";
+    const CLUSTER: &str = CLUSTER_E2E;
     let c = cli(CLUSTER);
     // What a failed earlier run left: its control plane, its state, its lab hosts.
     let _ = c.command().args(["--cluster", CLUSTER, "stop"]).output();
@@ -520,6 +586,7 @@ async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_th
             "provider = \"aws\"\n\
              [images]\nconsul = \"{}\"\nhello = \"{}\"\ninsecure_registries = [\"{registry}\"]\n\
              [coordinator]\nlisten = \"{gateway}\"\nadvertise = \"{gateway}\"\n\
+             [heal]\nmode = \"off\"\ngrace = 10\n\
              [aws]\nendpoint_url = \"{}\"\nregion = \"{REGION}\"\nadmin_cidr = \"{gateway}/32\"\n",
             refs[0],
             refs[1],
@@ -574,6 +641,8 @@ async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_th
     assert_eq!(r2["launched"].as_array().map(Vec::len), Some(0), "{r2}");
     assert_eq!(r2["changed"], false);
     assert_eq!(live_instances(&ec2, CLUSTER).await.len(), 5);
+
+    heal_a_terminated_instance(&c, &ec2, &lab, &mut booted).await;
 
     // destroy leaves nothing with the cluster's tag.
     let out = run_aws(&c, &["destroy", "--yes"]);

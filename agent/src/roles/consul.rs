@@ -107,19 +107,26 @@ fn command(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Vec<String> {
     cmd
 }
 
+/// What identifies the container a spec needs: the image, the argv and the secrets' files
+/// (a new key, token or certificate recreates the container) — but not the `-retry-join`
+/// addresses: they matter only for a first join (a running server keeps its peers in its
+/// data), and a replaced host's new address must not restart every other server at once.
+fn container_hash(image: &str, cmd: &[String], files: &[(&'static str, String)]) -> String {
+    let cmd_line = cmd.iter().filter(|a| !a.starts_with("-retry-join=")).cloned().collect::<Vec<_>>().join(" ");
+    let mut parts = vec![image, cmd_line.as_str()];
+    for (name, body) in files {
+        parts.extend([*name, body.as_str()]);
+    }
+    spec_hash(&parts)
+}
+
 /// Converges the Consul container to `spec`; returns the role's status.
 pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ConsulSpec) -> Result<RoleStatus, RoleError> {
     validate(spec)?;
     let image = spec.image.as_ref().map(|i| i.reference.clone()).unwrap_or_default();
     let cmd = command(ctx, spec);
     let files = config::files(spec);
-    // The secrets' files count: a new key, token or certificate recreates the container.
-    let cmd_line = cmd.join(" ");
-    let mut parts = vec![image.as_str(), cmd_line.as_str()];
-    for (name, body) in &files {
-        parts.extend([*name, body.as_str()]);
-    }
-    let hash = spec_hash(&parts);
+    let hash = container_hash(&image, &cmd, &files);
 
     let existing = find(ctx.docker, Role::Consul).await?;
     let mut current = None;
@@ -290,4 +297,25 @@ pub async fn remove(ctx: &RoleCtx<'_>) -> Result<bool, RoleError> {
     let _ = ctx.docker.remove_volume(VOLUME, None::<RemoveVolumeOptions>).await;
     config::remove(Path::new(config::HOST_DIR))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::container_hash;
+
+    #[test]
+    fn a_new_retry_join_address_keeps_the_container_and_anything_else_replaces_it() {
+        let cmd = |join: &str, expect: &str| -> Vec<String> {
+            vec!["agent".into(), format!("-bootstrap-expect={expect}"), format!("-retry-join={join}")]
+        };
+        let files = vec![("gossip.json", "{}".to_string())];
+        let base = container_hash("consul:1", &cmd("10.0.0.2", "3"), &files);
+        assert_eq!(base, container_hash("consul:1", &cmd("10.0.0.9", "3"), &files));
+        assert_ne!(base, container_hash("consul:1", &cmd("10.0.0.2", "5"), &files));
+        assert_ne!(base, container_hash("consul:2", &cmd("10.0.0.2", "3"), &files));
+        assert_ne!(
+            base,
+            container_hash("consul:1", &cmd("10.0.0.2", "3"), &[("gossip.json", "{\"k\":1}".to_string())])
+        );
+    }
 }

@@ -52,6 +52,13 @@ pub struct DeployArgs {
     /// recorded port, else the first free one from 7443).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Auto-heal (overrides `heal.mode`): the control plane replaces lost hosts by itself.
+    #[arg(long, value_enum)]
+    pub heal: Option<crate::ops::cluster_config::HealMode>,
+    /// Seconds an agent must be unreachable before its host may count as lost (overrides
+    /// `heal.grace`; at least 10).
+    #[arg(long)]
+    pub heal_grace: Option<u32>,
     /// Print what would be created, changed or deleted, and stop (same as `coordinator plan`).
     #[arg(long)]
     pub dry_run: bool,
@@ -85,6 +92,12 @@ pub fn load_config(g: &Global, args: &DeployArgs) -> Result<(ClusterConfig, Stri
     }
     if let Some(i) = &args.image {
         config.images.host = i.clone();
+    }
+    if let Some(h) = args.heal {
+        config.heal.mode = h;
+    }
+    if let Some(g) = args.heal_grace {
+        config.heal.grace = g;
     }
     if let Some(p) = args.provider {
         config.provider = p;

@@ -113,8 +113,24 @@ pub async fn run(g: &Global, args: ServeArgs) -> Result<(), CliError> {
         Some(p) => p,
         None => crate::control_plane::agent_binary::AgentBinary::default_path().map_err(CliError::AgentBinary)?,
     });
+    config.heal_command = heal_command(g);
     crate::control_plane::serve::run(config, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// What auto-heal runs: this very executable's `heal --auto` for this cluster (`None` when
+/// the executable cannot be found: auto-heal then shows as unavailable).
+fn heal_command(g: &Global) -> Option<Vec<std::ffi::OsString>> {
+    let exe = std::env::current_exe().ok()?;
+    Some(vec![
+        exe.into_os_string(),
+        "--state-root".into(),
+        g.state_root().into_os_string(),
+        "--cluster".into(),
+        g.cluster().into(),
+        "heal".into(),
+        "--auto".into(),
+    ])
 }
 
 /// Completes on SIGINT or SIGTERM.

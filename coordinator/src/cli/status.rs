@@ -58,6 +58,71 @@ pub struct StatusView {
     /// The agent port's limits and use (absent from control planes older than the field).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<PortView>,
+    /// Healing: the policy, what auto-heal is doing, hosts unreachable now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal: Option<HealView>,
+}
+
+/// `status`'s view of healing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealView {
+    /// "auto" or "off" (`[heal] mode`); absent before a deploy set it.
+    pub mode: Option<&'static str>,
+    pub grace_s: u32,
+    /// idle | healing | backing-off | refused | off | unavailable
+    pub state: String,
+    pub message: String,
+    pub since_unix_ms: i64,
+    pub next_attempt_unix_ms: i64,
+    pub replaced: u64,
+    pub failed: u64,
+    /// Hosts whose agents are unreachable now, seconds.
+    pub unreachable_s: std::collections::BTreeMap<String, f64>,
+}
+
+impl From<&v1::HealStatus> for HealView {
+    fn from(h: &v1::HealStatus) -> Self {
+        HealView {
+            mode: h.policy.map(|p| if p.auto { "auto" } else { "off" }),
+            grace_s: h.policy.map(|p| p.grace_s).unwrap_or_default(),
+            state: clean(&h.state, 64),
+            message: clean(&h.message, 512),
+            since_unix_ms: h.since_unix_ms,
+            next_attempt_unix_ms: h.next_attempt_unix_ms,
+            replaced: h.replaced,
+            failed: h.failed,
+            unreachable_s: h.unreachable_s.iter().map(|(k, v)| (clean(k, 128), *v)).collect(),
+        }
+    }
+}
+
+impl HealView {
+    /// The line under the table: `heal: auto (grace 60 s), healing — manager1: launched …`.
+    pub fn line(&self) -> String {
+        let mode = match self.mode {
+            Some(m) => format!("{m} (grace {} s)", self.grace_s),
+            None => "not set".into(),
+        };
+        let mut line = format!("heal: {mode}, {}", self.state);
+        if !self.message.is_empty() {
+            line.push_str(&format!(" — {}", self.message));
+        }
+        if self.replaced + self.failed > 0 {
+            line.push_str(&format!(
+                " [{} replaced, {} failed runs since the control plane started]",
+                self.replaced, self.failed
+            ));
+        }
+        if !self.unreachable_s.is_empty() {
+            let u: Vec<String> = self.unreachable_s.iter().map(|(h, s)| format!("{h} {s:.0} s")).collect();
+            line.push_str(&format!(
+                "
+unreachable now: {}",
+                u.join(", ")
+            ));
+        }
+        line
+    }
 }
 
 /// What the agent port may use and uses: descriptors, connection caps, refusals.
@@ -219,6 +284,7 @@ impl From<&v1::StatusResponse> for StatusView {
             heartbeat_interval_s: st.heartbeat_interval_s,
             hosts: st.hosts.iter().map(HostView::from).collect(),
             port: st.port.as_ref().map(PortView::from),
+            heal: st.heal.as_ref().map(HealView::from),
             swarm,
         }
     }
@@ -292,6 +358,7 @@ impl StatusView {
         }
         let mut port = self.endpoint_line();
         port.push_str(&self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default());
+        port.push_str(&self.heal.as_ref().map(|h| format!("\n{}", h.line())).unwrap_or_default());
         if let Some(age) = self.hosts.iter().filter_map(|h| h.swarm_age_s).reduce(f64::max) {
             port.push_str(&format!("\nswarm view: at most {age:.1} s old (`status --fresh` asks the agents now)"));
         }

@@ -232,6 +232,18 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::EngineActionResponse {}))
     }
 
+    async fn set_heal_policy(&self, req: Request<v1::HealPolicy>) -> Result<Response<v1::HealPolicy>, Status> {
+        let by = self.caller(&req)?;
+        let p = self.cp.set_heal_policy(req.into_inner(), &by).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(p))
+    }
+
+    async fn report_heal(&self, req: Request<v1::HealProgress>) -> Result<Response<v1::HealProgressAck>, Status> {
+        let by = self.caller(&req)?;
+        self.cp.report_heal(req.into_inner(), &by);
+        Ok(Response::new(v1::HealProgressAck {}))
+    }
+
     type FollowLogsStream = Pin<Box<dyn Stream<Item = Result<v1::LogLineOut, Status>> + Send + 'static>>;
 
     async fn follow_logs(

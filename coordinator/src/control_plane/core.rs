@@ -84,6 +84,8 @@ pub struct ControlPlane {
     pub refusals: Refusals,
     /// Prometheus counters (`metrics.rs`); the rest is read live at scrape time.
     pub metrics: crate::control_plane::metrics::Metrics,
+    /// Auto-heal's policy and progress.
+    pub healer: crate::control_plane::healer::Healer,
 }
 
 impl ControlPlane {
@@ -454,7 +456,7 @@ impl ControlPlane {
             });
         }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(v1::StatusResponse {
+        let mut st = v1::StatusResponse {
             cluster: self.config.cluster.clone(),
             hosts,
             heartbeat_interval_s: self.config.heartbeat_interval.as_secs() as u32,
@@ -462,7 +464,10 @@ impl ControlPlane {
             agent_binary_sha256: self.agent_binary.as_ref().map(|b| b.sha256.clone()).unwrap_or_default(),
             agent_version: flotilla_agent::VERSION.to_string(),
             port: Some(self.port_status()),
-        })
+            heal: None,
+        };
+        st.heal = Some(self.heal_status(&st));
+        Ok(st)
     }
 
     /// The agent port's resources, for `status`.

@@ -132,7 +132,9 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         renewing: Default::default(),
         refusals: Default::default(),
         metrics: Default::default(),
+        healer: Default::default(),
     });
+    cp.load_heal_policy()?;
 
     let unix = bind_admin_socket(&paths)?;
     flotilla_proto::fs::write_public(&paths.endpoint_file(), agent_endpoint.as_bytes())
@@ -150,6 +152,9 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         Some(at) => Some(crate::control_plane::web::start(&cp, at, &paths).await?),
         None => None,
     };
+    if let Some(command) = config.heal_command.clone() {
+        tokio::spawn(crate::control_plane::healer::supervise(Arc::clone(&cp), command));
+    }
     let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
     Ok(Running { cp, addr, paths, metrics_addr, task })
 }

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub limits: PortLimits,
     /// Where `/metrics` and the status page listen (`web.rs`); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The command auto-heal runs (`coordinator … heal --auto`), argv; `None`: auto-heal is
+    /// unavailable (a control plane embedded in tests).
+    pub heal_command: Option<Vec<std::ffi::OsString>>,
 }
 
 impl ServeConfig {
@@ -44,6 +47,7 @@ impl ServeConfig {
             agent_binary: None,
             limits: PortLimits::default(),
             metrics_listen: None,
+            heal_command: None,
         }
     }
 }
@@ -138,6 +142,11 @@ impl StatePaths {
         self.dir.join("coordinator.log")
     }
     /// What a `serve` that `deploy` started printed before its log began (and a fatal error).
+    /// What auto-heal's runs print (appended).
+    pub fn heal_log(&self) -> PathBuf {
+        self.dir.join("heal.log")
+    }
+
     pub fn output_file(&self) -> PathBuf {
         self.dir.join("coordinator.out")
     }

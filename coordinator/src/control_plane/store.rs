@@ -305,6 +305,14 @@ impl Store {
         Ok(table.get(key)?.map(|v| v.value().to_vec()))
     }
 
+    /// Sets a cluster-wide value.
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Sets a cluster-wide value only if it is absent; returns the value in force.
     pub fn meta_get_or_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         let txn = self.db.begin_write()?;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::providers::ProviderKind;
 /// `[aws]` lives with the AWS provider, which reads it; this module only validates it.
@@ -73,6 +73,14 @@ listen = ""
 # Keep it on loopback and reach it through an SSH tunnel (README, docs/SECURITY.md).
 metrics_listen = ""
 
+[heal]
+# "auto": the control plane replaces a host that is lost — its agent unreachable for
+# `grace` seconds AND the provider reporting it gone or stopped — one host at a time, never
+# at the cost of quorum. "off": only `coordinator heal` does. A host that is unreachable but
+# still running (a network partition) is reported, never replaced.
+mode = "auto"
+grace = 60
+
 [lab]
 # This machine's Docker Engine, where lab hosts run (FLOTILLA_LAB_DOCKER_HOST overrides it).
 # DOCKER_HOST is never used for the lab: `eval "$(coordinator env)"` points it at a cluster.
@@ -99,7 +107,7 @@ key_name = ""
 root_volume_gib = 20
 "#;
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     pub name: String,
@@ -112,6 +120,7 @@ pub struct ClusterConfig {
     pub images: Images,
     pub instance_types: InstanceTypes,
     pub coordinator: CoordinatorSettings,
+    pub heal: HealSettings,
     pub lab: LabSettings,
     pub aws: AwsSettings,
 }
@@ -129,19 +138,20 @@ impl Default for ClusterConfig {
             images: Images::default(),
             instance_types: InstanceTypes::default(),
             coordinator: CoordinatorSettings::default(),
+            heal: HealSettings::default(),
             lab: LabSettings::default(),
             aws: AwsSettings::default(),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsulPlacement {
     Managers,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Images {
     pub consul: String,
@@ -156,7 +166,7 @@ pub struct Images {
     pub insecure_registries: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InstanceTypes {
     pub manager: String,
@@ -169,7 +179,32 @@ impl Default for InstanceTypes {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// `[heal]`: how a lost host is replaced (`ops::heal`; the control plane's auto-heal).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealSettings {
+    /// "auto": the control plane replaces a lost host by itself; "off": only `coordinator heal`.
+    pub mode: HealMode,
+    /// Seconds an agent must be unreachable (and its host gone at the provider) before the
+    /// host counts as lost.
+    pub grace: u32,
+}
+
+impl Default for HealSettings {
+    fn default() -> Self {
+        Self { mode: HealMode::Auto, grace: crate::control_plane::healer::DEFAULT_GRACE_S }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HealMode {
+    #[default]
+    Auto,
+    Off,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorSettings {
     /// The agent port; `None`: the cluster's recorded one, else a free one from 7443
@@ -214,6 +249,25 @@ impl ClusterConfig {
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
     }
 
+    /// Where a deploy records the configuration it converged to: `heal` (and auto-heal)
+    /// rebuild exactly that, whatever flotilla.toml says since.
+    pub fn record_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("cluster.toml")
+    }
+
+    /// Records this configuration as deployed (0600).
+    pub fn record(&self, state_dir: &Path) -> Result<(), ConfigError> {
+        let path = Self::record_path(state_dir);
+        let text =
+            toml::to_string(self).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?;
+        flotilla_proto::fs::write_private(&path, text.as_bytes()).map_err(|source| ConfigError::Read { path, source })
+    }
+
+    /// The configuration the last deploy recorded.
+    pub fn recorded(state_dir: &Path) -> Result<Self, ConfigError> {
+        Self::load(&Self::record_path(state_dir), true)
+    }
+
     /// Checks the whole configuration; `origin` names the file (or "flags") in messages.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad = |field, problem: String| ConfigError::Invalid { path: origin.to_string(), field, problem };
@@ -223,6 +277,16 @@ impl ClusterConfig {
         self.validate_topology().map_err(|(field, problem)| bad(field, problem))?;
         self.validate_images().map_err(|(field, problem)| bad(field, problem))?;
         self.validate_coordinator().map_err(|(field, problem)| bad(field, problem))?;
+        if self.heal.grace < crate::control_plane::healer::MIN_GRACE_S {
+            return Err(bad(
+                "heal.grace",
+                format!(
+                    "{} s: at least {} s, or a host that merely rebooted would be replaced",
+                    self.heal.grace,
+                    crate::control_plane::healer::MIN_GRACE_S
+                ),
+            ));
+        }
         if self.provider == ProviderKind::Aws {
             self.validate_aws().map_err(|(field, problem)| bad(field, problem))?;
         }
@@ -413,6 +477,30 @@ mod tests {
         let c = parse(EXAMPLE).expect("example parses");
         assert_eq!(c, ClusterConfig::default());
         c.validate("flotilla.toml").expect("valid");
+    }
+
+    #[test]
+    fn the_recorded_configuration_reads_back_as_deployed_and_privately() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = ClusterConfig { name: "rec".into(), nodes: 4, ..Default::default() };
+        c.heal = HealSettings { mode: HealMode::Off, grace: 90 };
+        c.coordinator.port = Some(7450);
+        c.record(dir.path()).expect("record");
+        assert_eq!(ClusterConfig::recorded(dir.path()).expect("read back"), c);
+        let mode = std::fs::metadata(ClusterConfig::record_path(dir.path())).expect("meta").permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        let missing = ClusterConfig::recorded(&dir.path().join("none")).expect_err("no record");
+        assert!(missing.to_string().contains("cluster.toml"), "{missing}");
+    }
+
+    #[test]
+    fn a_heal_grace_below_the_minimum_is_refused_naming_the_field() {
+        let mut c = ClusterConfig::default();
+        c.heal.grace = 3;
+        let m = c.validate("flotilla.toml").expect_err("too short").to_string();
+        assert!(m.contains("`heal.grace`") && m.contains("rebooted"), "{m}");
+        let e = parse("[heal]\nmode = \"sometimes\"\n").expect_err("bad mode").to_string();
+        assert!(e.contains("sometimes"), "{e}");
     }
 
     #[test]

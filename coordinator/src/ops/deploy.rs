@@ -39,7 +39,7 @@ use tonic::transport::Channel;
 
 use crate::admin_client::ConnectError;
 use crate::control_plane::settings::StatePaths;
-use crate::ops::cluster_config::{ClusterConfig, ConfigError};
+use crate::ops::cluster_config::{ClusterConfig, ConfigError, HealMode};
 use crate::ops::plan::{self, PlanError, PlannedHost, RoleKind};
 use crate::ops::verify;
 use crate::providers::{Host, ProviderError};
@@ -93,6 +93,8 @@ pub enum DeployError {
     Verify(#[from] verify::VerifyError),
     #[error("control plane: {0}")]
     Port(#[from] port::PortError),
+    #[error(transparent)]
+    Lock(#[from] crate::ops::lock::LockError),
     /// Hosts the deploy waits for are down and will not come up by themselves.
     #[error(
         "while waiting for {what}, host(s) went down and will not come up by themselves:{}\nLook at them (lab: `docker logs CONTAINER`, and free disk space: `df -h`, `docker system df`), then re-run `coordinator deploy`: it starts a stopped host and re-creates one that never ran",
@@ -181,10 +183,12 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let state_dir = opts.state_root.join(&c.name);
     let paths = StatePaths::new(&state_dir);
     flotilla_proto::fs::private_dir(&state_dir).map_err(DeployError::state_dir(&state_dir))?;
+    let _lock = crate::ops::lock::OpsLock::take(&state_dir, &c.name, "deploy")?;
 
     // 2. The provider; 3. the control plane.
     let prepared = provider::prepare_provider(c, &state_dir, opts.quiet, &p).await?;
     provider::record(c, &prepared, &state_dir)?;
+    c.record(&state_dir)?;
     let serve = ServeSpec {
         cluster: &c.name,
         state_root: &opts.state_root,
@@ -195,6 +199,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         metrics_listen: &c.coordinator.metrics_listen,
     };
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
+    let policy = v1::HealPolicy { auto: c.heal.mode == HealMode::Auto, grace_s: c.heal.grace };
+    admin.clone().set_heal_policy(policy).await?;
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(DeployError::state_dir(&paths.ca_pem()))?;
     let run = Run { config: c, planned: &planned, prepared: &prepared, admin, state_dir: &state_dir, p: &p };
 

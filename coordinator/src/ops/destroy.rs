@@ -17,6 +17,7 @@ use flotilla_proto::v1;
 use crate::admin_client::{self, wait_gone};
 use crate::control_plane::settings::StatePaths;
 use crate::control_plane::store::{Store, StoreError};
+use crate::ops::lock::OpsLock;
 use crate::providers::{Provider, ProviderError, ProviderKind, ProviderRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,9 @@ pub enum DestroyError {
     Kept(ProviderError),
     #[error("{}: {source}", path.display())]
     State { path: PathBuf, source: std::io::Error },
+    /// A deploy or a heal by hand still runs (auto-heal's runs end with the control plane).
+    #[error("{0}; nothing was removed")]
+    Busy(crate::ops::lock::LockError),
 }
 
 impl DestroyError {
@@ -96,6 +100,11 @@ pub async fn destroy(o: DestroyOptions<'_>) -> Result<Destroyed, DestroyError> {
         });
     }
     stop_control_plane(o.cluster, o.state_dir).await;
+    // Stopping the control plane ends an auto-heal run; one by hand gets a moment to end.
+    let _lock = match o.state_dir.exists() {
+        true => Some(OpsLock::wait(o.state_dir, o.cluster, "destroy", LOCK_WAIT).map_err(DestroyError::Busy)?),
+        false => None,
+    };
     let removed = provider.destroy().await.map_err(DestroyError::provider)?;
     if o.state_dir.exists() {
         std::fs::remove_dir_all(o.state_dir)
@@ -103,6 +112,9 @@ pub async fn destroy(o: DestroyOptions<'_>) -> Result<Destroyed, DestroyError> {
     }
     Ok(Destroyed { removed, unaccounted: if o.force { unaccounted } else { Vec::new() } })
 }
+
+/// How long destroy waits for a deploy or heal that holds the cluster.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The hosts the cluster's state records: its running control plane's, else its store's.
 async fn recorded_hosts(cluster: &str, state_dir: &Path) -> Result<Vec<String>, StoreError> {

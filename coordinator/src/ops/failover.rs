@@ -48,6 +48,7 @@ mod fault;
 mod live;
 mod precheck;
 mod probe;
+mod replaced;
 mod report;
 mod swarm;
 mod watch;
@@ -117,6 +118,9 @@ pub enum Mode {
     Engine,
     /// The provider stops the whole host.
     Host,
+    /// The provider takes the host away for good (lab: its container removed; EC2:
+    /// TerminateInstances); auto-heal must replace it.
+    Terminate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -481,6 +485,9 @@ async fn measure(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report) {
 /// deadline.
 async fn restore_and_rejoin(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report) -> (Instant, Instant) {
     let (say, fault_at) = (&d.say, m.fault_at);
+    if d.opts.mode == Mode::Terminate {
+        return replaced_by_heal(d, s, m, r).await;
+    }
     match fault::restore(d, &s.target, Instant::now() + d.opts.bound).await {
         Ok(what) => r.restore_s = Some(say.event(fault_at.elapsed(), format!("restore: {what}"))),
         Err(e) => {
@@ -494,6 +501,34 @@ async fn restore_and_rejoin(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Repor
             Component::Swarm => {
                 let leader_engine = s.engines.get(&r.new_leader).cloned();
                 swarm::rejoin(d, m, &s.engines, leader_engine.as_ref(), restore_at, rejoin_deadline, r).await;
+            }
+            Component::Consul => consul::rejoin(d, m, restore_at, rejoin_deadline, r).await,
+        }
+    }
+    (restore_at, rejoin_deadline)
+}
+
+/// `--mode terminate`'s "restore": auto-heal replaces the target ([`replaced`]); then the
+/// replacement back in the leader's view, as after a restore.
+async fn replaced_by_heal(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report) -> (Instant, Instant) {
+    let st = d.admin.clone().status(v1::StatusRequest::default()).await.map(|s| s.into_inner()).unwrap_or_default();
+    let deadline = Instant::now() + replaced::heal_bound(&st, d.opts.bound);
+    match replaced::wait_for_heal(d, &s.target, m.fault_at, deadline, r).await {
+        Ok(what) => {
+            r.restore_s = Some(d.say.event(m.fault_at.elapsed(), format!("replaced: {what}")));
+            lock(&d.pending).faulted = None;
+        }
+        Err(e) => {
+            d.say.event(m.fault_at.elapsed(), format!("not replaced: {e}"));
+        }
+    }
+    let restore_at = m.fault_at + Duration::from_secs_f64(r.restore_s.unwrap_or_default());
+    let rejoin_deadline = Instant::now() + d.opts.bound;
+    if r.restore_s.is_some() {
+        let leader_engine = s.engines.get(&r.new_leader).cloned();
+        match d.opts.component {
+            Component::Swarm => {
+                swarm::rejoin(d, m, &s.engines, leader_engine.as_ref(), restore_at, rejoin_deadline, r).await
             }
             Component::Consul => consul::rejoin(d, m, restore_at, rejoin_deadline, r).await,
         }

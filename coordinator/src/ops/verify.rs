@@ -128,30 +128,12 @@ pub async fn swarm(
         };
         let mut s = SwarmSummary::default();
         for n in nodes {
-            let hostname = n.description.and_then(|d| d.hostname).unwrap_or_default();
-            let ready =
-                n.status.as_ref().and_then(|s| s.state).is_some_and(|st| st == bollard::models::NodeState::READY);
-            let addr = n.status.and_then(|s| s.addr).unwrap_or_default();
-            let role = n.spec.and_then(|s| s.role);
-            let ms = n.manager_status;
-            let manager_status = match &ms {
-                Some(m) if m.leader == Some(true) => "leader".to_string(),
-                Some(m) => m.reachability.map(|r| r.to_string()).unwrap_or_default(),
-                None => String::new(),
-            };
-            let node = SwarmNode {
-                hostname: hostname.clone(),
-                addr: addr.clone(),
-                role: if role == Some(NodeSpecRoleEnum::MANAGER) { "manager".into() } else { "worker".into() },
-                manager_status: manager_status.clone(),
-                ready,
-            };
-            if manager_status == "leader" {
-                s.leader = hostname;
-                s.leader_ip =
-                    ms.and_then(|m| m.addr).and_then(|a| a.split(':').next().map(str::to_string)).unwrap_or(addr);
+            let (node, leader_ip) = swarm_node(n);
+            if let Some(ip) = leader_ip {
+                s.leader = node.hostname.clone();
+                s.leader_ip = ip;
             }
-            if role == Some(NodeSpecRoleEnum::MANAGER) {
+            if node.role == "manager" {
                 s.managers.push(node);
             } else {
                 s.workers.push(node);
@@ -179,6 +161,29 @@ pub async fn swarm(
         return Ok(s);
     }
     Err(VerifyError::NoManager(errors.join("; ")))
+}
+
+/// One node of a manager's node list as [`SwarmNode`]; with the leader's IP when it leads.
+fn swarm_node(n: bollard::models::Node) -> (SwarmNode, Option<String>) {
+    let hostname = n.description.and_then(|d| d.hostname).unwrap_or_default();
+    let ready = n.status.as_ref().and_then(|s| s.state).is_some_and(|st| st == bollard::models::NodeState::READY);
+    let addr = n.status.and_then(|s| s.addr).unwrap_or_default();
+    let role = n.spec.and_then(|s| s.role);
+    let ms = n.manager_status;
+    let manager_status = match &ms {
+        Some(m) if m.leader == Some(true) => "leader".to_string(),
+        Some(m) => m.reachability.map(|r| r.to_string()).unwrap_or_default(),
+        None => String::new(),
+    };
+    let leader_ip = (manager_status == "leader")
+        .then(|| ms.and_then(|m| m.addr).and_then(|a| a.split(':').next().map(str::to_string)).unwrap_or(addr.clone()));
+    let role = if role == Some(NodeSpecRoleEnum::MANAGER) { "manager" } else { "worker" };
+    (SwarmNode { hostname, addr, role: role.into(), manager_status, ready }, leader_ip)
+}
+
+/// Every node of the swarm as the manager `d` lists them.
+pub async fn nodes(d: &Docker) -> Result<Vec<SwarmNode>, bollard::errors::Error> {
+    Ok(d.list_nodes(None::<ListNodesOptions>).await?.into_iter().map(|n| swarm_node(n).0).collect())
 }
 
 /// Removes the departed node `hostname` from the swarm's node list (it must be down or have

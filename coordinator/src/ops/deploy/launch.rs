@@ -39,7 +39,7 @@ pub async fn launch_missing(run: &Run<'_>, ca_pem: &str) -> Result<Changed, Depl
 /// What one missing host is launched with: its user-data (the control plane's endpoint and
 /// CA, a one-time token, the agent binary to fetch, how the Engine gets there), its
 /// instance type and image.
-async fn launch_spec(
+pub async fn launch_spec(
     run: &Run<'_>,
     h: &PlannedHost,
     st: &v1::StatusResponse,
@@ -80,7 +80,7 @@ async fn launch_spec(
 }
 
 /// Launches every spec at once; reports each outcome, and fails with the first failure.
-async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize)]) -> Result<(), DeployError> {
+pub async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize)]) -> Result<(), DeployError> {
     if launches.is_empty() {
         return Ok(());
     }

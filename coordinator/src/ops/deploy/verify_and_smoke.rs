@@ -63,7 +63,7 @@ pub async fn verify_and_smoke(
 /// Consul's view: asked of the servers directly in the lab; on AWS, where 8500 is open to
 /// the cluster's own group only, from the servers' agents, which read their local Consul,
 /// until they agree (their health arrives every few seconds).
-async fn consul(run: &Run<'_>, addresses: &HashMap<String, String>) -> Result<ConsulSummary, DeployError> {
+pub async fn consul(run: &Run<'_>, addresses: &HashMap<String, String>) -> Result<ConsulSummary, DeployError> {
     let servers: Vec<&PlannedHost> = run.planned.iter().filter(|h| h.has(RoleKind::Consul)).collect();
     if let Provider::Lab(_) = run.prepared.provider {
         let ips: Vec<String> = servers.iter().filter_map(|h| addresses.get(&h.name).cloned()).collect();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use flotilla_proto::v1;
 
 use super::{DeployError, ENROLL_TIMEOUT, PHASE_TIMEOUT, Run};
+use crate::ops::plan::PlannedHost;
 use crate::poll::{Attempt, PollError, poll_until};
 
 /// How often the status is asked.
@@ -21,14 +22,24 @@ const PROVIDER_EVERY: Duration = Duration::from_secs(2);
 
 /// Every planned host's agent enrolled, connected and reachable.
 pub async fn every_agent_connected(run: &Run<'_>) -> Result<(), DeployError> {
-    wait_hosts(run, "every agent to enroll and connect", ENROLL_TIMEOUT, |h| h.connected && !h.unreachable).await
+    agents_connected(run, run.planned, "every agent to enroll and connect").await
+}
+
+/// The agents of `hosts` enrolled, connected and reachable.
+pub async fn agents_connected(run: &Run<'_>, hosts: &[PlannedHost], what: &str) -> Result<(), DeployError> {
+    wait_hosts(run, hosts, what, ENROLL_TIMEOUT, |h| h.connected && !h.unreachable).await
 }
 
 /// Every planned host runs every role of its plan.
 pub async fn every_role_running(run: &Run<'_>) -> Result<(), DeployError> {
+    roles_running(run, run.planned, "every role running (Consul, then the swarm)").await
+}
+
+/// Every host of `hosts` runs every role of its plan.
+pub async fn roles_running(run: &Run<'_>, hosts: &[PlannedHost], what: &str) -> Result<(), DeployError> {
     let by_name: HashMap<String, Vec<i32>> =
-        run.planned.iter().map(|h| (h.name.clone(), h.roles.iter().map(|r| r.proto() as i32).collect())).collect();
-    wait_hosts(run, "every role running (Consul, then the swarm)", PHASE_TIMEOUT, |h| {
+        hosts.iter().map(|h| (h.name.clone(), h.roles.iter().map(|r| r.proto() as i32).collect())).collect();
+    wait_hosts(run, hosts, what, PHASE_TIMEOUT, |h| {
         by_name.get(&h.name).is_some_and(|want| {
             want.iter().all(|w| h.role_status.iter().any(|s| s.role == *w && s.state == v1::RoleState::Running as i32))
         })
@@ -36,9 +47,10 @@ pub async fn every_role_running(run: &Run<'_>) -> Result<(), DeployError> {
     .await
 }
 
-/// Polls status until `ok` holds for every planned host.
+/// Polls status until `ok` holds for every host of `hosts`.
 async fn wait_hosts(
     run: &Run<'_>,
+    hosts: &[PlannedHost],
     what: &str,
     timeout: Duration,
     ok: impl Fn(&v1::HostStatus) -> bool,
@@ -53,7 +65,7 @@ async fn wait_hosts(
             let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
             let mut pending = Vec::new();
             let mut pending_names = Vec::new();
-            for h in run.planned {
+            for h in hosts {
                 let n = &h.name;
                 let note = match st.hosts.iter().find(|s| &s.name == n) {
                     Some(s) if ok(s) => "ok".to_string(),

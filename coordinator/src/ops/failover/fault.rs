@@ -79,6 +79,22 @@ pub(super) async fn fault(d: &Drill, target: &str, fault_at: Instant) -> Result<
                 format!("fault: {target}'s agent told to kill its Consul container and hold the role down (lease {hold_s} s)"),
             );
         }
+        (Mode::Terminate, _) => {
+            say.event(
+                Duration::ZERO,
+                format!(
+                    "fault: the {} provider terminates host {target} for good; auto-heal must replace it",
+                    d.provider.kind()
+                ),
+            );
+            let (provider, t, say) = (d.provider.clone(), target.to_string(), d.say.clone());
+            tokio::spawn(async move {
+                match provider.terminate(&t).await {
+                    Ok(()) => say.event(fault_at.elapsed(), format!("host {t} terminated (provider)")),
+                    Err(e) => say.event(fault_at.elapsed(), format!("terminating host {t} failed: {e}")),
+                };
+            });
+        }
         (Mode::Host, _) => {
             say.event(Duration::ZERO, format!("fault: the {} provider stops host {target}", d.provider.kind()));
             // Stopping waits for the host's shutdown; probing runs meanwhile.
@@ -100,6 +116,8 @@ pub(super) async fn restore(d: &Drill, target: &str, deadline: Instant) -> Resul
     let what = match d.opts.mode {
         Mode::Engine => restore_engine(d, target, deadline).await?,
         Mode::Host => restore_host(d, target, deadline).await?,
+        // Nothing to undo: the host is gone; auto-heal replaces it (`replaced.rs`).
+        Mode::Terminate => format!("{target} was terminated; only auto-heal brings it back (`coordinator heal`)"),
     };
     lock(&d.pending).faulted = None;
     Ok(what)
@@ -190,6 +208,7 @@ fn manual_fix(d: &Drill, target: &str) -> String {
             Mode::Host => {
                 format!("start the instance by hand: `aws ec2 start-instances` for the instance tagged Name={target}")
             }
+            Mode::Terminate => format!("replace {target}: `coordinator heal`"),
             Mode::Engine => format!(
                 "on {target} (ssh or SSM): `sudo systemctl start docker` / `sudo systemctl restart flotilla-agent`"
             ),
@@ -205,6 +224,7 @@ fn manual_fix(d: &Drill, target: &str) -> String {
             hold_lease(d.opts.bound)
         ),
         (Mode::Host, _) => format!("start the host by hand: `docker start {container}`"),
+        (Mode::Terminate, _) => format!("replace {target}: `coordinator heal`"),
     }
 }
 

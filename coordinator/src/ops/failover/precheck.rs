@@ -46,6 +46,11 @@ pub(super) async fn wait_until_fit(d: &Drill) -> Result<(Vec<Member>, Vec<Member
 /// cannot lose another.
 async fn fit(st: &v1::StatusResponse, opts: &Options, consul_token: &str) -> Result<Vec<Member>, FailoverError> {
     let members = check(st, opts.component, opts.target.as_deref(), opts.force)?;
+    if opts.mode == super::Mode::Terminate
+        && let Some(refused) = super::replaced::refusal(st)
+    {
+        return Err(refused);
+    }
     let servers = self::members(st, v1::Role::Consul);
     if opts.force || servers.is_empty() {
         return Ok(members);

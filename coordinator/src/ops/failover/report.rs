@@ -74,7 +74,16 @@ pub struct Report {
     pub tasks_before: usize,
     pub tasks_after: usize,
     pub tasks_rescheduled: bool,
-    /// The restore was issued (from the fault).
+    /// `--mode terminate`: auto-heal took the target for lost, launched its replacement,
+    /// and the replacement enrolled (from the fault).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacement_launched_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacement_enrolled_s: Option<f64>,
+    /// The restore was issued (from the fault); `--mode terminate`: auto-heal replaced the
+    /// target.
     pub restore_s: Option<f64>,
     /// The target back in the leader's view (from the restore): Swarm lists it
     /// `reachable`; Consul's autopilot lists it a healthy voter.

@@ -1,0 +1,67 @@
+//! `coordinator heal`: replace the cluster's lost hosts ([`crate::ops::heal`]) and print what
+//! was found and done, as lines or JSON. A refusal (quorum lost, another operation under way)
+//! exits 75 after printing; auto-heal (`--auto`, run by the control plane) reads the code.
+
+use clap::Args;
+
+use super::{CliError, Global, Output, json_pretty};
+use crate::ops::heal::{self, HealOptions, HealReport};
+
+#[derive(Args, Debug)]
+pub struct HealArgs {
+    /// Say what would be replaced, and why, without touching anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run as the control plane's auto-heal (progress marked automatic in status and audit).
+    #[arg(long, hide = true)]
+    pub auto: bool,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+pub async fn run(g: &Global, args: HealArgs) -> Result<(), CliError> {
+    let report = heal::heal(HealOptions {
+        cluster: g.cluster(),
+        state_root: g.state_root(),
+        dry_run: args.dry_run,
+        automatic: args.auto,
+        quiet: args.output == Output::Json,
+    })
+    .await?;
+    match args.output {
+        Output::Json => outln!("{}", json_pretty(&report)),
+        Output::Table => print_summary(&report),
+    }
+    Ok(())
+}
+
+fn print_summary(r: &HealReport) {
+    if r.plan.is_empty() {
+        outln!("cluster '{}': nothing to heal", r.cluster);
+        for h in r.assessment.hosts.iter().filter(|h| h.verdict != heal::Verdict::Healthy) {
+            outln!("  {:<10} {}", h.name, h.line());
+        }
+        return;
+    }
+    if r.dry_run {
+        outln!("cluster '{}': heal would replace, in this order:", r.cluster);
+        for line in &r.plan {
+            outln!("  {line}");
+        }
+        return;
+    }
+    for x in &r.replaced {
+        outln!(
+            "{:<10} replaced by {}: removed at {:.1} s, launched at {:.1} s, enrolled at {:.1} s, counted at {:.1} s",
+            x.host,
+            x.instance_id,
+            x.removed_s,
+            x.launched_s,
+            x.enrolled_s,
+            x.full_strength_s
+        );
+    }
+    if let Some(v) = &r.verified {
+        outln!("{v}");
+    }
+}

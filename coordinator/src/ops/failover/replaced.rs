@@ -1,0 +1,97 @@
+//! `--mode terminate`: the target's host is taken away for good, so nothing is restored —
+//! the control plane's auto-heal must notice the host lost and replace it. The drill watches
+//! the control plane's heal status and times each step from the fault: detected as lost
+//! (`lost_s`), replacement launched (`replacement_launched_s`), replacement enrolled
+//! (`replacement_enrolled_s`), replaced (`restore_s`: the heal's own "replaced").
+
+use std::time::{Duration, Instant};
+
+use flotilla_proto::v1;
+
+use super::{Drill, FailoverError, Report};
+use crate::poll::{Attempt, PollError, poll_until};
+
+/// What the drill refuses `--mode terminate` for: auto-heal is not on (nothing would bring
+/// the host back).
+pub(super) fn refusal(st: &v1::StatusResponse) -> Option<FailoverError> {
+    let heal = st.heal.clone().unwrap_or_default();
+    let auto = heal.policy.is_some_and(|p| p.auto);
+    match heal.state.as_str() {
+        _ if !auto => Some(FailoverError::Refused(
+            "--mode terminate takes a host away for good and needs auto-heal to replace it: deploy with `[heal] mode = \"auto\"` (or `deploy --heal auto`)".into(),
+        )),
+        "unavailable" | "refused" => Some(FailoverError::Refused(format!(
+            "--mode terminate needs auto-heal, which is {}: {}",
+            heal.state, heal.message
+        ))),
+        _ => None,
+    }
+}
+
+/// How long auto-heal gets, from the end of the election phase: its grace period, then the
+/// replacement's boot, enrollment and join.
+pub(super) fn heal_bound(st: &v1::StatusResponse, bound: Duration) -> Duration {
+    let grace = st.heal.as_ref().and_then(|h| h.policy).map(|p| p.grace_s).unwrap_or(60);
+    Duration::from_secs(u64::from(grace)) + bound * 4
+}
+
+/// Watches auto-heal replace `target` (until `deadline`), recording each step's time from
+/// the fault in `r` and in the timeline. Returns the heal's last word, or why it did not
+/// finish.
+pub(super) async fn wait_for_heal(
+    d: &Drill,
+    target: &str,
+    fault_at: Instant,
+    deadline: Instant,
+    r: &mut Report,
+) -> Result<String, String> {
+    let mine = format!("{target}: ");
+    let steps = std::sync::Mutex::new(r.clone());
+    let done = poll_until("auto-heal to replace the target", deadline, Duration::from_millis(500), || {
+        let (mut admin, mine, steps) = (d.admin.clone(), &mine, &steps);
+        async move {
+            let Ok(st) = admin.status(v1::StatusRequest::default()).await else {
+                return Ok::<_, String>(Attempt::NotYet("control plane: no answer".into()));
+            };
+            let st = st.into_inner();
+            let heal = st.heal.clone().unwrap_or_default();
+            let at = fault_at.elapsed();
+            let mut s = super::lock(steps);
+            if s.lost_s.is_none() && heal.message.starts_with(mine.as_str()) {
+                s.lost_s = Some(d.say.event(at, format!("auto-heal: {}", heal.message)));
+            }
+            if s.replacement_launched_s.is_none()
+                && heal.message.starts_with(mine.as_str())
+                && heal.message.contains("launched replacement")
+            {
+                s.replacement_launched_s = Some(d.say.event(at, format!("auto-heal: {}", heal.message)));
+            }
+            let connected = st.hosts.iter().any(|h| h.name == target && h.connected && !h.unreachable);
+            if s.replacement_launched_s.is_some() && s.replacement_enrolled_s.is_none() && connected {
+                s.replacement_enrolled_s =
+                    Some(d.say.event(at, format!("auto-heal: the replacement {target} enrolled")));
+            }
+            let finished = heal.state != "healing" && s.lost_s.is_some();
+            match () {
+                _ if finished && heal.message.contains("replaced") && heal.message.contains(target) => {
+                    Ok(Attempt::Done(heal.message))
+                }
+                _ if finished => {
+                    Err(format!("auto-heal ended without replacing {target}: {} ({})", heal.message, heal.state))
+                }
+                _ => Ok(Attempt::NotYet(format!("{}: {}", heal.state, heal.message))),
+            }
+        }
+    })
+    .await;
+    let steps = super::lock(&steps).clone();
+    r.lost_s = steps.lost_s;
+    r.replacement_launched_s = steps.replacement_launched_s;
+    r.replacement_enrolled_s = steps.replacement_enrolled_s;
+    done.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, after, .. } => {
+            format!("auto-heal did not replace {target} within {after:.0?}: {last}")
+        }
+    })
+}

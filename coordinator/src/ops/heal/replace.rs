@@ -1,0 +1,312 @@
+//! Step 4 of a heal: one host at a time — its remains removed ([`remove_remains`]), a
+//! replacement launched unless one exists ([`launch_if_missing`]), enrolled, assigned and
+//! waited for until the cluster counts it again ([`rejoin`]) — re-assessing between hosts,
+//! so a host lost meanwhile, or a quorum lost meanwhile, is seen before the next step.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::v1::{self, admin_client::AdminClient};
+use tonic::transport::Channel;
+
+use super::{Heal, HealError, HealOptions, HostAssessment, Replaced, Verdict, assess_now, membership};
+use crate::control_plane::settings::StatePaths;
+use crate::ops::cluster_config::ClusterConfig;
+use crate::ops::deploy::{self, Run, assign, launch, wait};
+use crate::ops::plan::{PlannedHost, RoleKind};
+use crate::ops::verify;
+use crate::poll::{Attempt, PollError, poll_until};
+use crate::providers::{HostState, Provider};
+use crate::ui::Progress;
+
+/// How long a replacement gets, once its roles run, until the swarm and Consul count it.
+const FULL_STRENGTH_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Replaces every lost (and completes every unfinished) host, one at a time.
+pub async fn every_lost(
+    opts: &HealOptions,
+    config: &ClusterConfig,
+    planned: &[PlannedHost],
+    provider: Provider,
+    admin: &mut AdminClient<Channel>,
+    p: &Progress,
+) -> Result<Vec<Replaced>, HealError> {
+    drop(provider);
+    let state_dir = opts.state_root.join(&opts.cluster);
+    let prepared = deploy::prepare_provider(config, &state_dir, opts.quiet, p).await?;
+    let run = Run { config, planned, prepared: &prepared, admin: admin.clone(), state_dir: &state_dir, p };
+    let docker_dir = deploy::control_plane::ensure_docker_certs(&run).await?;
+    let token_path = crate::control_plane::consul::operator_token_path(&state_dir);
+    let consul_token = std::fs::read_to_string(&token_path)
+        .map_err(|source| HealError::State { path: token_path.clone(), source })?
+        .trim()
+        .to_string();
+    let ca_path = StatePaths::new(&state_dir).ca_pem();
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| HealError::State { path: ca_path, source })?;
+    let h = Heal { run, automatic: opts.automatic, docker_dir, consul_token, started: Instant::now() };
+    let mut done = Vec::new();
+    loop {
+        let a = assess_now(admin, &prepared.provider, planned).await?;
+        if let Some(why) = a.quorum_refusal() {
+            return Err(HealError::Quorum(why));
+        }
+        let Some(next) = a.next().cloned() else { break };
+        if done.iter().any(|r: &Replaced| r.host == next.name) {
+            return Err(HealError::NotFull { host: next.name.clone(), problem: next.line() });
+        }
+        done.push(replace(&h, &next, &ca_pem).await?);
+    }
+    Ok(done)
+}
+
+/// Replaces (or completes) one host.
+async fn replace(h: &Heal<'_>, target: &HostAssessment, ca_pem: &str) -> Result<Replaced, HealError> {
+    let planned = h
+        .run
+        .planned
+        .iter()
+        .find(|p| p.name == target.name)
+        .ok_or_else(|| HealError::NotFull { host: target.name.clone(), problem: "not in the plan".into() })?;
+    let mut r = Replaced { host: target.name.clone(), ..Default::default() };
+    h.say(&target.name, format!("replacing: {}", target.line())).await;
+    if let Verdict::Lost { .. } = target.verdict {
+        remove_remains(h, planned).await?;
+    }
+    r.removed_s = h.at();
+    r.instance_id = launch_if_missing(h, planned, ca_pem).await?;
+    r.launched_s = h.at();
+    rejoin(h, planned, &mut r).await?;
+    r.full_strength_s = h.at();
+    let msg = format!(
+        "replaced by {} in {:.0} s: back in the swarm and Consul",
+        r.instance_id,
+        r.full_strength_s - r.removed_s
+    );
+    h.say(&target.name, &msg).await;
+    let progress = v1::HealProgress {
+        host: target.name.clone(),
+        message: msg,
+        replaced: true,
+        automatic: h.automatic,
+        ..Default::default()
+    };
+    let _ = h.run.admin.clone().report_heal(progress).await;
+    Ok(r)
+}
+
+/// The addresses of the planned hosts with `role`, but `except`.
+async fn addresses_of(h: &Heal<'_>, role: RoleKind, except: &str) -> Result<Vec<String>, HealError> {
+    let (_, addresses) = addresses(h).await?;
+    Ok(h.run
+        .planned
+        .iter()
+        .filter(|p| p.has(role) && p.name != except)
+        .filter_map(|p| addresses.get(&p.name).cloned())
+        .collect())
+}
+
+async fn addresses(h: &Heal<'_>) -> Result<(Vec<crate::providers::Host>, HashMap<String, String>), HealError> {
+    let hosts = h.run.prepared.provider.describe().await?;
+    let st = h.run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
+    let addresses = deploy::host_addresses(&hosts, &st);
+    Ok((hosts, addresses))
+}
+
+/// Ends the lost host's memberships, removes it at the provider, forgets its identity. The
+/// Consul `force-leave` (Serf waits out its broadcast, about 5 s) runs beside the rest: the
+/// replacement's Consul server joins only after its host booted and enrolled.
+async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealError> {
+    let name = &planned.name;
+    let managers = addresses_of(h, RoleKind::Manager, name).await?;
+    let (via, d) = membership::a_manager(&managers, &h.docker_dir).await?;
+    h.say(name, format!("removing it from the swarm through {via}")).await;
+    let did = membership::leave_swarm(&d, &via, name).await?;
+    h.say(name, format!("swarm: {did}")).await;
+    let servers = if planned.has(RoleKind::Consul) { addresses_of(h, RoleKind::Consul, name).await? } else { vec![] };
+    let consul = async {
+        if servers.is_empty() {
+            return Ok(());
+        }
+        match membership::leave_consul(&servers, &h.consul_token, name).await? {
+            Some(via) => h.say(name, format!("consul: force-left (pruned) through {via}")).await,
+            None => {
+                h.say(name, "consul: no server answered a force-leave; autopilot removes the dead server when the replacement joins").await
+            }
+        }
+        Ok::<_, HealError>(())
+    };
+    let provider = async {
+        h.say(name, "removing what is left of it at the provider").await;
+        h.run.prepared.provider.terminate(name).await?;
+        h.run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: name.clone() }).await?;
+        h.say(name, "its certificates revoked and its record forgotten").await;
+        Ok::<_, HealError>(())
+    };
+    let (c, p) = tokio::join!(consul, provider);
+    c.and(p)
+}
+
+/// Launches a replacement unless the provider has one (an interrupted heal launched it);
+/// returns its instance id. A stopped one is started.
+async fn launch_if_missing(h: &Heal<'_>, planned: &PlannedHost, ca_pem: &str) -> Result<String, HealError> {
+    let name = &planned.name;
+    let existing = h.run.prepared.provider.describe().await?.into_iter().find(|x| &x.name == name);
+    match existing {
+        Some(x) if matches!(x.state, HostState::Running | HostState::Pending) => {
+            h.say(name, format!("replacement {} exists; waiting for enrollment", x.instance_id)).await;
+            return Ok(x.instance_id);
+        }
+        Some(x) if x.state == HostState::Stopped => {
+            h.run.prepared.provider.start(name).await?;
+            h.say(name, format!("started {}; waiting for enrollment", x.instance_id)).await;
+            return Ok(x.instance_id);
+        }
+        _ => {}
+    }
+    let st = h.run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
+    let spec = launch::launch_spec(&h.run, planned, &st, ca_pem).await?;
+    let host = h.run.prepared.launch(&spec, planned.index).await?;
+    h.say(name, format!("launched replacement {}, waiting for enrollment", host.instance_id)).await;
+    Ok(host.instance_id)
+}
+
+/// The replacement enrolled, assigned (every host's assignment refreshed: a new address
+/// changes the Consul join lists), its roles running, and counted by Swarm and Consul.
+async fn rejoin(h: &Heal<'_>, planned: &PlannedHost, r: &mut Replaced) -> Result<(), HealError> {
+    let one = std::slice::from_ref(planned);
+    wait::agents_connected(&h.run, one, "the replacement to enroll").await?;
+    r.enrolled_s = h.at();
+    h.say(&planned.name, "enrolled; assigning its roles").await;
+    let (_, addresses) = addresses(h).await?;
+    assign::assign_in_dependency_order(&h.run, &addresses).await?;
+    wait::roles_running(&h.run, one, "its roles to run").await?;
+    h.say(&planned.name, "roles running; waiting until Swarm and Consul count it").await;
+    counted(h, planned).await
+}
+
+/// Waits until the swarm lists the host once, ready (a manager: reachable, or the leader)
+/// and has a leader, and — for a Consul server — every server's agent reports the planned
+/// number of peers and a leader.
+async fn counted(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealError> {
+    let name = planned.name.as_str();
+    let managers = addresses_of(h, RoleKind::Manager, "").await?;
+    let servers: Vec<String> =
+        h.run.planned.iter().filter(|p| p.has(RoleKind::Consul)).map(|p| p.name.clone()).collect();
+    let waited = poll_until(
+        "Swarm and Consul to count the replacement",
+        Instant::now() + FULL_STRENGTH_TIMEOUT,
+        Duration::from_secs(1),
+        || {
+            let (managers, servers) = (&managers, &servers);
+            async move {
+                let (via, d) = match membership::a_manager(managers, &h.docker_dir).await {
+                    Ok(x) => x,
+                    Err(e) => return Ok::<_, HealError>(Attempt::NotYet(e.to_string())),
+                };
+                let nodes = match verify::nodes(&d).await {
+                    Ok(n) => n,
+                    Err(e) => return Ok(Attempt::NotYet(format!("{via}: {e}"))),
+                };
+                if let Some(problem) = swarm_problem(&nodes, name, planned.has(RoleKind::Manager)) {
+                    return Ok(Attempt::NotYet(problem));
+                }
+                if planned.has(RoleKind::Consul) {
+                    let st = h.run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
+                    if let Err(e) = verify::consul_from_agents(&st, servers, servers.len()) {
+                        return Ok(Attempt::NotYet(e.to_string()));
+                    }
+                }
+                Ok(Attempt::Done(()))
+            }
+        },
+    )
+    .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => HealError::NotFull { host: name.to_string(), problem: last },
+    })
+}
+
+/// What keeps the swarm's node list from counting `host`, if anything.
+fn swarm_problem(nodes: &[verify::SwarmNode], host: &str, manager: bool) -> Option<String> {
+    let mine: Vec<&verify::SwarmNode> = nodes.iter().filter(|n| n.hostname == host).collect();
+    if !nodes.iter().any(|n| n.manager_status == "leader") {
+        return Some("the swarm has no leader".into());
+    }
+    match mine.as_slice() {
+        [] => Some(format!("{host} is not in the swarm yet")),
+        [n] if !n.ready => Some(format!("{host} is not ready yet")),
+        [n] if manager && !matches!(n.manager_status.as_str(), "reachable" | "leader") => Some(format!(
+            "{host} is a manager but {}",
+            if n.role == "manager" { &n.manager_status } else { "a worker" }
+        )),
+        [_] => None,
+        many => Some(format!("the swarm lists {} nodes named {host}", many.len())),
+    }
+}
+
+/// The whole cluster checked with its own views at the end, once nothing is lost.
+pub async fn verify_all(
+    opts: &HealOptions,
+    config: &ClusterConfig,
+    planned: &[PlannedHost],
+    admin: &mut AdminClient<Channel>,
+) -> Result<Option<String>, HealError> {
+    let state_dir = opts.state_root.join(&opts.cluster);
+    let record = crate::providers::ProviderRecord::load(&state_dir);
+    let provider = Provider::from_record(&opts.cluster, &state_dir, &record).await?;
+    let hosts = provider.describe().await?;
+    let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
+    let addresses = deploy::host_addresses(&hosts, &st);
+    let managers: Vec<String> =
+        planned.iter().filter(|p| p.has(RoleKind::Manager)).filter_map(|p| addresses.get(&p.name).cloned()).collect();
+    let docker_dir = state_dir.join("docker");
+    let swarm = verify::swarm(&managers, &docker_dir, config.managers as usize, config.nodes as usize)
+        .await
+        .map_err(|e| HealError::NotFull { host: "the cluster".into(), problem: e.to_string() })?;
+    let servers: Vec<String> = planned.iter().filter(|p| p.has(RoleKind::Consul)).map(|p| p.name.clone()).collect();
+    let consul = verify::consul_from_agents(&st, &servers, servers.len())
+        .map_err(|e| HealError::NotFull { host: "the cluster".into(), problem: e.to_string() })?;
+    Ok(Some(format!(
+        "full strength: {} managers (leader {}), {} workers ready; {} Consul servers, leader {}",
+        swarm.managers.len(),
+        swarm.leader,
+        swarm.workers.len(),
+        consul.peers.len(),
+        consul.leader
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(host: &str, role: &str, status: &str, ready: bool) -> verify::SwarmNode {
+        verify::SwarmNode {
+            hostname: host.into(),
+            addr: String::new(),
+            role: role.into(),
+            manager_status: status.into(),
+            ready,
+        }
+    }
+
+    #[test]
+    fn a_replacement_counts_once_ready_reachable_and_alone_under_its_name() {
+        let leader = node("manager0", "manager", "leader", true);
+        let base = vec![leader.clone(), node("manager2", "manager", "reachable", true)];
+        let with = |n: verify::SwarmNode| [base.clone(), vec![n]].concat();
+        assert_eq!(swarm_problem(&with(node("manager1", "manager", "reachable", true)), "manager1", true), None);
+        assert!(swarm_problem(&base, "manager1", true).expect("absent").contains("not in the swarm"));
+        assert!(
+            swarm_problem(&with(node("manager1", "worker", "", true)), "manager1", true)
+                .expect("worker")
+                .contains("a worker")
+        );
+        assert!(swarm_problem(&with(node("manager1", "manager", "unreachable", true)), "manager1", true).is_some());
+        let dup = [with(node("node0", "worker", "", true)), vec![node("node0", "worker", "", false)]].concat();
+        assert!(swarm_problem(&dup, "node0", false).expect("two").contains("2 nodes named node0"));
+        let leaderless = vec![node("manager2", "manager", "reachable", true), node("node0", "worker", "", true)];
+        assert!(swarm_problem(&leaderless, "node0", false).expect("no leader").contains("no leader"));
+    }
+}

@@ -1,0 +1,348 @@
+//! Issue 15 — `heal` and auto-heal on the lab, through the real binary, on one default
+//! cluster (grace 20 s), phase after phase:
+//!
+//! 1. a host stopped and started again within the grace period is not replaced;
+//! 2. `failover-test --mode terminate`: the leader's host removed for good (its container
+//!    and volume gone, as an instance terminated); auto-heal replaces it and the drill
+//!    passes with its steps timed in order;
+//! 3. a worker's container removed (`docker rm -f`): auto-heal replaces it;
+//! 4. auto-heal off; a manager's container removed; `coordinator heal` SIGKILLed right after
+//!    it launched the replacement: exactly one host of that name exists, and the next
+//!    `heal` completes;
+//! 5. two managers' containers removed: `heal` refuses (exit 75), says why and what to run,
+//!    and launches nothing.
+//!
+//! After 1–4 the cluster is at full strength: 3 managers (1 leader, 2 reachable) and 2
+//! ready workers in `docker node ls` with no `down` node, 3 Consul servers that are healthy
+//! voters with unique names in autopilot's view, and the service started at the beginning
+//! still has its 2 running replicas.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_tests::Cli;
+use serde_json::Value;
+
+const CLUSTER: &str = "heal";
+const GRACE: &str = "20";
+const SERVICE: &str = "heal-keep";
+
+fn cli() -> Cli {
+    Cli::new(CLUSTER)
+}
+
+fn container(host: &str) -> String {
+    format!("flotilla-{CLUSTER}-{host}")
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).env_remove("DOCKER_HOST").output().expect("docker")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `cmd` inside the lab host `host` (on its own Engine).
+fn in_host(host: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["exec", &container(host)[..]].into_iter().map(str::to_string).collect::<Vec<_>>();
+    args.extend(cmd.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    text(&docker(&args))
+}
+
+fn status() -> Value {
+    let out = cli().command().args(["--cluster", CLUSTER, "status", "--output", "json"]).output().expect("status");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// Polls `f` (every 500 ms) until it gives a value; panics with `what` and the last note.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(v) => return v,
+            Err(note) => note,
+        };
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last: {last}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The container names of the cluster's hosts (any state).
+fn host_containers() -> BTreeSet<String> {
+    text(&docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=flotilla.cluster={CLUSTER}"),
+        "--filter",
+        "label=flotilla.kind=host",
+        "--format",
+        "{{.Names}}",
+    ]))
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+fn container_id(host: &str) -> String {
+    text(&docker(&["inspect", "-f", "{{.Id}}", &container(host)]))
+}
+
+/// A manager whose Engine answers `docker node ls` with a leader, and its rows
+/// (`hostname status manager-status`).
+fn node_ls() -> Result<(String, Vec<String>), String> {
+    for m in ["manager0", "manager1", "manager2"] {
+        let rows = in_host(m, &["docker", "node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.ManagerStatus}}"]);
+        if rows.contains("Leader") {
+            return Ok((m.to_string(), rows.lines().map(str::to_string).collect()));
+        }
+    }
+    Err("no manager lists the swarm with a leader".into())
+}
+
+/// Autopilot's view of the Consul servers, asked of `ip` with the operator's token.
+fn consul_servers(ip: &str) -> Result<Vec<flotilla_agent::consul::ServerHealth>, String> {
+    let token = std::fs::read_to_string(cli().state_root.join(CLUSTER).join("consul-operator.token"))
+        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(flotilla_agent::consul::Consul::new(&format!("{ip}:8500")).with_token(token.trim()).autopilot_health())
+        .map_err(|e| e.to_string())
+}
+
+fn manager_ip(st: &Value) -> Option<String> {
+    st["hosts"].as_array()?.iter().find(|h| h["name"] == "manager0" || h["name"] == "manager2")?["addresses"][0]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Running replicas of the test's service, as the swarm reports them.
+fn running_replicas(via: &str) -> usize {
+    in_host(
+        via,
+        &["docker", "service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"],
+    )
+    .lines()
+    .filter(|l| l.starts_with("Running"))
+    .count()
+}
+
+/// Full strength (the module's doc); returns what was seen when not.
+fn full_strength() -> Result<(), String> {
+    let (via, rows) = node_ls()?;
+    let managers: Vec<&String> = rows.iter().filter(|r| r.contains("Leader") || r.contains("Reachable")).collect();
+    let leaders = rows.iter().filter(|r| r.contains("Leader")).count();
+    let names: BTreeSet<&str> = rows.iter().filter_map(|r| r.split(' ').next()).collect();
+    if rows.len() != 5
+        || names.len() != 5
+        || managers.len() != 3
+        || leaders != 1
+        || rows.iter().any(|r| !r.contains(" Ready"))
+    {
+        return Err(format!("node ls: {rows:?}"));
+    }
+    let st = status();
+    let ip = manager_ip(&st).ok_or("no manager address")?;
+    let servers = consul_servers(&ip)?;
+    let server_names: BTreeSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    if servers.len() != 3
+        || server_names.len() != 3
+        || servers.iter().any(|s| !(s.healthy && s.voter && s.serf_status == "alive"))
+    {
+        return Err(format!("consul autopilot: {servers:?}"));
+    }
+    match running_replicas(&via) {
+        2 => Ok(()),
+        n => Err(format!("{n} running replicas of {SERVICE}")),
+    }
+}
+
+fn heal_status() -> Value {
+    status()["heal"].clone()
+}
+
+fn leader() -> String {
+    let (_, rows) = node_ls().expect("node ls");
+    rows.iter().find(|r| r.contains("Leader")).and_then(|r| r.split(' ').next()).expect("leader").to_string()
+}
+
+#[test]
+fn issue_15_lost_hosts_are_replaced_one_at_a_time_and_quorum_is_never_spent() {
+    let c = cli();
+    let _ = c.run(&["destroy", "--yes", "--force"]);
+    let out = c.run(&["deploy", "--no-smoke-test", "--heal", "auto", "--heal-grace", GRACE, "--output", "json"]);
+    assert!(out.status.success(), "deploy failed");
+    assert_eq!(heal_status()["mode"], "auto", "{}", heal_status());
+    start_service();
+    stop_start_within_grace_is_not_replaced();
+    terminate_drill_replaces_the_leader();
+    removed_worker_is_replaced_by_auto_heal();
+    heal_killed_after_launch_completes_on_the_next_run();
+    two_managers_lost_is_refused();
+    let out = c.run(&["destroy", "--yes", "--force"]);
+    assert!(out.status.success(), "destroy failed");
+    assert!(host_containers().is_empty(), "{:?}", host_containers());
+}
+
+fn start_service() {
+    let st = status();
+    let ip = manager_ip(&st).expect("a manager's address");
+    let registry = ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).expect("registry");
+    let image = format!("{registry}/flotilla/hello:1");
+    let (via, _) = node_ls().expect("swarm");
+    in_host(
+        &via,
+        &[
+            "docker",
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            SERVICE,
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.role==worker",
+            &image,
+            "sh",
+            "-c",
+            "while true; do sleep 1; done",
+        ],
+    );
+    wait_for("the service's 2 replicas", Duration::from_secs(90), || match running_replicas(&via) {
+        2 => Ok(()),
+        n => Err(format!("{n} running")),
+    });
+    wait_for("full strength before the faults", Duration::from_secs(60), full_strength);
+}
+
+fn stop_start_within_grace_is_not_replaced() {
+    let before = container_id("node1");
+    let replaced = heal_status()["replaced"].as_u64().unwrap_or(0);
+    assert!(docker(&["kill", &container("node1")]).status.success());
+    wait_for("node1 seen unreachable", Duration::from_secs(30), || {
+        let st = status();
+        let h =
+            st["hosts"].as_array().and_then(|a| a.iter().find(|h| h["name"] == "node1").cloned()).unwrap_or_default();
+        if h["unreachable"] == true { Ok(()) } else { Err(h.to_string()) }
+    });
+    assert!(docker(&["start", &container("node1")]).status.success());
+    wait_for("node1 back", Duration::from_secs(90), || {
+        let st = status();
+        let h =
+            st["hosts"].as_array().and_then(|a| a.iter().find(|h| h["name"] == "node1").cloned()).unwrap_or_default();
+        if h["connected"] == true && h["unreachable"] == false { Ok(()) } else { Err(h.to_string()) }
+    });
+    assert_eq!(container_id("node1"), before, "node1 was replaced");
+    assert_eq!(heal_status()["replaced"].as_u64().unwrap_or(0), replaced, "{}", heal_status());
+    wait_for("full strength after the restart", Duration::from_secs(90), full_strength);
+}
+
+fn terminate_drill_replaces_the_leader() {
+    let old = leader();
+    let out = cli().run(&["failover-test", "--mode", "terminate", "--output", "json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).expect("drill JSON");
+    assert!(out.status.success(), "drill: {}", r["verdict"]);
+    assert_eq!(r["target"], old.as_str());
+    assert_ne!(r["new_leader"], old.as_str());
+    let at = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+    let (elect, lost, launched, enrolled, replaced) =
+        (at("elect_s"), at("lost_s"), at("replacement_launched_s"), at("replacement_enrolled_s"), at("restore_s"));
+    assert!(elect < lost && lost <= launched && launched <= enrolled && enrolled <= replaced, "{r}");
+    assert!(lost >= GRACE.parse::<f64>().expect("grace"), "lost before the grace period: {lost}");
+    assert_eq!(r["rejoined_as"], "reachable", "{r}");
+    wait_for("full strength after the leader's host was replaced", Duration::from_secs(120), full_strength);
+}
+
+fn removed_worker_is_replaced_by_auto_heal() {
+    let replaced = heal_status()["replaced"].as_u64().unwrap_or(0);
+    let before = container_id("node0");
+    assert!(docker(&["rm", "-f", &container("node0")]).status.success());
+    wait_for("auto-heal to replace node0", Duration::from_secs(240), || {
+        let h = heal_status();
+        if h["replaced"].as_u64().unwrap_or(0) > replaced && h["state"] != "healing" {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    });
+    assert_ne!(container_id("node0"), before);
+    wait_for("full strength after node0 was replaced", Duration::from_secs(120), full_strength);
+    let audit = cli().run(&["audit", "--output", "json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("heal.replaced") && audit.contains("auto-heal"), "no auto-heal in the audit trail");
+}
+
+fn heal_killed_after_launch_completes_on_the_next_run() {
+    let c = cli();
+    let out = c.run(&["deploy", "--no-smoke-test", "--heal", "off", "--heal-grace", GRACE]);
+    assert!(out.status.success(), "deploy --heal off");
+    assert_eq!(heal_status()["mode"], "off");
+    let target = ["manager0", "manager1", "manager2"].into_iter().find(|m| *m != leader()).expect("a follower");
+    assert!(docker(&["rm", "-f", &container(target)]).status.success());
+    wait_for("the host to be lost (unreachable past the grace period)", Duration::from_secs(90), || {
+        let s = heal_status()["unreachable_s"][target].as_f64().unwrap_or(0.0);
+        if s > GRACE.parse::<f64>().unwrap_or(20.0) + 1.0 { Ok(()) } else { Err(format!("{s} s")) }
+    });
+    let mut child = c
+        .command()
+        .args(["--cluster", CLUSTER, "heal"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn heal");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap_or_default();
+        eprintln!("heal| {line}");
+        let launched = line.contains("launched replacement");
+        seen.push(line);
+        if launched {
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("launched replacement")), "heal never launched: {seen:#?}");
+    let same_name: Vec<String> = host_containers().into_iter().filter(|n| *n == container(target)).collect();
+    assert_eq!(same_name.len(), 1, "{same_name:?}");
+    let out = c.run(&["heal", "--output", "json"]);
+    assert!(out.status.success(), "the second heal failed");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("heal JSON");
+    assert_eq!(r["replaced"][0]["host"], target, "{r}");
+    assert!(r["verified"].as_str().unwrap_or("").contains("full strength"), "{r}");
+    assert_eq!(host_containers().len(), 5, "{:?}", host_containers());
+    wait_for("full strength after the resumed heal", Duration::from_secs(120), full_strength);
+    let again = c.run(&["heal", "--output", "json"]);
+    let again: Value = serde_json::from_slice(&again.stdout).expect("heal JSON");
+    assert_eq!(again["replaced"], Value::Array(vec![]), "a re-run replaced something: {again}");
+}
+
+fn two_managers_lost_is_refused() {
+    let keep = leader();
+    let gone: Vec<&str> = ["manager0", "manager1", "manager2"].into_iter().filter(|m| *m != keep).collect();
+    for m in &gone {
+        assert!(docker(&["rm", "-f", &container(m)]).status.success());
+    }
+    let before = host_containers();
+    wait_for("both managers unreachable past the grace period", Duration::from_secs(90), || {
+        let u = heal_status()["unreachable_s"].clone();
+        let past = |m: &str| u[m].as_f64().unwrap_or(0.0) > GRACE.parse::<f64>().unwrap_or(20.0) + 1.0;
+        if gone.iter().all(|m| past(m)) { Ok(()) } else { Err(u.to_string()) }
+    });
+    let dry = cli().run(&["heal", "--dry-run"]);
+    let out = cli().run(&["heal"]);
+    for o in [&dry, &out] {
+        assert_eq!(o.status.code(), Some(75), "heal did not refuse");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("quorum") && err.contains("coordinator recover") && gone.iter().all(|m| err.contains(m)),
+            "{err}"
+        );
+    }
+    assert_eq!(host_containers(), before, "heal launched or removed a host while refusing");
+}
