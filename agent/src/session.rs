@@ -258,6 +258,8 @@ impl Open<'_> {
             }
             _ => earlier(),
         };
+        // The previous heartbeat's round trip, for the control plane's histogram.
+        sample.last_rtt_us = ctx.status.borrow().last_rtt.map(|d| d.as_micros() as u64).unwrap_or(0);
         self.sent_at = Some((sample.seq, Instant::now()));
         self.send(agent_message::Body::Health(sample)).await
     }

@@ -30,6 +30,9 @@
 //! - [`backup`]: backups taken by the agents (Swarm with the Engine stopped on a manager that
 //!   does not lead, Consul snapshots), uploaded over their sessions, kept encrypted
 //!   ([`backup::archive`]), pruned and scheduled ([`backup::policy`]).
+//! - [`metrics`]: Prometheus series, counted as things happen or read live at scrape time
+//!   ([`metrics::live`]); [`web`]: their listener, with `/metrics` and the read-only status
+//!   page (`/`, a live log tail over server-sent events).
 //! - [`clock`]: the control plane's clock (movable in tests).
 //! - [`settings`]: `serve` settings and the state directory's layout.
 
@@ -46,6 +49,7 @@ pub mod enroll;
 pub mod enroll_limit;
 pub mod healer;
 pub mod log_router;
+pub mod metrics;
 pub mod operators;
 pub mod pki;
 pub mod serve;
@@ -55,3 +59,4 @@ pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod untrusted;
+pub mod web;

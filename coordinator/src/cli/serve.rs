@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Log to this file instead of stderr, rotated past 10 MiB (3 old files kept).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Where `/metrics` (Prometheus) and the read-only status page (`/`) listen; the bound
+    /// address is written to `<state>/metrics-address`. Loopback unless you mean to expose it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_listen: std::net::SocketAddr,
 }
 
 /// Why a `--host-cert-validity` is refused.
@@ -104,6 +108,7 @@ pub async fn run(g: &Global, args: ServeArgs) -> Result<(), CliError> {
     config.advertise = args.advertise;
     config.heartbeat_interval = args.heartbeat_interval;
     config.host_cert_validity = args.host_cert_validity;
+    config.metrics_listen = Some(args.metrics_listen);
     config.agent_binary = Some(match args.agent_binary {
         Some(p) => p,
         None => crate::control_plane::agent_binary::AgentBinary::default_path().map_err(CliError::AgentBinary)?,

@@ -161,6 +161,12 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ListOperatorCertificatesResponse { certificates }))
     }
 
+    async fn record_drill(&self, req: Request<v1::DrillReport>) -> Result<Response<v1::DrillReportAck>, Status> {
+        self.caller(&req)?;
+        self.cp.record_drill(req.into_inner());
+        Ok(Response::new(v1::DrillReportAck {}))
+    }
+
     async fn audit(&self, req: Request<v1::AuditRequest>) -> Result<Response<v1::AuditResponse>, Status> {
         self.caller(&req)?;
         let limit = req.into_inner().limit as usize;
@@ -271,4 +277,24 @@ impl Admin for AdminApi {
         });
         Ok(Response::new(Box::pin(lines.map(Ok).chain(cut))))
     }
+}
+
+/// The path prefix of every `Admin` method.
+const ADMIN_PATH: &str = "/flotilla.v1.Admin/";
+
+/// Counts each `Admin` call by method (`flotilla_admin_rpcs_total`), on the unix socket and
+/// on the agent port; a path no method answers (`UNIMPLEMENTED`) counts as `other`, so a
+/// caller cannot make new series.
+pub async fn count_rpcs(
+    axum::extract::State(cp): axum::extract::State<Arc<ControlPlane>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.uri().path().strip_prefix(ADMIN_PATH).map(str::to_string);
+    let resp = next.run(req).await;
+    if let Some(m) = method {
+        let unknown = resp.headers().get("grpc-status").is_some_and(|s| s == "12");
+        cp.metrics.admin_rpc(if unknown || m.len() > 64 { "other" } else { &m });
+    }
+    resp
 }

@@ -255,9 +255,14 @@ impl ControlPlane {
                 },
             };
             let last = c.lines.last().map(|l| l.unix_ns);
-            if !c.lines.is_empty() && route.send(LogEvent::Lines(c.lines)).await.is_err() {
-                let _ = ack_tx.send(Err(Status::cancelled("the follower went away"))).await;
-                break;
+            let n = c.lines.len();
+            if n > 0 {
+                if route.send(LogEvent::Lines(c.lines)).await.is_err() {
+                    self.metrics.log_lines_dropped(n);
+                    let _ = ack_tx.send(Err(Status::cancelled("the follower went away"))).await;
+                    break;
+                }
+                self.metrics.log_lines_streamed(n);
             }
             if c.eof || !c.error.is_empty() {
                 let error = (!c.error.is_empty()).then_some(c.error);

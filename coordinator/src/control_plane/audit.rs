@@ -54,6 +54,7 @@ impl ControlPlane {
         let source = source_of(remote);
         tracing::debug!(kind, %source, host = %clean(host, NAME_MAX), detail = %clean(detail, DETAIL_MAX), "refused");
         self.refusals.record(kind, &source, host, detail, self.clock.now_ms());
+        self.metrics.refused(kind);
     }
 
     /// Writes the refusals counted since the last flush, in one transaction, on a blocking

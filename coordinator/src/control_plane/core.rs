@@ -82,6 +82,8 @@ pub struct ControlPlane {
     pub renewing: Renewing,
     /// Refused calls counted since the last flush to the store.
     pub refusals: Refusals,
+    /// Prometheus counters (`metrics.rs`); the rest is read live at scrape time.
+    pub metrics: crate::control_plane::metrics::Metrics,
     /// Auto-heal's policy and progress.
     pub healer: crate::control_plane::healer::Healer,
     /// Backups being taken (issue 16).

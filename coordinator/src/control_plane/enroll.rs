@@ -50,7 +50,8 @@ impl ControlPlane {
         let host = req.host_name.as_str();
         let result = self.enroll_inner(req);
         match &result {
-            Ok(_) => {
+            Ok((_, again)) => {
+                self.metrics.enrolled(*again);
                 let peer = remote.map(|a| a.to_string()).unwrap_or_default();
                 self.audit("enroll.ok", host, "", &peer);
                 self.end_earlier_identity(host);
@@ -64,7 +65,7 @@ impl ControlPlane {
             }
             Err(e) => tracing::error!(host = %clean(host, NAME_MAX), error = %e, "enrollment failed"),
         }
-        result
+        result.map(|(r, _)| r)
     }
 
     /// After `host` enrolled (again): its open session and log streams, all held by earlier
@@ -82,7 +83,8 @@ impl ControlPlane {
         }
     }
 
-    fn enroll_inner(&self, req: &v1::EnrollRequest) -> Result<v1::EnrollResponse, EnrollError> {
+    /// Enrolls; also says whether the host name was known already (a re-enrollment).
+    fn enroll_inner(&self, req: &v1::EnrollRequest) -> Result<(v1::EnrollResponse, bool), EnrollError> {
         let host = req.host_name.as_str();
         if !crate::control_plane::settings::valid_name(host) {
             return Err(EnrollError::BadHostName(clean(host, NAME_MAX)));
@@ -93,12 +95,14 @@ impl ControlPlane {
         tokens::check_with(|h| self.store.token(h), &req.token, host, now)?.map_err(EnrollError::Token)?;
         let issued = self.pki.sign_host_csr(host, &req.csr_pem, self.config.host_cert_validity)?;
         let facts = req.facts.as_ref().map(facts_from_proto).unwrap_or_default();
-        let host_id = self.store.write(|tx| {
+        let (host_id, again) = self.store.write(|tx| {
             // Re-check inside the transaction that consumes it: two racing enrollments with
             // the same token cannot both win.
             let hash = tokens::check(tx, &req.token, host, now)?.map_err(EnrollError::Token)?;
             tokens::consume(tx, &hash, now)?;
-            let mut rec = tx.host(host)?.unwrap_or_else(|| HostRecord {
+            let known = tx.host(host)?;
+            let again = known.is_some();
+            let mut rec = known.unwrap_or_else(|| HostRecord {
                 name: host.to_string(),
                 host_id: new_host_id(),
                 enrolled_unix_ms: now,
@@ -119,13 +123,14 @@ impl ControlPlane {
                 peer: String::new(),
                 actor: String::new(),
             })?;
-            Ok::<_, EnrollError>(rec.host_id)
+            Ok::<_, EnrollError>((rec.host_id, again))
         })?;
-        Ok(v1::EnrollResponse {
+        let response = v1::EnrollResponse {
             host_id,
             certificate_pem: issued.certificate_pem,
             ca_chain_pem: vec![self.pki.ca_pem().to_string()],
-        })
+        };
+        Ok((response, again))
     }
 }
 

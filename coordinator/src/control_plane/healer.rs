@@ -175,6 +175,10 @@ impl ControlPlane {
                 _ => None,
             }
         };
+        if p.finished {
+            // flotilla_heals_total{outcome="done"|"failed"} (issue 18).
+            self.metrics.heal_finished(!p.failed);
+        }
         if let Some(kind) = audit {
             let who = if p.automatic { "auto-heal".to_string() } else { by.to_string() };
             self.audit_by(kind, &p.host, p.message, "", &who);

@@ -52,6 +52,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    Web(#[from] crate::control_plane::web::WebError),
 }
 
 /// A running control plane.
@@ -59,6 +61,8 @@ pub struct Running {
     pub cp: Arc<ControlPlane>,
     pub addr: SocketAddr,
     pub paths: StatePaths,
+    /// Where `/metrics` and the status page listen, when they do.
+    pub metrics_addr: Option<SocketAddr>,
     task: JoinHandle<Result<(), ServeError>>,
 }
 
@@ -127,6 +131,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         grants: Default::default(),
         renewing: Default::default(),
         refusals: Default::default(),
+        metrics: Default::default(),
         healer: Default::default(),
         backups: Default::default(),
     });
@@ -144,12 +149,16 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         "control plane serving"
     );
     tokio::spawn(crate::control_plane::audit::flush_refusals(Arc::clone(&cp)));
+    let metrics_addr = match config.metrics_listen {
+        Some(at) => Some(crate::control_plane::web::start(&cp, at, &paths).await?),
+        None => None,
+    };
     if let Some(command) = config.heal_command.clone() {
         tokio::spawn(crate::control_plane::healer::supervise(Arc::clone(&cp), command));
     }
     tokio::spawn(crate::control_plane::backup::policy::run(Arc::clone(&cp)));
     let task = tokio::spawn(stop_when_asked(Arc::clone(&cp), agent_server, admin_server));
-    Ok(Running { cp, addr, paths, task })
+    Ok(Running { cp, addr, paths, metrics_addr, task })
 }
 
 /// The addresses agents dial (and the server certificate names): `--advertise`, or the
@@ -219,6 +228,7 @@ fn spawn_agent_server(
     }
     let axum_router = routes.into_axum_router().route_service(agent_api::ENROLL_PATH, enroll);
     let axum_router = crate::control_plane::agent_binary::routes(axum_router, agent_binary)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(cp), crate::control_plane::admin_api::count_rpcs))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(cp), agent_api::gate));
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
@@ -244,7 +254,10 @@ const HTTP2_MAX_LOCAL_RESETS: usize = 1024;
 
 /// The operator's `Admin` API on the unix socket.
 fn spawn_admin_server(cp: &Arc<ControlPlane>, unix: UnixListener) -> ServerTask {
-    let router = Server::builder().add_service(AdminServer::new(AdminApi { cp: Arc::clone(cp) }));
+    let routes = tonic::service::Routes::new(AdminServer::new(AdminApi { cp: Arc::clone(cp) }))
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(cp), crate::control_plane::admin_api::count_rpcs));
+    let router = Server::builder().add_routes(tonic::service::Routes::from(routes));
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(unix);
     let shutdown = cp.shutdown.clone();
     tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await })

@@ -314,6 +314,9 @@ impl ControlPlane {
         match msg.body {
             Some(agent_message::Body::Health(sample)) => {
                 let seq = sample.seq;
+                if sample.last_rtt_us > 0 {
+                    self.metrics.heartbeat_round_trip(sample.last_rtt_us as f64 / 1e6);
+                }
                 self.sessions.record_health(&who.name, session_id, sample, now);
                 let _ = tx.try_send(Ok(v1::CoordinatorMessage {
                     body: Some(coordinator_message::Body::HeartbeatAck(v1::HeartbeatAck { seq })),

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub agent_binary: Option<PathBuf>,
     /// What the agent port lets clients use (issue 14).
     pub limits: PortLimits,
+    /// Where `/metrics` and the status page listen (`web.rs`); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The command auto-heal runs (`coordinator … heal --auto`), argv; `None`: auto-heal is
     /// unavailable (a control plane embedded in tests).
     pub heal_command: Option<Vec<std::ffi::OsString>>,
@@ -44,6 +46,7 @@ impl ServeConfig {
             remote_admin: true,
             agent_binary: None,
             limits: PortLimits::default(),
+            metrics_listen: None,
             heal_command: None,
         }
     }
@@ -129,6 +132,10 @@ impl StatePaths {
     /// (`ip:port`), reused by every later deploy of the cluster.
     pub fn listen_file(&self) -> PathBuf {
         self.dir.join("listen")
+    }
+    /// Written by `serve` once `/metrics` and the status page listen: their address.
+    pub fn metrics_address_file(&self) -> PathBuf {
+        self.dir.join("metrics-address")
     }
     /// `serve --log-file` as `deploy` starts it: rotated past 10 MiB (`coordinator.log.1`, …).
     pub fn log_file(&self) -> PathBuf {

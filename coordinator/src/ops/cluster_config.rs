@@ -68,6 +68,10 @@ node = "t3.small"
 advertise = ""
 # The address the agent port listens on; empty: the lab gateway (lab), 0.0.0.0 (aws).
 listen = ""
+# Where the control plane serves Prometheus metrics (/metrics) and its read-only status page
+# (/): `ip:port`. Empty: 127.0.0.1 and a free port, recorded in `<state>/metrics-address`.
+# Keep it on loopback and reach it through an SSH tunnel (README, docs/SECURITY.md).
+metrics_listen = ""
 
 [heal]
 # "auto": the control plane replaces a host that is lost — its agent unreachable for
@@ -216,6 +220,8 @@ pub struct CoordinatorSettings {
     pub port: Option<u16>,
     pub advertise: String,
     pub listen: String,
+    /// `/metrics` and the status page: `ip:port`; empty: loopback, a free port.
+    pub metrics_listen: String,
 }
 
 /// `[backup]`: the control plane's backup schedule and retention (issue 16).
@@ -412,6 +418,17 @@ impl ClusterConfig {
         if !self.coordinator.listen.is_empty() && self.coordinator.listen.parse::<std::net::IpAddr>().is_err() {
             return Err(("coordinator.listen", format!("'{}' is not an IP address", self.coordinator.listen)));
         }
+        if !self.coordinator.metrics_listen.is_empty()
+            && self.coordinator.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err((
+                "coordinator.metrics_listen",
+                format!(
+                    "'{}' is not an ip:port (e.g. 127.0.0.1:9464; keep it on loopback unless you mean to expose it)",
+                    self.coordinator.metrics_listen
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -577,7 +594,7 @@ mod tests {
         assert!(m.contains("`nodes`"), "{m}");
         for a in ["10.0.0.300", "not an address", "-bad.example"] {
             let c = ClusterConfig {
-                coordinator: CoordinatorSettings { port: None, advertise: a.into(), listen: String::new() },
+                coordinator: CoordinatorSettings { advertise: a.into(), ..Default::default() },
                 ..Default::default()
             };
             let m = c.validate("f").expect_err(a).to_string();

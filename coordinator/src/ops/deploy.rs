@@ -196,6 +196,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         listen_ip: &prepared.listen,
         advertise: &prepared.advertise,
         port: c.coordinator.port,
+        metrics_listen: &c.coordinator.metrics_listen,
     };
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
     let policy = v1::HealPolicy { auto: c.heal.mode == HealMode::Auto, grace_s: c.heal.grace };

@@ -45,6 +45,7 @@
 
 mod consul;
 mod fault;
+mod live;
 mod precheck;
 mod probe;
 mod replaced;
@@ -267,10 +268,12 @@ pub async fn run(
     let record = ProviderRecord::load(&opts.state_dir);
     let provider = Arc::new(Provider::from_record(&opts.cluster, &opts.state_dir, &record).await?);
     let consul_token = operator_consul_token(&opts.state_dir)?;
+    let live = live::Live::new(admin.clone());
+    live.started(&format!("{:?}", opts.component).to_lowercase()).await;
     let d = Drill {
         opts,
         admin,
-        say: Arc::new(Say::new()),
+        say: Arc::new(Say::reporting(live)),
         provider,
         consul_token,
         pending: Mutex::new(Pending::default()),
@@ -296,6 +299,9 @@ pub async fn run(
     match outcome {
         Ok(Ok(mut report)) => {
             report.cleanup = cleanup;
+            if let Some(live) = d.say.live() {
+                live.finished(&report).await;
+            }
             Ok(report)
         }
         Ok(Err(e)) => Err(e),

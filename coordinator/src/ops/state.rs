@@ -304,6 +304,10 @@ async fn start(state_root: &Path, cluster: &str, advertise: Option<&str>, p: &Pr
     let endpoint = std::fs::read_to_string(paths.endpoint_file()).unwrap_or_default();
     let recorded_host = endpoint.trim().rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string());
     let advertise = advertise.map(str::to_string).or(recorded_host).unwrap_or_else(|| listen_ip.clone());
+    // The metrics listener the last deploy asked for, when its record came along.
+    let metrics_listen = crate::ops::cluster_config::ClusterConfig::recorded(&dir)
+        .map(|c| c.coordinator.metrics_listen)
+        .unwrap_or_default();
     let spec = ServeSpec {
         cluster,
         state_root,
@@ -311,6 +315,7 @@ async fn start(state_root: &Path, cluster: &str, advertise: Option<&str>, p: &Pr
         listen_ip: &listen_ip,
         advertise: &advertise,
         port: Some(rec.port),
+        metrics_listen: &metrics_listen,
     };
     ensure_control_plane(&spec, p).await.map_err(|e| StateError::Serve(Box::new(e)))?;
     Ok(())

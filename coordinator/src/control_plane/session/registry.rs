@@ -186,6 +186,23 @@ impl Sessions {
         })
     }
 
+    /// Every live session's view, in one pass (a scrape, the status page).
+    pub fn views(&self) -> Vec<(String, LiveView)> {
+        self.lock()
+            .iter()
+            .map(|(h, l)| {
+                let view = LiveView {
+                    since_ms: l.since_ms,
+                    last_heartbeat_ms: l.last_heartbeat_ms,
+                    health: l.health.clone(),
+                    status: l.status.clone(),
+                    cert_not_after_unix: l.cert_not_after_unix,
+                };
+                (h.clone(), view)
+            })
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.lock().len()
     }

@@ -35,7 +35,13 @@ pub struct ServeSpec<'a> {
     /// The port asked for (`--port`, `coordinator.port`); `None`: the cluster's recorded one,
     /// else a free one ([`super::port::choose`]).
     pub port: Option<u16>,
+    /// `coordinator.metrics_listen`; empty: loopback, a free port.
+    pub metrics_listen: &'a str,
 }
+
+/// Where `/metrics` and the status page listen when `coordinator.metrics_listen` is empty:
+/// loopback, a free port (the bound address is recorded in `<state>/metrics-address`).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:0";
 
 /// Connects to the cluster's control plane, starting one in the background when none
 /// runs: it listens on `listen_ip` (the lab's gateway) and the cluster's port, and logs to
@@ -76,7 +82,7 @@ pub async fn wait_for_store_release(paths: &StatePaths) {
 /// Starts `coordinator serve` detached (its own process group) and waits until its admin
 /// socket answers.
 async fn spawn_control_plane(s: &ServeSpec<'_>, port: u16, p: &Progress) -> Result<AdminClient<Channel>, DeployError> {
-    let ServeSpec { cluster, state_root, paths, listen_ip, advertise, .. } = *s;
+    let ServeSpec { cluster, state_root, paths, listen_ip, advertise, metrics_listen, .. } = *s;
     let spawn = |what: String| move |source| DeployError::Spawn { what, source };
     let exe = std::env::current_exe().map_err(spawn("the path of this program".into()))?;
     let log_path = paths.log_file();
@@ -97,6 +103,8 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, port: u16, p: &Progress) -> Resu
         .arg(advertise)
         .arg("--log-file")
         .arg(&log_path)
+        .arg("--metrics-listen")
+        .arg(if metrics_listen.is_empty() { DEFAULT_METRICS_LISTEN } else { metrics_listen })
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(out2)

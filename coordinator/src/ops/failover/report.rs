@@ -118,11 +118,21 @@ pub(super) struct Say {
     start: Instant,
     fault: Mutex<Option<Instant>>,
     timeline: Mutex<Vec<Event>>,
+    /// The control plane, told each event as it happens (the status page's drill timeline).
+    control_plane: Option<super::live::Live>,
 }
 
 impl Say {
     pub(super) fn new() -> Self {
-        Self { start: Instant::now(), fault: Mutex::new(None), timeline: Mutex::new(Vec::new()) }
+        Self { start: Instant::now(), fault: Mutex::new(None), timeline: Mutex::new(Vec::new()), control_plane: None }
+    }
+    /// [`Say::new`], also reporting the drill to the control plane as it goes.
+    pub(super) fn reporting(live: super::live::Live) -> Self {
+        Self { control_plane: Some(live), ..Self::new() }
+    }
+    /// The control plane's reporter, if any.
+    pub(super) fn live(&self) -> Option<&super::live::Live> {
+        self.control_plane.as_ref()
     }
     /// From now on, times are counted from the fault at `at`.
     pub(super) fn start_fault(&self, at: Instant) {
@@ -150,6 +160,9 @@ impl Say {
     pub(super) fn event_s(&self, t: f64, what: impl Into<String>) -> f64 {
         let what = what.into();
         eprintln!("[drill {t:>+7.2}s] {what}");
+        if let Some(live) = &self.control_plane {
+            live.event(t, &what);
+        }
         lock(&self.timeline).push(Event { t_s: t, what });
         t
     }
