@@ -225,7 +225,7 @@ async fn run(opts: &HealOptions, admin: &mut AdminClient<Channel>) -> Result<Hea
         }
         return Ok(report);
     }
-    report.replaced = replace::every_lost(opts, &config, &planned, provider, admin, &p).await?;
+    report.replaced = replace::every_lost(opts, &config, &planned, admin, &p).await?;
     report.verified = replace::verify_all(opts, &config, &planned, admin).await?;
     p.finish();
     Ok(report)

@@ -27,11 +27,9 @@ pub async fn every_lost(
     opts: &HealOptions,
     config: &ClusterConfig,
     planned: &[PlannedHost],
-    provider: Provider,
     admin: &mut AdminClient<Channel>,
     p: &Progress,
 ) -> Result<Vec<Replaced>, HealError> {
-    drop(provider);
     let state_dir = opts.state_root.join(&opts.cluster);
     let prepared = deploy::prepare_provider(config, &state_dir, opts.quiet, p).await?;
     let run = Run { config, planned, prepared: &prepared, admin: admin.clone(), state_dir: &state_dir, p };
