@@ -234,8 +234,9 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
     Ok(plan::dry_run(config, origin, state_root).await?)
 }
 
-/// The hosts as the provider reports them now, and the address each host's roles use.
-async fn addresses(run: &Run<'_>) -> Result<(Vec<Host>, HashMap<String, String>), DeployError> {
+/// The hosts as the provider reports them now, and the address each host's roles use
+/// (deploy's and heal's).
+pub async fn addresses(run: &Run<'_>) -> Result<(Vec<Host>, HashMap<String, String>), DeployError> {
     let hosts = run.prepared.provider.describe().await?;
     let st = run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
     let addresses = host_addresses(&hosts, &st);

@@ -225,8 +225,7 @@ async fn run(opts: &HealOptions, admin: &mut AdminClient<Channel>) -> Result<Hea
         }
         return Ok(report);
     }
-    report.replaced = replace::every_lost(opts, &config, &planned, admin, &p).await?;
-    report.verified = replace::verify_all(opts, &config, &planned, admin).await?;
+    (report.replaced, report.verified) = replace::every_lost(opts, &config, &planned, admin, &p).await?;
     p.finish();
     Ok(report)
 }

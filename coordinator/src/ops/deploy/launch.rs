@@ -80,7 +80,7 @@ pub async fn launch_spec(
 }
 
 /// Launches every spec at once; reports each outcome, and fails with the first failure.
-pub async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize)]) -> Result<(), DeployError> {
+async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize)]) -> Result<(), DeployError> {
     if launches.is_empty() {
         return Ok(());
     }

@@ -46,7 +46,8 @@ pub(super) async fn wait_for_heal(
     r: &mut Report,
 ) -> Result<String, String> {
     let mine = format!("{target}: ");
-    let steps = std::sync::Mutex::new(r.clone());
+    // lost_s, replacement_launched_s, replacement_enrolled_s, as they are seen.
+    let steps: std::sync::Mutex<[Option<f64>; 3]> = Default::default();
     let done = poll_until("auto-heal to replace the target", deadline, Duration::from_millis(500), || {
         let (mut admin, mine, steps) = (d.admin.clone(), &mine, &steps);
         async move {
@@ -57,21 +58,21 @@ pub(super) async fn wait_for_heal(
             let heal = st.heal.clone().unwrap_or_default();
             let at = fault_at.elapsed();
             let mut s = super::lock(steps);
-            if s.lost_s.is_none() && heal.message.starts_with(mine.as_str()) {
-                s.lost_s = Some(d.say.event(at, format!("auto-heal: {}", heal.message)));
+            let [lost, launched, enrolled] = &mut *s;
+            if lost.is_none() && heal.message.starts_with(mine.as_str()) {
+                *lost = Some(d.say.event(at, format!("auto-heal: {}", heal.message)));
             }
-            if s.replacement_launched_s.is_none()
+            if launched.is_none()
                 && heal.message.starts_with(mine.as_str())
                 && heal.message.contains("launched replacement")
             {
-                s.replacement_launched_s = Some(d.say.event(at, format!("auto-heal: {}", heal.message)));
+                *launched = Some(d.say.event(at, format!("auto-heal: {}", heal.message)));
             }
             let connected = st.hosts.iter().any(|h| h.name == target && h.connected && !h.unreachable);
-            if s.replacement_launched_s.is_some() && s.replacement_enrolled_s.is_none() && connected {
-                s.replacement_enrolled_s =
-                    Some(d.say.event(at, format!("auto-heal: the replacement {target} enrolled")));
+            if launched.is_some() && enrolled.is_none() && connected {
+                *enrolled = Some(d.say.event(at, format!("auto-heal: the replacement {target} enrolled")));
             }
-            let finished = heal.state != "healing" && s.lost_s.is_some();
+            let finished = heal.state != "healing" && lost.is_some();
             match () {
                 _ if finished && heal.message.contains("replaced") && heal.message.contains(target) => {
                     Ok(Attempt::Done(heal.message))
@@ -84,10 +85,7 @@ pub(super) async fn wait_for_heal(
         }
     })
     .await;
-    let steps = super::lock(&steps).clone();
-    r.lost_s = steps.lost_s;
-    r.replacement_launched_s = steps.replacement_launched_s;
-    r.replacement_enrolled_s = steps.replacement_enrolled_s;
+    [r.lost_s, r.replacement_launched_s, r.replacement_enrolled_s] = *super::lock(&steps);
     done.map_err(|e| match e {
         PollError::Failed(e) => e,
         PollError::TimedOut { last, after, .. } => {

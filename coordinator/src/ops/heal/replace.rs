@@ -3,7 +3,6 @@
 //! waited for until the cluster counts it again ([`rejoin`]) — re-assessing between hosts,
 //! so a host lost meanwhile, or a quorum lost meanwhile, is seen before the next step.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use flotilla_proto::v1::{self, admin_client::AdminClient};
@@ -12,24 +11,25 @@ use tonic::transport::Channel;
 use super::{Heal, HealError, HealOptions, HostAssessment, Replaced, Verdict, assess_now, membership};
 use crate::control_plane::settings::StatePaths;
 use crate::ops::cluster_config::ClusterConfig;
-use crate::ops::deploy::{self, Run, assign, launch, wait};
+use crate::ops::deploy::{self, Run, assign, launch, verify_and_smoke, wait};
 use crate::ops::plan::{PlannedHost, RoleKind};
 use crate::ops::verify;
 use crate::poll::{Attempt, PollError, poll_until};
-use crate::providers::{HostState, Provider};
+use crate::providers::HostState;
 use crate::ui::Progress;
 
 /// How long a replacement gets, once its roles run, until the swarm and Consul count it.
 const FULL_STRENGTH_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Replaces every lost (and completes every unfinished) host, one at a time.
+/// Replaces every lost (and completes every unfinished) host, one at a time; then verifies
+/// the cluster (`None` when nothing was replaced).
 pub async fn every_lost(
     opts: &HealOptions,
     config: &ClusterConfig,
     planned: &[PlannedHost],
     admin: &mut AdminClient<Channel>,
     p: &Progress,
-) -> Result<Vec<Replaced>, HealError> {
+) -> Result<(Vec<Replaced>, Option<String>), HealError> {
     let state_dir = opts.state_root.join(&opts.cluster);
     let prepared = deploy::prepare_provider(config, &state_dir, opts.quiet, p).await?;
     let run = Run { config, planned, prepared: &prepared, admin: admin.clone(), state_dir: &state_dir, p };
@@ -49,7 +49,8 @@ pub async fn every_lost(
         }
         done.push(replace(&h, &next, &ca_pem).await?);
     }
-    Ok(done)
+    let verified = if done.is_empty() { None } else { Some(verify_all(&h).await?) };
+    Ok((done, verified))
 }
 
 /// Replaces (or completes) one host.
@@ -89,20 +90,13 @@ async fn replace(h: &Heal<'_>, target: &HostAssessment, ca_pem: &str) -> Result<
 
 /// The addresses of the planned hosts with `role`, but `except`.
 async fn addresses_of(h: &Heal<'_>, role: RoleKind, except: &str) -> Result<Vec<String>, HealError> {
-    let (_, addresses) = addresses(h).await?;
+    let (_, addresses) = deploy::addresses(&h.run).await?;
     Ok(h.run
         .planned
         .iter()
         .filter(|p| p.has(role) && p.name != except)
         .filter_map(|p| addresses.get(&p.name).cloned())
         .collect())
-}
-
-async fn addresses(h: &Heal<'_>) -> Result<(Vec<crate::providers::Host>, HashMap<String, String>), HealError> {
-    let hosts = h.run.prepared.provider.describe().await?;
-    let st = h.run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
-    let addresses = deploy::host_addresses(&hosts, &st);
-    Ok((hosts, addresses))
 }
 
 /// Ends the lost host's swarm membership, removes it at the provider, forgets its identity
@@ -152,7 +146,7 @@ async fn rejoin(h: &Heal<'_>, planned: &PlannedHost, r: &mut Replaced) -> Result
     wait::agents_connected(&h.run, one, "the replacement to enroll").await?;
     r.enrolled_s = h.at();
     h.say(&planned.name, "enrolled; assigning its roles").await;
-    let (_, addresses) = addresses(h).await?;
+    let (_, addresses) = deploy::addresses(&h.run).await?;
     assign::assign_in_dependency_order(&h.run, &addresses).await?;
     wait::roles_running(&h.run, one, "its roles to run").await?;
     h.say(&planned.name, "roles running; waiting until Swarm and Consul count it").await;
@@ -220,36 +214,26 @@ fn swarm_problem(nodes: &[verify::SwarmNode], host: &str, manager: bool) -> Opti
     }
 }
 
-/// The whole cluster checked with its own views at the end, once nothing is lost.
-pub async fn verify_all(
-    opts: &HealOptions,
-    config: &ClusterConfig,
-    planned: &[PlannedHost],
-    admin: &mut AdminClient<Channel>,
-) -> Result<Option<String>, HealError> {
-    let state_dir = opts.state_root.join(&opts.cluster);
-    let record = crate::providers::ProviderRecord::load(&state_dir);
-    let provider = Provider::from_record(&opts.cluster, &state_dir, &record).await?;
-    let hosts = provider.describe().await?;
-    let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
-    let addresses = deploy::host_addresses(&hosts, &st);
-    let managers: Vec<String> =
-        planned.iter().filter(|p| p.has(RoleKind::Manager)).filter_map(|p| addresses.get(&p.name).cloned()).collect();
-    let docker_dir = state_dir.join("docker");
-    let swarm = verify::swarm(&managers, &docker_dir, config.managers as usize, config.nodes as usize)
+/// The whole cluster checked with its own views at the end, as deploy checks it (Consul:
+/// directly in the lab, through the servers' agents on AWS).
+async fn verify_all(h: &Heal<'_>) -> Result<String, HealError> {
+    let c = h.run.config;
+    let not_full =
+        |e: &dyn std::fmt::Display| HealError::NotFull { host: "the cluster".into(), problem: e.to_string() };
+    let managers = addresses_of(h, RoleKind::Manager, "").await?;
+    let swarm = verify::swarm(&managers, &h.docker_dir, c.managers as usize, c.nodes as usize)
         .await
-        .map_err(|e| HealError::NotFull { host: "the cluster".into(), problem: e.to_string() })?;
-    let servers: Vec<String> = planned.iter().filter(|p| p.has(RoleKind::Consul)).map(|p| p.name.clone()).collect();
-    let consul = verify::consul_from_agents(&st, &servers, servers.len())
-        .map_err(|e| HealError::NotFull { host: "the cluster".into(), problem: e.to_string() })?;
-    Ok(Some(format!(
+        .map_err(|e| not_full(&e))?;
+    let (_, addresses) = deploy::addresses(&h.run).await?;
+    let consul = verify_and_smoke::consul(&h.run, &addresses).await.map_err(|e| not_full(&e))?;
+    Ok(format!(
         "full strength: {} managers (leader {}), {} workers ready; {} Consul servers, leader {}",
         swarm.managers.len(),
         swarm.leader,
         swarm.workers.len(),
         consul.peers.len(),
         consul.leader
-    )))
+    ))
 }
 
 #[cfg(test)]
