@@ -153,7 +153,7 @@ async fn wait_reachable(d: &Docker) -> Result<(), BackupError> {
 /// (docker.service: 3 in 60 s — a deploy's TLS restart and two backups in a row are enough),
 /// which would leave this manager down: the limit's counter is reset first, and a failed
 /// start is tried again (3 times, 2 s apart).
-async fn start_engine() -> Result<(), BackupError> {
+pub async fn start_engine() -> Result<(), BackupError> {
     let mut last = None;
     for attempt in 0..3 {
         if attempt > 0 {
@@ -171,7 +171,7 @@ async fn start_engine() -> Result<(), BackupError> {
     Err(last.unwrap_or(BackupError::NoEngine))
 }
 
-async fn systemctl(verb: &'static str, unit: &'static str) -> Result<(), BackupError> {
+pub async fn systemctl(verb: &'static str, unit: &'static str) -> Result<(), BackupError> {
     match tokio::process::Command::new("systemctl").args([verb, unit]).output().await {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(BackupError::Systemctl { verb, unit, detail: String::from_utf8_lossy(&o.stderr).trim().into() }),
@@ -179,16 +179,21 @@ async fn systemctl(verb: &'static str, unit: &'static str) -> Result<(), BackupE
     }
 }
 
-/// A Consul snapshot through the local server's HTTP API, with the management token.
-async fn consul(docker: Option<&Docker>, assignment: Option<&v1::Assignment>, max: u64) -> Result<Taken, BackupError> {
-    let spec = assignment
+/// The Consul server role this host is assigned (its management token).
+pub fn consul_spec(assignment: Option<&v1::Assignment>) -> Result<&v1::ConsulSpec, BackupError> {
+    assignment
         .into_iter()
         .flat_map(|a| a.roles.iter())
         .find_map(|r| match &r.spec {
             Some(role_spec::Spec::Consul(c)) => Some(c),
             _ => None,
         })
-        .ok_or(BackupError::NoConsul)?;
+        .ok_or(BackupError::NoConsul)
+}
+
+/// A Consul snapshot through the local server's HTTP API, with the management token.
+async fn consul(docker: Option<&Docker>, assignment: Option<&v1::Assignment>, max: u64) -> Result<Taken, BackupError> {
+    let spec = consul_spec(assignment)?;
     let c = Consul::new(&format!("127.0.0.1:{}", crate::roles::consul::HTTP_PORT)).with_token(&spec.management_token);
     let consul_version = c.version().await?;
     let data = c.snapshot().await?.to_vec();

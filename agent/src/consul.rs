@@ -207,6 +207,14 @@ impl Consul {
         Ok(body)
     }
 
+    /// Restores a snapshot taken by [`Consul::snapshot`] (`PUT /v1/snapshot`; needs
+    /// `management`): the servers' state — KV, ACLs, sessions — replaced by the snapshot's.
+    pub async fn restore(&self, snapshot: Vec<u8>) -> Result<(), ConsulError> {
+        let (status, body) =
+            self.call_within(SNAPSHOT_TIMEOUT, http::Method::PUT, "/v1/snapshot", Some(snapshot)).await?;
+        self.expect_ok("PUT snapshot", status, &body)
+    }
+
     /// The version of the Consul agent answering (`/v1/agent/self`'s `Config.Version`).
     pub async fn version(&self) -> Result<String, ConsulError> {
         let (status, body) = self.call(http::Method::GET, "/v1/agent/self", None).await?;

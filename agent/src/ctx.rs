@@ -42,6 +42,7 @@ pub enum Directive {
     CloseLogs(v1::CloseLogStream),
     Engine(v1::EngineAction),
     Backup(v1::TakeBackup),
+    Restore(v1::RestoreBackup),
 }
 
 /// The state one agent carries across sessions.

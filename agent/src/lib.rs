@@ -44,6 +44,7 @@ pub mod health;
 pub mod identity;
 pub mod logs;
 pub mod reconcile;
+pub mod restore;
 pub mod roles;
 pub mod session;
 pub mod swarm_watch;
@@ -213,6 +214,10 @@ async fn dispatch(
             Directive::Backup(req) => {
                 let assignment = desired.borrow().clone();
                 tokio::spawn(backup::take(req, docker.clone(), assignment, link.clone()));
+            }
+            Directive::Restore(req) => {
+                let assignment = desired.borrow().clone();
+                tokio::spawn(restore::restore(req, docker.clone(), assignment, link.clone()));
             }
         }
     }

@@ -207,6 +207,9 @@ impl Open<'_> {
             Some(coordinator_message::Body::TakeBackup(b)) => {
                 let _ = ctx.directives.send(Directive::Backup(b));
             }
+            Some(coordinator_message::Body::RestoreBackup(r)) => {
+                let _ = ctx.directives.send(Directive::Restore(r));
+            }
             Some(coordinator_message::Body::SampleNow(now)) => {
                 self.heartbeat(SampleTrigger::Requested, now.id).await?;
             }

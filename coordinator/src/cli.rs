@@ -48,6 +48,7 @@ pub mod lab_images;
 pub mod logs;
 pub mod operator;
 pub mod plan;
+pub mod recover;
 pub mod serve;
 pub mod state;
 pub mod status;
@@ -218,6 +219,10 @@ pub enum Command {
     /// Replace lost hosts (agent unreachable past the grace period and the host gone at the
     /// provider), one at a time, never at the cost of quorum.
     Heal(heal::HealArgs),
+    /// Bring back a cluster that lost its quorum: `--force-new-cluster` on a surviving
+    /// manager (and Consul's peers.json), or the latest backups onto new hosts when none
+    /// survives; then the lost hosts replaced as heal does. Refused while a quorum remains.
+    Recover(recover::RecoverArgs),
     /// Bake a host image with Docker Engine and the agent installed (lab: a local image; aws:
     /// an AMI), for `deploy --image`: hosts booted from it skip both installations.
     Bake(bake::BakeArgs),
@@ -259,9 +264,9 @@ pub enum CliError {
         record.display()
     )]
     NotALabCluster { cluster: String, recorded: crate::providers::ProviderKind, record: PathBuf },
-    /// `destroy` without `--yes` and without a terminal to ask on.
-    #[error("destroying cluster '{cluster}' needs confirmation: pass --yes")]
-    NeedsConfirmation { cluster: String },
+    /// `destroy` or `recover` without `--yes` and without a terminal to ask on.
+    #[error("{doing} cluster '{cluster}' needs confirmation: pass --yes")]
+    NeedsConfirmation { doing: &'static str, cluster: String },
     /// `destroy`'s confirmation was not the cluster's name.
     #[error("not confirmed; nothing was removed")]
     NotConfirmed,
@@ -279,6 +284,8 @@ pub enum CliError {
     Bake(#[from] crate::ops::bake::BakeError),
     #[error(transparent)]
     Heal(#[from] crate::ops::heal::HealError),
+    #[error(transparent)]
+    Recover(#[from] crate::ops::recover::RecoverError),
     /// No agent binary to serve or bake in (`serve`, `bake` without `--agent-binary`).
     #[error("{0}")]
     AgentBinary(crate::control_plane::agent_binary::AgentBinaryError),
@@ -335,6 +342,7 @@ impl CliError {
             ))) => EXIT_USAGE,
             CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
             CliError::Heal(e) => e.exit_code(),
+            CliError::Recover(e) => e.exit_code(),
             CliError::State(
                 crate::ops::state::StateError::NoSecret
                 | crate::ops::state::StateError::ShortPassphrase(_)
@@ -377,6 +385,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logs(args) => logs::run(&g, args).await,
         Command::FailoverTest(args) => failover_test::run(&g, args).await,
         Command::Heal(args) => heal::run(&g, args).await,
+        Command::Recover(args) => recover::run(&g, args).await,
         Command::Bake(args) => bake::run(&g, args).await,
         Command::Completions(args) => completions::run(args),
         Command::Backup(args) => backup::backup(&g, args).await,

@@ -9,6 +9,8 @@
 //! - [`destroy`]: remove a cluster — refused when its state records hosts the provider
 //!   cannot find.
 //! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
+//! - [`recover`]: a cluster that lost its quorum brought back, from a survivor or from the
+//!   backups.
 //! - [`state`]: `state export | import`, the coordinator's own state sealed and carried.
 //! - [`bake`]: a host image with the Engine and the agent installed.
 
@@ -20,5 +22,6 @@ pub mod failover;
 pub mod heal;
 pub mod lock;
 pub mod plan;
+pub mod recover;
 pub mod state;
 pub mod verify;

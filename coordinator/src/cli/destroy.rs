@@ -101,7 +101,7 @@ fn confirm(cluster: &str, provider: ProviderKind) -> Result<(), CliError> {
         "every host, its network, registry, volumes and its CA"
     };
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::NeedsConfirmation { cluster: cluster.to_string() });
+        return Err(CliError::NeedsConfirmation { doing: "destroying", cluster: cluster.to_string() });
     }
     eprint!("destroy cluster '{cluster}' ({} provider) — {what}? type the cluster name: ", provider.name());
     let mut line = String::new();

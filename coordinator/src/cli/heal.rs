@@ -26,6 +26,7 @@ pub async fn run(g: &Global, args: HealArgs) -> Result<(), CliError> {
         dry_run: args.dry_run,
         automatic: args.auto,
         quiet: args.output == Output::Json,
+        recovering: false,
     })
     .await?;
     match args.output {

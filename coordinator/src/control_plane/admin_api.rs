@@ -235,6 +235,20 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn restore_backup(
+        &self,
+        req: Request<v1::RestoreBackupRequest>,
+    ) -> Result<Response<v1::RestoreBackupResponse>, Status> {
+        let by = self.caller(&req)?;
+        let r = req.into_inner();
+        let detail = self
+            .cp
+            .restore_backup(&r.host_name, &r.backup_id, &r.advertise_addr, &by.to_string())
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::RestoreBackupResponse { detail }))
+    }
+
     async fn engine_action(
         &self,
         req: Request<v1::EngineActionRequest>,

@@ -208,6 +208,27 @@ impl AgentService for AgentApi {
         let resp = self.cp.receive_backup(&who, req.into_inner()).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(resp))
     }
+
+    type DownloadBackupStream = BoxStream<v1::BackupChunk>;
+
+    async fn download_backup(
+        &self,
+        req: Request<v1::DownloadBackupRequest>,
+    ) -> Result<Response<Self::DownloadBackupStream>, Status> {
+        let remote = remote_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("restore.refused.protocol", remote, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("restore.refused", remote, e))?;
+        let chunks = self.cp.restore_download(&who, &req.into_inner().restore_id).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    async fn report_restore(&self, req: Request<v1::RestoreResult>) -> Result<Response<v1::RestoreResultAck>, Status> {
+        let remote = remote_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("restore.refused.protocol", remote, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("restore.refused", remote, e))?;
+        self.cp.restore_reported(&who, req.into_inner()).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::RestoreResultAck {}))
+    }
 }
 
 /// Why a `Logs` stream was cut by the control plane.

@@ -13,10 +13,12 @@
 //! The agent streams the bytes back on `UploadBackup` (its own mutual-TLS connection,
 //! [`ControlPlane::receive_backup`]), capped at [`MAX_BYTES`]; the control plane checks the
 //! agent's digest against its own, encrypts and stores it ([`archive`]) and prunes by the
-//! policy ([`policy`], which also schedules backups).
+//! policy ([`policy`], which also schedules backups). A stored backup goes back onto a host
+//! through its agent too ([`restore`]).
 
 pub mod archive;
 pub mod policy;
+pub mod restore;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -123,6 +125,8 @@ struct Pending {
 pub struct Backups {
     pending: Mutex<HashMap<String, Pending>>,
     one: tokio::sync::Mutex<()>,
+    /// The restores under way (`recover`).
+    pub restores: restore::Restores,
 }
 
 impl Backups {

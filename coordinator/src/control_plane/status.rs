@@ -3,6 +3,7 @@
 
 use tonic::Status;
 
+use crate::control_plane::backup::restore::RestoreError;
 use crate::control_plane::backup::{BackupError, UploadError};
 use crate::control_plane::core::ControlError;
 use crate::control_plane::enroll::EnrollError;
@@ -107,6 +108,22 @@ impl IntoStatus for BackupError {
             BackupError::Control(_) | BackupError::Archive(_) | BackupError::Task(_) => {
                 Status::internal(self.to_string())
             }
+        }
+    }
+}
+
+impl IntoStatus for RestoreError {
+    fn into_status(self) -> Status {
+        match &self {
+            RestoreError::Archive(crate::control_plane::backup::archive::ArchiveError::Tampered { .. }) => {
+                Status::failed_precondition(self.to_string())
+            }
+            RestoreError::Archive(_) | RestoreError::Kind(_) => Status::not_found(self.to_string()),
+            RestoreError::NotConnected(_) => Status::unavailable(self.to_string()),
+            RestoreError::Agent { .. } => Status::failed_precondition(self.to_string()),
+            RestoreError::TimedOut { .. } => Status::deadline_exceeded(self.to_string()),
+            RestoreError::Unknown { .. } => Status::not_found(self.to_string()),
+            RestoreError::Task(_) => Status::internal(self.to_string()),
         }
     }
 }

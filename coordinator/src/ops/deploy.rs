@@ -141,6 +141,7 @@ pub struct DeployOptions {
 }
 
 /// One deploy under way: what every step after the control plane is up works with.
+#[derive(Clone)]
 pub struct Run<'a> {
     pub config: &'a ClusterConfig,
     pub planned: &'a [PlannedHost],

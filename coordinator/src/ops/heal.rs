@@ -100,6 +100,10 @@ pub struct HealOptions {
     /// Started by the control plane's auto-heal.
     pub automatic: bool,
     pub quiet: bool,
+    /// Run by `recover` once the survivor holds a quorum of its own (see `ops::recover`):
+    /// a manager gone at the provider counts as lost at once (no grace: the operator said
+    /// so), and the manager-count quorum check is `recover`'s, already passed.
+    pub recovering: bool,
 }
 
 /// One replaced (or completed) host and when each step ended, seconds from the heal's start.
@@ -202,7 +206,7 @@ async fn run(opts: &HealOptions, admin: &mut AdminClient<Channel>) -> Result<Hea
     let record = ProviderRecord::load(&state_dir);
     let provider = Provider::from_record(&opts.cluster, &state_dir, &record).await?;
     let planned = plan::plan(&config);
-    let first = assess_now(admin, &provider, &planned).await?;
+    let first = assess_now(admin, &provider, &planned, None).await?;
     let p = Progress::new(opts.quiet);
     for h in first.hosts.iter().filter(|h| h.verdict != Verdict::Healthy) {
         p.host(&h.name, h.line());
@@ -230,16 +234,19 @@ async fn run(opts: &HealOptions, admin: &mut AdminClient<Channel>) -> Result<Hea
     Ok(report)
 }
 
-/// The hosts as the control plane and the provider see them now.
+/// The hosts as the control plane and the provider see them now (`grace_override`: how long
+/// an agent must have been unreachable, instead of the cluster's heal policy).
 pub async fn assess_now(
     admin: &mut AdminClient<Channel>,
     provider: &Provider,
     planned: &[plan::PlannedHost],
+    grace_override: Option<u32>,
 ) -> Result<Assessment, HealError> {
     let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let heal = st.heal.clone().unwrap_or_default();
-    let grace =
+    let policy_grace =
         heal.policy.map(|p| p.grace_s).filter(|g| *g > 0).unwrap_or(crate::control_plane::healer::DEFAULT_GRACE_S);
+    let grace = grace_override.unwrap_or(policy_grace);
     let hosts = provider.describe().await?;
     Ok(assess::assess(planned, &st, &heal.unreachable_s, &hosts, grace))
 }

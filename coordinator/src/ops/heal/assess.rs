@@ -61,7 +61,7 @@ fn provider_state(h: Option<&Host>) -> String {
 }
 
 /// Whether the provider says the host is down for good (nothing will start it again).
-fn is_down(h: Option<&Host>) -> bool {
+pub fn is_down(h: Option<&Host>) -> bool {
     !matches!(h.map(|h| &h.state), Some(HostState::Running | HostState::Pending))
 }
 

@@ -39,8 +39,8 @@ pub async fn every_lost(
     let h = Heal { run, automatic: opts.automatic, docker_dir, started: Instant::now() };
     let mut done = Vec::new();
     loop {
-        let a = assess_now(admin, &prepared.provider, planned).await?;
-        if let Some(why) = a.quorum_refusal() {
+        let a = assess_now(admin, &prepared.provider, planned, opts.recovering.then_some(0)).await?;
+        if let Some(why) = a.quorum_refusal().filter(|_| !opts.recovering) {
             return Err(HealError::Quorum(why));
         }
         let Some(next) = a.next().cloned() else { break };
@@ -117,7 +117,7 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
 
 /// Launches a replacement unless the provider has one (an interrupted heal launched it);
 /// returns its instance id. A stopped one is started.
-async fn launch_if_missing(h: &Heal<'_>, planned: &PlannedHost, ca_pem: &str) -> Result<String, HealError> {
+pub async fn launch_if_missing(h: &Heal<'_>, planned: &PlannedHost, ca_pem: &str) -> Result<String, HealError> {
     let name = &planned.name;
     let existing = h.run.prepared.provider.describe().await?.into_iter().find(|x| &x.name == name);
     match existing {
@@ -216,7 +216,7 @@ fn swarm_problem(nodes: &[verify::SwarmNode], host: &str, manager: bool) -> Opti
 
 /// The whole cluster checked with its own views at the end, as deploy checks it (Consul:
 /// directly in the lab, through the servers' agents on AWS).
-async fn verify_all(h: &Heal<'_>) -> Result<String, HealError> {
+pub async fn verify_all(h: &Heal<'_>) -> Result<String, HealError> {
     let c = h.run.config;
     let not_full =
         |e: &dyn std::fmt::Display| HealError::NotFull { host: "the cluster".into(), problem: e.to_string() };

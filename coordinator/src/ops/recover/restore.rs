@@ -1,0 +1,287 @@
+//! No manager survives: the cluster comes back from its backups onto new hosts.
+//!
+//! 1. The newest Swarm backup and Consul snapshot that verify ([`archive::latest`]); a newer
+//!    one that does not (its digest changed) refuses the whole recover, naming it.
+//! 2. The lost managers' remains removed at the provider and their identities forgotten;
+//!    every manager launched anew (same names) and enrolled — all at once: there is no
+//!    quorum left to protect.
+//! 3. The Swarm backup restored onto the first manager (the one that would initialise a
+//!    swarm, so no other ever does) before it has any role: its agent replaces
+//!    `/var/lib/docker/swarm` and forces a new cluster on its new address.
+//! 4. Every host assigned its roles: three fresh Consul servers elect a leader, the restored
+//!    manager publishes the join data, the others join it; then the Consul snapshot is
+//!    restored into the servers (KV, ACLs).
+//! 5. The workers, still members of the old swarm whose managers are gone, leave it (their
+//!    role taken away) and join again; the nodes the restored state remembers that are down
+//!    and replaced by a ready node of the same name are removed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::NodeSpecRoleEnum;
+use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeOptions};
+use flotilla_proto::v1;
+
+use super::RecoverError;
+use crate::control_plane::backup::archive::{self, Restorable};
+use crate::control_plane::settings::StatePaths;
+use crate::ops::deploy::{self, Run, assign, wait};
+use crate::ops::heal::{self, Heal};
+use crate::ops::plan::{PlannedHost, RoleKind};
+use crate::ops::verify;
+use crate::poll::{Attempt, PollError, poll_until};
+
+/// How long the workers get to leave the old swarm, and the swarm to count every host once.
+const SETTLE: Duration = Duration::from_secs(180);
+
+/// The newest backup of `kind` that verifies, refusing when a newer one does not.
+fn newest(state_dir: &Path, kind: &str) -> Result<Restorable, RecoverError> {
+    let found = archive::latest(state_dir, kind).map_err(|e| RecoverError::Restore(e.to_string()))?;
+    let refused = |r: &[(archive::BackupMeta, archive::ArchiveError)]| {
+        r.iter().map(|(m, e)| format!("{} ({e})", m.id)).collect::<Vec<_>>().join("; ")
+    };
+    match found {
+        Some(r) if r.refused.is_empty() => Ok(r),
+        Some(r) => Err(RecoverError::Restore(format!(
+            "the newest {kind} backup is refused: {}. Nothing changed. Restoring the older {} instead loses what happened since: move the refused file out of {} if that is what you want, and run recover again",
+            refused(&r.refused),
+            r.meta.id,
+            archive::dir(state_dir).display()
+        ))),
+        None => Err(RecoverError::Restore(format!(
+            "no {kind} backup verifies in {} (`coordinator backups --verify`); without one no manager's state can come back. Nothing changed",
+            archive::dir(state_dir).display()
+        ))),
+    }
+}
+
+/// What the restore would do, for the plan; refuses (before anything changes) without
+/// backups that verify.
+pub fn plan_lines(state_dir: &Path, gone: &[String]) -> Result<Vec<String>, RecoverError> {
+    let swarm = newest(state_dir, "swarm")?.meta;
+    let consul = newest(state_dir, "consul")?.meta;
+    let first = gone.first().cloned().unwrap_or_default();
+    Ok(vec![
+        format!("no manager survives ({}): the cluster comes back from its backups", gone.join(", ")),
+        format!(
+            "remove what is left of {} at the provider, forget their identities, launch them anew and wait until they enroll",
+            gone.join(", ")
+        ),
+        format!(
+            "swarm: restore backup {} (taken on {} at {} ms since the epoch, Engine {}, sha256 {}) onto {first} and force a new cluster there on its new address",
+            swarm.id, swarm.host, swarm.taken_unix_ms, swarm.engine_version, swarm.sha256
+        ),
+        "assign every host its roles: three new Consul servers, the other managers join the restored one".into(),
+        format!(
+            "consul: restore snapshot {} (Consul {}, sha256 {}) into the new servers",
+            consul.id, consul.consul_version, consul.sha256
+        ),
+        "workers: leave the old swarm and join again; the down nodes the restored state remembers removed".into(),
+    ])
+}
+
+/// Runs the restore (the module's doc). `step` reports progress.
+pub async fn from_backups(
+    run: &Run<'_>,
+    docker_dir: &Path,
+    gone: &[String],
+    step: &mut impl FnMut(String),
+) -> Result<(), RecoverError> {
+    let swarm_backup = newest(run.state_dir, "swarm")?.meta;
+    let consul_backup = newest(run.state_dir, "consul")?.meta;
+    let managers: Vec<PlannedHost> = run.planned.iter().filter(|p| gone.contains(&p.name)).cloned().collect();
+    let first = managers.first().ok_or_else(|| RecoverError::Restore("no manager in the plan".into()))?.clone();
+    relaunch(run, docker_dir, &managers, step).await?;
+    let (_, addresses) = deploy::addresses(run).await?;
+    let address = addresses.get(&first.name).ok_or_else(|| RecoverError::NoAddress(first.name.clone()))?;
+    step(format!("swarm: restoring {} onto {}", swarm_backup.id, first.name));
+    let req = v1::RestoreBackupRequest {
+        host_name: first.name.clone(),
+        backup_id: swarm_backup.id.clone(),
+        advertise_addr: address.clone(),
+    };
+    step(run.admin.clone().restore_backup(req).await?.into_inner().detail);
+    step("assigning every host its roles".into());
+    assign::assign_in_dependency_order(run, &addresses).await?;
+    wait::roles_running(run, &managers, "the managers' roles to run").await?;
+    consul_leader(run, &managers).await?;
+    step(format!("consul: restoring {} into the new servers through {}", consul_backup.id, first.name));
+    let req = v1::RestoreBackupRequest {
+        host_name: first.name.clone(),
+        backup_id: consul_backup.id.clone(),
+        ..Default::default()
+    };
+    step(run.admin.clone().restore_backup(req).await?.into_inner().detail);
+    let d = verify::engine(address, docker_dir).await?;
+    rejoin_workers(run, &addresses, step).await?;
+    step(prune_stale_nodes(&d, run.planned).await?);
+    Ok(())
+}
+
+/// Every lost manager's remains removed and a new one launched and enrolled.
+async fn relaunch(
+    run: &Run<'_>,
+    docker_dir: &Path,
+    managers: &[PlannedHost],
+    step: &mut impl FnMut(String),
+) -> Result<(), RecoverError> {
+    let ca_path = StatePaths::new(run.state_dir).ca_pem();
+    let ca_pem =
+        std::fs::read_to_string(&ca_path).map_err(|e| RecoverError::Restore(format!("{}: {e}", ca_path.display())))?;
+    let h = Heal { run: run.clone(), automatic: false, docker_dir: docker_dir.to_path_buf(), started: Instant::now() };
+    let st = run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
+    for m in managers {
+        let known = st.hosts.iter().find(|x| x.name == m.name);
+        if known.is_some_and(|x| x.connected && !x.unreachable) {
+            step(format!("{}: a new one is enrolled already", m.name));
+            continue;
+        }
+        let at_provider = run.prepared.provider.describe().await?.into_iter().find(|x| x.name == m.name);
+        if heal::assess::is_down(at_provider.as_ref()) {
+            run.prepared.provider.terminate(&m.name).await?;
+            run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: m.name.clone() }).await?;
+            step(format!("{}: its remains removed at the provider, its identity forgotten", m.name));
+        }
+        let id = heal::replace::launch_if_missing(&h, m, &ca_pem).await?;
+        step(format!("{}: launched {id}", m.name));
+    }
+    wait::agents_connected(run, managers, "the new managers to enroll").await?;
+    Ok(())
+}
+
+/// Waits until every new Consul server reports a leader and all its peers.
+async fn consul_leader(run: &Run<'_>, managers: &[PlannedHost]) -> Result<(), RecoverError> {
+    let servers: Vec<String> = run.planned.iter().filter(|p| p.has(RoleKind::Consul)).map(|p| p.name.clone()).collect();
+    let _ = managers;
+    let waited =
+        poll_until("the new Consul servers to elect a leader", Instant::now() + SETTLE, Duration::from_secs(1), || {
+            let servers = &servers;
+            async move {
+                let st = run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
+                Ok::<_, RecoverError>(match verify::consul_from_agents(&st, servers, servers.len()) {
+                    Ok(_) => Attempt::Done(()),
+                    Err(e) => Attempt::NotYet(e.to_string()),
+                })
+            }
+        })
+        .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => RecoverError::Consul(last),
+    })
+}
+
+/// The workers leave the old swarm (their role taken away until their Engine says
+/// `inactive`) and join the restored one (their roles given back).
+async fn rejoin_workers(
+    run: &Run<'_>,
+    addresses: &HashMap<String, String>,
+    step: &mut impl FnMut(String),
+) -> Result<(), RecoverError> {
+    let workers: Vec<PlannedHost> = run.planned.iter().filter(|p| !p.has(RoleKind::Manager)).cloned().collect();
+    for w in &workers {
+        let host_address = addresses.get(&w.name).cloned().unwrap_or_default();
+        run.admin.clone().assign(v1::AssignRequest { host_name: w.name.clone(), roles: vec![], host_address }).await?;
+    }
+    step(format!(
+        "workers: {} leaving the old swarm",
+        workers.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ")
+    ));
+    let names: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
+    let waited =
+        poll_until("the workers to leave the old swarm", Instant::now() + SETTLE, Duration::from_millis(500), || {
+            let names = &names;
+            async move {
+                let st = run.admin.clone().status(v1::StatusRequest { fresh: true }).await?.into_inner();
+                let still: Vec<&str> = st
+                    .hosts
+                    .iter()
+                    .filter(|h| names.contains(&h.name))
+                    .filter(|h| {
+                        h.health.as_ref().and_then(|x| x.swarm.as_ref()).is_none_or(|s| s.local_state != "inactive")
+                    })
+                    .map(|h| h.name.as_str())
+                    .collect();
+                Ok::<_, RecoverError>(match still.as_slice() {
+                    [] => Attempt::Done(()),
+                    s => Attempt::NotYet(format!("{} still in a swarm", s.join(", "))),
+                })
+            }
+        })
+        .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => RecoverError::Restore(last),
+    })?;
+    assign::assign_in_dependency_order(run, addresses).await?;
+    wait::roles_running(run, &workers, "the workers to join the restored swarm").await?;
+    step("workers: joined the restored swarm".into());
+    Ok(())
+}
+
+/// Removes the nodes the restored state remembers that are not ready while a ready node of
+/// the same name exists (the host came back as a new node), or whose name is not planned;
+/// waits until every planned host is exactly one ready node. Says what it removed.
+async fn prune_stale_nodes(d: &Docker, planned: &[PlannedHost]) -> Result<String, RecoverError> {
+    let removed = std::cell::RefCell::new(Vec::<String>::new());
+    let waited =
+        poll_until("the swarm to count every host once", Instant::now() + SETTLE, Duration::from_secs(1), || {
+            let removed = &removed;
+            async move {
+                let swarm = |e: bollard::errors::Error| RecoverError::Swarm(e.to_string());
+                let nodes = d.list_nodes(None::<ListNodesOptions>).await.map_err(swarm)?;
+                let host = |n: &bollard::models::Node| {
+                    n.description.as_ref().and_then(|x| x.hostname.clone()).unwrap_or_default()
+                };
+                let ready = |n: &bollard::models::Node| {
+                    n.status.as_ref().and_then(|s| s.state) == Some(bollard::models::NodeState::READY)
+                };
+                let ready_names: Vec<String> = nodes.iter().filter(|n| ready(n)).map(host).collect();
+                for n in nodes.iter().filter(|n| !ready(n)) {
+                    let name = host(n);
+                    let planned_host = planned.iter().any(|p| p.name == name);
+                    if planned_host && !ready_names.contains(&name) {
+                        continue;
+                    }
+                    let id = n.id.clone().unwrap_or_default();
+                    if n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) {
+                        let mut spec = n.spec.clone().unwrap_or_default();
+                        spec.role = Some(NodeSpecRoleEnum::WORKER);
+                        let version = n.version.as_ref().and_then(|v| v.index).unwrap_or_default() as i64;
+                        if let Err(e) = d.update_node(&id, spec, UpdateNodeOptions { version }).await {
+                            return Ok(Attempt::NotYet(format!("demoting the stale {name} ({id}): {e}")));
+                        }
+                    }
+                    match d.delete_node(&id, Some(DeleteNodeOptions { force: true })).await {
+                        Ok(()) => removed.borrow_mut().push(format!("{name} ({id})")),
+                        Err(e) => return Ok(Attempt::NotYet(format!("removing the stale {name} ({id}): {e}"))),
+                    }
+                }
+                let nodes = verify::nodes(d).await.map_err(swarm)?;
+                for p in planned {
+                    let mine: Vec<&verify::SwarmNode> = nodes.iter().filter(|n| n.hostname == p.name).collect();
+                    if mine.len() != 1 || !mine[0].ready {
+                        return Ok(Attempt::NotYet(format!(
+                            "{} is {} node(s), ready: {:?}",
+                            p.name,
+                            mine.len(),
+                            mine.iter().map(|n| n.ready).collect::<Vec<_>>()
+                        )));
+                    }
+                }
+                Ok::<_, RecoverError>(Attempt::Done(()))
+            }
+        })
+        .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => RecoverError::Swarm(last),
+    })?;
+    let removed = removed.into_inner();
+    Ok(match removed.is_empty() {
+        true => "swarm: no stale node to remove".into(),
+        false => format!("swarm: removed the stale nodes {}", removed.join(", ")),
+    })
+}
