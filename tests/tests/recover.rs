@@ -125,17 +125,22 @@ fn everything_back(manager: &str, token: &str, round: &str) {
     assert!(lines.iter().all(|l| l.contains(" Ready")), "all ready: {nodes}");
     assert_eq!(lines.iter().filter(|l| l.ends_with("Leader")).count(), 1, "{nodes}");
     assert_eq!(lines.iter().filter(|l| l.ends_with("Reachable")).count(), 2, "{nodes}");
-    let peers = text(&consul(manager, token, "operator raft list-peers", ""));
-    assert_eq!(peers.lines().filter(|l| l.contains("voter")).count(), 3, "3 Consul voters: {peers}");
-    assert_eq!(peers.lines().filter(|l| l.contains("leader")).count(), 1, "{peers}");
+    // A server that just joined is a voter once autopilot has seen it stable (10 s).
+    wait_for("3 Consul voters, one leader", Duration::from_secs(60), || {
+        let peers = text(&consul(manager, token, "operator raft list-peers", ""));
+        let rows: Vec<Vec<&str>> = peers.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+        let voters = rows.iter().filter(|r| r.get(4) == Some(&"true")).count();
+        let leaders = rows.iter().filter(|r| r.get(3) == Some(&"leader")).count();
+        (rows.len() == 3 && voters == 3 && leaders == 1).then_some(())
+    });
     let spec = text(&in_host(
         manager,
         "docker service inspect recover-web --format '{{.Spec.Mode.Replicated.Replicas}} {{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}}{{end}}'",
     ));
     assert_eq!(spec, "2 recover-secret", "the service's spec");
     wait_for("the service's 2 replicas running", Duration::from_secs(120), || (running(manager) >= 2).then_some(()));
-    let net = text(&in_host(manager, "docker network ls --filter name=recover-net --format '{{.Name}} {{.Driver}}'"));
-    assert_eq!(net, "recover-net overlay");
+    let net = text(&in_host(manager, "docker network inspect recover-net --format '{{.Name}} {{.Driver}} {{.Scope}}'"));
+    assert_eq!(net, "recover-net overlay swarm");
     let kv = text(&consul(manager, token, "kv get", KV_KEY));
     assert_eq!(kv, KV_VALUE, "the KV entry");
     let image = text(&in_host(

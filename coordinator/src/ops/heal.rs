@@ -59,9 +59,7 @@ pub enum HealError {
     Provider(#[source] ProviderError),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error(
-        "{0}. Restore quorum first: `coordinator recover` (until it exists: `docker swarm init --force-new-cluster` on a surviving manager, see docs/SEED.md), then run `coordinator heal` again"
-    )]
+    #[error("{0}. Restore quorum first with `coordinator recover` (`--dry-run` shows what it would do)")]
     Quorum(String),
     #[error(transparent)]
     Deploy(#[from] DeployError),

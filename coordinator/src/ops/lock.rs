@@ -1,4 +1,4 @@
-//! One operation at a time per cluster: `deploy`, `heal` (by hand or auto-heal's) and
+//! One operation at a time per cluster: `deploy`, `heal` (by hand or auto-heal's), `recover` and
 //! `destroy` each hold `<state>/ops.lock` (an advisory `flock`, released by the kernel when
 //! the process ends, even by SIGKILL) while they change hosts, so two of them never launch
 //! the same host twice or destroy what the other is launching. The file names its holder.

@@ -37,12 +37,31 @@ pub async fn every_role_running(run: &Run<'_>) -> Result<(), DeployError> {
 
 /// Every host of `hosts` runs every role of its plan.
 pub async fn roles_running(run: &Run<'_>, hosts: &[PlannedHost], what: &str) -> Result<(), DeployError> {
+    roles_up(run, hosts, what, false).await
+}
+
+/// Every host of `hosts` runs every role of its plan, a Consul server counting once it runs
+/// even while it reports fewer servers than expected (`Degraded`): while other servers are
+/// still being replaced (`recover`), no server can see them all yet.
+pub async fn roles_running_short_of_servers(
+    run: &Run<'_>,
+    hosts: &[PlannedHost],
+    what: &str,
+) -> Result<(), DeployError> {
+    roles_up(run, hosts, what, true).await
+}
+
+async fn roles_up(run: &Run<'_>, hosts: &[PlannedHost], what: &str, degraded_consul: bool) -> Result<(), DeployError> {
     let by_name: HashMap<String, Vec<i32>> =
         hosts.iter().map(|h| (h.name.clone(), h.roles.iter().map(|r| r.proto() as i32).collect())).collect();
+    let up = |s: &v1::RoleStatus| {
+        s.state == v1::RoleState::Running as i32
+            || (degraded_consul && s.role == v1::Role::Consul as i32 && s.state == v1::RoleState::Degraded as i32)
+    };
     wait_hosts(run, hosts, what, PHASE_TIMEOUT, |h| {
-        by_name.get(&h.name).is_some_and(|want| {
-            want.iter().all(|w| h.role_status.iter().any(|s| s.role == *w && s.state == v1::RoleState::Running as i32))
-        })
+        by_name
+            .get(&h.name)
+            .is_some_and(|want| want.iter().all(|w| h.role_status.iter().any(|s| s.role == *w && up(s))))
     })
     .await
 }

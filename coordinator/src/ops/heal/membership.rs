@@ -113,7 +113,17 @@ async fn demote(d: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
     }
     let version = node.version.and_then(|v| v.index).unwrap_or_default();
     spec.role = Some(NodeSpecRoleEnum::WORKER);
-    d.update_node(id, spec, UpdateNodeOptions { version: version as i64 }).await
+    match d.update_node(id, spec, UpdateNodeOptions { version: version as i64 }).await {
+        // Not in Raft any more (a cluster forced anew from a survivor keeps the others'
+        // nodes but not their membership): nothing to demote; swarmkit removes such a
+        // manager's node as it is.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
+            if message.contains("raft memberlist") =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Waits (bounded) until no task the swarm wants running is on node `id` any more; past the

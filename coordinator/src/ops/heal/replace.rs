@@ -47,14 +47,27 @@ pub async fn every_lost(
         if done.iter().any(|r: &Replaced| r.host == next.name) {
             return Err(HealError::NotFull { host: next.name.clone(), problem: next.line() });
         }
-        done.push(replace(&h, &next, &ca_pem).await?);
+        // Consul servers still to come after this one (several lost at once: `recover`).
+        let missing: Vec<String> = a
+            .to_act_on()
+            .iter()
+            .filter(|x| x.name != next.name)
+            .filter(|x| planned.iter().any(|p| p.name == x.name && p.has(RoleKind::Consul)))
+            .map(|x| x.name.clone())
+            .collect();
+        done.push(replace(&h, &next, &ca_pem, &missing).await?);
     }
     let verified = if done.is_empty() { None } else { Some(verify_all(&h).await?) };
     Ok((done, verified))
 }
 
-/// Replaces (or completes) one host.
-async fn replace(h: &Heal<'_>, target: &HostAssessment, ca_pem: &str) -> Result<Replaced, HealError> {
+/// Replaces (or completes) one host; `missing`: the Consul servers still lost besides it.
+async fn replace(
+    h: &Heal<'_>,
+    target: &HostAssessment,
+    ca_pem: &str,
+    missing: &[String],
+) -> Result<Replaced, HealError> {
     let planned = h
         .run
         .planned
@@ -69,7 +82,7 @@ async fn replace(h: &Heal<'_>, target: &HostAssessment, ca_pem: &str) -> Result<
     r.removed_s = h.at();
     r.instance_id = launch_if_missing(h, planned, ca_pem).await?;
     r.launched_s = h.at();
-    rejoin(h, planned, &mut r).await?;
+    rejoin(h, planned, &mut r, missing).await?;
     r.full_strength_s = h.at();
     let msg = format!(
         "replaced by {} in {:.0} s: back in the swarm and Consul",
@@ -140,27 +153,37 @@ pub async fn launch_if_missing(h: &Heal<'_>, planned: &PlannedHost, ca_pem: &str
 }
 
 /// The replacement enrolled, assigned (every host's assignment refreshed: a new address
-/// changes the Consul join lists), its roles running, and counted by Swarm and Consul.
-async fn rejoin(h: &Heal<'_>, planned: &PlannedHost, r: &mut Replaced) -> Result<(), HealError> {
+/// changes the Consul join lists), its roles running, and counted by Swarm and Consul (by
+/// the servers there are: `missing` ones are still to be replaced).
+async fn rejoin(h: &Heal<'_>, planned: &PlannedHost, r: &mut Replaced, missing: &[String]) -> Result<(), HealError> {
     let one = std::slice::from_ref(planned);
     wait::agents_connected(&h.run, one, "the replacement to enroll").await?;
     r.enrolled_s = h.at();
     h.say(&planned.name, "enrolled; assigning its roles").await;
     let (_, addresses) = deploy::addresses(&h.run).await?;
     assign::assign_in_dependency_order(&h.run, &addresses).await?;
-    wait::roles_running(&h.run, one, "its roles to run").await?;
+    if missing.is_empty() {
+        wait::roles_running(&h.run, one, "its roles to run").await?;
+    } else {
+        wait::roles_running_short_of_servers(&h.run, one, "its roles to run").await?;
+    }
     h.say(&planned.name, "roles running; waiting until Swarm and Consul count it").await;
-    counted(h, planned).await
+    counted(h, planned, missing).await
 }
 
 /// Waits until the swarm lists the host once, ready (a manager: reachable, or the leader)
 /// and has a leader, and — for a Consul server — every server's agent reports the planned
-/// number of peers and a leader.
-async fn counted(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealError> {
+/// number of peers (but the `missing` ones) and a leader.
+async fn counted(h: &Heal<'_>, planned: &PlannedHost, missing: &[String]) -> Result<(), HealError> {
     let name = planned.name.as_str();
     let managers = addresses_of(h, RoleKind::Manager, "").await?;
-    let servers: Vec<String> =
-        h.run.planned.iter().filter(|p| p.has(RoleKind::Consul)).map(|p| p.name.clone()).collect();
+    let servers: Vec<String> = h
+        .run
+        .planned
+        .iter()
+        .filter(|p| p.has(RoleKind::Consul) && !missing.contains(&p.name))
+        .map(|p| p.name.clone())
+        .collect();
     let waited = poll_until(
         "Swarm and Consul to count the replacement",
         Instant::now() + FULL_STRENGTH_TIMEOUT,

@@ -5,9 +5,12 @@
 //! 2. The lost managers' remains removed at the provider and their identities forgotten;
 //!    every manager launched anew (same names) and enrolled — all at once: there is no
 //!    quorum left to protect.
-//! 3. The Swarm backup restored onto the first manager (the one that would initialise a
-//!    swarm, so no other ever does) before it has any role: its agent replaces
-//!    `/var/lib/docker/swarm` and forces a new cluster on its new address.
+//! 3. The Swarm backup restored onto the manager of the backup's source's name before it has
+//!    any role (made the plan's first manager for the assignment: the one that would
+//!    initialise a swarm is the one that has it): its agent replaces `/var/lib/docker/swarm`
+//!    and forces a new cluster on its address. Swarmkit keeps the restored node's own Raft
+//!    address, so that address must be the source's: in the lab a host comes back on its
+//!    address; on EC2 it does not yet (see the README).
 //! 4. Every host assigned its roles: three fresh Consul servers elect a leader, the restored
 //!    manager publishes the join data, the others join it; then the Consul snapshot is
 //!    restored into the servers (KV, ACLs).
@@ -62,7 +65,7 @@ fn newest(state_dir: &Path, kind: &str) -> Result<Restorable, RecoverError> {
 pub fn plan_lines(state_dir: &Path, gone: &[String]) -> Result<Vec<String>, RecoverError> {
     let swarm = newest(state_dir, "swarm")?.meta;
     let consul = newest(state_dir, "consul")?.meta;
-    let first = gone.first().cloned().unwrap_or_default();
+    let first = if gone.contains(&swarm.host) { swarm.host.clone() } else { gone.first().cloned().unwrap_or_default() };
     Ok(vec![
         format!("no manager survives ({}): the cluster comes back from its backups", gone.join(", ")),
         format!(
@@ -92,7 +95,11 @@ pub async fn from_backups(
     let swarm_backup = newest(run.state_dir, "swarm")?.meta;
     let consul_backup = newest(run.state_dir, "consul")?.meta;
     let managers: Vec<PlannedHost> = run.planned.iter().filter(|p| gone.contains(&p.name)).cloned().collect();
-    let first = managers.first().ok_or_else(|| RecoverError::Restore("no manager in the plan".into()))?.clone();
+    let first = target(&managers, &swarm_backup.host)?;
+    // The restored manager is the plan's first: the one manager role that would initialise
+    // a swarm when it finds no join data is the one that already has the swarm.
+    let reordered = first_manager_first(run.planned, &first.name);
+    let run = &Run { planned: &reordered, ..run.clone() };
     relaunch(run, docker_dir, &managers, step).await?;
     let (_, addresses) = deploy::addresses(run).await?;
     let address = addresses.get(&first.name).ok_or_else(|| RecoverError::NoAddress(first.name.clone()))?;
@@ -115,9 +122,34 @@ pub async fn from_backups(
     };
     step(run.admin.clone().restore_backup(req).await?.into_inner().detail);
     let d = verify::engine(address, docker_dir).await?;
-    rejoin_workers(run, &addresses, step).await?;
+    let stranded = stranded_workers(&d, run.planned).await;
+    if !stranded.is_empty() {
+        rejoin_workers(run, &stranded, &addresses, step).await?;
+    } else {
+        step("workers: every one is back in the restored swarm by itself".into());
+    }
     step(prune_stale_nodes(&d, run.planned).await?);
     Ok(())
+}
+
+/// The manager to restore the Swarm state onto: the one of the backup's source's name (in
+/// the lab it comes back on the same address — swarmkit keeps the restored node's own Raft
+/// address, so on another address the managers that join later cannot reach it), else the
+/// first.
+fn target(managers: &[PlannedHost], source: &str) -> Result<PlannedHost, RecoverError> {
+    managers
+        .iter()
+        .find(|m| m.name == source)
+        .or_else(|| managers.first())
+        .cloned()
+        .ok_or_else(|| RecoverError::Restore("no manager in the plan".into()))
+}
+
+/// The plan with `name` moved before every other host (so it is the first manager).
+fn first_manager_first(planned: &[PlannedHost], name: &str) -> Vec<PlannedHost> {
+    let mut v: Vec<PlannedHost> = planned.iter().filter(|p| p.name == name).cloned().collect();
+    v.extend(planned.iter().filter(|p| p.name != name).cloned());
+    v
 }
 
 /// Every lost manager's remains removed and a new one launched and enrolled.
@@ -173,15 +205,35 @@ async fn consul_leader(run: &Run<'_>, managers: &[PlannedHost]) -> Result<(), Re
     })
 }
 
-/// The workers leave the old swarm (their role taken away until their Engine says
+/// How long a worker gets to find the restored swarm by itself: one that kept its node
+/// identity (the backup knows it) and reaches a manager on an address it knew reconnects.
+const REJOIN_GRACE: Duration = Duration::from_secs(30);
+
+/// The planned workers that are not a ready node of the restored swarm (after waiting
+/// [`REJOIN_GRACE`] for them to reconnect by themselves).
+async fn stranded_workers(d: &Docker, planned: &[PlannedHost]) -> Vec<PlannedHost> {
+    let workers: Vec<PlannedHost> = planned.iter().filter(|p| !p.has(RoleKind::Manager)).cloned().collect();
+    let deadline = Instant::now() + REJOIN_GRACE;
+    loop {
+        let nodes = verify::nodes(d).await.unwrap_or_default();
+        let stranded: Vec<PlannedHost> =
+            workers.iter().filter(|w| !nodes.iter().any(|n| n.hostname == w.name && n.ready)).cloned().collect();
+        if stranded.is_empty() || Instant::now() >= deadline {
+            return stranded;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The `workers` leave the old swarm (their role taken away until their Engine says
 /// `inactive`) and join the restored one (their roles given back).
 async fn rejoin_workers(
     run: &Run<'_>,
+    workers: &[PlannedHost],
     addresses: &HashMap<String, String>,
     step: &mut impl FnMut(String),
 ) -> Result<(), RecoverError> {
-    let workers: Vec<PlannedHost> = run.planned.iter().filter(|p| !p.has(RoleKind::Manager)).cloned().collect();
-    for w in &workers {
+    for w in workers {
         let host_address = addresses.get(&w.name).cloned().unwrap_or_default();
         run.admin.clone().assign(v1::AssignRequest { host_name: w.name.clone(), roles: vec![], host_address }).await?;
     }
@@ -216,7 +268,7 @@ async fn rejoin_workers(
         PollError::TimedOut { last, .. } => RecoverError::Restore(last),
     })?;
     assign::assign_in_dependency_order(run, addresses).await?;
-    wait::roles_running(run, &workers, "the workers to join the restored swarm").await?;
+    wait::roles_running(run, workers, "the workers to join the restored swarm").await?;
     step("workers: joined the restored swarm".into());
     Ok(())
 }
