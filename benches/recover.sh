@@ -4,7 +4,11 @@
 # wall time of the command, each kind's time (request → stored file) and size (the archive,
 # and the encrypted file). Prints each backup as a JSON line (also kept in $OUT), then a
 # Markdown table: median [min–max].
-# (`recover`'s timings — force-new-cluster, restore — are to be added here with part 2.)
+# Then `recover`, twice on the same cluster: two managers removed (`docker rm -f`, the
+# leader among them) → from the survivor; all three removed → from the backups. For each:
+# seconds to a swarm leader again and to full strength (3 managers, 3 Consul voters, verified),
+# from `recover --output json`, and the command's wall time (it waits first until the control
+# plane too has lost the removed hosts' agents: at most three heartbeats, 15 s).
 #
 #   bash benches/recover.sh [RUNS]          (default: 5)
 #   CLUSTER=name PROFILE=debug bash benches/recover.sh 5
@@ -64,3 +68,23 @@ print(f"| Swarm backup file (encrypted) | {cell('swarm_encrypted_bytes', kb)} |"
 print(f"| Consul snapshot size | {cell('consul_bytes', kb)} |")
 print(f"| Consul backup file (encrypted) | {cell('consul_encrypted_bytes', kb)} |")
 PY
+
+# recover: from a survivor, then from the backups.
+leader=$($bin --cluster "$c" status --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["swarm"]["leader"])')
+survivor=$(printf '%s\n' manager0 manager1 manager2 | grep -vx "$leader" | head -1)
+gone=$(printf '%s\n' manager0 manager1 manager2 | grep -vx "$survivor")
+for route in survivor restore; do
+  if [ "$route" = restore ]; then gone="manager0 manager1 manager2"; fi
+  for h in $gone; do docker rm -f "flotilla-$c-$h" >/dev/null; done
+  start=$(date +%s.%N)
+  $bin --cluster "$c" recover --yes --output json >/tmp/bench-recover-$route.json
+  end=$(date +%s.%N)
+  python3 - "$route" "$start" "$end" /tmp/bench-recover-$route.json <<'PY' | tee -a "$out"
+import json, sys
+route, start, end = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+r = json.load(open(sys.argv[4]))
+print(json.dumps({"recover": route, "removed": [h["name"] for h in r["assessment"]["hosts"] if h["verdict"] != "healthy"],
+                  "leader_s": round(r["leader_s"], 1), "full_strength_s": round(r["full_strength_s"], 1),
+                  "wall_s": round(end - start, 1)}))
+PY
+done
