@@ -9,6 +9,8 @@
 //! - [`destroy`]: remove a cluster — refused when its state records hosts the provider
 //!   cannot find.
 //! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
+//! - [`handover`]: a leading manager demoted before a planned operation takes it down, so
+//!   swarmkit hands leadership over instead of losing it.
 //! - [`state`]: `state export | import`, the coordinator's own state sealed and carried.
 //! - [`bake`]: a host image with the Engine and the agent installed.
 
@@ -17,6 +19,7 @@ pub mod cluster_config;
 pub mod deploy;
 pub mod destroy;
 pub mod failover;
+pub mod handover;
 pub mod heal;
 pub mod lock;
 pub mod plan;
