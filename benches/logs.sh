@@ -9,6 +9,7 @@
 #
 #   bash benches/logs.sh [LINES]        (default 1000000 lines, ~100 MB)
 #   CLUSTER=name PROFILE=debug KEEP=1 bash benches/logs.sh 500000
+#   BIN=/path/to/coordinator bash benches/logs.sh        (no build)
 #
 # The cluster is deployed first (if it is not) and destroyed at the end unless KEEP=1.
 set -euo pipefail
@@ -17,14 +18,16 @@ LINES=${1:-1000000}
 MAX_S=${MAX_S:-120}
 c=${CLUSTER:-bench-logs}
 profile=${PROFILE:-release}
-if [ "$profile" = release ]; then
+if [ -n "${BIN:-}" ]; then
+  :  # a coordinator built elsewhere (its flotilla-agent beside it)
+elif [ "$profile" = release ]; then
   cargo build --release -q --bin coordinator --bin flotilla-agent
 else
   cargo build -q --bin coordinator --bin flotilla-agent
 fi
 export FLOTILLA_STATE_DIR=${FLOTILLA_STATE_DIR:-$(mktemp -d)}
 export FLOTILLA_LOG=${FLOTILLA_LOG:-warn}
-bin=$PWD/target/$profile/coordinator
+bin=${BIN:-$PWD/target/$profile/coordinator}
 state=$FLOTILLA_STATE_DIR/$c
 [ "${KEEP:-0}" = 1 ] || trap '$bin --cluster "$c" destroy --yes >/dev/null 2>&1 || true' EXIT
 $bin --cluster "$c" status >/dev/null 2>&1 || $bin --cluster "$c" deploy --no-smoke-test --output json >/dev/null
