@@ -11,6 +11,8 @@
 //! - [`failover`]: `failover-test`, the seed's HA test as a measured drill.
 //! - [`recover`]: a cluster that lost its quorum brought back, from a survivor or from the
 //!   backups.
+//! - [`handover`]: a leading manager demoted before a planned operation takes it down, so
+//!   swarmkit hands leadership over instead of losing it.
 //! - [`state`]: `state export | import`, the coordinator's own state sealed and carried.
 //! - [`bake`]: a host image with the Engine and the agent installed.
 
@@ -19,6 +21,7 @@ pub mod cluster_config;
 pub mod deploy;
 pub mod destroy;
 pub mod failover;
+pub mod handover;
 pub mod heal;
 pub mod lock;
 pub mod plan;

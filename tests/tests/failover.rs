@@ -4,6 +4,10 @@
 //! - both modes of the Swarm drill elect a new leader, keep the hello service's replicas
 //!   running, bring the old leader back as a reachable manager, and stream a surviving
 //!   manager's election lines; a target that is no manager is refused;
+//! - issue 19: the planned handover (`--mode handover`) demotes the leader so swarmkit hands
+//!   its leadership over, promotes it back, and ends with all 3 managers reachable; the
+//!   node drill (`--component node`) stops a worker's host and sees its hello task run on
+//!   the other worker, then the worker ready again;
 //! - the Consul drill elects a new Consul leader among the remaining servers, Consul's KV
 //!   takes a write again, the swarm's join data stays readable, the old server rejoins as a
 //!   voter;
@@ -330,6 +334,41 @@ fn issue_7_failover_drills_elect_a_new_leader_keep_the_workload_and_rejoin_the_o
         host["elect_s"],
         host["api_back_s"],
         host["rejoin_s"]
+    );
+
+    // Issue 19: leadership handed over, not lost — and the old leader back as a manager.
+    let handover = assert_swarm_drill_passed("handover");
+    let leaderless = secs(&handover, "leaderless_s");
+    assert!(leaderless <= secs(&handover, "elect_s"), "{handover}");
+    assert_eq!(handover["managers_before"], 3);
+    assert_eq!(handover["managers_after"], 3, "{}", handover["verdict"]);
+    let old = handover["old_leader"].as_str().unwrap_or("");
+    assert_eq!(
+        in_host(old, &["docker", "info", "--format", "{{.Swarm.ControlAvailable}}"]),
+        "true",
+        "{old} is a manager again"
+    );
+    // Issue 19: a worker's host stopped; its hello task runs on the other worker.
+    let node = drill(&["--component", "node", "--mode", "host"]);
+    assert_eq!(node["component"], "node");
+    assert_eq!(node["passed"], true, "{}", node["verdict"]);
+    assert!(node["target"].as_str().unwrap_or("").starts_with("node"), "{}", node["target"]);
+    assert_eq!(node["tasks_rescheduled"], true);
+    assert_eq!(node["tasks_after"], 2);
+    assert_eq!(node["rejoined_as"], "ready");
+    let (down, moved) = (secs(&node, "detect_s"), secs(&node, "workload_s"));
+    assert!(down <= moved, "the tasks moved at {moved} s, before the swarm marked the worker down at {down} s");
+    // The swarm's dispatcher heartbeat as the leading manager's agent set it.
+    assert_eq!(
+        in_host(
+            handover["new_leader"].as_str().unwrap_or(""),
+            &["docker", "info", "--format", "{{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}"]
+        ),
+        "2s"
+    );
+    eprintln!(
+        "measured (s): handover without a leader {leaderless} elect {} api {}; node down {down} moved {moved}",
+        handover["elect_s"], handover["api_back_s"]
     );
 
     // The Consul drill: a new Consul leader among the remaining servers, KV writable again,

@@ -15,10 +15,13 @@ use crate::ops::failover::{self, Component, FailoverError, Mode};
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
     /// engine: the agent stops the host's Docker Engine (for consul: kills the Consul
-    /// container and holds it down); host: the provider stops the host.
+    /// container and holds it down); host: the provider stops the host; terminate: the
+    /// provider removes it for good (auto-heal replaces it); handover (swarm, planned): the
+    /// target is demoted so its leadership is handed over, then promoted back.
     #[arg(long, value_enum, default_value = "engine")]
     pub mode: Mode,
-    /// What to drill: the Swarm managers' leader, or the Consul servers' leader.
+    /// What to drill: the Swarm managers' leader, the Consul servers' leader, or a worker
+    /// (node: its tasks must run on another worker).
     #[arg(long, value_enum, default_value = "swarm")]
     pub component: Component,
     /// Take down this manager (or Consul server) instead of the leader.
@@ -124,6 +127,17 @@ fn print_table(report: &failover::Report) {
 
 /// detect, elect, api back, join data, workload, rejoin, healthy.
 fn print_measurements(report: &failover::Report, consul: bool) {
+    if report.component == "node" {
+        outln!("\n  down      {}  (the swarm marks the worker down)", secs(report.detect_s));
+        outln!(
+            "  moved     {}  ({} hello tasks running on the other workers)",
+            secs(report.workload_s),
+            report.tasks_after
+        );
+        outln!("  rejoin    {} after the restore", secs(report.rejoin_s));
+        outln!("  healthy   {} after the restore", secs(report.healthy_s));
+        return;
+    }
     outln!("\n  detect    {}  (control plane: {})", secs(report.detect_s), secs(report.control_plane_detect_s));
     let (own, logged) = if consul {
         ("Consul's own election, from the new leader's log", report.consul_elected_s)
@@ -131,6 +145,12 @@ fn print_measurements(report: &failover::Report, consul: bool) {
         ("Swarm's own election, from the new leader's journal", report.swarm_elected_s)
     };
     outln!("  elect     {}  ({own}: {}; seen {} later)", secs(report.elect_s), secs(logged), secs(report.report_lag_s));
+    if report.leaderless_s.is_some() {
+        outln!(
+            "  no leader {}  (from the last node list naming the old leader to the first naming the new)",
+            secs(report.leaderless_s)
+        );
+    }
     outln!("  api back  {}{}", secs(report.api_back_s), if consul { "  (a KV write accepted)" } else { "" });
     if let Some(ok) = report.join_data_ok {
         outln!("  join data {}", if ok { "readable from the surviving servers" } else { "NOT readable" });
@@ -146,5 +166,8 @@ fn print_measurements(report: &failover::Report, consul: bool) {
         secs(report.rejoin_s),
         if report.rejoined_as.is_empty() { "-" } else { &report.rejoined_as }
     );
+    if let (Some(before), Some(after)) = (report.managers_before, report.managers_after) {
+        outln!("  managers  {after} of {before} reachable at the end");
+    }
     outln!("  healthy   {} after the restore", secs(report.healthy_s));
 }

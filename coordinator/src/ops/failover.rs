@@ -16,7 +16,9 @@
 //!    another one) goes down. `--mode engine`: for Swarm its agent stops the Docker Engine
 //!    (as the seed kills the manager process); for Consul its agent kills the Consul
 //!    container and holds the role down (see below). `--mode host`: the provider stops the
-//!    whole host.
+//!    whole host. `--mode handover` is the planned counterpart: no fault, the target is
+//!    demoted so swarmkit transfers its leadership ([`crate::ops::handover`]), and the
+//!    restore promotes it back.
 //! 4. **Measure** by probing the members directly every 100 ms ([`probe`]), each call
 //!    bounded, so a slow answer never delays the next probe and the control plane is not in
 //!    the measuring path ([`swarm`]: the Engines over mutual TLS; [`consul`]: Consul's HTTP
@@ -46,6 +48,7 @@
 mod consul;
 mod fault;
 mod live;
+mod node;
 mod precheck;
 mod probe;
 mod replaced;
@@ -121,6 +124,16 @@ pub enum Mode {
     /// The provider takes the host away for good (lab: its container removed; EC2:
     /// TerminateInstances); auto-heal must replace it.
     Terminate,
+    /// Planned (Swarm only): the target is demoted through another manager's Engine, so
+    /// swarmkit hands its leadership over ([`crate::ops::handover`]), then promoted back.
+    Handover,
+}
+
+impl Mode {
+    /// A planned change (the target never goes down), not a fault.
+    pub fn planned(self) -> bool {
+        self == Mode::Handover
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -130,6 +143,9 @@ pub enum Component {
     Swarm,
     /// The Consul servers' Raft (the discovery backend holding the swarm's join data).
     Consul,
+    /// A worker (issue 19): it goes down and the swarm must run its tasks on another
+    /// worker ([`node`]).
+    Node,
 }
 
 impl Component {
@@ -138,12 +154,14 @@ impl Component {
         match self {
             Component::Swarm => v1::Role::Manager,
             Component::Consul => v1::Role::Consul,
+            Component::Node => v1::Role::Node,
         }
     }
     fn members_noun(self) -> &'static str {
         match self {
             Component::Swarm => "managers",
             Component::Consul => "Consul servers",
+            Component::Node => "workers",
         }
     }
     /// How a member that came back is expected to be listed by the leader.
@@ -151,6 +169,7 @@ impl Component {
         match self {
             Component::Swarm => "reachable",
             Component::Consul => "voter",
+            Component::Node => "ready",
         }
     }
 }
@@ -204,6 +223,8 @@ pub enum FailoverError {
         "the operator's Consul token {path}: {source} (the control plane writes it at start; run the drill where the cluster was deployed)"
     )]
     ConsulToken { path: PathBuf, source: std::io::Error },
+    #[error("the handover: {0}")]
+    Handover(#[from] crate::ops::handover::HandoverError),
     #[error("interrupted by {signal}; {cleanup}")]
     Interrupted { signal: &'static str, cleanup: String },
 }
@@ -314,13 +335,16 @@ pub async fn run(
 
 /// One drill, phase by phase (the module doc's steps).
 async fn drill(d: &Drill) -> Result<Report, FailoverError> {
+    if d.opts.component == Component::Node {
+        return node::drill(d).await;
+    }
     // 1. Pre-checks, the members' Engines, the leaders, the hello workload.
     let s = prepare(d).await?;
 
     // 2. Live logs from every member.
     let logs = LogFollower::start(d, s.members.iter().map(|m| m.name.clone()).collect(), watch::now_unix_ns()).await?;
     d.say.note(match d.opts.component {
-        Component::Swarm => "following every manager's Engine journal; lines below are live",
+        Component::Swarm | Component::Node => "following every manager's Engine journal; lines below are live",
         Component::Consul => "following every Consul server's log; lines below are live",
     });
 
@@ -329,7 +353,7 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
     let fault_unix_ns = watch::now_unix_ns();
     d.say.start_fault(fault_at);
     let cp = CpWatch::start(d, s.target.clone());
-    fault::fault(d, &s.target, fault_at).await?;
+    let accepted = fault::fault(d, &s, fault_at).await?;
 
     let mut r = Report {
         cluster: d.opts.cluster.clone(),
@@ -339,6 +363,9 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
         target: s.target.clone(),
         tasks_before: s.tasks_before.len(),
         bound_s: d.opts.bound.as_secs_f64(),
+        // A planned handover has nothing to detect: its "detection" is the swarm accepting it.
+        detect_s: accepted,
+        managers_before: Some(s.engines.len()),
         ..Default::default()
     };
     let m = Measure {
@@ -364,7 +391,7 @@ async fn drill(d: &Drill) -> Result<Report, FailoverError> {
 
     // 5. What was seen, what was not, and the verdict.
     kept.record_election(&mut r, &d.say, d.opts.component, &s.target, fault_unix_ns, m.target_is_leader);
-    seen.record(&mut r, &s.target);
+    seen.record(&mut r, &s.target, d.opts.mode.planned());
     kept.record_cuts(&mut r, &d.say);
     r.timeline = d.say.timeline();
     report::judge(&mut r, m.target_is_leader);
@@ -394,13 +421,13 @@ async fn prepare(d: &Drill) -> Result<Setup, FailoverError> {
     // The leaders, from the members' own views.
     let swarm_leader = swarm::find_leader(&engines, &managers).await;
     let old_leader = match component {
-        Component::Swarm => swarm_leader.clone().ok_or(FailoverError::NoSwarmLeader)?,
+        Component::Swarm | Component::Node => swarm_leader.clone().ok_or(FailoverError::NoSwarmLeader)?,
         Component::Consul => consul::find_leader(&members).await.ok_or(FailoverError::NoConsulLeader)?,
     };
     let target = d.opts.target.clone().unwrap_or_else(|| old_leader.clone());
     let target_ip = members.iter().find(|m| m.name == target).map(|m| m.ip.clone()).unwrap_or_default();
     let what = match component {
-        Component::Swarm => "swarm leader",
+        Component::Swarm | Component::Node => "swarm leader",
         Component::Consul => "Consul leader",
     };
     d.say.note(format!("{what}: {old_leader}; taking down: {target} ({:?} mode)", d.opts.mode));
@@ -464,7 +491,7 @@ async fn start_hello(d: &Drill, leader: &Docker, members: &[Member]) -> Result<V
 /// `new_leader`), then its workload whole again.
 async fn measure(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report) {
     match d.opts.component {
-        Component::Swarm => {
+        Component::Swarm | Component::Node => {
             let new_leader = swarm::measure(d, m, &s.engines, r).await;
             r.new_leader = new_leader.clone().unwrap_or_default();
             let leader_engine = new_leader.as_ref().and_then(|l| s.engines.get(l));
@@ -498,7 +525,7 @@ async fn restore_and_rejoin(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Repor
     let rejoin_deadline = Instant::now() + d.opts.bound;
     if r.restore_s.is_some() {
         match d.opts.component {
-            Component::Swarm => {
+            Component::Swarm | Component::Node => {
                 let leader_engine = s.engines.get(&r.new_leader).cloned();
                 swarm::rejoin(d, m, &s.engines, leader_engine.as_ref(), restore_at, rejoin_deadline, r).await;
             }
@@ -527,7 +554,7 @@ async fn replaced_by_heal(d: &Drill, s: &Setup, m: &Measure<'_>, r: &mut Report)
     if r.restore_s.is_some() {
         let leader_engine = s.engines.get(&r.new_leader).cloned();
         match d.opts.component {
-            Component::Swarm => {
+            Component::Swarm | Component::Node => {
                 swarm::rejoin(d, m, &s.engines, leader_engine.as_ref(), restore_at, rejoin_deadline, r).await
             }
             Component::Consul => consul::rejoin(d, m, restore_at, rejoin_deadline, r).await,

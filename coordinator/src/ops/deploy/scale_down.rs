@@ -1,5 +1,7 @@
 //! Hosts that exist but are not in the plan: each is told to take no role (a manager is
-//! demoted, then leaves; a node drains and leaves), terminated at the provider, removed
+//! demoted, then leaves — a leading one demoted by the coordinator first, and the next
+//! leader awaited, so leadership is handed over rather than lost: [`crate::ops::handover`];
+//! a node drains and leaves), terminated at the provider, removed
 //! from the swarm's node list and forgotten by the control plane — nodes first, then
 //! managers, one at a time, so never more leave at once than quorum tolerates.
 
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use flotilla_proto::v1;
 
 use super::{DeployError, Run};
-use crate::ops::verify;
+use crate::ops::{handover, verify};
 use crate::poll::{Attempt, poll_until};
 use crate::providers::Host;
 
@@ -32,6 +34,9 @@ pub async fn scale_down(
     for h in extra {
         run.p.host(&h.name, "not in the plan: draining and leaving the swarm");
         let addr = addresses.get(&h.name).cloned().unwrap_or_default();
+        if h.role == "manager" {
+            hand_over(run, &h.name, &addr, manager_ips, docker_dir).await;
+        }
         let r = run
             .admin
             .clone()
@@ -50,6 +55,29 @@ pub async fn scale_down(
         removed.push(h.name.clone());
     }
     Ok(removed)
+}
+
+/// How long the other managers get to take over from a leading manager that leaves.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When manager `host` (at `addr`) leads, demotes it through another manager and waits for
+/// the next leader. Best effort: on failure the host still leaves (its own agent demotes it),
+/// at the cost of an election.
+async fn hand_over(run: &Run<'_>, host: &str, addr: &str, manager_ips: &[String], docker_dir: &Path) {
+    let mut others = Vec::new();
+    for ip in manager_ips.iter().filter(|ip| *ip != addr) {
+        if let Ok(d) = verify::engine(ip, docker_dir).await {
+            others.push((ip.clone(), d));
+        }
+    }
+    match handover::step_down(&others, host, Some(addr).filter(|a| !a.is_empty()), HANDOVER_TIMEOUT).await {
+        Ok(handover::StepDown::NotLeader) => {}
+        Ok(handover::StepDown::HandedOver { new_leader, after }) => run.p.host(
+            host,
+            format!("led the swarm: demoted first, {new_leader} took over in {:.2} s", after.as_secs_f64()),
+        ),
+        Err(e) => run.p.host(host, format!("could not hand its leadership over first ({e}); it leaves anyway")),
+    }
 }
 
 /// Waits (bounded; past it the host is terminated anyway) until the agent of `host` reports

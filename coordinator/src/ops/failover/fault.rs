@@ -1,5 +1,6 @@
 //! The fault and its undoing: taking the target down ([`fault`]: its agent stops the Engine
-//! or holds Consul down, or the provider stops the host), restoring it ([`restore`],
+//! or holds Consul down, or the provider stops the host; or, planned, demoting it so its
+//! leadership is handed over), restoring it ([`restore`], a handover's by promoting it back,
 //! retried while the control plane is away), and the clean-up on every way out of the drill
 //! ([`clean_up`], with [`left_over`] and a manual fix when it is cut short).
 
@@ -10,7 +11,10 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use flotilla_proto::v1;
 
-use super::{CLEANUP_TIMEOUT, Component, Drill, FailoverError, HELLO_SERVICE, Mode, consul, kv_probe_key, lock, swarm};
+use super::{
+    CLEANUP_TIMEOUT, Component, Drill, FailoverError, HELLO_SERVICE, Mode, Setup, consul, kv_probe_key, lock, swarm,
+};
+use crate::ops::handover;
 use crate::poll::{Attempt, PollError, poll_until};
 use crate::providers::{HostState, Provider, ProviderError};
 
@@ -38,6 +42,9 @@ pub(super) enum RestoreError {
     ControlPlane { host: String, status: tonic::Status },
     #[error("starting host {host}: {error}")]
     Start { host: String, error: ProviderError },
+    /// Promoting a demoted target back failed until the deadline (the last reason).
+    #[error("promoting {host} back: {last}")]
+    Promote { host: String, last: String },
 }
 
 /// How long the agent holds Consul down for the drill at most: well past the drill's end,
@@ -46,13 +53,16 @@ fn hold_lease(bound: Duration) -> u32 {
     u32::try_from(bound.as_secs() * 3 + 60).unwrap_or(u32::MAX)
 }
 
-/// Takes `target` down.
-pub(super) async fn fault(d: &Drill, target: &str, fault_at: Instant) -> Result<(), FailoverError> {
+/// Takes the target down; a planned handover returns when the swarm accepted it (from the
+/// fault).
+pub(super) async fn fault(d: &Drill, s: &Setup, fault_at: Instant) -> Result<Option<f64>, FailoverError> {
+    let target = s.target.as_str();
     // Recorded first: an interrupt while the fault is being issued still restores.
     lock(&d.pending).faulted = Some(target.to_string());
     let say = &d.say;
     match (d.opts.mode, d.opts.component) {
-        (Mode::Engine, Component::Swarm) => {
+        (Mode::Handover, _) => return demote_target(d, s, fault_at).await.map(Some),
+        (Mode::Engine, Component::Swarm | Component::Node) => {
             d.admin
                 .clone()
                 .engine_action(v1::EngineActionRequest {
@@ -107,7 +117,30 @@ pub(super) async fn fault(d: &Drill, target: &str, fault_at: Instant) -> Result<
             });
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The planned change: the target demoted through the first other manager that lists the
+/// swarm's nodes; returns when the swarm accepted it (from the fault).
+async fn demote_target(d: &Drill, s: &Setup, fault_at: Instant) -> Result<f64, FailoverError> {
+    let target = s.target.as_str();
+    let others: Vec<(String, Docker)> =
+        s.engines.iter().filter(|(n, _)| **n != s.target).map(|(n, e)| (n.clone(), e.clone())).collect();
+    let (through, nodes) = handover::list_nodes(&others).await?;
+    let node = handover::node_of(&nodes, target, Some(&s.target_ip))
+        .and_then(|n| n.id.clone())
+        .ok_or_else(|| handover::HandoverError::NoNode(target.to_string()))?;
+    let engine = others.iter().find(|(n, _)| *n == through).map(|(_, e)| e).expect("it answered");
+    d.say.event(
+        fault_at.elapsed(),
+        format!("handover: {target} demoted through {through}'s Engine, so swarmkit hands its leadership over"),
+    );
+    handover::demote(engine, &node).await.map_err(|e| handover::HandoverError::Refused {
+        what: "demoting",
+        host: target.to_string(),
+        message: flotilla_agent::roles::engine_message(&e),
+    })?;
+    Ok(d.say.event(fault_at.elapsed(), format!("handover: the swarm accepted {target}'s demotion")))
 }
 
 /// Undoes the fault on `target`, retrying until `deadline` what needs the control plane (it
@@ -116,6 +149,7 @@ pub(super) async fn restore(d: &Drill, target: &str, deadline: Instant) -> Resul
     let what = match d.opts.mode {
         Mode::Engine => restore_engine(d, target, deadline).await?,
         Mode::Host => restore_host(d, target, deadline).await?,
+        Mode::Handover => restore_handover(d, target, deadline).await?,
         // Nothing to undo: the host is gone; auto-heal replaces it (`replaced.rs`).
         Mode::Terminate => format!("{target} was terminated; only auto-heal brings it back (`coordinator heal`)"),
     };
@@ -127,7 +161,7 @@ pub(super) async fn restore(d: &Drill, target: &str, deadline: Instant) -> Resul
 /// retried every 500 ms while the control plane or the host's session is away.
 async fn restore_engine(d: &Drill, target: &str, deadline: Instant) -> Result<String, RestoreError> {
     let (kind, role, what) = match d.opts.component {
-        Component::Swarm => (
+        Component::Swarm | Component::Node => (
             v1::engine_action::Kind::StartEngine,
             v1::Role::Unspecified,
             format!("{target}'s agent told to start its Docker Engine"),
@@ -201,6 +235,33 @@ async fn restore_host(d: &Drill, target: &str, deadline: Instant) -> Result<Stri
     Ok(format!("the {} provider started host {target}", d.provider.kind()))
 }
 
+/// Promotes a demoted target back to a manager through whichever manager lists the
+/// swarm's nodes, retried every 500 ms (the swarm may be between leaders) until `deadline`.
+async fn restore_handover(d: &Drill, target: &str, deadline: Instant) -> Result<String, RestoreError> {
+    let engines = lock(&d.pending).engines.clone();
+    let engines = &engines;
+    let promoted = poll_until("the target promoted back", deadline, Duration::from_millis(500), || async move {
+        let (through, nodes) = match handover::list_nodes(engines).await {
+            Ok(x) => x,
+            Err(e) => return Ok::<_, Infallible>(Attempt::NotYet(e.to_string())),
+        };
+        let Some(id) = handover::node_of(&nodes, target, None).and_then(|n| n.id.clone()) else {
+            return Ok(Attempt::NotYet(format!("the swarm has no node for {target}")));
+        };
+        let engine = engines.iter().find(|(n, _)| *n == through).map(|(_, e)| e).expect("it answered");
+        Ok(match handover::promote(engine, &id).await {
+            Ok(()) => Attempt::Done(through),
+            Err(e) => Attempt::NotYet(flotilla_agent::roles::engine_message(&e)),
+        })
+    })
+    .await;
+    match promoted {
+        Ok(through) => Ok(format!("{target} promoted back to a manager through {through}'s Engine")),
+        Err(PollError::TimedOut { last, .. }) => Err(RestoreError::Promote { host: target.to_string(), last }),
+        Err(PollError::Failed(e)) => match e {},
+    }
+}
+
 /// How to undo by hand what the clean-up could not.
 fn manual_fix(d: &Drill, target: &str) -> String {
     let Provider::Lab(lab) = d.provider.as_ref() else {
@@ -209,6 +270,7 @@ fn manual_fix(d: &Drill, target: &str) -> String {
                 format!("start the instance by hand: `aws ec2 start-instances` for the instance tagged Name={target}")
             }
             Mode::Terminate => format!("replace {target}: `coordinator heal`"),
+            Mode::Handover => format!("promote it back through a manager: `docker node promote {target}`"),
             Mode::Engine => format!(
                 "on {target} (ssh or SSM): `sudo systemctl start docker` / `sudo systemctl restart flotilla-agent`"
             ),
@@ -216,7 +278,7 @@ fn manual_fix(d: &Drill, target: &str) -> String {
     };
     let container = lab.container_name(target);
     match (d.opts.mode, d.opts.component) {
-        (Mode::Engine, Component::Swarm) => {
+        (Mode::Engine, Component::Swarm | Component::Node) => {
             format!("start its Engine by hand: `docker exec {container} systemctl start docker`")
         }
         (Mode::Engine, Component::Consul) => format!(
@@ -225,6 +287,7 @@ fn manual_fix(d: &Drill, target: &str) -> String {
         ),
         (Mode::Host, _) => format!("start the host by hand: `docker start {container}`"),
         (Mode::Terminate, _) => format!("replace {target}: `coordinator heal`"),
+        (Mode::Handover, _) => format!("promote it back through a manager: `docker node promote {target}`"),
     }
 }
 

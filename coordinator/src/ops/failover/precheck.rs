@@ -45,6 +45,11 @@ pub(super) async fn wait_until_fit(d: &Drill) -> Result<(Vec<Member>, Vec<Member
 /// just came back (from a drill before this one) may not vote yet, and then the cluster
 /// cannot lose another.
 async fn fit(st: &v1::StatusResponse, opts: &Options, consul_token: &str) -> Result<Vec<Member>, FailoverError> {
+    if opts.mode.planned() && opts.component != Component::Swarm {
+        return Err(FailoverError::Refused(
+            "--mode handover drills the swarm's managers only (Consul 1.8 has no leadership transfer)".into(),
+        ));
+    }
     let members = check(st, opts.component, opts.target.as_deref(), opts.force)?;
     if opts.mode == super::Mode::Terminate
         && let Some(refused) = super::replaced::refusal(st)
@@ -89,17 +94,23 @@ pub(super) fn check(
     let noun = component.members_noun();
     // Same numbers for Consul's Raft as for Swarm's.
     let table = match component {
-        Component::Swarm => QUORUM_TABLE.to_string(),
+        Component::Swarm | Component::Node => QUORUM_TABLE.to_string(),
         Component::Consul => QUORUM_TABLE.replacen("managers", "servers ", 1),
     };
     let one = if n == 1 { noun.trim_end_matches('s') } else { noun };
+    if component == Component::Node && n < 2 {
+        return Err(FailoverError::Refused(format!(
+            "cluster '{}' has {n} {one}: there is no other one for its tasks to move to",
+            st.cluster
+        )));
+    }
     if n < 2 {
         return Err(FailoverError::Refused(format!(
             "cluster '{}' has {n} {one}: there is no other one to take over, so there is no failover to test:\n{table}",
             st.cluster
         )));
     }
-    if n < 3 && !force {
+    if n < 3 && !force && component != Component::Node {
         return Err(FailoverError::Refused(format!(
             "cluster '{}' has {n} {noun}: losing one loses the Raft quorum, so the cluster stops instead of failing over \
              (pass --force to watch that happen; deploy 3 or 5 managers to drill a real failover):\n{table}",
@@ -112,6 +123,7 @@ pub(super) fn check(
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         let what = match component {
             Component::Swarm => "a manager",
+            Component::Node => "a worker",
             Component::Consul => "a Consul server",
         };
         return Err(FailoverError::Refused(format!(

@@ -58,6 +58,11 @@ pub struct Report {
     pub swarm_elected_s: Option<f64>,
     /// The new leader's Consul logged `cluster leadership acquired` (Consul's own time).
     pub consul_elected_s: Option<f64>,
+    /// Seconds no manager named a leader (Swarm, the leader taken down): from the last node
+    /// list naming the old leader after the fault (or the fault) to the first naming the
+    /// new one. A planned handover's figure; after an unplanned loss, the election timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaderless_s: Option<f64>,
     /// `elect_s` minus the logged election: how long after the election the drill saw it.
     pub report_lag_s: Option<f64>,
     /// Swarm: the new leader's own API answered a node list. Consul: the new leader's KV
@@ -90,6 +95,12 @@ pub struct Report {
     pub rejoin_s: Option<f64>,
     /// The target's status in the leader's view when the drill stopped looking.
     pub rejoined_as: String,
+    /// Swarm: the managers before the drill, and those the leader counts (leader or
+    /// reachable) when the target rejoined, or when the drill stopped looking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managers_before: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managers_after: Option<usize>,
     /// Every host connected with every role running in the control plane's status (from the
     /// restore).
     pub healthy_s: Option<f64>,
@@ -180,7 +191,11 @@ impl Say {
 
 /// Sets `passed` and the verdict from what was measured.
 pub fn judge(r: &mut Report, target_is_leader: bool) {
-    let component = if r.component == "consul" { Component::Consul } else { Component::Swarm };
+    let component = match r.component.as_str() {
+        "consul" => Component::Consul,
+        "node" => Component::Node,
+        _ => Component::Swarm,
+    };
     let failed = failures(r, component, target_is_leader);
     r.passed = failed.is_empty();
     r.verdict = if r.passed {
@@ -195,6 +210,9 @@ pub fn judge(r: &mut Report, target_is_leader: bool) {
 
 /// What the drill needed and did not see, one phrase each.
 fn failures(r: &Report, component: Component, target_is_leader: bool) -> Vec<String> {
+    if component == Component::Node {
+        return node_failures(r);
+    }
     let want = component.rejoined_as();
     let mut failed = Vec::new();
     if r.detect_s.is_none() {
@@ -210,7 +228,7 @@ fn failures(r: &Report, component: Component, target_is_leader: bool) -> Vec<Str
     }
     if r.api_back_s.is_none() {
         failed.push(match component {
-            Component::Swarm => "the leader's API did not answer again".to_string(),
+            Component::Swarm | Component::Node => "the leader's API did not answer again".to_string(),
             Component::Consul => "Consul's KV did not accept a write again".to_string(),
         });
     }
@@ -234,6 +252,34 @@ fn failures(r: &Report, component: Component, target_is_leader: bool) -> Vec<Str
             if r.rejoined_as.is_empty() { "not listed" } else { &r.rejoined_as }
         ));
     }
+    if let (Some(before), Some(after)) = (r.managers_before, r.managers_after)
+        && after < before
+    {
+        failed.push(format!("{after} of {before} managers reachable at the end"));
+    }
+    if r.healthy_s.is_none() {
+        failed.push("the control plane does not see every host connected with every role running".to_string());
+    }
+    failed
+}
+
+/// What a node drill needed and did not see: the worker marked down, its tasks elsewhere,
+/// the worker ready again, the control plane healthy.
+fn node_failures(r: &Report) -> Vec<String> {
+    let mut failed = Vec::new();
+    if r.detect_s.is_none() {
+        failed.push(format!("the swarm never marked {} down", r.target));
+    }
+    if r.workload_s.is_none() {
+        failed
+            .push(format!("{} of {HELLO_REPLICAS} hello tasks running on the other workers at the end", r.tasks_after));
+    }
+    if r.restore_s.is_none() {
+        failed.push(format!("{} could not be restored", r.target));
+    }
+    if r.rejoin_s.is_none() {
+        failed.push(format!("{} is not ready again", r.target));
+    }
     if r.healthy_s.is_none() {
         failed.push("the control plane does not see every host connected with every role running".to_string());
     }
@@ -245,10 +291,34 @@ fn failures(r: &Report, component: Component, target_is_leader: bool) -> Vec<Str
 fn passed_verdict(r: &Report, component: Component, target_is_leader: bool) -> String {
     let want = component.rejoined_as();
     let what = match component {
-        Component::Swarm => "the API answered",
+        Component::Swarm | Component::Node => "the API answered",
         Component::Consul => "KV accepted a write",
     };
-    if target_is_leader {
+    if component == Component::Node {
+        return format!(
+            "PASSED: worker {} went down; the swarm marked it down at {:.2} s and ran its {} hello tasks on the other workers at {:.2} s; {} ready again {:.2} s after the restore",
+            r.target,
+            r.detect_s.unwrap_or_default(),
+            r.tasks_after,
+            r.workload_s.unwrap_or_default(),
+            r.target,
+            r.rejoin_s.unwrap_or_default()
+        );
+    }
+    if target_is_leader && r.mode == "handover" {
+        format!(
+            "PASSED: {} handed its leadership over to {} ({:.2} s without a leader, named {:.2} s after the demotion); the API answered at {:.2} s; {} hello tasks kept running; {} promoted back and reachable {:.2} s after; {} managers",
+            r.old_leader,
+            r.new_leader,
+            r.leaderless_s.unwrap_or_default(),
+            r.elect_s.unwrap_or_default(),
+            r.api_back_s.unwrap_or_default(),
+            r.tasks_after,
+            r.old_leader,
+            r.rejoin_s.unwrap_or_default(),
+            r.managers_after.unwrap_or_default(),
+        )
+    } else if target_is_leader {
         format!(
             "PASSED: {} took over from {} in {:.2} s; {what} at {:.2} s; {} hello tasks {}{}; {} rejoined as {want} {:.2} s after the restore",
             r.new_leader,
@@ -307,6 +377,47 @@ mod tests {
         r.rejoined_as = "unreachable".into();
         judge(&mut r, true);
         assert!(!r.passed && r.verdict.contains("not back as a reachable"), "{}", r.verdict);
+    }
+
+    #[test]
+    fn issue_19_a_node_drill_passes_when_the_tasks_moved_and_the_worker_came_back() {
+        let mut r = Report {
+            component: "node".into(),
+            target: "node0".into(),
+            detect_s: Some(6.1),
+            workload_s: Some(7.4),
+            tasks_after: 2,
+            restore_s: Some(8.0),
+            rejoin_s: Some(9.0),
+            healthy_s: Some(10.0),
+            bound_s: 60.0,
+            ..Default::default()
+        };
+        judge(&mut r, false);
+        assert!(r.passed && r.verdict.contains("on the other workers at 7.40 s"), "{}", r.verdict);
+        r.workload_s = None;
+        r.tasks_after = 1;
+        judge(&mut r, false);
+        assert!(!r.passed && r.verdict.contains("1 of 2 hello tasks running on the other workers"), "{}", r.verdict);
+    }
+
+    #[test]
+    fn issue_19_a_handover_passes_only_with_every_manager_back() {
+        let mut r = passing("swarm", "reachable");
+        r.mode = "handover".into();
+        r.leaderless_s = Some(0.4);
+        r.managers_before = Some(3);
+        r.managers_after = Some(3);
+        judge(&mut r, true);
+        assert!(
+            r.passed && r.verdict.contains("handed its leadership over to manager1 (0.40 s without"),
+            "{}",
+            r.verdict
+        );
+        assert!(r.verdict.ends_with("3 managers"), "{}", r.verdict);
+        r.managers_after = Some(2);
+        judge(&mut r, true);
+        assert!(!r.passed && r.verdict.contains("2 of 3 managers reachable at the end"), "{}", r.verdict);
     }
 
     #[test]

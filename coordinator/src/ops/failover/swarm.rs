@@ -82,6 +82,11 @@ pub(super) async fn list_managers(d: &Docker, managers: &[Member]) -> Result<Vec
     Ok(node_views(bounded(CALL_TIMEOUT, d.list_nodes(None::<ListNodesOptions>)).await?, managers))
 }
 
+/// The managers the leader counts in its Raft: listed `leader` or `reachable`.
+fn voting(nodes: &[NodeView]) -> usize {
+    nodes.iter().filter(|n| n.manager_status == "leader" || n.manager_status == "reachable").count()
+}
+
 fn leader_of(nodes: &[NodeView]) -> Option<String> {
     nodes.iter().find(|n| n.manager_status == "leader").map(|n| n.name.clone())
 }
@@ -193,12 +198,32 @@ pub(super) async fn measure(
     let (tx, rx) = mpsc::unbounded_channel();
     let _probing = probe::every_interval(probe_round(m, engines, tx));
     let mut new_leader = None;
+    // The last time a node list still named the old leader, after the fault.
+    let mut last_old: Option<Duration> = None;
     probe::collect("the swarm's failover measured", m.deadline, rx, |at, seen| {
+        if let Seen::Nodes { nodes: Ok(nodes), .. } = &seen
+            && new_leader.is_none()
+            && leader_of(nodes).as_deref() == Some(m.old_leader)
+        {
+            last_old = Some(at);
+        }
         take(&d.say, m, r, &mut new_leader, at, seen);
         r.detect_s.is_some() && r.api_back_s.is_some()
     })
     .await;
+    if m.target_is_leader {
+        // A planned demotion went through the old leader's Raft: it still led when the swarm
+        // accepted it.
+        let accepted = d.opts.mode.planned().then_some(r.detect_s).flatten().map(Duration::from_secs_f64);
+        r.leaderless_s = leaderless(r.elect_s, last_old.max(accepted));
+    }
     new_leader
+}
+
+/// Seconds no manager named a leader: from the last time the old one was seen leading (or
+/// the fault, when it was not seen after it) to the first node list naming the new one.
+fn leaderless(elect_s: Option<f64>, last_old: Option<Duration>) -> Option<f64> {
+    elect_s.map(|e| (e - last_old.map(|t| t.as_secs_f64()).unwrap_or(0.0)).max(0.0))
 }
 
 /// One round of probes, each its own task: the target's ping, every survivor's node list.
@@ -318,13 +343,17 @@ pub(super) async fn rejoin(
     // list (it is a manager again, talking to the leader) and the leader lists it.
     let target_engine = &engines[target];
     let (target_back, listed_as) = (&AtomicBool::new(false), &Mutex::new(None::<String>));
+    let managers = &AtomicUsize::new(0);
     let back = poll_until("the target rejoined", deadline, Duration::from_millis(200), move || async move {
         if !target_back.load(Ordering::Relaxed) && list_managers(target_engine, m.members).await.is_ok() {
             target_back.store(true, Ordering::Relaxed);
             d.say.event(m.fault_at.elapsed(), format!("{target}'s Engine answers a node list again"));
         }
-        let listed =
-            list_managers(leader, m.members).await.ok().and_then(|nodes| nodes.into_iter().find(|n| n.name == target));
+        let nodes = list_managers(leader, m.members).await.ok();
+        if let Some(nodes) = &nodes {
+            managers.store(voting(nodes), Ordering::Relaxed);
+        }
+        let listed = nodes.and_then(|nodes| nodes.into_iter().find(|n| n.name == target));
         let Some(status) = listed.map(|n| n.manager_status) else {
             return Ok(Attempt::NotYet(format!("{target} not listed by the leader")));
         };
@@ -336,6 +365,7 @@ pub(super) async fn rejoin(
     if let Some(status) = lock(listed_as).take() {
         r.rejoined_as = status;
     }
+    r.managers_after = Some(managers.load(Ordering::Relaxed));
     if let Ok(status) = back {
         let at = restore_at.elapsed().as_secs_f64();
         r.rejoin_s = Some(at);
@@ -343,5 +373,28 @@ pub(super) async fn rejoin(
             m.fault_at.elapsed(),
             format!("rejoin: {target} is back as a {status} manager ({at:.2} s after the restore)"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, status: &str) -> NodeView {
+        NodeView { name: name.into(), manager_status: status.into() }
+    }
+
+    #[test]
+    fn issue_19_seconds_without_a_leader_count_from_the_last_sighting_of_the_old_one() {
+        assert_eq!(leaderless(Some(1.5), Some(Duration::from_millis(1200))), Some(1.5 - 1.2));
+        assert_eq!(leaderless(Some(11.0), None), Some(11.0), "never seen after the fault: from the fault");
+        assert_eq!(leaderless(None, Some(Duration::from_secs(1))), None, "no new leader: nothing measured");
+    }
+
+    #[test]
+    fn issue_19_the_managers_counted_are_the_leader_and_the_reachable_ones() {
+        let nodes = [view("manager0", "leader"), view("manager1", "reachable"), view("manager2", "unreachable")];
+        assert_eq!(voting(&nodes), 2);
+        assert_eq!(leader_of(&nodes).as_deref(), Some("manager0"));
     }
 }

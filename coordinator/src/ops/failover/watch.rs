@@ -38,7 +38,9 @@ pub(super) fn shown_down(st: &v1::StatusResponse, target: &str, component: Compo
 /// Election lines in a member's log: swarmkit's Raft in the Engine's journal, or Consul's.
 pub(super) fn is_election_line(component: Component, text: &str) -> bool {
     let patterns: &[&str] = match component {
-        Component::Swarm => &["became leader", "elected leader", "lost leader", "became candidate", "became follower"],
+        Component::Swarm | Component::Node => {
+            &["became leader", "elected leader", "lost leader", "became candidate", "became follower"]
+        }
         Component::Consul => &[
             "New leader elected",
             "cluster leadership acquired",
@@ -56,7 +58,7 @@ pub(super) fn is_election_line(component: Component, text: &str) -> bool {
 /// time).
 fn is_won_line(component: Component, text: &str) -> bool {
     match component {
-        Component::Swarm => text.contains("became leader"),
+        Component::Swarm | Component::Node => text.contains("became leader"),
         Component::Consul => text.contains("cluster leadership acquired"),
     }
 }
@@ -129,10 +131,10 @@ impl HostStream {
         let request = v1::FollowLogsRequest {
             hosts: vec![self.host.clone()],
             role: match self.component {
-                Component::Swarm => 0,
+                Component::Swarm | Component::Node => 0,
                 Component::Consul => v1::Role::Consul as i32,
             },
-            engine: self.component == Component::Swarm,
+            engine: self.component != Component::Consul,
             follow: true,
             since_unix_ns,
             ..Default::default()
@@ -238,12 +240,12 @@ impl Kept {
         {
             let t = (ns - fault_unix_ns) as f64 / 1e9;
             match component {
-                Component::Swarm => r.swarm_elected_s = Some(t),
+                Component::Swarm | Component::Node => r.swarm_elected_s = Some(t),
                 Component::Consul => r.consul_elected_s = Some(t),
             }
             r.report_lag_s = r.elect_s.map(|e| e - t);
             let line = match component {
-                Component::Swarm => "Engine logged \"became leader\"",
+                Component::Swarm | Component::Node => "Engine logged \"became leader\"",
                 Component::Consul => "Consul logged \"cluster leadership acquired\"",
             };
             say.record(t, format!("{component:?}: {host}'s {line}").to_lowercase());
@@ -359,7 +361,8 @@ fn cp_down(s: &Mutex<CpSeen>, say: &Say, at: f64, error: &str) {
 impl CpSeen {
     /// `control_plane_detect_s`, `control_plane_gaps`, and in `unobserved` what the control
     /// plane's gaps hid.
-    pub(super) fn record(self, r: &mut Report, target: &str) {
+    /// A `planned` drill never takes the target down: nothing for the control plane to see.
+    pub(super) fn record(self, r: &mut Report, target: &str, planned: bool) {
         r.control_plane_detect_s = self.detect.map(|(t, _)| t);
         for g in &self.gaps {
             let until = g.to_s.map(|t| format!("{t:+.2} s")).unwrap_or_else(|| "the end of the drill".into());
@@ -368,7 +371,7 @@ impl CpSeen {
                 g.from_s, g.error
             ));
         }
-        if r.control_plane_detect_s.is_none() {
+        if r.control_plane_detect_s.is_none() && !planned {
             r.unobserved.push(if self.ambiguous || !self.gaps.is_empty() {
                 format!("control_plane_detect_s: not observed — the control plane stopped answering before its status showed {target} down, and after its restart the time would measure the restart, not the detection")
             } else {

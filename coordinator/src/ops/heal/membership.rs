@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{NodeSpecRoleEnum, NodeState};
-use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, ListTasksOptions, UpdateNodeOptions};
+use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, ListTasksOptions};
 
 use super::HealError;
-use crate::ops::verify;
+use crate::ops::{handover, verify};
 use crate::poll::{Attempt, PollError, poll_until};
 
 /// How long swarmkit gets to take a demoted manager out of Raft, or to reschedule a lost
@@ -31,7 +31,8 @@ use crate::poll::{Attempt, PollError, poll_until};
 const SWARM_SETTLE: Duration = Duration::from_secs(90);
 const EVERY: Duration = Duration::from_millis(500);
 /// How long the swarm gets to mark a gone host's node down (its dispatcher's heartbeat
-/// period times its grace multiplier: 15 s by default).
+/// period times its grace multiplier: 6 s with the agent's 2 s heartbeat, 15 s with
+/// swarmkit's default).
 const SWARM_DOWN_WAIT: Duration = Duration::from_secs(45);
 
 /// The first of `manager_ips` whose Engine answers.
@@ -72,7 +73,7 @@ pub async fn leave_swarm(d: &Docker, via: &str, host: &str) -> Result<String, He
     let mut done = Vec::new();
     for (id, manager, _) in nodes {
         if manager {
-            demote(d, &id).await.map_err(call)?;
+            demote_lost(d, &id).await.map_err(call)?;
             done.push(format!("demoted {id}"));
         } else {
             wait_rescheduled(d, &id).await?;
@@ -103,20 +104,11 @@ async fn wait_not_ready(d: &Docker, host: &str) -> Result<Vec<(String, bool, boo
     })
 }
 
-/// Demotes a manager node (unreachable or not); swarmkit refuses it when quorum would not
-/// survive, and says so.
-async fn demote(d: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
-    let node = d.inspect_node(id).await?;
-    let mut spec = node.spec.unwrap_or_default();
-    if spec.role == Some(NodeSpecRoleEnum::WORKER) {
-        return Ok(());
-    }
-    let version = node.version.and_then(|v| v.index).unwrap_or_default();
-    spec.role = Some(NodeSpecRoleEnum::WORKER);
-    match d.update_node(id, spec, UpdateNodeOptions { version: version as i64 }).await {
-        // Not in Raft any more (a cluster forced anew from a survivor keeps the others'
-        // nodes but not their membership): nothing to demote; swarmkit removes such a
-        // manager's node as it is.
+/// Demotes a lost manager's node. One no longer in Raft (a cluster forced anew from a
+/// survivor keeps the others' nodes but not their membership) has nothing to demote:
+/// swarmkit removes such a manager's node as it is.
+async fn demote_lost(d: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    match handover::demote(d, id).await {
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
             if message.contains("raft memberlist") =>
         {
