@@ -1,7 +1,9 @@
 //! Test harness shared by the integration tests: a control plane on `127.0.0.1:0` in a
 //! temporary state directory, its admin client, and agents pointed at it; [`serve_process`]:
-//! the same in its own process (the real `coordinator serve`); [`moto`]: moto's EC2 server.
+//! the same in its own process (the real `coordinator serve`); [`moto`]: moto's EC2 server;
+//! [`chromium`]: a headless browser for the status page.
 
+pub mod chromium;
 pub mod moto;
 pub mod serve_process;
 

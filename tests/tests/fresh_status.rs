@@ -6,6 +6,10 @@
 //! That an agent reports a change of its swarm view at once, not at the next heartbeat, is
 //! proven without a swarm by the agent's unit tests (`swarm_watch`): this machine's Engine
 //! is not in one, and making it one would change the machine.
+//!
+//! Issue 18: `coordinator status` (the real binary, table and `--output json`) names where
+//! the status page and `/metrics` listen, the address the control plane bound and recorded in
+//! `<state>/metrics-address`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -121,4 +125,52 @@ async fn silent_session(
         .into_inner();
     session.message().await.expect("welcome").expect("session open");
     (tx, session)
+}
+
+/// Issue 18: the status page's address, as `status` prints it (table and JSON), is the one
+/// the control plane recorded, and the page and `/metrics` answer there.
+#[tokio::test]
+async fn issue_18_status_names_the_status_page_address() {
+    let coord = Coord::start(|c| {
+        // `<root>/<cluster>`, as the CLI finds a cluster's state.
+        c.state_dir = c.state_dir.with_file_name(c.cluster.clone());
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let recorded = std::fs::read_to_string(coord.state_dir().join("metrics-address")).expect("metrics-address");
+    let addr: std::net::SocketAddr = recorded.trim().parse().expect("ip:port");
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    assert_eq!(status(&coord, false).await.metrics_address, addr.to_string());
+
+    let root = coord.state_dir().parent().expect("state root").to_path_buf();
+    let cli = |args: &[&str]| {
+        let bin = flotilla_tests::target_dir().join("coordinator");
+        let out = tokio::process::Command::new(bin)
+            .arg("--state-root")
+            .arg(&root)
+            .args(["--cluster", &coord.config.cluster, "status"])
+            .args(args)
+            .env("FLOTILLA_LOG", "warn")
+            .output();
+        async move {
+            let out = out.await.expect("run coordinator status");
+            assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).expect("UTF-8")
+        }
+    };
+    let table = cli(&[]).await;
+    assert!(table.contains(&format!("status page: http://{addr}/ (Prometheus: http://{addr}/metrics)")), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&cli(&["--output", "json"]).await).expect("JSON");
+    assert_eq!(json["metrics_address"], addr.to_string(), "{json}");
+
+    // Something answers there: the page and the metrics.
+    for (path, expect) in [("/", "<html"), ("/metrics", "flotilla_sessions_open")] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("response");
+        assert!(body.starts_with("HTTP/1.1 200") && body.contains(expect), "GET {path}: {body:.300}");
+    }
 }

@@ -9,17 +9,15 @@
 //! Prometheus and Chromium talk to loopback only: Chromium runs with its background
 //! networking off and every host name but 127.0.0.1 mapped to nothing.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use flotilla_tests::Cli;
+use flotilla_tests::chromium::{Chromium, KillOnDrop, tool};
 
 const CLUSTER: &str = "metrics-obs";
 /// Prometheus scrapes this often; the agents report every 5 s (the default heartbeat).
@@ -46,16 +44,6 @@ fn in_host(host: &str, args: &[&str]) -> Output {
     docker(&a)
 }
 
-fn tool(name: &str) -> PathBuf {
-    let out = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().expect("sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !path.is_empty(),
-        "`{name}` is missing: `bash tests/run` installs it (apt-get install -y prometheus chromium)"
-    );
-    PathBuf::from(path)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -66,19 +54,9 @@ fn get(url: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-/// A child process killed (and waited for) when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A real Prometheus on loopback scraping `target` every [`SCRAPE`].
 struct Prometheus {
-    _proc: Running,
+    _proc: KillOnDrop,
     _dir: tempfile::TempDir,
     url: String,
 }
@@ -102,7 +80,7 @@ impl Prometheus {
             .spawn()
             .expect("start prometheus");
         let url = format!("http://127.0.0.1:{port}");
-        let p = Self { _proc: Running(child), _dir: dir, url };
+        let p = Self { _proc: KillOnDrop(child), _dir: dir, url };
         wait_for("Prometheus to be ready", Duration::from_secs(60), || get(&format!("{}/-/ready", p.url)));
         p
     }
@@ -263,121 +241,6 @@ fn a_stopped_engine_shows_within_two_scrapes(prom: &Prometheus) {
     wait_for("the Engine back up and 3 reachable managers", Duration::from_secs(90), || {
         (prom.value(&up) == Some(1.0) && prom.value("flotilla_swarm_managers_reachable") == Some(3.0)).then_some(())
     });
-}
-
-/// Headless Chromium with the DevTools protocol on loopback; no network beyond it.
-struct Chromium {
-    _proc: Running,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Chromium {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(tool("chromium"))
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-default-apps",
-                "--disable-domain-reliability",
-                "--disable-breakpad",
-                "--disable-client-side-phishing-detection",
-                "--metrics-recording-only",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--window-size=1400,1000",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", dir.path().display()))
-            .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        let active = dir.path().join("DevToolsActivePort");
-        let port = wait_for("Chromium's DevTools port", Duration::from_secs(60), || {
-            let f = std::fs::File::open(&active).ok()?;
-            BufReader::new(f).lines().next()?.ok()?.trim().parse::<u16>().ok()
-        });
-        Self { _proc: Running(child), _dir: dir, port }
-    }
-
-    /// Opens `url` in a new tab: its DevTools session.
-    async fn open(&self, url: &str) -> Tab {
-        let out = Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("http://127.0.0.1:{}/json/new?{url}", self.port)])
-            .output()
-            .expect("curl");
-        let target: Value = serde_json::from_slice(&out.stdout).expect("DevTools /json/new answers JSON");
-        let ws = target["webSocketDebuggerUrl"].as_str().expect("a DevTools websocket").to_string();
-        let (socket, _) = tokio_tungstenite::connect_async(ws).await.expect("DevTools websocket");
-        Tab { socket, next_id: 0 }
-    }
-}
-
-struct Tab {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    next_id: u64,
-}
-
-impl Tab {
-    /// One DevTools call: its result.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        match self.try_call(method, params).await {
-            Ok(v) => v,
-            Err(e) => panic!("{method}: {e}"),
-        }
-    }
-
-    /// One DevTools call: its result, or the error it answered.
-    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
-        self.socket.send(Message::text(msg)).await.expect("send");
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
-                .await
-                .expect("DevTools answers within 30 s")
-                .expect("the DevTools socket is open")
-                .expect("a message");
-            if let Message::Text(t) = m {
-                let v: Value = serde_json::from_str(&t).expect("JSON");
-                if v["id"] == id {
-                    return match v.get("error") {
-                        Some(e) => Err(e.clone()),
-                        None => Ok(v["result"].clone()),
-                    };
-                }
-            }
-        }
-    }
-
-    /// Evaluates `js` in the page: its value (null while the page has no context yet, e.g.
-    /// mid-navigation).
-    async fn eval(&mut self, js: &str) -> Value {
-        match self.try_call("Runtime.evaluate", json!({ "expression": js, "returnByValue": true })).await {
-            Ok(r) => r["result"]["value"].clone(),
-            Err(_) => Value::Null,
-        }
-    }
-
-    /// Evaluates `js` until it is true (bounded).
-    async fn until(&mut self, what: &str, timeout: Duration, js: &str) {
-        let deadline = Instant::now() + timeout;
-        while self.eval(js).await != Value::Bool(true) {
-            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for the page: {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 async fn browser_sees_the_cluster(base: &str) {

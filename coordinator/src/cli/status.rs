@@ -61,6 +61,10 @@ pub struct StatusView {
     /// Healing: the policy, what auto-heal is doing, hosts unreachable now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heal: Option<HealView>,
+    /// Where the status page (`/`) and `/metrics` listen, `ip:port` (absent when the control
+    /// plane serves neither, or is older than the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 /// `status`'s view of healing.
@@ -285,6 +289,7 @@ impl From<&v1::StatusResponse> for StatusView {
             hosts: st.hosts.iter().map(HostView::from).collect(),
             port: st.port.as_ref().map(PortView::from),
             heal: st.heal.as_ref().map(HealView::from),
+            metrics_address: Some(clean(&st.metrics_address, 64)).filter(|a| !a.is_empty()),
             swarm,
         }
     }
@@ -357,6 +362,7 @@ impl StatusView {
             t.add_row(h.row().map(|cell| clean(&cell, usize::MAX)));
         }
         let mut port = self.endpoint_line();
+        port.push_str(&self.metrics_line());
         port.push_str(&self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default());
         port.push_str(&self.heal.as_ref().map(|h| format!("\n{}", h.line())).unwrap_or_default());
         if let Some(age) = self.hosts.iter().filter_map(|h| h.swarm_age_s).reduce(f64::max) {
@@ -373,6 +379,14 @@ impl StatusView {
             return String::new();
         }
         format!("\ncontrol plane: hosts dial {} (this cluster's own port)", self.agent_endpoint)
+    }
+
+    /// Where the status page and `/metrics` are (issue 18).
+    fn metrics_line(&self) -> String {
+        match &self.metrics_address {
+            Some(a) => format!("\nstatus page: http://{a}/ (Prometheus: http://{a}/metrics)"),
+            None => String::new(),
+        }
     }
 }
 

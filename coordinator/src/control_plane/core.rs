@@ -88,6 +88,8 @@ pub struct ControlPlane {
     pub healer: crate::control_plane::healer::Healer,
     /// Backups being taken (issue 16).
     pub backups: crate::control_plane::backup::Backups,
+    /// Where `/metrics` and the status page listen, once bound (`web.rs`); `status` shows it.
+    pub metrics_address: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl ControlPlane {
@@ -467,6 +469,7 @@ impl ControlPlane {
             agent_version: flotilla_agent::VERSION.to_string(),
             port: Some(self.port_status()),
             heal: None,
+            metrics_address: self.metrics_address.get().map(|a| a.to_string()).unwrap_or_default(),
         };
         st.heal = Some(self.heal_status(&st));
         Ok(st)

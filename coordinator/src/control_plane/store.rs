@@ -14,6 +14,8 @@
 //! Every mutation is one transaction: a crash leaves either all of it or none.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -191,6 +193,11 @@ pub struct OperatorCert {
 /// The store. Cheap to share behind an `Arc`; redb serialises writers internally.
 pub struct Store {
     db: Database,
+    /// Bumped after every commit that wrote the `hosts` table.
+    hosts_version: AtomicU64,
+    /// The `hosts` table decoded, and the [`Store::hosts_version`] it was read at: what every
+    /// scrape of `/metrics` reads, decoded again only after a write (issue 18).
+    hosts_cache: Mutex<Option<(u64, Arc<Vec<HostRecord>>)>>,
 }
 
 impl Store {
@@ -212,7 +219,7 @@ impl Store {
             }
         }
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self { db, hosts_version: AtomicU64::new(0), hosts_cache: Mutex::new(None) })
     }
 
     /// Fails with [`StoreError::Locked`] while another process holds the state file (a
@@ -263,6 +270,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Every host record, shared: decoded from the store only when a write changed the
+    /// `hosts` table since the last call (a scrape of 10,000 hosts decodes none of them while
+    /// nothing changes). Never older than the last write committed before the call.
+    pub fn hosts_shared(&self) -> Result<Arc<Vec<HostRecord>>, StoreError> {
+        // Read before the read transaction begins: a write that commits meanwhile bumps the
+        // version after its commit, so the next call reads again.
+        let version = self.hosts_version.load(Ordering::Acquire);
+        let cache = || self.hosts_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, hosts)) = cache().as_ref()
+            && *v == version
+        {
+            return Ok(Arc::clone(hosts));
+        }
+        let hosts = Arc::new(self.hosts()?);
+        *cache() = Some((version, Arc::clone(&hosts)));
+        Ok(hosts)
+    }
+
     pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TOKENS)?;
@@ -276,8 +301,9 @@ impl Store {
         E: From<StoreError>,
     {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let out = {
+        let (out, hosts_written) = {
             let mut tx = Tx {
+                hosts_written: false,
                 assignments: txn.open_table(ASSIGNMENTS).map_err(StoreError::from)?,
                 hosts: txn.open_table(HOSTS).map_err(StoreError::from)?,
                 tokens: txn.open_table(TOKENS).map_err(StoreError::from)?,
@@ -285,9 +311,13 @@ impl Store {
                 refusals: txn.open_table(REFUSALS).map_err(StoreError::from)?,
                 operators: txn.open_table(OPERATORS).map_err(StoreError::from)?,
             };
-            f(&mut tx)?
+            let out = f(&mut tx)?;
+            (out, tx.hosts_written)
         };
         txn.commit().map_err(StoreError::from)?;
+        if hosts_written {
+            self.hosts_version.fetch_add(1, Ordering::Release);
+        }
         Ok(out)
     }
 
@@ -387,6 +417,9 @@ impl Store {
 
 /// An open write transaction over the tables.
 pub struct Tx<'t> {
+    /// Whether this transaction wrote the `hosts` table (the store's hosts cache is then
+    /// read again after the commit).
+    hosts_written: bool,
     assignments: redb::Table<'t, &'static str, &'static [u8]>,
     hosts: redb::Table<'t, &'static str, &'static [u8]>,
     tokens: redb::Table<'t, &'static str, &'static [u8]>,
@@ -407,6 +440,7 @@ impl Tx<'_> {
             source,
         })?;
         self.hosts.insert(host.name.as_str(), bytes.as_slice())?;
+        self.hosts_written = true;
         Ok(())
     }
 
@@ -425,6 +459,7 @@ impl Tx<'_> {
 
     pub fn remove_host(&mut self, host: &str) -> Result<(), StoreError> {
         self.hosts.remove(host)?;
+        self.hosts_written = true;
         self.assignments.remove(host)?;
         Ok(())
     }
@@ -575,6 +610,39 @@ mod tests {
         let store = Store::open(&path).expect("reopen");
         let names: Vec<_> = store.hosts().expect("hosts").into_iter().map(|h| h.name).collect();
         assert_eq!(names, vec!["node0".to_string()]);
+    }
+
+    /// Issue 18: the shared host records are decoded again after a write that changed the
+    /// `hosts` table — a put, a removal — and only then (not after a failed transaction, nor
+    /// after a write to another table).
+    #[test]
+    fn shared_hosts_are_read_again_only_after_a_host_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let names = |h: &Arc<Vec<HostRecord>>| h.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let empty = store.hosts_shared().expect("hosts");
+        assert!(empty.is_empty());
+        store.write(|tx| tx.put_host(&HostRecord { name: "node0".into(), ..Default::default() })).expect("put");
+        let one = store.hosts_shared().expect("hosts");
+        assert_eq!(names(&one), ["node0"]);
+        store.audit(AuditEvent { kind: "x".into(), ..Default::default() }).expect("audit");
+        let failed: Result<(), StoreError> = store.write(|tx| {
+            tx.put_host(&HostRecord { name: "node1".into(), ..Default::default() })?;
+            Err(StoreError::Db(redb::Error::Corrupted("test abort".into())))
+        });
+        assert!(failed.is_err());
+        assert!(Arc::ptr_eq(&one, &store.hosts_shared().expect("hosts")), "nothing changed: not decoded again");
+        store
+            .write(|tx| {
+                tx.put_host(&HostRecord { name: "node0".into(), revoked: true, ..Default::default() })?;
+                tx.put_host(&HostRecord { name: "node2".into(), ..Default::default() })
+            })
+            .expect("put");
+        let two = store.hosts_shared().expect("hosts");
+        assert_eq!(names(&two), ["node0", "node2"]);
+        assert!(two[0].revoked);
+        store.write(|tx| tx.remove_host("node0")).expect("remove");
+        assert_eq!(names(&store.hosts_shared().expect("hosts")), ["node2"]);
     }
 
     /// Issue 14: an attacker's megabyte of text is stored cut and escaped, and refusals past

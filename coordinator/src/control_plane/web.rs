@@ -59,6 +59,8 @@ struct Web {
     cp: std::sync::Weak<ControlPlane>,
     registry: Registry,
     tails: Arc<Semaphore>,
+    /// The last scrape's size, what the next one's buffer starts with.
+    last_scrape_len: std::sync::atomic::AtomicUsize,
 }
 
 type Shared = Arc<Web>;
@@ -71,6 +73,8 @@ pub async fn start(cp: &Arc<ControlPlane>, at: SocketAddr, paths: &StatePaths) -
     let file = paths.metrics_address_file();
     flotilla_proto::fs::write_public(&file, addr.to_string().as_bytes())
         .map_err(|source| WebError::Record { path: file, source })?;
+    // Once per control plane: `start` runs once, at serve's start.
+    let _ = cp.metrics_address.set(addr);
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "/metrics and the status page listen beyond loopback, without authentication (docs/SECURITY.md)");
     }
@@ -78,6 +82,7 @@ pub async fn start(cp: &Arc<ControlPlane>, at: SocketAddr, paths: &StatePaths) -
         cp: Arc::downgrade(cp),
         registry: metrics::registry(cp),
         tails: Arc::new(Semaphore::new(MAX_LOG_TAILS)),
+        last_scrape_len: Default::default(),
     });
     let app = router(web);
     let shutdown = cp.shutdown.clone();
@@ -150,7 +155,11 @@ async fn scrape(State(web): State<Shared>, req: Request) -> Response {
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
     let encoded = tokio::task::spawn_blocking(move || {
-        metrics::encode(&web.registry).map(|t| if openmetrics { t } else { metrics::to_classic_text(&t) })
+        use std::sync::atomic::Ordering::Relaxed;
+        let hint = web.last_scrape_len.load(Relaxed).max(64 * 1024);
+        let text = metrics::encode_sized(&web.registry, hint + hint / 8)?;
+        web.last_scrape_len.store(text.len(), Relaxed);
+        Ok::<_, std::fmt::Error>(if openmetrics { text } else { metrics::to_classic_text(&text) })
     })
     .await;
     let content_type = if openmetrics { CONTENT_TYPE_OPENMETRICS } else { CONTENT_TYPE_CLASSIC };

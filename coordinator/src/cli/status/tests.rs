@@ -298,3 +298,25 @@ fn what_a_host_reports_reaches_the_table_without_terminal_escapes() {
     assert!(!table.contains('\x1b') && !table.contains('\x07'), "{table:?}");
     assert!(table.contains("\\u{1b}]0;pwned"), "the state is shown, escaped: {table}");
 }
+
+/// Issue 18: the status page's address, in the table and the JSON; absent when the control
+/// plane serves none.
+#[test]
+fn the_status_page_address_is_in_the_table_and_the_json() {
+    let st = v1::StatusResponse {
+        cluster: "c".into(),
+        agent_endpoint: "10.0.0.1:7443".into(),
+        metrics_address: "127.0.0.1:9464".into(),
+        ..Default::default()
+    };
+    let view = StatusView::from(&st);
+    assert!(
+        view.table().contains("\nstatus page: http://127.0.0.1:9464/ (Prometheus: http://127.0.0.1:9464/metrics)"),
+        "{}",
+        view.table()
+    );
+    assert_eq!(status_json(&st)["metrics_address"], "127.0.0.1:9464");
+    let none = v1::StatusResponse { cluster: "c".into(), ..Default::default() };
+    assert!(!StatusView::from(&none).table().contains("status page"));
+    assert!(status_json(&none).get("metrics_address").is_none());
+}

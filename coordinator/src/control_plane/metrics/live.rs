@@ -123,13 +123,14 @@ impl Snapshot {
     pub fn of(cp: &Arc<ControlPlane>) -> Self {
         let now = cp.clock.now_ms();
         let hb = cp.config.heartbeat_interval.as_secs_f64();
-        let records = cp.store.hosts().unwrap_or_else(|e| {
+        // Decoded from the store only when a host record changed since the last read.
+        let records = cp.store.hosts_shared().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "metrics: the store's hosts cannot be read");
-            Vec::new()
+            Default::default()
         });
         let mut live: std::collections::HashMap<String, _> = cp.sessions.views().into_iter().collect();
         let mut hosts: Vec<HostRow> = records
-            .into_iter()
+            .iter()
             .map(|rec| {
                 let view = live.remove(&rec.name);
                 host_row(rec, view, now, hb)
@@ -159,7 +160,7 @@ impl Snapshot {
 }
 
 /// One host's row: its record merged with its live session's last sample.
-fn host_row(rec: HostRecord, live: Option<LiveView>, now: i64, hb: f64) -> HostRow {
+fn host_row(rec: &HostRecord, live: Option<LiveView>, now: i64, hb: f64) -> HostRow {
     let fresh_within = 3.0 * hb;
     let heartbeat_age_s = live.as_ref().and_then(|l| l.last_heartbeat_ms).map(|t| (now - t).max(0) as f64 / 1000.0);
     let reachable = live.as_ref().is_some_and(|l| {
@@ -300,17 +301,22 @@ impl Snapshot {
             ),
             ("flotilla_host_revoked", "1 when the host was revoked", |h| Some(b(h.revoked))),
         ];
+        let roles = self.role_labels();
         for (name, help, pick) in series {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for h in &self.hosts {
+            for (h, roles) in self.hosts.iter().zip(&roles) {
                 if let Some(v) = pick(h) {
-                    let roles = h.roles.join(",");
                     ConstGauge::new(v)
                         .encode(m.encode_family(&[("host", h.name.as_str()), ("role", roles.as_str())])?)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Each host's `role` label (its roles joined by commas), in the order of `hosts`.
+    fn role_labels(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.roles.join(",")).collect()
     }
 
     fn encode_roles(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -332,8 +338,7 @@ impl Snapshot {
             None,
             MetricType::Gauge,
         )?;
-        for h in &self.hosts {
-            let roles = h.roles.join(",");
+        for (h, roles) in self.hosts.iter().zip(self.role_labels()) {
             ConstGauge::new(1).encode(m.encode_family(&[
                 ("host", h.name.as_str()),
                 ("role", roles.as_str()),
