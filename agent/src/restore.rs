@@ -155,10 +155,39 @@ async fn swarm(d: &Docker, data: Vec<u8>, advertise: &str) -> Result<String, Res
     .await
     .map_err(|e| RestoreError::Engine(format!("swarm init --force-new-cluster: {e}")))?;
     let node = wait_leader(d).await?;
+    let pruned = remove_other_managers(d, &node).await?;
     Ok(format!(
-        "swarm state restored (node {node}); it leads a new cluster on {advertise}:{SWARM_PORT}; the state it replaced is in {}",
+        "swarm state restored (node {node}); it leads a new cluster on {advertise}:{SWARM_PORT} (the restored state's other managers removed: {pruned}); the state it replaced is in {}",
         aside.display()
     ))
+}
+
+/// Removes every other manager node the restored state remembers: none of them is in Raft
+/// any more, and a manager joining later would otherwise be handed their old addresses to
+/// dial. Workers are left: those that come back reconnect as themselves.
+async fn remove_other_managers(d: &Docker, me: &str) -> Result<usize, RestoreError> {
+    use bollard::models::NodeSpecRoleEnum;
+    use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeOptions};
+    let engine = |e: bollard::errors::Error| RestoreError::Engine(e.to_string());
+    let nodes = d.list_nodes(None::<ListNodesOptions>).await.map_err(engine)?;
+    let mut removed = 0;
+    for n in nodes {
+        let id = n.id.clone().unwrap_or_default();
+        let manager = n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER);
+        if id == me || !manager {
+            continue;
+        }
+        let mut spec = n.spec.clone().unwrap_or_default();
+        spec.role = Some(NodeSpecRoleEnum::WORKER);
+        let version = n.version.as_ref().and_then(|v| v.index).unwrap_or_default() as i64;
+        match d.update_node(&id, spec, UpdateNodeOptions { version }).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(engine(e)),
+        }
+        d.delete_node(&id, Some(DeleteNodeOptions { force: true })).await.map_err(engine)?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Moves `<root>/swarm` aside and unpacks `gz` (a gzipped tar of `swarm/…`) in its place;

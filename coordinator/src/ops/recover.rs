@@ -106,9 +106,6 @@ pub struct RecoverOptions {
     pub state_root: PathBuf,
     pub dry_run: bool,
     pub quiet: bool,
-    /// Take the route from the backups when no manager survives (experimental: see
-    /// [`restore`]).
-    pub from_backups: bool,
 }
 
 /// A step done, and when it ended (seconds from the start).
@@ -154,11 +151,6 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
     }
     let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let route = decide(&assessment, &last_leader(&st)).map_err(RecoverError::Refused)?;
-    if matches!(route, Route::Restore { .. }) && !opts.from_backups && !opts.dry_run {
-        return Err(RecoverError::Restore(
-            "no manager survives. Restoring from the backups is experimental (the Swarm state comes back and leads, but a second manager joining it can still stall and cost the quorum again): `--from-backups` takes that route; `--dry-run` shows it. Nothing changed".into(),
-        ));
-    }
     if matches!(route, Route::Restore { .. }) && provider.kind() == crate::providers::ProviderKind::Aws {
         return Err(RecoverError::Restore(
             "no manager survives, and a restore from backups needs the restored manager back on the address the backup was taken on (swarmkit keeps a node's own Raft address), which EC2 replacements do not get yet. Nothing changed; see the README's \"When quorum is lost\"".into(),
@@ -206,8 +198,8 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
             step(consul::recover_from_survivor(&mut admin, &d, host, address).await?);
         }
         Route::Restore { gone } => {
-            restore::from_backups(&run, &docker_dir, gone, &mut step).await?;
-            report.leader_s = Some(started.elapsed().as_secs_f64());
+            let led = restore::from_backups(&run, &docker_dir, gone, &mut step).await?;
+            report.leader_s = Some(led.duration_since(started).as_secs_f64());
         }
     }
     step("replacing what is lost, as heal does".into());

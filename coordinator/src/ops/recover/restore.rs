@@ -1,17 +1,13 @@
 //! No manager survives: the cluster comes back from its backups onto new hosts.
 //!
-//! **Experimental** (`recover --from-backups`): on the lab the Swarm state comes back, forced
-//! into a new cluster that its restored manager leads, but the next manager's join into it
-//! was seen to stall (the joiner pending, its listener never up) and the pair to lose the
-//! quorum again; not yet understood, so `recover` takes this route only when asked.
-//!
 //! 1. The newest Swarm backup and Consul snapshot that verify ([`archive::latest`]); a newer
 //!    one that does not (its digest changed) refuses the whole recover, naming it.
 //! 2. The lost managers' remains removed at the provider and their identities forgotten;
 //!    every manager launched anew (same names) and enrolled — all at once: there is no
 //!    quorum left to protect.
 //! 3. The Swarm backup restored onto the manager of the backup's source's name before it has
-//!    any role (made the plan's first manager for the assignment: the one that would
+//!    any role (its agent also removes the restored state's other managers, none of them in
+//!    Raft any more: a manager joining later would be handed their old addresses and stall) (made the plan's first manager for the assignment: the one that would
 //!    initialise a swarm is the one that has it): its agent replaces `/var/lib/docker/swarm`
 //!    and forces a new cluster on its address. Swarmkit keeps the restored node's own Raft
 //!    address, so that address must be the source's: in the lab a host comes back on its
@@ -98,13 +94,14 @@ pub fn plan_lines(state_dir: &Path, gone: &[String]) -> Result<Vec<String>, Reco
     ])
 }
 
-/// Runs the restore (the module's doc). `step` reports progress.
+/// Runs the restore (the module's doc). `step` reports progress. Returns when the restored
+/// manager led the swarm.
 pub async fn from_backups(
     run: &Run<'_>,
     docker_dir: &Path,
     gone: &[String],
     step: &mut impl FnMut(String),
-) -> Result<(), RecoverError> {
+) -> Result<Instant, RecoverError> {
     let swarm_backup = newest(run.state_dir, "swarm")?;
     let consul_backup = newest(run.state_dir, "consul")?;
     let managers: Vec<PlannedHost> = run.planned.iter().filter(|p| gone.contains(&p.name)).cloned().collect();
@@ -123,6 +120,7 @@ pub async fn from_backups(
         advertise_addr: address.clone(),
     };
     step(run.admin.clone().restore_backup(req).await?.into_inner().detail);
+    let led = Instant::now();
     step("assigning every host its roles".into());
     assign::assign_in_dependency_order(run, &addresses).await?;
     wait::roles_running(run, &managers, "the managers' roles to run").await?;
@@ -142,7 +140,7 @@ pub async fn from_backups(
         step("workers: every one is back in the restored swarm by itself".into());
     }
     step(prune_stale_nodes(&d, run.planned).await?);
-    Ok(())
+    Ok(led)
 }
 
 /// The manager to restore the Swarm state onto: the one of the backup's source's name (in
