@@ -1,5 +1,13 @@
 //! No manager survives: the cluster comes back from its backups onto new hosts.
 //!
+//! **Experimental** (`recover --from-backups`): swarmkit keeps a restored node's own Raft
+//! address; `--force-new-cluster --advertise-addr` does not change it (Engine 20.10). When the
+//! restored manager comes back on the address its backup was taken on, the whole route works
+//! (41 s to full strength on the lab); on another address, the next manager that joins is
+//! handed the stale one and stalls, and the quorum is lost again. Lab hosts get the lowest
+//! free addresses, so the restored host's address is not guaranteed; EC2 replacements get new
+//! ones. Choosing the target by address (recorded with the backup) is the next step.
+//!
 //! 1. The newest Swarm backup and Consul snapshot that verify ([`archive::latest`]); a newer
 //!    one that does not (its digest changed) refuses the whole recover, naming it.
 //! 2. The lost managers' remains removed at the provider and their identities forgotten;
