@@ -11,8 +11,10 @@
 //!    the network and the KV entry are all there.
 //! 3. The newest Swarm backup with one byte changed: with every manager gone, recover
 //!    refuses by its digest and changes nothing; the byte put back.
-//! 4. All three manager hosts removed: the dry run names the route from the backups; without
-//!    `--from-backups` (experimental) recover refuses and launches nothing.
+//! 4. All three manager hosts removed: the dry run names the route from the backups and
+//!    launches nothing; `recover --yes` restores the backups onto new hosts (the Swarm state
+//!    onto the one that has the address the backup's node advertised) and the same checks
+//!    pass, the new task's secret included.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -229,7 +231,7 @@ fn issue_16_recover_from_a_survivor_and_from_the_backups() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&file, &bytes).expect("write");
-    let (out, _) = recover_json(&["--yes", "--from-backups"]);
+    let (out, _) = recover_json(&["--yes"]);
     assert!(!out.status.success(), "a changed backup must not be restored");
     assert!(said(&out).contains("SHA-256") && said(&out).contains(&swarm.id), "{}", said(&out));
     let hosts = text(&docker(&[
@@ -244,14 +246,11 @@ fn issue_16_recover_from_a_survivor_and_from_the_backups() {
     bytes[mid] ^= 0x01;
     std::fs::write(&file, &bytes).expect("write");
 
-    // 4. No manager left: the route from the backups is experimental (see
-    //    `ops/recover/restore.rs`) and taken only when asked; without `--from-backups` recover
-    //    refuses and launches nothing.
+    // 4. No manager left: from the backups, onto new hosts (the Swarm state onto the one
+    //    that got the address the backup's node advertised).
     let (out, plan) = recover_json(&["--dry-run"]);
     assert!(out.status.success(), "{}", said(&out));
     assert_eq!(plan["route"], "restore", "{plan}");
-    let (out, _) = recover_json(&["--yes"]);
-    assert!(!out.status.success() && said(&out).contains("--from-backups"), "{}", said(&out));
     let hosts = text(&docker(&[
         "ps",
         "-a",
@@ -260,7 +259,15 @@ fn issue_16_recover_from_a_survivor_and_from_the_backups() {
         "--format",
         "{{.Names}}",
     ]));
-    assert!(!hosts.contains("manager"), "nothing launched: {hosts}");
+    assert!(!hosts.contains("manager"), "the dry run launched nothing: {hosts}");
+    let (out, report) = recover_json(&["--yes"]);
+    assert!(out.status.success(), "recover from the backups: {}", said(&out));
+    assert_eq!(report["route"], "restore");
+    eprintln!(
+        "restore route: leader again at {} s, full strength at {} s",
+        report["leader_s"], report["full_strength_s"]
+    );
+    everything_back("manager0", &token, "restore");
 
     ok(&["destroy", "--yes"]);
 }

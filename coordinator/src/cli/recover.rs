@@ -16,10 +16,6 @@ pub struct RecoverArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// When no manager survives, restore the newest backups onto new hosts (experimental:
-    /// the restored manager must come back on the address the backup was taken on).
-    #[arg(long)]
-    pub from_backups: bool,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -30,7 +26,6 @@ pub async fn run(g: &Global, args: RecoverArgs) -> Result<(), CliError> {
         state_root: g.state_root(),
         dry_run,
         quiet: args.output == Output::Json,
-        from_backups: args.from_backups,
     };
     if !args.dry_run && !args.yes {
         let plan = recover::recover(opts(true)).await?;

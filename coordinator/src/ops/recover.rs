@@ -106,9 +106,6 @@ pub struct RecoverOptions {
     pub state_root: PathBuf,
     pub dry_run: bool,
     pub quiet: bool,
-    /// Take the route from the backups when no manager survives (experimental: see
-    /// [`restore`]).
-    pub from_backups: bool,
 }
 
 /// A step done, and when it ended (seconds from the start).
@@ -154,14 +151,9 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
     }
     let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let route = decide(&assessment, &last_leader(&st)).map_err(RecoverError::Refused)?;
-    if matches!(route, Route::Restore { .. }) && !opts.from_backups && !opts.dry_run {
-        return Err(RecoverError::Restore(
-            "no manager survives. Restoring from the backups is experimental: it works when the restored manager comes back on the address the backup was taken on (swarmkit keeps a restored node's own Raft address, and managers joining later dial it there), which neither the lab nor EC2 guarantees yet. `--from-backups` takes that route; `--dry-run` shows it. Nothing changed".into(),
-        ));
-    }
     if matches!(route, Route::Restore { .. }) && provider.kind() == crate::providers::ProviderKind::Aws {
         return Err(RecoverError::Restore(
-            "no manager survives, and a restore from backups needs the restored manager back on the address the backup was taken on (swarmkit keeps a node's own Raft address), which EC2 replacements do not get yet. Nothing changed; see the README's \"When quorum is lost\"".into(),
+            "no manager survives, and a restore from backups needs a relaunched manager on the address the backup's node advertised (swarmkit keeps it as the node's Raft address), which EC2 replacements do not get yet. Nothing changed; see the README's \"When quorum is lost\"".into(),
         ));
     }
     let mut report = RecoverReport {

@@ -1,20 +1,19 @@
 //! No manager survives: the cluster comes back from its backups onto new hosts.
 //!
-//! **Experimental** (`recover --from-backups`): swarmkit keeps a restored node's own Raft
-//! address; `--force-new-cluster --advertise-addr` does not change it (Engine 20.10). When the
-//! restored manager comes back on the address its backup was taken on, the whole route works
-//! (41 s to full strength on the lab); on another address, the next manager that joins is
-//! handed the stale one and stalls, and the quorum is lost again. Lab hosts get the lowest
-//! free addresses, so the restored host's address is not guaranteed; EC2 replacements get new
-//! ones. Choosing the target by address (recorded with the backup) is the next step.
+//! Swarmkit keeps a restored node's own Raft address: `--force-new-cluster --advertise-addr`
+//! does not change it (Engine 20.10), and managers that join later dial it. So the Swarm state
+//! goes onto the relaunched manager that got the address the backup's node advertised (read
+//! from `swarm/docker-state.json` in the archive); when none did, nothing is restored and the
+//! recover is refused. Lab hosts get the lowest free addresses, so the lost managers' come
+//! back; EC2 replacements get new ones (the route is refused there for now).
 //!
 //! 1. The newest Swarm backup and Consul snapshot that verify ([`archive::latest`]); a newer
 //!    one that does not (its digest changed) refuses the whole recover, naming it.
 //! 2. The lost managers' remains removed at the provider and their identities forgotten;
 //!    every manager launched anew (same names) and enrolled — all at once: there is no
 //!    quorum left to protect.
-//! 3. The Swarm backup restored onto the manager of the backup's source's name before it has
-//!    any role (its agent also removes the restored state's other managers, none of them in
+//! 3. The Swarm backup restored onto the manager that has the backup's node's address, before
+//!    it has any role (its agent also removes the restored state's other managers, none of them in
 //!    Raft any more: a manager joining later would be handed their old addresses and stall) (made the plan's first manager for the assignment: the one that would
 //!    initialise a swarm is the one that has it): its agent replaces `/var/lib/docker/swarm`
 //!    and forces a new cluster on its address. Swarmkit keeps the restored node's own Raft
@@ -82,7 +81,7 @@ fn newest(state_dir: &Path, kind: &str) -> Result<BackupMeta, RecoverError> {
 pub fn plan_lines(state_dir: &Path, gone: &[String]) -> Result<Vec<String>, RecoverError> {
     let swarm = newest(state_dir, "swarm")?;
     let consul = newest(state_dir, "consul")?;
-    let first = if gone.contains(&swarm.host) { swarm.host.clone() } else { gone.first().cloned().unwrap_or_default() };
+    let raft_ip = advertised_ip(state_dir, &swarm)?;
     Ok(vec![
         format!("no manager survives ({}): the cluster comes back from its backups", gone.join(", ")),
         format!(
@@ -90,7 +89,7 @@ pub fn plan_lines(state_dir: &Path, gone: &[String]) -> Result<Vec<String>, Reco
             gone.join(", ")
         ),
         format!(
-            "swarm: restore backup {} (taken on {} at {} ms since the epoch, Engine {}, sha256 {}) onto {first} and force a new cluster there on its new address",
+            "swarm: restore backup {} (taken on {} at {} ms since the epoch, Engine {}, sha256 {}) onto the relaunched manager that has {raft_ip}, the address it advertised (swarmkit keeps it as the node's Raft address), and force a new cluster there",
             swarm.id, swarm.host, swarm.taken_unix_ms, swarm.engine_version, swarm.sha256
         ),
         "assign every host its roles: three new Consul servers, the other managers join the restored one".into(),
@@ -113,13 +112,15 @@ pub async fn from_backups(
     let swarm_backup = newest(run.state_dir, "swarm")?;
     let consul_backup = newest(run.state_dir, "consul")?;
     let managers: Vec<PlannedHost> = run.planned.iter().filter(|p| gone.contains(&p.name)).cloned().collect();
-    let first = target(&managers, &swarm_backup.host)?;
+    let raft_ip = advertised_ip(run.state_dir, &swarm_backup)?;
+    relaunch(run, docker_dir, &managers, step).await?;
+    let (_, addresses) = deploy::addresses(run).await?;
+    let first = target(&managers, &addresses, &raft_ip)?;
+    step(format!("swarm: the backup's node advertised {raft_ip}, which {} has now", first.name));
     // The restored manager is the plan's first: the one manager role that would initialise
     // a swarm when it finds no join data is the one that already has the swarm.
     let reordered = first_manager_first(run.planned, &first.name);
     let run = &Run { planned: &reordered, ..run.clone() };
-    relaunch(run, docker_dir, &managers, step).await?;
-    let (_, addresses) = deploy::addresses(run).await?;
     let address = addresses.get(&first.name).ok_or_else(|| RecoverError::NoAddress(first.name.clone()))?;
     step(format!("swarm: restoring {} onto {}", swarm_backup.id, first.name));
     let req = v1::RestoreBackupRequest {
@@ -151,17 +152,48 @@ pub async fn from_backups(
     Ok(led)
 }
 
-/// The manager to restore the Swarm state onto: the one of the backup's source's name (in
-/// the lab it comes back on the same address — swarmkit keeps the restored node's own Raft
-/// address, so on another address the managers that join later cannot reach it), else the
-/// first.
-fn target(managers: &[PlannedHost], source: &str) -> Result<PlannedHost, RecoverError> {
-    managers
-        .iter()
-        .find(|m| m.name == source)
-        .or_else(|| managers.first())
-        .cloned()
-        .ok_or_else(|| RecoverError::Restore("no manager in the plan".into()))
+/// The IP the backup's node advertised (`swarm/docker-state.json` in the archive): swarmkit
+/// keeps it as that node's own Raft address after a restore, so the restored manager must
+/// have it.
+fn advertised_ip(state_dir: &Path, meta: &BackupMeta) -> Result<String, RecoverError> {
+    use std::io::Read;
+    let bad = |why: String| RecoverError::Restore(format!("backup {}: {why}", meta.id));
+    let gz = archive::open(state_dir, meta).map_err(|e| bad(e.to_string()))?;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+    for e in ar.entries().map_err(|e| bad(e.to_string()))? {
+        let mut e = e.map_err(|e| bad(e.to_string()))?;
+        if e.path().ok().is_some_and(|p| p.as_ref() == Path::new("swarm/docker-state.json")) {
+            let mut text = String::new();
+            e.read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let addr = v["AdvertiseAddr"].as_str().unwrap_or_default();
+            let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
+            if ip.is_empty() {
+                return Err(bad("swarm/docker-state.json names no AdvertiseAddr".into()));
+            }
+            return Ok(ip.to_string());
+        }
+    }
+    Err(bad("no swarm/docker-state.json in the archive".into()))
+}
+
+/// The relaunched manager that has the address the backup's node advertised (see
+/// [`advertised_ip`]); none: refused before anything is restored.
+fn target(
+    managers: &[PlannedHost],
+    addresses: &HashMap<String, String>,
+    raft_ip: &str,
+) -> Result<PlannedHost, RecoverError> {
+    managers.iter().find(|m| addresses.get(&m.name).is_some_and(|a| a == raft_ip)).cloned().ok_or_else(|| {
+        let now: Vec<String> = managers
+            .iter()
+            .map(|m| format!("{} {}", m.name, addresses.get(&m.name).map_or("?", String::as_str)))
+            .collect();
+        RecoverError::Restore(format!(
+            "the backup's node advertised {raft_ip}, and swarmkit keeps that as its Raft address after a restore; no relaunched manager has it ({}). Nothing was restored: free that address for a manager and run recover again",
+            now.join(", ")
+        ))
+    })
 }
 
 /// The plan with `name` moved before every other host (so it is the first manager).
