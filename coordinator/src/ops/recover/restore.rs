@@ -133,7 +133,7 @@ pub async fn from_backups(
     step("assigning every host its roles".into());
     assign::assign_in_dependency_order(run, &addresses).await?;
     wait::roles_running(run, &managers, "the managers' roles to run").await?;
-    consul_leader(run, &managers).await?;
+    consul_leader(run).await?;
     step(format!("consul: restoring {} into the new servers through {}", consul_backup.id, first.name));
     let req = v1::RestoreBackupRequest {
         host_name: first.name.clone(),
@@ -235,9 +235,8 @@ async fn relaunch(
 }
 
 /// Waits until every new Consul server reports a leader and all its peers.
-async fn consul_leader(run: &Run<'_>, managers: &[PlannedHost]) -> Result<(), RecoverError> {
+async fn consul_leader(run: &Run<'_>) -> Result<(), RecoverError> {
     let servers: Vec<String> = run.planned.iter().filter(|p| p.has(RoleKind::Consul)).map(|p| p.name.clone()).collect();
-    let _ = managers;
     let waited =
         poll_until("the new Consul servers to elect a leader", Instant::now() + SETTLE, Duration::from_secs(1), || {
             let servers = &servers;
