@@ -168,6 +168,12 @@ fn recover_json(args: &[&str]) -> (Output, Value) {
     (out, v)
 }
 
+/// The names of the cluster's containers (hosts and registry), running or not.
+fn cluster_containers() -> String {
+    let filter = format!("label=flotilla.cluster={CLUSTER}");
+    text(&docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]))
+}
+
 fn said(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -234,14 +240,7 @@ fn issue_16_recover_from_a_survivor_and_from_the_backups() {
     let (out, _) = recover_json(&["--yes"]);
     assert!(!out.status.success(), "a changed backup must not be restored");
     assert!(said(&out).contains("SHA-256") && said(&out).contains(&swarm.id), "{}", said(&out));
-    let hosts = text(&docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=flotilla.cluster={CLUSTER}"),
-        "--format",
-        "{{.Names}}",
-    ]));
+    let hosts = cluster_containers();
     assert!(!hosts.contains("manager"), "nothing launched after the refusal: {hosts}");
     bytes[mid] ^= 0x01;
     std::fs::write(&file, &bytes).expect("write");
@@ -251,14 +250,7 @@ fn issue_16_recover_from_a_survivor_and_from_the_backups() {
     let (out, plan) = recover_json(&["--dry-run"]);
     assert!(out.status.success(), "{}", said(&out));
     assert_eq!(plan["route"], "restore", "{plan}");
-    let hosts = text(&docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=flotilla.cluster={CLUSTER}"),
-        "--format",
-        "{{.Names}}",
-    ]));
+    let hosts = cluster_containers();
     assert!(!hosts.contains("manager"), "the dry run launched nothing: {hosts}");
     let (out, report) = recover_json(&["--yes"]);
     assert!(out.status.success(), "recover from the backups: {}", said(&out));

@@ -107,7 +107,7 @@ async fn wait_not_ready(d: &Docker, host: &str) -> Result<Vec<(String, bool, boo
 /// Demotes a lost manager's node. One no longer in Raft (a cluster forced anew from a
 /// survivor keeps the others' nodes but not their membership) has nothing to demote:
 /// swarmkit removes such a manager's node as it is.
-async fn demote_lost(d: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+pub async fn demote_lost(d: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
     match handover::demote(d, id).await {
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
             if message.contains("raft memberlist") =>

@@ -13,14 +13,14 @@ use flotilla_proto::v1::{self, admin_client::AdminClient};
 use futures::TryStreamExt;
 use tonic::transport::Channel;
 
+// The agent's Consul server container and Consul's server RPC (Raft) port.
+use flotilla_agent::roles::consul::{CONTAINER, RPC_PORT};
+
 use super::RecoverError;
 use crate::poll::{Attempt, PollError, poll_until};
 
-/// The agent's Consul server container and where its data volume is mounted.
-const CONTAINER: &str = "flotilla-consul";
+/// Where the agent's Consul container mounts its data volume.
 const DATA_DIR: &str = "/consul/data";
-/// Consul's server RPC port (Raft).
-const RPC_PORT: u16 = 8300;
 /// How long the restarted server gets to elect itself.
 const LEADER_WAIT: Duration = Duration::from_secs(90);
 

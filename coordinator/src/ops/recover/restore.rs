@@ -31,8 +31,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::NodeSpecRoleEnum;
-use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeOptions};
+use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions};
 use flotilla_proto::v1;
 
 use super::RecoverError;
@@ -49,7 +48,7 @@ const SETTLE: Duration = Duration::from_secs(180);
 
 /// The newest backup of `kind`, verified (digests, decryption); refused — naming it — when it
 /// does not verify, rather than silently restoring an older one.
-fn newest(state_dir: &Path, kind: &str) -> Result<BackupMeta, RecoverError> {
+fn newest(state_dir: &Path, kind: &str) -> Result<(BackupMeta, Vec<u8>), RecoverError> {
     let dir = archive::dir(state_dir);
     let all = archive::list(state_dir).map_err(|e| RecoverError::Restore(e.to_string()))?;
     let mut mine: Vec<BackupMeta> = all.into_iter().filter(|m| m.kind == kind).collect();
@@ -60,7 +59,7 @@ fn newest(state_dir: &Path, kind: &str) -> Result<BackupMeta, RecoverError> {
         )));
     };
     match archive::open(state_dir, &newest) {
-        Ok(_) => Ok(newest),
+        Ok(data) => Ok((newest, data)),
         Err(e) => Err(RecoverError::Restore(format!(
             "the newest {kind} backup, {}, is refused: {e}. Nothing changed. {}",
             newest.id,
@@ -79,9 +78,9 @@ fn newest(state_dir: &Path, kind: &str) -> Result<BackupMeta, RecoverError> {
 /// What the restore would do, for the plan; refuses (before anything changes) without
 /// backups that verify.
 pub fn plan_lines(state_dir: &Path, gone: &[String]) -> Result<Vec<String>, RecoverError> {
-    let swarm = newest(state_dir, "swarm")?;
-    let consul = newest(state_dir, "consul")?;
-    let raft_ip = advertised_ip(state_dir, &swarm)?;
+    let (swarm, swarm_data) = newest(state_dir, "swarm")?;
+    let (consul, _) = newest(state_dir, "consul")?;
+    let raft_ip = advertised_ip(&swarm, &swarm_data)?;
     Ok(vec![
         format!("no manager survives ({}): the cluster comes back from its backups", gone.join(", ")),
         format!(
@@ -109,10 +108,10 @@ pub async fn from_backups(
     gone: &[String],
     step: &mut impl FnMut(String),
 ) -> Result<Instant, RecoverError> {
-    let swarm_backup = newest(run.state_dir, "swarm")?;
-    let consul_backup = newest(run.state_dir, "consul")?;
+    let (swarm_backup, swarm_data) = newest(run.state_dir, "swarm")?;
+    let (consul_backup, _) = newest(run.state_dir, "consul")?;
     let managers: Vec<PlannedHost> = run.planned.iter().filter(|p| gone.contains(&p.name)).cloned().collect();
-    let raft_ip = advertised_ip(run.state_dir, &swarm_backup)?;
+    let raft_ip = advertised_ip(&swarm_backup, &swarm_data)?;
     relaunch(run, docker_dir, &managers, step).await?;
     let (_, addresses) = deploy::addresses(run).await?;
     let first = target(&managers, &addresses, &raft_ip)?;
@@ -155,11 +154,10 @@ pub async fn from_backups(
 /// The IP the backup's node advertised (`swarm/docker-state.json` in the archive): swarmkit
 /// keeps it as that node's own Raft address after a restore, so the restored manager must
 /// have it.
-fn advertised_ip(state_dir: &Path, meta: &BackupMeta) -> Result<String, RecoverError> {
+fn advertised_ip(meta: &BackupMeta, gz: &[u8]) -> Result<String, RecoverError> {
     use std::io::Read;
     let bad = |why: String| RecoverError::Restore(format!("backup {}: {why}", meta.id));
-    let gz = archive::open(state_dir, meta).map_err(|e| bad(e.to_string()))?;
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz));
     for e in ar.entries().map_err(|e| bad(e.to_string()))? {
         let mut e = e.map_err(|e| bad(e.to_string()))?;
         if e.path().ok().is_some_and(|p| p.as_ref() == Path::new("swarm/docker-state.json")) {
@@ -348,13 +346,8 @@ async fn prune_stale_nodes(d: &Docker, planned: &[PlannedHost]) -> Result<String
                         continue;
                     }
                     let id = n.id.clone().unwrap_or_default();
-                    if n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) {
-                        let mut spec = n.spec.clone().unwrap_or_default();
-                        spec.role = Some(NodeSpecRoleEnum::WORKER);
-                        let version = n.version.as_ref().and_then(|v| v.index).unwrap_or_default() as i64;
-                        if let Err(e) = d.update_node(&id, spec, UpdateNodeOptions { version }).await {
-                            return Ok(Attempt::NotYet(format!("demoting the stale {name} ({id}): {e}")));
-                        }
+                    if let Err(e) = heal::membership::demote_lost(d, &id).await {
+                        return Ok(Attempt::NotYet(format!("demoting the stale {name} ({id}): {e}")));
                     }
                     match d.delete_node(&id, Some(DeleteNodeOptions { force: true })).await {
                         Ok(()) => removed.borrow_mut().push(format!("{name} ({id})")),

@@ -9,15 +9,13 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::SwarmInitRequest;
 
+// Swarmkit's port and the default address pool, as the agents' manager role uses them.
+use flotilla_agent::roles::swarm::{DEFAULT_ADDR_POOL, SWARM_PORT};
+
 use super::RecoverError;
 use crate::ops::verify;
 use crate::poll::{Attempt, PollError, poll_until};
 
-/// Swarmkit's port, as the agents' manager role listens and advertises.
-const SWARM_PORT: u16 = 2377;
-/// The default address pool and subnet size, as the swarm was initialised with (the agent's
-/// manager role): only used if swarmkit had to create the cluster object anew.
-const DEFAULT_ADDR_POOL: &str = "10.214.0.0/16";
 /// How long a forced new cluster gets to elect its only member.
 const LEADER_WAIT: Duration = Duration::from_secs(90);
 
