@@ -29,6 +29,10 @@ pub struct LaunchSpec {
     pub instance_type: String,
     /// AMI / lab image override (a baked image); `None`: the provider's default.
     pub image: Option<String>,
+    /// The private address the host must have (`recover` restoring a Swarm backup: swarmkit
+    /// keeps a restored node's own Raft address); `None`: the provider picks one. A pinned
+    /// address that is taken, or outside every subnet the cluster uses, fails the launch.
+    pub private_ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

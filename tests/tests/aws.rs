@@ -205,6 +205,7 @@ async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
             user_data: ud,
             instance_type: "t3.small".into(),
             image: None,
+            private_ip: None,
         };
         a.launch(&spec, if role == "manager" { i } else { i - 3 }, &ctx).await.expect("launch");
     }
@@ -265,6 +266,36 @@ async fn provider_checks(a: &Aws, ec2: &aws_sdk_ec2::Client, cluster: &str) {
     let found = a.describe().await.expect("describe");
     assert_eq!(found.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), names);
 
+    // A launch pinned to an address (recover's restore onto the backup's node's address):
+    // manager1 terminated, then launched again pinned to an address of the second subnet —
+    // placed in the subnet that holds it, not the one round-robin (index 0) would pick. (moto
+    // keeps a terminated instance's address in use, where EC2 frees it with the instance's
+    // network interface, so the test pins a fresh address rather than manager1's old one.)
+    a.terminate("manager1").await.expect("terminate manager1");
+    let holder = &ctx.vpc.subnets[1];
+    let (net, _) = holder.cidr.split_once('/').expect("a CIDR");
+    let net: std::net::Ipv4Addr = net.parse().expect("ipv4");
+    let pinned = std::net::Ipv4Addr::from(u32::from(net) + 200);
+    let spec = LaunchSpec {
+        name: "manager1".into(),
+        role: "manager".into(),
+        user_data: rendered["manager1"].clone(),
+        instance_type: "t3.small".into(),
+        image: None,
+        private_ip: Some(pinned),
+    };
+    assert_ne!(ctx.vpc.subnets[0].id, holder.id);
+    let again = a.launch(&spec, 0, &ctx).await.expect("launch on a pinned address");
+    assert_eq!(again.private_ip, Some(std::net::IpAddr::V4(pinned)));
+    let again = live_instances(ec2, cluster).await.into_iter().find(|i| tag(i, "Name") == "manager1").expect("new");
+    let pinned_s = pinned.to_string();
+    assert_eq!((again.private_ip_address(), again.subnet_id()), (Some(pinned_s.as_str()), Some(holder.id.as_str())));
+    // An address no subnet of the cluster holds is refused before EC2 is asked, naming it.
+    let outside = LaunchSpec { name: "manager9".into(), private_ip: Some("192.0.2.10".parse().expect("ip")), ..spec };
+    let e = a.launch(&outside, 0, &ctx).await.expect_err("an address outside the subnets").to_string();
+    assert!(e.contains("192.0.2.10") && e.contains("aws.subnet_ids"), "{e}");
+    assert_eq!(live_instances(ec2, cluster).await.len(), 5, "a refused pinned launch made an instance");
+
     // destroy: nothing with the cluster's tag is left; a second destroy is a no-op.
     let removed = a.destroy().await.expect("destroy");
     assert_eq!(removed.len(), 6, "{removed:?}");
@@ -308,6 +339,7 @@ async fn issue_6_a_zone_without_capacity_moves_the_launch_to_the_next_subnet() {
         user_data: user_data("capacity", "manager0", &ca_pem()),
         instance_type: "t3.small".into(),
         image: None,
+        private_ip: None,
     };
     // Index 0 places it in the first subnet, which has no capacity: the next one gets it.
     let h = a.launch(&spec, 0, &ctx).await.expect("launched in another zone");
@@ -483,6 +515,7 @@ async fn boot_instances_as_lab_hosts(
             user_data: ud,
             instance_type: String::new(),
             image: None,
+            private_ip: None,
         })
         .await
         .expect("boot a lab host from the instance's user-data");

@@ -395,6 +395,7 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
         user_data,
         instance_type: String::new(),
         image: Some(image.clone()),
+        private_ip: None,
     })
     .await
     .expect("launch");

@@ -202,6 +202,7 @@ async fn bake_with_lab_builder(
                     user_data: ud,
                     instance_type: String::new(),
                     image: None,
+                    private_ip: None,
                 })
                 .await
                 .expect("boot a lab host from the builder's user-data");

@@ -149,6 +149,7 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
             user_data,
             instance_type: String::new(),
             image: None,
+            private_ip: None,
         });
     }
     let booted = Instant::now();

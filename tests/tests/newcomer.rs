@@ -341,6 +341,7 @@ async fn boot_new_instances(ec2: &aws_sdk_ec2::Client, lab: &Lab, cluster: &str,
             user_data: ud,
             instance_type: String::new(),
             image: None,
+            private_ip: None,
         };
         lab.launch(&spec).await.expect("boot a lab host from the instance's user-data");
         booted.insert(name);

@@ -151,11 +151,6 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
     }
     let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let route = decide(&assessment, &last_leader(&st)).map_err(RecoverError::Refused)?;
-    if matches!(route, Route::Restore { .. }) && provider.kind() == crate::providers::ProviderKind::Aws {
-        return Err(RecoverError::Restore(
-            "no manager survives, and a restore from backups needs a relaunched manager on the address the backup's node advertised (swarmkit keeps it as the node's Raft address), which EC2 replacements do not get yet. Nothing changed; see the README's \"When quorum is lost\"".into(),
-        ));
-    }
     let mut report = RecoverReport {
         cluster: opts.cluster.clone(),
         dry_run: opts.dry_run,

@@ -62,6 +62,12 @@ pub enum LabError {
     NoSubnet,
     #[error("no free address left on lab network {0}")]
     NoAddress(String),
+    #[error(
+        "the address {ip} is taken on the lab network by {holder}: remove that container (or free the address) and run the command again"
+    )]
+    AddressTaken { ip: std::net::Ipv4Addr, holder: String },
+    #[error("the address {ip} is not a host address of lab network {network} ({base}/24, .10 to .250)")]
+    AddressOutside { ip: std::net::Ipv4Addr, network: String, base: std::net::Ipv4Addr },
     #[error("lab seed {path}: {source}")]
     Seed { path: PathBuf, source: std::io::Error },
     #[error("pushing {image} to the lab registry: {message}")]

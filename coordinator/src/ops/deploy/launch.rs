@@ -76,6 +76,7 @@ pub async fn launch_spec(
         user_data,
         instance_type: h.instance_type(c).to_string(),
         image: (!c.images.host.is_empty()).then(|| c.images.host.clone()),
+        private_ip: None,
     })
 }
 

@@ -15,7 +15,7 @@ use crate::ops::deploy::{self, Run, assign, launch, verify_and_smoke, wait};
 use crate::ops::plan::{PlannedHost, RoleKind};
 use crate::ops::verify;
 use crate::poll::{Attempt, PollError, poll_until};
-use crate::providers::HostState;
+use crate::providers::{HostState, LaunchSpec};
 use crate::ui::Progress;
 
 /// How long a replacement gets, once its roles run, until the swarm and Consul count it.
@@ -80,7 +80,7 @@ async fn replace(
         remove_remains(h, planned).await?;
     }
     r.removed_s = h.at();
-    r.instance_id = launch_if_missing(h, planned, ca_pem).await?;
+    r.instance_id = launch_if_missing(h, planned, ca_pem, None).await?;
     r.launched_s = h.at();
     rejoin(h, planned, &mut r, missing).await?;
     r.full_strength_s = h.at();
@@ -129,8 +129,14 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
 }
 
 /// Launches a replacement unless the provider has one (an interrupted heal launched it);
-/// returns its instance id. A stopped one is started.
-pub async fn launch_if_missing(h: &Heal<'_>, planned: &PlannedHost, ca_pem: &str) -> Result<String, HealError> {
+/// returns its instance id. A stopped one is started. `at`: the address it must have
+/// (recover's restore), else the provider's choice.
+pub async fn launch_if_missing(
+    h: &Heal<'_>,
+    planned: &PlannedHost,
+    ca_pem: &str,
+    at: Option<std::net::Ipv4Addr>,
+) -> Result<String, HealError> {
     let name = &planned.name;
     let existing = h.run.prepared.provider.describe().await?.into_iter().find(|x| &x.name == name);
     match existing {
@@ -146,7 +152,7 @@ pub async fn launch_if_missing(h: &Heal<'_>, planned: &PlannedHost, ca_pem: &str
         _ => {}
     }
     let st = h.run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
-    let spec = launch::launch_spec(&h.run, planned, &st, ca_pem).await?;
+    let spec = LaunchSpec { private_ip: at, ..launch::launch_spec(&h.run, planned, &st, ca_pem).await? };
     let host = h.run.prepared.launch(&spec, planned.index).await?;
     h.say(name, format!("launched replacement {}, waiting for enrollment", host.instance_id)).await;
     Ok(host.instance_id)

@@ -4,21 +4,21 @@
 //! does not change it (Engine 20.10), and managers that join later dial it. So the Swarm state
 //! goes onto the relaunched manager that got the address the backup's node advertised (read
 //! from `swarm/docker-state.json` in the archive); when none did, nothing is restored and the
-//! recover is refused. Lab hosts get the lowest free addresses, so the lost managers' come
-//! back; EC2 replacements get new ones (the route is refused there for now).
+//! recover is refused. So the backup's source manager is relaunched first, pinned to that
+//! address (`LaunchSpec::private_ip`: the lab's fixed address, EC2's `PrivateIpAddress` in
+//! the subnet that holds it).
 //!
 //! 1. The newest Swarm backup and Consul snapshot that verify ([`archive::latest`]); a newer
 //!    one that does not (its digest changed) refuses the whole recover, naming it.
 //! 2. The lost managers' remains removed at the provider and their identities forgotten;
-//!    every manager launched anew (same names) and enrolled — all at once: there is no
-//!    quorum left to protect.
+//!    every manager launched anew (same names), the backup's source first on the address its
+//!    node advertised, and enrolled — all at once: there is no quorum left to protect.
 //! 3. The Swarm backup restored onto the manager that has the backup's node's address, before
 //!    it has any role (its agent also removes the restored state's other managers, none of them in
 //!    Raft any more: a manager joining later would be handed their old addresses and stall) (made the plan's first manager for the assignment: the one that would
 //!    initialise a swarm is the one that has it): its agent replaces `/var/lib/docker/swarm`
 //!    and forces a new cluster on its address. Swarmkit keeps the restored node's own Raft
-//!    address, so that address must be the source's: in the lab a host comes back on its
-//!    address; on EC2 it does not yet (see the README).
+//!    address, so that address must be the source's (step 2 pinned it).
 //! 4. Every host assigned its roles: three fresh Consul servers elect a leader, the restored
 //!    manager publishes the join data, the others join it; then the Consul snapshot is
 //!    restored into the servers (KV, ACLs).
@@ -27,6 +27,7 @@
 //!    and replaced by a ready node of the same name are removed.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -112,7 +113,8 @@ pub async fn from_backups(
     let (consul_backup, _) = newest(run.state_dir, "consul")?;
     let managers: Vec<PlannedHost> = run.planned.iter().filter(|p| gone.contains(&p.name)).cloned().collect();
     let raft_ip = advertised_ip(&swarm_backup, &swarm_data)?;
-    relaunch(run, docker_dir, &managers, step).await?;
+    let pinned = pin(&managers, &swarm_backup.host, &raft_ip)?;
+    relaunch(run, docker_dir, &managers, &pinned, step).await?;
     let (_, addresses) = deploy::addresses(run).await?;
     let first = target(&managers, &addresses, &raft_ip)?;
     step(format!("swarm: the backup's node advertised {raft_ip}, which {} has now", first.name));
@@ -194,6 +196,23 @@ fn target(
     })
 }
 
+/// Which relaunched manager must get the address the backup's node advertised: the backup's
+/// source when it is one of them (it had that address), else the first.
+fn pin(managers: &[PlannedHost], source: &str, raft_ip: &str) -> Result<(String, Ipv4Addr), RecoverError> {
+    let ip: Ipv4Addr = raft_ip.parse().map_err(|_| {
+        RecoverError::Restore(format!(
+            "the backup's node advertised {raft_ip}, not an IPv4 address a host can be launched on. Nothing changed"
+        ))
+    })?;
+    let name = managers
+        .iter()
+        .find(|m| m.name == source)
+        .or_else(|| managers.first())
+        .map(|m| m.name.clone())
+        .ok_or_else(|| RecoverError::Restore("no manager in the plan to restore onto".into()))?;
+    Ok((name, ip))
+}
+
 /// The plan with `name` moved before every other host (so it is the first manager).
 fn first_manager_first(planned: &[PlannedHost], name: &str) -> Vec<PlannedHost> {
     let mut v: Vec<PlannedHost> = planned.iter().filter(|p| p.name == name).cloned().collect();
@@ -201,19 +220,22 @@ fn first_manager_first(planned: &[PlannedHost], name: &str) -> Vec<PlannedHost> 
     v
 }
 
-/// Every lost manager's remains removed and a new one launched and enrolled.
+/// Every lost manager's remains removed and a new one launched and enrolled; `pinned`'s
+/// first (so no other takes its address) on its address.
 async fn relaunch(
     run: &Run<'_>,
     docker_dir: &Path,
     managers: &[PlannedHost],
+    pinned: &(String, Ipv4Addr),
     step: &mut impl FnMut(String),
 ) -> Result<(), RecoverError> {
+    let managers = first_manager_first(managers, &pinned.0);
     let ca_path = StatePaths::new(run.state_dir).ca_pem();
     let ca_pem =
         std::fs::read_to_string(&ca_path).map_err(|e| RecoverError::Restore(format!("{}: {e}", ca_path.display())))?;
     let h = Heal { run: run.clone(), automatic: false, docker_dir: docker_dir.to_path_buf(), started: Instant::now() };
     let st = run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
-    for m in managers {
+    for m in &managers {
         let known = st.hosts.iter().find(|x| x.name == m.name);
         if known.is_some_and(|x| x.connected && !x.unreachable) {
             step(format!("{}: a new one is enrolled already", m.name));
@@ -225,10 +247,14 @@ async fn relaunch(
             run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: m.name.clone() }).await?;
             step(format!("{}: its remains removed at the provider, its identity forgotten", m.name));
         }
-        let id = heal::replace::launch_if_missing(&h, m, &ca_pem).await?;
-        step(format!("{}: launched {id}", m.name));
+        let at = (m.name == pinned.0).then_some(pinned.1);
+        let id = heal::replace::launch_if_missing(&h, m, &ca_pem, at).await?;
+        match at {
+            Some(ip) => step(format!("{}: launched {id} on {ip}", m.name)),
+            None => step(format!("{}: launched {id}", m.name)),
+        }
     }
-    wait::agents_connected(run, managers, "the new managers to enroll").await?;
+    wait::agents_connected(run, &managers, "the new managers to enroll").await?;
     Ok(())
 }
 
@@ -379,4 +405,38 @@ async fn prune_stale_nodes(d: &Docker, planned: &[PlannedHost]) -> Result<String
         true => "swarm: no stale node to remove".into(),
         false => format!("swarm: removed the stale nodes {}", removed.join(", ")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::plan::RoleKind;
+
+    fn managers() -> Vec<PlannedHost> {
+        (0..3)
+            .map(|i| PlannedHost {
+                name: format!("manager{i}"),
+                roles: vec![RoleKind::Consul, RoleKind::Manager],
+                primary: RoleKind::Manager,
+                index: i,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_backups_source_gets_the_address_its_node_advertised() {
+        let m = managers();
+        assert_eq!(
+            pin(&m, "manager2", "10.213.4.12").expect("accepted"),
+            ("manager2".into(), "10.213.4.12".parse().expect("an address"))
+        );
+        // A source the plan no longer has: the first manager takes the address.
+        assert_eq!(pin(&m, "manager7", "10.213.4.12").expect("accepted").0, "manager0");
+        let e = pin(&m, "manager2", "fd00::12").expect_err("refused").to_string();
+        assert!(e.contains("fd00::12") && e.contains("Nothing changed"), "{e}");
+        assert!(pin(&[], "manager0", "10.0.0.1").is_err());
+        // And it is launched first, so no other manager takes its address.
+        let order: Vec<String> = first_manager_first(&m, "manager2").into_iter().map(|p| p.name).collect();
+        assert_eq!(order, ["manager2", "manager0", "manager1"]);
+    }
 }

@@ -48,6 +48,14 @@ pub enum AwsError {
     Api { action: String, code: String, message: String },
     #[error("timed out after {after_s} s waiting for {what}")]
     Timeout { what: String, after_s: u64 },
+    #[error(
+        "{host} must launch on {ip}, which none of the cluster's subnets holds ({subnets}); list the subnet that does in `aws.subnet_ids`"
+    )]
+    AddressOutside { host: String, ip: std::net::Ipv4Addr, subnets: String },
+    #[error(
+        "{host} must launch on {ip}, and EC2 says the address is in use ({message}): find what holds it (`aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values={ip}`), free it, and run the command again"
+    )]
+    AddressTaken { host: String, ip: String, message: String },
     #[error("no host named '{0}' in this cluster on EC2")]
     NoHost(String),
     #[error("{0}")]

@@ -17,7 +17,7 @@ use aws_sdk_ec2::types::{
 use base64::Engine as _;
 use sha2::Digest;
 
-use super::{Ami, Aws, AwsError, GroupChange, POLL, TAG_HOST, TAG_ROLE, Vpc, WAIT, errors};
+use super::{Ami, Aws, AwsError, GroupChange, POLL, Subnet, TAG_HOST, TAG_ROLE, Vpc, WAIT, errors};
 use crate::poll::{Attempt, PollError, poll_until};
 use crate::providers::{Host, HostState, LaunchSpec};
 
@@ -148,15 +148,26 @@ impl Aws {
     pub async fn launch(&self, spec: &LaunchSpec, index: usize, ctx: &LaunchContext) -> Result<Host, AwsError> {
         let generation = self.generation(&spec.name);
         let token = client_token(&self.cluster, &spec.name, generation);
-        let n = ctx.vpc.subnets.len();
+        // A pinned address goes to the one subnet that holds it; otherwise round-robin.
+        let subnets: Vec<&Subnet> = match spec.private_ip {
+            Some(ip) => vec![ctx.vpc.subnets.iter().find(|s| s.holds(ip)).ok_or_else(|| AwsError::AddressOutside {
+                host: spec.name.clone(),
+                ip,
+                subnets: ctx.vpc.subnets.iter().map(|s| format!("{} {}", s.id, s.cidr)).collect::<Vec<_>>().join(", "),
+            })?],
+            None => {
+                let n = ctx.vpc.subnets.len();
+                (0..n).map(|k| &ctx.vpc.subnets[(index + k) % n]).collect()
+            }
+        };
         let mut tried = Vec::new();
         let mut last = String::new();
-        for k in 0..n {
-            let subnet = &ctx.vpc.subnets[(index + k) % n];
+        for (k, subnet) in subnets.into_iter().enumerate() {
             tried.push(format!("{} ({})", subnet.id, subnet.zone));
             let req = self
                 .hardened_run(&ctx.ami.id, &ctx.ami.root_device, &spec.instance_type, &ctx.group_id, &spec.user_data)
                 .subnet_id(&subnet.id)
+                .set_private_ip_address(spec.private_ip.map(|ip| ip.to_string()))
                 .client_token(format!("{token}-{k}"))
                 .tag_specifications(self.tags(
                     ResourceType::Instance,
@@ -185,6 +196,13 @@ impl Aws {
                         Some(c) if errors::CAPACITY_CODES.contains(&c) => {
                             last = e.to_string();
                             continue;
+                        }
+                        Some("InvalidIPAddress.InUse") => {
+                            return Err(AwsError::AddressTaken {
+                                host: spec.name.clone(),
+                                ip: spec.private_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                                message: e.to_string(),
+                            });
                         }
                         Some(c) if c.starts_with("InvalidAMIID") => {
                             return Err(AwsError::UnknownAmi {

@@ -11,6 +11,21 @@ use super::{Aws, AwsError};
 pub struct Subnet {
     pub id: String,
     pub zone: String,
+    /// Its IPv4 CIDR block (`10.0.1.0/24`): where a launch pinned to an address goes.
+    pub cidr: String,
+}
+
+impl Subnet {
+    /// Whether `ip` is in this subnet's CIDR block.
+    pub fn holds(&self, ip: std::net::Ipv4Addr) -> bool {
+        let Some((net, len)) = self.cidr.split_once('/') else { return false };
+        let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else { return false };
+        if len > 32 {
+            return false;
+        }
+        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(net) & mask
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -49,6 +64,7 @@ impl Aws {
                 Some(Subnet {
                     id: s.subnet_id()?.to_string(),
                     zone: s.availability_zone().unwrap_or_default().to_string(),
+                    cidr: s.cidr_block().unwrap_or_default().to_string(),
                 })
             })
             .collect();
@@ -64,5 +80,26 @@ impl Aws {
             });
         }
         Ok(Vpc { id: vpc_id, subnets })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Subnet;
+
+    fn subnet(cidr: &str) -> Subnet {
+        Subnet { id: "subnet-1".into(), zone: "a".into(), cidr: cidr.into() }
+    }
+
+    #[test]
+    fn a_subnet_holds_exactly_the_addresses_of_its_block() {
+        let s = subnet("172.31.16.0/20");
+        assert!(s.holds("172.31.16.4".parse().expect("an address")));
+        assert!(s.holds("172.31.31.255".parse().expect("an address")));
+        assert!(!s.holds("172.31.32.1".parse().expect("an address")));
+        assert!(!s.holds("172.31.15.255".parse().expect("an address")));
+        assert!(subnet("0.0.0.0/0").holds("10.1.2.3".parse().expect("an address")));
+        assert!(!subnet("").holds("10.1.2.3".parse().expect("an address")));
+        assert!(!subnet("10.0.0.0/33").holds("10.0.0.1".parse().expect("an address")));
     }
 }

@@ -48,7 +48,10 @@ impl Lab {
         }
         let (_, base) = self.ensure_network().await?;
         let guard = self.create_lock.lock().await;
-        let ip = self.free_ip(base).await?;
+        let ip = match spec.private_ip {
+            Some(ip) => self.pinned_ip(base, ip).await?,
+            None => self.free_ip(base).await?,
+        };
         let seed = self.write_seed(&spec.name, &name, &spec.user_data)?;
         let volume = format!("{name}-docker");
         let mut vlabels = self.labels("volume");

@@ -77,16 +77,38 @@ impl Lab {
 
     /// The first host address (from `.10`) no container of the cluster holds.
     pub(super) async fn free_ip(&self, base: Ipv4Addr) -> Result<Ipv4Addr, LabError> {
-        let used: Vec<String> = self
+        let used = self.used_ips().await?;
+        (10u8..=250)
+            .map(|i| with_last(base, i))
+            .find(|ip| !used.contains_key(ip))
+            .ok_or_else(|| LabError::NoAddress(self.network_name()))
+    }
+
+    /// `ip` itself, when it is a host address of the cluster's network that no container
+    /// of the cluster holds (a launch pinned to an address).
+    pub(super) async fn pinned_ip(&self, base: Ipv4Addr, ip: Ipv4Addr) -> Result<Ipv4Addr, LabError> {
+        let last = ip.octets()[3];
+        if with_last(base, last) != ip || !(10..=250).contains(&last) {
+            return Err(LabError::AddressOutside { ip, network: self.network_name(), base });
+        }
+        match self.used_ips().await?.remove(&ip) {
+            Some(holder) => Err(LabError::AddressTaken { ip, holder }),
+            None => Ok(ip),
+        }
+    }
+
+    /// The addresses the cluster's containers hold, with each holder's name.
+    async fn used_ips(&self) -> Result<HashMap<Ipv4Addr, String>, LabError> {
+        Ok(self
             .containers(None)
             .await?
             .into_iter()
-            .filter_map(|c| c.labels.and_then(|l| l.get(LABEL_IP).cloned()))
-            .collect();
-        (10u8..=250)
-            .map(|i| with_last(base, i))
-            .find(|ip| !used.contains(&ip.to_string()))
-            .ok_or_else(|| LabError::NoAddress(self.network_name()))
+            .filter_map(|c| {
+                let ip = c.labels.as_ref()?.get(LABEL_IP)?.parse().ok()?;
+                let name = c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string());
+                Some((ip, name.unwrap_or_default()))
+            })
+            .collect())
     }
 }
 
