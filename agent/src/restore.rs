@@ -144,22 +144,41 @@ async fn swarm(d: &Docker, data: Vec<u8>, advertise: &str) -> Result<String, Res
     backup::start_engine().await?;
     let aside = unpacked?;
     wait_engine(d).await?;
-    d.init_swarm(SwarmInitRequest {
-        listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
-        advertise_addr: Some(format!("{advertise}:{SWARM_PORT}")),
-        force_new_cluster: Some(true),
-        default_addr_pool: Some(vec![DEFAULT_ADDR_POOL.to_string()]),
-        subnet_size: Some(24),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| RestoreError::Engine(format!("swarm init --force-new-cluster: {e}")))?;
+    force_new_cluster(d, advertise).await?;
     let node = wait_leader(d).await?;
     let pruned = remove_other_managers(d, &node).await?;
     Ok(format!(
         "swarm state restored (node {node}); it leads a new cluster on {advertise}:{SWARM_PORT} (the restored state's other managers removed: {pruned}); the state it replaced is in {}",
         aside.display()
     ))
+}
+
+/// `swarm init --force-new-cluster` on `advertise`. The Engine started on the restored state
+/// runs that node already; forcing a new cluster stops it first, and on a loaded host its
+/// listener on 2377 may not be closed yet when the new one binds ("address already in use"):
+/// that answer is retried (the state is kept on a failed forced init) until [`ENGINE_WAIT`].
+async fn force_new_cluster(d: &Docker, advertise: &str) -> Result<(), RestoreError> {
+    let deadline = Instant::now() + ENGINE_WAIT;
+    loop {
+        let r = d
+            .init_swarm(SwarmInitRequest {
+                listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
+                advertise_addr: Some(format!("{advertise}:{SWARM_PORT}")),
+                force_new_cluster: Some(true),
+                default_addr_pool: Some(vec![DEFAULT_ADDR_POOL.to_string()]),
+                subnet_size: Some(24),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("address already in use") && Instant::now() < deadline => {
+                tracing::info!(error = %e, "the restored node's listener is still closing; forcing again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(RestoreError::Engine(format!("swarm init --force-new-cluster: {e}"))),
+        }
+    }
 }
 
 /// Removes every other manager node the restored state remembers: none of them is in Raft

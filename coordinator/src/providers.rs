@@ -54,6 +54,8 @@ pub struct Host {
     pub role: String,
     pub state: HostState,
     pub private_ip: Option<IpAddr>,
+    /// What it was launched from: the lab container's image, the instance's AMI id.
+    pub image: String,
 }
 
 /// A host that is down and will not come up by itself (a deploy waiting for it fails at

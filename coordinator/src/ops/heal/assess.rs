@@ -188,6 +188,7 @@ mod tests {
             role: String::new(),
             state: HostState::Running,
             private_ip: None,
+            image: String::new(),
         }
     }
 

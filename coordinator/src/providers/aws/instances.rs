@@ -127,6 +127,7 @@ impl Aws {
                             .map(state_of)
                             .unwrap_or(HostState::Other("unknown".into())),
                         private_ip: i.private_ip_address().and_then(|a| a.parse::<IpAddr>().ok()),
+                        image: i.image_id().unwrap_or_default().to_string(),
                     });
                 }
             }
@@ -188,6 +189,7 @@ impl Aws {
                         role: spec.role.clone(),
                         state: i.state().and_then(|s| s.name()).map(state_of).unwrap_or(HostState::Pending),
                         private_ip: i.private_ip_address().and_then(|a| a.parse().ok()),
+                        image: i.image_id().unwrap_or(&ctx.ami.id).to_string(),
                     });
                 }
                 Err(e) => {

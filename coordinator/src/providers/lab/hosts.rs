@@ -120,6 +120,7 @@ impl Lab {
                     role: labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
                     state,
                     private_ip: labels.get(LABEL_IP).and_then(|ip| ip.parse().ok()),
+                    image: c.image.unwrap_or_default(),
                 }
             })
             .collect();
