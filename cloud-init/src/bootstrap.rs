@@ -69,6 +69,36 @@ pub(crate) fn render(
     TEMPLATE.replacen(MARKER, &block, 1)
 }
 
+/// The Python that merges insecure registries into daemon.json (exit 0 changed, 3 unchanged):
+/// the template's own heredoc, so `bootcmd` and the bootstrap script run the same code.
+pub(crate) fn merge_registries_py() -> &'static str {
+    TEMPLATE.split_once("<<'PY'\n").and_then(|(_, rest)| rest.split_once("PY\n")).map_or("", |(py, _)| py)
+}
+
+/// The `bootcmd` entry that puts the insecure registries into the Engine's daemon.json before
+/// the Engine's first start (cloud-init's init stage runs before `network-online.target`,
+/// which `docker.service` is ordered after), so no restart is needed to trust them; `None`
+/// when there are none. Every boot: a second run finds them listed and changes nothing. The
+/// bootstrap script checks again (an Engine started before the user-data ran gets a restart).
+pub(crate) fn registries_bootcmd(insecure_registries: &[String]) -> Option<Vec<String>> {
+    if insecure_registries.is_empty() {
+        return None;
+    }
+    let mut argv: Vec<String> = [
+        "sh",
+        "-c",
+        r#"py=$1; shift; mkdir -p -- "${1%/*}" && python3 -c "$py" "$@" || [ "$?" = 3 ]"#,
+        "flotilla-registries",
+        merge_registries_py(),
+        DOCKER_DAEMON_JSON_PATH,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(insecure_registries.iter().cloned());
+    Some(argv)
+}
+
 /// `s` as one single-quoted shell word.
 pub(crate) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r#"'\''"#))
@@ -83,6 +113,16 @@ mod tests {
         assert_eq!(TEMPLATE.matches(MARKER).count(), 1);
         assert!(TEMPLATE.bytes().all(|b| b == b'\n' || (0x20..=0x7e).contains(&b)));
         assert!(!TEMPLATE.contains("token") && !TEMPLATE.contains("agent.toml"));
+    }
+
+    #[test]
+    fn the_bootcmd_runs_the_templates_merge() {
+        let py = merge_registries_py();
+        assert!(py.starts_with("import json") && py.contains("sys.exit(3)"), "{py}");
+        assert_eq!(registries_bootcmd(&[]), None);
+        let argv = registries_bootcmd(&["10.0.0.2:5000".into()]).expect("bootcmd");
+        assert_eq!(argv[4], py);
+        assert_eq!(argv[5..], [DOCKER_DAEMON_JSON_PATH, "10.0.0.2:5000"]);
     }
 
     #[test]

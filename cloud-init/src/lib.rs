@@ -3,8 +3,9 @@
 //!
 //! Two entry points: [`render_host`] for a cluster host (EC2 instance or lab container) and
 //! [`render_bake`] for an instance that is being baked into an image. Both emit only
-//! `write_files` and `runcmd` (never `packages:`: the Engine is installed by the bootstrap
-//! script, and only when absent and allowed), stay within [`USER_DATA_LIMIT`] bytes and never
+//! `write_files` and `runcmd`, plus a host's `bootcmd` that trusts its insecure registries
+//! before the Engine's first start (never `packages:`: the Engine is installed by the
+//! bootstrap script, and only when absent and allowed), stay within [`USER_DATA_LIMIT`] bytes and never
 //! contain a private key.
 //!
 //! Modules:

@@ -18,6 +18,8 @@ const ROOT: &str = "root:root";
 
 /// The `#cloud-config` user-data for one cluster host.
 ///
+/// With insecure registries (the lab's), a `bootcmd` merges them into the Engine's daemon.json
+/// before the Engine's first start ([`bootstrap::registries_bootcmd`]).
 /// Writes [`CA_PATH`], [`TOKEN_PATH`] (0600, only with a join token), [`AGENT_CONFIG_PATH`],
 /// [`AGENT_UNIT_PATH`] and [`BOOTSTRAP_PATH`], and runs the bootstrap script from `runcmd`:
 /// Engine (per [`HostInputs::engine`]), insecure registries, agent binary (SHA-256 checked),
@@ -38,7 +40,10 @@ pub fn render_host(inputs: &HostInputs) -> Result<String, Error> {
         "Flotilla user-data for host {} of cluster {}, rendered by flotilla-cloud-init.",
         inputs.host_name, inputs.cluster
     );
-    checked(yaml::document(&[&title], &files, &[&[BOOTSTRAP_PATH]]))
+    let bootcmd = bootstrap::registries_bootcmd(&inputs.insecure_registries);
+    let bootcmd: Vec<Vec<&str>> = bootcmd.iter().map(|argv| argv.iter().map(String::as_str).collect()).collect();
+    let bootcmd: Vec<&[&str]> = bootcmd.iter().map(Vec::as_slice).collect();
+    checked(yaml::document(&[&title], &bootcmd, &files, &[&[BOOTSTRAP_PATH]]))
 }
 
 /// The `#cloud-config` user-data for a bake instance: installs Docker Engine and the agent
@@ -67,7 +72,7 @@ pub fn render_bake(inputs: &BakeInputs) -> Result<String, Error> {
     }
     files.push(WriteFile { path: BAKE_SCRIPT_PATH, owner: ROOT, permissions: "0755", content: &script });
     let title = "Flotilla bake user-data: Docker Engine and the agent, no cluster identity.";
-    checked(yaml::document(&[title], &files, &[&[BAKE_SCRIPT_PATH]]))
+    checked(yaml::document(&[title], &[], &files, &[&[BAKE_SCRIPT_PATH]]))
 }
 
 /// The last word on every render.

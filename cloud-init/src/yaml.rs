@@ -1,5 +1,5 @@
-//! The YAML emitter: just enough YAML for a `#cloud-config` document with `write_files` and
-//! `runcmd`. File contents are literal block scalars (`content: |`) so the user-data stays
+//! The YAML emitter: just enough YAML for a `#cloud-config` document with `bootcmd`,
+//! `write_files` and `runcmd`. File contents are literal block scalars (`content: |`) so the user-data stays
 //! readable; anything a block scalar cannot carry falls back to a double-quoted scalar with
 //! escapes. Output is deterministic: same input, same bytes.
 
@@ -12,14 +12,22 @@ pub(crate) struct WriteFile<'a> {
 }
 
 /// A whole `#cloud-config` document. `comment` lines go right after the `#cloud-config` line
-/// (each prefixed with `# `); `runcmd` entries are argv lists (exec form, no shell).
-pub(crate) fn document(comment: &[&str], write_files: &[WriteFile<'_>], runcmd: &[&[&str]]) -> String {
+/// (each prefixed with `# `); `bootcmd` and `runcmd` entries are argv lists (exec form, no
+/// shell). `bootcmd` runs early in cloud-init's init stage, on every boot, before `write_files`
+/// and before the Engine's boot-time start.
+pub(crate) fn document(
+    comment: &[&str],
+    bootcmd: &[&[&str]],
+    write_files: &[WriteFile<'_>],
+    runcmd: &[&[&str]],
+) -> String {
     let mut out = String::from("#cloud-config\n");
     for line in comment {
         out.push_str("# ");
         out.push_str(line);
         out.push('\n');
     }
+    commands(&mut out, "bootcmd", bootcmd);
     if !write_files.is_empty() {
         out.push_str("write_files:\n");
         for file in write_files {
@@ -33,16 +41,23 @@ pub(crate) fn document(comment: &[&str], write_files: &[WriteFile<'_>], runcmd: 
             out.push_str(&block(file.content, 6));
         }
     }
-    if !runcmd.is_empty() {
-        out.push_str("runcmd:\n");
-        for argv in runcmd {
-            let items: Vec<String> = argv.iter().map(|arg| scalar(arg)).collect();
-            out.push_str("  - [ ");
-            out.push_str(&items.join(", "));
-            out.push_str(" ]\n");
-        }
-    }
+    commands(&mut out, "runcmd", runcmd);
     out
+}
+
+/// A `bootcmd`/`runcmd` list of argv lists, nothing when empty.
+fn commands(out: &mut String, key: &str, list: &[&[&str]]) {
+    if list.is_empty() {
+        return;
+    }
+    out.push_str(key);
+    out.push_str(":\n");
+    for argv in list {
+        let items: Vec<String> = argv.iter().map(|arg| scalar(arg)).collect();
+        out.push_str("  - [ ");
+        out.push_str(&items.join(", "));
+        out.push_str(" ]\n");
+    }
 }
 
 /// A scalar on one line: plain for absolute paths of safe characters, single-quoted for other
@@ -169,7 +184,7 @@ mod tests {
             .iter()
             .map(|c| WriteFile { path: "/x", owner: "root:root", permissions: "0644", content: c })
             .collect();
-        let doc = document(&["comment"], &files, &[&["/bin/true", "a b", "it's"]]);
+        let doc = document(&["comment"], &[], &files, &[&["/bin/true", "a b", "it's"]]);
         let Some(json) = pyyaml_to_json(&doc) else {
             return;
         };

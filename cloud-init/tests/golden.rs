@@ -137,9 +137,13 @@ fn every_case_is_safe_user_data() {
         assert!(doc.len() < 16 * 1024 && doc.len() <= USER_DATA_LIMIT, "{name}: {} bytes", doc.len());
         assert!(!doc.contains("PRIVATE KEY"), "{name}");
         assert_eq!(doc, render(&inputs), "{name}: not deterministic");
-        for key in ["packages:", "package_update", "package_upgrade", "bootcmd", "merge_how"] {
+        for key in ["packages:", "package_update", "package_upgrade", "merge_how"] {
             assert!(!doc.contains(key), "{name}: {key}");
         }
+        // bootcmd only trusts a lab's registries before the Engine's first start.
+        let registries = matches!(&inputs, Inputs::Host(h) if !h.insecure_registries.is_empty());
+        assert_eq!(doc.contains("\nbootcmd:\n"), registries, "{name}: bootcmd");
+        assert_eq!(doc.matches("bootcmd").count(), usize::from(registries), "{name}: bootcmd");
         let token_entry = format!("  - path: {TOKEN_PATH}\n    owner: 'root:root'\n    permissions: '0600'\n");
         match &inputs {
             Inputs::Host(h) if h.join_token.is_some() => {
@@ -177,7 +181,12 @@ fn every_case_parses_to_the_intended_files() {
         let doc = render(&inputs);
         let Some(parsed) = pyyaml(&doc) else { return };
         let top: Vec<&str> = parsed.as_object().expect("mapping").keys().map(String::as_str).collect();
-        assert_eq!(top, ["runcmd", "write_files"], "{name}");
+        match &inputs {
+            Inputs::Host(h) if !h.insecure_registries.is_empty() => {
+                assert_eq!(top, ["bootcmd", "runcmd", "write_files"], "{name}")
+            }
+            _ => assert_eq!(top, ["runcmd", "write_files"], "{name}"),
+        }
         let files: Vec<(&str, &str, &str, &str)> = parsed["write_files"]
             .as_array()
             .expect("write_files")
@@ -333,6 +342,37 @@ fn normalized(pem: &str) -> String {
 
 /// The document parsed by PyYAML (what cloud-init parses with), as JSON. python3 with
 /// PyYAML is required (`bash tests/run` installs it); a missing one fails the test.
+/// The lab case's `bootcmd`, run for real with `sh` and `python3` against a daemon.json in a
+/// temporary directory (the only argument changed): it merges the registry into what is
+/// there, keeping other keys, and a second run (every boot) changes nothing and succeeds.
+#[test]
+fn the_lab_bootcmd_merges_its_registries_into_daemon_json() {
+    let (_, inputs) = cases().into_iter().find(|(n, _)| *n == "lab").expect("lab case");
+    let Some(parsed) = pyyaml(&render(&inputs)) else { return };
+    let entries = parsed["bootcmd"].as_array().expect("bootcmd list");
+    assert_eq!(entries.len(), 1);
+    let mut argv: Vec<String> = entries[0].as_array().expect("argv").iter().map(|a| str_of(a).to_string()).collect();
+    assert_eq!(argv[5], "/etc/docker/daemon.json");
+    assert_eq!(argv[6..], ["172.28.0.2:5000"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("etc/docker/daemon.json");
+    argv[5] = json.display().to_string();
+    let run = |argv: &[String]| Command::new(&argv[0]).args(&argv[1..]).output().expect("sh");
+    let out = run(&argv);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read =
+        || -> Value { serde_json::from_str(&std::fs::read_to_string(&json).expect("daemon.json")).expect("json") };
+    assert_eq!(read(), serde_json::json!({"insecure-registries": ["172.28.0.2:5000"]}));
+    std::fs::write(&json, r#"{"mtu": 1400, "insecure-registries": ["10.0.0.0/8"]}"#).expect("write");
+    assert!(run(&argv).status.success());
+    assert_eq!(read(), serde_json::json!({"mtu": 1400, "insecure-registries": ["10.0.0.0/8", "172.28.0.2:5000"]}));
+    let before = std::fs::read_to_string(&json).expect("daemon.json");
+    assert!(run(&argv).status.success(), "a second boot's run must succeed");
+    assert_eq!(std::fs::read_to_string(&json).expect("daemon.json"), before, "and change nothing");
+    std::fs::write(&json, "not json").expect("write");
+    assert!(!run(&argv).status.success(), "a broken daemon.json is a failure, not a silent success");
+}
+
 fn pyyaml(doc: &str) -> Option<Value> {
     let script = "import json,sys,yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))";
     let Ok(mut child) = Command::new("python3")

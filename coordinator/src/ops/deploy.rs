@@ -10,10 +10,12 @@
 //!    with its own user-data and a fresh one-time token. Hosts no longer in the plan are
 //!    drained, demoted, removed from the swarm and terminated — managers one at a time
 //!    ([`scale_down`]).
-//! 5. Wait for every agent to enroll and connect ([`wait`]).
+//! 5. Wait for the Consul servers' agents to enroll and connect ([`wait`]; every agent when
+//!    hosts are to be removed).
 //! 6. Assign roles in dependency order — Consul, the first manager, the other managers,
-//!    the nodes; agents wait on their dependencies through Consul — and wait for every
-//!    role to run ([`assign`]).
+//!    the nodes; agents wait on their dependencies through Consul — to every connected host
+//!    at once, then to the others as they connect, and wait for every role to run
+//!    ([`assign`]).
 //! 7. Verify with Swarm's and Consul's own views; run the smoke test ([`verify_and_smoke`]);
 //!    report ([`report`]).
 //!
@@ -209,17 +211,35 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let ca_pem = std::fs::read_to_string(paths.ca_pem()).map_err(DeployError::state_dir(&paths.ca_pem()))?;
     let run = Run { config: c, planned: &planned, prepared: &prepared, admin, state_dir: &state_dir, p: &p };
 
-    // 4. Hosts; 5. enrollment; the addresses roles use; hosts no longer planned.
+    // 4. Hosts; 5. enrollment; the addresses roles use; hosts no longer planned; 6. roles, in
+    // dependency order. Every spec names the Consul servers' addresses, so once their agents
+    // are connected (the addresses they report settled) they and every other connected host
+    // are assigned at once, while the rest still boot; those are assigned as they connect.
+    // Hosts to remove first: everything waits, as they must leave before roles change.
     let mut changed = launch::launch_missing(&run, &ca_pem).await?;
-    wait::every_agent_connected(&run).await?;
-    let (hosts, addresses) = addresses(&run).await?;
     let docker_dir = control_plane::ensure_docker_certs(&run).await?;
+    let to_remove = run.prepared.provider.describe().await?.iter().any(|h| !planned.iter().any(|x| x.name == h.name));
+    let early: Vec<PlannedHost> =
+        if to_remove { planned.clone() } else { planned.iter().filter(|h| h.has(RoleKind::Consul)).cloned().collect() };
+    let what = if to_remove {
+        "every agent to enroll and connect"
+    } else {
+        "the Consul servers' agents to enroll and connect"
+    };
+    wait::agents_connected(&run, &early, what).await?;
+    let (hosts, addresses) = addresses(&run).await?;
     let manager_ips: Vec<String> =
         planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect();
     changed.removed = scale_down::scale_down(&run, &hosts, &addresses, &manager_ips, &docker_dir).await?;
+    changed.assigned = assign::assign_connected(&run, &addresses).await?;
+    let rest: Vec<PlannedHost> = planned.iter().filter(|h| !early.iter().any(|e| e.name == h.name)).cloned().collect();
+    if !rest.is_empty() {
+        wait::agents_connected(&run, &rest, "the other agents to enroll and connect").await?;
+        let (_, addresses) = self::addresses(&run).await?;
+        changed.assigned |= assign::assign_connected(&run, &addresses).await?;
+    }
 
-    // 6. Roles, in dependency order; 7. verify and smoke-test.
-    changed.assigned = assign::assign_in_dependency_order(&run, &addresses).await?;
+    // 7. Every role running; verify and smoke-test.
     wait::every_role_running(&run).await?;
     let smoke = c.smoke_test && (changed.any() || opts.force_smoke);
     let checked = verify_and_smoke::verify_and_smoke(&run, &addresses, &manager_ips, &docker_dir, smoke).await?;

@@ -16,6 +16,21 @@ pub async fn assign_in_dependency_order(
     run: &Run<'_>,
     addresses: &HashMap<String, String>,
 ) -> Result<bool, DeployError> {
+    assign(run, addresses, |_| true).await
+}
+
+/// Assigns every planned host whose agent is connected (enrolled, session up) its roles, in
+/// [`dependency_order`]; the others are left for a later call. Whether any host's assignment
+/// changed.
+pub async fn assign_connected(run: &Run<'_>, addresses: &HashMap<String, String>) -> Result<bool, DeployError> {
+    assign(run, addresses, |s| s.is_some_and(|s| s.connected && !s.unreachable)).await
+}
+
+async fn assign(
+    run: &Run<'_>,
+    addresses: &HashMap<String, String>,
+    ready: impl Fn(Option<&v1::HostStatus>) -> bool,
+) -> Result<bool, DeployError> {
     let c = run.config;
     let inputs = plan::SpecInputs {
         plan: run.planned,
@@ -31,13 +46,17 @@ pub async fn assign_in_dependency_order(
     let current = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let mut changed = false;
     for h in dependency_order(run.planned) {
+        let status = current.hosts.iter().find(|s| s.name == h.name);
+        if !ready(status) {
+            continue;
+        }
         let specs = plan::role_specs(h, &inputs);
         let addr = addresses.get(&h.name).cloned().unwrap_or_default();
         let r = admin
             .assign(v1::AssignRequest { host_name: h.name.clone(), roles: specs, host_address: addr })
             .await?
             .into_inner();
-        let before = current.hosts.iter().find(|s| s.name == h.name).map(|s| s.generation).unwrap_or(0);
+        let before = status.map(|s| s.generation).unwrap_or(0);
         if r.generation != before {
             changed = true;
             run.p.host(&h.name, format!("assigned {} (generation {})", h.roles_text(), r.generation));
