@@ -66,6 +66,7 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
         protocol_version: flotilla_proto::PROTOCOL_VERSION,
         applied_generation: ctx.applied_generation,
         running: Vec::new(),
+        agent_sha256: crate::upgrade::own_build().sha256.clone(),
     };
     let _ = out_tx.try_send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) });
     let mut inbound = client
@@ -209,6 +210,9 @@ impl Open<'_> {
             }
             Some(coordinator_message::Body::RestoreBackup(r)) => {
                 let _ = ctx.directives.send(Directive::Restore(r));
+            }
+            Some(coordinator_message::Body::UpgradeAgent(u)) => {
+                let _ = ctx.directives.send(Directive::Upgrade(u));
             }
             Some(coordinator_message::Body::SampleNow(now)) => {
                 self.heartbeat(SampleTrigger::Requested, now.id).await?;
