@@ -194,7 +194,7 @@ fn issue_17_agents_are_upgraded_in_place_without_a_container_restart_and_a_bad_d
     let msg = said(&out);
     assert!(!out.status.success(), "{msg}");
     assert!(msg.contains("host 'node0'") && msg.contains(&format!("not the pinned {wrong}")), "{msg}");
-    assert!(msg.contains("nothing installed") && msg.contains(&format!("keeps running sha256 {old}")), "{msg}");
+    assert!(msg.contains("nothing installed") && msg.contains(&format!("still runs sha256 {old}")), "{msg}");
     assert!(msg.contains("not touched: node1, manager"), "{msg}");
     let after = agents();
     assert!(after.values().all(|(up, _, sha)| *up && *sha == old), "every agent on its old build: {after:?}");

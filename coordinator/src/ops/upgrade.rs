@@ -36,7 +36,7 @@ pub enum UpgradeError {
     /// One host's agent refused or failed: it keeps its old build; the later hosts were not
     /// touched.
     #[error(
-        "host '{host}': {reason}; its agent keeps running sha256 {from}; not touched: {rest} (a re-run skips the hosts already on sha256 {to})"
+        "host '{host}': {reason}; it still runs sha256 {from}; not touched: {rest} (a re-run skips the hosts already on sha256 {to})"
     )]
     Host { host: String, reason: String, from: String, to: String, rest: String },
     /// The new build was installed but its session did not come back with it.
