@@ -33,6 +33,12 @@ pub enum UpgradeError {
         .hosts.join(", ")
     )]
     NotConnected { hosts: Vec<String> },
+    /// Agents that report no digest predate the in-place upgrade: they would not answer it.
+    #[error(
+        "the agents of {} predate `upgrade --agent` (they report no SHA-256 of their build) and cannot replace themselves: replace those hosts (`coordinator heal` after removing them, or a fresh deploy) — no agent was upgraded",
+        .hosts.join(", ")
+    )]
+    Predates { hosts: Vec<String> },
     /// One host's agent refused or failed: it keeps its old build; the later hosts were not
     /// touched.
     #[error(

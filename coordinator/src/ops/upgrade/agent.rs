@@ -190,6 +190,11 @@ pub async fn upgrade_agent(opts: AgentUpgradeOptions) -> Result<AgentUpgradeRepo
     if !down.is_empty() {
         return Err(UpgradeError::NotConnected { hosts: down });
     }
+    let old: Vec<String> =
+        steps.iter().filter(|s| s.action == "upgrade" && s.current_sha256.is_empty()).map(|s| s.host.clone()).collect();
+    if !old.is_empty() {
+        return Err(UpgradeError::Predates { hosts: old });
+    }
     let _lock = OpsLock::take(&state_dir, &opts.cluster, "upgrade")?;
     p.step("agent", format!("{} → sha256 {} ({})", report.binary, short(&t.sha256), t.version));
     let todo: Vec<usize> = (0..steps.len()).filter(|i| steps[*i].action == "upgrade").collect();
