@@ -349,6 +349,9 @@ impl CliError {
             CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
             CliError::Heal(e) => e.exit_code(),
             CliError::Recover(e) => e.exit_code(),
+            CliError::Upgrade(
+                crate::ops::upgrade::UpgradeError::Remote | crate::ops::upgrade::UpgradeError::BadDigest(_),
+            ) => EXIT_USAGE,
             CliError::Upgrade(e) => e.exit_code(),
             CliError::State(
                 crate::ops::state::StateError::NoSecret

@@ -31,6 +31,9 @@ pub struct UpgradeArgs {
 }
 
 pub async fn run(g: &Global, args: UpgradeArgs) -> Result<(), CliError> {
+    if g.remote.is_some() {
+        return Err(crate::ops::upgrade::UpgradeError::Remote.into());
+    }
     let report = agent::upgrade_agent(AgentUpgradeOptions {
         cluster: g.cluster(),
         state_root: g.state_root(),

@@ -15,6 +15,10 @@ use crate::ops::lock::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
+    #[error(
+        "`upgrade` runs on the control plane's machine (the control plane reads the new binary there): drop --remote"
+    )]
+    Remote,
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
@@ -53,7 +57,8 @@ pub enum UpgradeError {
 }
 
 impl UpgradeError {
-    /// 75 when another operation holds the cluster (nothing was done); else 1.
+    /// 75 when another operation holds the cluster (nothing was done); else 1 (the CLI maps
+    /// its usage errors to 64).
     pub fn exit_code(&self) -> i32 {
         match self {
             UpgradeError::Lock(_) => EXIT_REFUSED,
