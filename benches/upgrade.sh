@@ -12,6 +12,7 @@
 #
 #   bash benches/upgrade.sh [RUNS]          (default: 3)
 #   CLUSTER=name PROFILE=debug bash benches/upgrade.sh 3
+#   SKIP_BUILD=1 CARGO_TARGET_DIR=… PROFILE=debug bash benches/upgrade.sh 3   (binaries as built)
 #
 # PROFILE=release (default) builds release binaries; PROFILE=debug uses the debug build (a
 # 90 MB agent: the download dominates). The cluster is deployed first and destroyed at the end.
@@ -22,7 +23,9 @@ c=${CLUSTER:-bench-upgrade}
 profile=${PROFILE:-release}
 out=${OUT:-/tmp/bench-upgrade.jsonl}
 target=${CARGO_TARGET_DIR:-./target}
-if [ "$profile" = release ]; then
+if [ -n "${SKIP_BUILD:-}" ]; then
+  :  # binaries built already (e.g. under a shared build lock)
+elif [ "$profile" = release ]; then
   cargo build --release -q --bin coordinator --bin flotilla-agent
 else
   cargo build -q --bin coordinator --bin flotilla-agent
