@@ -63,7 +63,7 @@ fn print_summary(r: &AgentUpgradeReport) {
         ),
     }
     for s in &r.hosts {
-        let current = if s.current_sha256.is_empty() { "(unknown)".into() } else { s.current_sha256[..12].to_string() };
+        let current = crate::ops::upgrade::agent::short(&s.current_sha256);
         let done = s.seconds.map(|x| format!(" — {x:.1} s")).unwrap_or_default();
         outln!(
             "  {}. {:<12} {:<8} agent {} sha256 {current}… → {}{done}",
@@ -74,7 +74,7 @@ fn print_summary(r: &AgentUpgradeReport) {
             if s.action == "skip" {
                 "already there".to_string()
             } else {
-                format!("sha256 {}…", &r.target_sha256[..12])
+                format!("sha256 {}…", crate::ops::upgrade::agent::short(&r.target_sha256))
             }
         );
     }

@@ -250,8 +250,10 @@ async fn upgrade_one(
     Ok(secs)
 }
 
-fn short(sha: &str) -> &str {
-    if sha.is_empty() { "(unknown)" } else { &sha[..sha.len().min(12)] }
+/// The first 12 characters of a digest (what agents report is cut on characters, never
+/// bytes); "(unknown)" for none.
+pub fn short(sha: &str) -> String {
+    if sha.is_empty() { "(unknown)".into() } else { sha.chars().take(12).collect() }
 }
 
 /// Waits until `host`'s session is open on the build `target`.
