@@ -43,6 +43,7 @@ pub enum Directive {
     Engine(v1::EngineAction),
     Backup(v1::TakeBackup),
     Restore(v1::RestoreBackup),
+    Upgrade(v1::UpgradeAgent),
 }
 
 /// The state one agent carries across sessions.

@@ -48,6 +48,7 @@ pub mod restore;
 pub mod roles;
 pub mod session;
 pub mod swarm_watch;
+pub mod upgrade;
 
 use std::time::Duration;
 
@@ -84,6 +85,9 @@ pub struct AgentHandle {
     /// Completed reconcile passes.
     pub passes: watch::Receiver<u64>,
     shutdown: CancellationToken,
+    /// Cancelled once a new build is installed (`upgrade`): the binary's `run` stops, and
+    /// systemd starts the new build.
+    pub upgraded: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -122,6 +126,10 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let identity = StoredIdentity::load(&config.state_dir)?;
     let engine_key = engine_key::EngineKey::load_or_create(&config.state_dir, &config.host_name)?;
     let docker = engine::connect().await.ok();
+    // The executable's digest, for every Hello: hashed once, off the reactor, now.
+    tokio::task::spawn_blocking(|| {
+        upgrade::own_build();
+    });
     let (status_tx, status_rx) = watch::channel(AgentStatus {
         enrolled: identity.is_some(),
         cert_serial: identity.as_ref().map(|i| i.facts.serial.clone()).unwrap_or_default(),
@@ -130,6 +138,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     });
     let (dir_tx, dir_rx) = mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
+    let upgraded = CancellationToken::new();
     let (desired_tx, desired_rx) = watch::channel(None);
     let (roles_tx, roles_rx) = watch::channel(Vec::new());
     let (views_tx, views_rx) = watch::channel(reconcile::Views::default());
@@ -159,7 +168,13 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     }
     let (link_tx, link_rx) = watch::channel(None);
     let log_streams = logs::LogStreams::new(docker.clone(), link_rx.clone(), shutdown.clone());
-    let acts = Acts { desired: desired_tx, holds: holds_tx, docker: docker.clone(), link: link_rx };
+    let acts = Acts {
+        desired: desired_tx,
+        holds: holds_tx,
+        docker: docker.clone(),
+        link: link_rx,
+        upgraded: upgraded.clone(),
+    };
     workers.push(tokio::spawn(dispatch(dir_rx, acts, log_streams, shutdown.clone())));
     let ctx = Ctx {
         config,
@@ -178,7 +193,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         shutdown: shutdown.clone(),
     };
     let task = tokio::spawn(run_loop(ctx));
-    Ok(AgentHandle { status: status_rx, roles: roles_rx, passes: passes_rx, shutdown, task, workers })
+    Ok(AgentHandle { status: status_rx, roles: roles_rx, passes: passes_rx, shutdown, upgraded, task, workers })
 }
 
 /// What the directives act through.
@@ -188,6 +203,8 @@ struct Acts {
     docker: Option<bollard::Docker>,
     /// Where uploads dial (the session's coordinator, as this identity).
     link: watch::Receiver<Option<logs::Link>>,
+    /// Cancelled after a new build is installed.
+    upgraded: CancellationToken,
 }
 
 /// Routes the coordinator's directives to the parts that act on them.
@@ -197,7 +214,7 @@ async fn dispatch(
     mut log_streams: logs::LogStreams,
     shutdown: CancellationToken,
 ) {
-    let Acts { desired, holds, docker, link } = acts;
+    let Acts { desired, holds, docker, link, upgraded } = acts;
     loop {
         let d = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => return },
@@ -218,6 +235,9 @@ async fn dispatch(
             Directive::Restore(req) => {
                 let assignment = desired.borrow().clone();
                 tokio::spawn(restore::restore(req, docker.clone(), assignment, link.clone()));
+            }
+            Directive::Upgrade(req) => {
+                tokio::spawn(upgrade::upgrade(req, link.clone(), upgraded.clone()));
             }
         }
     }
@@ -290,7 +310,11 @@ async fn run_loop(mut ctx: Ctx) {
 /// The binary's entry: runs until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let handle = start(config).await?;
-    shutdown.await;
+    let upgraded = handle.upgraded.clone();
+    tokio::select! {
+        () = shutdown => {}
+        () = upgraded.cancelled() => tracing::warn!("a new agent build is installed: stopping, for systemd to start it"),
+    }
     handle.stop().await;
     Ok(())
 }

@@ -59,6 +59,9 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
 
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(64);
     let facts = crate::facts::gather(ctx.docker.as_ref(), &ctx.engine_csr_pem).await;
+    // Hashed once per process, off the reactor (`start` began it already).
+    let agent_sha256 =
+        tokio::task::spawn_blocking(|| crate::upgrade::own_build().sha256.clone()).await.unwrap_or_default();
     let hello = v1::Hello {
         host_name: ctx.config.host_name.clone(),
         facts: Some(facts),
@@ -66,6 +69,7 @@ pub async fn run(ctx: &mut Ctx, addr: &str, mut on_open: impl FnMut()) -> Result
         protocol_version: flotilla_proto::PROTOCOL_VERSION,
         applied_generation: ctx.applied_generation,
         running: Vec::new(),
+        agent_sha256,
     };
     let _ = out_tx.try_send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) });
     let mut inbound = client
@@ -209,6 +213,9 @@ impl Open<'_> {
             }
             Some(coordinator_message::Body::RestoreBackup(r)) => {
                 let _ = ctx.directives.send(Directive::Restore(r));
+            }
+            Some(coordinator_message::Body::UpgradeAgent(u)) => {
+                let _ = ctx.directives.send(Directive::Upgrade(u));
             }
             Some(coordinator_message::Body::SampleNow(now)) => {
                 self.heartbeat(SampleTrigger::Requested, now.id).await?;

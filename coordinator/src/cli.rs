@@ -54,6 +54,7 @@ pub mod state;
 pub mod status;
 pub mod stop;
 pub mod tokens;
+pub mod upgrade;
 
 use std::path::PathBuf;
 
@@ -233,6 +234,9 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// List the stored backups; `--verify` checks each one's digests and decryption.
     Backups(backup::BackupsArgs),
+    /// Roll the cluster onto new software, one host at a time: `--agent` replaces every
+    /// host's agent in place (containers keep running).
+    Upgrade(upgrade::UpgradeArgs),
     /// The coordinator's own state: export it (encrypted), import it elsewhere.
     State {
         #[command(subcommand)]
@@ -286,6 +290,8 @@ pub enum CliError {
     Heal(#[from] crate::ops::heal::HealError),
     #[error(transparent)]
     Recover(#[from] crate::ops::recover::RecoverError),
+    #[error(transparent)]
+    Upgrade(#[from] crate::ops::upgrade::UpgradeError),
     /// No agent binary to serve or bake in (`serve`, `bake` without `--agent-binary`).
     #[error("{0}")]
     AgentBinary(crate::control_plane::agent_binary::AgentBinaryError),
@@ -343,6 +349,10 @@ impl CliError {
             CliError::Bake(crate::ops::bake::BakeError::Usage(_)) => EXIT_USAGE,
             CliError::Heal(e) => e.exit_code(),
             CliError::Recover(e) => e.exit_code(),
+            CliError::Upgrade(
+                crate::ops::upgrade::UpgradeError::Remote | crate::ops::upgrade::UpgradeError::BadDigest(_),
+            ) => EXIT_USAGE,
+            CliError::Upgrade(e) => e.exit_code(),
             CliError::State(
                 crate::ops::state::StateError::NoSecret
                 | crate::ops::state::StateError::ShortPassphrase(_)
@@ -391,5 +401,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(args) => backup::backup(&g, args).await,
         Command::Backups(args) => backup::backups(&g, args).await,
         Command::State { command } => state::run(&g, command).await,
+        Command::Upgrade(args) => upgrade::run(&g, args).await,
     }
 }

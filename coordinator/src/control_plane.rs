@@ -39,6 +39,7 @@
 pub mod admin_api;
 pub mod agent_api;
 pub mod agent_binary;
+pub mod agent_upgrade;
 pub mod audit;
 pub mod backup;
 pub mod clock;

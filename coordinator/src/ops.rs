@@ -15,6 +15,8 @@
 //!   swarmkit hands leadership over instead of losing it.
 //! - [`state`]: `state export | import`, the coordinator's own state sealed and carried.
 //! - [`bake`]: a host image with the Engine and the agent installed.
+//! - [`upgrade`]: a running cluster onto new software, one host at a time (`--agent`: the
+//!   agents replaced in place).
 
 pub mod bake;
 pub mod cluster_config;
@@ -27,4 +29,5 @@ pub mod lock;
 pub mod plan;
 pub mod recover;
 pub mod state;
+pub mod upgrade;
 pub mod verify;

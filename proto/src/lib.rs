@@ -26,6 +26,28 @@ pub mod v1 {
 /// The protocol version this build speaks. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The oldest agent protocol a coordinator of this build accepts. An agent below it is
+/// refused with a message naming `coordinator upgrade --agent` ([`agent_protocol_refusal`]).
+/// Raised, separately from [`PROTOCOL_VERSION`], when support for an older agent is dropped.
+pub const MIN_AGENT_PROTOCOL: u32 = 1;
+
+/// Why a coordinator of this build refuses an agent speaking protocol `theirs`: `None` when
+/// it accepts it ([`MIN_AGENT_PROTOCOL`] ..= [`PROTOCOL_VERSION`]).
+pub fn agent_protocol_refusal(theirs: u32) -> Option<String> {
+    agent_protocol_refusal_for(theirs, MIN_AGENT_PROTOCOL, PROTOCOL_VERSION)
+}
+
+fn agent_protocol_refusal_for(theirs: u32, min: u32, ours: u32) -> Option<String> {
+    if theirs < min {
+        return Some(format!(
+            "agent speaks protocol v{theirs}, older than v{min}, the oldest this coordinator (v{ours}) accepts; \
+             upgrade the agent: `coordinator upgrade --agent` (or replace the host)"
+        ));
+    }
+    (theirs > ours)
+        .then(|| format!("agent speaks protocol v{theirs}, this coordinator speaks v{ours}; upgrade the coordinator"))
+}
+
 /// The request header every agent RPC carries its protocol version in.
 pub const PROTOCOL_HEADER: &str = "flotilla-protocol";
 
@@ -83,3 +105,23 @@ pub const OU_OPERATOR: &str = "flotilla-operator";
 pub const OU_COORDINATOR: &str = "flotilla-coordinator";
 /// OU of an Engine client certificate (signed by the Engine client CA, not the cluster CA).
 pub const OU_ENGINE_CLIENT: &str = "flotilla-engine-client";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_below_the_minimum_is_told_to_upgrade_and_a_newer_one_names_the_coordinator() {
+        assert_eq!(agent_protocol_refusal(PROTOCOL_VERSION), None);
+        assert_eq!(agent_protocol_refusal(MIN_AGENT_PROTOCOL), None);
+        let old = agent_protocol_refusal(MIN_AGENT_PROTOCOL - 1).expect("refused");
+        assert!(old.contains("coordinator upgrade --agent") && old.contains("v0"), "{old}");
+        // A coordinator that raised its minimum refuses what it accepted before.
+        assert_eq!(agent_protocol_refusal_for(2, 2, 3), None);
+        assert_eq!(agent_protocol_refusal_for(3, 2, 3), None);
+        let old = agent_protocol_refusal_for(1, 2, 3).expect("refused");
+        assert!(old.contains("v1, older than v2") && old.contains("(v3)"), "{old}");
+        let new = agent_protocol_refusal(PROTOCOL_VERSION + 1).expect("refused");
+        assert!(new.contains("upgrade the coordinator") && !new.contains("--agent"), "{new}");
+    }
+}

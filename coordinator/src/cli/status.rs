@@ -204,6 +204,8 @@ pub struct HostView {
     pub swarm_age_s: Option<f64>,
     pub revoked: bool,
     pub agent_version: String,
+    /// The SHA-256 of the agent's executable (empty: an agent older than the field).
+    pub agent_sha256: String,
     pub cert_not_after_unix_ms: i64,
     pub addresses: Vec<String>,
     pub instance_id: String,
@@ -310,6 +312,7 @@ impl From<&v1::HostStatus> for HostView {
             swarm_age_s: (h.swarm_age_s > 0.0).then_some(h.swarm_age_s),
             revoked: h.revoked,
             agent_version: h.agent_version.clone(),
+            agent_sha256: h.agent_sha256.clone(),
             cert_not_after_unix_ms: h.cert_not_after_unix_ms,
             addresses: f.private_addresses,
             instance_id: f.instance_id,
@@ -365,6 +368,7 @@ impl StatusView {
         port.push_str(&self.metrics_line());
         port.push_str(&self.port.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default());
         port.push_str(&self.heal.as_ref().map(|h| format!("\n{}", h.line())).unwrap_or_default());
+        port.push_str(&self.agents_line());
         if let Some(age) = self.hosts.iter().filter_map(|h| h.swarm_age_s).reduce(f64::max) {
             port.push_str(&format!("\nswarm view: at most {age:.1} s old (`status --fresh` asks the agents now)"));
         }
@@ -373,6 +377,26 @@ impl StatusView {
 }
 
 impl StatusView {
+    /// Which agent builds run (issue 17): version and the first 12 hex digits of each
+    /// build's SHA-256 with the hosts running it; nothing when no agent reported a digest.
+    fn agents_line(&self) -> String {
+        let mut builds: std::collections::BTreeMap<(String, String), Vec<&str>> = Default::default();
+        for h in self.hosts.iter().filter(|h| !h.agent_sha256.is_empty()) {
+            let short = h.agent_sha256.chars().take(12).collect::<String>();
+            builds.entry((h.agent_version.clone(), short)).or_default().push(&h.name);
+        }
+        let one =
+            |((v, d), hosts): (&(String, String), &Vec<&str>)| format!("{v} (sha256 {d}…) on {}", hosts.join(", "));
+        match builds.len() {
+            0 => String::new(),
+            1 => format!("\nagent: {}", builds.iter().map(one).collect::<String>()),
+            _ => format!(
+                "\nagents: {} — mixed builds (`coordinator upgrade --agent` puts every host on one)",
+                builds.iter().map(one).collect::<Vec<_>>().join("; ")
+            ),
+        }
+    }
+
     /// Where hosts reach the control plane: its own port on this machine (issue 13).
     fn endpoint_line(&self) -> String {
         if self.agent_endpoint.is_empty() {

@@ -249,6 +249,24 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::RestoreBackupResponse { detail }))
     }
 
+    async fn upgrade_agent(
+        &self,
+        req: Request<v1::UpgradeAgentRequest>,
+    ) -> Result<Response<v1::UpgradeAgentResponse>, Status> {
+        use crate::control_plane::agent_upgrade::AgentUpgradeError;
+        let by = self.caller(&req)?;
+        if !by.is_local() {
+            return Err(AgentUpgradeError::NotLocal.into_status());
+        }
+        let r = req.into_inner();
+        let detail = self
+            .cp
+            .upgrade_agent(&r.host_name, &r.binary_path, &r.sha256, &by.to_string())
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::UpgradeAgentResponse { detail }))
+    }
+
     async fn engine_action(
         &self,
         req: Request<v1::EngineActionRequest>,

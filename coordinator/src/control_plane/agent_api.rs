@@ -83,10 +83,10 @@ fn check_protocol<T>(req: &Request<T>) -> Result<(), AuthError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok());
     match theirs {
-        Some(v) if v == ours => Ok(()),
-        Some(v) => Err(AuthError::Protocol(format!(
-            "agent speaks protocol v{v}, this coordinator speaks v{ours}; upgrade the older side"
-        ))),
+        Some(v) => match flotilla_proto::agent_protocol_refusal(v) {
+            None => Ok(()),
+            Some(why) => Err(AuthError::Protocol(why)),
+        },
         None => Err(AuthError::Protocol(format!(
             "request carries no '{}' header; this coordinator speaks protocol v{ours}",
             flotilla_proto::PROTOCOL_HEADER
@@ -220,6 +220,30 @@ impl AgentService for AgentApi {
         let who = self.authenticate(&req).map_err(|e| self.refuse("restore.refused", remote, e))?;
         let chunks = self.cp.restore_download(&who, &req.into_inner().restore_id).map_err(IntoStatus::into_status)?;
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    type DownloadAgentStream = BoxStream<v1::AgentBinaryChunk>;
+
+    async fn download_agent(
+        &self,
+        req: Request<v1::DownloadAgentRequest>,
+    ) -> Result<Response<Self::DownloadAgentStream>, Status> {
+        let remote = remote_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("agent_upgrade.refused.protocol", remote, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("agent_upgrade.refused", remote, e))?;
+        let chunks = self.cp.agent_download(&who, &req.into_inner().upgrade_id).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    async fn report_agent_upgrade(
+        &self,
+        req: Request<v1::AgentUpgradeResult>,
+    ) -> Result<Response<v1::AgentUpgradeAck>, Status> {
+        let remote = remote_of(&req);
+        check_protocol(&req).map_err(|e| self.refuse("agent_upgrade.refused.protocol", remote, e))?;
+        let who = self.authenticate(&req).map_err(|e| self.refuse("agent_upgrade.refused", remote, e))?;
+        self.cp.agent_upgrade_reported(&who, req.into_inner()).map_err(IntoStatus::into_status)?;
+        Ok(Response::new(v1::AgentUpgradeAck {}))
     }
 
     async fn report_restore(&self, req: Request<v1::RestoreResult>) -> Result<Response<v1::RestoreResultAck>, Status> {

@@ -88,6 +88,8 @@ pub struct ControlPlane {
     pub healer: crate::control_plane::healer::Healer,
     /// Backups being taken (issue 16).
     pub backups: crate::control_plane::backup::Backups,
+    /// Agent upgrades under way (issue 17, `upgrade --agent`).
+    pub agent_upgrades: crate::control_plane::agent_upgrade::AgentUpgrades,
     /// Where `/metrics` and the status page listen, once bound (`web.rs`); `status` shows it.
     pub metrics_address: std::sync::OnceLock<std::net::SocketAddr>,
 }
@@ -450,6 +452,7 @@ impl ControlPlane {
                     .or_else(|| rec.certs.iter().map(|c| c.not_after_unix * 1000).max())
                     .unwrap_or_default(),
                 agent_version: rec.agent_version.clone(),
+                agent_sha256: rec.agent_sha256.clone(),
                 role_status: live.as_ref().map(|l| l.status.clone()).unwrap_or_default(),
                 generation: self.assignment_of(&rec.name)?.map(|a| a.generation).unwrap_or(0),
                 swarm_age_s: live

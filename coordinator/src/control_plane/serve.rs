@@ -134,6 +134,7 @@ pub async fn start_with_clock(config: ServeConfig, listener: TcpListener, clock:
         metrics: Default::default(),
         healer: Default::default(),
         backups: Default::default(),
+        agent_upgrades: Default::default(),
         metrics_address: Default::default(),
     });
     cp.load_heal_policy()?;

@@ -81,8 +81,9 @@ pub enum SessionError {
     HelloTimeout(Duration),
     #[error("certificate is for host '{cert}' but the agent claims to be '{claimed}'")]
     IdentityMismatch { cert: String, claimed: String },
-    #[error("agent speaks protocol v{agent}, this coordinator speaks v{ours}; upgrade the older side")]
-    Protocol { agent: u32, ours: u32 },
+    /// The Hello's protocol is one this coordinator does not accept: why, and what to upgrade.
+    #[error("{0}")]
+    Protocol(String),
     #[error("stream error before Hello: {0}")]
     Stream(Status),
     #[error("the certificate of host '{0}' stopped being valid while the session opened")]
@@ -163,7 +164,7 @@ impl ControlPlane {
         if !hello.running.is_empty() {
             self.sessions.record_status(&who.name, reg.session_id, hello.running.clone());
         }
-        tracing::info!(host = %who.name, peer = %who.peer, serial = %who.serial, agent = %clean(&hello.agent_version, NAME_MAX), "session open");
+        tracing::info!(host = %who.name, peer = %who.peer, serial = %who.serial, agent = %clean(&hello.agent_version, NAME_MAX), agent_sha256 = %clean(&hello.agent_sha256, NAME_MAX), "session open");
         tokio::spawn(Arc::clone(self).inbound_loop(who, reg, inbound, tx));
         Ok(rx)
     }
@@ -186,11 +187,8 @@ impl ControlPlane {
             self.refused("session.refused.identity", &who.name, &format!("claimed to be '{claimed}'"), who.remote);
             return Err(SessionError::IdentityMismatch { cert: who.name.clone(), claimed });
         }
-        if hello.protocol_version != flotilla_proto::PROTOCOL_VERSION {
-            return Err(SessionError::Protocol {
-                agent: hello.protocol_version,
-                ours: flotilla_proto::PROTOCOL_VERSION,
-            });
+        if let Some(why) = flotilla_proto::agent_protocol_refusal(hello.protocol_version) {
+            return Err(SessionError::Protocol(why));
         }
         Ok(hello)
     }
@@ -208,6 +206,7 @@ impl ControlPlane {
                     rec.facts = facts_from_proto(f);
                 }
                 rec.agent_version = clean(&hello.agent_version, NAME_MAX);
+                rec.agent_sha256 = clean(&hello.agent_sha256, NAME_MAX);
                 rec.last_seen_unix_ms = now;
                 tx.put_host(&rec)?;
                 Ok(rec.host_id)

@@ -3,6 +3,7 @@
 
 use tonic::Status;
 
+use crate::control_plane::agent_upgrade::AgentUpgradeError;
 use crate::control_plane::backup::restore::RestoreError;
 use crate::control_plane::backup::{BackupError, UploadError};
 use crate::control_plane::core::ControlError;
@@ -46,7 +47,7 @@ impl IntoStatus for SessionError {
             SessionError::NoHello => Status::invalid_argument(self.to_string()),
             SessionError::HelloTimeout(_) => Status::deadline_exceeded(self.to_string()),
             SessionError::IdentityMismatch { .. } => Status::permission_denied(self.to_string()),
-            SessionError::Protocol { .. } => Status::failed_precondition(self.to_string()),
+            SessionError::Protocol(_) => Status::failed_precondition(self.to_string()),
             SessionError::Stream(s) => s.clone(),
             SessionError::Invalidated(_) => Status::permission_denied(self.to_string()),
             SessionError::Store(_) | SessionError::Task(_) => Status::internal(self.to_string()),
@@ -108,6 +109,22 @@ impl IntoStatus for BackupError {
             BackupError::Control(_) | BackupError::Archive(_) | BackupError::Task(_) => {
                 Status::internal(self.to_string())
             }
+        }
+    }
+}
+
+impl IntoStatus for AgentUpgradeError {
+    fn into_status(self) -> Status {
+        match &self {
+            AgentUpgradeError::NotLocal => Status::permission_denied(self.to_string()),
+            AgentUpgradeError::Read { .. } | AgentUpgradeError::BadDigest(_) => {
+                Status::invalid_argument(self.to_string())
+            }
+            AgentUpgradeError::NotConnected(_) => Status::unavailable(self.to_string()),
+            AgentUpgradeError::Agent { .. } => Status::failed_precondition(self.to_string()),
+            AgentUpgradeError::TimedOut { .. } => Status::deadline_exceeded(self.to_string()),
+            AgentUpgradeError::Unknown { .. } => Status::not_found(self.to_string()),
+            AgentUpgradeError::Task(_) => Status::internal(self.to_string()),
         }
     }
 }

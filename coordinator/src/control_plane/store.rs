@@ -90,6 +90,10 @@ pub struct HostRecord {
     pub revoked: bool,
     pub agent_version: String,
     pub facts: Facts,
+    /// The SHA-256 of the agent's executable, from its last Hello (empty: an older agent, or
+    /// a record stored before it existed).
+    #[serde(default)]
+    pub agent_sha256: String,
 }
 
 /// The host facts as stored (a plain mirror of `HostFacts`).

@@ -39,6 +39,7 @@ fn legacy_status_json(st: &v1::StatusResponse) -> serde_json::Value {
                 "unreachable": h.unreachable,
                 "revoked": h.revoked,
                 "agent_version": h.agent_version,
+                "agent_sha256": h.agent_sha256,
                 "cert_not_after_unix_ms": h.cert_not_after_unix_ms,
                 "addresses": f.private_addresses,
                 "instance_id": f.instance_id,

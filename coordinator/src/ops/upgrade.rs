@@ -1,0 +1,68 @@
+//! `coordinator upgrade` (issue 17): a running cluster onto new software, one host at a time.
+//!
+//! - [`agent`]: `--agent`, every host's agent replaced in place by another build (served by
+//!   the control plane, SHA-256 pinned, installed by the agent itself, restarted by systemd)
+//!   while every container keeps running.
+
+pub mod agent;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::admin_client::ConnectError;
+use crate::control_plane::healer::EXIT_REFUSED;
+use crate::ops::lock::LockError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error(
+        "`upgrade` runs on the control plane's machine (the control plane reads the new binary there): drop --remote"
+    )]
+    Remote,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{}", .0.message())]
+    Rpc(#[from] tonic::Status),
+    #[error("the agent binary {}: {source}", path.display())]
+    Binary { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    AgentBinary(crate::control_plane::agent_binary::AgentBinaryError),
+    #[error("--announce-sha256 '{0}' is no SHA-256 (64 lowercase hex digits)")]
+    BadDigest(String),
+    /// Some hosts to upgrade have no session: nothing was started.
+    #[error(
+        "no agent session for {}: no agent was upgraded (bring the host back — `coordinator status`, `coordinator heal` — and run the upgrade again)",
+        .hosts.join(", ")
+    )]
+    NotConnected { hosts: Vec<String> },
+    /// Agents that report no digest predate the in-place upgrade: they would not answer it.
+    #[error(
+        "the agents of {} predate `upgrade --agent` (they report no SHA-256 of their build) and cannot replace themselves: replace those hosts (`coordinator heal` after removing them, or a fresh deploy) — no agent was upgraded",
+        .hosts.join(", ")
+    )]
+    Predates { hosts: Vec<String> },
+    /// One host's agent refused or failed: it keeps its old build; the later hosts were not
+    /// touched.
+    #[error(
+        "host '{host}': {reason}; it still runs sha256 {from}; not touched: {rest} (a re-run skips the hosts already on sha256 {to})"
+    )]
+    Host { host: String, reason: String, from: String, to: String, rest: String },
+    /// The new build was installed but its session did not come back with it.
+    #[error(
+        "host '{host}': the new agent (sha256 {to}) did not come back within {after:?}: {last} (see `coordinator logs --host {host} --engine` and the host's `journalctl -u flotilla-agent`); not touched: {rest}"
+    )]
+    NotBack { host: String, to: String, after: Duration, last: String, rest: String },
+}
+
+impl UpgradeError {
+    /// 75 when another operation holds the cluster (nothing was done); else 1 (the CLI maps
+    /// its usage errors to 64).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            UpgradeError::Lock(_) => EXIT_REFUSED,
+            _ => 1,
+        }
+    }
+}
