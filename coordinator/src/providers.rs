@@ -207,6 +207,19 @@ impl Provider {
         }
     }
 
+    /// The image hosts would be launched from for `image` as an operator names it, as
+    /// [`Host::image`] reports it: the lab's image (refused when this machine's Engine does not
+    /// have it), EC2's AMI id (an id or an SSM parameter, resolved; refused when unknown).
+    pub async fn resolve_image(&self, image: &str, from: &'static str) -> Result<String, ProviderError> {
+        Ok(match self {
+            Provider::Lab(l) => {
+                l.require_image(image, from).await?;
+                image.to_string()
+            }
+            Provider::Aws(a) => a.ami(Some(image)).await?.id,
+        })
+    }
+
     /// Every host of the cluster (by label/tag), sorted by name.
     pub async fn describe(&self) -> Result<Vec<Host>, ProviderError> {
         Ok(match self {

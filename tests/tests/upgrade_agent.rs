@@ -9,7 +9,10 @@
 //! 3. a different build (the agent binary with bytes appended: ELF ignores trailing data, the
 //!    SHA-256 differs): all 5 agents come back on it, the old one kept as `.previous`, and no
 //!    container on any host restarted (same start time, same restart count);
-//! 4. a re-run skips every host (resumable).
+//! 4. a re-run skips every host (resumable);
+//! 5. `upgrade --image IMAGE --dry-run`: each host's image as the provider reports it and the
+//!    order; its own image: nothing to replace; without `--dry-run` refused (exit 69), an
+//!    unknown image refused by name, no container touched.
 //!
 //! And, on an in-process control plane: an agent whose protocol is older than the oldest
 //! accepted is refused with a message naming `coordinator upgrade --agent`.
@@ -242,6 +245,30 @@ fn issue_17_agents_are_upgraded_in_place_without_a_container_restart_and_a_bad_d
     assert!(out.status.success(), "{}", said(&out));
     let again: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((again["upgraded"].as_u64(), again["skipped"].as_u64()), (Some(0), Some(5)), "{again}");
+
+    // 5. `upgrade --image`'s plan (the replacement is not built): the image each host runs as
+    // the provider reports it, the order; without --dry-run, refused with nothing touched.
+    let image_of = |c: &str| text(&docker(&["inspect", "--format", "{{.Config.Image}}", c]));
+    let current = image_of(&format!("flotilla-{CLUSTER}-manager0"));
+    let other = image_of(&format!("flotilla-{CLUSTER}-registry"));
+    assert!(!current.is_empty() && !other.is_empty() && current != other, "{current} / {other}");
+    let out = c.run(&["upgrade", "--image", &current, "--dry-run", "--output", "json"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let same: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(same["to_replace"], 0, "{same}");
+    let out = c.run(&["upgrade", "--image", &other, "--dry-run", "--output", "json"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let hosts = plan["hosts"].as_array().expect("hosts");
+    assert_eq!(plan["to_replace"], 5, "{plan}");
+    assert!(hosts.iter().all(|h| h["current_image"] == current.as_str() && h["action"] == "replace"), "{plan}");
+    assert_eq!((hosts[0]["role"].as_str(), hosts[4]["role"].as_str()), (Some("worker"), Some("leader")), "{plan}");
+    let out = c.run(&["upgrade", "--image", &other]);
+    assert_eq!(out.status.code(), Some(69), "{}", said(&out));
+    assert!(said(&out).contains("nothing was touched"), "{}", said(&out));
+    let out = c.run(&["upgrade", "--image", "flotilla/no-such-image:1", "--dry-run"]);
+    assert!(!out.status.success() && said(&out).contains("flotilla/no-such-image:1"), "{}", said(&out));
+    assert_eq!(containers(), containers_before, "the image plan changed a container");
 
     let out = c.run(&["destroy", "--yes", "--force"]);
     assert!(out.status.success(), "destroy failed");

@@ -1,5 +1,7 @@
 //! `coordinator upgrade --agent`: every host's agent replaced in place by another build
-//! ([`crate::ops::upgrade::agent`]), the plan (`--dry-run`) or the outcome as lines or JSON.
+//! ([`crate::ops::upgrade::agent`]), the plan (`--dry-run`) or the outcome as lines or JSON;
+//! `upgrade --image IMAGE --dry-run`: the plan of a rolling replacement onto a new host image
+//! ([`crate::ops::upgrade::image`]).
 //! A host whose agent refused or failed ends the command with its reason (exit 1).
 
 use std::path::PathBuf;
@@ -8,13 +10,19 @@ use clap::Args;
 
 use super::{CliError, Global, Output, json_pretty};
 use crate::ops::upgrade::agent::{self, AgentUpgradeOptions, AgentUpgradeReport};
+use crate::ops::upgrade::image::{self, ImageUpgradeOptions, ImageUpgradeReport};
 
 #[derive(Args, Debug)]
 pub struct UpgradeArgs {
     /// Replace every host's agent in place, one host at a time (workers, managers, the leader
     /// last); containers keep running. Hosts already on the build are skipped.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
     pub agent: bool,
+    /// Plan a rolling replacement of every host onto IMAGE (lab image, AMI id or SSM
+    /// parameter): each host, the image it runs, and the order (workers, managers, the leader
+    /// last). Only `--dry-run` is built so far.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
     /// The new agent binary (default: the one this coordinator serves to new hosts —
     /// `flotilla-agent` next to this executable, else this executable).
     #[arg(long, requires = "agent")]
@@ -33,6 +41,20 @@ pub struct UpgradeArgs {
 pub async fn run(g: &Global, args: UpgradeArgs) -> Result<(), CliError> {
     if g.remote.is_some() {
         return Err(crate::ops::upgrade::UpgradeError::Remote.into());
+    }
+    if let Some(image) = args.image {
+        let report = image::upgrade_image(ImageUpgradeOptions {
+            cluster: g.cluster(),
+            state_root: g.state_root(),
+            image,
+            dry_run: args.dry_run,
+        })
+        .await?;
+        match args.output {
+            Output::Json => outln!("{}", json_pretty(&report)),
+            Output::Table => print_image_plan(&report),
+        }
+        return Ok(());
     }
     let report = agent::upgrade_agent(AgentUpgradeOptions {
         cluster: g.cluster(),
@@ -77,5 +99,19 @@ fn print_summary(r: &AgentUpgradeReport) {
                 format!("sha256 {}…", crate::ops::upgrade::agent::short(&r.target_sha256))
             }
         );
+    }
+}
+
+fn print_image_plan(r: &ImageUpgradeReport) {
+    outln!(
+        "cluster '{}': upgrade --image would replace {} host(s) with ones launched from {}, in this order:",
+        r.cluster,
+        r.to_replace,
+        r.target_image
+    );
+    for s in &r.hosts {
+        let current = if s.current_image.is_empty() { "(not at the provider)" } else { &s.current_image };
+        let to = if s.action == "skip" { "already there" } else { r.target_image.as_str() };
+        outln!("  {}. {:<12} {:<8} {current} → {to}", s.order, s.host, s.role);
     }
 }

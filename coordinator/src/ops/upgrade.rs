@@ -3,10 +3,15 @@
 //! - [`agent`]: `--agent`, every host's agent replaced in place by another build (served by
 //!   the control plane, SHA-256 pinned, installed by the agent itself, restarted by systemd)
 //!   while every container keeps running.
+//! - [`image`]: `--image IMAGE --dry-run`, the plan of a rolling replacement onto a new host
+//!   image (the replacement itself is not built yet).
 
 pub mod agent;
+pub mod image;
 
 use std::path::PathBuf;
+
+use flotilla_proto::v1;
 use std::time::Duration;
 
 use crate::admin_client::ConnectError;
@@ -21,6 +26,13 @@ pub enum UpgradeError {
     Remote,
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Provider(#[from] crate::providers::ProviderError),
+    /// `upgrade --image` without `--dry-run`: the replacement is not built yet.
+    #[error(
+        "{to_replace} host(s) run another image, and replacing hosts onto a new image is not built yet (issue 17): nothing was touched. `--dry-run` shows the plan; `deploy --image` applies to hosts launched from now on"
+    )]
+    ImageNotBuilt { to_replace: usize },
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("{}", .0.message())]
@@ -62,7 +74,32 @@ impl UpgradeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             UpgradeError::Lock(_) => EXIT_REFUSED,
+            UpgradeError::ImageNotBuilt { .. } => 69,
             _ => 1,
+        }
+    }
+}
+
+/// Where a host goes in the order: workers, managers, the leader last.
+fn rank(h: &v1::HostStatus) -> (u8, String) {
+    let swarm = h.health.as_ref().and_then(|s| s.swarm.as_ref());
+    let r = match swarm {
+        Some(s) if s.manager_status == "leader" => 2,
+        Some(s) if s.is_manager => 1,
+        _ => 0,
+    };
+    (r, h.name.clone())
+}
+
+fn role_of(h: &v1::HostStatus) -> String {
+    match rank(h).0 {
+        2 => "leader".into(),
+        1 => "manager".into(),
+        _ if h.health.as_ref().and_then(|s| s.swarm.as_ref()).is_some_and(|s| s.local_state == "active") => {
+            "worker".into()
+        }
+        _ => {
+            h.roles.iter().filter_map(|r| v1::Role::try_from(*r).ok()).map(v1::Role::name).collect::<Vec<_>>().join(",")
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use flotilla_proto::v1;
 use serde::Serialize;
 
-use super::UpgradeError;
+use super::{UpgradeError, rank, role_of};
 use crate::control_plane::agent_binary::AgentBinary;
 use crate::control_plane::settings::StatePaths;
 use crate::ops::lock::OpsLock;
@@ -67,30 +67,6 @@ pub struct HostStep {
     pub action: &'static str,
     /// Seconds from the request to the session back on the new build (`None`: not done).
     pub seconds: Option<f64>,
-}
-
-/// Where a host goes in the order: workers, managers, the leader last.
-fn rank(h: &v1::HostStatus) -> (u8, String) {
-    let swarm = h.health.as_ref().and_then(|s| s.swarm.as_ref());
-    let r = match swarm {
-        Some(s) if s.manager_status == "leader" => 2,
-        Some(s) if s.is_manager => 1,
-        _ => 0,
-    };
-    (r, h.name.clone())
-}
-
-fn role_of(h: &v1::HostStatus) -> String {
-    match rank(h).0 {
-        2 => "leader".into(),
-        1 => "manager".into(),
-        _ if h.health.as_ref().and_then(|s| s.swarm.as_ref()).is_some_and(|s| s.local_state == "active") => {
-            "worker".into()
-        }
-        _ => {
-            h.roles.iter().filter_map(|r| v1::Role::try_from(*r).ok()).map(v1::Role::name).collect::<Vec<_>>().join(",")
-        }
-    }
 }
 
 /// The order and what happens to each host (pure: the plan `--dry-run` prints).
