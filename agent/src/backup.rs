@@ -196,7 +196,7 @@ async fn consul(docker: Option<&Docker>, assignment: Option<&v1::Assignment>, ma
     let spec = consul_spec(assignment)?;
     let c = Consul::new(&format!("127.0.0.1:{}", crate::roles::consul::HTTP_PORT)).with_token(&spec.management_token);
     let consul_version = c.version().await?;
-    let data = c.snapshot().await?.to_vec();
+    let data = snapshot_once_led(&c).await?.to_vec();
     if data.len() as u64 > max {
         return Err(BackupError::TooLarge { size: data.len() as u64, max });
     }
@@ -205,6 +205,25 @@ async fn consul(docker: Option<&Docker>, assignment: Option<&v1::Assignment>, ma
         None => String::new(),
     };
     Ok(Taken { data, engine_version, consul_version })
+}
+
+/// How long a snapshot waits out an election: the servers answer "No cluster leader" while
+/// they elect (right after a deploy, or after a server restarted).
+const ELECTION_WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /v1/snapshot`, asked again every second while the servers answer that they have no
+/// leader (an election in progress), for up to [`ELECTION_WAIT`]; any other answer at once.
+async fn snapshot_once_led(c: &Consul) -> Result<bytes::Bytes, ConsulError> {
+    let deadline = Instant::now() + ELECTION_WAIT;
+    loop {
+        match c.snapshot().await {
+            Err(e) if e.to_string().contains("No cluster leader") && Instant::now() < deadline => {
+                tracing::info!(error = %e, "Consul is electing a leader; taking the snapshot again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
