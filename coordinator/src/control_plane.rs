@@ -52,6 +52,7 @@ pub mod healer;
 pub mod log_router;
 pub mod metrics;
 pub mod operators;
+pub mod pending;
 pub mod pki;
 pub mod serve;
 pub mod session;

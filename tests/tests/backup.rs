@@ -11,7 +11,7 @@
 //! 3. `state export` (passphrase file) holds no secret in the clear; the control plane is
 //!    stopped, the original state directory deleted; `state import` into another state root
 //!    starts it again: every host reconnects, the backups verify there, the schedule takes
-//!    new ones and prunes the old (`every` 60 s, `keep` 1), `failover-test` passes, and
+//!    new ones and prunes the old (`every` 1 s: at its next tick; `keep` 1), `failover-test` passes, and
 //!    `destroy` removes the cluster.
 
 use std::path::{Path, PathBuf};
@@ -285,15 +285,17 @@ fn export_delete_import(state_dir: &Path, scratch: &Path) -> PathBuf {
 /// and prunes the older ones; then the schedule is turned off again.
 fn scheduled(root: &Path, before: &[Value]) {
     let policy = root.join(CLUSTER).join("backup-policy.json");
-    std::fs::write(&policy, r#"{"every_s": 60, "keep": 1}"#).expect("write the policy");
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Due at once (the newest backup is older than a second): the schedule's next tick (every
+    // 15 s) takes one of each kind and prunes to 1, without waiting out a longer period.
+    std::fs::write(&policy, r#"{"every_s": 1, "keep": 1}"#).expect("write the policy");
+    let deadline = Instant::now() + Duration::from_secs(90);
     let after = loop {
         let now = json_lines(&ok(Some(root), &["backups", "--output", "json"]));
         let newer = |b: &Value| before.iter().all(|o| o["id"] != b["id"]);
         if now.len() == 2 && now.iter().all(newer) {
             break now;
         }
-        assert!(Instant::now() < deadline, "no scheduled backup of each kind (pruned to 1) within 120 s: {now:?}");
+        assert!(Instant::now() < deadline, "no scheduled backup of each kind (pruned to 1) within 90 s: {now:?}");
         std::thread::sleep(Duration::from_secs(1));
     };
     std::fs::write(&policy, r#"{"every_s": 0, "keep": 1}"#).expect("turn the schedule off");

@@ -8,22 +8,18 @@
 //! systemd starts the new build. The digest is pinned by the caller, not computed here from
 //! what is served: the agent's check is end to end.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_proto::v1;
-use tokio::sync::oneshot;
 
 use crate::control_plane::core::ControlPlane;
+use crate::control_plane::pending::{Answer, CHUNK, NotAsked, Pending};
 use crate::control_plane::session::AuthenticatedHost;
 use crate::control_plane::untrusted::{DETAIL_MAX, clean};
 
 /// How long an agent may take to download, check and install a binary.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
-/// The most bytes one `AgentBinaryChunk` carries.
-pub const CHUNK: usize = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentUpgradeError {
@@ -41,30 +37,14 @@ pub enum AgentUpgradeError {
     Agent { host: String, message: String },
     #[error("the agent of '{host}' did not report its upgrade within {after:?} (see `coordinator logs --host {host}`)")]
     TimedOut { host: String, after: Duration },
-    #[error("agent upgrade '{id}' was not asked of host '{host}' (or its bytes were fetched already)")]
-    Unknown { id: String, host: String },
+    #[error("agent upgrade {0}")]
+    Unknown(#[from] NotAsked),
     #[error("the binary's reading task failed: {0}")]
     Task(String),
 }
 
-struct Pending {
-    host: String,
-    /// Taken by the one `DownloadAgent` allowed.
-    data: Option<Vec<u8>>,
-    done: oneshot::Sender<Result<String, String>>,
-}
-
-/// The agent upgrades under way, by upgrade id.
-#[derive(Default)]
-pub struct AgentUpgrades {
-    pending: Mutex<HashMap<String, Pending>>,
-}
-
-impl AgentUpgrades {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+/// The agent upgrades under way (the binary each host fetches), by upgrade id.
+pub type AgentUpgrades = Pending<Vec<u8>>;
 
 /// `data` as the chunks of a `DownloadAgent` answer: [`CHUNK`]s, then the closing one.
 pub fn chunks(data: &[u8]) -> Vec<v1::AgentBinaryChunk> {
@@ -97,30 +77,22 @@ impl ControlPlane {
             .map_err(|e| AgentUpgradeError::Task(e.to_string()))?
             .map_err(|(path, source)| AgentUpgradeError::Read { path, source })?;
         let upgrade_id = format!("{}-agent-{}", self.clock.now_ms(), host);
-        let (done, rx) = oneshot::channel();
         let size_bytes = data.len() as u64;
-        self.agent_upgrades
-            .lock()
-            .insert(upgrade_id.clone(), Pending { host: host.to_string(), data: Some(data), done });
         let req = v1::UpgradeAgent { upgrade_id: upgrade_id.clone(), size_bytes, sha256: sha256.to_string() };
         let msg = v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::UpgradeAgent(req)) };
-        if !self.sessions.send(host, msg) {
-            self.agent_upgrades.lock().remove(&upgrade_id);
-            return Err(AgentUpgradeError::NotConnected(host.to_string()));
-        }
+        let send = || self.sessions.send(host, msg);
         tracing::warn!(%host, %upgrade_id, %sha256, size_bytes, "agent upgrade asked for");
-        let got = tokio::time::timeout(UPGRADE_TIMEOUT, rx).await;
-        self.agent_upgrades.lock().remove(&upgrade_id);
-        match got {
-            Ok(Ok(Ok(detail))) => {
+        match self.agent_upgrades.ask(&upgrade_id, host, data, send, UPGRADE_TIMEOUT).await {
+            Answer::Done(detail) => {
                 self.audit_by("agent.upgraded", host, format!("sha256 {sha256}: {detail}"), "", by);
                 Ok(detail)
             }
-            Ok(Ok(Err(message))) => {
+            Answer::Failed(message) => {
                 self.audit_by("agent.upgrade_failed", host, format!("sha256 {sha256}: {message}"), "", by);
                 Err(AgentUpgradeError::Agent { host: host.to_string(), message })
             }
-            Ok(Err(_)) | Err(_) => Err(AgentUpgradeError::TimedOut { host: host.to_string(), after: UPGRADE_TIMEOUT }),
+            Answer::NotConnected => Err(AgentUpgradeError::NotConnected(host.to_string())),
+            Answer::TimedOut => Err(AgentUpgradeError::TimedOut { host: host.to_string(), after: UPGRADE_TIMEOUT }),
         }
     }
 
@@ -130,11 +102,7 @@ impl ControlPlane {
         who: &AuthenticatedHost,
         upgrade_id: &str,
     ) -> Result<Vec<v1::AgentBinaryChunk>, AgentUpgradeError> {
-        let mut p = self.agent_upgrades.lock();
-        let unknown = || AgentUpgradeError::Unknown { id: clean(upgrade_id, DETAIL_MAX), host: who.name.clone() };
-        let pending = p.get_mut(upgrade_id).filter(|x| x.host == who.name).ok_or_else(unknown)?;
-        let data = pending.data.take().ok_or_else(unknown)?;
-        Ok(chunks(&data))
+        Ok(chunks(&self.agent_upgrades.take(upgrade_id, &who.name)?))
     }
 
     /// `who`'s report of how upgrade `r.upgrade_id` ended, to the waiting
@@ -144,23 +112,7 @@ impl ControlPlane {
         who: &AuthenticatedHost,
         r: v1::AgentUpgradeResult,
     ) -> Result<(), AgentUpgradeError> {
-        let pending = {
-            let mut p = self.agent_upgrades.lock();
-            match p.get(&r.upgrade_id) {
-                Some(x) if x.host == who.name => p.remove(&r.upgrade_id),
-                _ => None,
-            }
-        };
-        let pending = pending.ok_or_else(|| AgentUpgradeError::Unknown {
-            id: clean(&r.upgrade_id, DETAIL_MAX),
-            host: who.name.clone(),
-        })?;
-        let result = match r.error.is_empty() {
-            true => Ok(clean(&r.detail, DETAIL_MAX)),
-            false => Err(clean(&r.error, DETAIL_MAX)),
-        };
-        let _ = pending.done.send(result);
-        Ok(())
+        Ok(self.agent_upgrades.report(&r.upgrade_id, &who.name, &r.error, &r.detail)?)
     }
 }
 

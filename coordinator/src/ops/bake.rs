@@ -317,7 +317,8 @@ async fn build<B: Backend>(
 }
 
 /// Polls the builder (bounded by `timeout`) until it is complete — the Engine version it
-/// installed — or failed; prints each new `flotilla-bake:` line it logs.
+/// installed — or failed; prints the builder's newest `flotilla-bake:` line whenever it changed
+/// since the last poll (lines logged between two polls are not all shown).
 async fn wait_for_builder<B: Backend>(
     backend: &B,
     served: &endpoint::Endpoint,

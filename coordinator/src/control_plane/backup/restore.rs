@@ -5,23 +5,18 @@
 //! only the host that was asked, only once) over its own mutual TLS, checks the SHA-256,
 //! applies the backup and answers on `ReportRestore` ([`ControlPlane::restore_reported`]).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_proto::v1::{self, BackupKind};
-use tokio::sync::oneshot;
 
 use super::archive::{self, ArchiveError};
 use super::kind_name;
 use crate::control_plane::core::ControlPlane;
+use crate::control_plane::pending::{Answer, CHUNK, NotAsked, Pending};
 use crate::control_plane::session::AuthenticatedHost;
-use crate::control_plane::untrusted::{DETAIL_MAX, clean};
 
 /// How long an agent may take to apply a restore (a Swarm one stops and starts its Engine).
 pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
-/// The most bytes one `BackupChunk` carries.
-pub const CHUNK: usize = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -37,31 +32,20 @@ pub enum RestoreError {
         "the agent of '{host}' did not report the restore of {id} within {after:?} (see `coordinator logs --host {host}`)"
     )]
     TimedOut { host: String, id: String, after: Duration },
-    #[error("restore '{id}' was not asked of host '{host}' (or its bytes were fetched already)")]
-    Unknown { id: String, host: String },
+    #[error("restore {0}")]
+    Unknown(#[from] NotAsked),
     #[error("the backup's reading task failed: {0}")]
     Task(String),
 }
 
-struct Pending {
-    host: String,
-    /// Taken by the one `DownloadBackup` allowed.
-    data: Option<Vec<u8>>,
+/// The bytes a restore's host fetches, with their SHA-256.
+pub struct Payload {
+    data: Vec<u8>,
     sha256: String,
-    done: oneshot::Sender<Result<String, String>>,
 }
 
 /// The restores under way, by restore id.
-#[derive(Default)]
-pub struct Restores {
-    pending: Mutex<HashMap<String, Pending>>,
-}
-
-impl Restores {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub type Restores = Pending<Payload>;
 
 /// `data` as the chunks of a `DownloadBackup` answer: [`CHUNK`]s, then the closing one.
 pub fn chunks(id: &str, data: &[u8], sha256: &str) -> Vec<v1::BackupChunk> {
@@ -97,9 +81,6 @@ impl ControlPlane {
             _ => return Err(RestoreError::Kind(meta.id)),
         };
         let restore_id = format!("{}-{}-{}", self.clock.now_ms(), kind_name(kind), host);
-        let (done, rx) = oneshot::channel();
-        let pending = Pending { host: host.to_string(), data: Some(data), sha256: meta.sha256.clone(), done };
-        self.backups.restores.lock().insert(restore_id.clone(), pending);
         let req = v1::RestoreBackup {
             restore_id: restore_id.clone(),
             kind: kind as i32,
@@ -108,24 +89,21 @@ impl ControlPlane {
             advertise_addr: advertise_addr.to_string(),
         };
         let msg = v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::RestoreBackup(req)) };
-        if !self.sessions.send(host, msg) {
-            self.backups.restores.lock().remove(&restore_id);
-            return Err(RestoreError::NotConnected(host.to_string()));
-        }
+        let send = || self.sessions.send(host, msg);
         tracing::warn!(%host, backup = %meta.id, %restore_id, "restore asked for");
-        let got = tokio::time::timeout(RESTORE_TIMEOUT, rx).await;
-        self.backups.restores.lock().remove(&restore_id);
+        let payload = Payload { data, sha256: meta.sha256.clone() };
         let id = meta.id.clone();
-        match got {
-            Ok(Ok(Ok(detail))) => {
+        match self.backups.restores.ask(&restore_id, host, payload, send, RESTORE_TIMEOUT).await {
+            Answer::Done(detail) => {
                 self.audit_by("backup.restored", host, format!("{} {id}: {detail}", meta.kind), "", by);
                 Ok(detail)
             }
-            Ok(Ok(Err(message))) => {
+            Answer::Failed(message) => {
                 self.audit_by("backup.restore_failed", host, format!("{} {id}: {message}", meta.kind), "", by);
                 Err(RestoreError::Agent { host: host.to_string(), id, message })
             }
-            Ok(Err(_)) | Err(_) => Err(RestoreError::TimedOut { host: host.to_string(), id, after: RESTORE_TIMEOUT }),
+            Answer::NotConnected => Err(RestoreError::NotConnected(host.to_string())),
+            Answer::TimedOut => Err(RestoreError::TimedOut { host: host.to_string(), id, after: RESTORE_TIMEOUT }),
         }
     }
 
@@ -135,31 +113,14 @@ impl ControlPlane {
         who: &AuthenticatedHost,
         restore_id: &str,
     ) -> Result<Vec<v1::BackupChunk>, RestoreError> {
-        let mut p = self.backups.restores.lock();
-        let unknown = || RestoreError::Unknown { id: clean(restore_id, DETAIL_MAX), host: who.name.clone() };
-        let pending = p.get_mut(restore_id).filter(|x| x.host == who.name).ok_or_else(unknown)?;
-        let data = pending.data.take().ok_or_else(unknown)?;
-        Ok(chunks(restore_id, &data, &pending.sha256))
+        let p = self.backups.restores.take(restore_id, &who.name)?;
+        Ok(chunks(restore_id, &p.data, &p.sha256))
     }
 
     /// `who`'s report of how restore `r.restore_id` ended, to the waiting
     /// [`ControlPlane::restore_backup`].
     pub fn restore_reported(&self, who: &AuthenticatedHost, r: v1::RestoreResult) -> Result<(), RestoreError> {
-        let pending = {
-            let mut p = self.backups.restores.lock();
-            match p.get(&r.restore_id) {
-                Some(x) if x.host == who.name => p.remove(&r.restore_id),
-                _ => None,
-            }
-        };
-        let pending = pending
-            .ok_or_else(|| RestoreError::Unknown { id: clean(&r.restore_id, DETAIL_MAX), host: who.name.clone() })?;
-        let result = match r.error.is_empty() {
-            true => Ok(clean(&r.detail, DETAIL_MAX)),
-            false => Err(clean(&r.error, DETAIL_MAX)),
-        };
-        let _ = pending.done.send(result);
-        Ok(())
+        Ok(self.backups.restores.report(&r.restore_id, &who.name, &r.error, &r.detail)?)
     }
 }
 
