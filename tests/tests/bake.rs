@@ -106,8 +106,14 @@ fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
     let agent_sha = sha256_file(&flotilla_tests::agent_binary_path());
     assert_eq!(r["agent_sha256"], agent_sha.as_str());
     assert_eq!(r["agent_version"], flotilla_agent::VERSION);
+    // The Engine the builder reports is the one the lab host image's recipe installed (its
+    // Debian version, e.g. 26.1.5+dfsg1-9+deb13u1+b1, begins with the Engine's own).
     let engine = r["engine_version"].as_str().expect("engine").to_string();
-    assert!(engine.starts_with("20.10."), "{engine}");
+    let base = r["base"].as_str().expect("base");
+    let packaged = stdout(&docker(&["image", "inspect", "-f", "{{index .Config.Labels \"flotilla.docker-version\"}}", base]));
+    assert!(!engine.is_empty() && packaged.starts_with(&engine), "Engine {engine}, the image's docker.io {packaged}");
+    let major: u32 = engine.split('.').next().and_then(|m| m.parse().ok()).expect("a major version");
+    assert!(major >= 25, "the lab's Engine is as new as Amazon Linux 2023's (25.x): {engine}");
     // The builder, its network and its volume are gone.
     assert_eq!(builder_leftovers("bake"), Vec::<String>::new());
 
@@ -155,7 +161,7 @@ fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
         let c = format!("flotilla-baked-{h}");
         assert_eq!(stdout(&docker(&["inspect", "-f", "{{.Image}}", &c])), image_id, "{h} runs another image");
         let log = stdout(&docker(&["exec", &c, "cat", "/var/log/cloud-init-output.log"]));
-        assert!(log.contains("flotilla-bootstrap: engine: already present (version 20.10."), "{h}: {log}");
+        assert!(log.contains(&format!("flotilla-bootstrap: engine: already present (version {engine}")), "{h}: {log}");
         assert!(log.contains("installation skipped"), "{h}: {log}");
         assert!(
             log.contains(&format!(

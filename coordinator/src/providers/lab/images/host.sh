@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # host.sh: flotilla/lab-host, the lab's stand-in for an EC2 instance.
 # Debian bookworm (debootstrap --variant=minbase) with systemd as PID 1, real cloud-init (22.4.2,
-# NoCloud only) and Debian's docker.io (Engine 20.10.24). Run it as a container with the flag set
+# NoCloud only, as old as Amazon Linux 2023's 22.2) and Docker Engine 26.1.5 (Debian trixie's
+# docker.io and docker-cli on bookworm's containerd, runc and libc: as new as AL2023's Engine 25;
+# bookworm's own docker.io is 20.10.24, end-of-life since 2023). Run it as a container with the flag set
 # in NOTES.md, a volume on /var/lib/docker and a NoCloud seed at /var/lib/cloud/seed/nocloud.
 # Usage: bash host.sh [--force|--tag]   (prints the tag as the last line of stdout)
 set -Eeuo pipefail
@@ -19,7 +21,12 @@ SUITE=bookworm
 # needs (python3-cffi-backend-api-*), which leaves cloud-init's python3-cryptography unconfigured.
 # netbase: /etc/services and /etc/protocols. No openssh-server: hosts are reached with
 # `docker exec`, the agent dials out, and it saves host-key generation at every first boot.
-PACKAGES=systemd,systemd-sysv,dbus,cloud-init,python3-cffi-backend,docker.io,iproute2,iptables,ca-certificates,procps,curl,iputils-ping,netbase,less
+# containerd, runc, tini, adduser, sysvinit-utils: what trixie's docker.io needs, from bookworm.
+PACKAGES=systemd,systemd-sysv,dbus,cloud-init,python3-cffi-backend,containerd,runc,tini,adduser,sysvinit-utils,iproute2,iptables,ca-certificates,procps,curl,iputils-ping,netbase,less
+# The Engine: trixie's packages, installed into the bookworm root with dpkg (their other
+# dependencies — libc6 >= 2.34, libsystemd0, iptables — are bookworm's own).
+ENGINE_SUITE=trixie
+ENGINE_PACKAGES=(docker.io docker-cli)
 
 # Units that cannot work in a container or that would reach outside the lab on their own.
 MASK_UNITS=(
@@ -110,6 +117,19 @@ build() {
     chroot "$root" dpkg --configure -a >&2
     [[ -z "$(chroot "$root" dpkg --audit 2>&1)" ]] || fl_die "dpkg still reports broken packages"
   fi
+
+  fl_log "Docker Engine from $ENGINE_SUITE: ${ENGINE_PACKAGES[*]}"
+  local pkg debs=()
+  mkdir -p "$root/tmp/engine-debs"
+  for pkg in "${ENGINE_PACKAGES[@]}"; do
+    cp "$(fl_deb "$ENGINE_SUITE" "$pkg")" "$root/tmp/engine-debs/"
+    debs+=("/tmp/engine-debs/$(basename "$(fl_deb "$ENGINE_SUITE" "$pkg")")")
+  done
+  # In the chroot no init runs: the maintainer scripts enable the units and start nothing.
+  chroot "$root" dpkg -i "${debs[@]}" >"$FL_TMP/engine-dpkg.log" 2>&1 || {
+    tail -n 30 "$FL_TMP/engine-dpkg.log" >&2; fl_die "installing the Engine failed (log above)"; }
+  rm -rf "$root/tmp/engine-debs"
+  [[ -z "$(chroot "$root" dpkg --audit 2>&1)" ]] || fl_die "dpkg reports broken packages after the Engine"
 
   fl_log "configuring the image"
   # apt sources inside the guest: the same mirror (used only if user-data asks for packages)
