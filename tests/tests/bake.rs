@@ -110,7 +110,8 @@ fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
     // Debian version, e.g. 26.1.5+dfsg1-9+deb13u1+b1, begins with the Engine's own).
     let engine = r["engine_version"].as_str().expect("engine").to_string();
     let base = r["base"].as_str().expect("base");
-    let packaged = stdout(&docker(&["image", "inspect", "-f", "{{index .Config.Labels \"flotilla.docker-version\"}}", base]));
+    let packaged =
+        stdout(&docker(&["image", "inspect", "-f", "{{index .Config.Labels \"flotilla.docker-version\"}}", base]));
     assert!(!engine.is_empty() && packaged.starts_with(&engine), "Engine {engine}, the image's docker.io {packaged}");
     let major: u32 = engine.split('.').next().and_then(|m| m.parse().ok()).expect("a major version");
     assert!(major >= 25, "the lab's Engine is as new as Amazon Linux 2023's (25.x): {engine}");
