@@ -4,13 +4,15 @@
 //!
 //! The seed's topology on Swarm mode: `manager0…` (each also a Consul server by default, a
 //! 3-server Consul cluster for the default 3 managers), `node0…`. `manager0` is designated to
-//! initialise the swarm.
+//! initialise the swarm. A slot replaced by `upgrade --image` goes by its current name
+//! (`manager0-u1`: [`crate::ops::host_names`]); the first manager's slot keeps initialising.
 
 use std::path::Path;
 
 use flotilla_proto::v1;
 
 use crate::ops::cluster_config::{ClusterConfig, ConfigError, ConsulPlacement};
+use crate::ops::host_names::{HostNames, HostNamesError};
 use crate::providers::aws::{self, Aws};
 use crate::providers::lab::{self, Lab, LabError};
 use crate::providers::{Host, HostState, ProviderError, ProviderKind};
@@ -66,18 +68,25 @@ impl PlannedHost {
     }
 }
 
-pub fn plan(c: &ClusterConfig) -> Vec<PlannedHost> {
+/// The hosts of `c`, each slot (`manager0`, `node1`) under its current name in `names`
+/// (generation 0 — the slot's own name — unless `upgrade --image` replaced it).
+pub fn plan(c: &ClusterConfig, names: &HostNames) -> Vec<PlannedHost> {
     let mut out = Vec::new();
     for i in 0..c.managers {
         let mut roles = vec![RoleKind::Manager];
         if c.consul == ConsulPlacement::Managers {
             roles.insert(0, RoleKind::Consul);
         }
-        out.push(PlannedHost { name: format!("manager{i}"), roles, primary: RoleKind::Manager, index: i as usize });
+        out.push(PlannedHost {
+            name: names.name_of(&format!("manager{i}")),
+            roles,
+            primary: RoleKind::Manager,
+            index: i as usize,
+        });
     }
     for i in 0..c.nodes {
         out.push(PlannedHost {
-            name: format!("node{i}"),
+            name: names.name_of(&format!("node{i}")),
             roles: vec![RoleKind::Node],
             primary: RoleKind::Node,
             index: i as usize,
@@ -160,6 +169,8 @@ pub enum PlanError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error(transparent)]
+    HostNames(#[from] HostNamesError),
 }
 
 impl From<LabError> for PlanError {
@@ -195,8 +206,8 @@ impl Changes {
 /// The changes a deploy of `config` would make, from what the provider reports.
 pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) -> Result<Changes, PlanError> {
     config.validate(origin)?;
-    let planned = plan(config);
     let state_dir = state_root.join(&config.name);
+    let planned = plan(config, &HostNames::load(&state_dir)?);
     let mut ch = Changes { cluster: config.name.clone(), provider: config.provider, ..Default::default() };
     let hosts = match config.provider {
         ProviderKind::Lab => lab_changes(config, &state_dir, &mut ch).await?,
@@ -274,7 +285,7 @@ mod tests {
 
     #[test]
     fn the_default_plan_is_three_managers_with_consul_and_two_nodes() {
-        let p = plan(&ClusterConfig::default());
+        let p = plan(&ClusterConfig::default(), &HostNames::default());
         let names: Vec<_> = p.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["manager0", "manager1", "manager2", "node0", "node1"]);
         assert!(p[..3].iter().all(|h| h.roles == [RoleKind::Consul, RoleKind::Manager]));
@@ -282,8 +293,30 @@ mod tests {
     }
 
     #[test]
+    fn recorded_generations_name_their_slots_which_keep_their_index_and_the_initialiser() {
+        let mut names = HostNames::default();
+        names.begin("manager0", "img");
+        names.begin("node1", "img");
+        names.begin("node1-u1", "img");
+        let p = plan(&ClusterConfig::default(), &names);
+        let got: Vec<_> = p.iter().map(|h| (h.name.as_str(), h.index)).collect();
+        assert_eq!(got, [("manager0-u1", 0), ("manager1", 1), ("manager2", 2), ("node0", 0), ("node1-u2", 1)]);
+        let addrs: std::collections::HashMap<_, _> =
+            p.iter().enumerate().map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i))).collect();
+        let inp = SpecInputs {
+            plan: &p,
+            addresses: &addrs,
+            consul_image: "consul:x",
+            registry_auth: Default::default(),
+            cluster: "c",
+        };
+        let Some(v1::role_spec::Spec::Manager(m)) = &role_specs(&p[0], &inp)[1].spec else { panic!("manager") };
+        assert!(m.designated_initializer, "the first manager's slot keeps initialising under its new name");
+    }
+
+    #[test]
     fn only_the_first_manager_may_initialise_and_everyone_finds_consul() {
-        let p = plan(&ClusterConfig::default());
+        let p = plan(&ClusterConfig::default(), &HostNames::default());
         let addrs: std::collections::HashMap<_, _> =
             p.iter().enumerate().map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i))).collect();
         let inp = SpecInputs {

@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn managers_come_before_nodes_and_the_first_manager_first() {
-        let planned = plan::plan(&ClusterConfig::default());
+        let planned = plan::plan(&ClusterConfig::default(), &Default::default());
         let names: Vec<_> = dependency_order(&planned).iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["manager0", "manager1", "manager2", "node0", "node1"]);
     }
