@@ -98,6 +98,10 @@ pub fn plan(c: &ClusterConfig, names: &HostNames) -> Vec<PlannedHost> {
 /// What the role specs need to know about the cluster.
 pub struct SpecInputs<'a> {
     pub plan: &'a [PlannedHost],
+    /// Hosts no longer planned but still there (`upgrade --image`: the host being replaced):
+    /// the Consul servers keep their tokens too (whichever server leads creates the
+    /// replacement's), until they are gone.
+    pub leaving: &'a [PlannedHost],
     /// host name → private IP.
     pub addresses: &'a std::collections::HashMap<String, String>,
     pub consul_image: &'a str,
@@ -132,7 +136,7 @@ pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec>
                 bootstrap_expect: consul_hosts.len() as u32,
                 retry_join: consul_ips.clone(),
                 datacenter: inp.cluster.to_string(),
-                tokens: consul_tokens(inp.plan),
+                tokens: consul_tokens(&[inp.plan, inp.leaving].concat()),
                 ..Default::default()
             }),
             RoleKind::Manager => v1::role_spec::Spec::Manager(v1::ManagerSpec {
@@ -305,6 +309,7 @@ mod tests {
             p.iter().enumerate().map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i))).collect();
         let inp = SpecInputs {
             plan: &p,
+            leaving: &[],
             addresses: &addrs,
             consul_image: "consul:x",
             registry_auth: Default::default(),
@@ -321,6 +326,7 @@ mod tests {
             p.iter().enumerate().map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i))).collect();
         let inp = SpecInputs {
             plan: &p,
+            leaving: &[],
             addresses: &addrs,
             consul_image: "consul:x",
             registry_auth: Default::default(),

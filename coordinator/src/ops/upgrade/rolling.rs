@@ -205,7 +205,9 @@ async fn replace(
         launch::launch_missing(&run, &roll.ca_pem).await?;
         wait::agents_connected(&run, one, "the replacement to enroll").await?;
         let (_, addresses) = deploy::addresses(&run).await?;
-        assign::assign_connected(&run, &addresses).await?;
+        let leaving: Vec<PlannedHost> =
+            old_at.iter().map(|_| PlannedHost { name: r.old.clone(), ..new.clone() }).collect();
+        assign::assign_connected_and_leaving(&run, &addresses, &leaving).await?;
         wait::roles_running(&run, one, "the replacement's roles to run").await?;
         roll.p.host(&r.new, "roles running; waiting until Swarm and Consul count it");
         counted(roll, &planned, new, old_at.is_some()).await?;
