@@ -335,7 +335,7 @@ fn look(host: &str) -> Option<(bool, Option<usize>, Option<bool>)> {
     let replicas = (!leaderless && !tasks.contains("Error"))
         .then(|| tasks.lines().filter(|l| l.trim().starts_with("Running")).count());
     let consul = consul.trim();
-    let consul_leader = consul.starts_with('"').then(|| consul.len() > 2);
+    let consul_leader = consul.starts_with('"').then_some(consul.len() > 2);
     Some((!leaderless, replicas, consul_leader))
 }
 
