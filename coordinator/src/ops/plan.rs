@@ -317,6 +317,14 @@ mod tests {
         };
         let Some(v1::role_spec::Spec::Manager(m)) = &role_specs(&p[0], &inp)[1].spec else { panic!("manager") };
         assert!(m.designated_initializer, "the first manager's slot keeps initialising under its new name");
+        // While manager0 is replaced, every server keeps its tokens too (whichever leads
+        // creates the replacement's), and the Consul servers stay 3.
+        let old = PlannedHost { name: "manager0".into(), ..p[0].clone() };
+        let inp = SpecInputs { leaving: std::slice::from_ref(&old), ..inp };
+        let Some(v1::role_spec::Spec::Consul(c)) = &role_specs(&p[1], &inp)[0].spec else { panic!("consul") };
+        let hosts: Vec<&str> = c.tokens.iter().map(|t| t.host.as_str()).collect();
+        assert!(hosts.contains(&"manager0") && hosts.contains(&"manager0-u1"), "{hosts:?}");
+        assert_eq!(c.bootstrap_expect, 3);
     }
 
     #[test]
