@@ -25,6 +25,7 @@ pub mod destroy;
 pub mod failover;
 pub mod handover;
 pub mod heal;
+pub mod host_names;
 pub mod lock;
 pub mod plan;
 pub mod recover;

@@ -11,8 +11,16 @@
 //!    container on any host restarted (same start time, same restart count);
 //! 4. a re-run skips every host (resumable);
 //! 5. `upgrade --image IMAGE --dry-run`: each host's image as the provider reports it and the
-//!    order; its own image: nothing to replace; without `--dry-run` refused (exit 69), an
-//!    unknown image refused by name, no container touched.
+//!    order; its own image: nothing to replace; an unknown image refused by name, no
+//!    container touched.
+//! 6. `upgrade --image IMAGE` (part 1) onto a derived image (`FROM` the lab host image plus a
+//!    label, built here): run as a child and SIGKILLed once the first manager's replacement
+//!    is launched; `deploy` then refuses, naming the upgrade; a re-run completes. Throughout,
+//!    a probe (a thread listing through a manager's Engine every ~200 ms) records the longest
+//!    gap without a swarm leader, the fewest running replicas of the 2-replica service, and
+//!    whether Consul had a leader. Afterwards: every host runs the new image under its
+//!    slot's next name (`node0-u1`…), 3 managers + 2 workers, no `down` node, no duplicate
+//!    name, 3 Consul voters; a re-run does nothing.
 //!
 //! And, on an in-process control plane: an agent whose protocol is older than the oldest
 //! accepted is refused with a message naming `coordinator upgrade --agent`.
@@ -246,8 +254,8 @@ fn issue_17_agents_are_upgraded_in_place_without_a_container_restart_and_a_bad_d
     let again: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((again["upgraded"].as_u64(), again["skipped"].as_u64()), (Some(0), Some(5)), "{again}");
 
-    // 5. `upgrade --image`'s plan (the replacement is not built): the image each host runs as
-    // the provider reports it, the order; without --dry-run, refused with nothing touched.
+    // 5. `upgrade --image`'s plan: the image each host runs as the provider reports it, the
+    // order; nothing touched.
     let image_of = |c: &str| text(&docker(&["inspect", "--format", "{{.Config.Image}}", c]));
     let current = image_of(&format!("flotilla-{CLUSTER}-manager0"));
     let other = image_of(&format!("flotilla-{CLUSTER}-registry"));
@@ -263,15 +271,15 @@ fn issue_17_agents_are_upgraded_in_place_without_a_container_restart_and_a_bad_d
     assert_eq!(plan["to_replace"], 5, "{plan}");
     assert!(hosts.iter().all(|h| h["current_image"] == current.as_str() && h["action"] == "replace"), "{plan}");
     assert_eq!((hosts[0]["role"].as_str(), hosts[4]["role"].as_str()), (Some("worker"), Some("leader")), "{plan}");
-    let out = c.run(&["upgrade", "--image", &other]);
-    assert_eq!(out.status.code(), Some(69), "{}", said(&out));
-    assert!(said(&out).contains("nothing was touched"), "{}", said(&out));
     let out = c.run(&["upgrade", "--image", "flotilla/no-such-image:1", "--dry-run"]);
     assert!(!out.status.success() && said(&out).contains("flotilla/no-such-image:1"), "{}", said(&out));
     assert_eq!(containers(), containers_before, "the image plan changed a container");
 
+    let target = image_upgrade(&c, &current);
+
     let out = c.run(&["destroy", "--yes", "--force"]);
     assert!(out.status.success(), "destroy failed");
+    let _ = docker(&["rmi", &target]);
 }
 
 #[tokio::test]
@@ -288,4 +296,222 @@ async fn an_agent_older_than_the_oldest_accepted_protocol_is_told_to_upgrade() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains(&format!("protocol v{old}")), "{}", e.message());
     assert!(e.message().contains("coordinator upgrade --agent"), "{}", e.message());
+}
+
+/// What the probe saw.
+#[derive(Debug, Default)]
+struct Probed {
+    samples: usize,
+    longest_leaderless: Duration,
+    min_replicas: Option<usize>,
+    consul_samples: usize,
+    longest_consul_leaderless: Duration,
+}
+
+/// The cluster's lab host containers (their host names), from the Engine.
+fn host_containers() -> Vec<String> {
+    let out = docker(&["ps", "--filter", &format!("name=flotilla-{CLUSTER}-"), "--format", "{{.Names}}"]);
+    text(&out)
+        .lines()
+        .filter_map(|n| n.strip_prefix(&format!("flotilla-{CLUSTER}-")))
+        .filter(|n| n.starts_with("manager") || n.starts_with("node"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// One look through manager `host`: Some((swarm leader?, running replicas, Consul leader?))
+/// when it answered as a manager; a swarm without a leader answers with that error.
+fn look(host: &str) -> Option<(bool, Option<usize>, Option<bool>)> {
+    let script = format!(
+        "docker node ls --format '{{{{.ManagerStatus}}}}' 2>&1; echo ---; docker service ps {SERVICE} --filter desired-state=running --format '{{{{.CurrentState}}}}' 2>&1; echo ---; curl -s -m 1 127.0.0.1:8500/v1/status/leader"
+    );
+    let out = in_host(host, &["sh", "-c", &script]);
+    let parts: Vec<&str> = out.split("---").collect();
+    let [nodes, tasks, consul] = parts[..] else { return None };
+    let leaderless = nodes.contains("does not have a leader") || nodes.contains("no leader");
+    if !leaderless && !nodes.lines().any(|l| matches!(l.trim(), "Leader" | "Reachable")) {
+        return None; // not (or no longer) a manager, or gone
+    }
+    let replicas = (!leaderless && !tasks.contains("Error"))
+        .then(|| tasks.lines().filter(|l| l.trim().starts_with("Running")).count());
+    let consul = consul.trim();
+    let consul_leader = consul.starts_with('"').then_some(consul.len() > 2);
+    Some((!leaderless, replicas, consul_leader))
+}
+
+/// Probes until `stop` is set.
+fn probe(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Probed {
+    let mut p = Probed::default();
+    let mut via = String::new();
+    let mut leaderless_since: Option<Instant> = None;
+    let mut consul_since: Option<Instant> = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut seen = if via.is_empty() { None } else { look(&via) };
+        if seen.is_none() {
+            for h in host_containers().into_iter().filter(|h| h.starts_with("manager")) {
+                if let Some(s) = look(&h) {
+                    via = h;
+                    seen = Some(s);
+                    break;
+                }
+            }
+        }
+        if let Some((leader, replicas, consul)) = seen {
+            p.samples += 1;
+            match (leader, leaderless_since) {
+                (false, None) => leaderless_since = Some(Instant::now()),
+                (true, Some(t)) => {
+                    p.longest_leaderless = p.longest_leaderless.max(t.elapsed());
+                    leaderless_since = None;
+                }
+                _ => {}
+            }
+            if let Some(r) = replicas {
+                p.min_replicas = Some(p.min_replicas.map_or(r, |m| m.min(r)));
+            }
+            if let Some(c) = consul {
+                p.consul_samples += 1;
+                match (c, consul_since) {
+                    (false, None) => consul_since = Some(Instant::now()),
+                    (true, Some(t)) => {
+                        p.longest_consul_leaderless = p.longest_consul_leaderless.max(t.elapsed());
+                        consul_since = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    if let Some(t) = leaderless_since {
+        p.longest_leaderless = p.longest_leaderless.max(t.elapsed());
+    }
+    if let Some(t) = consul_since {
+        p.longest_consul_leaderless = p.longest_consul_leaderless.max(t.elapsed());
+    }
+    p
+}
+
+/// Step 6 (the module's doc).
+fn image_upgrade(c: &Cli, host_image: &str) -> String {
+    use std::io::BufRead;
+    let target = format!("flotilla-test/{CLUSTER}-host:u1");
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", &target, "-"])
+        .env_remove("DOCKER_HOST")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    build
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("FROM {host_image}\nLABEL flotilla.test=upgrade-image\n").as_bytes())
+        .expect("dockerfile");
+    assert!(build.wait_with_output().expect("build").status.success(), "building {target}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = std::thread::spawn({
+        let stop = stop.clone();
+        move || probe(stop)
+    });
+    let t = Instant::now();
+
+    // Interrupted (SIGKILL) once the first manager's replacement is launched.
+    let mut child = c
+        .command()
+        .args(["--cluster", CLUSTER, "upgrade", "--image", &target])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("upgrade");
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().expect("stderr")).lines() {
+        let line = line.unwrap_or_default();
+        eprintln!("upgrade(1): {line}");
+        seen.push(line.clone());
+        let host = line.split("s] ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default();
+        if host.starts_with("manager") && line.contains(" launched (") {
+            child.kill().expect("SIGKILL");
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("launched (")), "no manager launch seen: {seen:?}");
+    let recorded = std::fs::read_to_string(c.state_root.join(CLUSTER).join("hosts.json")).expect("hosts.json");
+    assert!(recorded.contains("\"pending\": {"), "the interrupted replacement is recorded: {recorded}");
+    let out = c.run(&["deploy", "--no-smoke-test"]);
+    assert!(!out.status.success() && said(&out).contains(&format!("upgrade --image {target}")), "{}", said(&out));
+
+    // The re-run completes.
+    let out = c.run(&["upgrade", "--image", &target, "--output", "json"]);
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let probed = prober.join().expect("probe");
+    assert!(out.status.success(), "{}", said(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report json");
+    eprintln!(
+        "image upgrade of 5 hosts (interrupted once): {:.1} s; probe: {probed:?}; report: {report}",
+        took.as_secs_f64()
+    );
+    let replaced = report["replaced"].as_array().expect("replaced");
+    assert_eq!(replaced[0]["resumed"], true, "{report}");
+    assert!(replaced[0]["old"].as_str().is_some_and(|h| h.starts_with("manager")), "{report}");
+
+    // Throughout: a leader but for handovers, never fewer than 1 replica, Consul led.
+    assert!(probed.samples > 20, "{probed:?}");
+    assert!(probed.min_replicas.is_some_and(|m| m >= 1), "{probed:?}");
+    assert!(probed.longest_leaderless < Duration::from_secs(10), "{probed:?}");
+    assert!(probed.consul_samples > 10, "{probed:?}");
+    assert!(probed.longest_consul_leaderless < Duration::from_secs(10), "{probed:?}");
+
+    // Afterwards: the new generation everywhere, on the new image.
+    let want: Vec<String> = HOSTS.iter().map(|h| format!("{h}-u1")).collect();
+    let mut names = agents().into_keys().collect::<Vec<_>>();
+    names.sort();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "the control plane's hosts");
+    let mut running = host_containers();
+    running.sort();
+    assert_eq!(running, sorted, "the lab's host containers");
+    for h in &want {
+        let image = text(&docker(&["inspect", "--format", "{{.Config.Image}}", &format!("flotilla-{CLUSTER}-{h}")]));
+        assert_eq!(image, target, "{h}");
+    }
+    let nodes =
+        in_host("manager0-u1", &["docker", "node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.ManagerStatus}}"]);
+    let lines: Vec<&str> = nodes.lines().collect();
+    assert_eq!(lines.len(), 5, "no stale or duplicate node: {nodes}");
+    assert!(lines.iter().all(|l| l.contains(" Ready")), "no down node: {nodes}");
+    assert_eq!(lines.iter().filter(|l| l.ends_with("Leader") || l.ends_with("Reachable")).count(), 3, "{nodes}");
+    let mut hostnames: Vec<&str> = lines.iter().filter_map(|l| l.split_whitespace().next()).collect();
+    hostnames.sort();
+    assert_eq!(hostnames, sorted.iter().map(String::as_str).collect::<Vec<_>>(), "{nodes}");
+    let peers = in_host("manager0-u1", &["curl", "-s", "127.0.0.1:8500/v1/status/peers"]);
+    assert_eq!(peers.matches(":8300").count(), 3, "3 Consul voters, no extra: {peers}");
+    assert_eq!(running_replicas_via("manager0-u1"), 2);
+
+    // A re-run on the target does nothing.
+    let out = c.run(&["upgrade", "--image", &target, "--output", "json"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let again: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (again["to_replace"].as_u64(), again["replaced"].as_array().map(Vec::len)),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+    target
+}
+
+fn running_replicas_via(host: &str) -> usize {
+    in_host(
+        host,
+        &["docker", "service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"],
+    )
+    .lines()
+    .filter(|l| l.starts_with("Running"))
+    .count()
 }

@@ -18,9 +18,10 @@ pub struct UpgradeArgs {
     /// last); containers keep running. Hosts already on the build are skipped.
     #[arg(long, required_unless_present = "image", conflicts_with = "image")]
     pub agent: bool,
-    /// Plan a rolling replacement of every host onto IMAGE (lab image, AMI id or SSM
-    /// parameter): each host, the image it runs, and the order (workers, managers, the leader
-    /// last). Only `--dry-run` is built so far.
+    /// Replace every host not on IMAGE (lab image, AMI id or SSM parameter) by one launched
+    /// from it, one at a time, add before remove (workers, managers, the leader last, handed
+    /// over first); each replacement takes the slot's next name (`node0` → `node0-u1`). An
+    /// interrupted run continues where it stopped; hosts already on IMAGE are skipped.
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
     /// The new agent binary (default: the one this coordinator serves to new hosts —
@@ -48,11 +49,13 @@ pub async fn run(g: &Global, args: UpgradeArgs) -> Result<(), CliError> {
             state_root: g.state_root(),
             image,
             dry_run: args.dry_run,
+            quiet: args.output == Output::Json,
         })
         .await?;
         match args.output {
             Output::Json => outln!("{}", json_pretty(&report)),
-            Output::Table => print_image_plan(&report),
+            Output::Table if report.dry_run => print_image_plan(&report),
+            Output::Table => print_image_done(&report),
         }
         return Ok(());
     }
@@ -98,6 +101,28 @@ fn print_summary(r: &AgentUpgradeReport) {
             } else {
                 format!("sha256 {}…", crate::ops::upgrade::agent::short(&r.target_sha256))
             }
+        );
+    }
+}
+
+fn print_image_done(r: &ImageUpgradeReport) {
+    outln!(
+        "cluster '{}': {} host(s) replaced by ones launched from {}, in {:.1} s",
+        r.cluster,
+        r.replaced.len(),
+        r.target_image,
+        r.total_s
+    );
+    for h in &r.replaced {
+        let resumed = if h.resumed { " (resumed)" } else { "" };
+        outln!(
+            "  {:<12} → {:<14} {:<8} {} → {} — {:.1} s{resumed}",
+            h.old,
+            h.new,
+            h.role,
+            h.old_image,
+            h.new_image,
+            h.seconds
         );
     }
 }

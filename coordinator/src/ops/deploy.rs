@@ -24,6 +24,7 @@
 
 pub mod assign;
 pub mod control_plane;
+pub mod drain;
 pub mod launch;
 pub mod port;
 pub mod provider;
@@ -42,6 +43,7 @@ use tonic::transport::Channel;
 use crate::admin_client::ConnectError;
 use crate::control_plane::settings::StatePaths;
 use crate::ops::cluster_config::{ClusterConfig, ConfigError, HealMode};
+use crate::ops::host_names::{HostNames, HostNamesError};
 use crate::ops::plan::{self, PlanError, PlannedHost, RoleKind};
 use crate::ops::verify;
 use crate::providers::{Host, ProviderError};
@@ -103,6 +105,19 @@ pub enum DeployError {
         down.iter().map(ToString::to_string).collect::<String>()
     )]
     HostDown { what: String, down: Vec<crate::providers::HostDown> },
+    #[error(transparent)]
+    HostNames(#[from] HostNamesError),
+    /// `upgrade --image` was interrupted while replacing a host: deploy would remove the old
+    /// host before its replacement joined.
+    #[error(
+        "an interrupted `coordinator upgrade --image {image}` is replacing {old} by {new}: finish it first (run that command again), then deploy; nothing was touched"
+    )]
+    UpgradePending { old: String, new: String, image: String },
+    /// A worker to remove was drained, but its tasks did not all run elsewhere in time.
+    #[error(
+        "{host} was drained but after {after:?} its tasks do not all run elsewhere: {last}. The host is still in the swarm (drained); make room for them, then re-run"
+    )]
+    NotDrained { host: String, after: Duration, last: String },
 }
 
 impl From<PlanError> for DeployError {
@@ -110,6 +125,7 @@ impl From<PlanError> for DeployError {
         match e {
             PlanError::Config(e) => DeployError::Config(e),
             PlanError::Provider(e) => DeployError::Provider(e),
+            PlanError::HostNames(e) => DeployError::HostNames(e),
         }
     }
 }
@@ -178,12 +194,16 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let c = &opts.config;
     c.validate(&opts.origin)?;
     let p = Progress::new(opts.quiet);
-    let planned = plan::plan(c);
+    let state_dir = opts.state_root.join(&c.name);
+    let names = HostNames::load(&state_dir)?;
+    if let Some(r) = &names.pending {
+        return Err(DeployError::UpgradePending { old: r.old.clone(), new: r.new.clone(), image: r.image.clone() });
+    }
+    let planned = plan::plan(c, &names);
     p.step("plan", format!("cluster '{}' on the {} provider:", c.name, c.provider.name()));
     for h in &planned {
         p.step("plan", format!("  {:<10} {}", h.name, h.roles_text()));
     }
-    let state_dir = opts.state_root.join(&c.name);
     let paths = StatePaths::new(&state_dir);
     flotilla_proto::fs::private_dir(&state_dir).map_err(DeployError::state_dir(&state_dir))?;
     let _lock = crate::ops::lock::OpsLock::take(&state_dir, &c.name, "deploy")?;

@@ -37,6 +37,7 @@ use crate::control_plane::healer::{EXIT_NO_PROVIDER, EXIT_REFUSED};
 use crate::control_plane::settings::StatePaths;
 use crate::ops::cluster_config::{ClusterConfig, ConfigError};
 use crate::ops::deploy::{DeployError, Run};
+use crate::ops::host_names::{HostNames, HostNamesError};
 use crate::ops::lock::{LockError, OpsLock};
 use crate::ops::plan;
 use crate::providers::{Provider, ProviderError, ProviderRecord};
@@ -71,6 +72,13 @@ pub enum HealError {
     State { path: PathBuf, source: std::io::Error },
     #[error("after replacing {host}: {problem}")]
     NotFull { host: String, problem: String },
+    #[error(transparent)]
+    HostNames(HostNamesError),
+    /// `upgrade --image` was interrupted while replacing a host: heal would work against it.
+    #[error(
+        "an interrupted `coordinator upgrade --image {image}` is replacing {old} by {new}: finish it first (run that command again); nothing was touched"
+    )]
+    UpgradePending { old: String, new: String, image: String },
 }
 
 impl From<ProviderError> for HealError {
@@ -203,7 +211,11 @@ async fn run(opts: &HealOptions, admin: &mut AdminClient<Channel>) -> Result<Hea
     let _lock = if opts.dry_run { None } else { Some(OpsLock::take(&state_dir, &opts.cluster, "heal")?) };
     let record = ProviderRecord::load(&state_dir);
     let provider = Provider::from_record(&opts.cluster, &state_dir, &record).await?;
-    let planned = plan::plan(&config);
+    let names = HostNames::load(&state_dir).map_err(HealError::HostNames)?;
+    if let Some(r) = names.pending.as_ref().filter(|_| !opts.dry_run) {
+        return Err(HealError::UpgradePending { old: r.old.clone(), new: r.new.clone(), image: r.image.clone() });
+    }
+    let planned = plan::plan(&config, &names);
     let first = assess_now(admin, &provider, &planned, None).await?;
     let p = Progress::new(opts.quiet);
     for h in first.hosts.iter().filter(|h| h.verdict != Verdict::Healthy) {

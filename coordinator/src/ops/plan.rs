@@ -4,13 +4,15 @@
 //!
 //! The seed's topology on Swarm mode: `manager0…` (each also a Consul server by default, a
 //! 3-server Consul cluster for the default 3 managers), `node0…`. `manager0` is designated to
-//! initialise the swarm.
+//! initialise the swarm. A slot replaced by `upgrade --image` goes by its current name
+//! (`manager0-u1`: [`crate::ops::host_names`]); the first manager's slot keeps initialising.
 
 use std::path::Path;
 
 use flotilla_proto::v1;
 
 use crate::ops::cluster_config::{ClusterConfig, ConfigError, ConsulPlacement};
+use crate::ops::host_names::{HostNames, HostNamesError};
 use crate::providers::aws::{self, Aws};
 use crate::providers::lab::{self, Lab, LabError};
 use crate::providers::{Host, HostState, ProviderError, ProviderKind};
@@ -66,18 +68,25 @@ impl PlannedHost {
     }
 }
 
-pub fn plan(c: &ClusterConfig) -> Vec<PlannedHost> {
+/// The hosts of `c`, each slot (`manager0`, `node1`) under its current name in `names`
+/// (generation 0 — the slot's own name — unless `upgrade --image` replaced it).
+pub fn plan(c: &ClusterConfig, names: &HostNames) -> Vec<PlannedHost> {
     let mut out = Vec::new();
     for i in 0..c.managers {
         let mut roles = vec![RoleKind::Manager];
         if c.consul == ConsulPlacement::Managers {
             roles.insert(0, RoleKind::Consul);
         }
-        out.push(PlannedHost { name: format!("manager{i}"), roles, primary: RoleKind::Manager, index: i as usize });
+        out.push(PlannedHost {
+            name: names.name_of(&format!("manager{i}")),
+            roles,
+            primary: RoleKind::Manager,
+            index: i as usize,
+        });
     }
     for i in 0..c.nodes {
         out.push(PlannedHost {
-            name: format!("node{i}"),
+            name: names.name_of(&format!("node{i}")),
             roles: vec![RoleKind::Node],
             primary: RoleKind::Node,
             index: i as usize,
@@ -89,6 +98,10 @@ pub fn plan(c: &ClusterConfig) -> Vec<PlannedHost> {
 /// What the role specs need to know about the cluster.
 pub struct SpecInputs<'a> {
     pub plan: &'a [PlannedHost],
+    /// Hosts no longer planned but still there (`upgrade --image`: the host being replaced):
+    /// the Consul servers keep their tokens too (whichever server leads creates the
+    /// replacement's), until they are gone.
+    pub leaving: &'a [PlannedHost],
     /// host name → private IP.
     pub addresses: &'a std::collections::HashMap<String, String>,
     pub consul_image: &'a str,
@@ -123,7 +136,7 @@ pub fn role_specs(host: &PlannedHost, inp: &SpecInputs<'_>) -> Vec<v1::RoleSpec>
                 bootstrap_expect: consul_hosts.len() as u32,
                 retry_join: consul_ips.clone(),
                 datacenter: inp.cluster.to_string(),
-                tokens: consul_tokens(inp.plan),
+                tokens: consul_tokens(&[inp.plan, inp.leaving].concat()),
                 ..Default::default()
             }),
             RoleKind::Manager => v1::role_spec::Spec::Manager(v1::ManagerSpec {
@@ -160,6 +173,8 @@ pub enum PlanError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error(transparent)]
+    HostNames(#[from] HostNamesError),
 }
 
 impl From<LabError> for PlanError {
@@ -195,8 +210,8 @@ impl Changes {
 /// The changes a deploy of `config` would make, from what the provider reports.
 pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) -> Result<Changes, PlanError> {
     config.validate(origin)?;
-    let planned = plan(config);
     let state_dir = state_root.join(&config.name);
+    let planned = plan(config, &HostNames::load(&state_dir)?);
     let mut ch = Changes { cluster: config.name.clone(), provider: config.provider, ..Default::default() };
     let hosts = match config.provider {
         ProviderKind::Lab => lab_changes(config, &state_dir, &mut ch).await?,
@@ -274,7 +289,7 @@ mod tests {
 
     #[test]
     fn the_default_plan_is_three_managers_with_consul_and_two_nodes() {
-        let p = plan(&ClusterConfig::default());
+        let p = plan(&ClusterConfig::default(), &HostNames::default());
         let names: Vec<_> = p.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["manager0", "manager1", "manager2", "node0", "node1"]);
         assert!(p[..3].iter().all(|h| h.roles == [RoleKind::Consul, RoleKind::Manager]));
@@ -282,12 +297,44 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_manager_may_initialise_and_everyone_finds_consul() {
-        let p = plan(&ClusterConfig::default());
+    fn recorded_generations_name_their_slots_which_keep_their_index_and_the_initialiser() {
+        let mut names = HostNames::default();
+        names.begin("manager0", "img");
+        names.begin("node1", "img");
+        names.begin("node1-u1", "img");
+        let p = plan(&ClusterConfig::default(), &names);
+        let got: Vec<_> = p.iter().map(|h| (h.name.as_str(), h.index)).collect();
+        assert_eq!(got, [("manager0-u1", 0), ("manager1", 1), ("manager2", 2), ("node0", 0), ("node1-u2", 1)]);
         let addrs: std::collections::HashMap<_, _> =
             p.iter().enumerate().map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i))).collect();
         let inp = SpecInputs {
             plan: &p,
+            leaving: &[],
+            addresses: &addrs,
+            consul_image: "consul:x",
+            registry_auth: Default::default(),
+            cluster: "c",
+        };
+        let Some(v1::role_spec::Spec::Manager(m)) = &role_specs(&p[0], &inp)[1].spec else { panic!("manager") };
+        assert!(m.designated_initializer, "the first manager's slot keeps initialising under its new name");
+        // While manager0 is replaced, every server keeps its tokens too (whichever leads
+        // creates the replacement's), and the Consul servers stay 3.
+        let old = PlannedHost { name: "manager0".into(), ..p[0].clone() };
+        let inp = SpecInputs { leaving: std::slice::from_ref(&old), ..inp };
+        let Some(v1::role_spec::Spec::Consul(c)) = &role_specs(&p[1], &inp)[0].spec else { panic!("consul") };
+        let hosts: Vec<&str> = c.tokens.iter().map(|t| t.host.as_str()).collect();
+        assert!(hosts.contains(&"manager0") && hosts.contains(&"manager0-u1"), "{hosts:?}");
+        assert_eq!(c.bootstrap_expect, 3);
+    }
+
+    #[test]
+    fn only_the_first_manager_may_initialise_and_everyone_finds_consul() {
+        let p = plan(&ClusterConfig::default(), &HostNames::default());
+        let addrs: std::collections::HashMap<_, _> =
+            p.iter().enumerate().map(|(i, h)| (h.name.clone(), format!("10.0.0.{}", 10 + i))).collect();
+        let inp = SpecInputs {
+            plan: &p,
+            leaving: &[],
             addresses: &addrs,
             consul_image: "consul:x",
             registry_auth: Default::default(),

@@ -143,7 +143,9 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
         .map_err(|source| RecoverError::NotDeployed { cluster: opts.cluster.clone(), source })?;
     let _lock = if opts.dry_run { None } else { Some(OpsLock::take(&state_dir, &opts.cluster, "recover")?) };
     let provider = Provider::from_record(&opts.cluster, &state_dir, &ProviderRecord::load(&state_dir)).await?;
-    let planned = plan::plan(&config);
+    let names =
+        crate::ops::host_names::HostNames::load(&state_dir).map_err(|e| RecoverError::Restore(e.to_string()))?;
+    let planned = plan::plan(&config, &names);
     let p = Progress::new(opts.quiet);
     let assessment = settled(&mut admin, &provider, &planned).await?;
     for h in assessment.hosts.iter().filter(|h| h.verdict != Verdict::Healthy) {

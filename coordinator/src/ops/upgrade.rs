@@ -3,11 +3,13 @@
 //! - [`agent`]: `--agent`, every host's agent replaced in place by another build (served by
 //!   the control plane, SHA-256 pinned, installed by the agent itself, restarted by systemd)
 //!   while every container keeps running.
-//! - [`image`]: `--image IMAGE --dry-run`, the plan of a rolling replacement onto a new host
-//!   image (the replacement itself is not built yet).
+//! - [`image`]: `--image IMAGE`, a rolling replacement onto a new host image: its plan
+//!   (`--dry-run`, the order) and the replacement itself ([`rolling`]: add before remove,
+//!   each replacement under the slot's next generation name).
 
 pub mod agent;
 pub mod image;
+pub mod rolling;
 
 use std::path::PathBuf;
 
@@ -28,11 +30,31 @@ pub enum UpgradeError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Provider(#[from] crate::providers::ProviderError),
-    /// `upgrade --image` without `--dry-run`: the replacement is not built yet.
     #[error(
-        "{to_replace} host(s) run another image, and replacing hosts onto a new image is not built yet (issue 17): nothing was touched. `--dry-run` shows the plan; `deploy --image` applies to hosts launched from now on"
+        "cluster '{cluster}' has no record of a deploy ({source}); upgrade replaces what `coordinator deploy` recorded"
     )]
-    ImageNotBuilt { to_replace: usize },
+    NotDeployed { cluster: String, source: crate::ops::cluster_config::ConfigError },
+    #[error(transparent)]
+    Deploy(#[from] crate::ops::deploy::DeployError),
+    #[error(transparent)]
+    HostNames(#[from] crate::ops::host_names::HostNamesError),
+    #[error("{}: {source}", path.display())]
+    State { path: PathBuf, source: std::io::Error },
+    /// The cluster is not at full strength: replacing a host now could cost quorum or tasks.
+    #[error(
+        "the cluster is not healthy {when}: {why}. Nothing more was replaced; bring it back (`coordinator status`, `coordinator heal`) and run the upgrade again"
+    )]
+    NotHealthy { when: String, why: String },
+    /// An interrupted upgrade onto another image is still half-done.
+    #[error(
+        "an interrupted `coordinator upgrade --image {image}` is replacing {old} by {new}: finish it first (run that command again); nothing was touched"
+    )]
+    OtherPending { old: String, new: String, image: String },
+    /// A replacement joined but Swarm or Consul did not count it: the old host is kept.
+    #[error(
+        "the replacement {host} is not counted by Swarm and Consul: {last}. The host it replaces is still there; look at it (`coordinator status`, `coordinator logs --host {host}`) and run the upgrade again to continue"
+    )]
+    NotCounted { host: String, last: String },
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("{}", .0.message())]
@@ -74,7 +96,6 @@ impl UpgradeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             UpgradeError::Lock(_) => EXIT_REFUSED,
-            UpgradeError::ImageNotBuilt { .. } => 69,
             _ => 1,
         }
     }

@@ -16,24 +16,41 @@ pub async fn assign_in_dependency_order(
     run: &Run<'_>,
     addresses: &HashMap<String, String>,
 ) -> Result<bool, DeployError> {
-    assign(run, addresses, |_| true).await
+    assign(run, addresses, &[], |_| true).await
 }
 
 /// Assigns every planned host whose agent is connected (enrolled, session up) its roles, in
 /// [`dependency_order`]; the others are left for a later call. Whether any host's assignment
 /// changed.
 pub async fn assign_connected(run: &Run<'_>, addresses: &HashMap<String, String>) -> Result<bool, DeployError> {
-    assign(run, addresses, |s| s.is_some_and(|s| s.connected && !s.unreachable)).await
+    assign(run, addresses, &[], connected).await
+}
+
+/// [`assign_connected`], and the connected hosts of `leaving` (no longer planned, still
+/// there: `upgrade --image`'s host being replaced) assigned their roles again with the
+/// others' current specs, so whichever Consul server leads keeps every host's token.
+pub async fn assign_connected_and_leaving(
+    run: &Run<'_>,
+    addresses: &HashMap<String, String>,
+    leaving: &[PlannedHost],
+) -> Result<bool, DeployError> {
+    assign(run, addresses, leaving, connected).await
+}
+
+fn connected(s: Option<&v1::HostStatus>) -> bool {
+    s.is_some_and(|s| s.connected && !s.unreachable)
 }
 
 async fn assign(
     run: &Run<'_>,
     addresses: &HashMap<String, String>,
+    leaving: &[PlannedHost],
     ready: impl Fn(Option<&v1::HostStatus>) -> bool,
 ) -> Result<bool, DeployError> {
     let c = run.config;
     let inputs = plan::SpecInputs {
         plan: run.planned,
+        leaving,
         addresses,
         consul_image: &run.prepared.consul_image,
         registry_auth: (
@@ -45,7 +62,7 @@ async fn assign(
     let mut admin = run.admin.clone();
     let current = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let mut changed = false;
-    for h in dependency_order(run.planned) {
+    for h in dependency_order(run.planned).into_iter().chain(leaving) {
         let status = current.hosts.iter().find(|s| s.name == h.name);
         if !ready(status) {
             continue;
@@ -82,7 +99,7 @@ mod tests {
 
     #[test]
     fn managers_come_before_nodes_and_the_first_manager_first() {
-        let planned = plan::plan(&ClusterConfig::default());
+        let planned = plan::plan(&ClusterConfig::default(), &Default::default());
         let names: Vec<_> = dependency_order(&planned).iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["manager0", "manager1", "manager2", "node0", "node1"]);
     }

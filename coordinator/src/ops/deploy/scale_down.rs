@@ -1,7 +1,7 @@
 //! Hosts that exist but are not in the plan: each is told to take no role (a manager is
 //! demoted, then leaves — a leading one demoted by the coordinator first, and the next
 //! leader awaited, so leadership is handed over rather than lost: [`crate::ops::handover`];
-//! a node drains and leaves), terminated at the provider, removed
+//! a node is drained and leaves once its tasks run elsewhere: [`super::drain`]), terminated at the provider, removed
 //! from the swarm's node list and forgotten by the control plane — nodes first, then
 //! managers, one at a time, so never more leave at once than quorum tolerates.
 
@@ -36,6 +36,11 @@ pub async fn scale_down(
         let addr = addresses.get(&h.name).cloned().unwrap_or_default();
         if h.role == "manager" {
             hand_over(run, &h.name, &addr, manager_ips, docker_dir).await;
+        } else {
+            let d = super::drain::drain_and_wait(manager_ips, docker_dir, &h.name).await?;
+            if !d.moved.is_empty() {
+                run.p.host(&h.name, format!("drained: the tasks of {} service(s) run elsewhere", d.moved.len()));
+            }
         }
         let r = run
             .admin

@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn only_an_unreachable_host_the_provider_reports_gone_is_lost() {
-        let planned = plan::plan(&ClusterConfig::default());
+        let planned = plan::plan(&ClusterConfig::default(), &Default::default());
         let st = status(&ALL);
         let mut provider: Vec<Host> = ALL.iter().map(|n| running(n)).collect();
         provider.retain(|h| h.name != "manager1");
@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn one_lost_manager_is_healed_first_and_two_are_refused() {
-        let planned = plan::plan(&ClusterConfig::default());
+        let planned = plan::plan(&ClusterConfig::default(), &Default::default());
         let provider: Vec<Host> = ["manager0", "manager2", "node0"].iter().map(|n| running(n)).collect();
         let one = HashMap::from([("manager1".to_string(), 70.0), ("node1".to_string(), 70.0)]);
         let a = assess(&planned, &status(&ALL), &one, &provider, 60);
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_planned_host_the_control_plane_forgot_is_completed_before_anything_else() {
-        let planned = plan::plan(&ClusterConfig::default());
+        let planned = plan::plan(&ClusterConfig::default(), &Default::default());
         let st = status(&["manager0", "manager1", "manager2", "node0"]);
         let provider: Vec<Host> = ["manager0", "manager1", "manager2", "node0"].iter().map(|n| running(n)).collect();
         let a = assess(&planned, &st, &HashMap::new(), &provider, 60);

@@ -226,7 +226,7 @@ async fn counted(h: &Heal<'_>, planned: &PlannedHost, missing: &[String]) -> Res
 }
 
 /// What keeps the swarm's node list from counting `host`, if anything.
-fn swarm_problem(nodes: &[verify::SwarmNode], host: &str, manager: bool) -> Option<String> {
+pub(crate) fn swarm_problem(nodes: &[verify::SwarmNode], host: &str, manager: bool) -> Option<String> {
     let mine: Vec<&verify::SwarmNode> = nodes.iter().filter(|n| n.hostname == host).collect();
     if !nodes.iter().any(|n| n.manager_status == "leader") {
         return Some("the swarm has no leader".into());

@@ -3,11 +3,7 @@
 //! container's image, the instance's AMI id), the target as the provider resolves it, and the
 //! order (workers, managers, the swarm's leader last, handed over first).
 //!
-//! Only the plan is built. The replacement itself (add before remove: a replacement launched,
-//! joined and counted before the old host is drained, demoted, removed and terminated) needs a
-//! host to have a name the old one does not (Consul, Swarm and the control plane's identities
-//! are keyed by name); until that lands, `upgrade --image` without `--dry-run` refuses before
-//! touching anything.
+//! Without `--dry-run`, the replacement itself ([`super::rolling`]), under the ops lock.
 
 use std::path::PathBuf;
 
@@ -24,6 +20,8 @@ pub struct ImageUpgradeOptions {
     /// The image as the operator named it (lab image, AMI id or SSM parameter).
     pub image: String,
     pub dry_run: bool,
+    /// No progress lines (`--output json`).
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -35,6 +33,10 @@ pub struct ImageUpgradeReport {
     /// Every host, in the order it would be replaced.
     pub hosts: Vec<ImageStep>,
     pub to_replace: usize,
+    /// The hosts replaced (without `--dry-run`), in order.
+    pub replaced: Vec<super::rolling::HostReplaced>,
+    /// The whole run, without `--dry-run`.
+    pub total_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -70,7 +72,12 @@ pub fn plan(hosts: &[v1::HostStatus], at: &[Host], target: &str) -> Vec<ImageSte
 }
 
 pub async fn upgrade_image(opts: ImageUpgradeOptions) -> Result<ImageUpgradeReport, UpgradeError> {
+    let started = std::time::Instant::now();
     let state_dir = opts.state_root.join(&opts.cluster);
+    let _lock = match opts.dry_run {
+        true => None,
+        false => Some(crate::ops::lock::OpsLock::take(&state_dir, &opts.cluster, "upgrade")?),
+    };
     let mut admin =
         crate::admin_client::connect_local(&opts.cluster, &StatePaths::new(&state_dir).admin_socket()).await?;
     let provider = Provider::from_record(&opts.cluster, &state_dir, &ProviderRecord::load(&state_dir)).await?;
@@ -78,10 +85,20 @@ pub async fn upgrade_image(opts: ImageUpgradeOptions) -> Result<ImageUpgradeRepo
     let status = admin.status(v1::StatusRequest::default()).await?.into_inner();
     let hosts = plan(&status.hosts, &provider.describe().await?, &target);
     let to_replace = hosts.iter().filter(|h| h.action == "replace").count();
-    if !opts.dry_run && to_replace > 0 {
-        return Err(UpgradeError::ImageNotBuilt { to_replace });
-    }
-    Ok(ImageUpgradeReport { cluster: opts.cluster, dry_run: opts.dry_run, target_image: target, hosts, to_replace })
+    let pending = crate::ops::host_names::HostNames::load(&state_dir)?.pending.is_some();
+    let replaced = match opts.dry_run || (to_replace == 0 && !pending) {
+        true => vec![],
+        false => super::rolling::roll(&opts.cluster, &state_dir, &target, admin, opts.quiet).await?,
+    };
+    Ok(ImageUpgradeReport {
+        cluster: opts.cluster,
+        dry_run: opts.dry_run,
+        target_image: target,
+        hosts,
+        to_replace,
+        replaced,
+        total_s: started.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]
