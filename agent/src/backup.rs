@@ -154,6 +154,10 @@ async fn wait_reachable(d: &Docker) -> Result<(), BackupError> {
 /// which would leave this manager down: the limit's counter is reset first, and a failed
 /// start is tried again (3 times, 2 s apart).
 pub async fn start_engine() -> Result<(), BackupError> {
+    // A manager relaunched for a restore has no role yet: its Engine is still held at boot.
+    if let Err(e) = crate::engine_tls::lift_hold().await {
+        tracing::warn!(error = %e, "lifting the Engine's boot hold");
+    }
     let mut last = None;
     for attempt in 0..3 {
         if attempt > 0 {

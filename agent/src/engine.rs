@@ -15,14 +15,40 @@ pub enum EngineError {
     Api(#[from] bollard::errors::Error),
 }
 
+/// Where the Engine's socket is when `DOCKER_HOST` is not set (bollard's default).
+const SOCKET: &str = "/var/run/docker.sock";
+
 /// Connects and negotiates the API version. Does not fail when the Engine is down at the
-/// moment; calls will.
+/// moment; calls will (and an Engine held at boot gets its version negotiated when the agent
+/// starts it: [`negotiate`]).
 pub async fn connect() -> Result<Docker, EngineError> {
-    let docker = Docker::connect_with_defaults()?;
-    match docker.clone().negotiate_version().await {
-        Ok(d) => Ok(d),
-        Err(_) => Ok(docker),
+    let docker = match Docker::connect_with_defaults() {
+        Ok(d) => d,
+        Err(e) => client_before_socket().ok_or(e)?,
+    };
+    negotiate(&docker).await;
+    Ok(docker)
+}
+
+/// Sets the API version the Engine speaks on `docker` and on every clone of it (they share
+/// it); nothing when the Engine does not answer.
+pub async fn negotiate(docker: &Docker) {
+    let _ = docker.clone().negotiate_version().await;
+}
+
+/// A manager's Engine held at boot (until the agent writes its TLS listener) has no socket
+/// yet, and bollard makes no client for a socket path that does not exist: the path is stood
+/// in for by an empty file for that moment only (never over a real socket). `None` when the
+/// Engine is not held.
+fn client_before_socket() -> Option<Docker> {
+    let held = flotilla_cloud_init::paths::ENGINE_HOLD_PATHS.iter().any(|p| std::path::Path::new(p).exists());
+    if !held || std::env::var_os("DOCKER_HOST").is_some() {
+        return None;
     }
+    std::fs::OpenOptions::new().write(true).create_new(true).open(SOCKET).ok()?;
+    let docker = Docker::connect_with_unix(SOCKET, 120, bollard::API_DEFAULT_VERSION);
+    let _ = std::fs::remove_file(SOCKET);
+    docker.ok()
 }
 
 /// The Engine's version, or its error.

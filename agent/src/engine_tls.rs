@@ -6,9 +6,16 @@
 //! Written as a systemd drop-in that extends the distribution's own `ExecStart`, so it works
 //! with Debian's and Amazon Linux's units alike; the Engine is restarted only when the
 //! drop-in, the CA, the certificate or the key change.
+//!
+//! A planned manager's Engine does not start at boot: the user-data holds it
+//! ([`flotilla_cloud_init::paths::ENGINE_HOLD_PATHS`]) until this module has written the
+//! listener, then lifts the hold and starts it — once, already configured. An assignment that
+//! asks for no listener (the host is no manager after all) lifts the hold and starts the
+//! Engine as it is ([`lift_hold_and_start`]), and so does a restore before any role.
 
 use std::path::Path;
 
+use flotilla_cloud_init::paths::ENGINE_HOLD_PATHS;
 use flotilla_proto::v1::ManagerSpec;
 
 use crate::roles::RoleCtx;
@@ -33,7 +40,7 @@ pub enum EngineTlsError {
 }
 
 pub const TLS_DIR: &str = "/etc/docker/flotilla-tls";
-pub const DROP_IN: &str = "/etc/systemd/system/docker.service.d/flotilla-tls.conf";
+pub const DROP_IN: &str = flotilla_cloud_init::paths::ENGINE_TLS_DROP_IN_PATH;
 pub const PORT: u16 = 2376;
 
 /// One file of the TLS directory: its name, its contents, whether it is private (0600).
@@ -75,9 +82,21 @@ pub fn write_changed(dir: &Path, files: &[TlsFile<'_>]) -> Result<bool, EngineTl
     Ok(changed)
 }
 
+/// What [`ensure`] did to the Engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing: the listener was in place and the Engine running.
+    Unchanged,
+    /// The Engine's first start (it was held at boot), with the listener.
+    Started,
+    /// The Engine ran without this configuration and was restarted with it.
+    Restarted,
+}
+
 /// Converges the Engine's TLS configuration; `own_key_pem` is the host's Engine key
-/// ([`crate::engine_key`]). Returns true when it restarted the Engine.
-pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec, own_key_pem: &str) -> Result<bool, EngineTlsError> {
+/// ([`crate::engine_key`]). A held Engine is started, a running one restarted only when the
+/// configuration changed.
+pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec, own_key_pem: &str) -> Result<Applied, EngineTlsError> {
     let io = |what: &str, source: std::io::Error| EngineTlsError::Write { what: what.to_string(), source };
     let mut changed = write_changed(Path::new(TLS_DIR), &tls_files(spec, own_key_pem)?)?;
     let base = base_exec_start().await?;
@@ -96,20 +115,82 @@ pub async fn ensure(ctx: &RoleCtx<'_>, spec: &ManagerSpec, own_key_pem: &str) ->
         flotilla_proto::fs::write_public(p, drop_in.as_bytes()).map_err(|e| io(DROP_IN, e))?;
         changed = true;
     }
-    if !changed {
-        return Ok(false);
+    let held = remove_hold(&ENGINE_HOLD_PATHS.map(Path::new))?;
+    if !changed && !held {
+        return Ok(Applied::Unchanged);
     }
-    tracing::info!("restarting the Docker Engine with its TLS listener on {PORT}");
     systemctl(&["daemon-reload"]).await?;
-    systemctl(&["restart", "docker.service"]).await?;
-    // Wait (bounded) for the Engine to answer again.
-    for _ in 0..120 {
-        if ctx.docker.ping().await.is_ok() {
+    let applied = if !is_active().await {
+        tracing::info!("starting the Docker Engine with its TLS listener on {PORT}");
+        systemctl(&["start", "docker.service"]).await?;
+        Applied::Started
+    } else if changed {
+        tracing::info!("restarting the Docker Engine with its TLS listener on {PORT}");
+        systemctl(&["restart", "docker.service"]).await?;
+        Applied::Restarted
+    } else {
+        return Ok(Applied::Unchanged);
+    };
+    wait_answers(ctx.docker).await;
+    Ok(applied)
+}
+
+/// Waits (bounded, 30 s) for the Engine to answer, then negotiates its API version (an Engine
+/// held at boot had none to negotiate when the agent connected).
+async fn wait_answers(docker: &bollard::Docker) {
+    for _ in 0..300 {
+        if docker.ping().await.is_ok() {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    crate::engine::negotiate(docker).await;
+}
+
+/// Removes the boot hold's files among `paths`; whether any was there. Systemd reads the
+/// change at the caller's `daemon-reload`.
+pub fn remove_hold(paths: &[&Path]) -> Result<bool, EngineTlsError> {
+    let mut held = false;
+    for p in paths {
+        match std::fs::remove_file(p) {
+            Ok(()) => held = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(EngineTlsError::Write { what: p.display().to_string(), source }),
+        }
+    }
+    Ok(held)
+}
+
+/// Lifts the boot hold, if there is one, and starts the Engine as it is configured (no TLS
+/// listener); whether it was held. For an assignment that asks for no listener, and before a
+/// restore on a host that has no role yet.
+pub async fn lift_hold_and_start(docker: &bollard::Docker) -> Result<bool, EngineTlsError> {
+    if !lift_hold().await? {
+        return Ok(false);
+    }
+    tracing::info!("starting the Docker Engine held at boot (no TLS listener asked for)");
+    systemctl(&["start", "docker.service"]).await?;
+    wait_answers(docker).await;
     Ok(true)
+}
+
+/// Lifts the boot hold, if there is one (its files removed, systemd reloaded); whether it
+/// was held. Starting the Engine is the caller's.
+pub async fn lift_hold() -> Result<bool, EngineTlsError> {
+    if !remove_hold(&ENGINE_HOLD_PATHS.map(Path::new))? {
+        return Ok(false);
+    }
+    systemctl(&["daemon-reload"]).await?;
+    Ok(true)
+}
+
+/// Whether docker.service is active (a failing `systemctl` counts as not).
+async fn is_active() -> bool {
+    tokio::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", "docker.service"])
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 /// The distribution's `ExecStart` for docker.service, without our drop-in's additions.
@@ -188,6 +269,18 @@ mod tests {
         let renewed = spec(&cert_for(&own), "");
         assert!(write_changed(&tls, &tls_files(&renewed, &own_pem).expect("files")).expect("renewed"));
         assert_eq!(std::fs::read_to_string(tls.join("key.pem")).expect("key"), own_pem, "the key stays");
+    }
+
+    /// The hold's files go, and only a hold that was there counts; a second lift finds none.
+    #[test]
+    fn removing_the_hold_says_whether_there_was_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("service.conf"), dir.path().join("socket.conf"));
+        assert!(!remove_hold(&[&a, &b]).expect("none"), "no hold");
+        std::fs::write(&b, "[Unit]\n").expect("hold");
+        assert!(remove_hold(&[&a, &b]).expect("lift"), "held");
+        assert!(!b.exists());
+        assert!(!remove_hold(&[&a, &b]).expect("again"), "lifted once");
     }
 
     /// A key the coordinator made (an assignment from before the agent sent a CSR) is used

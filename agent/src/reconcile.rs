@@ -17,12 +17,16 @@ use flotilla_proto::v1::{self, Role, RoleState, RoleStatus, role_spec::Spec};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine_tls::Applied;
 use crate::roles::{self, RoleCtx, RoleError, consul, manager, node, status, swarm};
 
 /// Requeue after a pass where every role runs.
 pub const REQUEUE_STEADY: Duration = Duration::from_secs(10);
-/// Requeue while converging.
-pub const REQUEUE_CONVERGING: Duration = Duration::from_secs(1);
+/// Requeue while converging. Roles wait on each other through Consul (its leader, the ACLs,
+/// the swarm's join data): each wait ends at the first pass after what it waits for appears,
+/// so this interval is paid once per hop of a deploy (issue 19: 1 s cost ~0.5 s a hop; a
+/// pass is a few local Engine and Consul calls).
+pub const REQUEUE_CONVERGING: Duration = Duration::from_millis(250);
 
 /// What the health samples report besides role statuses.
 #[derive(Clone, Debug, Default)]
@@ -165,10 +169,6 @@ impl Reconciler {
         if let Err(e) = validate(a) {
             return failed_all(&wanted, &e.to_string());
         }
-        if let Err(e) = self.docker.ping().await {
-            self.views.send_replace(Views::default());
-            return failed_all(&wanted, &format!("the Docker Engine does not answer: {}", roles::engine_message(&e)));
-        }
         let ctx = RoleCtx {
             docker: &self.docker,
             cluster: &a.cluster,
@@ -177,12 +177,16 @@ impl Reconciler {
             progress: &self.statuses,
         };
         let specs = Specs::of(a);
-        remove_unassigned(&ctx, &specs).await;
-        // The Engine's configuration comes first: a restart for it must not interrupt roles
-        // that were just started.
+        // The Engine's configuration comes first: a manager's Engine held at boot starts here,
+        // with its listener, and a restart must not interrupt roles that were just started.
         if let Some(restarting) = configure_engine(&ctx, &specs, &wanted, &self.engine_key_pem).await {
             return restarting;
         }
+        if let Err(e) = self.docker.ping().await {
+            self.views.send_replace(Views::default());
+            return failed_all(&wanted, &format!("the Docker Engine does not answer: {}", roles::engine_message(&e)));
+        }
+        remove_unassigned(&ctx, &specs).await;
         let consul_held = self.holds.borrow().remaining(Role::Consul).is_some();
         let out = ensure_assigned(&ctx, &specs, consul_held).await;
         let views = Views {
@@ -218,18 +222,24 @@ async fn remove_unassigned(ctx: &RoleCtx<'_>, specs: &Specs<'_>) {
     }
 }
 
-/// Converges the Engine's TLS listener of a manager. `Some` ends the pass with these
-/// statuses: the Engine restarted for it, or it failed.
+/// Converges the Engine's TLS listener of a manager (starting an Engine held at boot with
+/// it); with no listener asked for, lifts a hold and starts the Engine as it is. `Some` ends
+/// the pass with these statuses: the Engine restarted for it, or it failed.
 async fn configure_engine(
     ctx: &RoleCtx<'_>,
     specs: &Specs<'_>,
     wanted: &[Role],
     own_key_pem: &str,
 ) -> Option<Vec<RoleStatus>> {
-    let m = specs.manager.filter(|m| !m.engine_tls_cert_pem.is_empty())?;
+    let Some(m) = specs.manager.filter(|m| !m.engine_tls_cert_pem.is_empty()) else {
+        return match crate::engine_tls::lift_hold_and_start(ctx.docker).await {
+            Ok(_) => None,
+            Err(e) => Some(failed_all(wanted, &format!("starting the Engine held at boot: {e}"))),
+        };
+    };
     match crate::engine_tls::ensure(ctx, m, own_key_pem).await {
-        Ok(false) => None,
-        Ok(true) => {
+        Ok(Applied::Unchanged | Applied::Started) => None,
+        Ok(Applied::Restarted) => {
             let mut st =
                 vec![status(Role::Manager, RoleState::Starting, "Engine restarted with its TLS listener on 2376")];
             if specs.consul.is_some() {

@@ -247,7 +247,11 @@ async fn wait_engine(d: &Docker) -> Result<(), RestoreError> {
     let deadline = Instant::now() + ENGINE_WAIT;
     loop {
         match tokio::time::timeout(Duration::from_secs(5), d.ping()).await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(_)) => {
+                // An Engine held at boot (a relaunched manager) is first started here.
+                crate::engine::negotiate(d).await;
+                return Ok(());
+            }
             Ok(Err(e)) if Instant::now() >= deadline => return Err(RestoreError::Engine(e.to_string())),
             _ if Instant::now() >= deadline => return Err(RestoreError::Engine("no answer".into())),
             _ => tokio::time::sleep(Duration::from_millis(300)).await,

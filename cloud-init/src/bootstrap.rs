@@ -4,7 +4,8 @@
 
 use crate::paths::{
     AGENT_BINARY_PATH, AGENT_UNIT_NAME, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH, BOOTSTRAP_FAILED_PATH,
-    CA_PATH, CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH, SEAL_UNIT_NAME, STATE_DIR,
+    CA_PATH, CLOUD_INIT_OUTPUT_PATH, DOCKER_DAEMON_JSON_PATH, ENGINE_HOLD_PATHS, ENGINE_TLS_DROP_IN_PATH,
+    SEAL_UNIT_NAME, STATE_DIR,
 };
 use crate::{AgentBinary, BakeReport, Engine, OsFamily};
 
@@ -54,6 +55,7 @@ pub(crate) fn render(
         ("FAILED_FILE", sh_quote(failed_file)),
         ("BAKE_COMPLETE", sh_quote(BAKE_COMPLETE_PATH)),
         ("DAEMON_JSON", sh_quote(DOCKER_DAEMON_JSON_PATH)),
+        ("ENGINE_HOLD", sh_quote(ENGINE_HOLD_PATHS[0])),
         ("FLOTILLA_REPORT_URL", sh_quote(report.map(|r| r.url.as_str()).unwrap_or_default())),
         ("FLOTILLA_REPORT_NONCE", sh_quote(report.map(|r| r.nonce.as_str()).unwrap_or_default())),
         ("CLOUD_INIT_OUTPUT", sh_quote(CLOUD_INIT_OUTPUT_PATH)),
@@ -97,6 +99,24 @@ pub(crate) fn registries_bootcmd(insecure_registries: &[String]) -> Option<Vec<S
     .collect();
     argv.extend(insecure_registries.iter().cloned());
     Some(argv)
+}
+
+/// The hold's shell: with no TLS drop-in yet (`$1`), each hold file (`$2`...) makes its unit's
+/// start conditional on the drop-in; systemd reloads, and the boot's pending start of the
+/// Engine is dropped (stopping the socket stops what requires it). A unit that is not
+/// installed yet (an Engine the bootstrap script installs) is no error: the hold is read
+/// when it is.
+const HOLD_SH: &str = r#"tls=$1; shift; [ -e "$tls" ] && exit 0; for f in "$@"; do mkdir -p -- "${f%/*}" && printf '# flotilla: held until the agent writes %s (a manager Engine starts once, with its TLS listener)\n[Unit]\nConditionPathExists=%s\n' "$tls" "$tls" >"$f" || exit 1; done; systemctl daemon-reload && { systemctl --no-block stop docker.socket docker.service 2>/dev/null || true; }"#;
+
+/// The `bootcmd` entry that holds a manager's Engine at boot until the agent writes its TLS
+/// listener ([`crate::paths::ENGINE_HOLD_PATHS`]), so the Engine starts once, already
+/// listening on 2376. Runs before `docker.service` (as [`registries_bootcmd`]); a host whose
+/// TLS drop-in exists (a reboot) is not held.
+pub(crate) fn engine_hold_bootcmd() -> Vec<String> {
+    let mut argv: Vec<String> =
+        ["sh", "-c", HOLD_SH, "flotilla-engine-hold", ENGINE_TLS_DROP_IN_PATH].iter().map(|s| s.to_string()).collect();
+    argv.extend(ENGINE_HOLD_PATHS.iter().map(|s| s.to_string()));
+    argv
 }
 
 /// `s` as one single-quoted shell word.

@@ -95,10 +95,16 @@ ensure_engine() {
         log "engine: installed by apt-get (version $(client_version))" ;;
     esac
   fi
-  if ! systemctl is-active --quiet docker.service; then
+  if engine_held; then
+    systemctl enable docker.service || fail "engine: could not enable docker.service"
+    log "engine: first start held until the agent writes the Engine's TLS listener ($ENGINE_HOLD)"
+  elif ! systemctl is-active --quiet docker.service; then
     systemctl enable --now docker.service || fail "engine: docker.service did not start (see journalctl -u docker.service)"
   fi
 }
+# An Engine held at boot ($ENGINE_HOLD exists) is started by the agent once its TLS listener
+# is written: nothing here starts, restarts or waits for it.
+engine_held() { [ -e "$ENGINE_HOLD" ]; }
 
 # (2) Insecure registries (lab only), merged into daemon.json: exit 0 changed, 3 unchanged.
 merge_registries() {
@@ -121,6 +127,10 @@ configure_engine() {
   merge_registries || rc=$?
   case "$rc" in
     0)
+      if engine_held; then
+        log "engine: insecure registries $regs written to $DAEMON_JSON, for the Engine's first start"
+        return 0
+      fi
       log "engine: insecure registries $regs written to $DAEMON_JSON, restarting docker"
       systemctl restart docker.service || fail "engine: docker.service did not restart with the new $DAEMON_JSON" ;;
     3) log "engine: $DAEMON_JSON already lists insecure registries $regs, no restart" ;;
@@ -128,6 +138,10 @@ configure_engine() {
   esac
 }
 wait_for_engine() {
+  if engine_held; then
+    log "engine: not waited for (held; the agent starts it)"
+    return 0
+  fi
   local deadline=$((SECONDS + ENGINE_WAIT_S))
   until docker info >/dev/null 2>&1; do
     [ "$SECONDS" -lt "$deadline" ] || fail "engine: docker info did not answer within ${ENGINE_WAIT_S}s (see journalctl -u docker.service)"

@@ -35,6 +35,11 @@ pub struct HostInputs {
     /// How often the agent reports health, in seconds (1..=3600);
     /// [`DEFAULT_HEARTBEAT_INTERVAL_S`] unless there is a reason.
     pub heartbeat_interval_s: u32,
+    /// The plan makes this host a Swarm manager, whose Engine gets a TLS listener on 2376
+    /// (the agent writes it once the coordinator signs the Engine's certificate): the
+    /// Engine's first start is held until then ([`crate::paths::ENGINE_HOLD_PATHS`]), so it
+    /// starts once, already configured. A worker's Engine starts at boot, with no listener.
+    pub engine_tls: bool,
 }
 
 /// Everything needed to render the user-data of a bake instance: Docker Engine and the agent
@@ -117,6 +122,7 @@ impl fmt::Debug for HostInputs {
             .field("engine", &self.engine)
             .field("insecure_registries", &self.insecure_registries)
             .field("heartbeat_interval_s", &self.heartbeat_interval_s)
+            .field("engine_tls", &self.engine_tls)
             .finish()
     }
 }
@@ -460,6 +466,7 @@ mod tests {
             engine: Engine::Preinstalled,
             insecure_registries: vec![],
             heartbeat_interval_s: DEFAULT_HEARTBEAT_INTERVAL_S,
+            engine_tls: false,
         };
         let debug = format!("{inputs:?}");
         assert!(!debug.contains("s3cr3t"), "{debug}");

@@ -42,6 +42,18 @@ pub const SEAL_SCRIPT_PATH: &str = "/usr/local/lib/flotilla/bake-seal.sh";
 pub const CLOUD_INIT_OUTPUT_PATH: &str = "/var/log/cloud-init-output.log";
 /// The Engine's config file, where insecure registries are merged in.
 pub const DOCKER_DAEMON_JSON_PATH: &str = "/etc/docker/daemon.json";
+/// A manager's Engine TLS listener: the agent writes this `docker.service` drop-in (with the
+/// certificate, key and Engine client CA beside it) before the Engine's first start.
+pub const ENGINE_TLS_DROP_IN_PATH: &str = "/etc/systemd/system/docker.service.d/flotilla-tls.conf";
+/// The hold on a manager's Engine, written by the user-data's `bootcmd` while
+/// [`ENGINE_TLS_DROP_IN_PATH`] does not exist: runtime drop-ins (gone at reboot) for
+/// `docker.service` and `docker.socket` that make their start conditional on the TLS drop-in,
+/// so the Engine starts once, already listening on 2376. The agent removes them when it starts
+/// the Engine.
+pub const ENGINE_HOLD_PATHS: [&str; 2] = [
+    "/run/systemd/system/docker.service.d/flotilla-hold.conf",
+    "/run/systemd/system/docker.socket.d/flotilla-hold.conf",
+];
 /// The path the coordinator is expected to serve the agent binary at, over HTTPS with a
 /// certificate from the cluster CA (e.g. `https://10.0.0.5:7443/v1/agent/flotilla-agent`).
 /// Rendering does not enforce it: [`crate::AgentBinary::url`] is taken as given.

@@ -19,7 +19,9 @@ const ROOT: &str = "root:root";
 /// The `#cloud-config` user-data for one cluster host.
 ///
 /// With insecure registries (the lab's), a `bootcmd` merges them into the Engine's daemon.json
-/// before the Engine's first start ([`bootstrap::registries_bootcmd`]).
+/// before the Engine's first start ([`bootstrap::registries_bootcmd`]); a planned manager's
+/// ([`HostInputs::engine_tls`]) holds the Engine's first start until the agent has written its
+/// TLS listener ([`bootstrap::engine_hold_bootcmd`]).
 /// Writes [`CA_PATH`], [`TOKEN_PATH`] (0600, only with a join token), [`AGENT_CONFIG_PATH`],
 /// [`AGENT_UNIT_PATH`] and [`BOOTSTRAP_PATH`], and runs the bootstrap script from `runcmd`:
 /// Engine (per [`HostInputs::engine`]), insecure registries, agent binary (SHA-256 checked),
@@ -40,7 +42,11 @@ pub fn render_host(inputs: &HostInputs) -> Result<String, Error> {
         "Flotilla user-data for host {} of cluster {}, rendered by flotilla-cloud-init.",
         inputs.host_name, inputs.cluster
     );
-    let bootcmd = bootstrap::registries_bootcmd(&inputs.insecure_registries);
+    let mut bootcmd: Vec<Vec<String>> =
+        bootstrap::registries_bootcmd(&inputs.insecure_registries).into_iter().collect();
+    if inputs.engine_tls {
+        bootcmd.push(bootstrap::engine_hold_bootcmd());
+    }
     let bootcmd: Vec<Vec<&str>> = bootcmd.iter().map(|argv| argv.iter().map(String::as_str).collect()).collect();
     let bootcmd: Vec<&[&str]> = bootcmd.iter().map(Vec::as_slice).collect();
     checked(yaml::document(&[&title], &bootcmd, &files, &[&[BOOTSTRAP_PATH]]))

@@ -24,6 +24,7 @@ fn inputs() -> HostInputs {
         engine: Engine::InstallIfAbsent(OsFamily::AmazonLinux2023),
         insecure_registries: vec![],
         heartbeat_interval_s: DEFAULT_HEARTBEAT_INTERVAL_S,
+        engine_tls: false,
     }
 }
 

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use flotilla_cloud_init::paths::{
-    AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH, SEAL_SCRIPT_PATH,
-    SEAL_UNIT_PATH, TOKEN_PATH,
+    AGENT_CONFIG_PATH, AGENT_UNIT_PATH, BAKE_CA_PATH, BAKE_SCRIPT_PATH, BOOTSTRAP_PATH, CA_PATH, ENGINE_HOLD_PATHS,
+    ENGINE_TLS_DROP_IN_PATH, SEAL_SCRIPT_PATH, SEAL_UNIT_PATH, TOKEN_PATH,
 };
 use flotilla_cloud_init::{
     AGENT_UNIT, AgentBinary, BakeInputs, BakeReport, DEFAULT_HEARTBEAT_INTERVAL_S, Engine, HostInputs, OsFamily,
@@ -45,6 +45,7 @@ fn host(host_name: &str, engine: Engine) -> HostInputs {
         engine,
         insecure_registries: vec![],
         heartbeat_interval_s: DEFAULT_HEARTBEAT_INTERVAL_S,
+        engine_tls: host_name.starts_with("manager"),
     }
 }
 
@@ -140,10 +141,13 @@ fn every_case_is_safe_user_data() {
         for key in ["packages:", "package_update", "package_upgrade", "merge_how"] {
             assert!(!doc.contains(key), "{name}: {key}");
         }
-        // bootcmd only trusts a lab's registries before the Engine's first start.
+        // bootcmd only trusts a lab's registries and holds a manager's Engine, both before the
+        // Engine's first start.
         let registries = matches!(&inputs, Inputs::Host(h) if !h.insecure_registries.is_empty());
-        assert_eq!(doc.contains("\nbootcmd:\n"), registries, "{name}: bootcmd");
-        assert_eq!(doc.matches("bootcmd").count(), usize::from(registries), "{name}: bootcmd");
+        let held = matches!(&inputs, Inputs::Host(h) if h.engine_tls);
+        assert_eq!(doc.contains("\nbootcmd:\n"), registries || held, "{name}: bootcmd");
+        assert_eq!(doc.matches("bootcmd").count(), usize::from(registries || held), "{name}: bootcmd");
+        assert_eq!(doc.contains("flotilla-engine-hold"), held, "{name}: only a manager's Engine is held");
         let token_entry = format!("  - path: {TOKEN_PATH}\n    owner: 'root:root'\n    permissions: '0600'\n");
         match &inputs {
             Inputs::Host(h) if h.join_token.is_some() => {
@@ -182,7 +186,7 @@ fn every_case_parses_to_the_intended_files() {
         let Some(parsed) = pyyaml(&doc) else { return };
         let top: Vec<&str> = parsed.as_object().expect("mapping").keys().map(String::as_str).collect();
         match &inputs {
-            Inputs::Host(h) if !h.insecure_registries.is_empty() => {
+            Inputs::Host(h) if !h.insecure_registries.is_empty() || h.engine_tls => {
                 assert_eq!(top, ["bootcmd", "runcmd", "write_files"], "{name}")
             }
             _ => assert_eq!(top, ["runcmd", "write_files"], "{name}"),
@@ -350,7 +354,7 @@ fn the_lab_bootcmd_merges_its_registries_into_daemon_json() {
     let (_, inputs) = cases().into_iter().find(|(n, _)| *n == "lab").expect("lab case");
     let Some(parsed) = pyyaml(&render(&inputs)) else { return };
     let entries = parsed["bootcmd"].as_array().expect("bootcmd list");
-    assert_eq!(entries.len(), 1);
+    assert_eq!(entries.len(), 2, "the registries, then the manager's Engine held");
     let mut argv: Vec<String> = entries[0].as_array().expect("argv").iter().map(|a| str_of(a).to_string()).collect();
     assert_eq!(argv[5], "/etc/docker/daemon.json");
     assert_eq!(argv[6..], ["172.28.0.2:5000"]);
@@ -371,6 +375,53 @@ fn the_lab_bootcmd_merges_its_registries_into_daemon_json() {
     assert_eq!(std::fs::read_to_string(&json).expect("daemon.json"), before, "and change nothing");
     std::fs::write(&json, "not json").expect("write");
     assert!(!run(&argv).status.success(), "a broken daemon.json is a failure, not a silent success");
+}
+
+/// Issue 19: the lab manager's second `bootcmd`, run for real with `sh` against paths in a
+/// temporary directory and a `systemctl` that records its calls: with no TLS drop-in it writes
+/// both hold files (each making its unit's start conditional on the drop-in), reloads systemd
+/// and drops the boot's pending start; once the drop-in exists (a reboot after the agent wrote
+/// it) it does nothing at all.
+#[test]
+fn the_lab_managers_bootcmd_holds_its_engine_until_the_tls_drop_in_exists() {
+    let (_, inputs) = cases().into_iter().find(|(n, _)| *n == "lab").expect("lab case");
+    let Some(parsed) = pyyaml(&render(&inputs)) else { return };
+    let entries = parsed["bootcmd"].as_array().expect("bootcmd list");
+    let mut argv: Vec<String> = entries[1].as_array().expect("argv").iter().map(|a| str_of(a).to_string()).collect();
+    assert_eq!(argv[3], "flotilla-engine-hold");
+    assert_eq!(argv[4..], [ENGINE_TLS_DROP_IN_PATH, ENGINE_HOLD_PATHS[0], ENGINE_HOLD_PATHS[1]]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |rel: &str| dir.path().join(rel);
+    let (tls, service, socket) =
+        (at("etc/flotilla-tls.conf"), at("run/service.d/hold.conf"), at("run/socket.d/hold.conf"));
+    for (i, p) in [&tls, &service, &socket].into_iter().enumerate() {
+        argv[4 + i] = p.display().to_string();
+    }
+    std::fs::create_dir_all(at("bin")).expect("bin");
+    let calls = at("calls");
+    std::fs::write(at("bin/systemctl"), format!("#!/bin/sh\necho \"$*\" >> {}\n", calls.display())).expect("stub");
+    std::fs::set_permissions(at("bin/systemctl"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:/usr/bin:/bin", at("bin").display());
+    let run = || Command::new(&argv[0]).args(&argv[1..]).env("PATH", &path).output().expect("sh");
+
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for hold in [&service, &socket] {
+        let text = std::fs::read_to_string(hold).expect("hold written");
+        assert!(text.contains(&format!("\n[Unit]\nConditionPathExists={}\n", tls.display())), "{text}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&calls).expect("calls"),
+        "daemon-reload\n--no-block stop docker.socket docker.service\n"
+    );
+
+    for p in [&service, &socket, &calls] {
+        std::fs::remove_file(p).expect("clean");
+    }
+    std::fs::create_dir_all(at("etc")).expect("etc");
+    std::fs::write(&tls, "[Service]\n").expect("the agent's drop-in");
+    assert!(run().status.success());
+    assert!(!service.exists() && !socket.exists() && !calls.exists(), "a configured Engine is not held");
 }
 
 fn pyyaml(doc: &str) -> Option<Value> {

@@ -63,6 +63,7 @@ fn user_data(cluster: &str, host: &str, ca: &str) -> String {
         engine: flotilla_cloud_init::Engine::InstallIfAbsent(flotilla_cloud_init::OsFamily::AmazonLinux2023),
         insecure_registries: vec![],
         heartbeat_interval_s: 5,
+        engine_tls: false,
     })
     .expect("render")
 }

@@ -396,6 +396,7 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
         engine: flotilla_cloud_init::Engine::Preinstalled,
         insecure_registries: vec![],
         heartbeat_interval_s: 2,
+        engine_tls: false,
     })
     .expect("render");
     lab.launch(&LaunchSpec {

@@ -206,6 +206,7 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     let hosts = st["hosts"].as_array().expect("hosts");
     assert_eq!(hosts.len(), 5);
     assert!(hosts.iter().all(|h| h["connected"] == true));
+    engines_started_once(hosts);
     assert!(st["swarm"]["leader"].as_str().unwrap_or("").starts_with("manager"), "{}", st["swarm"]);
 
     // Join data is in Consul's KV, where managers and nodes found each other: listed with
@@ -409,6 +410,22 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert!(!state_root().join(CLUSTER).exists());
     // Idempotent.
     assert!(run(&["--cluster", CLUSTER, "destroy", "--yes"]).status.success());
+}
+
+/// Issue 19: every host's Engine started exactly once during the deploy, already configured
+/// (the lab registry trusted from bootcmd; a manager's Engine held at boot until its agent
+/// wrote the TLS listener): one "Daemon has completed initialization" in its journal, and on
+/// a manager the listener on 2376 is in that one start.
+fn engines_started_once(hosts: &[Value]) {
+    for h in hosts {
+        let name = h["name"].as_str().expect("host name");
+        let journal = stdout(&in_host(name, &["journalctl", "-u", "docker.service", "-o", "cat", "--no-pager"]));
+        let starts = journal.matches("Daemon has completed initialization").count();
+        assert_eq!(starts, 1, "{name}'s Engine started {starts} times during the deploy:\n{journal}");
+        if name.starts_with("manager") {
+            assert!(journal.contains(":2376"), "{name}'s one start has no TLS listener:\n{journal}");
+        }
+    }
 }
 
 fn bad_assignments(any_manager_ip: &str) {

@@ -141,6 +141,7 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
             engine: flotilla_cloud_init::Engine::Preinstalled,
             insecure_registries: net.registry.iter().cloned().collect(),
             heartbeat_interval_s: 2,
+            engine_tls: false,
         })
         .expect("render");
         specs.push(LaunchSpec {

@@ -67,6 +67,9 @@ pub async fn launch_spec(
         engine: run.prepared.engine,
         insecure_registries: run.prepared.insecure_registries.clone(),
         heartbeat_interval_s: flotilla_cloud_init::DEFAULT_HEARTBEAT_INTERVAL_S,
+        // The plan gives each host its roles before launch: only a manager's Engine gets the
+        // TLS listener, so only its first start waits for the agent to write it.
+        engine_tls: h.has(crate::ops::plan::RoleKind::Manager),
     };
     let user_data = flotilla_cloud_init::render_host(&inputs)
         .map_err(|source| DeployError::UserData { host: h.name.clone(), source })?;
