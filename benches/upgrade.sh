@@ -14,6 +14,12 @@
 #   CLUSTER=name PROFILE=debug bash benches/upgrade.sh 3
 #   SKIP_BUILD=1 CARGO_TARGET_DIR=… PROFILE=debug bash benches/upgrade.sh 3   (binaries as built)
 #
+# Image (part 1), after the agent runs unless IMAGE_RUN=0: the cluster is upgraded to an image
+# baked from the lab host image (`coordinator bake`), all 5 hosts replaced add-before-remove,
+# while a probe (every ~0.3 s, through whichever manager's Engine exists) records the swarm's
+# leader and the service's running replicas: total and per-host seconds from `upgrade --image
+# --output json`, the longest run of looks without a leader, the fewest running replicas.
+#
 # PROFILE=release (default) builds release binaries; PROFILE=debug uses the debug build (a
 # 90 MB agent: the download dominates). The cluster is deployed first and destroyed at the end.
 set -euo pipefail
@@ -60,6 +66,54 @@ containers() {
 }
 containers > "$work/before"
 
+# The probe: one line per look, "<unix seconds> <leader 0|1> <running replicas>".
+probe() {
+  local m leader running answered
+  while [ ! -e "$work/stop" ]; do
+    leader=0; running=0
+    # The first manager container whose Engine answers as a manager (one being replaced may
+    # have left the swarm already: it answers "not a swarm manager", which is no verdict).
+    for m in $(docker ps --format '{{.Names}}' --filter "name=^flotilla-$c-manager"); do
+      answered=$(docker exec "$m" timeout 2 docker node ls --format '{{.ManagerStatus}}' 2>/dev/null) || continue
+      grep -q Leader <<<"$answered" && leader=1
+      running=$(docker exec "$m" timeout 2 docker service ps bench-keep --filter desired-state=running \
+        --format '{{.CurrentState}}' 2>/dev/null | grep -c '^Running' || true)
+      break
+    done
+    echo "$(date +%s.%N) $leader $running"
+    sleep 0.3
+  done
+}
+
+image_run() {
+  local image
+  image=$($bin --cluster "$c" bake --name flotilla-bench/upgrade --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"])')
+  rm -f "$work/stop"; probe > "$work/probe" & local probe_pid=$!
+  local start end
+  start=$(date +%s.%N)
+  $bin --cluster "$c" upgrade --image "$image" --output json > "$work/image.json"
+  end=$(date +%s.%N)
+  touch "$work/stop"; wait "$probe_pid" || true
+  python3 - "$start" "$end" "$work/image.json" "$work/probe" <<'PY' | tee -a "$out"
+import json, sys
+start, end = float(sys.argv[1]), float(sys.argv[2])
+r = json.load(open(sys.argv[3]))
+looks = [l.split() for l in open(sys.argv[4]) if len(l.split()) == 3]
+longest, since = 0.0, None
+for t, leader, _ in looks:
+    if leader == "0":
+        since = since if since is not None else float(t)
+        longest = max(longest, float(t) - since)
+    else:
+        since = None
+row = {"image": r["target_image"], "wall_s": round(end - start, 2), "total_s": round(r["total_s"], 2), "looks": len(looks),
+       "longest_leaderless_s": round(longest, 2), "min_running": min((int(x[2]) for x in looks), default=-1)}
+for h in r["replaced"]:
+    row[h["old"] + "_s"] = round(h["seconds"], 2)
+print(json.dumps(row))
+PY
+}
+
 for i in $(seq 1 "$RUNS"); do
   cp "$agent" "$work/flotilla-agent-$i"
   printf '\nbench build %s\n' "$i" >> "$work/flotilla-agent-$i"
@@ -79,9 +133,11 @@ done
 containers > "$work/after"
 restarted=$(diff "$work/before" "$work/after" | grep -c '^>' || true)
 echo "containers: $(wc -l < "$work/before") running before, $(wc -l < "$work/after") after, $restarted restarted or replaced"
+[ "${IMAGE_RUN:-1}" = 0 ] || image_run
+
 python3 - "$out" <<'PY'
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"image"' not in l]
 def cell(k):
     v = [r[k] for r in rows if k in r]
     return f"{statistics.median(v):.1f} s [{min(v):.1f}–{max(v):.1f}]" if v else "-"
