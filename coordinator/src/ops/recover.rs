@@ -183,16 +183,18 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
         report.steps.push(Step { what, at_s: started.elapsed().as_secs_f64() });
     };
     match &route {
-        Route::Survivor { host, .. } => {
+        Route::Survivor { host, gone } => {
             let (_, addresses) = deploy::addresses(&run).await?;
             let address = addresses.get(host).ok_or_else(|| RecoverError::NoAddress(host.clone()))?;
+            let alive: Vec<String> =
+                addresses.iter().filter(|(name, _)| !gone.contains(name)).map(|(_, ip)| ip.clone()).collect();
             let d = verify::engine(address, &docker_dir).await?;
             step(format!("swarm: forcing a new cluster on {host}"));
             let did = swarm::force_new_cluster(&d, host, address).await?;
             step(did);
             report.leader_s = Some(started.elapsed().as_secs_f64());
             step(format!("consul: recovering {host}'s server"));
-            step(consul::recover_from_survivor(&mut admin, &d, host, address).await?);
+            step(consul::recover_from_survivor(&mut admin, &d, host, address, &alive).await?);
         }
         Route::Restore { gone } => {
             let led = restore::from_backups(&run, &docker_dir, gone, &mut step).await?;

@@ -76,16 +76,25 @@ fn peers_tar(id: &str, address: &str) -> Result<Vec<u8>, RecoverError> {
     b.into_inner().map_err(|e| RecoverError::Consul(e.to_string()))
 }
 
-/// Recovers the survivor's Consul unless it has a leader already; waits until it leads.
-/// Says what it did.
+/// Whether `leader` (Consul's `ip:port`, as a server's agent reports it) is a server that
+/// still exists: one of the `alive` hosts' addresses. Right after hosts are lost, a follower
+/// goes on reporting the lost leader until its own election timeout; that one is not a leader.
+pub fn leader_alive(leader: &str, alive: &[String]) -> bool {
+    let ip = leader.rsplit_once(':').map_or(leader, |(ip, _)| ip);
+    !ip.is_empty() && alive.iter().any(|a| a == ip)
+}
+
+/// Recovers the survivor's Consul unless a server that still exists leads it (`alive`: the
+/// addresses of the hosts not lost); waits until it leads. Says what it did.
 pub async fn recover_from_survivor(
     admin: &mut AdminClient<Channel>,
     d: &Docker,
     host: &str,
     address: &str,
+    alive: &[String],
 ) -> Result<String, RecoverError> {
     let now = leader_seen_by(admin, host).await?;
-    if !now.is_empty() {
+    if leader_alive(&now, alive) {
         return Ok(format!("Consul has a leader already ({now}): nothing recovered"));
     }
     let id = node_id(d).await?;
@@ -119,6 +128,15 @@ pub async fn recover_from_survivor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_on_a_lost_host_is_no_leader() {
+        let alive = vec!["10.0.0.11".to_string(), "10.0.0.20".to_string()];
+        assert!(leader_alive("10.0.0.11:8300", &alive));
+        assert!(!leader_alive("10.0.0.10:8300", &alive), "the lost manager0's server, still reported");
+        assert!(!leader_alive("", &alive));
+        assert!(!leader_alive("10.0.0.1:8300", &alive), "no prefix match");
+    }
 
     #[test]
     fn peers_json_names_the_survivor_alone_as_a_voter() {
