@@ -41,6 +41,7 @@ use super::UpgradeError;
 use crate::control_plane::settings::StatePaths;
 use crate::ops::cluster_config::ClusterConfig;
 use crate::ops::deploy::{self, Prepared, Run, assign, launch, scale_down, wait};
+use crate::ops::heal::membership;
 use crate::ops::host_names::{HostNames, Replacement};
 use crate::ops::plan::{self, PlannedHost, RoleKind};
 use crate::ops::verify;
@@ -257,11 +258,11 @@ async fn counted(
         || {
             let servers = &servers;
             async move {
-                let (hosts, addresses) = deploy::addresses(&roll.run(planned)).await?;
-                let _ = hosts;
+                let (_, addresses) = deploy::addresses(&roll.run(planned)).await?;
                 let managers = manager_ips(planned, &addresses);
-                let Some(d) = a_manager(&managers, &roll.docker_dir).await else {
-                    return Ok::<_, UpgradeError>(Attempt::NotYet("no manager's Engine answers".into()));
+                let d = match membership::a_manager(&managers, &roll.docker_dir).await {
+                    Ok((_, d)) => d,
+                    Err(e) => return Ok::<_, UpgradeError>(Attempt::NotYet(e.to_string())),
                 };
                 let nodes = match verify::nodes(&d).await {
                     Ok(n) => n,
@@ -321,13 +322,4 @@ async fn healthy(roll: &Roll<'_>, when: &str) -> Result<(), UpgradeError> {
         PollError::Failed(e) => e,
         PollError::TimedOut { last, .. } => UpgradeError::NotHealthy { when: when.to_string(), why: last },
     })
-}
-
-async fn a_manager(managers: &[String], docker_dir: &Path) -> Option<bollard::Docker> {
-    for ip in managers {
-        if let Ok(d) = verify::engine(ip, docker_dir).await {
-            return Some(d);
-        }
-    }
-    None
 }
