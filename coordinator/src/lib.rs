@@ -14,12 +14,14 @@
 //! - [`poll`]: [`poll::poll_until`], the one bounded wait every operation uses.
 //! - [`ui`]: what the CLI prints while it works: progress lines and host log prefixes.
 //! - [`cli`]: argument parsing, and one file per command that calls into the rest.
+//! - [`failpoint`]: named failpoints before and after every side effect (tests only).
 //!
 //! Dependencies run one way: `cli → ops → {providers, admin_client, ui} → control_plane`.
 
 pub mod admin_client;
 pub mod cli;
 pub mod control_plane;
+pub mod failpoint;
 pub mod ops;
 pub mod poll;
 pub mod providers;

@@ -45,6 +45,10 @@ fn main() {
             None
         }
     };
+    // Failpoints (a `failpoints` build only): FAILPOINTS configures a CLI command, never the
+    // control plane, which `deploy` starts without it.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = (!matches!(cli.command, cli::Command::Serve(_))).then(flotilla_coordinator::failpoint::setup);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

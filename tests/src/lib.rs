@@ -1,9 +1,14 @@
 //! Test harness shared by the integration tests: a control plane on `127.0.0.1:0` in a
 //! temporary state directory, its admin client, and agents pointed at it; [`serve_process`]:
 //! the same in its own process (the real `coordinator serve`); [`moto`]: moto's EC2 server;
-//! [`chromium`]: a headless browser for the status page.
+//! [`chromium`]: a headless browser for the status page; [`crash`]: a command interrupted at
+//! each of its failpoints in turn; [`lab_cluster`]: a lab cluster checked from outside;
+//! [`chaos`]: the chaos soak.
 
+pub mod chaos;
 pub mod chromium;
+pub mod crash;
+pub mod lab_cluster;
 pub mod moto;
 pub mod serve_process;
 
@@ -183,9 +188,11 @@ where
 
 /// The workspace's target directory for this build profile (`target/debug` in tests):
 /// the test executable lives in `<it>/deps/`.
+/// A binary of this package (`flotilla-chaos`) lives in it directly.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(|deps| deps.parent()).map(Path::to_path_buf).expect("target directory")
+    let dir = exe.parent().map(Path::to_path_buf).expect("the executable's directory");
+    if dir.ends_with("deps") { dir.parent().map(Path::to_path_buf).expect("target directory") } else { dir }
 }
 
 /// The `flotilla-agent` binary built alongside the tests. Fails loudly when it is missing:

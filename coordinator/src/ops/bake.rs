@@ -86,6 +86,9 @@ pub enum BakeError {
     Interrupted,
     #[error("removing the builder failed: {cleanup}{}; run the same bake again (it removes a previous builder first)", bake.as_ref().map(|b| format!(" (after the bake itself failed: {b})")).unwrap_or_default())]
     Cleanup { cleanup: String, bake: Option<String> },
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 impl From<BackendError> for BakeError {
@@ -230,6 +233,8 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
     };
     if let Some(image) = backend.find(&opts.name, &recipe).await? {
         p.step("bake", format!("{} already holds this agent and Engine: reusing it, nothing booted", image.reference));
+        // A bake interrupted between its capture and its cleanup left its builder.
+        backend.cleanup().await.map_err(|c| BakeError::Cleanup { cleanup: c.to_string(), bake: None })?;
         return Ok(report(&image, true));
     }
     let outcome = tokio::select! {
@@ -281,7 +286,9 @@ async fn build<B: Backend>(
             nonce: served.nonce().to_string(),
         }),
     })?;
+    crate::failpoint!("bake.builder.before");
     let builder = backend.launch(base, &user_data).await?;
+    crate::failpoint!("bake.builder.after");
     p.host("builder", format!("{builder} booting from {}", base.reference));
     if backend.reports() {
         p.host(
@@ -313,7 +320,9 @@ async fn build<B: Backend>(
             "cleaning the builder for capture (cloud-init state and logs, machine-id, Engine identity), then stopping it"
         },
     );
-    Ok(backend.capture(&facts).await?)
+    let image = backend.capture(&facts).await?;
+    crate::failpoint!("bake.capture.after");
+    Ok(image)
 }
 
 /// Polls the builder (bounded by `timeout`) until it is complete — the Engine version it

@@ -118,6 +118,9 @@ pub enum DeployError {
         "{host} was drained but after {after:?} its tasks do not all run elsewhere: {last}. The host is still in the swarm (drained); make room for them, then re-run"
     )]
     NotDrained { host: String, after: Duration, last: String },
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 impl From<PlanError> for DeployError {
@@ -212,6 +215,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let prepared = provider::prepare_provider(c, &state_dir, opts.quiet, &p).await?;
     provider::record(c, &prepared, &state_dir)?;
     c.record(&state_dir)?;
+    crate::failpoint!("deploy.provider.after");
     let serve = ServeSpec {
         cluster: &c.name,
         state_root: &opts.state_root,
@@ -222,6 +226,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         metrics_listen: &c.coordinator.metrics_listen,
     };
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
+    crate::failpoint!("deploy.control_plane.after");
     let policy = v1::HealPolicy { auto: c.heal.mode == HealMode::Auto, grace_s: c.heal.grace };
     admin.clone().set_heal_policy(policy).await?;
     // The backup schedule the control plane reads at every tick (validated above).

@@ -9,6 +9,10 @@
 //! every host is revoked and the control plane stopped (so no agent is told anything
 //! mid-way), the provider removes what carries the cluster's label or tag, and the state
 //! directory goes.
+//!
+//! Before the provider removes anything, `<state>/destroying` records that this cluster's
+//! destroy began: a destroy interrupted after the provider's part finds the hosts gone, and
+//! with that record it goes on removing the state instead of refusing as above.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +55,9 @@ pub enum DestroyError {
     /// A deploy or a heal by hand still runs (auto-heal's runs end with the control plane).
     #[error("{0}; nothing was removed")]
     Busy(crate::ops::lock::LockError),
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 impl DestroyError {
@@ -89,7 +96,8 @@ pub async fn destroy(o: DestroyOptions<'_>) -> Result<Destroyed, DestroyError> {
         Err(e) => return Err(DestroyError::Store(e)),
     };
     let unaccounted = unaccounted(&provider, &recorded).await.map_err(DestroyError::provider)?;
-    if !recorded.is_empty() && unaccounted.len() == recorded.len() && !o.force {
+    let resumed = begun(o.state_dir).exists();
+    if !recorded.is_empty() && unaccounted.len() == recorded.len() && !o.force && !resumed {
         return Err(DestroyError::NothingFound {
             cluster: o.cluster.to_string(),
             state: o.state_dir.to_path_buf(),
@@ -100,17 +108,30 @@ pub async fn destroy(o: DestroyOptions<'_>) -> Result<Destroyed, DestroyError> {
         });
     }
     stop_control_plane(o.cluster, o.state_dir).await;
+    crate::failpoint!("destroy.control_plane.after");
     // Stopping the control plane ends an auto-heal run; one by hand gets a moment to end.
     let _lock = match o.state_dir.exists() {
         true => Some(OpsLock::wait(o.state_dir, o.cluster, "destroy", LOCK_WAIT).map_err(DestroyError::Busy)?),
         false => None,
     };
+    if o.state_dir.exists() {
+        let marker = begun(o.state_dir);
+        flotilla_proto::fs::write_private(&marker, b"destroy began\n")
+            .map_err(|source| DestroyError::State { path: marker, source })?;
+    }
+    crate::failpoint!("destroy.provider.before");
     let removed = provider.destroy().await.map_err(DestroyError::provider)?;
+    crate::failpoint!("destroy.provider.after");
     if o.state_dir.exists() {
         std::fs::remove_dir_all(o.state_dir)
             .map_err(|source| DestroyError::State { path: o.state_dir.to_path_buf(), source })?;
     }
     Ok(Destroyed { removed, unaccounted: if o.force { unaccounted } else { Vec::new() } })
+}
+
+/// The record that this cluster's destroy began (the module's doc).
+fn begun(state_dir: &Path) -> PathBuf {
+    state_dir.join("destroying")
 }
 
 /// How long destroy waits for a deploy or heal that holds the cluster.

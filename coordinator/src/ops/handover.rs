@@ -39,6 +39,8 @@ pub enum HandoverError {
     NoNode(String),
     #[error("no other manager took over from {host} within {} s (last seen: {last})", .after.as_secs())]
     NotHandedOver { host: String, after: Duration, last: String },
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 /// A node matched to a host: by its hostname, or by its manager address `ip:port`.
@@ -134,6 +136,7 @@ pub async fn step_down(
         host: host.to_string(),
         message: flotilla_agent::roles::engine_message(&e),
     })?;
+    crate::failpoint!("handover.demote.after");
     let waited = poll_until("another manager to lead", asked + bound, EVERY, || async move {
         Ok::<_, std::convert::Infallible>(match list_nodes(via).await {
             Ok((_, nodes)) => match leader_hostname(&nodes) {

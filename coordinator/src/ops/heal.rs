@@ -79,6 +79,9 @@ pub enum HealError {
         "an interrupted `coordinator upgrade --image {image}` is replacing {old} by {new}: finish it first (run that command again); nothing was touched"
     )]
     UpgradePending { old: String, new: String, image: String },
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 impl From<ProviderError> for HealError {

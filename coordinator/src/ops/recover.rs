@@ -78,6 +78,9 @@ pub enum RecoverError {
     Rpc(#[from] tonic::Status),
     #[error("swarm: {0}")]
     Swarm(String),
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
     #[error("consul: {0}")]
     Consul(String),
     #[error("restore: {0}")]

@@ -63,6 +63,9 @@ pub enum UpgradeError {
     Binary { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     AgentBinary(crate::control_plane::agent_binary::AgentBinaryError),
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
     #[error("--announce-sha256 '{0}' is no SHA-256 (64 lowercase hex digits)")]
     BadDigest(String),
     /// Some hosts to upgrade have no session: nothing was started.

@@ -14,7 +14,7 @@ use bollard::models::{
     NodeSpecRoleEnum, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
     TaskSpecPlacement, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
-use bollard::query_parameters::{ListNodesOptions, ListTasksOptions, LogsOptions};
+use bollard::query_parameters::{ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptions, LogsOptions};
 use futures::StreamExt;
 
 use crate::poll::{Attempt, PollError, poll_until};
@@ -39,6 +39,9 @@ pub enum VerifyError {
     /// A manager's Engine answered, but refused or failed a call.
     #[error("{source}")]
     EngineCall { ip: String, source: bollard::errors::Error },
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -361,9 +364,24 @@ pub async fn smoke(leader_ip: &str, cert_dir: &Path, image: &str, replicas: usiz
     let created =
         d.create_service(spec, None).await.map_err(|e| VerifyError::Smoke(format!("creating the service: {e}")))?;
     let id = created.id.unwrap_or_else(|| name.clone());
+    crate::failpoint!("smoke.service.after");
     let result = run_smoke(&d, &id, &name, replicas, started).await;
     let _ = d.delete_service(&id).await;
     result
+}
+
+/// Removes the smoke-test services an interrupted run left (labelled `flotilla.smoke`: a
+/// smoke test removes its own service when it ends); how many.
+pub async fn remove_leftover_smoke(leader_ip: &str, cert_dir: &Path) -> Result<usize, VerifyError> {
+    let d = engine(leader_ip, cert_dir).await.map_err(|e| VerifyError::Smoke(e.to_string()))?;
+    let filters = HashMap::from([("label".to_string(), vec!["flotilla.smoke=1".to_string()])]);
+    let call = |e: bollard::errors::Error| VerifyError::EngineCall { ip: leader_ip.to_string(), source: e };
+    let left =
+        d.list_services(Some(ListServicesOptionsBuilder::new().filters(&filters).build())).await.map_err(call)?;
+    for s in &left {
+        d.delete_service(s.id.as_deref().unwrap_or_default()).await.map_err(call)?;
+    }
+    Ok(left.len())
 }
 
 async fn run_smoke(

@@ -69,10 +69,12 @@ async fn assign(
         }
         let specs = plan::role_specs(h, &inputs);
         let addr = addresses.get(&h.name).cloned().unwrap_or_default();
+        crate::failpoint!("assign.before");
         let r = admin
             .assign(v1::AssignRequest { host_name: h.name.clone(), roles: specs, host_address: addr })
             .await?
             .into_inner();
+        crate::failpoint!("assign.after");
         let before = status.map(|s| s.generation).unwrap_or(0);
         if r.generation != before {
             changed = true;

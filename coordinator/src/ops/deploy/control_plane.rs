@@ -108,7 +108,8 @@ async fn spawn_control_plane(s: &ServeSpec<'_>, port: u16, p: &Progress) -> Resu
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(out2)
-        .process_group(0);
+        .process_group(0)
+        .env_remove("FAILPOINTS");
     let child = cmd.spawn().map_err(spawn("cannot start `coordinator serve`".into()))?;
     let client = wait_for_answer(child, cluster, paths).await?;
     Ok(client)

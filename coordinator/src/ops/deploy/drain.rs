@@ -57,6 +57,7 @@ pub async fn drain_and_wait(manager_ips: &[String], cert_dir: &Path, host: &str)
         spec.availability = Some(NodeSpecAvailabilityEnum::DRAIN);
         let version = node.version.as_ref().and_then(|v| v.index).unwrap_or_default();
         d.update_node(&id, spec, UpdateNodeOptions { version: version as i64 }).await.map_err(call)?;
+        crate::failpoint!("drain.update.after");
     }
     let waited = poll_until(
         "the drained tasks to run elsewhere",

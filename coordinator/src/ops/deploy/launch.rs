@@ -46,6 +46,7 @@ pub async fn launch_spec(
     ca_pem: &str,
 ) -> Result<LaunchSpec, DeployError> {
     let c = run.config;
+    crate::failpoint!("launch.token.before");
     let token = run
         .admin
         .clone()
@@ -53,6 +54,7 @@ pub async fn launch_spec(
         .await?
         .into_inner()
         .token;
+    crate::failpoint!("launch.token.after");
     let inputs = flotilla_cloud_init::HostInputs {
         cluster: c.name.clone(),
         host_name: h.name.clone(),
@@ -89,7 +91,9 @@ async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize)]) -> Result<(
         return Ok(());
     }
     run.p.step("hosts", format!("launching {} host(s) in parallel", launches.len()));
+    crate::failpoint!("launch.hosts.before");
     let results = futures::future::join_all(launches.iter().map(|(s, i)| run.prepared.launch(s, *i))).await;
+    crate::failpoint!("launch.hosts.after");
     let mut first_err = None;
     for ((s, _), r) in launches.iter().zip(results) {
         match r {

@@ -42,24 +42,59 @@ pub async fn scale_down(
                 run.p.host(&h.name, format!("drained: the tasks of {} service(s) run elsewhere", d.moved.len()));
             }
         }
+        crate::failpoint!("scale_down.leave.before");
         let r = run
             .admin
             .clone()
             .assign(v1::AssignRequest { host_name: h.name.clone(), roles: vec![], host_address: addr })
             .await;
+        crate::failpoint!("scale_down.leave.after");
         if r.is_ok() {
             wait_left_swarm(run, &h.name).await?;
         }
+        crate::failpoint!("scale_down.terminate.before");
         run.prepared.provider.terminate(&h.name).await?;
-        // The swarm keeps a departed node as "down" until a manager removes it.
-        if let Err(e) = verify::forget_node(manager_ips, docker_dir, &h.name).await {
-            run.p.host(&h.name, format!("could not remove it from the swarm's node list: {e}"));
-        }
-        run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: h.name.clone() }).await?;
+        crate::failpoint!("scale_down.terminate.after");
+        forget(run, &h.name, manager_ips, docker_dir).await?;
         run.p.host(&h.name, "terminated");
         removed.push(h.name.clone());
     }
+    removed.extend(forget_departed(run, hosts, manager_ips, docker_dir).await?);
     Ok(removed)
+}
+
+/// A terminated host removed from the swarm's node list (which keeps a departed node as
+/// "down" until a manager removes it) and forgotten by the control plane.
+async fn forget(run: &Run<'_>, host: &str, manager_ips: &[String], docker_dir: &Path) -> Result<(), DeployError> {
+    if let Err(e) = verify::forget_node(manager_ips, docker_dir, host).await {
+        run.p.host(host, format!("could not remove it from the swarm's node list: {e}"));
+    }
+    crate::failpoint!("scale_down.forget.after");
+    run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: host.to_string() }).await?;
+    crate::failpoint!("scale_down.revoke.after");
+    Ok(())
+}
+
+/// Hosts an interrupted run terminated but had not yet forgotten — no longer planned, gone at
+/// the provider, still recorded by the control plane (and perhaps listed by the swarm as
+/// down): removed from the swarm's node list and revoked. Their names.
+async fn forget_departed(
+    run: &Run<'_>,
+    hosts: &[Host],
+    manager_ips: &[String],
+    docker_dir: &Path,
+) -> Result<Vec<String>, DeployError> {
+    let st = run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
+    let mut forgotten = Vec::new();
+    for s in st.hosts.iter().filter(|s| !s.revoked) {
+        if run.planned.iter().any(|p| p.name == s.name) || hosts.iter().any(|h| h.name == s.name) {
+            continue;
+        }
+        forget(run, &s.name, manager_ips, docker_dir).await?;
+        run.p.host(&s.name, "gone at the provider: removed from the swarm and its record forgotten");
+        forgotten.push(s.name.clone());
+    }
+    Ok(forgotten)
 }
 
 /// How long the other managers get to take over from a leading manager that leaves.

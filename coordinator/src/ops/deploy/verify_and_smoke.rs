@@ -48,6 +48,11 @@ pub async fn verify_and_smoke(
             consul.leader
         ),
     );
+    // A smoke test interrupted after creating its service (the process killed) left it.
+    let left = verify::remove_leftover_smoke(&swarm.leader_ip, docker_dir).await?;
+    if left > 0 {
+        p.step("verify", format!("removed {left} smoke-test service(s) an interrupted run left"));
+    }
     let smoke_test = if smoke {
         let image = &run.prepared.hello_image;
         p.step("smoke", format!("hello service on the nodes ({image})"));

@@ -120,10 +120,14 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
     let (via, d) = membership::a_manager(&managers, &h.docker_dir).await?;
     h.say(name, format!("removing it from the swarm through {via}")).await;
     let did = membership::leave_swarm(&d, &via, name).await?;
+    crate::failpoint!("heal.leave.after");
     h.say(name, format!("swarm: {did}")).await;
     h.say(name, "removing what is left of it at the provider").await;
+    crate::failpoint!("heal.terminate.before");
     h.run.prepared.provider.terminate(name).await?;
+    crate::failpoint!("heal.terminate.after");
     h.run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: name.clone() }).await?;
+    crate::failpoint!("heal.revoke.after");
     h.say(name, "its certificates revoked and its record forgotten").await;
     Ok(())
 }
@@ -153,7 +157,9 @@ pub async fn launch_if_missing(
     }
     let st = h.run.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
     let spec = LaunchSpec { private_ip: at, ..launch::launch_spec(&h.run, planned, &st, ca_pem).await? };
+    crate::failpoint!("heal.launch.before");
     let host = h.run.prepared.launch(&spec, planned.index).await?;
+    crate::failpoint!("heal.launch.after");
     h.say(name, format!("launched replacement {}, waiting for enrollment", host.instance_id)).await;
     Ok(host.instance_id)
 }

@@ -103,9 +103,11 @@ pub async fn recover_from_survivor(
     d.upload_to_container(CONTAINER, Some(opts), bollard::body_full(tar.into()))
         .await
         .map_err(|e| RecoverError::Consul(format!("writing raft/peers.json into {CONTAINER} on {host}: {e}")))?;
+    crate::failpoint!("recover.peers_json.after");
     d.restart_container(CONTAINER, None::<RestartContainerOptions>)
         .await
         .map_err(|e| RecoverError::Consul(format!("restarting {CONTAINER} on {host}: {e}")))?;
+    crate::failpoint!("recover.consul_restart.after");
     let waited = poll_until(
         "Consul to elect the survivor",
         Instant::now() + LEADER_WAIT,

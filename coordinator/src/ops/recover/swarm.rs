@@ -41,7 +41,9 @@ pub async fn force_new_cluster(d: &Docker, host: &str, address: &str) -> Result<
     };
     // The call can time out while the node restarts (docker/for-linux#79): the leader
     // check below is the judge, not the call's answer.
+    crate::failpoint!("recover.force_new_cluster.before");
     let called = d.init_swarm(req).await;
+    crate::failpoint!("recover.force_new_cluster.after");
     let waited = poll_until(
         "the survivor to lead a swarm of its own",
         Instant::now() + LEADER_WAIT,

@@ -21,7 +21,7 @@
 //!    until its tasks run elsewhere, a manager handed over first when it leads, demoted,
 //!    its Consul server leaving gracefully; terminated, removed from the node list, its
 //!    identity revoked. What an interrupted run left behind (terminated but still listed)
-//!    is removed too ([`forget_departed`]).
+//!    is removed too (scale-down's `forget_departed`).
 //! 6. The intent cleared. The recorded cluster config names the target image once every host
 //!    runs it (heal launches from it).
 //!
@@ -46,7 +46,6 @@ use crate::ops::host_names::{HostNames, Replacement};
 use crate::ops::plan::{self, PlannedHost, RoleKind};
 use crate::ops::verify;
 use crate::poll::{Attempt, PollError, poll_until};
-use crate::providers::Host;
 use crate::ui::Progress;
 
 /// How long the cluster gets to be healthy before (and after) each replacement.
@@ -131,6 +130,7 @@ pub async fn roll(
         let mut names = HostNames::load(state_dir)?;
         names.pending = None;
         names.save(state_dir)?;
+        crate::failpoint!("upgrade.cleared.after");
         let seconds = started.elapsed().as_secs_f64();
         p.host(&r.new, format!("replaced {} in {seconds:.0} s", r.old));
         done.push(HostReplaced {
@@ -178,6 +178,7 @@ async fn next(roll: &Roll<'_>) -> Result<Option<(Replacement, String, String, bo
     healthy(roll, &format!("before replacing {}", step.host)).await?;
     let r = names.begin(&step.host, roll.target);
     names.save(roll.state_dir)?;
+    crate::failpoint!("upgrade.intent.after");
     roll.p.host(
         &r.new,
         format!("replacing {} ({}, {}) by a host launched from {}", r.old, step.role, step.current_image, roll.target),
@@ -216,28 +217,14 @@ async fn replace(
     }
     let (hosts, addresses) = deploy::addresses(&run).await?;
     let managers = manager_ips(&planned, &addresses);
+    // An old host an interrupted run already terminated is forgotten there too.
     scale_down::scale_down(&run, &hosts, &addresses, &managers, &roll.docker_dir).await?;
-    forget_departed(roll, &hosts, &managers, &r.old).await
+    Ok(())
 }
 
 /// The addresses of the planned managers.
 fn manager_ips(planned: &[PlannedHost], addresses: &HashMap<String, String>) -> Vec<String> {
     planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect()
-}
-
-/// The old host gone at the provider (an interrupted run terminated it) but still listed by
-/// the swarm or the control plane: removed from both.
-async fn forget_departed(roll: &Roll<'_>, hosts: &[Host], managers: &[String], old: &str) -> Result<(), UpgradeError> {
-    if hosts.iter().any(|h| h.name == old) {
-        return Ok(());
-    }
-    let _ = verify::forget_node(managers, &roll.docker_dir, old).await;
-    let st = roll.admin.clone().status(v1::StatusRequest::default()).await?.into_inner();
-    if st.hosts.iter().any(|h| h.name == old && !h.revoked) {
-        roll.admin.clone().remove_host(v1::RevokeHostRequest { host_name: old.to_string() }).await?;
-        roll.p.host(old, "its certificates revoked and its record forgotten");
-    }
-    Ok(())
 }
 
 /// Step 4: the replacement listed once and ready by the swarm (a manager: reachable or the

@@ -1,0 +1,144 @@
+//! Issue 20: every failpoint of deploy, scale-down, heal, upgrade and destroy crashed at —
+//! and made to fail — and the same command run again until it completes; then the cluster is
+//! checked exactly as planned ([`converged`]).
+//!
+//! One lab cluster goes through the operations in turn, each as a chain
+//! ([`flotilla_tests::crash::chain`]: run k interrupted at the k-th failpoint it reaches),
+//! first with crashes (SIGKILL at the point), then with errors. The failpoints come from the
+//! sources; the test ends by checking that every one of them was interrupted both ways.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_tests::crash::{Outcome, chain, points_in_code};
+use flotilla_tests::lab_cluster::{LabCluster, Planned, docker, text, wait_for};
+use serde_json::Value;
+
+const CLUSTER: &str = "crashpt";
+const GRACE: &str = "10";
+
+fn lab() -> LabCluster {
+    LabCluster::new(CLUSTER)
+}
+
+/// A chain of `args` (after `--cluster`), then the cluster checked as planned.
+fn step(
+    covered: &mut BTreeMap<Outcome, BTreeSet<String>>,
+    points: &BTreeSet<String>,
+    outcome: Outcome,
+    what: &str,
+    args: &[&str],
+    planned: &Planned,
+) -> Value {
+    let t = Instant::now();
+    let lab = lab();
+    let done = chain(what, points, outcome, || {
+        let mut cmd = lab.cli.command();
+        cmd.args(["--cluster", CLUSTER]).args(args);
+        cmd
+    });
+    eprintln!("{what} ({outcome:?}): interrupted at {:?} in {:.0} s", done.interrupted, t.elapsed().as_secs_f64());
+    assert!(!done.interrupted.is_empty(), "{what}: no failpoint on its path");
+    covered.entry(outcome).or_default().extend(done.interrupted);
+    wait_for(&format!("the cluster as planned after {what} ({outcome:?})"), Duration::from_secs(90), || {
+        lab.converged(planned)
+    });
+    serde_json::from_slice(&done.stdout).unwrap_or(Value::Null)
+}
+
+/// `host` removed at the provider, and seen unreachable past the grace period.
+fn lose(host: &str) {
+    let lab = lab();
+    assert!(docker(&["rm", "-f", "-v", &lab.container(host)]).status.success());
+    wait_for(&format!("{host} lost (unreachable past the grace period)"), Duration::from_secs(90), || {
+        let s = lab.status()["heal"]["unreachable_s"][host].as_f64().unwrap_or(0.0);
+        if s > GRACE.parse::<f64>().unwrap_or(10.0) + 1.0 { Ok(()) } else { Err(format!("{s} s")) }
+    });
+}
+
+/// A host image that differs from the lab's: the lab image with one more label.
+fn derived_image() -> String {
+    let base = text(&docker(&["inspect", "-f", "{{.Config.Image}}", &lab().container("node0")]));
+    assert!(!base.is_empty(), "node0's image");
+    let target = format!("flotilla-test/{CLUSTER}-host:u1");
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", &target, "-"])
+        .env_remove("DOCKER_HOST")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("docker build");
+    use std::io::Write;
+    build
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("FROM {base}\nLABEL flotilla.test=crash-points\n").as_bytes())
+        .expect("dockerfile");
+    assert!(build.wait().expect("build").success(), "building {target}");
+    target
+}
+
+/// One operation after another on one cluster, each as a chain of `outcome`.
+fn lifecycle(covered: &mut BTreeMap<Outcome, BTreeSet<String>>, points: &BTreeSet<String>, outcome: Outcome) {
+    let lab = lab();
+    let c = &lab.cli;
+    let _ = c.run(&["destroy", "--yes", "--force"]);
+    let five = Planned::new(&["manager0", "manager1", "manager2"], &["node0", "node1"]);
+    let deploy = ["deploy", "--heal", "off", "--heal-grace", GRACE, "--nodes", "2", "--output", "json"];
+    let r = step(covered, points, outcome, "deploy", &deploy, &five);
+    assert_eq!(r["swarm"]["managers"].as_array().map(Vec::len), Some(3), "{r}");
+
+    let four = Planned::new(&["manager0", "manager1", "manager2"], &["node0"]);
+    let scale = ["deploy", "--heal", "off", "--heal-grace", GRACE, "--nodes", "1", "--output", "json"];
+    step(covered, points, outcome, "scale-down", &scale, &four);
+
+    lose("manager1");
+    step(covered, points, outcome, "heal", &["heal", "--output", "json"], &four);
+
+    let image = derived_image();
+    let upgraded = Planned::new(&["manager0-u1", "manager1-u1", "manager2-u1"], &["node0-u1"]);
+    step(covered, points, outcome, "upgrade", &["upgrade", "--image", &image, "--output", "json"], &upgraded);
+
+    let t = Instant::now();
+    let done = chain("destroy", points, outcome, || {
+        let mut cmd = c.command();
+        cmd.args(["--cluster", CLUSTER, "destroy", "--yes"]);
+        cmd
+    });
+    eprintln!("destroy ({outcome:?}): interrupted at {:?} in {:.0} s", done.interrupted, t.elapsed().as_secs_f64());
+    covered.entry(outcome).or_default().extend(done.interrupted);
+    let left: BTreeSet<String> = lab
+        .labelled(&["ps", "-a"], "")
+        .into_iter()
+        .chain(lab.labelled(&["volume", "ls"], ""))
+        .chain(lab.labelled(&["network", "ls"], ""))
+        .collect();
+    assert!(left.is_empty(), "destroy left {left:?}");
+    assert!(!c.state_root.join(CLUSTER).exists(), "destroy left the state");
+}
+
+#[test]
+fn issue_20_every_failpoint_crashed_at_and_failed_at_then_the_same_command_converges() {
+    let points = points_in_code();
+    assert!(points.len() >= 20, "too few failpoints found in the sources: {points:?}");
+    let mut covered = BTreeMap::new();
+    for outcome in [Outcome::Crash, Outcome::Error] {
+        lifecycle(&mut covered, &points, outcome);
+    }
+    let mut missed = Vec::new();
+    for outcome in [Outcome::Crash, Outcome::Error] {
+        let got = covered.get(&outcome).cloned().unwrap_or_default();
+        for p in points.difference(&got) {
+            missed.push(format!("{p} ({outcome:?})"));
+        }
+    }
+    eprintln!(
+        "crash points: {} points × 2 outcomes; crashed at {}, failed at {}",
+        points.len(),
+        covered.get(&Outcome::Crash).map_or(0, BTreeSet::len),
+        covered.get(&Outcome::Error).map_or(0, BTreeSet::len)
+    );
+    assert!(missed.is_empty(), "failpoints never reached: {missed:?}");
+}
