@@ -140,7 +140,8 @@ impl LabCluster {
     /// hosts (one container each, running, and its Engine volume; besides them only the lab's
     /// registry); the control plane records exactly them, each connected; the swarm lists
     /// exactly them, every node ready, the planned managers reachable with one leader; Consul
-    /// has every member alive and exactly the managers as servers; no smoke-test service left.
+    /// lists every planned host alive and nothing else but members that left gracefully, and
+    /// exactly the managers as servers; no smoke-test service left.
     pub fn converged(&self, p: &Planned) -> Result<(), String> {
         let all = p.all();
         let want: BTreeSet<String> = all.iter().map(|h| self.container(h)).collect();
@@ -207,11 +208,17 @@ impl LabCluster {
             return Err(format!("smoke-test services left: {}", text(&smoke)));
         }
 
+        // A member that left gracefully stays listed as `left` until Consul reaps it (72 h):
+        // that is a departure, not a stale member; `failed` is, and so is an unplanned one alive.
         let members = self.consul_members(&via)?;
         let mut servers = BTreeSet::new();
         for row in members.lines().skip(1) {
             let f: Vec<&str> = row.split_whitespace().collect();
-            if f.len() < 4 || f[2] != "alive" {
+            let departed = f.len() >= 4 && f[2] == "left" && !all.contains(f[0]);
+            if departed {
+                continue;
+            }
+            if f.len() < 4 || f[2] != "alive" || !all.contains(f[0]) {
                 return Err(format!("consul members: {members}"));
             }
             if f[3] == "server" {

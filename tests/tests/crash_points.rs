@@ -1,6 +1,6 @@
-//! Issue 20: every failpoint of deploy, scale-down, heal, upgrade and destroy crashed at —
-//! and made to fail — and the same command run again until it completes; then the cluster is
-//! checked exactly as planned ([`converged`]).
+//! Issue 20: every failpoint of deploy, scale-down, heal, upgrade, recover, destroy and bake
+//! crashed at — and made to fail — and the same command run again until it completes; then the
+//! cluster is checked exactly as planned (`LabCluster::converged`).
 //!
 //! One lab cluster goes through the operations in turn, each as a chain
 //! ([`flotilla_tests::crash::chain`]: run k interrupted at the k-th failpoint it reaches),
@@ -101,6 +101,18 @@ fn lifecycle(covered: &mut BTreeMap<Outcome, BTreeSet<String>>, points: &BTreeSe
     let upgraded = Planned::new(&["manager0-u1", "manager1-u1", "manager2-u1"], &["node0-u1"]);
     step(covered, points, outcome, "upgrade", &["upgrade", "--image", &image, "--output", "json"], &upgraded);
 
+    // Quorum lost: two managers (the leader among them) removed at once; recover from the
+    // survivor, which relaunches them.
+    let leader = wait_for("a swarm leader", Duration::from_secs(60), || {
+        let l = lab.status()["swarm"]["leader"].as_str().unwrap_or("").to_string();
+        if l.starts_with("manager") { Ok(l) } else { Err(l) }
+    });
+    let survivor = upgraded.managers.iter().find(|m| **m != leader).expect("a follower").clone();
+    for m in upgraded.managers.iter().filter(|m| **m != survivor) {
+        assert!(docker(&["rm", "-f", "-v", &lab.container(m)]).status.success());
+    }
+    step(covered, points, outcome, "recover", &["recover", "--yes", "--output", "json"], &upgraded);
+
     let t = Instant::now();
     let done = chain("destroy", points, outcome, || {
         let mut cmd = c.command();
@@ -119,6 +131,35 @@ fn lifecycle(covered: &mut BTreeMap<Outcome, BTreeSet<String>>, points: &BTreeSe
     assert!(!c.state_root.join(CLUSTER).exists(), "destroy left the state");
 }
 
+/// A bake as a chain: an image made, its builder (container, network, volume) gone.
+fn bake(covered: &mut BTreeMap<Outcome, BTreeSet<String>>, points: &BTreeSet<String>, outcome: Outcome) {
+    const SCOPE: &str = "crashptbake";
+    const IMAGE: &str = "flotilla-test/crashpt-baked";
+    let scope = LabCluster::new(SCOPE);
+    let old = text(&docker(&["images", "-q", IMAGE]));
+    for id in old.lines() {
+        let _ = docker(&["rmi", "-f", id]);
+    }
+    let t = Instant::now();
+    let done = chain("bake", points, outcome, || {
+        let mut cmd = scope.cli.command();
+        cmd.args(["--cluster", SCOPE, "bake", "--name", IMAGE, "--output", "json"]);
+        cmd
+    });
+    eprintln!("bake ({outcome:?}): interrupted at {:?} in {:.0} s", done.interrupted, t.elapsed().as_secs_f64());
+    covered.entry(outcome).or_default().extend(done.interrupted);
+    let r: Value = serde_json::from_slice(&done.stdout).expect("bake JSON");
+    assert!(r["image"].as_str().is_some_and(|i| i.starts_with(IMAGE)), "{r}");
+    let builder = format!("flotilla-{SCOPE}.bake-builder");
+    for (kind, name) in [
+        ("container", builder.clone()),
+        ("network", format!("flotilla-{SCOPE}.bake")),
+        ("volume", format!("{builder}-docker")),
+    ] {
+        assert!(!docker(&[kind, "inspect", &name]).status.success(), "bake left its {kind} {name}");
+    }
+}
+
 #[test]
 fn issue_20_every_failpoint_crashed_at_and_failed_at_then_the_same_command_converges() {
     let points = points_in_code();
@@ -126,6 +167,7 @@ fn issue_20_every_failpoint_crashed_at_and_failed_at_then_the_same_command_conve
     let mut covered = BTreeMap::new();
     for outcome in [Outcome::Crash, Outcome::Error] {
         lifecycle(&mut covered, &points, outcome);
+        bake(&mut covered, &points, outcome);
     }
     let mut missed = Vec::new();
     for outcome in [Outcome::Crash, Outcome::Error] {
