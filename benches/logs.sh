@@ -36,8 +36,13 @@ hc=flotilla-$c-$host
 name=flotilla-logbench
 image=$(docker exec "$hc" sh -c "docker images --format '{{.Repository}}:{{.Tag}}' | grep flotilla/hello | head -1")
 if [ -z "$image" ]; then
-  echo "no hello image on $host (the drill or the smoke test pulls it)" >&2
-  exit 1
+  # Not pulled yet (a cluster deployed with --no-smoke-test): pulled here from the lab
+  # registry the host's Engine trusts (its daemon.json), as the smoke test would.
+  registry=$(docker exec "$hc" sed -n 's/.*"\([0-9.]*:5000\)".*/\1/p' /etc/docker/daemon.json | head -1)
+  [ -n "$registry" ] || { echo "no lab registry in $host's /etc/docker/daemon.json" >&2; exit 1; }
+  image=$registry/flotilla/hello:1
+  docker exec "$hc" docker pull -q "$image" >/dev/null ||
+    { echo "could not pull $image on $host" >&2; exit 1; }
 fi
 metrics=http://$(cat "$state/metrics-address")/metrics
 cp_pid=$(pgrep -f -- "--cluster $c .*serve|serve .*--cluster $c" | head -1 || true)

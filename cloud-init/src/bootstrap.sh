@@ -96,7 +96,10 @@ ensure_engine() {
     esac
   fi
   if engine_held; then
-    systemctl enable docker.service || fail "engine: could not enable docker.service"
+    # Enabled already in an image with the Engine (the lab's, a baked AMI): `systemctl enable`
+    # would run the SysV compatibility script all the same, seconds on a busy host.
+    systemctl is-enabled --quiet docker.service || systemctl enable docker.service ||
+      fail "engine: could not enable docker.service"
     log "engine: first start held until the agent writes the Engine's TLS listener ($ENGINE_HOLD)"
   elif ! systemctl is-active --quiet docker.service; then
     systemctl enable --now docker.service || fail "engine: docker.service did not start (see journalctl -u docker.service)"
@@ -191,7 +194,7 @@ install_agent() {
 start_agent() {
   local was_active=0
   if systemctl is-active --quiet "$AGENT_UNIT"; then was_active=1; fi
-  systemctl daemon-reload || fail "agent: systemctl daemon-reload failed"
+  # `enable` reloads systemd itself (the unit file is new), then `--now` starts the unit.
   systemctl enable --now "$AGENT_UNIT" || fail "agent: $AGENT_UNIT did not start (see journalctl -u $AGENT_UNIT)"
   if [ "$was_active" = 1 ] && [ "$AGENT_REPLACED" = 1 ]; then
     systemctl restart "$AGENT_UNIT" || fail "agent: $AGENT_UNIT did not restart (see journalctl -u $AGENT_UNIT)"

@@ -35,7 +35,7 @@ impl Host {
     /// `None` when a tool the script or the test needs is missing here.
     fn new(ca_pem: &str) -> Option<Host> {
         let dir = tempfile::tempdir().expect("tempdir");
-        for sub in ["bin", "tmp", "state", "usr-local-bin", "active", "docker", "lib", "hold"] {
+        for sub in ["bin", "tmp", "state", "usr-local-bin", "active", "enabled", "docker", "lib", "hold"] {
             std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
         }
         for tool in
@@ -61,10 +61,12 @@ impl Host {
         host.stub(
             "systemctl",
             &format!(
-                "case \"$1\" in is-active) [ -e \"{t}/active/$3\" ]; exit $? ;; esac\n\
+                "case \"$1\" in is-active) [ -e \"{t}/active/$3\" ]; exit $? ;; \
+                 is-enabled) [ -e \"{t}/enabled/$3\" ]; exit $? ;; esac\n\
                  echo \"systemctl $*\" >> {t}/calls\n\
                  case \"$1\" in\n\
-                 enable) if [ \"$2\" = --now ]; then : > \"{t}/active/$3\"; fi ;;\n\
+                 enable) if [ \"$2\" = --now ]; then : > \"{t}/active/$3\"; : > \"{t}/enabled/$3\"; \
+                 else : > \"{t}/enabled/$2\"; fi ;;\n\
                  restart) : > \"{t}/active/$2\" ;;\n\
                  esac\n"
             ),
@@ -409,7 +411,7 @@ fn downloads_verifies_installs_and_starts_the_agent_then_skips_on_rerun() {
     assert_eq!(std::fs::read(&agent).expect("agent installed"), AGENT_BYTES);
     assert_eq!(std::fs::metadata(&agent).expect("meta").permissions().mode() & 0o7777, 0o755);
     assert_eq!(std::fs::metadata(host.path("state")).expect("meta").permissions().mode() & 0o7777, 0o700);
-    assert_eq!(host.calls(), "systemctl daemon-reload\nsystemctl enable --now flotilla-agent.service\n");
+    assert_eq!(host.calls(), "systemctl enable --now flotilla-agent.service\n");
     assert_eq!(host.read("state/bootstrap-failed"), None);
     assert_eq!(host.leftovers(), Vec::<String>::new());
     // Only the cluster CA is trusted: `--cacert` replaces curl's CA file, and an empty
@@ -622,6 +624,11 @@ fn a_held_engine_is_enabled_but_not_started_restarted_or_waited_for() {
     let calls = host.calls();
     assert!(calls.lines().any(|l| l == "systemctl enable docker.service"), "{calls}");
     assert!(!calls.contains("--now docker.service") && !calls.contains("restart docker.service"), "{calls}");
+
+    // Enabled already (an image with the Engine, as the lab's): not enabled again — that runs
+    // the SysV compatibility script, seconds on a busy host.
+    host.run(&user_data).assert_code(0).assert_line("flotilla-bootstrap: done");
+    assert_eq!(host.calls().matches("systemctl enable docker.service").count(), 1, "{}", host.calls());
 
     // The hold lifted (a reboot after the agent wrote the listener): started and waited for.
     std::fs::remove_file(host.path("hold/flotilla-hold.conf")).expect("lift");

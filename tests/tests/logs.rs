@@ -394,3 +394,34 @@ async fn the_cli_prints_host_source_and_text() {
     assert_eq!(stdout, want);
     agent.stop().await;
 }
+
+/// `coordinator logs -f` shows a line as soon as it arrives: its output is buffered (a write
+/// per line cost a system call each), but flushed whenever no line is waiting — here a
+/// container that prints once and then stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_a_followed_line_while_the_source_is_quiet() {
+    use tokio::io::AsyncBufReadExt;
+    let coord = Coord::start(|c| c.state_dir = c.state_dir.with_file_name("test")).await;
+    let agent = connected_agent(&coord, "logs5").await;
+    let c = Container::run("echo first; sleep 120");
+    let bin = flotilla_tests::target_dir().join("coordinator");
+    assert!(bin.is_file(), "{} missing: build the workspace first", bin.display());
+    let mut cli = tokio::process::Command::new(&bin)
+        .arg("--state-root")
+        .arg(coord.dir.path())
+        .args(["--cluster", "test", "logs", "logs5", "--container", &c.name, "--follow"])
+        .env_remove("FLOTILLA_REMOTE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the CLI");
+    let mut lines = tokio::io::BufReader::new(cli.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the line is shown while its container still runs (flushed when no line waits)")
+        .expect("read the CLI's output");
+    assert_eq!(first, Some(format!("logs5/{} | first", c.name)));
+    let _ = cli.kill().await;
+    agent.stop().await;
+}

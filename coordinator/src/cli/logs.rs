@@ -3,12 +3,18 @@
 
 use std::time::Duration;
 
+use futures::FutureExt as _;
+
 use clap::{Args, ValueEnum};
 use flotilla_proto::v1;
 
 use super::args::parse_duration;
 use super::{CliError, Global};
 use crate::ui::log_prefix;
+
+/// How much of the output is buffered before it is written (a flush also happens whenever no
+/// line is waiting).
+const OUT_BUFFER: usize = 64 * 1024;
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
@@ -77,9 +83,21 @@ pub async fn run(g: &Global, args: LogsArgs) -> Result<(), CliError> {
         .await?
         .into_inner();
     let colour = std::io::stdout().is_terminal();
-    let mut out = std::io::stdout().lock();
+    // Buffered (stdout alone writes at every newline: a system call per line), flushed
+    // whenever no line is waiting, so `-f` shows each line as soon as it arrives.
+    let mut out = std::io::BufWriter::with_capacity(OUT_BUFFER, std::io::stdout().lock());
     let mut failed = Vec::new();
-    while let Some(l) = lines.message().await? {
+    loop {
+        let next = match lines.message().now_or_never() {
+            Some(next) => next?,
+            None => {
+                if out.flush().is_err() {
+                    return Ok(());
+                }
+                lines.message().await?
+            }
+        };
+        let Some(l) = next else { break };
         if !l.error.is_empty() {
             eprintln!("{}/{}: {}", l.host, l.source, l.error);
             failed.push(format!("{}/{}", l.host, l.source));
@@ -92,6 +110,9 @@ pub async fn run(g: &Global, args: LogsArgs) -> Result<(), CliError> {
         if writeln!(out, "{} | {}", log_prefix(&l.host, &l.source, colour), l.text).is_err() {
             return Ok(());
         }
+    }
+    if out.flush().is_err() {
+        return Ok(());
     }
     if failed.is_empty() { Ok(()) } else { Err(CliError::LogsUnread { sources: failed }) }
 }

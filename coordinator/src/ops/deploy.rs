@@ -212,7 +212,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let _lock = crate::ops::lock::OpsLock::take(&state_dir, &c.name, "deploy")?;
 
     // 2. The provider; 3. the control plane.
-    let prepared = provider::prepare_provider(c, &state_dir, opts.quiet, &p).await?;
+    let prepared = provider::prepare_provider_early(c, &state_dir, opts.quiet, &p).await?;
     provider::record(c, &prepared, &state_dir)?;
     c.record(&state_dir)?;
     crate::failpoint!("deploy.provider.after");
@@ -256,6 +256,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let manager_ips: Vec<String> =
         planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect();
     changed.removed = scale_down::scale_down(&run, &hosts, &addresses, &manager_ips, &docker_dir).await?;
+    // The lab's role images were pushed while the hosts booted; pulled from here on.
+    run.prepared.role_images_ready().await?;
     changed.assigned = assign::assign_connected(&run, &addresses).await?;
     let rest: Vec<PlannedHost> = planned.iter().filter(|h| !early.iter().any(|e| e.name == h.name)).cloned().collect();
     if !rest.is_empty() {

@@ -31,9 +31,21 @@ pub struct Prepared {
     pub insecure_registries: Vec<String>,
     /// AWS only: VPC, security group, AMI.
     pub aws: Option<aws::LaunchContext>,
+    /// The lab: the role images' push into its registry, still under way after
+    /// [`prepare_provider_early`] ([`Prepared::role_images_ready`] waits for it).
+    pub pushing: Option<lab::registry::Pushing>,
 }
 
 impl Prepared {
+    /// Waits until the role images can be pulled by hosts (the lab's push into its registry;
+    /// nothing to wait for on AWS). Before any role is assigned.
+    pub async fn role_images_ready(&self) -> Result<(), DeployError> {
+        match &self.pushing {
+            Some(p) => Ok(p.wait().await?),
+            None => Ok(()),
+        }
+    }
+
     /// Launches one host; `index` is its position among hosts of its role (AWS: its subnet).
     pub async fn launch(&self, spec: &LaunchSpec, index: usize) -> Result<Host, DeployError> {
         Ok(match (&self.provider, &self.aws) {
@@ -44,8 +56,22 @@ impl Prepared {
     }
 }
 
-/// Step 2: the provider's side of the cluster, made to exist.
+/// Step 2: the provider's side of the cluster, made to exist, the role images included.
 pub async fn prepare_provider(
+    c: &ClusterConfig,
+    state_dir: &Path,
+    quiet: bool,
+    p: &Progress,
+) -> Result<Prepared, DeployError> {
+    let prepared = prepare_provider_early(c, state_dir, quiet, p).await?;
+    prepared.role_images_ready().await?;
+    Ok(prepared)
+}
+
+/// [`prepare_provider`] that returns while the lab's role images are still being pushed
+/// into its registry (issue 19: the push overlaps the hosts' boot); the caller waits with
+/// [`Prepared::role_images_ready`] before it assigns roles.
+pub async fn prepare_provider_early(
     c: &ClusterConfig,
     state_dir: &Path,
     quiet: bool,
@@ -84,8 +110,9 @@ async fn prepare_lab(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progr
         lab.require_image(&c.images.host, "images.host in flotilla.toml, or --image").await?;
         p.step("lab", format!("hosts boot from {}", c.images.host));
     }
-    let (network, refs) =
-        lab.ensure(&[(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")]).await?;
+    let (network, refs, pushing) = lab
+        .ensure_pushing(&[(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")])
+        .await?;
     let gateway = network.coordinator_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
     p.step(
         "lab",
@@ -106,6 +133,7 @@ async fn prepare_lab(c: &ClusterConfig, state_dir: &Path, quiet: bool, p: &Progr
         insecure_registries: insecure,
         provider: Provider::Lab(lab),
         aws: None,
+        pushing: Some(pushing),
     })
 }
 
@@ -141,5 +169,6 @@ async fn prepare_aws(c: &ClusterConfig, state_dir: &Path, p: &Progress) -> Resul
         insecure_registries: c.images.insecure_registries.clone(),
         provider: Provider::Aws(a),
         aws: Some(ctx),
+        pushing: None,
     })
 }

@@ -28,13 +28,28 @@ impl Lab {
     /// The network, the registry on it (preloaded with `push`), and where hosts find the
     /// coordinator.
     pub async fn ensure(&self, push: &[(&str, &str)]) -> Result<(Network, Vec<String>), LabError> {
+        let (network, refs, pushing) = self.ensure_pushing(push).await?;
+        pushing.wait().await?;
+        Ok((network, refs))
+    }
+
+    /// [`Lab::ensure`] that returns once the registry answers: the images are pushed in the
+    /// background ([`Pushing`]), so hosts can boot meanwhile — they pull nothing before their
+    /// roles are assigned. The references hosts pull are known before the push ends.
+    pub async fn ensure_pushing(&self, push: &[(&str, &str)]) -> Result<(Network, Vec<String>, Pushing), LabError> {
         let (id, base) = self.ensure_network().await?;
         let (lab_addr, local_port) = self.ensure_registry(base).await?;
-        let mut refs = Vec::new();
-        for (local, repo_tag) in push {
-            refs.push(self.push(local_port, &lab_addr, local, repo_tag).await?);
-        }
-        Ok((Network { id, coordinator_ip: Some(IpAddr::V4(with_last(base, 1))), registry: Some(lab_addr) }, refs))
+        let refs = push.iter().map(|(_, repo_tag)| lab_ref(&lab_addr, repo_tag)).collect();
+        let docker = self.docker.clone();
+        let items: Vec<(String, String)> = push.iter().map(|(l, r)| (l.to_string(), r.to_string())).collect();
+        let task = tokio::spawn(async move {
+            for (local, repo_tag) in &items {
+                push_image(&docker, local_port, local, repo_tag).await?;
+            }
+            Ok::<(), LabError>(())
+        });
+        let network = Network { id, coordinator_ip: Some(IpAddr::V4(with_last(base, 1))), registry: Some(lab_addr) };
+        Ok((network, refs, Pushing(std::sync::Mutex::new(Some(task)))))
     }
 
     async fn ensure_registry(&self, base: Ipv4Addr) -> Result<(String, u16), LabError> {
@@ -93,37 +108,6 @@ impl Lab {
         Ok((format!("{ip}:{REGISTRY_PORT}"), port))
     }
 
-    /// Tags `local` into the registry (through its loopback port) and pushes it; returns the
-    /// reference lab hosts pull (`<registry lab ip>:5000/<repo_tag>`).
-    async fn push(&self, port: u16, lab_addr: &str, local: &str, repo_tag: &str) -> Result<String, LabError> {
-        let (repo, tag) = repo_tag.rsplit_once(':').unwrap_or((repo_tag, "latest"));
-        let pushed = format!("127.0.0.1:{port}/{repo}");
-        self.docker
-            .tag_image(local, Some(TagImageOptions { repo: Some(pushed.clone()), tag: Some(tag.to_string()) }))
-            .await?;
-        let mut stream = self.docker.push_image(
-            &pushed,
-            Some(PushImageOptions { tag: Some(tag.to_string()), ..Default::default() }),
-            None,
-        );
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| LabError::Push { image: local.to_string(), message: e.to_string() })?;
-            if let Some(msg) = info.error_detail.and_then(|d| d.message) {
-                return Err(LabError::Push { image: local.to_string(), message: msg });
-            }
-        }
-        // The loopback tag was only the way in; do not leave it behind.
-        let _ = self
-            .docker
-            .remove_image(
-                &format!("{pushed}:{tag}"),
-                Some(bollard::query_parameters::RemoveImageOptions { noprune: true, ..Default::default() }),
-                None,
-            )
-            .await;
-        Ok(format!("{lab_addr}/{repo}:{tag}"))
-    }
-
     /// The lab registry's address as hosts reach it (`<ip>:5000`), if the cluster has one.
     pub async fn registry_addr(&self) -> Result<Option<String>, LabError> {
         Ok(self
@@ -151,4 +135,50 @@ async fn registry_answers(addr: &str) -> bool {
         Ok(Ok(n)) if n >= 12 => buf[..n].starts_with(b"HTTP/1.") && &buf[9..12] == b"200",
         _ => false,
     }
+}
+
+/// The role images' push into the lab registry, under way in the background
+/// ([`Lab::ensure_pushing`]); [`Pushing::wait`] before anything pulls them.
+pub struct Pushing(std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), LabError>>>>);
+
+impl Pushing {
+    /// Waits for the push to end (at once after the first wait); its error, if it failed.
+    pub async fn wait(&self) -> Result<(), LabError> {
+        let task = self.0.lock().map(|mut t| t.take()).unwrap_or(None);
+        match task {
+            None => Ok(()),
+            Some(t) => t.await.map_err(|e| LabError::Engine(format!("pushing the role images: {e}")))?,
+        }
+    }
+}
+
+/// The reference lab hosts pull `repo_tag` by (`<registry lab ip>:5000/<repo>:<tag>`).
+fn lab_ref(lab_addr: &str, repo_tag: &str) -> String {
+    let (repo, tag) = repo_tag.rsplit_once(':').unwrap_or((repo_tag, "latest"));
+    format!("{lab_addr}/{repo}:{tag}")
+}
+
+/// Tags `local` into the registry (through its loopback port `port`) and pushes it as
+/// `repo_tag`.
+async fn push_image(docker: &bollard::Docker, port: u16, local: &str, repo_tag: &str) -> Result<(), LabError> {
+    let (repo, tag) = repo_tag.rsplit_once(':').unwrap_or((repo_tag, "latest"));
+    let pushed = format!("127.0.0.1:{port}/{repo}");
+    docker.tag_image(local, Some(TagImageOptions { repo: Some(pushed.clone()), tag: Some(tag.to_string()) })).await?;
+    let mut stream =
+        docker.push_image(&pushed, Some(PushImageOptions { tag: Some(tag.to_string()), ..Default::default() }), None);
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| LabError::Push { image: local.to_string(), message: e.to_string() })?;
+        if let Some(msg) = info.error_detail.and_then(|d| d.message) {
+            return Err(LabError::Push { image: local.to_string(), message: msg });
+        }
+    }
+    // The loopback tag was only the way in; do not leave it behind.
+    let _ = docker
+        .remove_image(
+            &format!("{pushed}:{tag}"),
+            Some(bollard::query_parameters::RemoveImageOptions { noprune: true, ..Default::default() }),
+            None,
+        )
+        .await;
+    Ok(())
 }
