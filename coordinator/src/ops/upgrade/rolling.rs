@@ -29,7 +29,6 @@
 //! 3 — every step is idempotent — then goes on with the next host; hosts on the target are
 //! skipped.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,7 @@ use tonic::transport::Channel;
 use super::UpgradeError;
 use crate::control_plane::settings::StatePaths;
 use crate::ops::cluster_config::ClusterConfig;
-use crate::ops::deploy::{self, Prepared, Run, assign, launch, scale_down, wait};
+use crate::ops::deploy::{self, Prepared, Run, assign, launch, manager_ips, scale_down, wait};
 use crate::ops::heal::membership;
 use crate::ops::host_names::{HostNames, Replacement};
 use crate::ops::plan::{self, PlannedHost, RoleKind};
@@ -96,7 +95,8 @@ impl<'a> Roll<'a> {
 }
 
 /// Replaces every host not on `target` (the image as the provider reports it), resuming an
-/// interrupted replacement first. The caller holds the ops lock.
+/// interrupted replacement first, with the recorded cluster config (`upgrade --image`). The
+/// caller holds the ops lock.
 pub async fn roll(
     cluster: &str,
     state_dir: &Path,
@@ -104,11 +104,26 @@ pub async fn roll(
     admin: AdminClient<Channel>,
     quiet: bool,
 ) -> Result<Vec<HostReplaced>, UpgradeError> {
-    let mut config = ClusterConfig::recorded(state_dir)
+    let config = ClusterConfig::recorded(state_dir)
         .map_err(|source| UpgradeError::NotDeployed { cluster: cluster.to_string(), source })?;
-    config.images.host = target.to_string();
     let p = Progress::new(quiet);
     let prepared = deploy::prepare_provider(&config, state_dir, quiet, &p).await?;
+    let done = roll_with(config, &prepared, state_dir, target, admin, &p).await?;
+    p.finish();
+    Ok(done)
+}
+
+/// [`roll`] with a config and a prepared provider (`deploy --rolling`'s, once it converged);
+/// records `config` with `images.host = target` at the end (heal launches from it).
+pub async fn roll_with(
+    mut config: ClusterConfig,
+    prepared: &Prepared,
+    state_dir: &Path,
+    target: &str,
+    admin: AdminClient<Channel>,
+    p: &Progress,
+) -> Result<Vec<HostReplaced>, UpgradeError> {
+    config.images.host = target.to_string();
     let ca_path = StatePaths::new(state_dir).ca_pem();
     let ca_pem =
         std::fs::read_to_string(&ca_path).map_err(|source| UpgradeError::State { path: ca_path.clone(), source })?;
@@ -117,13 +132,13 @@ pub async fn roll(
     let docker_dir = deploy::control_plane::ensure_docker_certs(&Run {
         config: &config,
         planned: &planned,
-        prepared: &prepared,
+        prepared,
         admin: admin.clone(),
         state_dir,
-        p: &p,
+        p,
     })
     .await?;
-    let roll = Roll { config: &config, prepared: &prepared, admin, state_dir, docker_dir, ca_pem, target, p: &p };
+    let roll = Roll { config: &config, prepared, admin, state_dir, docker_dir, ca_pem, target, p };
     let mut done = Vec::new();
     while let Some((r, role, old_image, resumed)) = next(&roll).await? {
         let started = Instant::now();
@@ -145,8 +160,7 @@ pub async fn roll(
         });
     }
     healthy(&roll, "after the last replacement").await?;
-    config.record(state_dir).map_err(|source| UpgradeError::NotDeployed { cluster: cluster.to_string(), source })?;
-    p.finish();
+    config.record(state_dir).map_err(|source| UpgradeError::NotDeployed { cluster: config.name.clone(), source })?;
     Ok(done)
 }
 
@@ -218,11 +232,6 @@ async fn replace(
     let managers = manager_ips(&planned, &addresses);
     scale_down::scale_down(&run, &hosts, &addresses, &managers, &roll.docker_dir).await?;
     forget_departed(roll, &hosts, &managers, &r.old).await
-}
-
-/// The addresses of the planned managers.
-fn manager_ips(planned: &[PlannedHost], addresses: &HashMap<String, String>) -> Vec<String> {
-    planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect()
 }
 
 /// The old host gone at the provider (an interrupted run terminated it) but still listed by
