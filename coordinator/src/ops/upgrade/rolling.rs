@@ -104,8 +104,10 @@ pub async fn roll(
     admin: AdminClient<Channel>,
     quiet: bool,
 ) -> Result<Vec<HostReplaced>, UpgradeError> {
-    let config = ClusterConfig::recorded(state_dir)
+    let mut config = ClusterConfig::recorded(state_dir)
         .map_err(|source| UpgradeError::NotDeployed { cluster: cluster.to_string(), source })?;
+    // Before the provider is prepared: on EC2 its launch context holds the AMI launched from.
+    config.images.host = target.to_string();
     let p = Progress::new(quiet);
     let prepared = deploy::prepare_provider(&config, state_dir, quiet, &p).await?;
     let done = roll_with(config, &prepared, state_dir, target, admin, &p).await?;
@@ -113,8 +115,10 @@ pub async fn roll(
     Ok(done)
 }
 
-/// [`roll`] with a config and a prepared provider (`deploy --rolling`'s, once it converged);
-/// records `config` with `images.host = target` at the end (heal launches from it).
+/// [`roll`] with a config and a prepared provider (`deploy --rolling`'s, once it converged),
+/// which must launch hosts from `target` (a replacement on another image stops the roll:
+/// [`UpgradeError::WrongImage`]); records `config` with `images.host = target` at the end
+/// (heal launches from it).
 pub async fn roll_with(
     mut config: ClusterConfig,
     prepared: &Prepared,
@@ -143,6 +147,14 @@ pub async fn roll_with(
     while let Some((r, role, old_image, resumed)) = next(&roll).await? {
         let started = Instant::now();
         replace(&roll, &r, &role, &old_image, resumed).await?;
+        let at = prepared.provider.describe().await?;
+        if let Some(h) = at.iter().find(|h| h.name == r.new && h.image != target) {
+            return Err(UpgradeError::WrongImage {
+                host: r.new.clone(),
+                image: h.image.clone(),
+                target: target.into(),
+            });
+        }
         let mut names = HostNames::load(state_dir)?;
         names.pending = None;
         names.save(state_dir)?;
