@@ -71,6 +71,11 @@ impl Progress {
     }
 
     /// Stops the live lines (they stay on screen with their last state).
+    /// Whether progress lines are off (`--output json`).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     pub fn finish(&self) {
         if let Some((_, bars)) = &self.live {
             for b in bars.lock().unwrap_or_else(|p| p.into_inner()).values() {

@@ -244,3 +244,45 @@ async fn serve_conn(
         return Ok(());
     }
 }
+
+/// Instances EC2 (moto) holds for `cluster` that are not terminated.
+pub async fn live_instances(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+    let r = ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{}", flotilla_coordinator::providers::aws::TAG_CLUSTER))
+                .values(cluster)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe instances");
+    r.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated"))
+        .cloned()
+        .collect()
+}
+
+/// The security groups EC2 (moto) holds tagged for `cluster`.
+pub async fn cluster_groups(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<aws_sdk_ec2::types::SecurityGroup> {
+    ec2.describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{}", flotilla_coordinator::providers::aws::TAG_CLUSTER))
+                .values(cluster)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe groups")
+        .security_groups()
+        .to_vec()
+}
+
+/// The value of tag `k` of instance `i` ("" when absent).
+pub fn tag(i: &aws_sdk_ec2::types::Instance, k: &str) -> String {
+    i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).unwrap_or_default().to_string()
+}

@@ -2,23 +2,20 @@
 //! front of it). What the provider made is read back with a separate EC2 client, never
 //! taken from the provider's own word.
 //!
-//! The end-to-end test (`aws_path_end_to_end…`) runs `coordinator deploy --provider aws`
-//! against moto and, for each instance moto reports, boots a lab host from that instance's
-//! user-data as read back through DescribeInstanceAttribute: EC2 API → user-data →
-//! cloud-init → agent → roles → swarm, all real except the EC2 machines themselves.
+//! The end-to-end test, which boots lab hosts from the instances' user-data, is in
+//! `aws_e2e.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::process::Output;
-use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+use aws_sdk_ec2::types::InstanceAttributeName;
 use base64::Engine as _;
 use flotilla_coordinator::ops::cluster_config::AwsSettings;
 use flotilla_coordinator::providers::LaunchSpec;
 use flotilla_coordinator::providers::aws::{Aws, TAG_CLUSTER};
 use flotilla_tests::Cli;
-use flotilla_tests::moto::{self, AWS_ENV, FaultProxy, Moto, REGION};
+use flotilla_tests::moto::{self, AWS_ENV, FaultProxy, Moto, REGION, cluster_groups, live_instances, tag};
 use serde_json::Value;
 
 fn settings(endpoint: &str) -> AwsSettings {
@@ -66,36 +63,6 @@ fn user_data(cluster: &str, host: &str, ca: &str) -> String {
         engine_tls: false,
     })
     .expect("render")
-}
-
-/// Instances moto holds for `cluster` that are not terminated.
-async fn live_instances(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<aws_sdk_ec2::types::Instance> {
-    let r = ec2
-        .describe_instances()
-        .filters(Filter::builder().name(format!("tag:{TAG_CLUSTER}")).values(cluster).build())
-        .send()
-        .await
-        .expect("describe instances");
-    r.reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated"))
-        .cloned()
-        .collect()
-}
-
-async fn cluster_groups(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<aws_sdk_ec2::types::SecurityGroup> {
-    ec2.describe_security_groups()
-        .filters(Filter::builder().name(format!("tag:{TAG_CLUSTER}")).values(cluster).build())
-        .send()
-        .await
-        .expect("describe groups")
-        .security_groups()
-        .to_vec()
-}
-
-fn tag(i: &aws_sdk_ec2::types::Instance, k: &str) -> String {
-    i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).unwrap_or_default().to_string()
 }
 
 #[tokio::test]
@@ -483,210 +450,4 @@ fn issue_6_bad_credentials_plan_unknown_ami_and_arm_types_are_clear_and_create_n
     let dump = moto_state(moto.addr);
     assert!(!dump.contains("flotilla-awscreds"), "a refused deploy created something");
     let _ = std::fs::remove_dir_all(&c.state_root);
-}
-
-/// Boots a lab host from each instance moto reports for `cluster` (its user-data as
-/// DescribeInstanceAttribute returns it) until `done` says stop.
-async fn boot_instances_as_lab_hosts(
-    ec2: &aws_sdk_ec2::Client,
-    lab: &flotilla_coordinator::providers::lab::Lab,
-    cluster: &str,
-    booted: &mut BTreeSet<String>,
-) {
-    for i in live_instances(ec2, cluster).await {
-        let name = tag(&i, "Name");
-        if booted.contains(&name) {
-            continue;
-        }
-        let id = i.instance_id().unwrap_or_default();
-        let attr = ec2
-            .describe_instance_attribute()
-            .instance_id(id)
-            .attribute(InstanceAttributeName::UserData)
-            .send()
-            .await
-            .expect("user-data");
-        let b64 = attr.user_data().and_then(|u| u.value()).unwrap_or_default();
-        let ud =
-            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8");
-        assert!(!ud.contains("PRIVATE KEY"), "{name}: a private key travels in user-data");
-        lab.launch(&LaunchSpec {
-            name: name.clone(),
-            role: tag(&i, "flotilla:role"),
-            user_data: ud,
-            instance_type: String::new(),
-            image: None,
-            private_ip: None,
-        })
-        .await
-        .expect("boot a lab host from the instance's user-data");
-        eprintln!("booted {name} ({id}) as a lab host");
-        booted.insert(name);
-    }
-}
-
-/// Issue 15 on the AWS path: node1's instance terminated through the EC2 API (and its lab
-/// host removed with it): `heal` finds it lost through DescribeInstances, launches a
-/// replacement (a new instance, a new ClientToken) that boots and joins, and a re-run
-/// launches nothing.
-async fn heal_a_terminated_instance(
-    c: &Cli,
-    ec2: &aws_sdk_ec2::Client,
-    lab: &flotilla_coordinator::providers::lab::Lab,
-    booted: &mut BTreeSet<String>,
-) {
-    let old = live_instances(ec2, CLUSTER_E2E).await.into_iter().find(|i| tag(i, "Name") == "node1").expect("node1");
-    let old_id = old.instance_id().unwrap_or_default().to_string();
-    ec2.terminate_instances().instance_ids(&old_id).send().await.expect("terminate node1");
-    lab.terminate("node1").await.expect("remove node1's lab host");
-    booted.remove("node1");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let st = c.command().envs(AWS_ENV).args(["--cluster", CLUSTER_E2E, "status", "--output", "json"]).output();
-        let st: Value = st.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null);
-        if st["heal"]["unreachable_s"]["node1"].as_f64().is_some_and(|s| s > 11.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node1 never unreachable past the grace period: {}", st["heal"]);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let mut child = c
-        .command()
-        .envs(AWS_ENV)
-        .args(["--cluster", CLUSTER_E2E, "heal", "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start heal");
-    let deadline = Instant::now() + Duration::from_secs(400);
-    let status = loop {
-        boot_instances_as_lab_hosts(ec2, lab, CLUSTER_E2E, booted).await;
-        if let Some(s) = child.try_wait().expect("wait heal") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "heal did not finish within 400 s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-    eprintln!("heal (aws):\n{out}\n{err}");
-    assert!(status.success(), "heal failed: {err}");
-    let r: Value = serde_json::from_str(&out).expect("heal json");
-    assert_eq!(r["replaced"][0]["host"], "node1", "{r}");
-    let new =
-        live_instances(ec2, CLUSTER_E2E).await.into_iter().find(|i| tag(i, "Name") == "node1").expect("new node1");
-    assert_ne!(new.instance_id().unwrap_or_default(), old_id, "no new instance");
-    assert_eq!(r["replaced"][0]["instance_id"], new.instance_id().unwrap_or_default());
-    if let (Some(a), Some(b)) = (old.client_token(), new.client_token()) {
-        assert_ne!(a, b, "the replacement reused the lost instance's ClientToken");
-    }
-    assert!(r["verified"].as_str().is_some_and(|v| v.contains("2 workers ready")), "{r}");
-    let again = run_aws(c, &["heal", "--output", "json"]);
-    assert!(again.status.success());
-    let again: Value = serde_json::from_slice(&again.stdout).expect("json");
-    assert_eq!(again["replaced"], Value::Array(vec![]), "a re-run replaced something: {again}");
-    assert_eq!(live_instances(ec2, CLUSTER_E2E).await.len(), 5);
-}
-
-const CLUSTER_E2E: &str = "awse2e";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_the_verified_cluster() {
-    const CLUSTER: &str = CLUSTER_E2E;
-    let c = cli(CLUSTER);
-    // What a failed earlier run left: its control plane, its state, its lab hosts.
-    let _ = c.command().args(["--cluster", CLUSTER, "stop"]).output();
-    let _ = std::fs::remove_dir_all(&c.state_root);
-    let engine = flotilla_tests::lab_engine().await;
-    let images = flotilla_coordinator::providers::lab::images::ensure(true, &engine.address).await.expect("lab images");
-    let lab_state = tempfile::tempdir().expect("tempdir");
-    let lab = flotilla_coordinator::providers::lab::Lab::new(engine, CLUSTER, lab_state.path(), images);
-    lab.destroy().await.expect("clean lab");
-    let (network, refs) = lab
-        .ensure(&[(&lab.images.consul, "flotilla/consul:1.8.7"), (&lab.images.hello, "flotilla/hello:1")])
-        .await
-        .expect("lab network and registry");
-    let gateway = network.coordinator_ip.expect("gateway").to_string();
-    let registry = network.registry.clone().expect("registry");
-
-    let moto = Moto::start(&[]);
-    let ec2 = moto::ec2(&moto.endpoint()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = dir.path().join("flotilla.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "provider = \"aws\"\n\
-             [images]\nconsul = \"{}\"\nhello = \"{}\"\ninsecure_registries = [\"{registry}\"]\n\
-             [coordinator]\nlisten = \"{gateway}\"\nadvertise = \"{gateway}\"\n\
-             [heal]\nmode = \"off\"\ngrace = 10\n\
-             [aws]\nendpoint_url = \"{}\"\nregion = \"{REGION}\"\nadmin_cidr = \"{gateway}/32\"\n",
-            refs[0],
-            refs[1],
-            moto.endpoint()
-        ),
-    )
-    .expect("write flotilla.toml");
-    let toml_s = toml.to_str().unwrap_or_default().to_string();
-
-    // deploy runs in the background; meanwhile each instance moto reports boots as a lab host.
-    let mut child = c
-        .command()
-        .envs(AWS_ENV)
-        .args(["--cluster", CLUSTER, "deploy", "-f", &toml_s, "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start deploy");
-    let mut booted = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let status = loop {
-        boot_instances_as_lab_hosts(&ec2, &lab, CLUSTER, &mut booted).await;
-        if let Some(s) = child.try_wait().expect("wait deploy") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "deploy did not finish within 600 s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-    eprintln!("deploy --provider aws:\n{out}\n{err}");
-    assert!(status.success(), "deploy failed: {err}");
-    let report: Value = serde_json::from_str(&out).expect("deploy json");
-    assert_eq!(report["provider"], "aws");
-    assert_eq!(report["launched"].as_array().map(Vec::len), Some(5));
-    assert_eq!(report["swarm"]["managers"].as_array().map(Vec::len), Some(3), "{}", report["swarm"]);
-    assert_eq!(report["swarm"]["workers"].as_array().map(Vec::len), Some(2), "{}", report["swarm"]);
-    assert_eq!(report["consul"]["peers"].as_array().map(Vec::len), Some(3), "{}", report["consul"]);
-    assert!(report["smoke_test"]["tasks"].as_u64().is_some_and(|t| t >= 1), "{}", report["smoke_test"]);
-    assert_eq!(booted.len(), 5, "{booted:?}");
-    // Every host's id is its EC2 instance id.
-    for h in report["hosts"].as_array().expect("hosts") {
-        assert!(h["instance_id"].as_str().is_some_and(|i| i.starts_with("i-")), "{h}");
-    }
-
-    // Re-running deploy launches nothing new.
-    let again = run_aws(&c, &["deploy", "-f", &toml_s, "--output", "json"]);
-    assert!(again.status.success());
-    let r2: Value = serde_json::from_slice(&again.stdout).expect("json");
-    assert_eq!(r2["launched"].as_array().map(Vec::len), Some(0), "{r2}");
-    assert_eq!(r2["changed"], false);
-    assert_eq!(live_instances(&ec2, CLUSTER).await.len(), 5);
-
-    heal_a_terminated_instance(&c, &ec2, &lab, &mut booted).await;
-
-    // destroy leaves nothing with the cluster's tag.
-    let out = run_aws(&c, &["destroy", "--yes"]);
-    assert!(out.status.success());
-    assert!(live_instances(&ec2, CLUSTER).await.is_empty());
-    assert!(cluster_groups(&ec2, CLUSTER).await.is_empty());
-    assert!(!c.state_root.join(CLUSTER).exists(), "the cluster's state (and its CA) is gone");
-    // Again, without the state that recorded the provider: by tag, nothing left to remove.
-    let out = run_aws(&c, &["destroy", "--yes", "--provider", "aws", "--endpoint-url", &moto.endpoint()]);
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("removed "), "a second destroy removed something");
-    lab.destroy().await.expect("remove the lab hosts");
 }

@@ -15,7 +15,9 @@
 //!    container touched.
 //! 6. `upgrade --image IMAGE` (part 1) onto a derived image (`FROM` the lab host image plus a
 //!    label, built here): run as a child and SIGKILLed once the first manager's replacement
-//!    is launched; `deploy` then refuses, naming the upgrade; a re-run completes. Throughout,
+//!    is launched; `deploy` then refuses, naming the upgrade, and so does `deploy --rolling`
+//!    onto another image; `deploy --rolling` with `images.host` = the image (its `--dry-run`
+//!    first) completes it, through the path a re-run of the upgrade takes. Throughout,
 //!    a probe (a thread listing through a manager's Engine every ~200 ms) records the longest
 //!    gap without a swarm leader, the fewest running replicas of the 2-replica service, and
 //!    whether Consul had a leader. Afterwards: every host runs the new image under its
@@ -444,21 +446,40 @@ fn image_upgrade(c: &Cli, host_image: &str) -> String {
     assert!(recorded.contains("\"pending\": {"), "the interrupted replacement is recorded: {recorded}");
     let out = c.run(&["deploy", "--no-smoke-test"]);
     assert!(!out.status.success() && said(&out).contains(&format!("upgrade --image {target}")), "{}", said(&out));
+    // `deploy --rolling` finishes it, but only onto the same image.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = |name: &str, image: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("[images]\nhost = \"{image}\"\n")).expect("write flotilla.toml");
+        path.to_str().expect("path").to_string()
+    };
+    let (on_old, on_target) = (toml("old.toml", host_image), toml("target.toml", &target));
+    let out = c.run(&["deploy", "-f", &on_old, "--rolling", "--no-smoke-test"]);
+    let msg = said(&out);
+    assert!(!out.status.success() && msg.contains(&format!("this deploy launches hosts from {host_image}")), "{msg}");
+    assert!(msg.contains(&format!("upgrade --image {target}")) && msg.contains("nothing was touched"), "{msg}");
+    let out = c.run(&["deploy", "-f", &on_target, "--rolling", "--dry-run", "--output", "json"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan json");
+    assert!(plan["change"][0].as_str().is_some_and(|c| c.starts_with("finish the interrupted replacement")), "{plan}");
 
-    // The re-run completes.
-    let out = c.run(&["upgrade", "--image", &target, "--output", "json"]);
+    // The resumption through `deploy --rolling` (the path a re-run of the upgrade takes).
+    let out = c.run(&["deploy", "-f", &on_target, "--rolling", "--no-smoke-test", "--output", "json"]);
     let took = t.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let probed = prober.join().expect("probe");
     assert!(out.status.success(), "{}", said(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("report json");
     eprintln!(
-        "image upgrade of 5 hosts (interrupted once): {:.1} s; probe: {probed:?}; report: {report}",
-        took.as_secs_f64()
+        "image upgrade of 5 hosts (interrupted once, finished by deploy --rolling): {:.1} s; probe: {probed:?}; report: {}",
+        took.as_secs_f64(),
+        report["replaced"]
     );
     let replaced = report["replaced"].as_array().expect("replaced");
     assert_eq!(replaced[0]["resumed"], true, "{report}");
     assert!(replaced[0]["old"].as_str().is_some_and(|h| h.starts_with("manager")), "{report}");
+    assert_eq!(report["image_drift"], Value::Null, "{report}");
+    assert_eq!(report["swarm"]["managers"].as_array().map(Vec::len), Some(3), "{report}");
 
     // Throughout: a leader but for handovers, never fewer than 1 replica, Consul led.
     assert!(probed.samples > 20, "{probed:?}");

@@ -59,6 +59,12 @@ pub struct DeployArgs {
     /// `heal.grace`; at least 10).
     #[arg(long)]
     pub heal_grace: Option<u32>,
+    /// Also replace every host that runs another image than the one hosts are launched from
+    /// (`images.host` / `--image`), one at a time, add before remove, as `upgrade --image`
+    /// does (workers, managers, the leader last, handed over first); finishes an interrupted
+    /// `upgrade --image` onto the same image. Without it, such hosts are kept and reported.
+    #[arg(long)]
+    pub rolling: bool,
     /// Print what would be created, changed or deleted, and stop (same as `coordinator plan`).
     #[arg(long)]
     pub dry_run: bool,
@@ -125,6 +131,7 @@ pub async fn run(g: &Global, args: DeployArgs) -> Result<(), CliError> {
         state_root: g.state_root(),
         quiet: args.output == Output::Json,
         force_smoke: args.smoke_test,
+        rolling: args.rolling,
     })
     .await?;
     match args.output {
@@ -170,6 +177,32 @@ fn print_table(report: &crate::ops::deploy::Report) {
             s.nodes.join(", "),
             s.output.first().cloned().unwrap_or_default()
         );
+    }
+    if !report.replaced.is_empty() {
+        outln!("\nreplaced, one at a time (add before remove):");
+        for h in &report.replaced {
+            let resumed = if h.resumed { " (resumed)" } else { "" };
+            outln!(
+                "  {:<12} → {:<14} {:<8} {} → {} — {:.1} s{resumed}",
+                h.old,
+                h.new,
+                h.role,
+                h.old_image,
+                h.new_image,
+                h.seconds
+            );
+        }
+    }
+    if let Some(d) = &report.image_drift {
+        outln!(
+            "\nimage drift: {} host(s) run another image than the one hosts are launched from ({}), and this deploy kept them:",
+            d.hosts.len(),
+            d.target_image
+        );
+        for h in &d.hosts {
+            outln!("  {:<12} {}", h.host, h.image);
+        }
+        outln!("{}", d.fix);
     }
     let me = crate::ui::self_command();
     outln!(

@@ -7,7 +7,7 @@ use super::{CliError, Global, Output, json_pretty};
 
 pub async fn run(g: &Global, args: DeployArgs) -> Result<(), CliError> {
     let (config, origin) = load_config(g, &args)?;
-    let ch = crate::ops::deploy::dry_run(&config, &origin, &g.state_root()).await?;
+    let ch = crate::ops::deploy::dry_run(&config, &origin, &g.state_root(), args.rolling).await?;
     match args.output {
         Output::Json => outln!("{}", json_pretty(&ch)),
         Output::Table => print_table(&ch),
@@ -35,5 +35,16 @@ fn print_table(ch: &crate::ops::deploy::Changes) {
     }
     if ch.is_empty() {
         outln!("\nnothing to create, change or delete");
+    }
+    if !ch.image_drift.is_empty() && !ch.rolling {
+        outln!(
+            "\nimage drift: {} host(s) run another image than the one hosts are launched from ({}); deploy keeps them:",
+            ch.image_drift.len(),
+            ch.host_image
+        );
+        for h in &ch.image_drift {
+            outln!("  {:<12} {}", h.host, h.image);
+        }
+        outln!("{}", crate::ops::deploy::drift::fix(&ch.cluster, &ch.host_image));
     }
 }

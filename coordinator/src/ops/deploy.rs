@@ -16,8 +16,15 @@
 //!    the nodes; agents wait on their dependencies through Consul — to every connected host
 //!    at once, then to the others as they connect, and wait for every role to run
 //!    ([`assign`]).
-//! 7. Verify with Swarm's and Consul's own views; run the smoke test ([`verify_and_smoke`]);
-//!    report ([`report`]).
+//! 7. With `--rolling`, the hosts on another image than the one hosts are launched from
+//!    ([`drift`]) replaced one at a time, add before remove, exactly as `upgrade --image`
+//!    does ([`crate::ops::upgrade::rolling`]); without it, they are left and reported.
+//! 8. Verify with Swarm's and Consul's own views; run the smoke test ([`verify_and_smoke`]);
+//!    report ([`report`], with the image drift left).
+//!
+//! An interrupted rolling replacement (`upgrade --image` or `deploy --rolling`, recorded in
+//! `hosts.json`) refuses a plain deploy; `deploy --rolling` onto the same image finishes it
+//! first, through the same resumable path as a re-run of `upgrade --image`.
 //!
 //! Every step is idempotent: the provider's labels and the control plane's store are the
 //! record, so a deploy interrupted anywhere completes on the next run.
@@ -25,6 +32,7 @@
 pub mod assign;
 pub mod control_plane;
 pub mod drain;
+pub mod drift;
 pub mod launch;
 pub mod port;
 pub mod provider;
@@ -110,9 +118,17 @@ pub enum DeployError {
     /// `upgrade --image` was interrupted while replacing a host: deploy would remove the old
     /// host before its replacement joined.
     #[error(
-        "an interrupted `coordinator upgrade --image {image}` is replacing {old} by {new}: finish it first (run that command again), then deploy; nothing was touched"
+        "an interrupted `coordinator upgrade --image {image}` is replacing {old} by {new}: finish it first (run that command again, or `coordinator deploy --rolling` with images.host = {image}), then deploy; nothing was touched"
     )]
     UpgradePending { old: String, new: String, image: String },
+    /// `deploy --rolling` onto another image than the interrupted replacement's.
+    #[error(
+        "an interrupted `coordinator upgrade --image {image}` is replacing {old} by {new}, but this deploy launches hosts from {target}: finish that one first (`coordinator upgrade --image {image}`, or `deploy --rolling` with images.host = {image}), then deploy onto {target}; nothing was touched"
+    )]
+    RollingOtherImage { old: String, new: String, image: String, target: String },
+    /// `deploy --rolling`'s replacement stopped (the host and why).
+    #[error(transparent)]
+    Rolling(Box<crate::ops::upgrade::UpgradeError>),
     /// A worker to remove was drained, but its tasks did not all run elsewhere in time.
     #[error(
         "{host} was drained but after {after:?} its tasks do not all run elsewhere: {last}. The host is still in the swarm (drained); make room for them, then re-run"
@@ -159,6 +175,8 @@ pub struct DeployOptions {
     pub quiet: bool,
     /// Run the smoke test even when nothing changed.
     pub force_smoke: bool,
+    /// Replace the hosts on another image than the launch image, one at a time (`--rolling`).
+    pub rolling: bool,
 }
 
 /// One deploy under way: what every step after the control plane is up works with.
@@ -184,11 +202,26 @@ pub struct Changed {
     pub removed: Vec<String>,
     /// Whether any host's assignment changed.
     pub assigned: bool,
+    /// Hosts replaced onto the launch image (`--rolling`), in order.
+    pub replaced: Vec<crate::ops::upgrade::rolling::HostReplaced>,
 }
 
 impl Changed {
     pub fn any(&self) -> bool {
-        !self.launched.is_empty() || !self.removed.is_empty() || self.started || self.assigned
+        !self.launched.is_empty()
+            || !self.removed.is_empty()
+            || self.started
+            || self.assigned
+            || !self.replaced.is_empty()
+    }
+}
+
+impl From<crate::ops::upgrade::UpgradeError> for DeployError {
+    fn from(e: crate::ops::upgrade::UpgradeError) -> Self {
+        match e {
+            crate::ops::upgrade::UpgradeError::Deploy(e) => e,
+            e => DeployError::Rolling(Box::new(e)),
+        }
     }
 }
 
@@ -199,10 +232,8 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     let p = Progress::new(opts.quiet);
     let state_dir = opts.state_root.join(&c.name);
     let names = HostNames::load(&state_dir)?;
-    if let Some(r) = &names.pending {
-        return Err(DeployError::UpgradePending { old: r.old.clone(), new: r.new.clone(), image: r.image.clone() });
-    }
-    let planned = plan::plan(c, &names);
+    check_pending(names.pending.as_ref(), opts.rolling, None)?;
+    let mut planned = plan::plan(c, &names);
     p.step("plan", format!("cluster '{}' on the {} provider:", c.name, c.provider.name()));
     for h in &planned {
         p.step("plan", format!("  {:<10} {}", h.name, h.roles_text()));
@@ -213,9 +244,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
 
     // 2. The provider; 3. the control plane.
     let prepared = provider::prepare_provider_early(c, &state_dir, opts.quiet, &p).await?;
-    provider::record(c, &prepared, &state_dir)?;
-    c.record(&state_dir)?;
-    crate::failpoint!("deploy.provider.after");
+    let target = drift::launch_image(c, &prepared);
     let serve = ServeSpec {
         cluster: &c.name,
         state_root: &opts.state_root,
@@ -225,6 +254,13 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         port: c.coordinator.port,
         metrics_listen: &c.coordinator.metrics_listen,
     };
+    let resumed = finish_pending(&names, opts.rolling, &serve, &target, &p).await?;
+    if names.pending.is_some() {
+        planned = plan::plan(c, &HostNames::load(&state_dir)?);
+    }
+    provider::record(c, &prepared, &state_dir)?;
+    c.record(&state_dir)?;
+    crate::failpoint!("deploy.provider.after");
     let admin = control_plane::ensure_control_plane(&serve, &p).await?;
     crate::failpoint!("deploy.control_plane.after");
     let policy = v1::HealPolicy { auto: c.heal.mode == HealMode::Auto, grace_s: c.heal.grace };
@@ -242,6 +278,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     // are assigned at once, while the rest still boot; those are assigned as they connect.
     // Hosts to remove first: everything waits, as they must leave before roles change.
     let mut changed = launch::launch_missing(&run, &ca_pem).await?;
+    changed.replaced = resumed;
     let docker_dir = control_plane::ensure_docker_certs(&run).await?;
     let to_remove = run.prepared.provider.describe().await?.iter().any(|h| !planned.iter().any(|x| x.name == h.name));
     let early: Vec<PlannedHost> =
@@ -253,8 +290,7 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
     };
     wait::agents_connected(&run, &early, what).await?;
     let (hosts, addresses) = addresses(&run).await?;
-    let manager_ips: Vec<String> =
-        planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect();
+    let manager_ips = manager_ips(&planned, &addresses);
     changed.removed = scale_down::scale_down(&run, &hosts, &addresses, &manager_ips, &docker_dir).await?;
     // The lab's role images were pushed while the hosts booted; pulled from here on.
     run.prepared.role_images_ready().await?;
@@ -266,20 +302,102 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         changed.assigned |= assign::assign_connected(&run, &addresses).await?;
     }
 
-    // 7. Every role running; verify and smoke-test.
     wait::every_role_running(&run).await?;
-    let smoke = c.smoke_test && (changed.any() || opts.force_smoke);
-    let checked = verify_and_smoke::verify_and_smoke(&run, &addresses, &manager_ips, &docker_dir, smoke).await?;
-    if !changed.any() {
-        p.step("deploy", "nothing to change: the cluster already matches the plan");
+
+    // 7. With `--rolling`, the hosts on another image replaced (the plan then names their
+    // replacements); 8. verify and smoke-test.
+    if opts.rolling {
+        changed.replaced.extend(roll_drifted(&run, &target).await?);
     }
-    p.finish();
-    Ok(report::report(&run, changed, &hosts, &addresses, checked, &docker_dir))
+    let planned = plan::plan(c, &HostNames::load(&state_dir)?);
+    verify_and_report(Run { planned: &planned, ..run }, changed, &docker_dir, &target, opts.force_smoke).await
+}
+
+/// Step 8 on the plan as it is now (`--rolling` renamed slots): Swarm's and Consul's views,
+/// the smoke test when something changed (or `force_smoke`), the report with the image drift
+/// left.
+async fn verify_and_report(
+    run: Run<'_>,
+    changed: Changed,
+    docker_dir: &Path,
+    target: &str,
+    force_smoke: bool,
+) -> Result<Report, DeployError> {
+    let (hosts, addresses) = self::addresses(&run).await?;
+    let manager_ips = self::manager_ips(run.planned, &addresses);
+    let smoke = run.config.smoke_test && (changed.any() || force_smoke);
+    let checked = verify_and_smoke::verify_and_smoke(&run, &addresses, &manager_ips, docker_dir, smoke).await?;
+    if !changed.any() {
+        run.p.step("deploy", "nothing to change: the cluster already matches the plan");
+    }
+    run.p.finish();
+    let drift = drift::report(&run.config.name, run.planned, &hosts, target);
+    Ok(report::report(&run, changed, &hosts, &addresses, checked, docker_dir, drift))
+}
+
+/// An interrupted rolling replacement: refused unless `rolling` onto its image
+/// ([`check_pending`]), then finished first, with the recorded config, exactly as a re-run of `upgrade --image` would.
+async fn finish_pending(
+    names: &HostNames,
+    rolling: bool,
+    serve: &ServeSpec<'_>,
+    target: &str,
+    p: &Progress,
+) -> Result<Vec<crate::ops::upgrade::rolling::HostReplaced>, DeployError> {
+    check_pending(names.pending.as_ref(), rolling, Some(target))?;
+    let Some(r) = &names.pending else { return Ok(vec![]) };
+    let admin = control_plane::ensure_control_plane(serve, p).await?;
+    p.step("rolling", format!("finishing the interrupted replacement of {} by {} first", r.old, r.new));
+    let state_dir = serve.state_root.join(serve.cluster);
+    Ok(crate::ops::upgrade::rolling::roll(serve.cluster, &state_dir, target, admin, p.is_quiet()).await?)
+}
+
+/// `--rolling`, once converged: the planned hosts on another image than `target` replaced one
+/// at a time, as `upgrade --image` does.
+async fn roll_drifted(
+    run: &Run<'_>,
+    target: &str,
+) -> Result<Vec<crate::ops::upgrade::rolling::HostReplaced>, DeployError> {
+    let drifted = drift::drifted(run.planned, &run.prepared.provider.describe().await?, target);
+    if drifted.is_empty() {
+        return Ok(vec![]);
+    }
+    run.p.step("rolling", format!("{} host(s) not on {target}: replacing them one at a time", drifted.len()));
+    let (c, admin) = (run.config.clone(), run.admin.clone());
+    Ok(crate::ops::upgrade::rolling::roll_with(c, run.prepared, run.state_dir, target, admin, run.p).await?)
+}
+
+/// The addresses of the planned managers.
+pub fn manager_ips(planned: &[PlannedHost], addresses: &HashMap<String, String>) -> Vec<String> {
+    planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect()
+}
+
+/// Whether a deploy may go on with `pending`, the rolling replacement an interrupted run left:
+/// a plain deploy may not (it would remove the old host before its replacement counts);
+/// `--rolling` may, once the image hosts are launched from (`target`, known after the
+/// provider is prepared) is the replacement's.
+fn check_pending(
+    pending: Option<&crate::ops::host_names::Replacement>,
+    rolling: bool,
+    target: Option<&str>,
+) -> Result<(), DeployError> {
+    let Some(r) = pending else { return Ok(()) };
+    let (old, new, image) = (r.old.clone(), r.new.clone(), r.image.clone());
+    match (rolling, target) {
+        (false, _) => Err(DeployError::UpgradePending { old, new, image }),
+        (true, Some(t)) if t != r.image => Err(DeployError::RollingOtherImage { old, new, image, target: t.into() }),
+        (true, _) => Ok(()),
+    }
 }
 
 /// `coordinator plan` (`deploy --dry-run`): [`plan::dry_run`], its errors as a deploy's.
-pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) -> Result<Changes, DeployError> {
-    Ok(plan::dry_run(config, origin, state_root).await?)
+pub async fn dry_run(
+    config: &ClusterConfig,
+    origin: &str,
+    state_root: &Path,
+    rolling: bool,
+) -> Result<Changes, DeployError> {
+    Ok(plan::dry_run(config, origin, state_root, rolling).await?)
 }
 
 /// The hosts as the provider reports them now, and the address each host's roles use
@@ -313,4 +431,61 @@ pub fn host_addresses(hosts: &[Host], st: &v1::StatusResponse) -> HashMap<String
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::host_names::Replacement;
+
+    fn pending() -> Replacement {
+        Replacement {
+            slot: "manager1".into(),
+            old: "manager1".into(),
+            new: "manager1-u1".into(),
+            image: "img:2".into(),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_replacement_refuses_a_plain_deploy_and_a_rolling_one_onto_another_image() {
+        let r = pending();
+        assert!(check_pending(None, false, None).is_ok());
+        let plain = check_pending(Some(&r), false, None).expect_err("a plain deploy").to_string();
+        assert!(plain.contains("upgrade --image img:2") && plain.contains("deploy --rolling"), "{plain}");
+        assert!(plain.contains("manager1 by manager1-u1") && plain.contains("nothing was touched"), "{plain}");
+        let plain = check_pending(Some(&r), false, Some("img:2")).expect_err("a plain deploy, target known");
+        assert!(matches!(plain, DeployError::UpgradePending { .. }), "{plain}");
+        // --rolling: on until the target is known, then only onto the same image.
+        assert!(check_pending(Some(&r), true, None).is_ok());
+        assert!(check_pending(Some(&r), true, Some("img:2")).is_ok());
+        let other = check_pending(Some(&r), true, Some("img:3")).expect_err("another image").to_string();
+        assert!(other.contains("launches hosts from img:3") && other.contains("upgrade --image img:2"), "{other}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_deploy_with_an_interrupted_replacement_refuses_before_touching_anything() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let config = ClusterConfig { name: "pendingc".into(), ..Default::default() };
+        let state_dir = root.path().join("pendingc");
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        let mut names = HostNames::default();
+        names.begin("manager1", "img:2");
+        names.save(&state_dir).expect("save");
+        let before: Vec<_> =
+            std::fs::read_dir(&state_dir).expect("ls").filter_map(Result::ok).map(|e| e.file_name()).collect();
+        let opts = DeployOptions {
+            config,
+            origin: "defaults".into(),
+            state_root: root.path().to_path_buf(),
+            quiet: true,
+            force_smoke: false,
+            rolling: false,
+        };
+        let e = deploy(opts).await.expect_err("refused");
+        assert!(matches!(&e, DeployError::UpgradePending { image, .. } if image == "img:2"), "{e}");
+        let after: Vec<_> =
+            std::fs::read_dir(&state_dir).expect("ls").filter_map(Result::ok).map(|e| e.file_name()).collect();
+        assert_eq!(before, after, "the refused deploy wrote into the state directory");
+    }
 }

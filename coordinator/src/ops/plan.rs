@@ -199,6 +199,13 @@ pub struct Changes {
     pub change: Vec<String>,
     pub delete: Vec<String>,
     pub keep: Vec<String>,
+    /// The image hosts are launched from, as the provider reports it (the AMI id on EC2).
+    pub host_image: String,
+    /// Planned hosts on another image: kept by a plain deploy (and reported), replaced one at
+    /// a time by `deploy --rolling` (then also listed under `change`, in its order).
+    pub image_drift: Vec<crate::ops::deploy::drift::DriftedHost>,
+    /// `deploy --rolling`'s plan.
+    pub rolling: bool,
 }
 
 impl Changes {
@@ -207,12 +214,20 @@ impl Changes {
     }
 }
 
-/// The changes a deploy of `config` would make, from what the provider reports.
-pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) -> Result<Changes, PlanError> {
+/// The changes a deploy of `config` would make, from what the provider reports; `rolling`:
+/// `deploy --rolling`'s replacements too (in the order `upgrade --image` takes: workers,
+/// managers, the swarm's leader last, as the control plane reports roles when it answers).
+pub async fn dry_run(
+    config: &ClusterConfig,
+    origin: &str,
+    state_root: &Path,
+    rolling: bool,
+) -> Result<Changes, PlanError> {
     config.validate(origin)?;
     let state_dir = state_root.join(&config.name);
-    let planned = plan(config, &HostNames::load(&state_dir)?);
-    let mut ch = Changes { cluster: config.name.clone(), provider: config.provider, ..Default::default() };
+    let names = HostNames::load(&state_dir)?;
+    let planned = plan(config, &names);
+    let mut ch = Changes { cluster: config.name.clone(), provider: config.provider, rolling, ..Default::default() };
     let hosts = match config.provider {
         ProviderKind::Lab => lab_changes(config, &state_dir, &mut ch).await?,
         ProviderKind::Aws => aws_changes(config, &planned, &state_dir, &mut ch).await?,
@@ -232,6 +247,41 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
     for x in hosts.iter().filter(|x| !planned.iter().any(|h| h.name == x.name)) {
         ch.delete.push(format!("host {} ({}): drained, removed from the swarm, terminated", x.name, x.instance_id));
     }
+    ch.image_drift = crate::ops::deploy::drift::drifted(&planned, &hosts, &ch.host_image);
+    if let Some(r) = &names.pending {
+        ch.change.push(match rolling && r.image == ch.host_image {
+            true => format!("finish the interrupted replacement of {} by {} (on {}) first", r.old, r.new, r.image),
+            false => format!(
+                "refused: an interrupted `upgrade --image {}` is replacing {} by {} (finish it: `upgrade --image {}`, or `deploy --rolling` with images.host = {})",
+                r.image, r.old, r.new, r.image, r.image
+            ),
+        });
+    }
+    if rolling && !ch.image_drift.is_empty() {
+        let socket = crate::control_plane::settings::StatePaths::new(&state_dir).admin_socket();
+        let roles = match crate::admin_client::connect_local(&config.name, &socket).await {
+            Ok(mut admin) => admin.status(v1::StatusRequest::default()).await.map(|s| s.into_inner().hosts).ok(),
+            Err(_) => None,
+        };
+        let drifted: Vec<&str> = ch.image_drift.iter().map(|d| d.host.as_str()).collect();
+        let order: Vec<(String, String)> = match roles {
+            Some(st) => crate::ops::upgrade::image::plan(&st, &hosts, &ch.host_image)
+                .into_iter()
+                .filter(|s| drifted.contains(&s.host.as_str()))
+                .map(|s| (s.host, s.role))
+                .collect(),
+            None => drifted.iter().map(|h| (h.to_string(), "role unknown: no control plane".to_string())).collect(),
+        };
+        for (i, (host, role)) in order.iter().enumerate() {
+            let from = ch.image_drift.iter().find(|d| &d.host == host).map(|d| d.image.as_str()).unwrap_or_default();
+            ch.change.push(format!(
+                "{}. replace host {host} ({role}, {from}) by {} launched from {}: add before remove, as `upgrade --image`",
+                i + 1,
+                crate::ops::host_names::next_name(host),
+                ch.host_image
+            ));
+        }
+    }
     Ok(ch)
 }
 
@@ -239,6 +289,10 @@ pub async fn dry_run(config: &ClusterConfig, origin: &str, state_root: &Path) ->
 async fn lab_changes(config: &ClusterConfig, state_dir: &Path, ch: &mut Changes) -> Result<Vec<Host>, PlanError> {
     let engine = lab::engine::LabEngine::connect(config.lab.engine()).await?;
     let lab = Lab::new(engine, &config.name, state_dir, Default::default());
+    ch.host_image = match config.images.host.as_str() {
+        "" => lab::images::default_host(),
+        named => named.to_string(),
+    };
     if lab.registry_addr().await?.is_none() {
         ch.create.push(format!("lab network {} and its registry", lab.network_name()));
     }
@@ -259,6 +313,7 @@ async fn aws_changes(
         a.check_instance_type(t).await?;
     }
     let ami = a.ami((!config.images.host.is_empty()).then_some(config.images.host.as_str())).await?;
+    ch.host_image = ami.id.clone();
     let desired = aws::security_group::desired_rules(&config.aws.admin_cidr, &config.aws.ssh_cidr);
     match a.find_security_group(&vpc.id).await? {
         None => {

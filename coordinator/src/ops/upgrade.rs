@@ -55,6 +55,12 @@ pub enum UpgradeError {
         "the replacement {host} is not counted by Swarm and Consul: {last}. The host it replaces is still there; look at it (`coordinator status`, `coordinator logs --host {host}`) and run the upgrade again to continue"
     )]
     NotCounted { host: String, last: String },
+    /// A replacement came up on another image than the target: replacing it again would not
+    /// converge.
+    #[error(
+        "the replacement {host} runs {image}, not {target}: the provider launched it from another image (a bug; `coordinator status`, and the recorded `images.host`); it is in the cluster, nothing more was replaced"
+    )]
+    WrongImage { host: String, image: String, target: String },
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("{}", .0.message())]

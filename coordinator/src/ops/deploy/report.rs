@@ -22,6 +22,12 @@ pub struct Report {
     pub swarm: verify::SwarmSummary,
     pub consul: verify::ConsulSummary,
     pub smoke_test: Option<verify::SmokeResult>,
+    /// Hosts replaced onto the launch image (`deploy --rolling`, or finishing an interrupted
+    /// `upgrade --image`), in order.
+    pub replaced: Vec<crate::ops::upgrade::rolling::HostReplaced>,
+    /// Planned hosts still on another image than the launch image (a plain deploy leaves
+    /// them; `deploy --rolling` replaces them), or none.
+    pub image_drift: Option<super::drift::ImageDrift>,
     pub docker_env: Vec<(String, String)>,
     pub duration_s: f64,
 }
@@ -42,6 +48,7 @@ pub fn report(
     addresses: &HashMap<String, String>,
     verified: Verified,
     docker_dir: &Path,
+    image_drift: Option<super::drift::ImageDrift>,
 ) -> Report {
     let Verified { swarm, consul, smoke_test } = verified;
     let docker_env = verify::docker_env(&swarm.leader_ip, docker_dir);
@@ -61,6 +68,8 @@ pub fn report(
             .collect(),
         launched: changed.launched,
         removed: changed.removed,
+        replaced: changed.replaced,
+        image_drift,
         swarm,
         consul,
         smoke_test,

@@ -29,7 +29,6 @@
 //! 3 — every step is idempotent — then goes on with the next host; hosts on the target are
 //! skipped.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,7 @@ use tonic::transport::Channel;
 use super::UpgradeError;
 use crate::control_plane::settings::StatePaths;
 use crate::ops::cluster_config::ClusterConfig;
-use crate::ops::deploy::{self, Prepared, Run, assign, launch, scale_down, wait};
+use crate::ops::deploy::{self, Prepared, Run, assign, launch, manager_ips, scale_down, wait};
 use crate::ops::heal::membership;
 use crate::ops::host_names::{HostNames, Replacement};
 use crate::ops::plan::{self, PlannedHost, RoleKind};
@@ -95,7 +94,8 @@ impl<'a> Roll<'a> {
 }
 
 /// Replaces every host not on `target` (the image as the provider reports it), resuming an
-/// interrupted replacement first. The caller holds the ops lock.
+/// interrupted replacement first, with the recorded cluster config (`upgrade --image`). The
+/// caller holds the ops lock.
 pub async fn roll(
     cluster: &str,
     state_dir: &Path,
@@ -105,9 +105,28 @@ pub async fn roll(
 ) -> Result<Vec<HostReplaced>, UpgradeError> {
     let mut config = ClusterConfig::recorded(state_dir)
         .map_err(|source| UpgradeError::NotDeployed { cluster: cluster.to_string(), source })?;
+    // Before the provider is prepared: on EC2 its launch context holds the AMI launched from.
     config.images.host = target.to_string();
     let p = Progress::new(quiet);
     let prepared = deploy::prepare_provider(&config, state_dir, quiet, &p).await?;
+    let done = roll_with(config, &prepared, state_dir, target, admin, &p).await?;
+    p.finish();
+    Ok(done)
+}
+
+/// [`roll`] with a config and a prepared provider (`deploy --rolling`'s, once it converged),
+/// which must launch hosts from `target` (a replacement on another image stops the roll:
+/// [`UpgradeError::WrongImage`]); records `config` with `images.host = target` at the end
+/// (heal launches from it).
+pub async fn roll_with(
+    mut config: ClusterConfig,
+    prepared: &Prepared,
+    state_dir: &Path,
+    target: &str,
+    admin: AdminClient<Channel>,
+    p: &Progress,
+) -> Result<Vec<HostReplaced>, UpgradeError> {
+    config.images.host = target.to_string();
     let ca_path = StatePaths::new(state_dir).ca_pem();
     let ca_pem =
         std::fs::read_to_string(&ca_path).map_err(|source| UpgradeError::State { path: ca_path.clone(), source })?;
@@ -116,17 +135,25 @@ pub async fn roll(
     let docker_dir = deploy::control_plane::ensure_docker_certs(&Run {
         config: &config,
         planned: &planned,
-        prepared: &prepared,
+        prepared,
         admin: admin.clone(),
         state_dir,
-        p: &p,
+        p,
     })
     .await?;
-    let roll = Roll { config: &config, prepared: &prepared, admin, state_dir, docker_dir, ca_pem, target, p: &p };
+    let roll = Roll { config: &config, prepared, admin, state_dir, docker_dir, ca_pem, target, p };
     let mut done = Vec::new();
     while let Some((r, role, old_image, resumed)) = next(&roll).await? {
         let started = Instant::now();
         replace(&roll, &r, &role, &old_image, resumed).await?;
+        let at = prepared.provider.describe().await?;
+        if let Some(h) = at.iter().find(|h| h.name == r.new && h.image != target) {
+            return Err(UpgradeError::WrongImage {
+                host: r.new.clone(),
+                image: h.image.clone(),
+                target: target.into(),
+            });
+        }
         let mut names = HostNames::load(state_dir)?;
         names.pending = None;
         names.save(state_dir)?;
@@ -145,8 +172,7 @@ pub async fn roll(
         });
     }
     healthy(&roll, "after the last replacement").await?;
-    config.record(state_dir).map_err(|source| UpgradeError::NotDeployed { cluster: cluster.to_string(), source })?;
-    p.finish();
+    config.record(state_dir).map_err(|source| UpgradeError::NotDeployed { cluster: config.name.clone(), source })?;
     Ok(done)
 }
 
@@ -220,11 +246,6 @@ async fn replace(
     // An old host an interrupted run already terminated is forgotten there too.
     scale_down::scale_down(&run, &hosts, &addresses, &managers, &roll.docker_dir).await?;
     Ok(())
-}
-
-/// The addresses of the planned managers.
-fn manager_ips(planned: &[PlannedHost], addresses: &HashMap<String, String>) -> Vec<String> {
-    planned.iter().filter(|h| h.has(RoleKind::Manager)).filter_map(|h| addresses.get(&h.name).cloned()).collect()
 }
 
 /// Step 4: the replacement listed once and ready by the swarm (a manager: reachable or the

@@ -77,6 +77,11 @@ pub fn tag(name: &str, recipe: &str) -> String {
     format!("flotilla/lab-{name}:{}", &hex::encode(h.finalize())[..12])
 }
 
+/// The lab host image's tag: what a lab host is launched from when `images.host` is empty.
+pub fn default_host() -> String {
+    RECIPES.iter().find(|(name, _)| *name == "host").map(|(name, body)| tag(name, body)).unwrap_or_default()
+}
+
 /// All four images, when each exists under its recipe's tag.
 async fn present(engine: &EngineAddress) -> Option<LabImages> {
     let out = engine
