@@ -1,5 +1,5 @@
 //! The chaos soak (issue 20): a lab cluster with auto-heal on, a web service on its workers
-//! probed all the time, a Consul KV writer, and a fault every `every` seconds picked at
+//! (a host-mode port on each) probed all the time, a Consul KV writer, and a fault every `every` seconds picked at
 //! random from a seeded generator — what it measured ([`Report`]).
 //!
 //! `benches/chaos.sh MINUTES [SEED]` runs it through the `flotilla-chaos` binary; the test
@@ -130,7 +130,9 @@ pub fn prepare(lab: &LabCluster) -> Result<(), String> {
     let ip = lab.addresses().into_iter().find(|(n, _)| *n == via).map(|(_, a)| a).ok_or("no manager address")?;
     let registry = ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).ok_or("registry")?;
     let image = format!("{registry}/flotilla/hello:1");
-    let publish = format!("published={PORT},target={PORT}");
+    // Host-mode ports (iptables in each worker): the routing mesh needs the kernel's IPVS,
+    // which a machine without kernel modules lacks; so the probe asks the workers themselves.
+    let publish = format!("mode=host,published={PORT},target={PORT}");
     let port = PORT.to_string();
     let out = lab.in_host(
         &via,
@@ -259,7 +261,7 @@ impl Watchers {
                 }
             }
         }));
-        // Every 200 ms: the web service through the routing mesh of a host picked in turn.
+        // Every 200 ms: the web service on a worker picked in turn.
         threads.push(std::thread::spawn({
             let (stop, addresses, ok, failed) =
                 (w.stop.clone(), w.addresses.clone(), w.probes_ok.clone(), w.probes_failed.clone());
@@ -268,7 +270,11 @@ impl Watchers {
                 while !stop.load(Ordering::Relaxed) {
                     let target = {
                         let a = addresses.lock().expect("lock");
-                        a.get(i % a.len().max(1)).and_then(|(_, ip)| format!("{ip}:{PORT}").parse::<SocketAddr>().ok())
+                        let workers: Vec<&String> =
+                            a.iter().filter(|(n, _)| n.starts_with("node")).map(|(_, ip)| ip).collect();
+                        workers
+                            .get(i % workers.len().max(1))
+                            .and_then(|ip| format!("{ip}:{PORT}").parse::<SocketAddr>().ok())
                     };
                     i += 1;
                     match target.map(probe) {
@@ -312,15 +318,12 @@ impl Watchers {
         Watchers { threads, ..w }
     }
 
-    fn stop(self) -> Self {
+    fn stop(mut self) -> Self {
         self.stop.store(true, Ordering::Relaxed);
-        let Watchers { threads, .. } = &self;
-        let _ = threads;
-        let mut w = self;
-        for t in std::mem::take(&mut w.threads) {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
-        w
+        self
     }
 }
 
@@ -407,10 +410,10 @@ pub fn run(lab: Arc<LabCluster>, soak: &Soak) -> Report {
         // A host-destroying fault waits for the last one to be healed: two managers lost at once
         // is recover's job, not heal's.
         let mut note = String::new();
-        if matches!(fault, Fault::HostStop | Fault::HostRemove | Fault::Partition) {
-            if let Err(e) = wait_full_strength(&lab, Duration::from_secs(240)) {
-                note = format!("injected before full strength ({e}); ");
-            }
+        if matches!(fault, Fault::HostStop | Fault::HostRemove | Fault::Partition)
+            && let Err(e) = wait_full_strength(&lab, Duration::from_secs(240))
+        {
+            note = format!("injected before full strength ({e}); ");
         }
         eprintln!("[{at_s:6.1}s] {fault} on {host}");
         note.push_str(&inject(&lab, fault, &host));
