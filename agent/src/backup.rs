@@ -215,19 +215,26 @@ async fn consul(docker: Option<&Docker>, assignment: Option<&v1::Assignment>, ma
 /// they elect (right after a deploy, or after a server restarted).
 const ELECTION_WAIT: Duration = Duration::from_secs(30);
 
-/// `GET /v1/snapshot`, asked again every second while the servers answer that they have no
-/// leader (an election in progress), for up to [`ELECTION_WAIT`]; any other answer at once.
+/// `GET /v1/snapshot`, asked again every second while Consul fails it on its side
+/// ([`server_side`]), for up to [`ELECTION_WAIT`]; any other answer at once.
 async fn snapshot_once_led(c: &Consul) -> Result<bytes::Bytes, ConsulError> {
     let deadline = Instant::now() + ELECTION_WAIT;
     loop {
         match c.snapshot().await {
-            Err(e) if e.to_string().contains("No cluster leader") && Instant::now() < deadline => {
-                tracing::info!(error = %e, "Consul is electing a leader; taking the snapshot again");
+            Err(e) if server_side(&e) && Instant::now() < deadline => {
+                tracing::info!(error = %e, "Consul failed the snapshot on its side; taking it again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => return other,
         }
     }
+}
+
+/// A 500 from the local server: no leader (an election in progress: "No cluster leader"), or
+/// the request it forwarded to the leader cut ("connection reset by peer" right after a deploy,
+/// while servers join) — both pass; a refusal (403) or an unreachable server does not.
+fn server_side(e: &ConsulError) -> bool {
+    matches!(e, ConsulError::Status { status: 500, .. })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +283,26 @@ async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_is_asked_again_after_a_server_side_failure_only() {
+        let status = |status: u16, body: &str| ConsulError::Status {
+            addr: "127.0.0.1:8500".into(),
+            what: "GET snapshot".into(),
+            status,
+            body: body.into(),
+        };
+        assert!(server_side(&status(500, "No cluster leader")));
+        assert!(server_side(&status(
+            500,
+            "failed to decode response: read tcp 10.0.0.10:34081->10.0.0.12:8300: read: connection reset by peer"
+        )));
+        assert!(!server_side(&status(400, "bad request")));
+        let denied =
+            ConsulError::Denied { addr: "a".into(), what: "GET snapshot".into(), body: "Permission denied".into() };
+        assert!(!server_side(&denied));
+        assert!(!server_side(&ConsulError::Unreachable { addr: "a".into(), detail: "refused".into() }));
+    }
 
     #[test]
     fn an_archive_is_chunked_and_closed_with_its_digest() {

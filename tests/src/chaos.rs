@@ -2,8 +2,7 @@
 //! (a host-mode port on each) probed all the time, a Consul KV writer, and a fault every `every` seconds picked at
 //! random from a seeded generator — what it measured ([`Report`]).
 //!
-//! `benches/chaos.sh MINUTES [SEED]` runs it through the `flotilla-chaos` binary; the test
-//! `tests/tests/chaos.rs` runs a short, seeded one.
+//! `benches/chaos.sh MINUTES [SEED]` runs it through the `flotilla-chaos` binary.
 //!
 //! Every fault stays inside the lab: `docker` on this machine's Engine, commands inside a lab
 //! host (its own network namespace: the partition's iptables rules name only the other
@@ -354,16 +353,36 @@ fn inject(lab: &LabCluster, fault: Fault, host: &str) -> String {
             for pid in pids.split_whitespace() {
                 let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
             }
-            let out = lab
-                .cli
-                .command()
-                .args(["--cluster", lab.name(), "deploy", "--no-smoke-test", "--heal", "auto", "--heal-grace", GRACE_S])
-                .output()
-                .expect("deploy");
-            if pids.trim().is_empty() {
-                "no control plane process found".into()
-            } else {
-                failed(out, "deploy (restarting the control plane)")
+            // `deploy` starts it again; it is refused while a heal the old control plane
+            // started still holds the cluster, so it is tried again until it runs (bounded).
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let mut note =
+                if pids.trim().is_empty() { "no control plane process found; ".to_string() } else { String::new() };
+            loop {
+                let out = lab
+                    .cli
+                    .command()
+                    .args([
+                        "--cluster",
+                        lab.name(),
+                        "deploy",
+                        "--no-smoke-test",
+                        "--heal",
+                        "auto",
+                        "--heal-grace",
+                        GRACE_S,
+                    ])
+                    .output()
+                    .expect("deploy");
+                let why = failed(out, "deploy (restarting the control plane)");
+                if why.is_empty() {
+                    break note;
+                }
+                if Instant::now() > deadline {
+                    note.push_str(&why);
+                    break note;
+                }
+                std::thread::sleep(Duration::from_secs(5));
             }
         }
         Fault::Partition => {
