@@ -111,6 +111,14 @@ fn lifecycle(covered: &mut BTreeMap<Outcome, BTreeSet<String>>, points: &BTreeSe
     for m in upgraded.managers.iter().filter(|m| **m != survivor) {
         assert!(docker(&["rm", "-f", "-v", &lab.container(m)]).status.success());
     }
+    // Recover decides from what the survivor's Engine reports; right after the loss swarmkit
+    // may still count the removed managers as reachable, and recover then refuses ("still has
+    // a quorum", exit 75: seen once). The chain starts once its dry run sees the loss.
+    wait_for("recover's dry run to see the quorum lost", Duration::from_secs(90), || {
+        let out = c.command().args(["--cluster", CLUSTER, "recover", "--dry-run", "--output", "json"]).output();
+        let plan: Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null);
+        if plan["route"] == "survivor" { Ok(()) } else { Err(plan.to_string()) }
+    });
     step(covered, points, outcome, "recover", &["recover", "--yes", "--output", "json"], &upgraded);
 
     let t = Instant::now();
