@@ -347,17 +347,15 @@ fn inject(lab: &LabCluster, fault: Fault, host: &str) -> String {
         Fault::HostStop => failed(docker(&["stop", "-t", "0", &c]), "docker stop"),
         Fault::HostRemove => failed(docker(&["rm", "-f", "-v", &c]), "docker rm"),
         Fault::ControlPlaneRestart => {
-            let state = lab.cli.state_root.join(lab.name());
-            let pids = std::process::Command::new("fuser").arg(state.join("admin.sock")).output();
-            let pids = pids.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
-            for pid in pids.split_whitespace() {
-                let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+            let pids = lab.processes(&["serve"]);
+            for pid in &pids {
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             }
-            // `deploy` starts it again; it is refused while a heal the old control plane
-            // started still holds the cluster, so it is tried again until it runs (bounded).
-            let deadline = Instant::now() + Duration::from_secs(180);
-            let mut note =
-                if pids.trim().is_empty() { "no control plane process found; ".to_string() } else { String::new() };
+            // `deploy` starts it again. A heal the old control plane was running ends with it
+            // (within `heal --auto`'s half-second look at its parent), and holds the cluster
+            // until then: deploy is tried again for a few seconds, no longer.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut note = if pids.is_empty() { "no control plane process found; ".to_string() } else { String::new() };
             loop {
                 let out = lab
                     .cli
@@ -382,7 +380,7 @@ fn inject(lab: &LabCluster, fault: Fault, host: &str) -> String {
                     note.push_str(&why);
                     break note;
                 }
-                std::thread::sleep(Duration::from_secs(5));
+                std::thread::sleep(Duration::from_secs(1));
             }
         }
         Fault::Partition => {

@@ -85,6 +85,27 @@ impl LabCluster {
         docker(&args)
     }
 
+    /// The pids of this cluster's `coordinator` processes whose command line holds `words`
+    /// after the cluster's name (`["serve"]`: its control plane; `["heal", "--auto"]`: the
+    /// auto-heal that control plane runs), read from `/proc`.
+    pub fn processes(&self, words: &[&str]) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
+            let Some(at) = args.windows(2).position(|w| w[0] == "--cluster" && w[1] == self.cli.cluster) else {
+                continue;
+            };
+            let exe = args.first().map(|a| a.ends_with("/coordinator")).unwrap_or(false);
+            let rest = &args[at + 2..];
+            if exe && words.iter().all(|w| rest.iter().any(|a| a == w)) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     /// `coordinator status --output json` (null when it failed).
     pub fn status(&self) -> Value {
         let out = self

@@ -18,10 +18,11 @@
 //! still has its 2 running replicas.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use flotilla_tests::Cli;
+use flotilla_tests::lab_cluster::{LabCluster, docker, text, wait_for};
 use serde_json::Value;
 
 const CLUSTER: &str = "heal";
@@ -32,42 +33,21 @@ fn cli() -> Cli {
     Cli::new(CLUSTER)
 }
 
+fn lab() -> LabCluster {
+    LabCluster::new(CLUSTER)
+}
+
 fn container(host: &str) -> String {
-    format!("flotilla-{CLUSTER}-{host}")
+    lab().container(host)
 }
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).env_remove("DOCKER_HOST").output().expect("docker")
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Runs `cmd` inside the lab host `host` (on its own Engine).
+/// What `cmd` printed inside the lab host `host` (on its own Engine).
 fn in_host(host: &str, cmd: &[&str]) -> String {
-    let mut args = vec!["exec", &container(host)[..]].into_iter().map(str::to_string).collect::<Vec<_>>();
-    args.extend(cmd.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    text(&docker(&args))
+    text(&lab().in_host(host, cmd))
 }
 
 fn status() -> Value {
-    let out = cli().command().args(["--cluster", CLUSTER, "status", "--output", "json"]).output().expect("status");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
-/// Polls `f` (every 500 ms) until it gives a value; panics with `what` and the last note.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(note) => note,
-        };
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last: {last}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    lab().status()
 }
 
 /// The container names of the cluster's hosts (any state).
@@ -259,6 +239,7 @@ fn removed_worker_is_replaced_by_auto_heal() {
     let replaced = heal_status()["replaced"].as_u64().unwrap_or(0);
     let before = container_id("node0");
     assert!(docker(&["rm", "-f", &container("node0")]).status.success());
+    control_plane_killed_mid_heal();
     wait_for("auto-heal to replace node0", Duration::from_secs(240), || {
         let h = heal_status();
         if h["replaced"].as_u64().unwrap_or(0) > replaced && h["state"] != "healing" {
@@ -272,6 +253,32 @@ fn removed_worker_is_replaced_by_auto_heal() {
     let audit = cli().run(&["audit", "--output", "json"]);
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert!(audit.contains("heal.replaced") && audit.contains("auto-heal"), "no auto-heal in the audit trail");
+}
+
+/// The control plane SIGKILLed while its auto-heal runs: the heal ends with it (it would
+/// otherwise hold the ops lock against the `deploy` that starts the control plane again), that
+/// `deploy` runs at once, and the new control plane's auto-heal finishes the replacement.
+fn control_plane_killed_mid_heal() {
+    let lab = lab();
+    let heal = wait_for("auto-heal running", Duration::from_secs(120), || {
+        let h = heal_status();
+        match lab.processes(&["heal", "--auto"]).as_slice() {
+            [pid] if h["state"] == "healing" => Ok(*pid),
+            pids => Err(format!("heal processes {pids:?}; {h}")),
+        }
+    });
+    let serve = lab.processes(&["serve"]);
+    assert_eq!(serve.len(), 1, "one control plane: {serve:?}");
+    assert!(Command::new("kill").args(["-KILL", &serve[0].to_string()]).status().expect("kill").success());
+    wait_for("the orphaned heal to end", Duration::from_secs(10), || {
+        if std::path::Path::new(&format!("/proc/{heal}")).exists() { Err(format!("{heal} alive")) } else { Ok(()) }
+    });
+    let out = cli().run(&["deploy", "--no-smoke-test", "--heal", "auto", "--heal-grace", GRACE]);
+    assert!(
+        out.status.success(),
+        "deploy after the control plane died mid-heal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn two_managers_lost_is_refused() {

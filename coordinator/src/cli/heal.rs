@@ -20,6 +20,9 @@ pub struct HealArgs {
 }
 
 pub async fn run(g: &Global, args: HealArgs) -> Result<(), CliError> {
+    if args.auto {
+        tokio::spawn(end_with_the_control_plane());
+    }
     let report = heal::heal(HealOptions {
         cluster: g.cluster(),
         state_root: g.state_root(),
@@ -34,6 +37,29 @@ pub async fn run(g: &Global, args: HealArgs) -> Result<(), CliError> {
         Output::Table => print_summary(&report),
     }
     Ok(())
+}
+
+/// How often auto-heal looks whether the control plane that started it is still its parent.
+const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Auto-heal is its control plane's child, and ends with it: a heal whose control plane died
+/// (killed, its machine rebooted) would go on holding the cluster's ops lock against the
+/// `deploy` that starts the control plane again, while it cannot enroll a host without one.
+/// It stops as a crash at any of its steps would stop it — every step is resumed from there
+/// (the crash-point test) — and the next control plane's auto-heal takes the heal up again if
+/// it is still due.
+async fn end_with_the_control_plane() {
+    let parent = rustix::process::getppid();
+    let mut tick = tokio::time::interval(PARENT_CHECK);
+    loop {
+        tick.tick().await;
+        if rustix::process::getppid() != parent {
+            eprintln!(
+                "heal --auto: the control plane that started this heal is gone; stopping here (the next control plane's auto-heal resumes it)"
+            );
+            std::process::exit(75);
+        }
+    }
 }
 
 fn print_summary(r: &HealReport) {
