@@ -50,3 +50,10 @@ pub fn hit(name: &'static str, arg: Option<&str>) -> Injected {
 pub fn setup() -> fail::FailScenario<'static> {
     fail::FailScenario::setup()
 }
+
+/// Configures point `name` in this process (`actions` as in `FAILPOINTS`, e.g.
+/// `1*return(error)`): for tests that drive the library in-process rather than the CLI.
+#[cfg(feature = "failpoints")]
+pub fn configure(name: &str, actions: &str) -> Result<(), String> {
+    fail::cfg(name, actions)
+}

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 /// How a failpoint interrupts the command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,6 +30,12 @@ impl Outcome {
         }
     }
 }
+
+/// The points only the AWS provider passes: covered against moto — `aws.bake.…` by
+/// `bake_aws.rs`, the others by `aws_e2e.rs` (crashes) and `aws.rs` (errors) —, not on the lab.
+pub const AWS: &str = "aws.";
+/// The AWS bake's points (a subset of [`AWS`]).
+pub const AWS_BAKE: &str = "aws.bake.";
 
 /// Every failpoint named in the coordinator's sources (`failpoint!("NAME")`), read from the
 /// files under `coordinator/src`.
@@ -72,43 +78,82 @@ pub struct Chain {
     pub stdout: Vec<u8>,
 }
 
-/// Runs `make()` (a fresh command each time) interrupted at each point of `points` it reaches,
-/// with `outcome`, until a run completes (see the module's doc). Panics when a run fails
-/// without a failpoint, or the chain does not end.
-pub fn chain(what: &str, points: &BTreeSet<String>, outcome: Outcome, make: impl Fn() -> Command) -> Chain {
-    let mut interrupted: Vec<String> = Vec::new();
-    for _ in 0..=points.len() {
-        let armed: Vec<String> = points
+/// A chain in progress, for callers that run the command themselves (the AWS end-to-end test
+/// boots instances while it runs): [`Running::failpoints`] before each run, [`Running::after`]
+/// with how it ended.
+pub struct Running<'a> {
+    what: &'a str,
+    points: &'a BTreeSet<String>,
+    outcome: Outcome,
+    interrupted: Vec<String>,
+    runs: usize,
+}
+
+impl<'a> Running<'a> {
+    pub fn new(what: &'a str, points: &'a BTreeSet<String>, outcome: Outcome) -> Self {
+        Running { what, points, outcome, interrupted: Vec::new(), runs: 0 }
+    }
+
+    /// `FAILPOINTS` for the next run: every point not yet interrupted, armed once.
+    pub fn failpoints(&self) -> String {
+        let armed: Vec<String> = self
+            .points
             .iter()
-            .filter(|p| !interrupted.contains(p))
-            .map(|p| format!("{p}=1*return({})", outcome.arg()))
+            .filter(|p| !self.interrupted.contains(p))
+            .map(|p| format!("{p}=1*return({})", self.outcome.arg()))
             .collect();
-        let out = make().env("FAILPOINTS", armed.join(";")).output().expect("run the command");
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let hit = reached(&stderr);
-        if out.status.success() {
+        armed.join(";")
+    }
+
+    /// Takes a run's end: `Some` (the points interrupted, in order) when it completed; `None`
+    /// when it stopped at a failpoint, to be run again. Panics when it failed without one, or
+    /// the chain does not end.
+    pub fn after(&mut self, status: ExitStatus, stderr: &str) -> Option<Vec<String>> {
+        let what = self.what;
+        self.runs += 1;
+        assert!(
+            self.runs <= self.points.len() + 1,
+            "{what}: still interrupted after {} runs: {:?}",
+            self.runs,
+            self.interrupted
+        );
+        let hit = reached(stderr);
+        if status.success() {
             // An error a step shrugs off (best effort) is reached, and the run goes on.
-            interrupted.extend(hit);
-            eprintln!("{what}: completed after {} interruption(s) ({outcome:?})", interrupted.len());
-            return Chain { interrupted, stdout: out.stdout };
+            self.interrupted.extend(hit);
+            eprintln!("{what}: completed after {} interruption(s) ({:?})", self.interrupted.len(), self.outcome);
+            return Some(std::mem::take(&mut self.interrupted));
         }
         let tail: String =
             stderr.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        match outcome {
+        match self.outcome {
             Outcome::Crash => {
-                assert_eq!(out.status.signal(), Some(9), "{what}: a run failed without reaching a failpoint:\n{tail}");
+                assert_eq!(status.signal(), Some(9), "{what}: a run failed without reaching a failpoint:\n{tail}");
                 let p =
                     hit.last().cloned().unwrap_or_else(|| panic!("{what}: killed, but no failpoint said so:\n{tail}"));
                 eprintln!("{what}: crashed at {p}");
-                interrupted.push(p);
+                self.interrupted.push(p);
             }
             Outcome::Error => {
                 assert!(!hit.is_empty(), "{what}: a run failed without reaching a failpoint:\n{tail}");
                 let last = tail.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_default().to_string();
                 eprintln!("{what}: failed at {} ({last})", hit.join(", "));
-                interrupted.extend(hit);
+                self.interrupted.extend(hit);
             }
         }
+        None
     }
-    panic!("{what}: still interrupted after {} runs: {interrupted:?}", points.len() + 1);
+}
+
+/// Runs `make()` (a fresh command each time) interrupted at each point of `points` it reaches,
+/// with `outcome`, until a run completes (see the module's doc). Panics when a run fails
+/// without a failpoint, or the chain does not end.
+pub fn chain(what: &str, points: &BTreeSet<String>, outcome: Outcome, make: impl Fn() -> Command) -> Chain {
+    let mut running = Running::new(what, points, outcome);
+    loop {
+        let out = make().env("FAILPOINTS", running.failpoints()).output().expect("run the command");
+        if let Some(interrupted) = running.after(out.status, &String::from_utf8_lossy(&out.stderr)) {
+            return Chain { interrupted, stdout: out.stdout };
+        }
+    }
 }

@@ -19,6 +19,7 @@ use aws_sdk_ec2::types::InstanceAttributeName;
 use base64::Engine as _;
 use flotilla_coordinator::providers::LaunchSpec;
 use flotilla_tests::Cli;
+use flotilla_tests::crash::{self, Outcome, points_in_code};
 use flotilla_tests::moto::{self, AWS_ENV, Moto, REGION, cluster_groups, live_instances, tag};
 use serde_json::Value;
 
@@ -152,9 +153,22 @@ async fn run_booting(
     booted: &mut BTreeSet<String>,
     args: &[&str],
 ) -> (std::process::ExitStatus, String, String) {
+    run_booting_with(c, ec2, lab, booted, args, "").await
+}
+
+/// [`run_booting`] with `FAILPOINTS` set (a crash chain's run).
+async fn run_booting_with(
+    c: &Cli,
+    ec2: &aws_sdk_ec2::Client,
+    lab: &flotilla_coordinator::providers::lab::Lab,
+    booted: &mut BTreeSet<String>,
+    args: &[&str],
+    failpoints: &str,
+) -> (std::process::ExitStatus, String, String) {
     let mut child = c
         .command()
         .envs(AWS_ENV)
+        .env("FAILPOINTS", failpoints)
         .args(["--cluster", CLUSTER_E2E])
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -355,33 +369,29 @@ async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_th
     let toml_s = toml.to_str().unwrap_or_default().to_string();
 
     // deploy runs in the background; meanwhile each instance moto reports boots as a lab host.
-    let mut child = c
-        .command()
-        .envs(AWS_ENV)
-        .args(["--cluster", CLUSTER, "deploy", "-f", &toml_s, "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start deploy");
+    // It runs as a crash chain (issue 20) over the AWS provider's own failpoints on its path:
+    // killed after the security group's creation, after its rules, after the first
+    // RunInstances, and run again each time until it completes.
+    let points: BTreeSet<String> =
+        points_in_code().into_iter().filter(|p| p.starts_with(crash::AWS) && !p.starts_with(crash::AWS_BAKE)).collect();
     let mut booted = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let status = loop {
-        boot_instances_as_lab_hosts(&ec2, &lab, CLUSTER, &mut booted).await;
-        if let Some(s) = child.try_wait().expect("wait deploy") {
-            break s;
+    let deploy = ["deploy", "-f", &toml_s, "--output", "json"];
+    let mut chain = crash::Running::new("deploy (aws)", &points, Outcome::Crash);
+    let (out, mut crashed_at) = loop {
+        let (status, out, err) = run_booting_with(&c, &ec2, &lab, &mut booted, &deploy, &chain.failpoints()).await;
+        if let Some(at) = chain.after(status, &err) {
+            break (out, at);
         }
-        assert!(Instant::now() < deadline, "deploy did not finish within 600 s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-    eprintln!("deploy --provider aws:\n{out}\n{err}");
-    assert!(status.success(), "deploy failed: {err}");
+    for p in ["aws.security_group.create.after", "aws.security_group.authorize.after", "aws.run_instances.after"] {
+        assert!(crashed_at.iter().any(|c| c == p), "deploy was not crashed at {p}: {crashed_at:?}");
+    }
     let report: Value = serde_json::from_str(&out).expect("deploy json");
     assert_eq!(report["provider"], "aws");
-    assert_eq!(report["launched"].as_array().map(Vec::len), Some(5));
+    // Each host launched once over the chain's runs: exactly the 5 names live.
+    let live: Vec<String> = live_instances(&ec2, CLUSTER).await.iter().map(|i| tag(i, "Name")).collect();
+    assert_eq!(live.iter().collect::<BTreeSet<_>>().len(), 5, "{live:?}");
+    assert_eq!(live.len(), 5, "{live:?}");
     assert_eq!(report["swarm"]["managers"].as_array().map(Vec::len), Some(3), "{}", report["swarm"]);
     assert_eq!(report["swarm"]["workers"].as_array().map(Vec::len), Some(2), "{}", report["swarm"]);
     assert_eq!(report["consul"]["peers"].as_array().map(Vec::len), Some(3), "{}", report["consul"]);
@@ -405,9 +415,16 @@ async fn issue_6_aws_path_end_to_end_user_data_from_ec2_boots_hosts_that_form_th
     upgrade_onto_a_new_ami(&c, &ec2, &lab, &mut booted, dir.path(), &toml_s).await;
     eprintln!("the AWS upgrade step took {:.1} s", t.elapsed().as_secs_f64());
 
-    // destroy leaves nothing with the cluster's tag.
-    let out = run_aws(&c, &["destroy", "--yes"]);
-    assert!(out.status.success());
+    // destroy leaves nothing with the cluster's tag: as a crash chain, killed after
+    // TerminateInstances and before the group's deletion, run again each time.
+    let destroyed = crash::chain("destroy (aws)", &points, Outcome::Crash, || {
+        let mut cmd = c.command();
+        cmd.envs(AWS_ENV).args(["--cluster", CLUSTER, "destroy", "--yes"]);
+        cmd
+    });
+    crashed_at.extend(destroyed.interrupted);
+    let missed: Vec<&String> = points.iter().filter(|p| !crashed_at.contains(p)).collect();
+    assert!(missed.is_empty(), "AWS failpoints never crashed at: {missed:?}");
     assert!(live_instances(&ec2, CLUSTER).await.is_empty());
     assert!(cluster_groups(&ec2, CLUSTER).await.is_empty());
     assert!(!c.state_root.join(CLUSTER).exists(), "the cluster's state (and its CA) is gone");

@@ -11,6 +11,7 @@
 //!
 //! Scopes: `bakeaws` (the lab test), `bakeaws2` (the builder that never reports).
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,8 +19,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine as _;
 use flotilla_coordinator::providers::LaunchSpec;
-use flotilla_tests::Cli;
 use flotilla_tests::moto::{self, AWS_ENV, Moto};
+use flotilla_tests::{Cli, crash};
 use serde_json::Value;
 
 const NAME: &str = "flotilla-test/aws-baked";
@@ -142,8 +143,26 @@ async fn bake_with_lab_builder(
     ec2: &aws_sdk_ec2::Client,
     lab: &flotilla_coordinator::providers::lab::Lab,
 ) -> (std::process::ExitStatus, String, String, Vec<String>) {
-    let mut child =
-        Running(bake_cmd(c, cwd, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bake"));
+    bake_with_lab_builder_failing(c, cwd, args, ec2, lab, "").await
+}
+
+/// [`bake_with_lab_builder`] with `FAILPOINTS` set (a crash chain's run).
+async fn bake_with_lab_builder_failing(
+    c: &Cli,
+    cwd: &std::path::Path,
+    args: &[&str],
+    ec2: &aws_sdk_ec2::Client,
+    lab: &flotilla_coordinator::providers::lab::Lab,
+    failpoints: &str,
+) -> (std::process::ExitStatus, String, String, Vec<String>) {
+    let mut child = Running(
+        bake_cmd(c, cwd, args)
+            .env("FAILPOINTS", failpoints)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bake"),
+    );
     let mut booted: Vec<String> = vec![];
     let mut stopped = false;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -250,13 +269,30 @@ async fn issue_8_aws_bake_on_moto_with_a_lab_builder_captures_a_tagged_sealed_am
         ["--endpoint-url", &endpoint, "--advertise", &gateway, "--name", NAME, "--output", "json", "--timeout", "5m"];
 
     // A bake: RunInstances → the builder installs and reports → StopInstances → CreateImage.
-    let (status, out, err, booted) = bake_with_lab_builder(&c, cwd.path(), &args, &ec2, &lab).await;
-    assert!(status.success(), "bake failed: {err}");
+    // It runs as a crash chain (issue 20) over the AWS bake's failpoints: killed after its
+    // security group's creation, then after CreateImage (the image made, its snapshots not yet
+    // tagged, the builder still there), and run again each time: the last run finds the image,
+    // finishes it and removes the builder.
+    let points: BTreeSet<String> =
+        crash::points_in_code().into_iter().filter(|p| p.starts_with(crash::AWS_BAKE)).collect();
+    let mut chain = crash::Running::new("bake (aws)", &points, crash::Outcome::Crash);
+    let mut booted = Vec::new();
+    let mut errs = String::new();
+    let (out, crashed_at) = loop {
+        let (status, out, err, b) =
+            bake_with_lab_builder_failing(&c, cwd.path(), &args, &ec2, &lab, &chain.failpoints()).await;
+        booted.extend(b);
+        errs.push_str(&err);
+        if let Some(at) = chain.after(status, &err) {
+            break (out, at);
+        }
+    };
+    assert_eq!(crashed_at.iter().collect::<BTreeSet<_>>(), points.iter().collect(), "every AWS bake failpoint");
     assert_eq!(booted.len(), 1, "one builder: {booted:?}");
-    assert!(err.contains("installed: agent "), "the builder's report is shown: {err}");
+    assert!(errs.contains("installed: agent "), "the builder's report is shown: {errs}");
     let report: Value = serde_json::from_str(&out).expect("bake json");
     assert_eq!(report["provider"], "aws");
-    assert_eq!(report["reused"], false);
+    assert_eq!(report["reused"], true, "the image the interrupted run captured, reused");
     let ami = report["image"].as_str().expect("image").to_string();
     assert!(ami.starts_with("ami-"), "{report}");
     let engine = report["engine_version"].as_str().expect("engine").to_string();

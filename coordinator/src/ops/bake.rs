@@ -97,6 +97,7 @@ impl From<BackendError> for BakeError {
             BackendError::Usage(m) => BakeError::Usage(m),
             BackendError::Provider(e) => BakeError::Provider(e),
             BackendError::Capture(e) => BakeError::Capture(e),
+            BackendError::Injected(e) => BakeError::Injected(e),
         }
     }
 }
@@ -233,7 +234,9 @@ pub async fn run<B: Backend>(backend: &B, opts: &BakeOptions, p: &Progress) -> R
     };
     if let Some(image) = backend.find(&opts.name, &recipe).await? {
         p.step("bake", format!("{} already holds this agent and Engine: reusing it, nothing booted", image.reference));
-        // A bake interrupted between its capture and its cleanup left its builder.
+        // A bake interrupted between its capture and its cleanup left its image's last touches
+        // undone, and its builder.
+        backend.finish(&image).await?;
         backend.cleanup().await.map_err(|c| BakeError::Cleanup { cleanup: c.to_string(), bake: None })?;
         return Ok(report(&image, true));
     }

@@ -22,6 +22,9 @@ pub enum BackendError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 impl From<super::lab::LabError> for BackendError {
@@ -154,6 +157,11 @@ pub trait Backend {
     async fn engine_version(&self, base: &Base) -> Result<Option<String>, BackendError>;
     /// An image of this name already baked from `recipe`.
     async fn find(&self, name: &str, recipe: &Recipe) -> Result<Option<Image>, BackendError>;
+    /// Finishes what a bake interrupted after its capture left undone on the image `find`
+    /// returned (AWS: its snapshots' tags, given once CreateImage has made them).
+    async fn finish(&self, _image: &Image) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Removes what an interrupted bake left, makes the builder's network, and returns the
     /// address of this machine the builder reaches (where the agent is served).
     async fn prepare(&self) -> Result<IpAddr, BackendError>;

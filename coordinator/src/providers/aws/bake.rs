@@ -184,6 +184,23 @@ impl AwsBaker {
         stopped.map_err(|e| e.into_failed().unwrap_or(AwsError::Timeout { what, after_s: WAIT.as_secs() }))
     }
 
+    /// Gives an image's snapshots its tags (tagging them in CreateImage is not supported by
+    /// every EC2-compatible endpoint, so it is done once they exist).
+    async fn tag_snapshots(&self, snapshots: Vec<String>, tags: Vec<Tag>) -> Result<(), AwsError> {
+        if snapshots.is_empty() {
+            return Ok(());
+        }
+        self.aws
+            .ec2
+            .create_tags()
+            .set_resources(Some(snapshots))
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(self.aws.err("ec2:CreateTags"))?;
+        Ok(())
+    }
+
     /// Waits (bounded) until the AMI is `available`; its snapshots.
     async fn wait_available(&self, ami: &str) -> Result<Vec<String>, AwsError> {
         let what = format!("the image {ami} to become available");
@@ -281,6 +298,27 @@ impl Backend for AwsBaker {
         }))
     }
 
+    async fn finish(&self, image: &Image) -> Result<(), BackendError> {
+        let r = self
+            .aws
+            .ec2
+            .describe_images()
+            .image_ids(&image.id)
+            .send()
+            .await
+            .map_err(self.aws.err("ec2:DescribeImages"))?;
+        let Some(found) = r.images().first() else { return Ok(()) };
+        let snapshots: Vec<String> = found
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+            .collect();
+        // The image's own tags, which its capture gives its snapshots (CreateTags sets them
+        // again where they are: no change).
+        self.tag_snapshots(snapshots, found.tags().to_vec()).await?;
+        Ok(())
+    }
+
     async fn prepare(&self) -> Result<IpAddr, BackendError> {
         self.cleanup().await?;
         let vpc = self.aws.vpc().await?;
@@ -309,6 +347,7 @@ impl Backend for AwsBaker {
                 },
                 other => other,
             })?;
+        crate::failpoint!("aws.bake.security_group.after");
         let group = r.group_id().unwrap_or_default().to_string();
         *self.placement.lock().unwrap_or_else(|p| p.into_inner()) = Some((group, subnet));
         Ok(self.advertise)
@@ -422,20 +461,10 @@ impl Backend for AwsBaker {
                 },
                 other => other,
             })?;
+        crate::failpoint!("aws.bake.create_image.after");
         let ami = r.image_id().ok_or_else(|| AwsError::State("CreateImage returned no image id".into()))?.to_string();
         let snapshots = self.wait_available(&ami).await?;
-        // The snapshots get the same tags once they exist (tagging them in CreateImage is not
-        // supported by every EC2-compatible endpoint).
-        if !snapshots.is_empty() {
-            self.aws
-                .ec2
-                .create_tags()
-                .set_resources(Some(snapshots))
-                .set_tags(Some(tag_list))
-                .send()
-                .await
-                .map_err(self.aws.err("ec2:CreateTags"))?;
-        }
+        self.tag_snapshots(snapshots, tag_list).await?;
         Ok(Image { reference: ami.clone(), id: ami, engine_version: facts.engine_version.clone() })
     }
 

@@ -60,6 +60,9 @@ pub enum AwsError {
     NoHost(String),
     #[error("{0}")]
     State(String),
+    /// A failpoint's injected error (a `failpoints` build under test: [`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 /// Error codes for which another subnet (another availability zone) may succeed.

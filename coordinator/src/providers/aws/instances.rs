@@ -178,6 +178,9 @@ impl Aws {
                 .tag_specifications(self.tags(ResourceType::Volume, &spec.name, &[(TAG_HOST, &spec.name)]));
             match req.send().await {
                 Ok(r) => {
+                    // Launched, its generation not yet counted: a re-run sends the same
+                    // ClientToken, and EC2 answers with this instance instead of a second one.
+                    crate::failpoint!("aws.run_instances.after");
                     let i = r
                         .instances()
                         .first()
@@ -268,6 +271,7 @@ impl Aws {
             .send()
             .await
             .map_err(self.err("ec2:TerminateInstances"))?;
+        crate::failpoint!("aws.terminate.after");
         let terminated = poll_until("instances to terminate", Instant::now() + WAIT, POLL, || async move {
             let r = self
                 .ec2

@@ -188,6 +188,7 @@ impl Aws {
                     .send()
                     .await
                     .map_err(self.err("ec2:CreateSecurityGroup"))?;
+                crate::failpoint!("aws.security_group.create.after");
                 let id = r.group_id().unwrap_or_default().to_string();
                 (Group { id, rules: vec![] }, true)
             }
@@ -199,6 +200,7 @@ impl Aws {
                 req = req.ip_permissions(permission(r, &group.id));
             }
             req.send().await.map_err(self.err("ec2:AuthorizeSecurityGroupIngress"))?;
+            crate::failpoint!("aws.security_group.authorize.after");
         }
         if !revoke.is_empty() {
             let mut req = self.ec2.revoke_security_group_ingress().group_id(&group.id);
@@ -218,6 +220,7 @@ impl Aws {
     /// Deletes the security group `id`, retrying (bounded) while EC2 still holds it for an
     /// instance being terminated; one that is already gone is fine.
     pub(super) async fn delete_group(&self, id: &str) -> Result<(), AwsError> {
+        crate::failpoint!("aws.security_group.delete.before");
         // On a time-out the answer is EC2's own last refusal, as it was before the wait.
         let last: std::cell::RefCell<Option<AwsError>> = std::cell::RefCell::new(None);
         let what = format!("security group {id} to be released");
