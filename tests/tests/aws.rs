@@ -119,13 +119,27 @@ async fn issue_20_each_aws_failpoint_failed_at_then_the_operation_converges() {
     assert!(e.to_string().contains(p), "{e}");
     let found = a.describe().await.expect("describe");
     assert_eq!(found.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["manager0"], "{found:?}");
-    assert_eq!(live_instances(&ec2, cluster).await.len(), 1);
+    // The launch asked again finds the instance its token made, rather than a second one (moto
+    // does not answer a reused ClientToken with the first instance, as EC2 does: the provider
+    // looks first).
+    let again = a.launch(&spec, 0, &ctx).await.expect("the launch again");
+    assert_eq!(again.instance_id, found[0].instance_id);
+    let live = live_instances(&ec2, cluster).await;
+    assert_eq!(live.len(), 1);
+    let first_token = live[0].client_token().unwrap_or_default().to_string();
 
     let p = arm("aws.terminate.after");
     let e = a.terminate("manager0").await.expect_err("terminate fails after TerminateInstances");
     assert!(e.to_string().contains(p), "{e}");
     a.terminate("manager0").await.expect("terminate again");
     assert!(live_instances(&ec2, cluster).await.is_empty());
+    // Its replacement (heal's launch of the same name) gets a new token: EC2 would answer the
+    // spent one with the terminated instance.
+    let replacement = a.launch(&spec, 0, &ctx).await.expect("a replacement");
+    assert_ne!(replacement.instance_id, again.instance_id);
+    let live = live_instances(&ec2, cluster).await;
+    assert_eq!(live.len(), 1);
+    assert_ne!(live[0].client_token().unwrap_or_default(), first_token, "the replacement reused the token");
 
     let p = arm("aws.security_group.delete.before");
     let e = a.destroy().await.expect_err("destroy fails before the group's deletion");

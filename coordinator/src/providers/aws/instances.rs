@@ -2,8 +2,10 @@
 //! rendered user-data, IMDSv2 required (hop limit 1) and an encrypted gp3 root volume, placed
 //! round-robin over the subnets and moved to the next one on a capacity error. Every call
 //! carries a ClientToken derived from cluster, host and launch generation (kept under
-//! `<cluster state>/aws`), so a retried call never makes a second instance. Hosts are found
-//! by tag; stop, start and terminate act on what is found.
+//! `<cluster state>/aws`, and checked against the tokens EC2 holds for the host's instances:
+//! a launch an interrupted run sent but did not count is found there), so a retried call
+//! never makes a second instance and a replacement never reuses its predecessor's token.
+//! Hosts are found by tag; stop, start and terminate act on what is found.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -91,6 +93,14 @@ impl Aws {
 
     /// Every instance of the cluster that is not terminated, found by tag.
     pub async fn describe(&self) -> Result<Vec<Host>, AwsError> {
+        let mut out: Vec<Host> = self.instances(not_terminated()).await?.into_iter().map(|(h, _)| h).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The cluster's instances that pass `filter`, each with the ClientToken it was launched
+    /// with.
+    async fn instances(&self, filter: Filter) -> Result<Vec<(Host, String)>, AwsError> {
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -98,37 +108,14 @@ impl Aws {
                 .ec2
                 .describe_instances()
                 .filters(self.cluster_filter())
-                .filters(not_terminated())
+                .filters(filter.clone())
                 .set_next_token(next.clone())
                 .send()
                 .await
                 .map_err(self.err("ec2:DescribeInstances"))?;
             for res in r.reservations() {
                 for i in res.instances() {
-                    let tag = |k: &str| {
-                        i.tags()
-                            .iter()
-                            .find(|t| t.key() == Some(k))
-                            .and_then(|t| t.value())
-                            .unwrap_or_default()
-                            .to_string()
-                    };
-                    let name = match tag(TAG_HOST) {
-                        n if !n.is_empty() => n,
-                        _ => tag("Name"),
-                    };
-                    out.push(Host {
-                        name,
-                        instance_id: i.instance_id().unwrap_or_default().to_string(),
-                        role: tag(TAG_ROLE),
-                        state: i
-                            .state()
-                            .and_then(|s| s.name())
-                            .map(state_of)
-                            .unwrap_or(HostState::Other("unknown".into())),
-                        private_ip: i.private_ip_address().and_then(|a| a.parse::<IpAddr>().ok()),
-                        image: i.image_id().unwrap_or_default().to_string(),
-                    });
+                    out.push((host_of(i), i.client_token().unwrap_or_default().to_string()));
                 }
             }
             next = r.next_token().map(str::to_string);
@@ -136,8 +123,30 @@ impl Aws {
                 break;
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// The generation of `name`'s next launch, and the instance of the recorded one when a run
+    /// sent it but was interrupted before counting it: EC2 keeps every instance's ClientToken
+    /// (terminated ones are listed for about an hour). Live, that instance is the launch,
+    /// done; gone (the lost host a heal replaces), its token is spent — a RunInstances with it
+    /// would be answered with that old instance — and the next generation's is used.
+    async fn next_launch(&self, name: &str) -> Result<(u64, Option<Host>), AwsError> {
+        let mut generation = self.generation(name);
+        let of_host = Filter::builder().name(format!("tag:{TAG_HOST}")).values(name).build();
+        let launches = self.instances(of_host).await?;
+        loop {
+            let token = client_token(&self.cluster, name, generation);
+            let made =
+                launches.iter().find(|(_, t)| t.strip_prefix(token.as_str()).is_some_and(|k| k.starts_with('-')));
+            match made {
+                Some((h, _)) if matches!(h.state, HostState::Running | HostState::Pending) => {
+                    return Ok((generation, Some(h.clone())));
+                }
+                Some(_) => generation += 1,
+                None => return Ok((generation, None)),
+            }
+        }
     }
 
     pub async fn host(&self, name: &str) -> Result<Host, AwsError> {
@@ -147,7 +156,11 @@ impl Aws {
     /// Launches one host. `index` is its position among hosts of its role (placement:
     /// subnet `index mod n`, then the next ones on a capacity error).
     pub async fn launch(&self, spec: &LaunchSpec, index: usize, ctx: &LaunchContext) -> Result<Host, AwsError> {
-        let generation = self.generation(&spec.name);
+        let (generation, made) = self.next_launch(&spec.name).await?;
+        if let Some(host) = made {
+            self.set_generation(&spec.name, generation + 1)?;
+            return Ok(host);
+        }
         let token = client_token(&self.cluster, &spec.name, generation);
         // A pinned address goes to the one subnet that holds it; otherwise round-robin.
         let subnets: Vec<&Subnet> = match spec.private_ip {
@@ -319,6 +332,24 @@ impl Aws {
         let io = |e: std::io::Error| AwsError::State(format!("{}: {e}", path.display()));
         flotilla_proto::fs::private_dir(&self.dir).map_err(io)?;
         flotilla_proto::fs::write_private(&path, &serde_json::to_vec_pretty(&m).unwrap_or_default()).map_err(io)
+    }
+}
+
+/// A host as EC2 reports its instance (its name: the host tag, else `Name`).
+fn host_of(i: &aws_sdk_ec2::types::Instance) -> Host {
+    let tag =
+        |k: &str| i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).unwrap_or_default().to_string();
+    let name = match tag(TAG_HOST) {
+        n if !n.is_empty() => n,
+        _ => tag("Name"),
+    };
+    Host {
+        name,
+        instance_id: i.instance_id().unwrap_or_default().to_string(),
+        role: tag(TAG_ROLE),
+        state: i.state().and_then(|s| s.name()).map(state_of).unwrap_or(HostState::Other("unknown".into())),
+        private_ip: i.private_ip_address().and_then(|a| a.parse::<IpAddr>().ok()),
+        image: i.image_id().unwrap_or_default().to_string(),
     }
 }
 
