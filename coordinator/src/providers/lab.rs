@@ -80,6 +80,10 @@ pub enum LabError {
     NoImage { image: String, from: &'static str },
     #[error(transparent)]
     Images(#[from] images::ImageError),
+    #[error(
+        "this machine allows {limit} inotify instances per user (fs.inotify.max_user_instances), and every lab host's systemd, Engine and agent hold about {per_host} of them, as root, like every other lab host's: {hosts} lab hosts running with this one need about {needed}. Past the limit a host's systemd fails at start or hangs in its boot, and the host never enrolls. Raise it (`sudo sysctl -w fs.inotify.max_user_instances=1024`; persist it in /etc/sysctl.d/), or remove lab clusters you do not need (`coordinator --cluster NAME destroy`)"
+    )]
+    InotifyLimit { limit: u64, per_host: u64, hosts: u64, needed: u64 },
 }
 
 impl From<bollard::errors::Error> for LabError {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, VolumeCreateRequest};
-use bollard::query_parameters::{LogsOptions, StartContainerOptions, StopContainerOptions};
+use bollard::query_parameters::{ListContainersOptions, LogsOptions, StartContainerOptions, StopContainerOptions};
 use futures::StreamExt;
 
 use super::{
@@ -19,7 +19,47 @@ use crate::providers::{Host, HostDown, HostState, LaunchSpec};
 /// How many of a host container's last console lines a [`HostDown`] quotes.
 const DOWN_LINES: usize = 10;
 
+/// Where this machine's per-user inotify instance limit is read.
+const INOTIFY_LIMIT: &str = "/proc/sys/fs/inotify/max_user_instances";
+/// Inotify instances one lab host holds: 13 measured (systemd 5, journald, the Engine,
+/// containerd, cloud-init, the agent), rounded up.
+pub const INOTIFY_PER_HOST: u64 = 16;
+/// What the machine's own root processes hold besides (its Engine, containerd, a control
+/// plane).
+const INOTIFY_MACHINE: u64 = 16;
+
+/// Whether `limit` inotify instances leave room for one lab host beside `running` others.
+fn inotify_room(limit: u64, running: u64) -> Result<(), LabError> {
+    let hosts = running + 1;
+    let needed = hosts * INOTIFY_PER_HOST + INOTIFY_MACHINE;
+    if needed > limit {
+        return Err(LabError::InotifyLimit { limit, per_host: INOTIFY_PER_HOST, hosts, needed });
+    }
+    Ok(())
+}
+
 impl Lab {
+    /// Whether this machine has room for one more lab host's inotify instances
+    /// ([`INOTIFY_PER_HOST`]; [`LabError::InotifyLimit`] when not). Only for an Engine on
+    /// this machine (its kernel is this one); the running host containers of every cluster
+    /// count.
+    async fn check_inotify_room(&self) -> Result<(), LabError> {
+        if !self.engine.url.starts_with("unix://") {
+            return Ok(());
+        }
+        let Some(limit) = std::fs::read_to_string(INOTIFY_LIMIT).ok().and_then(|s| s.trim().parse::<u64>().ok()) else {
+            return Ok(());
+        };
+        let running = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(HashMap::from([("label".to_string(), vec![format!("{}=host", super::LABEL_KIND)])])),
+                ..Default::default()
+            }))
+            .await?;
+        inotify_room(limit, running.len() as u64)
+    }
+
     /// Refuses a host image this machine's Engine does not have (`from` names where the
     /// image came from, e.g. `--image`), before anything is launched from it.
     pub async fn require_image(&self, image: &str, from: &'static str) -> Result<(), LabError> {
@@ -48,6 +88,7 @@ impl Lab {
         }
         let (_, base) = self.ensure_network().await?;
         let guard = self.create_lock.lock().await;
+        self.check_inotify_room().await?;
         let ip = match spec.private_ip {
             Some(ip) => self.pinned_ip(base, ip).await?,
             None => self.free_ip(base).await?,
@@ -234,5 +275,25 @@ pub(super) fn host_config(seed: &Path, volume: &str) -> HostConfig {
             ("/tmp".to_string(), String::new()),
         ])),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_inotify_limit_fits_one_default_cluster_and_not_two() {
+        // 128, Debian's default: a 5-host cluster (and a heal's sixth) boots; a second one
+        // beside it is refused, naming the limit and the sysctl.
+        for running in 0..6 {
+            assert!(inotify_room(128, running).is_ok(), "{running} running");
+        }
+        let e = inotify_room(128, 9).expect_err("ten hosts on 128").to_string();
+        assert!(
+            e.contains("128") && e.contains("fs.inotify.max_user_instances=1024") && e.contains("10 lab hosts"),
+            "{e}"
+        );
+        assert!(inotify_room(1024, 9).is_ok());
     }
 }
