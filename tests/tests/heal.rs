@@ -6,13 +6,16 @@
 //!    and volume gone, as an instance terminated); auto-heal replaces it and the drill
 //!    passes with its steps timed in order;
 //! 3. a worker's container removed (`docker rm -f`): auto-heal replaces it;
-//! 4. auto-heal off; two managers' containers removed: `heal` refuses (exit 75), says why
+//! 4. another worker's container removed, and the control plane SIGKILLed while auto-heal
+//!    replaces it: the heal ends with its control plane, the `deploy` that starts the control
+//!    plane again runs at once and converges;
+//! 5. auto-heal off; two managers' containers removed: `heal` refuses (exit 75), says why
 //!    and what to run, and launches nothing.
 //!
 //! A `heal` interrupted at each of its steps (SIGKILL or an error) and run again is
 //! `tests/tests/crash_points.rs`'s.
 //!
-//! After 1–3 the cluster is at full strength: 3 managers (1 leader, 2 reachable) and 2
+//! After 1–4 the cluster is at full strength: 3 managers (1 leader, 2 reachable) and 2
 //! ready workers in `docker node ls` with no `down` node, 3 Consul servers that are healthy
 //! voters with unique names in autopilot's view, and the service started at the beginning
 //! still has its 2 running replicas.
@@ -100,13 +103,7 @@ fn manager_ip(st: &Value) -> Option<String> {
 
 /// Running replicas of the test's service, as the swarm reports them.
 fn running_replicas(via: &str) -> usize {
-    in_host(
-        via,
-        &["docker", "service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"],
-    )
-    .lines()
-    .filter(|l| l.starts_with("Running"))
-    .count()
+    lab().running_tasks(via, SERVICE)
 }
 
 /// Full strength (the module's doc); returns what was seen when not.
@@ -159,6 +156,7 @@ fn issue_15_lost_hosts_are_replaced_one_at_a_time_and_quorum_is_never_spent() {
     stop_start_within_grace_is_not_replaced();
     terminate_drill_replaces_the_leader();
     removed_worker_is_replaced_by_auto_heal();
+    control_plane_killed_mid_heal();
     two_managers_lost_is_refused();
     let out = c.run(&["destroy", "--yes", "--force"]);
     assert!(out.status.success(), "destroy failed");
@@ -166,30 +164,8 @@ fn issue_15_lost_hosts_are_replaced_one_at_a_time_and_quorum_is_never_spent() {
 }
 
 fn start_service() {
-    let st = status();
-    let ip = manager_ip(&st).expect("a manager's address");
-    let registry = ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).expect("registry");
-    let image = format!("{registry}/flotilla/hello:1");
     let (via, _) = node_ls().expect("swarm");
-    in_host(
-        &via,
-        &[
-            "docker",
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            SERVICE,
-            "--replicas",
-            "2",
-            "--constraint",
-            "node.role==worker",
-            &image,
-            "sh",
-            "-c",
-            "while true; do sleep 1; done",
-        ],
-    );
+    lab().create_service(&via, SERVICE, 2, &[], &["sh", "-c", "while true; do sleep 1; done"]).expect("the service");
     wait_for("the service's 2 replicas", Duration::from_secs(90), || match running_replicas(&via) {
         2 => Ok(()),
         n => Err(format!("{n} running")),
@@ -239,7 +215,6 @@ fn removed_worker_is_replaced_by_auto_heal() {
     let replaced = heal_status()["replaced"].as_u64().unwrap_or(0);
     let before = container_id("node0");
     assert!(docker(&["rm", "-f", &container("node0")]).status.success());
-    control_plane_killed_mid_heal();
     wait_for("auto-heal to replace node0", Duration::from_secs(240), || {
         let h = heal_status();
         if h["replaced"].as_u64().unwrap_or(0) > replaced && h["state"] != "healing" {
@@ -255,11 +230,13 @@ fn removed_worker_is_replaced_by_auto_heal() {
     assert!(audit.contains("heal.replaced") && audit.contains("auto-heal"), "no auto-heal in the audit trail");
 }
 
-/// The control plane SIGKILLed while its auto-heal runs: the heal ends with it (it would
-/// otherwise hold the ops lock against the `deploy` that starts the control plane again), that
-/// `deploy` runs at once, and the new control plane's auto-heal finishes the replacement.
+/// node1's container removed, and the control plane SIGKILLed while its auto-heal replaces it:
+/// the heal ends with it (it would otherwise hold the ops lock against the `deploy` that starts
+/// the control plane again), and that `deploy` runs at once — converging, it launches node1
+/// itself — and the cluster is back at full strength.
 fn control_plane_killed_mid_heal() {
     let lab = lab();
+    assert!(docker(&["rm", "-f", &container("node1")]).status.success());
     let heal = wait_for("auto-heal running", Duration::from_secs(120), || {
         let h = heal_status();
         match lab.processes(&["heal", "--auto"]).as_slice() {
@@ -279,6 +256,7 @@ fn control_plane_killed_mid_heal() {
         "deploy after the control plane died mid-heal: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    wait_for("full strength after the control plane died mid-heal", Duration::from_secs(120), full_strength);
 }
 
 fn two_managers_lost_is_refused() {

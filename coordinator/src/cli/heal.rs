@@ -49,7 +49,10 @@ const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 /// (the crash-point test) — and the next control plane's auto-heal takes the heal up again if
 /// it is still due.
 async fn end_with_the_control_plane() {
-    let parent = rustix::process::getppid();
+    // The control plane names itself (it may be gone before this line runs); else the parent
+    // now.
+    let named = std::env::var(crate::control_plane::healer::PARENT_PID_ENV).ok().and_then(|p| p.parse::<i32>().ok());
+    let parent = named.and_then(rustix::process::Pid::from_raw).or_else(rustix::process::getppid);
     let mut tick = tokio::time::interval(PARENT_CHECK);
     loop {
         tick.tick().await;

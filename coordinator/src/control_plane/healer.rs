@@ -322,6 +322,10 @@ pub async fn supervise(cp: Arc<ControlPlane>, command: Vec<OsString>) {
     }
 }
 
+/// The environment variable that tells a heal run its control plane's process id: it ends when
+/// its parent is no longer that process (`cli/heal.rs`).
+pub const PARENT_PID_ENV: &str = "FLOTILLA_HEAL_PARENT_PID";
+
 /// Starts `command`, its output appended to `<state>/heal.log`.
 fn spawn(cp: &ControlPlane, command: &[OsString]) -> std::io::Result<tokio::process::Child> {
     let log_path = crate::control_plane::settings::StatePaths::new(&cp.config.state_dir).heal_log();
@@ -330,6 +334,7 @@ fn spawn(cp: &ControlPlane, command: &[OsString]) -> std::io::Result<tokio::proc
     tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
+        .env(PARENT_PID_ENV, std::process::id().to_string())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)
