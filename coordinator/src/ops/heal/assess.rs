@@ -84,6 +84,13 @@ pub fn assess(
                 (Some(s), None) if s.generation == 0 => {
                     Verdict::Incomplete { provider_state: provider_state(at_provider) }
                 }
+                // With no grace period (recover's), the provider's word that the host is down
+                // outweighs a session the control plane has not seen drop yet (a host removed
+                // seconds ago: its connection is cut without a reset, and only the missed
+                // heartbeats tell). With one, the grace is counted from the drop, as always.
+                (Some(_), None) if grace_s == 0 && is_down(at_provider) => {
+                    Verdict::Lost { for_s: 0.0, provider_state: provider_state(at_provider) }
+                }
                 (Some(_), None) => Verdict::Healthy,
                 (Some(_), Some(&for_s)) if for_s < f64::from(grace_s) => Verdict::Unreachable { for_s },
                 (Some(_), Some(&for_s)) if is_down(at_provider) => {
@@ -217,6 +224,22 @@ mod tests {
         // manager1 lost and manager2 partitioned: one healthy manager of three.
         let refusal = a.quorum_refusal().expect("no quorum");
         assert!(refusal.contains("manager1, manager2") && refusal.contains("needs 2"), "{refusal}");
+    }
+
+    #[test]
+    fn with_no_grace_a_host_the_provider_reports_down_is_lost_before_its_session_drops() {
+        let planned = plan::plan(&ClusterConfig::default(), &Default::default());
+        let provider: Vec<Host> = ["manager0", "node0", "node1"].iter().map(|n| running(n)).collect();
+        // manager1 and manager2 removed a moment ago: the control plane still counts them.
+        let none = HashMap::new();
+        let now = assess(&planned, &status(&ALL), &none, &provider, 0);
+        let v: HashMap<&str, &Verdict> = now.hosts.iter().map(|h| (h.name.as_str(), &h.verdict)).collect();
+        assert_eq!(v["manager0"], &Verdict::Healthy);
+        assert_eq!(v["manager1"], &Verdict::Lost { for_s: 0.0, provider_state: "gone".into() });
+        assert_eq!(v["manager2"], &Verdict::Lost { for_s: 0.0, provider_state: "gone".into() });
+        // With a grace period the same view keeps them healthy until their sessions drop.
+        let graced = assess(&planned, &status(&ALL), &none, &provider, 60);
+        assert!(graced.hosts.iter().all(|h| h.verdict == Verdict::Healthy), "{:?}", graced.hosts);
     }
 
     #[test]
