@@ -112,8 +112,14 @@ async fn lab_hosts_boot_from_rendered_user_data_enroll_and_a_tampered_agent_is_r
     let state = tempfile::tempdir().expect("tempdir");
     let lab = Lab::new(flotilla_tests::lab_engine().await, CLUSTER, state.path(), images);
     lab.destroy().await.expect("clean start");
-    let (net, refs) =
-        lab.ensure(&[(&lab.images.hello.clone(), "flotilla/hello:1")]).await.expect("lab network and registry");
+    let hello = lab.images.hello.clone();
+    let (net, refs) = lab.ensure(&[(&hello, "flotilla/hello:1")]).await.expect("lab network and registry");
+    // Twice more at once, as deploy's background push and an upgrade it finishes push: both
+    // succeed (each tags, pushes and untags the same loopback name: one at a time).
+    let push = [(hello.as_str(), "flotilla/hello:1")];
+    let (a, b) = tokio::join!(lab.ensure(&push), lab.ensure(&push));
+    assert_eq!(a.expect("a push beside another").1, refs);
+    assert_eq!(b.expect("the other").1, refs);
     let gateway = net.coordinator_ip.expect("gateway");
     let machine_cgroups = std::fs::read_dir("/sys/fs/cgroup").map(|d| d.count()).unwrap_or(0);
 

@@ -254,11 +254,6 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         port: c.coordinator.port,
         metrics_listen: &c.coordinator.metrics_listen,
     };
-    // Finishing an upgrade prepares the provider again, with its own push of the role images:
-    // the push under way ends first, so the two never push the same tags at once.
-    if names.pending.is_some() {
-        prepared.role_images_ready().await?;
-    }
     let resumed = finish_pending(&names, opts.rolling, &serve, &target, &p).await?;
     if names.pending.is_some() {
         planned = plan::plan(c, &HostNames::load(&state_dir)?);

@@ -158,9 +158,16 @@ fn lab_ref(lab_addr: &str, repo_tag: &str) -> String {
     format!("{lab_addr}/{repo}:{tag}")
 }
 
+/// One push at a time in this process. Each push tags the image under its loopback name,
+/// pushes that and removes the tag: two at once into one registry (deploy's background push
+/// and the one an upgrade it finishes prepares) would remove the tag under each other ("tag
+/// does not exist"). The second waits, then pushes layers the registry already has.
+static PUSHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Tags `local` into the registry (through its loopback port `port`) and pushes it as
 /// `repo_tag`.
 async fn push_image(docker: &bollard::Docker, port: u16, local: &str, repo_tag: &str) -> Result<(), LabError> {
+    let _one_at_a_time = PUSHES.lock().await;
     let (repo, tag) = repo_tag.rsplit_once(':').unwrap_or((repo_tag, "latest"));
     let pushed = format!("127.0.0.1:{port}/{repo}");
     docker.tag_image(local, Some(TagImageOptions { repo: Some(pushed.clone()), tag: Some(tag.to_string()) })).await?;
