@@ -126,40 +126,11 @@ pub fn prepare(lab: &LabCluster) -> Result<(), String> {
     }
     let managers: Vec<String> = MANAGERS.iter().map(|s| s.to_string()).collect();
     let (via, _) = lab.node_ls(&managers)?;
-    let ip = lab.addresses().into_iter().find(|(n, _)| *n == via).map(|(_, a)| a).ok_or("no manager address")?;
-    let registry = ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).ok_or("registry")?;
-    let image = format!("{registry}/flotilla/hello:1");
     // Host-mode ports (iptables in each worker): the routing mesh needs the kernel's IPVS,
     // which a machine without kernel modules lacks; so the probe asks the workers themselves.
     let publish = format!("mode=host,published={PORT},target={PORT}");
     let port = PORT.to_string();
-    let out = lab.in_host(
-        &via,
-        &[
-            "docker",
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            SERVICE,
-            "--replicas",
-            "2",
-            "--constraint",
-            "node.role==worker",
-            "--publish",
-            &publish,
-            &image,
-            "httpd",
-            "-f",
-            "-p",
-            &port,
-            "-h",
-            "/etc",
-        ],
-    );
-    if !out.status.success() {
-        return Err(format!("service create: {}", String::from_utf8_lossy(&out.stderr)));
-    }
+    lab.create_service(&via, SERVICE, 2, &["--publish", &publish], &["httpd", "-f", "-p", &port, "-h", "/etc"])?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while running_replicas(lab, &via) < 2 {
         if Instant::now() > deadline {
@@ -171,11 +142,7 @@ pub fn prepare(lab: &LabCluster) -> Result<(), String> {
 }
 
 fn running_replicas(lab: &LabCluster, via: &str) -> usize {
-    let out = lab.in_host(
-        via,
-        &["docker", "service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"],
-    );
-    text(&out).lines().filter(|l| l.starts_with("Running")).count()
+    lab.running_tasks(via, SERVICE)
 }
 
 /// One HTTP GET of `/hostname` from the web service at `addr`: whether it answered 200.

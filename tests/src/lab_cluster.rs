@@ -25,6 +25,29 @@ fn lines(out: &Output) -> BTreeSet<String> {
     text(out).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
 }
 
+/// A host image that differs from `base` by one label (`flotilla.test=<label>`), built as
+/// `target`: what an image upgrade replaces hosts onto.
+pub fn derived_host_image(base: &str, target: &str, label: &str) -> String {
+    use std::io::Write;
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", target, "-"])
+        .env_remove("DOCKER_HOST")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    build
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("FROM {base}\nLABEL flotilla.test={label}\n").as_bytes())
+        .expect("dockerfile");
+    let out = build.wait_with_output().expect("docker build");
+    assert!(out.status.success(), "building {target}: {}", String::from_utf8_lossy(&out.stderr));
+    target.to_string()
+}
+
 /// Polls `f` (every 500 ms) until it gives a value; panics with `what` and the last note.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + timeout;
@@ -104,6 +127,48 @@ impl LabCluster {
             }
         }
         pids
+    }
+
+    /// Creates service `name` through manager `via`: `replicas` tasks of the lab's hello image
+    /// (from the lab registry, as the hosts pull it) on the workers, with `flags` before the
+    /// image and `command` after it.
+    pub fn create_service(
+        &self,
+        via: &str,
+        name: &str,
+        replicas: u32,
+        flags: &[&str],
+        command: &[&str],
+    ) -> Result<(), String> {
+        let ip = self
+            .addresses()
+            .into_iter()
+            .find(|(n, _)| n == via)
+            .map(|(_, a)| a)
+            .ok_or_else(|| format!("no address for {via}"))?;
+        let registry = ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).ok_or("registry")?;
+        let image = format!("{registry}/flotilla/hello:1");
+        let replicas = replicas.to_string();
+        let mut args = vec!["docker", "service", "create", "--detach", "--name", name, "--replicas", &replicas];
+        args.extend(["--constraint", "node.role==worker"]);
+        args.extend_from_slice(flags);
+        args.push(&image);
+        args.extend_from_slice(command);
+        let out = self.in_host(via, &args);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("service create {name}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// The running tasks of `service`, as manager `via` lists them.
+    pub fn running_tasks(&self, via: &str, service: &str) -> usize {
+        let out = self.in_host(
+            via,
+            &["docker", "service", "ps", service, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"],
+        );
+        text(&out).lines().filter(|l| l.starts_with("Running")).count()
     }
 
     /// `coordinator status --output json` (null when it failed).

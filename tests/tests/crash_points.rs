@@ -9,11 +9,10 @@
 //! test ends by checking that every one of them was interrupted its way.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::crash::{AWS, Outcome, chain, points_in_code};
-use flotilla_tests::lab_cluster::{LabCluster, Planned, docker, text, wait_for};
+use flotilla_tests::lab_cluster::{LabCluster, Planned, derived_host_image, docker, text, wait_for};
 use serde_json::Value;
 
 const GRACE: &str = "10";
@@ -64,23 +63,7 @@ fn lose(lab: &LabCluster, host: &str) {
 fn derived_image(lab: &LabCluster) -> String {
     let base = text(&docker(&["inspect", "-f", "{{.Config.Image}}", &lab.container("node0")]));
     assert!(!base.is_empty(), "node0's image");
-    let target = format!("flotilla-test/{}-host:u1", lab.name());
-    let mut build = Command::new("docker")
-        .args(["build", "-q", "-t", &target, "-"])
-        .env_remove("DOCKER_HOST")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("docker build");
-    use std::io::Write;
-    build
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("FROM {base}\nLABEL flotilla.test=crash-points\n").as_bytes())
-        .expect("dockerfile");
-    assert!(build.wait().expect("build").success(), "building {target}");
-    target
+    derived_host_image(&base, &format!("flotilla-test/{}-host:u1", lab.name()), "crash-points")
 }
 
 /// One operation after another on one cluster, each as a chain of `outcome`.

@@ -29,10 +29,11 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use flotilla_proto::v1::{EnrollRequest, agent_service_client::AgentServiceClient};
+use flotilla_tests::lab_cluster::{LabCluster, derived_host_image, docker, text, wait_for};
 use flotilla_tests::{Cli, Coord};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -45,29 +46,17 @@ fn cli() -> Cli {
     Cli::new(CLUSTER)
 }
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).env_remove("DOCKER_HOST").output().expect("docker")
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn said(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// Runs `cmd` inside the lab host `host`.
+/// What `cmd` printed inside the lab host `host`.
 fn in_host(host: &str, cmd: &[&str]) -> String {
-    let name = format!("flotilla-{CLUSTER}-{host}");
-    let mut args = vec!["exec", name.as_str()];
-    args.extend_from_slice(cmd);
-    text(&docker(&args))
+    text(&LabCluster::new(CLUSTER).in_host(host, cmd))
 }
 
 fn status() -> Value {
-    let out = cli().command().args(["--cluster", CLUSTER, "status", "--output", "json"]).output().expect("status");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    LabCluster::new(CLUSTER).status()
 }
 
 /// Every host's (connected, agent_version, agent_sha256).
@@ -87,18 +76,6 @@ fn agents() -> BTreeMap<String, (bool, String, String)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(note) => note,
-        };
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last: {last}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 fn sha256_file(path: &std::path::Path) -> String {
@@ -127,41 +104,13 @@ fn containers() -> BTreeMap<String, (String, String)> {
 }
 
 fn running_replicas() -> usize {
-    in_host(
-        "manager0",
-        &["docker", "service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"],
-    )
-    .lines()
-    .filter(|l| l.starts_with("Running"))
-    .count()
+    running_replicas_via("manager0")
 }
 
 fn start_service() {
-    let st = status();
-    let ip = st["hosts"].as_array().and_then(|a| a.iter().find(|h| h["name"] == "manager0").cloned()).expect("m0")
-        ["addresses"][0]
-        .as_str()
-        .expect("address")
-        .to_string();
-    let registry = ip.rsplit_once('.').map(|(net, _)| format!("{net}.2:5000")).expect("registry");
-    let image = format!("{registry}/flotilla/hello:1");
-    let cmd = [
-        "docker",
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        SERVICE,
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.role==worker",
-        &image,
-        "sh",
-        "-c",
-        "while true; do sleep 1; done",
-    ];
-    in_host("manager0", &cmd);
+    LabCluster::new(CLUSTER)
+        .create_service("manager0", SERVICE, 2, &[], &["sh", "-c", "while true; do sleep 1; done"])
+        .expect("the service");
     wait_for("the service's 2 replicas", Duration::from_secs(90), || match running_replicas() {
         2 => Ok(()),
         n => Err(format!("{n} running")),
@@ -397,22 +346,7 @@ fn probe(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Probed {
 /// Step 6 (the module's doc).
 fn image_upgrade(c: &Cli, host_image: &str) -> String {
     use std::io::BufRead;
-    let target = format!("flotilla-test/{CLUSTER}-host:u1");
-    let mut build = Command::new("docker")
-        .args(["build", "-q", "-t", &target, "-"])
-        .env_remove("DOCKER_HOST")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("docker build");
-    build
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("FROM {host_image}\nLABEL flotilla.test=upgrade-image\n").as_bytes())
-        .expect("dockerfile");
-    assert!(build.wait_with_output().expect("build").status.success(), "building {target}");
+    let target = derived_host_image(host_image, &format!("flotilla-test/{CLUSTER}-host:u1"), "upgrade-image");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let prober = std::thread::spawn({
@@ -528,11 +462,5 @@ fn image_upgrade(c: &Cli, host_image: &str) -> String {
 }
 
 fn running_replicas_via(host: &str) -> usize {
-    in_host(
-        host,
-        &["docker", "service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"],
-    )
-    .lines()
-    .filter(|l| l.starts_with("Running"))
-    .count()
+    LabCluster::new(CLUSTER).running_tasks(host, SERVICE)
 }
