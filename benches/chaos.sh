@@ -4,8 +4,10 @@
 # a Consul KV writer (every 250 ms, acknowledged writes checked at the end), and a fault every
 # EVERY seconds (default 30) picked by a seeded generator: agent SIGKILL, Engine SIGKILL, Consul
 # container kill, host stopped, host removed, control-plane restart, a manager partitioned from
-# the others (iptables inside its lab host). Bounded: it stops after MINUTES, then gives the
-# cluster 5 minutes to be back at full strength.
+# the others (iptables inside its lab host). Bounded: MINUTES × 60 ÷ EVERY faults on a fixed
+# schedule (a host-destroying fault first waits, at most 4 minutes, for the last one to be
+# healed, so the run can last longer than MINUTES), then the cluster gets 5 minutes to be back
+# at full strength.
 #
 #   bash benches/chaos.sh MINUTES [SEED]        (the seed is printed; pass it to reproduce)
 #   EVERY=20 FAULTS=agent_kill,partition KEEP=1 bash benches/chaos.sh 10 42

@@ -1,6 +1,7 @@
 //! The chaos soak (issue 20): a lab cluster with auto-heal on, a web service on its workers
-//! (a host-mode port on each) probed all the time, a Consul KV writer, and a fault every `every` seconds picked at
-//! random from a seeded generator — what it measured ([`Report`]).
+//! (a host-mode port on each) probed all the time, a Consul KV writer, and a fault every
+//! `every` seconds (a fixed schedule) picked at random from a seeded generator — what it
+//! measured ([`Report`]).
 //!
 //! `benches/chaos.sh MINUTES [SEED]` runs it through the `flotilla-chaos` binary.
 //!
@@ -382,8 +383,15 @@ pub fn run(lab: Arc<LabCluster>, soak: &Soak) -> Report {
     let token = lab.consul_token().unwrap_or_default();
     let watchers = Watchers::start(&lab, token.clone());
     let mut report = Report { seed: soak.seed, ..Default::default() };
-    while started.elapsed() + soak.every <= soak.duration {
-        std::thread::sleep(soak.every);
+    // A fixed schedule: fault k at k × every. One that first waits for the last one to be
+    // healed starts late, and the next follows at once if its time has passed — so the count
+    // is duration ÷ every, whatever the faults cost.
+    let mut next = soak.every;
+    while next <= soak.duration {
+        if let Some(wait) = next.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        next += soak.every;
         let fault = soak.faults[rng.random_range(0..soak.faults.len())];
         let candidates: Vec<&str> = match fault {
             Fault::ConsulKill | Fault::Partition => MANAGERS.to_vec(),
