@@ -66,8 +66,21 @@ fn derived_image(lab: &LabCluster) -> String {
     derived_host_image(&base, &format!("flotilla-test/{}-host:u1", lab.name()), "crash-points")
 }
 
-/// One operation after another on one cluster, each as a chain of `outcome`.
-fn lifecycle(lab: &LabCluster, covered: &mut BTreeSet<String>, points: &BTreeSet<String>, outcome: Outcome) {
+/// The points only `upgrade --image` and `recover` pass, which the error outcome's lifecycle
+/// leaves out (the crash outcome's interrupts them).
+const UPGRADE_AND_RECOVER: [&str; 3] = ["upgrade.", "recover.", "handover."];
+
+/// One operation after another on one cluster, each as a chain of `outcome`; `whole`: with
+/// the image upgrade and the recovery from lost quorum (the crash outcome's), else without
+/// them (the error outcome's: their chains cost as much as the rest together — nine host
+/// boots —, and an error at a point resumes as a crash there does).
+fn lifecycle(
+    lab: &LabCluster,
+    covered: &mut BTreeSet<String>,
+    points: &BTreeSet<String>,
+    outcome: Outcome,
+    whole: bool,
+) {
     let c = &lab.cli;
     let _ = c.run(&["destroy", "--yes", "--force"]);
     let five = Planned::new(&["manager0", "manager1", "manager2"], &["node0", "node1"]);
@@ -81,6 +94,16 @@ fn lifecycle(lab: &LabCluster, covered: &mut BTreeSet<String>, points: &BTreeSet
 
     lose(lab, "manager1");
     step(lab, covered, points, outcome, "heal", &["heal", "--output", "json"], &four);
+    if whole {
+        upgrade_and_recover(lab, covered, points, outcome);
+    }
+    destroy(lab, covered, points, outcome);
+}
+
+/// `upgrade --image` onto a derived image (4 hosts), then `recover` after two managers (the
+/// leader among them) were removed.
+fn upgrade_and_recover(lab: &LabCluster, covered: &mut BTreeSet<String>, points: &BTreeSet<String>, outcome: Outcome) {
+    let c = &lab.cli;
 
     let image = derived_image(lab);
     let upgraded = Planned::new(&["manager0-u1", "manager1-u1", "manager2-u1"], &["node0-u1"]);
@@ -96,15 +119,21 @@ fn lifecycle(lab: &LabCluster, covered: &mut BTreeSet<String>, points: &BTreeSet
     for m in upgraded.managers.iter().filter(|m| **m != survivor) {
         assert!(docker(&["rm", "-f", "-v", &lab.container(m)]).status.success());
     }
-    // Recover decides from what the survivor's Engine reports; right after the loss swarmkit
-    // may still count the removed managers as reachable, and recover then refuses ("still has
-    // a quorum", exit 75: seen once). The chain starts once its dry run sees the loss.
+    // The route recover's dry run names first: from the survivor. (It once refused right
+    // after the loss, "still has a quorum", while the control plane still counted the removed
+    // managers' sessions; with no grace period the provider's word now counts at once:
+    // `ops/heal/assess.rs`.)
     wait_for("recover's dry run to see the quorum lost", Duration::from_secs(90), || {
         let out = c.command().args(["--cluster", lab.name(), "recover", "--dry-run", "--output", "json"]).output();
         let plan: Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null);
         if plan["route"] == "survivor" { Ok(()) } else { Err(plan.to_string()) }
     });
     step(lab, covered, points, outcome, "recover", &["recover", "--yes", "--output", "json"], &upgraded);
+}
+
+/// `destroy` as a chain: nothing of the cluster left.
+fn destroy(lab: &LabCluster, covered: &mut BTreeSet<String>, points: &BTreeSet<String>, outcome: Outcome) {
+    let c = &lab.cli;
 
     let t = Instant::now();
     let done = chain("destroy", points, outcome, || {
@@ -156,10 +185,13 @@ fn every_point(outcome: Outcome) {
     let points: BTreeSet<String> = points_in_code().into_iter().filter(|p| !p.starts_with(AWS)).collect();
     assert!(points.len() >= 20, "too few failpoints found in the sources: {points:?}");
     let (name, bake_scope) = cluster(outcome);
+    let whole = outcome == Outcome::Crash;
     let mut covered = BTreeSet::new();
-    lifecycle(&LabCluster::new(name), &mut covered, &points, outcome);
+    lifecycle(&LabCluster::new(name), &mut covered, &points, outcome, whole);
     bake(&LabCluster::new(bake_scope), &mut covered, &points, outcome);
-    let missed: Vec<&String> = points.difference(&covered).collect();
+    let expected: BTreeSet<&String> =
+        points.iter().filter(|p| whole || !UPGRADE_AND_RECOVER.iter().any(|x| p.starts_with(x))).collect();
+    let missed: Vec<&&String> = expected.iter().filter(|p| !covered.contains(p.as_str())).collect();
     eprintln!("crash points ({outcome:?}): {} points, interrupted at {}", points.len(), covered.len());
     assert!(missed.is_empty(), "failpoints never reached ({outcome:?}): {missed:?}");
 }

@@ -32,7 +32,7 @@ fn main() {
         _ => ALL.to_vec(),
     };
     eprintln!(
-        "chaos soak: {minutes} min, a fault every {every} s, seed {seed} (reproduce: benches/chaos.sh {minutes} {seed})"
+        "chaos soak: {minutes} min, a fault every {every} s, seed {seed} (reproduce: EVERY={every} bash benches/chaos.sh {minutes} {seed})"
     );
     let lab = Arc::new(LabCluster::new("chaos"));
     if let Err(e) = chaos::prepare(&lab) {
