@@ -107,10 +107,25 @@ pub struct Report {
     /// KV writes Consul acknowledged, and those of them not readable at the end (must be 0).
     pub kv_acknowledged: u64,
     pub kv_lost: u64,
+    /// Each lost write: when it was acknowledged and by which server (to set beside the
+    /// faults).
+    pub kv_lost_writes: Vec<KvWrite>,
+    /// Hosts heal replaced (`heal.replaced` in the audit trail, which outlives control-plane
+    /// restarts).
     pub hosts_replaced: u64,
     /// Whether the cluster was back at full strength within the settle time at the end.
     pub full_strength_at_end: bool,
     pub end_note: String,
+}
+
+/// One acknowledged KV write.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KvWrite {
+    pub seq: u64,
+    /// Seconds into the soak when Consul acknowledged it.
+    pub at_s: f64,
+    /// The server it was sent to.
+    pub via: String,
 }
 
 fn planned() -> Planned {
@@ -166,12 +181,12 @@ struct Watchers {
     min_replicas: Arc<AtomicU64>,
     probes_ok: Arc<AtomicU64>,
     probes_failed: Arc<AtomicU64>,
-    acked: Arc<Mutex<Vec<u64>>>,
+    acked: Arc<Mutex<Vec<KvWrite>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Watchers {
-    fn start(lab: &Arc<LabCluster>, token: String) -> Self {
+    fn start(lab: &Arc<LabCluster>, token: String, started: Instant) -> Self {
         let w = Watchers {
             stop: Arc::new(AtomicBool::new(false)),
             addresses: Arc::new(Mutex::new(lab.addresses())),
@@ -274,7 +289,8 @@ impl Watchers {
                                 .await
                         });
                         if let Ok(Ok(true)) = put {
-                            acked.lock().expect("lock").push(seq);
+                            let at_s = started.elapsed().as_secs_f64();
+                            acked.lock().expect("lock").push(KvWrite { seq, at_s, via: ip });
                         }
                     }
                     seq += 1;
@@ -381,7 +397,7 @@ pub fn run(lab: Arc<LabCluster>, soak: &Soak) -> Report {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(soak.seed);
     let token = lab.consul_token().unwrap_or_default();
-    let watchers = Watchers::start(&lab, token.clone());
+    let watchers = Watchers::start(&lab, token.clone(), started);
     let mut report = Report { seed: soak.seed, ..Default::default() };
     // A fixed schedule: fault k at k × every. One that first waits for the last one to be
     // healed starts late, and the next follows at once if its time has passed — so the count
@@ -421,26 +437,29 @@ pub fn run(lab: Arc<LabCluster>, soak: &Soak) -> Report {
     report.min_running_replicas = w.min_replicas.load(Ordering::Relaxed).min(2) as usize;
     report.probes_ok = w.probes_ok.load(Ordering::Relaxed);
     report.probes_failed = w.probes_failed.load(Ordering::Relaxed);
-    let acked: Vec<u64> = w.acked.lock().expect("lock").clone();
+    let acked: Vec<KvWrite> = w.acked.lock().expect("lock").clone();
     report.kv_acknowledged = acked.len() as u64;
-    report.kv_lost = lost_writes(&lab, &token, &acked);
-    report.hosts_replaced = lab.status()["heal"]["replaced"].as_u64().unwrap_or(0);
+    report.kv_lost_writes = lost_writes(&lab, &token, &acked);
+    report.kv_lost = report.kv_lost_writes.len() as u64;
+    let audit = lab.cli.command().args(["--cluster", lab.name(), "audit", "--output", "json"]).output();
+    let audit = audit.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    report.hosts_replaced = audit.matches("\"heal.replaced\"").count() as u64;
     report
 }
 
 /// Of the acknowledged writes, how many are not readable now (asked of each manager's Consul
 /// until one answers; all of them when none does).
-fn lost_writes(lab: &LabCluster, token: &str, acked: &[u64]) -> u64 {
+fn lost_writes(lab: &LabCluster, token: &str, acked: &[KvWrite]) -> Vec<KvWrite> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     for (_, ip) in lab.addresses().into_iter().filter(|(n, _)| n.starts_with("manager")) {
         let c = flotilla_agent::consul::Consul::new(&format!("{ip}:8500")).with_token(token);
         if let Ok(kv) = rt.block_on(c.list("chaos/")) {
             let present: BTreeSet<u64> =
                 kv.iter().filter_map(|(k, _)| k.strip_prefix("chaos/")?.parse().ok()).collect();
-            return acked.iter().filter(|s| !present.contains(s)).count() as u64;
+            return acked.iter().filter(|w| !present.contains(&w.seq)).cloned().collect();
         }
     }
-    acked.len() as u64
+    acked.to_vec()
 }
 
 /// Polls (bounded) until the cluster is exactly as planned.
@@ -478,6 +497,29 @@ impl Report {
             if self.full_strength_at_end { "yes" } else { "no" },
             faults.join(", "),
             if self.end_note.is_empty() { String::new() } else { format!("at the end: {}", self.end_note) }
-        )
+        ) + &self.lost_lines()
+    }
+
+    /// The lost writes, grouped into runs of consecutive sequence numbers: when and through
+    /// which server each run was acknowledged.
+    fn lost_lines(&self) -> String {
+        let mut runs: Vec<(&KvWrite, &KvWrite, usize)> = Vec::new();
+        for w in &self.kv_lost_writes {
+            match runs.last_mut() {
+                Some((_, last, n)) if w.seq <= last.seq + 4 => {
+                    *last = w;
+                    *n += 1;
+                }
+                _ => runs.push((w, w, 1)),
+            }
+        }
+        runs.iter()
+            .map(|(a, b, n)| {
+                format!(
+                    "\nlost: {n} write(s) acknowledged {:.1}–{:.1} s (seq {}–{}), first via {}",
+                    a.at_s, b.at_s, a.seq, b.seq, a.via
+                )
+            })
+            .collect()
     }
 }
