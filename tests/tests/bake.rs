@@ -5,9 +5,10 @@
 //! agent is another build replaces it, saying so; a builder whose installation fails makes the
 //! bake fail with its cloud-init output and leaves nothing behind.
 //!
-//! Cluster names: `bake` (the bake's builder scope), `baked` (the cluster deployed from the
-//! image), `bakefail` (the failing bake). Images: `flotilla-test/baked`, `flotilla-test/bakefail`,
-//! `flotilla-test/baked-other`.
+//! Cluster names — one set per test, as two of them run side by side: `bake` (the bake's
+//! builder scope) and `baked` (the cluster deployed from the image); `bakefail` (the failing
+//! bake); `bakebad` (the refused requests); `rebake` and `rebaked` (the other agent build).
+//! Images: `flotilla-test/baked`, `flotilla-test/bakefail`, `flotilla-test/baked-other`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -305,7 +306,7 @@ fn a_builder_whose_installation_fails_fails_the_bake_with_its_cloud_init_output_
 
 #[test]
 fn bad_bake_and_image_requests_exit_64_naming_the_problem_and_create_nothing() {
-    let cli = Cli::new("bakefail");
+    let cli = Cli::new("bakebad");
     let aws = cli.run(&["bake", "--provider", "aws"]);
     assert_eq!(aws.status.code(), Some(64));
     assert!(stderr(&aws).contains("bake --provider aws needs --advertise"), "{}", stderr(&aws));
@@ -321,9 +322,9 @@ fn bad_bake_and_image_requests_exit_64_naming_the_problem_and_create_nothing() {
         "{}",
         stderr(&base)
     );
-    assert_eq!(builder_leftovers("bakefail"), Vec::<String>::new());
+    assert_eq!(builder_leftovers("bakebad"), Vec::<String>::new());
 
-    let deploy = Cli::new("bakefail");
+    let deploy = Cli::new("bakebad");
     let d = deploy.run(&["deploy", "--image", "flotilla-test/no-such-image:1"]);
     assert_eq!(d.status.code(), Some(64));
     let e = stderr(&d);
@@ -331,7 +332,7 @@ fn bad_bake_and_image_requests_exit_64_naming_the_problem_and_create_nothing() {
         e.contains("'flotilla-test/no-such-image:1'") && e.contains("--image") && e.contains("coordinator bake"),
         "{e}"
     );
-    let f = "label=flotilla.cluster=bakefail";
+    let f = "label=flotilla.cluster=bakebad";
     let made = [
         docker(&["ps", "-aq", "--filter", f]),
         docker(&["network", "ls", "-q", "--filter", f]),
@@ -350,11 +351,11 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
     use flotilla_proto::v1;
 
     const OTHER: &str = "flotilla-test/baked-other";
-    Cli::new("baked").run(&["destroy", "--yes"]);
+    Cli::new("rebaked").run(&["destroy", "--yes"]);
     remove_images(OTHER);
     // Another build: the coordinator executable (which doubles as the agent) baked in as the agent.
     let other = flotilla_tests::target_dir().join("coordinator");
-    let r = ok_json(&Cli::new("bake").run(&[
+    let r = ok_json(&Cli::new("rebake").run(&[
         "bake",
         "--name",
         OTHER,
@@ -372,7 +373,7 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
     let engine = flotilla_tests::lab_engine().await;
     let images = lab::images::ensure(true, &engine.address).await.expect("images");
     let state = tempfile::tempdir().expect("tempdir");
-    let lab = Lab::new(engine, "baked", state.path(), images);
+    let lab = Lab::new(engine, "rebaked", state.path(), images);
     lab.destroy().await.expect("clean start");
     let (_, base) = lab.ensure_network().await.expect("network");
     let gateway = std::net::Ipv4Addr::from(u32::from(base) | 1);
@@ -383,7 +384,7 @@ async fn a_host_from_an_image_with_another_agent_build_replaces_it_saying_so() {
     let st = admin.status(v1::StatusRequest::default()).await.expect("status").into_inner();
     assert_ne!(st.agent_binary_sha256, other_sha);
     let user_data = flotilla_cloud_init::render_host(&flotilla_cloud_init::HostInputs {
-        cluster: "baked".into(),
+        cluster: "rebaked".into(),
         host_name: "node0".into(),
         coordinator: vec![st.agent_endpoint.clone()],
         ca_pem: coord.ca_pem(),

@@ -45,6 +45,7 @@ fn print(r: &RecoverReport, output: Output) {
     let how = match &r.route {
         Route::Survivor { host, .. } => format!("from the surviving manager {host}"),
         Route::Restore { .. } => "from the backups, onto new hosts".to_string(),
+        Route::Resume { .. } => "by finishing the recovery begun earlier".to_string(),
     };
     if r.dry_run {
         outln!("cluster '{}': recover would bring it back {how}, in this order:", r.cluster);

@@ -17,11 +17,16 @@
 //!    restored onto the first (a new address: advertised anew with the forced new cluster),
 //!    the Consul snapshot restored into the new servers, the workers rejoined; then verified.
 //!
+//! 5. A recovery under way is recorded ([`record`]) before the first side effect and removed
+//!    at full strength, so a rerun after an interruption once the quorum is back finishes
+//!    the replacements ([`Route::Resume`]) instead of being refused as heal's job.
+//!
 //! `--dry-run` says exactly which route and steps; the CLI asks for confirmation unless
 //! `--yes`.
 
 pub mod consul;
 pub mod decide;
+pub mod record;
 pub mod restore;
 pub mod swarm;
 
@@ -87,6 +92,8 @@ pub enum RecoverError {
     Restore(String),
     #[error("no address for {0}: the provider does not report it and its agent has not either")]
     NoAddress(String),
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
 }
 
 impl From<ProviderError> for RecoverError {
@@ -155,7 +162,9 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
         p.host(&h.name, h.line());
     }
     let st = admin.status(v1::StatusRequest::default()).await?.into_inner();
-    let route = decide(&assessment, &last_leader(&st)).map_err(RecoverError::Refused)?;
+    let begun = record::load(&state_dir)?;
+    let route =
+        decide(&assessment, &last_leader(&st), begun.as_ref().map(|b| b.at_unix)).map_err(RecoverError::Refused)?;
     let mut report = RecoverReport {
         cluster: opts.cluster.clone(),
         dry_run: opts.dry_run,
@@ -181,6 +190,8 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
         p: &p,
     };
     let docker_dir = deploy::control_plane::ensure_docker_certs(&run).await?;
+    record::begin(&state_dir, &route)?;
+    crate::failpoint!("recover.record.after");
     let mut step = |what: String| {
         p.step("recover", &what);
         report.steps.push(Step { what, at_s: started.elapsed().as_secs_f64() });
@@ -203,6 +214,9 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
             let led = restore::from_backups(&run, &docker_dir, gone, &mut step).await?;
             report.leader_s = Some(led.duration_since(started).as_secs_f64());
         }
+        Route::Resume { begun_at_unix, .. } => {
+            step(format!("resuming the recovery begun at {}: the swarm has its quorum back", at_utc(*begun_at_unix)));
+        }
     }
     step("replacing what is lost, as heal does".into());
     let heal = HealOptions {
@@ -223,8 +237,16 @@ pub async fn recover(opts: RecoverOptions) -> Result<RecoverReport, RecoverError
         }
     });
     report.full_strength_s = Some(started.elapsed().as_secs_f64());
+    record::end(&state_dir)?;
     p.finish();
     Ok(report)
+}
+
+/// `at_unix` as an RFC 3339 UTC time.
+fn at_utc(at_unix: u64) -> String {
+    let at = i64::try_from(at_unix).ok().and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok());
+    at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{at_unix} (Unix time)"))
 }
 
 /// The swarm leader the control plane last heard of (a lost host's last sample included).
@@ -291,6 +313,10 @@ fn plan_lines(route: &Route, a: &Assessment, state_dir: &std::path::Path) -> Res
             ),
         ],
         Route::Restore { gone } => restore::plan_lines(state_dir, gone)?,
+        Route::Resume { begun_at_unix, .. } => vec![format!(
+            "the recovery begun at {} was interrupted after the swarm had its quorum back: it goes on from there",
+            at_utc(*begun_at_unix)
+        )],
     };
     lines.push(format!(
         "then, one host at a time as heal does: {} removed from the swarm and the provider and launched anew, until every manager is reachable and every Consul server a voter",
