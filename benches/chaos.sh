@@ -12,7 +12,9 @@
 #   bash benches/chaos.sh MINUTES [SEED]        (the seed is printed; pass it to reproduce)
 #   EVERY=20 FAULTS=agent_kill,partition KEEP=1 bash benches/chaos.sh 10 42
 #
-# Prints a Markdown table (docs/BENCHMARKS.md) and writes chaos-report.json (CHAOS_JSON).
+# Prints a Markdown table (docs/BENCHMARKS.md) and writes chaos-report.json (CHAOS_JSON) and a
+# trace of Consul's servers and each one's count of the writer's keys, every second
+# (chaos-trace.log, CHAOS_TRACE).
 # Exits 1 when an acknowledged write was lost or the cluster did not end at full strength.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -69,6 +69,14 @@ pub struct ServerHealth {
     pub voter: bool,
     #[serde(rename = "Healthy")]
     pub healthy: bool,
+    /// The server's node ID (a new one for each fresh data directory).
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    /// The last Raft index the server has.
+    #[serde(rename = "LastIndex", default)]
+    pub last_index: u64,
+    #[serde(rename = "LastTerm", default)]
+    pub last_term: u64,
 }
 
 /// A KV entry and the index to use for a check-and-set update.
@@ -277,6 +285,19 @@ impl Consul {
         let what = format!("DELETE kv/{key}");
         let (status, body) = self.call(http::Method::DELETE, &format!("/v1/kv/{key}"), None).await?;
         self.expect_ok(&what, status, &body)
+    }
+
+    /// The keys under a prefix (`?keys`), as the server asked holds them when `stale`
+    /// (`?stale`: any server answers from its own state), else through the leader.
+    pub async fn keys(&self, prefix: &str, stale: bool) -> Result<Vec<String>, ConsulError> {
+        let what = format!("GET kv/{prefix}?keys");
+        let path = format!("/v1/kv/{prefix}?keys=true{}", if stale { "&stale=true" } else { "" });
+        let (status, body) = self.call(http::Method::GET, &path, None).await?;
+        if status == 404 {
+            return Ok(Vec::new());
+        }
+        self.expect_ok(&what, status, &body)?;
+        self.decode(&what, &body)
     }
 
     /// Keys under a prefix with their values.

@@ -22,6 +22,7 @@ fn issue_20_a_short_seeded_chaos_soak_loses_no_acknowledged_write_and_ends_at_fu
         every: Duration::from_secs(20),
         faults: ALL.to_vec(),
         settle: Duration::from_secs(240),
+        trace: None,
     };
     let r = chaos::run(lab.clone(), &soak);
     eprintln!("{}", r.table());

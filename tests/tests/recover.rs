@@ -6,9 +6,11 @@
 //!    changed).
 //! 2. Two of the three manager hosts removed (`docker rm -f`), the leader among them:
 //!    `recover --dry-run` names the survivor and changes nothing; `recover --yes` forces a
-//!    new cluster there, recovers Consul with peers.json and replaces the two: 3 managers and
-//!    3 Consul voters, the service (same spec, 2 replicas), the secret (read by a new task),
-//!    the network and the KV entry are all there.
+//!    new cluster there, recovers Consul with peers.json and replaces the first, and is
+//!    killed (a failpoint) as the second is about to launch, the quorum back; the rerun
+//!    resumes (route `resume`, the record of the recovery then gone) and replaces the second:
+//!    3 managers and 3 Consul voters, the service (same spec, 2 replicas), the secret (read by
+//!    a new task), the network and the KV entry are all there.
 //! 3. The newest Swarm backup with one byte changed: with every manager gone, recover
 //!    refuses by its digest and changes nothing; the byte put back.
 //! 4. All three manager hosts removed: the dry run names the route from the backups and
@@ -213,19 +215,33 @@ fn issue_16_recover_from_a_survivor_and_from_the_backups() {
     let no_confirm = cli().run(&["recover"]);
     assert_eq!(no_confirm.status.code(), Some(64), "no terminal, no --yes: {}", said(&no_confirm));
     assert!(said(&no_confirm).contains("pass --yes"));
+    // Killed as its second replacement is about to launch — the survivor and the first
+    // replacement are a quorum again by then.
     let started = Instant::now();
+    let killed = cli().run_env(
+        &[("FAILPOINTS", "heal.launch.before=1*off->return(crash)")],
+        &["recover", "--yes", "--output", "json"],
+    );
+    assert!(said(&killed).contains("failpoint heal.launch.before: crash"), "{}", said(&killed));
+    let record = state_dir.join("recovery.json");
+    assert!(record.exists(), "the recovery under way is recorded");
+    // The rerun finishes it, rather than refusing as heal's job.
+    let (out, plan) = recover_json(&["--dry-run"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(plan["route"], "resume", "{plan}");
+    assert_eq!(plan["lost"], serde_json::json!([gone[1]]), "{plan}");
     let (out, report) = recover_json(&["--yes"]);
-    assert!(out.status.success(), "recover from the survivor: {}", said(&out));
+    assert!(out.status.success(), "the resumed recover: {}", said(&out));
     eprintln!(
-        "survivor route: leader again at {} s, full strength at {} s (test clock {:?})",
-        report["leader_s"],
+        "survivor route, resumed: full strength at {} s of the rerun (test clock {:?})",
         report["full_strength_s"],
         started.elapsed()
     );
-    assert_eq!(report["route"], "survivor");
+    assert_eq!(report["route"], "resume");
     let replaced: Vec<&str> =
         report["replaced"].as_array().expect("replaced").iter().filter_map(|r| r["host"].as_str()).collect();
-    assert_eq!(replaced, gone, "the two lost managers replaced");
+    assert_eq!(replaced, [gone[1]], "the second lost manager replaced by the rerun");
+    assert!(!record.exists(), "the record goes at full strength");
     everything_back(survivor, &token, "survivor");
 
     // 3. A changed byte in the newest Swarm backup refuses a restore.

@@ -1,6 +1,7 @@
 //! `flotilla-chaos MINUTES [SEED]`: the chaos soak (issue 20) on a fresh default lab cluster
 //! named `chaos`, printed as a Markdown table and written as JSON to `$CHAOS_JSON` (default
-//! `chaos-report.json`). `EVERY` (seconds between faults, default 30) and `FAULTS` (a comma
+//! `chaos-report.json`), with a trace of Consul's servers in `$CHAOS_TRACE` (default
+//! `chaos-trace.log`). `EVERY` (seconds between faults, default 30) and `FAULTS` (a comma
 //! list, default all: agent_kill, engine_kill, consul_kill, host_stop, host_remove,
 //! control_plane_restart, partition) tune it; `KEEP=1` leaves the cluster. Run it through
 //! `benches/chaos.sh`, which builds what it needs first.
@@ -45,6 +46,7 @@ fn main() {
         every: Duration::from_secs(every),
         faults,
         settle: Duration::from_secs(300),
+        trace: Some(std::env::var("CHAOS_TRACE").unwrap_or_else(|_| "chaos-trace.log".into()).into()),
     };
     let report = chaos::run(lab.clone(), &soak);
     println!("{}", report.table());

@@ -436,6 +436,9 @@ mod tests {
             leader: false,
             voter: true,
             healthy: true,
+            id: String::new(),
+            last_index: 0,
+            last_term: 0,
         };
         assert_eq!(rejoined_as(&s), "voter");
         s.healthy = false;
