@@ -1,6 +1,12 @@
 //! The bootstrap script (host) and bake script: one bash template, `src/bootstrap.sh`, whose
 //! marker line is replaced by a block of shell-quoted values. Everything per host or per bake
 //! lives in that block; the rest of the script is the same bytes for every render.
+//!
+//! The script's comments count against EC2's 16 KiB user-data limit, so some reasons live
+//! here. The agent download retries any error (`--retry 10 --retry-all-errors`, about 20 s):
+//! a control plane restarting mid-download cuts the stream (curl exit 18) and then refuses
+//! connections until it is back; giving up at once left a host that never enrolled (the chaos
+//! soak, issue 20).
 
 use crate::paths::{
     AGENT_BINARY_PATH, AGENT_UNIT_NAME, BAKE_CA_PATH, BAKE_COMPLETE_PATH, BAKE_FAILED_PATH, BOOTSTRAP_FAILED_PATH,

@@ -172,7 +172,7 @@ install_agent() {
   NO_CAPATH=$(mktemp -d)
   TMP_AGENT=$(mktemp "${AGENT_BIN%/*}/.flotilla-agent.XXXXXX")
   local rc=0 got
-  curl --fail --silent --show-error --retry 5 --retry-connrefused --retry-delay 2 \
+  curl --fail --silent --show-error --retry 10 --retry-all-errors --retry-delay 2 \
     --connect-timeout 10 --max-time 300 --proto =https \
     --cacert "$FLOTILLA_CA_FILE" --capath "$NO_CAPATH" \
     -o "$TMP_AGENT" "$FLOTILLA_AGENT_URL" || rc=$?
