@@ -68,6 +68,8 @@ pub enum HealError {
     Rpc(#[from] tonic::Status),
     #[error("swarm: {0}")]
     Swarm(String),
+    #[error("consul: {0}")]
+    Consul(String),
     #[error("{}: {source}", path.display())]
     State { path: PathBuf, source: std::io::Error },
     #[error("after replacing {host}: {problem}")]

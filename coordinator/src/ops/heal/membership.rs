@@ -5,12 +5,15 @@
 //!   quorum, and its role manager then removes it from Raft — and its node removed once
 //!   that is done; a worker's node is removed once its tasks were rescheduled elsewhere.
 //!   A node the swarm still sees `ready` is never touched: it is not lost.
-//! - Consul: nothing. Autopilot's dead-server clean-up (on by default) drops the dead server
-//!   from the Raft peers once its replacement — same node name, new node ID — joins.
-//!   Measured on Consul 1.8.7: a `force-leave -prune` of the name kept the leader
-//!   from adding the replacement to Raft until its next 60 s reconcile (4.5 s without it,
-//!   56 s with it, from the roles running to the full peer set); heal's count of every
-//!   server's peers catches a dead server left behind.
+//! - Consul: a lost server is taken out of the Raft configuration by its address
+//!   (`consul operator raft remove-peer`, through a healthy server's container with the
+//!   operator's token) before its host is removed, so its replacement — same node name, new
+//!   node ID, perhaps the same address — joins a configuration that no longer counts it. Left
+//!   in, an empty server on a reused address answers Raft as the lost one, and Consul 1.8's
+//!   Raft does not check the voter's ID: its vote could elect a server missing committed
+//!   writes (chaos soak, issue 20). Raft only, not Serf: a `force-leave -prune` of the name
+//!   kept the leader from adding the replacement until its next 60 s reconcile (measured on
+//!   Consul 1.8.7). Needs a Consul leader (waited for, bounded); without one heal stops.
 //!
 //! Every step is idempotent: a node or member already gone is success.
 
@@ -21,6 +24,8 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::{NodeSpecRoleEnum, NodeState};
 use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, ListTasksOptions};
+
+use flotilla_agent::roles::consul::{CONTAINER, RPC_PORT};
 
 use super::HealError;
 use crate::ops::{handover, verify};
@@ -45,6 +50,86 @@ pub async fn a_manager(manager_ips: &[String], cert_dir: &Path) -> Result<(Strin
         }
     }
     Err(HealError::Swarm(format!("no healthy manager's Engine answered: {}", errors.join("; "))))
+}
+
+/// How long Consul gets to have a leader that can drop a lost server from Raft.
+const CONSUL_LEADER_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the Consul server at `lost_ip` out of Consul's Raft configuration, through the
+/// Consul container on the healthy manager `d` (`via`), with the operator's `token`; what it
+/// did, for the log. Already out: success.
+pub async fn leave_consul(d: &Docker, via: &str, lost: &str, lost_ip: &str, token: &str) -> Result<String, HealError> {
+    let address = format!("{lost_ip}:{RPC_PORT}");
+    let waited =
+        poll_until("Consul to drop the lost server from Raft", Instant::now() + CONSUL_LEADER_WAIT, EVERY, || {
+            let address = address.clone();
+            async move {
+                let (code, out) =
+                    consul_in(d, token, &["operator", "raft", "remove-peer", &format!("-address={address}")])
+                        .await
+                        .map_err(|e| HealError::Consul(format!("{via}: {e}")))?;
+                Ok::<_, HealError>(match removed(code, &out) {
+                    Some(Ok(did)) => Attempt::Done(did),
+                    Some(Err(e)) => {
+                        return Err(HealError::Consul(format!("{via}: removing {lost} ({address}) from Raft: {e}")));
+                    }
+                    None => Attempt::NotYet(out.trim().to_string()),
+                })
+            }
+        })
+        .await;
+    waited.map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => HealError::Consul(format!(
+            "Consul could not drop the lost server {lost} ({address}) from its Raft configuration within {CONSUL_LEADER_WAIT:?} ({last}); \
+             heal does not launch a replacement that could answer as it. Consul needs a leader first: `coordinator status` shows each server's view"
+        )),
+    })
+}
+
+/// What `consul operator raft remove-peer` said: done (what), failed for good, or not yet
+/// (no leader: `None`).
+fn removed(code: i64, out: &str) -> Option<Result<String, String>> {
+    if code == 0 {
+        return Some(Ok("removed from Consul's Raft configuration".into()));
+    }
+    if out.contains("was not found in the Raft configuration") {
+        return Some(Ok("not in Consul's Raft configuration".into()));
+    }
+    if out.contains("No cluster leader") || out.contains("leadership lost") || out.contains("connection refused") {
+        return None;
+    }
+    Some(Err(out.trim().to_string()))
+}
+
+/// Runs `consul ARGS…` in the agent's Consul container on `d` with `token`; its exit code
+/// and output.
+async fn consul_in(d: &Docker, token: &str, args: &[&str]) -> Result<(i64, String), bollard::errors::Error> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use futures::StreamExt;
+    let mut cmd = vec!["consul"];
+    cmd.extend_from_slice(args);
+    let env = format!("CONSUL_HTTP_TOKEN={token}");
+    let exec = d
+        .create_exec(
+            CONTAINER,
+            CreateExecOptions {
+                cmd: Some(cmd),
+                env: Some(vec![env.as_str()]),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut out = String::new();
+    if let StartExecResults::Attached { mut output, .. } = d.start_exec(&exec.id, None).await? {
+        while let Some(chunk) = output.next().await {
+            out.push_str(&chunk?.to_string());
+        }
+    }
+    let code = d.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1);
+    Ok((code, out))
 }
 
 /// The swarm's node ids for `host` (by hostname), each with whether it is a manager and
@@ -167,5 +252,20 @@ async fn remove_node(d: &Docker, id: &str) -> Result<(), HealError> {
         Err(PollError::TimedOut { .. }) => {
             Err(HealError::Swarm(format!("node {id} could not be removed: {}", last.into_inner())))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::removed;
+
+    #[test]
+    fn remove_peer_outcomes_read_as_done_not_yet_or_failed() {
+        assert!(matches!(removed(0, "Removed peer with address \"10.0.0.9:8300\"\n"), Some(Ok(_))));
+        let gone = "Error removing peer: Unexpected response code: 500 (address \"10.0.0.9:8300\" was not found in the Raft configuration)";
+        assert_eq!(removed(1, gone), Some(Ok("not in Consul's Raft configuration".into())));
+        assert_eq!(removed(1, "Error removing peer: Unexpected response code: 500 (No cluster leader)"), None);
+        let denied = "Error removing peer: Unexpected response code: 403 (Permission denied)";
+        assert_eq!(removed(1, denied), Some(Err(denied.into())));
     }
 }

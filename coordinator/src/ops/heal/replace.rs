@@ -112,8 +112,8 @@ async fn addresses_of(h: &Heal<'_>, role: RoleKind, except: &str) -> Result<Vec<
         .collect())
 }
 
-/// Ends the lost host's swarm membership, removes it at the provider, forgets its identity
-/// (Consul's side is autopilot's: see `membership`).
+/// Ends the lost host's swarm and Consul Raft memberships, removes it at the provider,
+/// forgets its identity (see `membership`).
 async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealError> {
     let name = &planned.name;
     let managers = addresses_of(h, RoleKind::Manager, name).await?;
@@ -122,6 +122,17 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
     let did = membership::leave_swarm(&d, &via, name).await?;
     crate::failpoint!("heal.leave.after");
     h.say(name, format!("swarm: {did}")).await;
+    // Its address is known while the control plane still has its record (forgotten below,
+    // after this: a rerun past that point has nothing left to remove from Raft).
+    let (_, addresses) = deploy::addresses(&h.run).await?;
+    if let (true, Some(ip)) = (planned.has(RoleKind::Consul), addresses.get(name)) {
+        let path = crate::control_plane::consul::operator_token_path(h.run.state_dir);
+        let token =
+            std::fs::read_to_string(&path).map_err(|source| HealError::State { path, source })?.trim().to_string();
+        let did = membership::leave_consul(&d, &via, name, ip, &token).await?;
+        crate::failpoint!("heal.consul_leave.after");
+        h.say(name, format!("consul: {did}")).await;
+    }
     h.say(name, "removing what is left of it at the provider").await;
     crate::failpoint!("heal.terminate.before");
     h.run.prepared.provider.terminate(name).await?;
