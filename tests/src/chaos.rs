@@ -547,15 +547,46 @@ fn lost_writes(lab: &LabCluster, token: &str, acked: &[KvWrite]) -> Vec<KvWrite>
 }
 
 /// Polls (bounded) until the cluster is exactly as planned.
+/// Full strength here is stricter than heal's count: every Consul server is also a healthy
+/// voter in autopilot's view. A replacement, or a partitioned server autopilot dropped and
+/// took back, is a non-voter for its first ~10 s (Consul's server stabilisation time): a
+/// host-destroying fault then would cost Consul its quorum, which is recover's job, not
+/// heal's.
 fn wait_full_strength(lab: &LabCluster, bound: Duration) -> Result<(), String> {
     let deadline = Instant::now() + bound;
     loop {
-        match lab.converged(&planned()) {
+        match lab.converged(&planned()).and_then(|()| consul_voters(lab)) {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
     }
+}
+
+/// Whether autopilot (asked of the first manager that answers) counts the 3 managers as
+/// healthy voters and nothing else.
+fn consul_voters(lab: &LabCluster) -> Result<(), String> {
+    let token = lab.consul_token()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    for (_, ip) in lab.addresses().into_iter().filter(|(n, _)| n.starts_with("manager")) {
+        let c = flotilla_agent::consul::Consul::new(&format!("{ip}:8500")).with_token(&token);
+        match rt.block_on(c.autopilot_health()) {
+            Ok(servers) => {
+                let names: BTreeSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+                let all_voters = servers.iter().all(|s| s.voter && s.healthy && s.serf_status == "alive");
+                return match (servers.len(), names == MANAGERS.into_iter().collect(), all_voters) {
+                    (3, true, true) => Ok(()),
+                    _ => Err(format!(
+                        "consul autopilot: {:?}",
+                        servers.iter().map(|s| (&s.name, s.voter, s.healthy, &s.serf_status)).collect::<Vec<_>>()
+                    )),
+                };
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(format!("no Consul server answered: {}", errors.join("; ")))
 }
 
 impl Report {
