@@ -35,6 +35,15 @@ pub async fn verify_and_smoke(
     let c = run.config;
     let p = run.p;
     p.step("verify", "asking Swarm and Consul for their own view");
+    let (via, d) = crate::ops::heal::membership::a_manager(manager_ips, docker_dir)
+        .await
+        .map_err(|e| DeployError::Verify(VerifyError::Swarm(e.to_string())))?;
+    let stale = crate::ops::heal::membership::prune_replaced(&d)
+        .await
+        .map_err(|e| DeployError::Verify(VerifyError::Swarm(format!("{via}: {e}"))))?;
+    if !stale.is_empty() {
+        p.step("verify", format!("removed swarm nodes left by hosts that came back as new ones: {}", stale.join(", ")));
+    }
     let swarm = verify::swarm(manager_ips, docker_dir, c.managers as usize, c.nodes as usize).await?;
     let consul = consul(run, addresses).await?;
     p.step(

@@ -1,4 +1,7 @@
-//! A lost host's memberships, ended from the survivors' side before its replacement comes:
+//! A lost host's memberships, ended from the survivors' side — after the host is removed at
+//! the provider (`replace::remove_remains`: a stopped host started again after its
+//! memberships ended would wait for ever on a swarm that removed it), before its
+//! replacement comes:
 //!
 //! - Swarm (through a healthy manager's Engine, mutual TLS on 2376): a manager is demoted
 //!   first — swarmkit accepts demoting an unreachable manager while the others keep a
@@ -7,7 +10,7 @@
 //!   A node the swarm still sees `ready` is never touched: it is not lost.
 //! - Consul: a lost server is taken out of the Raft configuration by its address
 //!   (`consul operator raft remove-peer`, through a healthy server's container with the
-//!   operator's token) before its host is removed, so its replacement — same node name, new
+//!   operator's token) before its replacement is launched, so that — same node name, new
 //!   node ID, perhaps the same address — joins a configuration that no longer counts it. Left
 //!   in, an empty server on a reused address answers Raft as the lost one, and Consul 1.8's
 //!   Raft does not check the voter's ID: its vote could elect a server missing committed
@@ -148,10 +151,19 @@ async fn nodes_of(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, b
         .collect())
 }
 
-/// Ends `host`'s membership of the swarm (see the module's doc); what it did, for the log.
-pub async fn leave_swarm(d: &Docker, via: &str, host: &str) -> Result<String, HealError> {
+/// The swarm's nodes of the lost `host` once the swarm sees none of them ready (bounded: a
+/// node still ready means the host is not lost, and nothing is touched): checked before the
+/// host is removed at the provider, ended by [`leave_swarm`] after.
+pub async fn lost_nodes(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, HealError> {
+    wait_not_ready(d, host).await
+}
+
+/// Ends the membership of the lost host's swarm `nodes` (see the module's doc): called once
+/// the host is gone at the provider, so that an interruption never leaves a host that can
+/// start again with a membership the swarm has ended (its Engine would wait for a leader of
+/// a swarm that no longer has it, for ever). What it did, for the log.
+pub async fn leave_swarm(d: &Docker, via: &str, nodes: Vec<(String, bool, bool)>) -> Result<String, HealError> {
     let call = |e: bollard::errors::Error| HealError::Swarm(format!("{via}: {e}"));
-    let nodes = wait_not_ready(d, host).await?;
     if nodes.is_empty() {
         return Ok("not in the swarm's node list".into());
     }
@@ -225,6 +237,28 @@ async fn wait_rescheduled(d: &Docker, id: &str) -> Result<(), HealError> {
     })
     .await;
     waited.or_else(|e| e.into_failed().map_or(Ok(()), Err))
+}
+
+/// Removes the swarm nodes left behind by hosts that came back as new nodes: a node not
+/// ready while a ready node of the same hostname exists (a manager demoted first). One pass;
+/// what it removed. Such a node is left when a heal is interrupted between removing the lost
+/// host and ending its membership, and a `deploy` relaunches the host meanwhile.
+pub async fn prune_replaced(d: &Docker) -> Result<Vec<String>, HealError> {
+    let call = |e: bollard::errors::Error| HealError::Swarm(e.to_string());
+    let nodes = d.list_nodes(None::<ListNodesOptions>).await.map_err(call)?;
+    let host = |n: &bollard::models::Node| n.description.as_ref().and_then(|x| x.hostname.clone()).unwrap_or_default();
+    let ready = |n: &bollard::models::Node| n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
+    let ready_names: Vec<String> = nodes.iter().filter(|n| ready(n)).map(host).collect();
+    let mut removed = Vec::new();
+    for n in nodes.iter().filter(|n| !ready(n) && ready_names.contains(&host(n))) {
+        let id = n.id.clone().unwrap_or_default();
+        if n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) || n.manager_status.is_some() {
+            demote_lost(d, &id).await.map_err(call)?;
+        }
+        remove_node(d, &id).await?;
+        removed.push(format!("{} ({id})", host(n)));
+    }
+    Ok(removed)
 }
 
 /// Removes node `id`, retrying while swarmkit is still taking a demoted manager out of Raft

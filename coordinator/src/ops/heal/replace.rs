@@ -112,19 +112,26 @@ async fn addresses_of(h: &Heal<'_>, role: RoleKind, except: &str) -> Result<Vec<
         .collect())
 }
 
-/// Ends the lost host's swarm and Consul Raft memberships, removes it at the provider,
-/// forgets its identity (see `membership`).
+/// Removes the lost host at the provider, then ends its swarm and Consul Raft memberships and
+/// forgets its identity (see `membership`). The host goes first: interrupted after its
+/// memberships ended, a stopped host that a `deploy` starts again would come back as a
+/// manager of a swarm that has removed it.
 async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealError> {
     let name = &planned.name;
     let managers = addresses_of(h, RoleKind::Manager, name).await?;
     let (via, d) = membership::a_manager(&managers, &h.docker_dir).await?;
+    // Its address is known while the control plane still has its record (forgotten last: a
+    // rerun past that point has nothing left to remove from Raft).
+    let (_, addresses) = deploy::addresses(&h.run).await?;
+    let nodes = membership::lost_nodes(&d, name).await?;
+    h.say(name, "removing what is left of it at the provider").await;
+    crate::failpoint!("heal.terminate.before");
+    h.run.prepared.provider.terminate(name).await?;
+    crate::failpoint!("heal.terminate.after");
     h.say(name, format!("removing it from the swarm through {via}")).await;
-    let did = membership::leave_swarm(&d, &via, name).await?;
+    let did = membership::leave_swarm(&d, &via, nodes).await?;
     crate::failpoint!("heal.leave.after");
     h.say(name, format!("swarm: {did}")).await;
-    // Its address is known while the control plane still has its record (forgotten below,
-    // after this: a rerun past that point has nothing left to remove from Raft).
-    let (_, addresses) = deploy::addresses(&h.run).await?;
     if let (true, Some(ip)) = (planned.has(RoleKind::Consul), addresses.get(name)) {
         let path = crate::control_plane::consul::operator_token_path(h.run.state_dir);
         let token =
@@ -133,10 +140,6 @@ async fn remove_remains(h: &Heal<'_>, planned: &PlannedHost) -> Result<(), HealE
         crate::failpoint!("heal.consul_leave.after");
         h.say(name, format!("consul: {did}")).await;
     }
-    h.say(name, "removing what is left of it at the provider").await;
-    crate::failpoint!("heal.terminate.before");
-    h.run.prepared.provider.terminate(name).await?;
-    crate::failpoint!("heal.terminate.after");
     h.run.admin.clone().remove_host(v1::RevokeHostRequest { host_name: name.clone() }).await?;
     crate::failpoint!("heal.revoke.after");
     h.say(name, "its certificates revoked and its record forgotten").await;
