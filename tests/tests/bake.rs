@@ -147,9 +147,17 @@ fn bake_then_deploy_the_default_cluster_from_the_image_then_reuse_it() {
     assert_eq!(builder_leftovers("bake"), Vec::<String>::new());
     assert_eq!(images_named(IMAGE), vec![image.clone()]);
 
-    // 5. The default cluster deploys from the image, verifies and passes the smoke test.
+    // 5. The default cluster deploys from the image, verifies and passes the smoke test. Its
+    //    hosts read /usr from a copy of this image's (issue 19, `providers/lab/usr_copy.rs`),
+    //    made by the first launch from it, which removes copies whose image is gone.
+    let stale = "flotilla-lab-usr-stale0test0";
+    let zeros = format!("flotilla.lab-usr-of=sha256:{}", "0".repeat(64));
+    assert!(docker(&["volume", "create", "--label", &zeros, stale]).status.success());
     let t = Instant::now();
     let d = ok_json(&baked.run(&["deploy", "--image", &image, "--output", "json"]));
+    let copies = stdout(&docker(&["volume", "ls", "-q", "--filter", &format!("label=flotilla.lab-usr-of={image_id}")]));
+    assert_eq!(copies.lines().count(), 1, "one /usr copy of the baked image: {copies}");
+    assert!(!docker(&["volume", "inspect", stale]).status.success(), "the copy of a gone image was kept");
     eprintln!("deployed from the baked image in {:?}", t.elapsed());
     assert_eq!(d["changed"], true);
     assert_eq!(d["swarm"]["managers"].as_array().map(Vec::len), Some(3), "{d}");

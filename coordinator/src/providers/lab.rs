@@ -15,8 +15,8 @@
 //! This file holds the provider itself (its errors, its settings, the cluster's labels and
 //! `destroy`); [`engine`] is this machine's Engine (never `DOCKER_HOST`), [`network`] picks
 //! the /24 and the addresses, [`registry`] runs the lab registry, [`hosts`] launches and finds
-//! hosts, [`images`] builds the lab's images and [`bake`] is the lab's side of
-//! `coordinator bake`.
+//! hosts, [`usr_copy`] gives them their `/usr` from the Engine's own disk, [`images`] builds
+//! the lab's images and [`bake`] is the lab's side of `coordinator bake`.
 
 pub mod bake;
 pub mod engine;
@@ -24,6 +24,7 @@ pub mod hosts;
 pub mod images;
 pub mod network;
 pub mod registry;
+pub mod usr_copy;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,8 @@ pub struct Lab {
     pub images: images::LabImages,
     /// Serialises address allocation and container creation (launches run in parallel).
     pub create_lock: tokio::sync::Mutex<()>,
+    /// Each host image's `/usr` binds, once found ([`Lab::usr_binds`]).
+    usr_binds: tokio::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Lab {
@@ -132,6 +135,7 @@ impl Lab {
             dir: lab_dir(state_dir),
             images,
             create_lock: tokio::sync::Mutex::new(()),
+            usr_binds: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 

@@ -306,7 +306,7 @@ impl Backend for LabBaker {
             hostname: Some(BUILDER.into()),
             env: Some(vec!["container=docker".into()]),
             stop_timeout: Some(i64::from(STOP_TIMEOUT_S)),
-            host_config: Some(host_config(&seed, &volume)),
+            host_config: Some(host_config(&seed, &volume, &[])),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(self.lab.network_name(), EndpointSettings::default())])),
             }),

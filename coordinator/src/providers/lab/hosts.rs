@@ -87,6 +87,8 @@ impl Lab {
             remove_container(&self.docker, &name).await?;
         }
         let (_, base) = self.ensure_network().await?;
+        let image = spec.image.clone().unwrap_or_else(|| self.images.host.clone());
+        let usr = self.usr_binds(&image).await?;
         let guard = self.create_lock.lock().await;
         self.check_inotify_room().await?;
         let ip = match spec.private_ip {
@@ -109,12 +111,12 @@ impl Lab {
         labels.insert(LABEL_ROLE.into(), spec.role.clone());
         labels.insert(LABEL_IP.into(), ip.to_string());
         let body = ContainerCreateBody {
-            image: Some(spec.image.clone().unwrap_or_else(|| self.images.host.clone())),
+            image: Some(image),
             hostname: Some(spec.name.clone()),
             labels: Some(labels),
             env: Some(vec!["container=docker".into()]),
             stop_timeout: Some(i64::from(STOP_TIMEOUT_S)),
-            host_config: Some(host_config(&seed, &volume)),
+            host_config: Some(host_config(&seed, &volume, &usr)),
             networking_config: Some(self.endpoint(ip)),
             ..Default::default()
         };
@@ -123,6 +125,18 @@ impl Lab {
         self.docker.start_container(&name, None::<StartContainerOptions>).await?;
         tracing::info!(host = %spec.name, container = %name, %ip, "lab host launched");
         self.host(&spec.name).await
+    }
+
+    /// The read-only `/usr` binds for hosts launched from `image` ([`super::usr_copy`]),
+    /// its copy made once per image (and looked up once per process).
+    pub async fn usr_binds(&self, image: &str) -> Result<Vec<String>, LabError> {
+        let mut known = self.usr_binds.lock().await;
+        if let Some(b) = known.get(image) {
+            return Ok(b.clone());
+        }
+        let b = super::usr_copy::ensure(&self.docker, image).await?;
+        known.insert(image.to_string(), b.clone());
+        Ok(b)
     }
 
     /// Writes the NoCloud seed (0700 directory, 0600 files: the user-data holds a token).
@@ -249,7 +263,9 @@ impl Lab {
 /// How a lab host runs: the capabilities systemd and an inner Engine need (not
 /// `--privileged`), its NoCloud seed, its Engine's data volume, tmpfs `/run` and `/tmp`.
 /// Hosts and the bake's builder run the same way.
-pub(super) fn host_config(seed: &Path, volume: &str) -> HostConfig {
+/// A lab host's container settings: the NoCloud `seed`, the Engine's data `volume`, and the
+/// read-only `/usr` binds of [`super::usr_copy`] (none: `/usr` from the image's own layers).
+pub(super) fn host_config(seed: &Path, volume: &str, usr: &[String]) -> HostConfig {
     HostConfig {
         cap_add: Some(
             ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD", "SYS_MODULE"]
@@ -265,10 +281,12 @@ pub(super) fn host_config(seed: &Path, volume: &str) -> HostConfig {
         // image's init makes its own cgroups writable (a shared bind lets a host
         // remount the machine's cgroup tree and leak inner containers' cgroups).
         cgroupns_mode: Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE),
-        binds: Some(vec![
-            format!("{}:/var/lib/cloud/seed/nocloud:ro", seed.display()),
-            format!("{volume}:/var/lib/docker"),
-        ]),
+        binds: Some(
+            [format!("{}:/var/lib/cloud/seed/nocloud:ro", seed.display()), format!("{volume}:/var/lib/docker")]
+                .into_iter()
+                .chain(usr.iter().cloned())
+                .collect(),
+        ),
         tmpfs: Some(HashMap::from([
             ("/run".to_string(), String::new()),
             ("/run/lock".to_string(), String::new()),

@@ -2,6 +2,12 @@
 //! loopback only, preloaded with the role images (tagged in through loopback, pushed, the
 //! loopback tag removed), so hosts pull through their Engine's normal path and never from
 //! the internet.
+//!
+//! Every cluster's registry keeps its blobs in one shared volume ([`STORE_VOLUME`], not the
+//! cluster's: `destroy` leaves it, as it leaves the lab images). A push finds the layers
+//! already there ("Layer already exists", ~0.1 s) instead of compressing the Consul image
+//! again on every deploy (3.7 s of a core here, while the hosts boot). Blobs are
+//! content-addressed and checked by every pull; a tag is re-pushed by every deploy.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,6 +22,11 @@ use super::network::with_last;
 use super::{LABEL_IP, Lab, LabError, REGISTRY_PORT, ignore_not_modified};
 use crate::poll::{Attempt, poll_until};
 use crate::providers::Network;
+
+/// The volume every lab registry stores its blobs in.
+pub const STORE_VOLUME: &str = "flotilla-lab-registry-store";
+/// Where the lab registry image keeps them (its config.yml's `rootdirectory`).
+const STORE_PATH: &str = "/var/lib/registry";
 
 /// How long a started registry gets to answer on its API.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +67,13 @@ impl Lab {
         let name = self.registry_name();
         let ip = with_last(base, 2);
         if self.docker.inspect_container(&name, None).await.is_err() {
+            self.docker
+                .create_volume(bollard::models::VolumeCreateRequest {
+                    name: Some(STORE_VOLUME.to_string()),
+                    labels: Some(HashMap::from([(super::LABEL_KIND.to_string(), "registry-store".to_string())])),
+                    ..Default::default()
+                })
+                .await?;
             let mut labels = self.labels("registry");
             labels.insert(LABEL_IP.into(), ip.to_string());
             let body = ContainerCreateBody {
@@ -67,6 +85,7 @@ impl Lab {
                         format!("{REGISTRY_PORT}/tcp"),
                         Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
                     )])),
+                    binds: Some(vec![format!("{STORE_VOLUME}:{STORE_PATH}")]),
                     restart_policy: Some(bollard::models::RestartPolicy {
                         name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
                         maximum_retry_count: None,
