@@ -207,6 +207,7 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert_eq!(hosts.len(), 5);
     assert!(hosts.iter().all(|h| h["connected"] == true));
     engines_started_once(hosts);
+    usr_from_the_copy_and_blobs_from_the_store();
     assert!(st["swarm"]["leader"].as_str().unwrap_or("").starts_with("manager"), "{}", st["swarm"]);
 
     // Join data is in Consul's KV, where managers and nodes found each other: listed with
@@ -409,6 +410,10 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert!(labelled("volume").is_empty(), "volumes left: {:?}", labelled("volume"));
     assert!(labelled("network").is_empty(), "networks left: {:?}", labelled("network"));
     assert!(!state_root().join(CLUSTER).exists());
+    // The lab's caches are no cluster's: the hosts' /usr copy and the registries' blob store stay.
+    for v in [usr_copy_volume(), "flotilla-lab-registry-store".to_string()] {
+        assert!(docker(&["volume", "inspect", &v]).status.success(), "destroy removed the lab cache {v}");
+    }
     // Idempotent.
     assert!(run(&["--cluster", CLUSTER, "destroy", "--yes"]).status.success());
 }
@@ -427,6 +432,49 @@ fn engines_started_once(hosts: &[Value]) {
             assert!(journal.contains(":2376"), "{name}'s one start has no TLS listener:\n{journal}");
         }
     }
+}
+
+/// The volume holding the default host image's /usr copy (`providers/lab/usr_copy.rs`).
+fn usr_copy_volume() -> String {
+    let out = docker(&["volume", "ls", "-q", "--filter", "label=flotilla.lab-usr-of"]);
+    let image = stdout(&docker(&["inspect", "-f", "{{.Image}}", &format!("flotilla-{CLUSTER}-manager0")]));
+    let want = format!("flotilla-lab-usr-{}", &image.trim_start_matches("sha256:")[..12]);
+    assert!(stdout(&out).lines().any(|v| v == want), "no {want} among the /usr copies: {}", stdout(&out));
+    want
+}
+
+/// Issue 19: hosts read /usr (but /usr/local) read-only from the copy on the Engine's own disk,
+/// not through its storage driver, and write /usr/local; the registry keeps its blobs in the
+/// shared store.
+fn usr_from_the_copy_and_blobs_from_the_store() {
+    let volume = usr_copy_volume();
+    for host in ["manager0", "node0"] {
+        let mounts = stdout(&docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Source}}>{{.Destination}}:{{.RW}} {{end}}",
+            &format!("flotilla-{CLUSTER}-{host}"),
+        ]));
+        for d in ["bin", "lib", "lib64", "libexec", "sbin", "share"] {
+            let m = format!("{volume}/_data/usr/{d}>/usr/{d}:false");
+            assert!(mounts.contains(&m), "{host}: no read-only /usr/{d} from {volume}: {mounts}");
+        }
+        assert!(!mounts.contains(">/usr/local"), "{host}: /usr/local must be the host's own: {mounts}");
+        let write = in_host(host, &["touch", "/usr/lib/flotilla-probe"]);
+        assert!(!write.status.success(), "{host} could write /usr/lib");
+        assert!(String::from_utf8_lossy(&write.stderr).contains("Read-only"), "{:?}", write);
+        let local = in_host(host, &["sh", "-c", "touch /usr/local/bin/.probe && rm /usr/local/bin/.probe"]);
+        assert!(local.status.success(), "{host} cannot write /usr/local: {local:?}");
+        let python = in_host(host, &["python3", "-c", "import cloudinit; print('ok')"]);
+        assert_eq!(stdout(&python), "ok", "{host}'s cloud-init from the copy: {python:?}");
+    }
+    let registry = stdout(&docker(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Name}}>{{.Destination}} {{end}}",
+        &format!("flotilla-{CLUSTER}-registry"),
+    ]));
+    assert!(registry.contains("flotilla-lab-registry-store>/var/lib/registry"), "{registry}");
 }
 
 fn bad_assignments(any_manager_ip: &str) {

@@ -302,7 +302,18 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         changed.assigned |= assign::assign_connected(&run, &addresses).await?;
     }
 
-    wait::every_role_running(&run).await?;
+    // The smoke test starts as soon as the workers are in the swarm, while the other managers
+    // still join ([`verify_and_smoke`]); `--rolling` replaces hosts first, so it tests after.
+    let smoke_done = if c.smoke_test && (changed.any() || opts.force_smoke) && !opts.rolling {
+        let (_, r) = tokio::try_join!(
+            wait::every_role_running(&run),
+            verify_and_smoke::smoke_early(&run, &manager_ips, &docker_dir)
+        )?;
+        Some(r)
+    } else {
+        wait::every_role_running(&run).await?;
+        None
+    };
 
     // 7. With `--rolling`, the hosts on another image replaced (the plan then names their
     // replacements); 8. verify and smoke-test.
@@ -310,22 +321,28 @@ pub async fn deploy(opts: DeployOptions) -> Result<Report, DeployError> {
         changed.replaced.extend(roll_drifted(&run, &target).await?);
     }
     let planned = plan::plan(c, &HostNames::load(&state_dir)?);
-    verify_and_report(Run { planned: &planned, ..run }, changed, &docker_dir, &target, opts.force_smoke).await
+    verify_and_report(Run { planned: &planned, ..run }, changed, &docker_dir, &target, opts.force_smoke, smoke_done)
+        .await
 }
 
 /// Step 8 on the plan as it is now (`--rolling` renamed slots): Swarm's and Consul's views,
-/// the smoke test when something changed (or `force_smoke`), the report with the image drift
-/// left.
+/// the smoke test when something changed (or `force_smoke`) unless it ran already
+/// (`smoke_done`), the report with the image drift left.
 async fn verify_and_report(
     run: Run<'_>,
     changed: Changed,
     docker_dir: &Path,
     target: &str,
     force_smoke: bool,
+    smoke_done: Option<verify::SmokeResult>,
 ) -> Result<Report, DeployError> {
     let (hosts, addresses) = self::addresses(&run).await?;
     let manager_ips = self::manager_ips(run.planned, &addresses);
-    let smoke = run.config.smoke_test && (changed.any() || force_smoke);
+    let smoke = match smoke_done {
+        Some(r) => verify_and_smoke::Smoke::Done(r),
+        None if run.config.smoke_test && (changed.any() || force_smoke) => verify_and_smoke::Smoke::Run,
+        None => verify_and_smoke::Smoke::Skip,
+    };
     let checked = verify_and_smoke::verify_and_smoke(&run, &addresses, &manager_ips, docker_dir, smoke).await?;
     if !changed.any() {
         run.p.step("deploy", "nothing to change: the cluster already matches the plan");

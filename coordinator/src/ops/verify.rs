@@ -421,7 +421,7 @@ async fn run_smoke(
 /// Waits (120 s) until `replicas` tasks of the service completed; a failed or rejected task
 /// ends the wait at once.
 async fn smoke_tasks(d: &Docker, name: &str, replicas: usize) -> Result<Vec<bollard::models::Task>, VerifyError> {
-    let every = Duration::from_millis(300);
+    let every = Duration::from_millis(100);
     let waited = poll_until("the hello tasks", Instant::now() + Duration::from_secs(120), every, || async move {
         let tasks = d
             .list_tasks(Some(ListTasksOptions {
@@ -455,7 +455,7 @@ async fn smoke_tasks(d: &Docker, name: &str, replicas: usize) -> Result<Vec<boll
 /// again (30 s at most) until every replica's line is there; what came back by then.
 async fn smoke_output(d: &Docker, id: &str, replicas: usize) -> Vec<String> {
     let last: RefCell<Vec<String>> = RefCell::new(Vec::new());
-    let every = Duration::from_millis(300);
+    let every = Duration::from_millis(100);
     // A time-out is no error here: what came back by then is the answer.
     let _ = poll_until("the hello output", Instant::now() + Duration::from_secs(30), every, || {
         let last = &last;

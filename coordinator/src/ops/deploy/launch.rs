@@ -28,7 +28,7 @@ pub async fn launch_missing(run: &Run<'_>, ca_pem: &str) -> Result<Changed, Depl
             _ => {
                 let spec = launch_spec(run, h, &st, ca_pem).await?;
                 changed.launched.push(h.name.clone());
-                launches.push((spec, h.index));
+                launches.push((spec, h.index, h.has(crate::ops::plan::RoleKind::Consul)));
             }
         }
     }
@@ -85,17 +85,33 @@ pub async fn launch_spec(
     })
 }
 
-/// Launches every spec at once; reports each outcome, and fails with the first failure.
-async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize)]) -> Result<(), DeployError> {
+/// Launches the Consul servers' hosts at once, then every other host at once (the third item
+/// of each launch says which it is); reports each outcome, and fails with the first failure.
+///
+/// Why two waves: everything after the hosts boot waits for the last Consul server (Consul
+/// elects a leader with all of them; the swarm and the workers wait for Consul), while a
+/// worker has seconds to spare. On the lab, hosts are created one at a time and boot on the
+/// same cores, so a Consul server created after the workers enrolled ~1 s later; on EC2 the
+/// workers' RunInstances calls go out one round trip later.
+async fn launch_all(run: &Run<'_>, launches: &[(LaunchSpec, usize, bool)]) -> Result<(), DeployError> {
     if launches.is_empty() {
         return Ok(());
     }
-    run.p.step("hosts", format!("launching {} host(s) in parallel", launches.len()));
+    run.p.step("hosts", format!("launching {} host(s) in parallel, the Consul servers' first", launches.len()));
     crate::failpoint!("launch.hosts.before");
-    let results = futures::future::join_all(launches.iter().map(|(s, i)| run.prepared.launch(s, *i))).await;
+    let wave = |first: bool| {
+        futures::future::join_all(
+            launches
+                .iter()
+                .filter(move |l| l.2 == first)
+                .map(|(s, i, _)| async move { (s, run.prepared.launch(s, *i).await) }),
+        )
+    };
+    let mut results = wave(true).await;
+    results.extend(wave(false).await);
     crate::failpoint!("launch.hosts.after");
     let mut first_err = None;
-    for ((s, _), r) in launches.iter().zip(results) {
+    for (s, r) in results {
         match r {
             Ok(h) => run.p.host(
                 &s.name,

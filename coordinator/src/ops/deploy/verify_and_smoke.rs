@@ -1,6 +1,12 @@
 //! Step 7: the cluster checked with its own views — Swarm's node list from a manager's
 //! Engine, Consul's leader and peers — and, when something changed (or it is asked for),
 //! the seed's smoke test: a hello service on the nodes.
+//!
+//! A deploy that launched or assigned anything starts the smoke test early ([`smoke_early`]):
+//! as soon as the workers run their role (the swarm exists and they are in it), through a
+//! manager already in the swarm, while the other managers are still joining (one at a time:
+//! swarmkit changes its Raft membership one member at a time) — ~2 s that were waited in
+//! sequence. The cluster is then verified as before, with all of its managers.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,13 +30,23 @@ pub struct Verified {
     pub smoke_test: Option<SmokeResult>,
 }
 
-/// Verifies the swarm and Consul; runs the smoke test when `smoke`.
+/// The smoke test, as [`verify_and_smoke`] is asked for it.
+pub enum Smoke {
+    /// Not run (nothing changed, or `smoke_test = false`).
+    Skip,
+    /// Run it once the cluster is verified.
+    Run,
+    /// Run already ([`smoke_early`]).
+    Done(SmokeResult),
+}
+
+/// Verifies the swarm and Consul; runs the smoke test when asked to.
 pub async fn verify_and_smoke(
     run: &Run<'_>,
     addresses: &HashMap<String, String>,
     manager_ips: &[String],
     docker_dir: &Path,
-    smoke: bool,
+    smoke: Smoke,
 ) -> Result<Verified, DeployError> {
     let c = run.config;
     let p = run.p;
@@ -57,21 +73,80 @@ pub async fn verify_and_smoke(
             consul.leader
         ),
     );
-    // A smoke test interrupted after creating its service (the process killed) left it.
-    let left = verify::remove_leftover_smoke(&swarm.leader_ip, docker_dir).await?;
-    if left > 0 {
-        p.step("verify", format!("removed {left} smoke-test service(s) an interrupted run left"));
-    }
-    let smoke_test = if smoke {
-        let image = &run.prepared.hello_image;
-        p.step("smoke", format!("hello service on the nodes ({image})"));
-        let r = verify::smoke(&swarm.leader_ip, docker_dir, image, c.nodes as usize).await?;
-        p.step("smoke", r.line());
-        Some(r)
-    } else {
-        None
+    let smoke_test = match smoke {
+        Smoke::Skip => {
+            remove_leftover_smoke(run, &swarm.leader_ip, docker_dir).await?;
+            None
+        }
+        Smoke::Run => Some(smoke_through(run, &swarm.leader_ip, docker_dir).await?),
+        Smoke::Done(r) => Some(r),
     };
     Ok(Verified { swarm, consul, smoke_test })
+}
+
+/// The smoke test through the manager at `via` (leftovers of an interrupted one removed
+/// first), with its progress lines.
+async fn smoke_through(run: &Run<'_>, via: &str, docker_dir: &Path) -> Result<SmokeResult, DeployError> {
+    remove_leftover_smoke(run, via, docker_dir).await?;
+    let image = &run.prepared.hello_image;
+    run.p.step("smoke", format!("hello service on the nodes ({image})"));
+    let r = verify::smoke(via, docker_dir, image, run.config.nodes as usize).await?;
+    run.p.step("smoke", r.line());
+    Ok(r)
+}
+
+/// A smoke test interrupted after creating its service (the process killed) left it.
+async fn remove_leftover_smoke(run: &Run<'_>, via: &str, docker_dir: &Path) -> Result<(), DeployError> {
+    let left = verify::remove_leftover_smoke(via, docker_dir).await?;
+    if left > 0 {
+        run.p.step("verify", format!("removed {left} smoke-test service(s) an interrupted run left"));
+    }
+    Ok(())
+}
+
+/// How often [`smoke_early`] asks the managers' Engines whether the workers are in.
+const EARLY_EVERY: Duration = Duration::from_millis(200);
+
+/// The smoke test as soon as the swarm counts every planned worker ready, asked of the first
+/// of `manager_ips` that is a manager of the swarm already (the others may still be joining).
+pub async fn smoke_early(run: &Run<'_>, manager_ips: &[String], docker_dir: &Path) -> Result<SmokeResult, DeployError> {
+    let workers = run.planned.iter().filter(|h| h.has(RoleKind::Node) && !h.has(RoleKind::Manager)).count();
+    let what = "the workers to be ready in the swarm";
+    let via = poll_until(what, Instant::now() + super::PHASE_TIMEOUT, EARLY_EVERY, || async move {
+        Ok::<_, DeployError>(match workers_ready(manager_ips, docker_dir).await {
+            Some((ip, n)) if n >= workers => Attempt::Done(ip),
+            Some((ip, n)) => Attempt::NotYet(format!("{n} of {workers} workers ready (asked {ip})")),
+            None => Attempt::NotYet("no manager's Engine answers as a swarm manager yet".into()),
+        })
+    })
+    .await
+    .map_err(|e| match e {
+        PollError::Failed(e) => e,
+        PollError::TimedOut { last, .. } => {
+            DeployError::Timeout { what: what.into(), after: super::PHASE_TIMEOUT, pending: last }
+        }
+    })?;
+    smoke_through(run, &via, docker_dir).await
+}
+
+/// The first of `manager_ips` whose Engine answers as a manager of a swarm, and how many
+/// ready workers that swarm lists; `None` while none does.
+async fn workers_ready(manager_ips: &[String], docker_dir: &Path) -> Option<(String, usize)> {
+    for ip in manager_ips {
+        let Ok(d) = verify::engine(ip, docker_dir).await else { continue };
+        let Ok(info) = d.info().await else { continue };
+        if info.swarm.and_then(|s| s.control_available) != Some(true) {
+            continue;
+        }
+        let Ok(nodes) = d.list_nodes(None::<bollard::query_parameters::ListNodesOptions>).await else { continue };
+        let ready = nodes
+            .iter()
+            .filter(|n| n.spec.as_ref().and_then(|s| s.role) == Some(bollard::models::NodeSpecRoleEnum::WORKER))
+            .filter(|n| n.status.as_ref().and_then(|s| s.state) == Some(bollard::models::NodeState::READY))
+            .count();
+        return Some((ip.clone(), ready));
+    }
+    None
 }
 
 /// Consul's view: asked of the servers directly in the lab; on AWS, where 8500 is open to
