@@ -207,7 +207,7 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert_eq!(hosts.len(), 5);
     assert!(hosts.iter().all(|h| h["connected"] == true));
     engines_started_once(hosts);
-    usr_from_the_copy_and_blobs_from_the_store();
+    let usr_copy = usr_from_the_copy_and_blobs_from_the_store();
     assert!(st["swarm"]["leader"].as_str().unwrap_or("").starts_with("manager"), "{}", st["swarm"]);
 
     // Join data is in Consul's KV, where managers and nodes found each other: listed with
@@ -411,7 +411,7 @@ fn the_default_cluster_deploys_verifies_reconciles_scales_and_is_destroyed() {
     assert!(labelled("network").is_empty(), "networks left: {:?}", labelled("network"));
     assert!(!state_root().join(CLUSTER).exists());
     // The lab's caches are no cluster's: the hosts' /usr copy and the registries' blob store stay.
-    for v in [usr_copy_volume(), "flotilla-lab-registry-store".to_string()] {
+    for v in [usr_copy, "flotilla-lab-registry-store".to_string()] {
         assert!(docker(&["volume", "inspect", &v]).status.success(), "destroy removed the lab cache {v}");
     }
     // Idempotent.
@@ -445,8 +445,8 @@ fn usr_copy_volume() -> String {
 
 /// Issue 19: hosts read /usr (but /usr/local) read-only from the copy on the Engine's own disk,
 /// not through its storage driver, and write /usr/local; the registry keeps its blobs in the
-/// shared store.
-fn usr_from_the_copy_and_blobs_from_the_store() {
+/// shared store. Returns the copy's volume.
+fn usr_from_the_copy_and_blobs_from_the_store() -> String {
     let volume = usr_copy_volume();
     for host in ["manager0", "node0"] {
         let mounts = stdout(&docker(&[
@@ -475,6 +475,7 @@ fn usr_from_the_copy_and_blobs_from_the_store() {
         &format!("flotilla-{CLUSTER}-registry"),
     ]));
     assert!(registry.contains("flotilla-lab-registry-store>/var/lib/registry"), "{registry}");
+    volume
 }
 
 fn bad_assignments(any_manager_ip: &str) {

@@ -35,6 +35,8 @@ use super::LabError;
 /// The directories of `/usr` a host reads from the copy (read-only). Not `local`: hosts
 /// write it.
 pub const USR_DIRS: [&str; 6] = ["bin", "lib", "lib64", "libexec", "sbin", "share"];
+/// The `flotilla.kind` of a copier container.
+const COPIER_KIND: &str = "usr-copier";
 /// The label a copy's volume carries: the image it was copied from (its id).
 pub const LABEL_USR_OF: &str = "flotilla.lab-usr-of";
 
@@ -98,7 +100,7 @@ async fn copy(docker: &Docker, image: &str, volume: &str) -> Result<(), LabError
         entrypoint: Some(vec!["/bin/sh".to_string()]),
         cmd: Some(cmd),
         network_disabled: Some(true),
-        labels: Some(HashMap::from([(super::LABEL_KIND.to_string(), "usr-copy".to_string())])),
+        labels: Some(HashMap::from([(super::LABEL_KIND.to_string(), COPIER_KIND.to_string())])),
         host_config: Some(HostConfig {
             binds: Some(vec![format!("{volume}:/copy")]),
             network_mode: Some("none".into()),
@@ -136,9 +138,24 @@ async fn run_to_end(docker: &Docker, name: &str) -> Result<(), LabError> {
     Err(LabError::Engine(format!("copying the host image's /usr for the lab hosts (exit {code}): {}", out.trim())))
 }
 
-/// Removes copies whose image is gone (a rebuilt or removed lab image); best effort: a copy
-/// still bound by a host stays.
+/// Removes copies whose image is gone (a rebuilt or removed lab image), and the exited copiers
+/// of coordinators killed while copying; best effort: a copy still bound by a host stays.
 async fn prune(docker: &Docker, keep_id: &str) {
+    let exited = HashMap::from([
+        ("label".to_string(), vec![format!("{}={COPIER_KIND}", super::LABEL_KIND)]),
+        ("status".to_string(), vec!["exited".to_string(), "created".to_string()]),
+    ]);
+    let copiers = docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(exited),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    for c in copiers {
+        let _ = docker.remove_container(c.id.as_deref().unwrap_or_default(), None::<RemoveContainerOptions>).await;
+    }
     let Ok(list) = docker
         .list_volumes(Some(ListVolumesOptions {
             filters: Some(HashMap::from([("label".to_string(), vec![LABEL_USR_OF.to_string()])])),
