@@ -8,10 +8,12 @@
 //! swarmkit changes its Raft membership one member at a time) — ~2 s that were waited in
 //! sequence. The cluster is then verified as before, with all of its managers.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bollard::Docker;
 use flotilla_proto::v1;
 
 use super::{DeployError, Run};
@@ -109,15 +111,20 @@ const EARLY_EVERY: Duration = Duration::from_millis(200);
 
 /// The smoke test as soon as the swarm counts every planned worker ready, asked of the first
 /// of `manager_ips` that is a manager of the swarm already (the others may still be joining).
+/// Each manager's Engine client is made once and asked again at every poll.
 pub async fn smoke_early(run: &Run<'_>, manager_ips: &[String], docker_dir: &Path) -> Result<SmokeResult, DeployError> {
     let workers = run.planned.iter().filter(|h| h.has(RoleKind::Node) && !h.has(RoleKind::Manager)).count();
+    let engines: RefCell<HashMap<String, Docker>> = RefCell::new(HashMap::new());
     let what = "the workers to be ready in the swarm";
-    let via = poll_until(what, Instant::now() + super::PHASE_TIMEOUT, EARLY_EVERY, || async move {
-        Ok::<_, DeployError>(match workers_ready(manager_ips, docker_dir).await {
-            Some((ip, n)) if n >= workers => Attempt::Done(ip),
-            Some((ip, n)) => Attempt::NotYet(format!("{n} of {workers} workers ready (asked {ip})")),
-            None => Attempt::NotYet("no manager's Engine answers as a swarm manager yet".into()),
-        })
+    let via = poll_until(what, Instant::now() + super::PHASE_TIMEOUT, EARLY_EVERY, || {
+        let engines = &engines;
+        async move {
+            Ok::<_, DeployError>(match workers_ready(manager_ips, docker_dir, engines).await {
+                Some((ip, n)) if n >= workers => Attempt::Done(ip),
+                Some((ip, n)) => Attempt::NotYet(format!("{n} of {workers} workers ready (asked {ip})")),
+                None => Attempt::NotYet("no manager's Engine answers as a swarm manager yet".into()),
+            })
+        }
     })
     .await
     .map_err(|e| match e {
@@ -129,15 +136,24 @@ pub async fn smoke_early(run: &Run<'_>, manager_ips: &[String], docker_dir: &Pat
     smoke_through(run, &via, docker_dir).await
 }
 
-/// The first of `manager_ips` whose Engine answers as a manager of a swarm, and how many
-/// ready workers that swarm lists; `None` while none does.
-async fn workers_ready(manager_ips: &[String], docker_dir: &Path) -> Option<(String, usize)> {
+/// The first of `manager_ips` whose Engine lists the swarm's nodes (only a swarm manager
+/// does), and how many of them are ready workers; `None` while none does. Clients are kept
+/// in `engines`.
+async fn workers_ready(
+    manager_ips: &[String],
+    docker_dir: &Path,
+    engines: &RefCell<HashMap<String, Docker>>,
+) -> Option<(String, usize)> {
     for ip in manager_ips {
-        let Ok(d) = verify::engine(ip, docker_dir).await else { continue };
-        let Ok(info) = d.info().await else { continue };
-        if info.swarm.and_then(|s| s.control_available) != Some(true) {
-            continue;
-        }
+        let known = engines.borrow().get(ip).cloned();
+        let d = match known {
+            Some(d) => d,
+            None => {
+                let Ok(d) = verify::engine(ip, docker_dir).await else { continue };
+                engines.borrow_mut().insert(ip.clone(), d.clone());
+                d
+            }
+        };
         let Ok(nodes) = d.list_nodes(None::<bollard::query_parameters::ListNodesOptions>).await else { continue };
         let ready = nodes
             .iter()

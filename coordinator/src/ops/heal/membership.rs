@@ -151,13 +151,6 @@ async fn nodes_of(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, b
         .collect())
 }
 
-/// The swarm's nodes of the lost `host` once the swarm sees none of them ready (bounded: a
-/// node still ready means the host is not lost, and nothing is touched): checked before the
-/// host is removed at the provider, ended by [`leave_swarm`] after.
-pub async fn lost_nodes(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, HealError> {
-    wait_not_ready(d, host).await
-}
-
 /// Ends the membership of the lost host's swarm `nodes` (see the module's doc): called once
 /// the host is gone at the provider, so that an interruption never leaves a host that can
 /// start again with a membership the swarm has ended (its Engine would wait for a leader of
@@ -181,10 +174,12 @@ pub async fn leave_swarm(d: &Docker, via: &str, nodes: Vec<(String, bool, bool)>
     Ok(done.join(", "))
 }
 
-/// The swarm's nodes for `host` once none of them is `ready` any more. The provider says the
+/// The swarm's nodes of the lost `host` once none of them is `ready` any more: checked before
+/// the host is removed at the provider, ended by [`leave_swarm`] after. The provider says the
 /// host is gone, but the swarm marks a node down only after missing its heartbeats (about
-/// 15 s): that is waited for, bounded; a node still ready then is not touched.
-async fn wait_not_ready(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, HealError> {
+/// 15 s): that is waited for, bounded; a node still ready then means the host is not lost,
+/// and nothing is touched.
+pub async fn lost_nodes(d: &Docker, host: &str) -> Result<Vec<(String, bool, bool)>, HealError> {
     let waited = poll_until("the swarm to see the node down", Instant::now() + SWARM_DOWN_WAIT, EVERY, || async move {
         let nodes = nodes_of(d, host).await.map_err(|e| HealError::Swarm(e.to_string()))?;
         Ok::<_, HealError>(match nodes.iter().any(|(_, _, ready)| *ready) {
